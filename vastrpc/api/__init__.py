@@ -1,0 +1,1 @@
+"""Generated API packages; see protos/ for the contract."""

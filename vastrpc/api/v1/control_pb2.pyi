@@ -1,0 +1,340 @@
+from vastrpc.api.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AutoscalingSpec(_message.Message):
+    __slots__ = ("min_workers", "max_workers", "cold_workers", "target_util", "inactivity_timeout")
+    MIN_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    COLD_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_UTIL_FIELD_NUMBER: _ClassVar[int]
+    INACTIVITY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    min_workers: int
+    max_workers: int
+    cold_workers: int
+    target_util: float
+    inactivity_timeout: float
+    def __init__(self, min_workers: _Optional[int] = ..., max_workers: _Optional[int] = ..., cold_workers: _Optional[int] = ..., target_util: _Optional[float] = ..., inactivity_timeout: _Optional[float] = ...) -> None: ...
+
+class ImageSpec(_message.Message):
+    __slots__ = ("from_image", "pip_packages", "apt_packages", "env", "secrets", "startup_commands", "requirements", "storage")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class SecretsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class RequirementsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    FROM_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    PIP_PACKAGES_FIELD_NUMBER: _ClassVar[int]
+    APT_PACKAGES_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
+    STARTUP_COMMANDS_FIELD_NUMBER: _ClassVar[int]
+    REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
+    from_image: str
+    pip_packages: _containers.RepeatedScalarFieldContainer[str]
+    apt_packages: _containers.RepeatedScalarFieldContainer[str]
+    env: _containers.ScalarMap[str, str]
+    secrets: _containers.ScalarMap[str, str]
+    startup_commands: _containers.RepeatedScalarFieldContainer[str]
+    requirements: _containers.ScalarMap[str, str]
+    storage: str
+    def __init__(self, from_image: _Optional[str] = ..., pip_packages: _Optional[_Iterable[str]] = ..., apt_packages: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., secrets: _Optional[_Mapping[str, str]] = ..., startup_commands: _Optional[_Iterable[str]] = ..., requirements: _Optional[_Mapping[str, str]] = ..., storage: _Optional[str] = ...) -> None: ...
+
+class FunctionSpec(_message.Message):
+    __slots__ = ("name", "max_concurrency", "has_benchmark", "timeout", "is_generator")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    HAS_BENCHMARK_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    IS_GENERATOR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    max_concurrency: int
+    has_benchmark: bool
+    timeout: float
+    is_generator: bool
+    def __init__(self, name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., has_benchmark: _Optional[bool] = ..., timeout: _Optional[float] = ..., is_generator: _Optional[bool] = ...) -> None: ...
+
+class RevisionDigests(_message.Message):
+    __slots__ = ("bundle", "code", "environment", "autoscaling")
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
+    bundle: str
+    code: str
+    environment: str
+    autoscaling: str
+    def __init__(self, bundle: _Optional[str] = ..., code: _Optional[str] = ..., environment: _Optional[str] = ..., autoscaling: _Optional[str] = ...) -> None: ...
+
+class DeploymentSpec(_message.Message):
+    __slots__ = ("name", "tag", "version_label", "module", "image", "autoscaling", "functions", "ttl", "digests", "bundle_size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    VERSION_LABEL_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
+    FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tag: str
+    version_label: str
+    module: str
+    image: ImageSpec
+    autoscaling: AutoscalingSpec
+    functions: _containers.RepeatedCompositeFieldContainer[FunctionSpec]
+    ttl: float
+    digests: RevisionDigests
+    bundle_size: int
+    def __init__(self, name: _Optional[str] = ..., tag: _Optional[str] = ..., version_label: _Optional[str] = ..., module: _Optional[str] = ..., image: _Optional[_Union[ImageSpec, _Mapping]] = ..., autoscaling: _Optional[_Union[AutoscalingSpec, _Mapping]] = ..., functions: _Optional[_Iterable[_Union[FunctionSpec, _Mapping]]] = ..., ttl: _Optional[float] = ..., digests: _Optional[_Union[RevisionDigests, _Mapping]] = ..., bundle_size: _Optional[int] = ...) -> None: ...
+
+class RegisterDeploymentRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: DeploymentSpec
+    def __init__(self, spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ...) -> None: ...
+
+class RegisterDeploymentResponse(_message.Message):
+    __slots__ = ("deployment_id", "endpoint_id", "revision_id", "tier", "upload_required")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_ID_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    endpoint_id: str
+    revision_id: str
+    tier: _common_pb2.UpdateTier
+    upload_required: bool
+    def __init__(self, deployment_id: _Optional[str] = ..., endpoint_id: _Optional[str] = ..., revision_id: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.UpdateTier, str]] = ..., upload_required: _Optional[bool] = ...) -> None: ...
+
+class UploadBundleRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    class Header(_message.Message):
+        __slots__ = ("digest", "size")
+        DIGEST_FIELD_NUMBER: _ClassVar[int]
+        SIZE_FIELD_NUMBER: _ClassVar[int]
+        digest: str
+        size: int
+        def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: UploadBundleRequest.Header
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[UploadBundleRequest.Header, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class UploadBundleResponse(_message.Message):
+    __slots__ = ("digest", "size", "stored")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    size: int
+    stored: bool
+    def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., stored: _Optional[bool] = ...) -> None: ...
+
+class DownloadBundleRequest(_message.Message):
+    __slots__ = ("digest",)
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    def __init__(self, digest: _Optional[str] = ...) -> None: ...
+
+class DownloadBundleResponse(_message.Message):
+    __slots__ = ("chunk",)
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    chunk: bytes
+    def __init__(self, chunk: _Optional[bytes] = ...) -> None: ...
+
+class ProvisionRequest(_message.Message):
+    __slots__ = ("endpoint_id", "revision_id")
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_ID_FIELD_NUMBER: _ClassVar[int]
+    endpoint_id: str
+    revision_id: str
+    def __init__(self, endpoint_id: _Optional[str] = ..., revision_id: _Optional[str] = ...) -> None: ...
+
+class ProvisionResponse(_message.Message):
+    __slots__ = ("workers_started",)
+    WORKERS_STARTED_FIELD_NUMBER: _ClassVar[int]
+    workers_started: int
+    def __init__(self, workers_started: _Optional[int] = ...) -> None: ...
+
+class WatchEndpointRequest(_message.Message):
+    __slots__ = ("endpoint_id",)
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    endpoint_id: str
+    def __init__(self, endpoint_id: _Optional[str] = ...) -> None: ...
+
+class WatchEndpointResponse(_message.Message):
+    __slots__ = ("endpoint_id", "state", "revision_id", "workers", "endpoint_token", "failure", "desired_workers")
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    endpoint_id: str
+    state: _common_pb2.EndpointState
+    revision_id: str
+    workers: _containers.RepeatedCompositeFieldContainer[_common_pb2.Worker]
+    endpoint_token: str
+    failure: _common_pb2.Failure
+    desired_workers: int
+    def __init__(self, endpoint_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.EndpointState, str]] = ..., revision_id: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[_common_pb2.Worker, _Mapping]]] = ..., endpoint_token: _Optional[str] = ..., failure: _Optional[_Union[_common_pb2.Failure, _Mapping]] = ..., desired_workers: _Optional[int] = ...) -> None: ...
+
+class RegisterWorkerRequest(_message.Message):
+    __slots__ = ("worker_id", "pid", "hostname")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    pid: int
+    hostname: str
+    def __init__(self, worker_id: _Optional[str] = ..., pid: _Optional[int] = ..., hostname: _Optional[str] = ...) -> None: ...
+
+class RegisterWorkerResponse(_message.Message):
+    __slots__ = ("endpoint_id", "revision_id", "spec", "endpoint_token", "heartbeat_interval")
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    endpoint_id: str
+    revision_id: str
+    spec: DeploymentSpec
+    endpoint_token: str
+    heartbeat_interval: float
+    def __init__(self, endpoint_id: _Optional[str] = ..., revision_id: _Optional[str] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., endpoint_token: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
+
+class UpdateWorkerRequest(_message.Message):
+    __slots__ = ("worker_id", "state", "revision_id", "address", "score", "capacity", "failure")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    state: _common_pb2.WorkerState
+    revision_id: str
+    address: str
+    score: float
+    capacity: int
+    failure: _common_pb2.Failure
+    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.WorkerState, str]] = ..., revision_id: _Optional[str] = ..., address: _Optional[str] = ..., score: _Optional[float] = ..., capacity: _Optional[int] = ..., failure: _Optional[_Union[_common_pb2.Failure, _Mapping]] = ...) -> None: ...
+
+class UpdateWorkerResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("worker_id", "calls_in_flight")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    CALLS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    calls_in_flight: int
+    def __init__(self, worker_id: _Optional[str] = ..., calls_in_flight: _Optional[int] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("stop",)
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    stop: bool
+    def __init__(self, stop: _Optional[bool] = ...) -> None: ...
+
+class ListDeploymentsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class Endpoint(_message.Message):
+    __slots__ = ("endpoint_id", "tag", "state", "revision_id", "workers", "autoscaling", "failure")
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    endpoint_id: str
+    tag: str
+    state: _common_pb2.EndpointState
+    revision_id: str
+    workers: _containers.RepeatedCompositeFieldContainer[_common_pb2.Worker]
+    autoscaling: AutoscalingSpec
+    failure: _common_pb2.Failure
+    def __init__(self, endpoint_id: _Optional[str] = ..., tag: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.EndpointState, str]] = ..., revision_id: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[_common_pb2.Worker, _Mapping]]] = ..., autoscaling: _Optional[_Union[AutoscalingSpec, _Mapping]] = ..., failure: _Optional[_Union[_common_pb2.Failure, _Mapping]] = ...) -> None: ...
+
+class Deployment(_message.Message):
+    __slots__ = ("deployment_id", "name", "endpoints", "created_at")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    name: str
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    created_at: float
+    def __init__(self, deployment_id: _Optional[str] = ..., name: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., created_at: _Optional[float] = ...) -> None: ...
+
+class ListDeploymentsResponse(_message.Message):
+    __slots__ = ("deployments",)
+    DEPLOYMENTS_FIELD_NUMBER: _ClassVar[int]
+    deployments: _containers.RepeatedCompositeFieldContainer[Deployment]
+    def __init__(self, deployments: _Optional[_Iterable[_Union[Deployment, _Mapping]]] = ...) -> None: ...
+
+class GetWorkerLogsRequest(_message.Message):
+    __slots__ = ("worker_id", "tail_bytes")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    TAIL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    tail_bytes: int
+    def __init__(self, worker_id: _Optional[str] = ..., tail_bytes: _Optional[int] = ...) -> None: ...
+
+class GetWorkerLogsResponse(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class TeardownRequest(_message.Message):
+    __slots__ = ("name", "tag")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tag: str
+    def __init__(self, name: _Optional[str] = ..., tag: _Optional[str] = ...) -> None: ...
+
+class TeardownResponse(_message.Message):
+    __slots__ = ("endpoints_removed", "workers_stopped")
+    ENDPOINTS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_STOPPED_FIELD_NUMBER: _ClassVar[int]
+    endpoints_removed: int
+    workers_stopped: int
+    def __init__(self, endpoints_removed: _Optional[int] = ..., workers_stopped: _Optional[int] = ...) -> None: ...
