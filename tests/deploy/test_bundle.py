@@ -1,0 +1,267 @@
+"""Tests for vastrpc.deploy.bundle: deterministic tarballs of a deployment and its local code."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from vastrpc._errors import DefinitionError
+from vastrpc.deploy.bundle import Bundle, build_bundle
+
+
+def write(path: Path, text: str = "", mode: int | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if mode is not None:
+        os.chmod(path, mode)
+    return path
+
+
+def members(bundle: Bundle) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(bundle.data), mode="r:") as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+def read_member(bundle: Bundle, name: str) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(bundle.data), mode="r:") as tar:
+        f = tar.extractfile(name)
+        assert f is not None
+        return f.read()
+
+
+def make_project(root: Path, order: list[str] | None = None) -> None:
+    files = {
+        "deploy.py": "import os, json\nimport helpers\nfrom pkg import sub\nimport numpy\n",
+        "helpers.py": "import util.deep\n",
+        "util/__init__.py": "",
+        "util/deep.py": "X = 1\n",
+        "pkg/__init__.py": "",
+        "pkg/sub.py": "from . import rel\nfrom .other import thing\n",
+        "pkg/rel.py": "",
+        "pkg/other.py": "thing = 1\n",
+        "unused.py": "SECRET = 'not imported'\n",
+        "data/weights.bin": "abc",
+    }
+    for name in order or sorted(files):
+        write(root / name, files[name])
+
+
+def test_same_content_same_digest_regardless_of_mtime_and_order(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_project(a)
+    old_umask = os.umask(0o077)
+    try:
+        make_project(b)  # a different umask: group/world bits differ on disk
+    finally:
+        os.umask(old_umask)
+    # Different mtimes for every file in b.
+    for i, path in enumerate(sorted(b.rglob("*"))):
+        os.utime(path, (1_000_000 + i * 7919, 1_000_000 + i * 7919))
+    ba = build_bundle(a / "deploy.py", copies=[("data", "data")])
+    bb = build_bundle(b / "deploy.py", copies=[("data", "data")])
+    assert ba.data == bb.data
+    assert ba.digest == bb.digest == hashlib.sha256(ba.data).hexdigest()
+    assert ba.files == bb.files
+
+
+def test_creation_order_does_not_matter(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_project(a)
+    names = ["pkg/sub.py", "data/weights.bin", "helpers.py", "pkg/other.py", "util/deep.py",
+             "deploy.py", "pkg/rel.py", "unused.py", "util/__init__.py", "pkg/__init__.py"]
+    make_project(b, order=names)
+    time.sleep(0.01)
+    assert build_bundle(a / "deploy.py").digest == build_bundle(b / "deploy.py").digest
+
+
+def test_one_byte_changes_digest(tmp_path: Path) -> None:
+    make_project(tmp_path)
+    before = build_bundle(tmp_path / "deploy.py")
+    write(tmp_path / "util" / "deep.py", "X = 2\n")
+    after = build_bundle(tmp_path / "deploy.py")
+    assert before.digest != after.digest
+    assert before.files == after.files
+
+
+def test_tar_headers_are_normalised(tmp_path: Path) -> None:
+    write(tmp_path / "deploy.py", "import tool\n")
+    write(tmp_path / "tool.py", "", mode=0o4775)  # setuid, group-writable, executable
+    bundle = build_bundle(tmp_path / "deploy.py")
+    info = members(bundle)
+    assert sorted(info) == ["deploy.py", "tool.py"]
+    for m in info.values():
+        assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (0, 0, 0, "", "")
+        assert m.isreg()
+    assert info["tool.py"].mode == 0o755
+    assert info["deploy.py"].mode == 0o644
+    assert bundle.data[:2] != b"\x1f\x8b"  # not compressed
+
+
+def test_transitive_local_imports_only(tmp_path: Path) -> None:
+    make_project(tmp_path)
+    bundle = build_bundle(tmp_path / "deploy.py")
+    assert bundle.module == "deploy"
+    # Exactly the local code reached by imports: no unused.py, no data, no stdlib/site-packages.
+    assert bundle.files == (
+        "deploy.py",
+        "helpers.py",
+        "pkg/__init__.py",
+        "pkg/other.py",
+        "pkg/rel.py",
+        "pkg/sub.py",
+        "util/__init__.py",
+        "util/deep.py",
+    )
+    assert set(members(bundle)) == set(bundle.files)
+
+
+def test_from_package_import_submodule_and_relative_imports(tmp_path: Path) -> None:
+    # Namespace folder (no __init__) so only the modules actually imported are included.
+    write(tmp_path / "deploy.py", "from ns import a\nimport ns.b as b2\n")
+    write(tmp_path / "ns" / "a.py", "from ns.c import f\n")
+    write(tmp_path / "ns" / "b.py", "")
+    write(tmp_path / "ns" / "c.py", "import importlib\nimportlib.import_module('dyn')\n")
+    write(tmp_path / "ns" / "d.py", "")
+    write(tmp_path / "dyn.py", "")
+    bundle = build_bundle(tmp_path / "deploy.py")
+    assert bundle.files == ("deploy.py", "dyn.py", "ns/a.py", "ns/b.py", "ns/c.py")
+
+
+def test_skips_caches_dotfiles_and_symlinks(tmp_path: Path) -> None:
+    write(tmp_path / "deploy.py", "import pkg\n")
+    write(tmp_path / "pkg" / "__init__.py", "")
+    write(tmp_path / "pkg" / "__pycache__" / "x.cpython-311.pyc", "junk")
+    write(tmp_path / "pkg" / ".hidden" / "y.py", "")
+    write(tmp_path / "pkg" / "node_modules" / "z.py", "")
+    outside = write(tmp_path.parent / f"{tmp_path.name}-outside.py", "SECRET = 1\n")
+    os.symlink(outside, tmp_path / "pkg" / "link.py")
+    bundle = build_bundle(tmp_path / "deploy.py")
+    assert bundle.files == ("deploy.py", "pkg/__init__.py")
+
+
+def test_symlinked_module_rejected(tmp_path: Path) -> None:
+    real = write(tmp_path / "real" / "helpers.py", "")
+    proj = tmp_path / "proj"
+    write(proj / "deploy.py", "import helpers\n")
+    os.symlink(real, proj / "helpers.py")
+    with pytest.raises(DefinitionError, match="symlink"):
+        build_bundle(proj / "deploy.py")
+
+
+def test_module_inside_package_gets_dotted_name(tmp_path: Path) -> None:
+    write(tmp_path / "app" / "__init__.py", "")
+    write(tmp_path / "app" / "serving" / "__init__.py", "")
+    write(tmp_path / "app" / "serving" / "deploy.py", "from ..model import net\n")
+    write(tmp_path / "app" / "model" / "__init__.py", "")
+    write(tmp_path / "app" / "model" / "net.py", "")
+    write(tmp_path / "other.py", "")
+    bundle = build_bundle(tmp_path / "app" / "serving" / "deploy.py")
+    assert bundle.module == "app.serving.deploy"
+    assert bundle.files == (
+        "app/__init__.py",
+        "app/model/__init__.py",
+        "app/model/net.py",
+        "app/serving/__init__.py",
+        "app/serving/deploy.py",
+    )
+
+
+def test_explicit_project_root(tmp_path: Path) -> None:
+    write(tmp_path / "src" / "deploy.py", "import shared\n")
+    write(tmp_path / "shared.py", "")
+    bundle = build_bundle(tmp_path / "src" / "deploy.py", project_root=tmp_path)
+    assert bundle.module == "src.deploy"
+    assert bundle.files == ("shared.py", "src/deploy.py")
+    with pytest.raises(DefinitionError, match="not inside the project root"):
+        build_bundle(tmp_path / "src" / "deploy.py", project_root=write(tmp_path / "other" / "x.py").parent)
+
+
+def test_copies_files_and_directories(tmp_path: Path) -> None:
+    write(tmp_path / "deploy.py", "")
+    write(tmp_path / "config.yaml", "a: 1\n")
+    write(tmp_path / "assets" / "one.txt", "1")
+    write(tmp_path / "assets" / "sub" / "two.txt", "2")
+    write(tmp_path / "assets" / ".env", "TOKEN=secret")
+    ext = write(tmp_path.parent / f"{tmp_path.name}-ext" / "abs.txt", "abs")
+    bundle = build_bundle(
+        tmp_path / "deploy.py",
+        copies=[("config.yaml", "conf/config.yaml"), ("assets", "static"), (str(ext), "."), ("assets", ".")],
+    )
+    assert bundle.files == (
+        "abs.txt",
+        "conf/config.yaml",
+        "deploy.py",
+        "one.txt",
+        "static/one.txt",
+        "static/sub/two.txt",
+        "sub/two.txt",
+    )
+    assert read_member(bundle, "static/sub/two.txt") == b"2"
+    assert read_member(bundle, "conf/config.yaml") == b"a: 1\n"
+
+
+@pytest.mark.parametrize("dest", ["/etc/passwd", "../outside", "a/../../b", "C:/x"])
+def test_bad_copy_dest_rejected(tmp_path: Path, dest: str) -> None:
+    write(tmp_path / "deploy.py", "")
+    write(tmp_path / "f.txt", "")
+    with pytest.raises(DefinitionError, match="destination"):
+        build_bundle(tmp_path / "deploy.py", copies=[("f.txt", dest)])
+
+
+def test_missing_copy_source_named(tmp_path: Path) -> None:
+    write(tmp_path / "deploy.py", "")
+    with pytest.raises(DefinitionError, match="no-such-file.txt"):
+        build_bundle(tmp_path / "deploy.py", copies=[("no-such-file.txt", "x.txt")])
+
+
+def test_conflicting_destinations_rejected(tmp_path: Path) -> None:
+    write(tmp_path / "deploy.py", "")
+    write(tmp_path / "a.txt", "a")
+    write(tmp_path / "b.txt", "b")
+    with pytest.raises(DefinitionError, match="two files map"):
+        build_bundle(tmp_path / "deploy.py", copies=[("a.txt", "x"), ("b.txt", "x")])
+    with pytest.raises(DefinitionError, match="folder"):
+        build_bundle(tmp_path / "deploy.py", copies=[("a.txt", "x"), ("b.txt", "x/y")])
+
+
+def test_missing_module_rejected(tmp_path: Path) -> None:
+    with pytest.raises(DefinitionError, match="not an existing .py file"):
+        build_bundle(tmp_path / "nope.py")
+
+
+def test_only_expected_files_no_secrets(tmp_path: Path) -> None:
+    write(tmp_path / "deploy.py", "import helpers\n")
+    write(tmp_path / "helpers.py", "")
+    write(tmp_path / ".env", "HF_TOKEN=hf_secret")
+    write(tmp_path / "secrets.json", '{"token": "s3cr3t"}')
+    bundle = build_bundle(tmp_path / "deploy.py")
+    assert bundle.files == ("deploy.py", "helpers.py")
+    assert b"s3cr3t" not in bundle.data and b"hf_secret" not in bundle.data
+
+
+@pytest.mark.timeout(60)
+def test_large_bundle_is_fast(tmp_path: Path) -> None:
+    write(tmp_path / "deploy.py", "")
+    big = tmp_path / "weights"
+    big.mkdir()
+    chunk = os.urandom(1 << 20)
+    for i in range(4):
+        (big / f"part{i}.bin").write_bytes(chunk * 25)  # 4 x 25 MB
+    for i in range(500):
+        write(big / "small" / f"f{i:04d}.txt", str(i))
+    # Warm the page cache so the timing measures bundling, not the disk.
+    for p in big.rglob("*"):
+        if p.is_file():
+            p.read_bytes()
+    start = time.perf_counter()
+    bundle = build_bundle(tmp_path / "deploy.py", copies=[("weights", "weights")])
+    elapsed = time.perf_counter() - start
+    assert len(bundle.data) > 100 << 20
+    assert len(bundle.files) == 505
+    assert elapsed < 3.0, f"bundling 100 MB took {elapsed:.2f} s"

@@ -1,0 +1,57 @@
+"""The one place that decides whether a module is imported in deploy mode or serve mode."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from vastrpc._errors import ContextError
+
+if TYPE_CHECKING:
+    from vastrpc.deployment import Deployment
+
+__all__ = ["ServeRuntime", "enter_serve_mode", "get_context", "serve_runtime"]
+
+
+class ServeRuntime:
+    """What a worker's serving process knows while it imports and runs a deployment module."""
+
+    def __init__(self) -> None:
+        self.deployments: list[Deployment] = []
+        self.contexts: dict[type, Any] = {}
+
+
+_runtime: ServeRuntime | None = None
+
+
+def enter_serve_mode() -> ServeRuntime:
+    """Switch this process to serve mode (a worker does this before importing the user's module)."""
+    global _runtime
+    _runtime = ServeRuntime()
+    return _runtime
+
+
+def serve_runtime() -> ServeRuntime | None:
+    """The serve-mode runtime, or ``None`` in deploy mode."""
+    return _runtime
+
+
+def get_context(cls: type) -> Any:
+    """What ``cls.__aenter__`` returned on this worker.
+
+    Args:
+        cls: A class decorated with ``@app.context``.
+
+    Raises:
+        ContextError: Outside a worker, or for a class that is not a declared context.
+    """
+    if _runtime is None:
+        raise ContextError(
+            f"get_context({getattr(cls, '__name__', cls)}) only works inside a remote function running on a worker; "
+            "to test locally use vastrpc.testing"
+        )
+    try:
+        return _runtime.contexts[cls]
+    except KeyError:
+        raise ContextError(
+            f"{getattr(cls, '__name__', cls)} is not an entered context on this worker; decorate it with @app.context"
+        ) from None

@@ -1,0 +1,1 @@
+"""Client side: the control service client, worker connections, and the router that balances calls."""

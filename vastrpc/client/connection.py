@@ -1,0 +1,207 @@
+"""One worker's channel, with calls multiplexed over a long-lived Invoke stream."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+import grpc
+
+from vastrpc._errors import (
+    CallError,
+    CallTimeoutError,
+    FunctionNotFoundError,
+    SerializationError,
+    WorkerUnavailableError,
+)
+from vastrpc._grpc import CHANNEL_OPTIONS, bearer, error_from_rpc
+from vastrpc._payload import chunks, rebuild_exception
+from vastrpc.api.v1 import worker_pb2, worker_pb2_grpc
+
+_ERRORS: dict[int, type[CallError]] = {
+    worker_pb2.ERROR_KIND_FUNCTION_NOT_FOUND: FunctionNotFoundError,
+    worker_pb2.ERROR_KIND_BAD_ARGUMENTS: SerializationError,
+    worker_pb2.ERROR_KIND_BAD_RESULT: SerializationError,
+    worker_pb2.ERROR_KIND_CANCELLED: CallTimeoutError,
+    worker_pb2.ERROR_KIND_OVERLOADED: WorkerUnavailableError,
+}
+
+
+def _call_error(err: worker_pb2.CallError) -> BaseException:
+    if err.kind == worker_pb2.ERROR_KIND_APPLICATION:
+        return rebuild_exception(err.type, err.message, err.traceback, err.pickled)
+    return _ERRORS.get(err.kind, CallError)(err.message)
+
+
+class _Pending:
+    __slots__ = ("future", "parts")
+
+    def __init__(self, future: asyncio.Future[bytes]) -> None:
+        self.future = future
+        self.parts: list[bytes] = []
+
+
+class InvokeStream:
+    """A bidirectional Invoke stream carrying many calls at once, each tagged with its call id.
+
+    Opening an RPC costs about twice a message on an open stream, so calls reuse this
+    stream instead of opening one each.
+    """
+
+    def __init__(self, stub: worker_pb2_grpc.WorkerServiceStub, token: str, worker_id: str) -> None:
+        self.worker_id = worker_id
+        self._call = stub.Invoke(metadata=bearer(token))
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._write_lock = asyncio.Lock()
+        self.revision_id = ""
+        self.closed = False
+        self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+
+    @property
+    def calls_in_flight(self) -> int:
+        return len(self._pending)
+
+    async def invoke(self, function: str, data: bytes, encoding: int, timeout: float | None) -> tuple[bytes, int]:
+        """Run one call on this stream and return its encoded result."""
+        if self.closed:
+            raise WorkerUnavailableError(f"the stream to worker {self.worker_id} is closed")
+        call_id = next(self._ids)
+        pending = _Pending(asyncio.get_running_loop().create_future())
+        self._pending[call_id] = pending
+        sent = False
+        try:
+            await self._send(call_id, function, data, encoding, timeout)
+            sent = True
+            if timeout is None:
+                return await pending.future, encoding
+            try:
+                return await asyncio.wait_for(pending.future, timeout), encoding
+            except TimeoutError:
+                raise CallTimeoutError(f"{function} did not finish within {timeout:g}s") from None
+        except BaseException:
+            if sent and not pending.future.done():
+                # The caller gave up (cancelled, or timed out): tell the worker to stop the call.
+                asyncio.get_running_loop().create_task(self._cancel(call_id))
+            raise
+        finally:
+            self._pending.pop(call_id, None)
+
+    async def _send(self, call_id: int, function: str, data: bytes, encoding: int, timeout: float | None) -> None:
+        parts = chunks(data)
+        first, more = next(parts)
+        start = worker_pb2.CallStart(
+            call_id=call_id, function=function, encoding=encoding, data=first, more=more, timeout=timeout or 0.0
+        )
+        try:
+            async with self._write_lock:
+                await self._call.write(worker_pb2.InvokeRequest(start=start))
+                for chunk, more in parts:
+                    await self._call.write(
+                        worker_pb2.InvokeRequest(data=worker_pb2.CallData(call_id=call_id, data=chunk, more=more))
+                    )
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+            self.closed = True
+            raise WorkerUnavailableError(f"cannot send the call to worker {self.worker_id}: {exc}") from None
+
+    async def _cancel(self, call_id: int) -> None:
+        try:
+            async with self._write_lock:
+                await self._call.write(worker_pb2.InvokeRequest(cancel=worker_pb2.CallCancel(call_id=call_id)))
+        except Exception:  # the stream is gone: the worker cancels the calls of a dead stream itself
+            pass
+
+    async def _read_loop(self) -> None:
+        error: BaseException = WorkerUnavailableError(f"worker {self.worker_id} closed the stream during the call")
+        try:
+            for key, value in await self._call.initial_metadata():
+                if key == "vastrpc-revision":
+                    self.revision_id = value
+            while True:
+                response = await self._call.read()
+                if response is grpc.aio.EOF:
+                    break
+                kind = response.WhichOneof("message")
+                if kind == "result":
+                    result = response.result
+                    pending = self._pending.get(result.call_id)
+                    if pending is None or pending.future.done():
+                        continue
+                    if result.more:
+                        pending.parts.append(result.data)
+                    elif pending.parts:
+                        pending.parts.append(result.data)
+                        pending.future.set_result(b"".join(pending.parts))
+                    else:
+                        pending.future.set_result(result.data)
+                elif kind == "error":
+                    pending = self._pending.get(response.error.call_id)
+                    if pending is not None and not pending.future.done():
+                        pending.future.set_exception(_call_error(response.error))
+        except grpc.aio.AioRpcError as exc:
+            error = error_from_rpc(exc, unavailable=WorkerUnavailableError, target=f"worker {self.worker_id}")
+        except asyncio.CancelledError:
+            error = WorkerUnavailableError(f"the connection to worker {self.worker_id} was closed")
+            raise
+        finally:
+            self.closed = True
+            for pending in list(self._pending.values()):
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+
+    async def close(self) -> None:
+        self.closed = True
+        self._call.cancel()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+class WorkerConnection:
+    """A channel to one worker's serving process and its Invoke stream, with load figures for the balancer."""
+
+    def __init__(self, worker_id: str, address: str, token: str, score: float, capacity: int) -> None:
+        self.worker_id = worker_id
+        self.address = address
+        self.token = token
+        self.score = score
+        self.capacity = max(1, capacity)
+        self.channel = grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+        self._stub = worker_pb2_grpc.WorkerServiceStub(self.channel)
+        self._stream: InvokeStream | None = None
+        self.in_flight = 0
+        # Seconds per call, smoothed; starts from the worker's own benchmark.
+        self.latency = 1.0 / score if score > 0 else 0.01
+        self.failures = 0
+
+    def expected_wait(self) -> float:
+        """Expected seconds until a new call here completes: the balancer picks the lowest."""
+        queued = max(0, self.in_flight + 1 - self.capacity)
+        return self.latency * (1 + queued + self.in_flight / self.capacity) * (1 + self.failures)
+
+    async def invoke(self, function: str, data: bytes, encoding: int, timeout: float | None) -> tuple[bytes, int]:
+        stream = self._stream
+        if stream is None or stream.closed:
+            stream = self._stream = InvokeStream(self._stub, self.token, self.worker_id)
+        self.in_flight += 1
+        started = time.perf_counter()
+        try:
+            result = await stream.invoke(function, data, encoding, timeout)
+        except WorkerUnavailableError:
+            self.failures += 1
+            raise
+        finally:
+            self.in_flight -= 1
+        self.failures = 0
+        self.latency += 0.2 * ((time.perf_counter() - started) - self.latency)
+        return result
+
+    @property
+    def revision_id(self) -> str:
+        return self._stream.revision_id if self._stream is not None else ""
+
+    async def close(self) -> None:
+        if self._stream is not None:
+            await self._stream.close()
+        await self.channel.close()

@@ -1,0 +1,159 @@
+"""Keeps an endpoint's ready workers current through the control service's watch, and routes calls to them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from vastrpc._errors import ControlServiceError, DeploymentError, WorkerUnavailableError
+from vastrpc._payload import CLOUDPICKLE, decode_result, encode_args
+from vastrpc.api.v1 import common_pb2, control_pb2
+from vastrpc.client.connection import WorkerConnection
+from vastrpc.client.control import ControlClient
+
+log = logging.getLogger("vastrpc.client")
+
+# How long a call waits for a ready worker before it fails.
+_NO_WORKER_WAIT = 60.0
+
+
+class Router:
+    """The client's view of one endpoint: its state, its ready workers, and a connection to each."""
+
+    def __init__(self, control: ControlClient, endpoint_id: str) -> None:
+        self.control = control
+        self.endpoint_id = endpoint_id
+        self.state: control_pb2.WatchEndpointResponse | None = None
+        self.workers: dict[str, WorkerConnection] = {}
+        self._changed = asyncio.Condition()
+        self._watch_error: BaseException | None = None
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                async for update in self.control.watch(self.endpoint_id):
+                    delay = 0.2
+                    await self._apply(update)
+                raise ControlServiceError("the control service ended the endpoint watch")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep serving from known workers while the control service is away
+                async with self._changed:
+                    self._watch_error = exc
+                    self._changed.notify_all()
+                log.debug("endpoint watch failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _apply(self, update: control_pb2.WatchEndpointResponse) -> None:
+        ready = {
+            w.worker_id: w
+            for w in update.workers
+            if w.state == common_pb2.WORKER_STATE_READY and w.address and w.revision_id == update.revision_id
+        }
+        for worker_id in list(self.workers):
+            if worker_id not in ready:
+                conn = self.workers.pop(worker_id)
+                # Calls in flight on it finish or fail on their own; close it once they are done.
+                asyncio.get_running_loop().create_task(_close_when_idle(conn))
+        for worker_id, w in ready.items():
+            conn = self.workers.get(worker_id)
+            if conn is None or conn.address != w.address or conn.token != update.endpoint_token:
+                if conn is not None:
+                    asyncio.get_running_loop().create_task(_close_when_idle(conn))
+                self.workers[worker_id] = WorkerConnection(
+                    worker_id, w.address, update.endpoint_token, w.score, w.capacity or 1
+                )
+            else:
+                conn.score = w.score
+        async with self._changed:
+            self.state = update
+            self._watch_error = None
+            self._changed.notify_all()
+
+    async def wait_ready(self, revision_id: str, timeout: float) -> control_pb2.WatchEndpointResponse:
+        """Wait until the endpoint serves ``revision_id`` with enough ready workers.
+
+        Raises:
+            DeploymentError: The revision failed (with the failing step and worker log tail)
+                or did not become ready within ``timeout``.
+        """
+
+        def settled() -> bool:
+            s = self.state
+            if self._watch_error is not None and s is None:
+                return True
+            return s is not None and s.revision_id == revision_id and s.state in (
+                common_pb2.ENDPOINT_STATE_READY,
+                common_pb2.ENDPOINT_STATE_FAILED,
+                common_pb2.ENDPOINT_STATE_STOPPED,
+            )
+
+        try:
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(settled), timeout)
+        except TimeoutError:
+            raise DeploymentError(
+                f"workers were not ready within {timeout:g}s; {self._describe_workers()}", step="provision"
+            ) from None
+        state = self.state
+        if state is None:
+            assert self._watch_error is not None
+            raise self._watch_error
+        if state.state == common_pb2.ENDPOINT_STATE_FAILED:
+            f = state.failure
+            raise DeploymentError(f.message or "a worker failed", step=f.step, log_tail=f.log_tail)
+        if state.state == common_pb2.ENDPOINT_STATE_STOPPED:
+            raise DeploymentError("the endpoint was torn down while it was being deployed", step="provision")
+        return state
+
+    def _describe_workers(self) -> str:
+        if self.state is None or not self.state.workers:
+            return "no worker has registered"
+        return ", ".join(
+            f"{w.worker_id}: {common_pb2.WorkerState.Name(w.state).removeprefix('WORKER_STATE_').lower()}"
+            for w in self.state.workers
+        )
+
+    async def _pick(self) -> WorkerConnection:
+        deadline = time.monotonic() + _NO_WORKER_WAIT
+        while True:
+            if self.workers:
+                return min(self.workers.values(), key=WorkerConnection.expected_wait)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WorkerUnavailableError(
+                    f"no ready worker on endpoint {self.endpoint_id} after {_NO_WORKER_WAIT:g}s; "
+                    "see `vastrpc ls` and `vastrpc logs WORKER_ID`"
+                )
+            async with self._changed:
+                try:
+                    await asyncio.wait_for(self._changed.wait_for(lambda: bool(self.workers)), remaining)
+                except TimeoutError:
+                    pass
+
+    async def call(
+        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        """Encode the arguments, run the call on the best worker, and decode its result."""
+        data = encode_args(args, kwargs, CLOUDPICKLE)
+        conn = await self._pick()
+        result, encoding = await conn.invoke(function, data, CLOUDPICKLE, timeout)
+        return decode_result(result, encoding)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        conns, self.workers = list(self.workers.values()), {}
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+
+
+async def _close_when_idle(conn: WorkerConnection, limit: float = 600.0) -> None:
+    deadline = time.monotonic() + limit
+    while conn.in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await conn.close()

@@ -1,0 +1,172 @@
+"""The bundle store: an interface, and a local directory implementation that verifies every digest it stores."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Protocol
+
+from vastrpc._errors import BundleError, NotFoundError
+
+__all__ = ["BlobStore", "BlobWriter", "LocalBlobStore", "check_digest"]
+
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def check_digest(digest: str) -> str:
+    """Return ``digest`` if it is a lower-case hex SHA-256, else raise BundleError.
+
+    The digest names a file, so anything else (a path, ``..``) must never get that far.
+    """
+    if not _DIGEST.fullmatch(digest or ""):
+        raise BundleError(f"invalid bundle digest {digest[:80]!r}: expected 64 lower-case hex characters (SHA-256)")
+    return digest
+
+
+class BlobWriter(Protocol):
+    """An upload in progress. Use as a context manager: leaving it without ``commit()`` discards it."""
+
+    def write(self, chunk: bytes) -> None:
+        """Append a chunk; raises BundleError past the announced size."""
+
+    def commit(self) -> bool:
+        """Verify size and digest and store the bundle; False when it was already stored."""
+
+    def abort(self) -> None:
+        """Discard what was written."""
+
+    def __enter__(self) -> BlobWriter: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class BlobStore(Protocol):
+    """Where bundles live, addressed by their SHA-256 (a directory now, S3 later)."""
+
+    def has(self, digest: str) -> bool:
+        """Whether a bundle with that digest is stored."""
+
+    def size(self, digest: str) -> int:
+        """The stored bundle's size; NotFoundError when missing."""
+
+    def open_writer(self, digest: str, size: int) -> BlobWriter:
+        """Start storing a bundle that claims ``digest`` and ``size``."""
+
+    def read_chunks(self, digest: str, chunk_size: int) -> Iterator[bytes]:
+        """The stored bundle in chunks; NotFoundError when missing."""
+
+
+class _LocalWriter:
+    """Writes to a temporary file next to the bundles; renames it into place once verified."""
+
+    def __init__(self, root: Path, digest: str, size: int) -> None:
+        self._final = root / digest
+        self._digest = digest
+        self._size = size
+        self._hash = hashlib.sha256()
+        self._written = 0
+        fd, name = tempfile.mkstemp(prefix=f".{digest[:16]}.", suffix=".part", dir=root)
+        self._tmp = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._done = False
+
+    def write(self, chunk: bytes) -> None:
+        if self._done:
+            raise BundleError("bundle writer already closed")
+        self._written += len(chunk)
+        if self._written > self._size:
+            self.abort()
+            raise BundleError(f"bundle {self._digest[:12]} is larger than its announced {self._size} bytes")
+        self._hash.update(chunk)
+        self._file.write(chunk)
+
+    def commit(self) -> bool:
+        if self._done:
+            raise BundleError("bundle writer already closed")
+        if self._written != self._size:
+            self.abort()
+            raise BundleError(
+                f"bundle {self._digest[:12]} is incomplete: received {self._written} of {self._size} announced bytes"
+            )
+        actual = self._hash.hexdigest()
+        if actual != self._digest:
+            self.abort()
+            raise BundleError(f"bundle digest mismatch: announced {self._digest}, received data hashes to {actual}")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._done = True
+        if self._final.exists():
+            # A concurrent upload of the same content won; identical bytes, keep theirs.
+            self._tmp.unlink(missing_ok=True)
+            return False
+        os.replace(self._tmp, self._final)
+        return True
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> _LocalWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        # Whatever left the block early (an error, a cancelled upload) leaves nothing behind.
+        self.abort()
+
+
+class LocalBlobStore:
+    """Bundles as files ``<root>/<digest>``; partial uploads are ``<root>/.*.part`` until verified."""
+
+    def __init__(self, root: Path) -> None:
+        """Use (and create) ``root``; leftovers of uploads interrupted by a crash are removed."""
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(".*.part"):
+            stale.unlink(missing_ok=True)
+
+    def path(self, digest: str) -> Path:
+        """Where the bundle with that digest is (or would be) stored."""
+        return self.root / check_digest(digest)
+
+    def has(self, digest: str) -> bool:
+        """Whether a bundle with that digest is stored."""
+        try:
+            return self.path(digest).is_file()
+        except BundleError:
+            return False
+
+    def size(self, digest: str) -> int:
+        """The stored bundle's size; NotFoundError when missing."""
+        try:
+            return self.path(digest).stat().st_size
+        except (FileNotFoundError, BundleError):
+            raise NotFoundError(f"no bundle with digest {digest[:80]!r} is stored") from None
+
+    def open_writer(self, digest: str, size: int) -> _LocalWriter:
+        """Start storing a bundle that claims ``digest`` and ``size``."""
+        if size < 0:
+            raise BundleError(f"invalid bundle size {size}")
+        return _LocalWriter(self.root, check_digest(digest), size)
+
+    def read_chunks(self, digest: str, chunk_size: int) -> Iterator[bytes]:
+        """The stored bundle in chunks; NotFoundError when missing (raised before the first chunk)."""
+        try:
+            handle = self.path(digest).open("rb")
+        except (FileNotFoundError, BundleError):
+            raise NotFoundError(f"no bundle with digest {digest[:80]!r} is stored") from None
+        return self._chunks(handle, chunk_size)
+
+    @staticmethod
+    def _chunks(handle: BinaryIO, chunk_size: int) -> Iterator[bytes]:
+        with handle:
+            while chunk := handle.read(chunk_size):
+                yield chunk

@@ -1,0 +1,216 @@
+"""Providers start and stop workers: an interface, and LocalProcessProvider (a worker is a local process)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import signal
+import sys
+import sysconfig
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["ExitCallback", "LocalProcessProvider", "Provider", "pid_alive"]
+
+log = logging.getLogger(__name__)
+
+ENV_WORKER_TOKEN = "VASTRPC_WORKER_TOKEN"
+ENV_HOME = "VASTRPC_HOME"
+
+# Called with (worker_id, returncode) when a worker's process ends, whoever ended it.
+ExitCallback = Callable[[str, int], Awaitable[None] | None]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with that pid exists (and is not a zombie of ours)."""
+    if pid <= 0:
+        return False
+    try:
+        # Reap it if it is our exited child: a zombie still answers kill(pid, 0).
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def package_pythonpath(environ: Mapping[str, str]) -> str | None:
+    """PYTHONPATH that lets ``python -m vastrpc`` find this very vastrpc, or None when it is installed.
+
+    A checkout used without ``pip install`` is importable here only through the caller's
+    sys.path; a child started elsewhere would not find it.
+    """
+    root = str(Path(__file__).resolve().parents[2])
+    installed = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    if root in installed:
+        return None
+    current = environ.get("PYTHONPATH", "")
+    if root in current.split(os.pathsep):
+        return None
+    return os.pathsep.join(p for p in (root, current) if p)
+
+
+class Provider(Protocol):
+    """Places workers somewhere (local processes now, a cluster engine later).
+
+    ``on_exit`` is called with ``(worker_id, returncode)`` whenever a worker the provider
+    started ends, whether it crashed, exited or was stopped.
+    """
+
+    on_exit: ExitCallback | None
+
+    async def start_worker(self, worker_id: str, token: str, control_address: str) -> int:
+        """Start a worker agent that reports to ``control_address``; returns its pid."""
+
+    async def stop_worker(self, worker_id: str, grace: float, *, pid: int = 0) -> bool:
+        """Stop a worker (TERM, then KILL after ``grace`` seconds); False when it was not running."""
+
+    async def stop_all(self, grace: float) -> None:
+        """Stop every worker this provider runs."""
+
+    def is_running(self, worker_id: str) -> bool:
+        """Whether the provider runs that worker now."""
+
+    def log_path(self, worker_id: str) -> Path:
+        """Where the worker's output goes."""
+
+
+class LocalProcessProvider:
+    """Runs each worker as ``python -m vastrpc worker ...`` in its own session on this host.
+
+    Args:
+        home: The vastrpc home; logs go to ``home/logs/workers/<worker_id>.log``.
+        argv_prefix: The command before ``--control ADDR --worker-id ID``; tests swap in a
+            fake worker. Defaults to ``[sys.executable, "-m", "vastrpc", "worker"]``.
+        environ: The environment workers inherit (default: this process's).
+        on_exit: See Provider.
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        argv_prefix: Sequence[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        on_exit: ExitCallback | None = None,
+    ) -> None:
+        self.home = Path(home)
+        self.argv_prefix = list(argv_prefix) if argv_prefix else [sys.executable, "-m", "vastrpc", "worker"]
+        self._environ = dict(os.environ if environ is None else environ)
+        self.on_exit = on_exit
+        self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+        self.log_dir = self.home / "logs" / "workers"
+
+    def log_path(self, worker_id: str) -> Path:
+        """Where the worker's stdout and stderr go."""
+        return self.log_dir / f"{worker_id}.log"
+
+    def is_running(self, worker_id: str) -> bool:
+        """Whether that worker's process is running."""
+        proc = self._procs.get(worker_id)
+        return proc is not None and proc.returncode is None
+
+    async def start_worker(self, worker_id: str, token: str, control_address: str) -> int:
+        """Spawn the worker agent in a new session, its output appended to its log file; returns its pid."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        argv = [*self.argv_prefix, "--control", control_address, "--worker-id", worker_id]
+        env = dict(self._environ)
+        env[ENV_WORKER_TOKEN] = token
+        env[ENV_HOME] = str(self.home)
+        env["PYTHONUNBUFFERED"] = "1"
+        if (pythonpath := package_pythonpath(env)) is not None:
+            env["PYTHONPATH"] = pythonpath
+        with self.log_path(worker_id).open("ab") as out:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            out.write(f"[vastrpc {stamp}] starting worker {worker_id}: {' '.join(argv)}\n".encode())
+            out.flush()
+            # A session of its own: stopping the worker signals its whole process group, and a
+            # Ctrl-C meant for the control service's terminal does not reach it directly.
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                env=env, start_new_session=True,
+            )
+        self._procs[worker_id] = proc
+        task = asyncio.create_task(self._watch(worker_id, proc), name=f"watch-{worker_id}")
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+        log.info("started worker %s (pid %d)", worker_id, proc.pid)
+        return proc.pid
+
+    async def _watch(self, worker_id: str, proc: asyncio.subprocess.Process) -> None:
+        returncode = await proc.wait()
+        # Whatever the agent left in its process group (a serving process) goes with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if self._procs.get(worker_id) is proc:
+            del self._procs[worker_id]
+        log.info("worker %s (pid %d) exited with code %d", worker_id, proc.pid, returncode)
+        if self.on_exit is None:
+            return
+        try:
+            result = self.on_exit(worker_id, returncode)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("handling the exit of worker %s failed", worker_id)
+
+    async def stop_worker(self, worker_id: str, grace: float, *, pid: int = 0) -> bool:
+        """SIGTERM the worker's process group, SIGKILL it after ``grace`` seconds.
+
+        ``pid`` stops a worker this provider did not start (one left by an earlier
+        control service process). Returns False when nothing was running.
+        """
+        proc = self._procs.get(worker_id)
+        if proc is None:
+            return await self._stop_foreign(pid, grace) if pid else False
+        if proc.returncode is not None:
+            return False
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=grace)
+        except TimeoutError:
+            log.warning("worker %s did not stop within %gs; killing it", worker_id, grace)
+            _signal_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        return True
+
+    async def _stop_foreign(self, pid: int, grace: float) -> bool:
+        # Only a process that leads its own group is one we started (start_new_session);
+        # anything else is a recycled pid and must not be touched.
+        try:
+            if os.getpgid(pid) != pid:
+                return False
+        except ProcessLookupError:
+            return False
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while pid_alive(pid):
+            if time.monotonic() >= deadline:
+                _signal_group(pid, signal.SIGKILL)
+                break
+            await asyncio.sleep(0.05)
+        return True
+
+    async def stop_all(self, grace: float) -> None:
+        """Stop every running worker at once, then wait for the exit callbacks to finish."""
+        await asyncio.gather(*(self.stop_worker(wid, grace) for wid in list(self._procs)))
+        if self._watchers:
+            await asyncio.wait(list(self._watchers), timeout=grace)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

@@ -1,0 +1,470 @@
+"""The control service's state store: an interface, and its SQLite implementation (the embedded default)."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+__all__ = [
+    "ACTIVE_WORKER_STATES",
+    "DeploymentRow",
+    "EndpointRow",
+    "RevisionRow",
+    "SqliteStore",
+    "Store",
+    "WorkerRow",
+    "new_id",
+]
+
+# Worker states as stored (lower-case names of vastrpc.api.v1.WorkerState without the prefix).
+# A worker in one of these states counts towards its endpoint's workers: it serves or will.
+ACTIVE_WORKER_STATES = ("starting", "downloading", "installing", "loading", "benchmarking", "ready")
+
+
+def new_id(prefix: str) -> str:
+    """A random id such as ``w-3f9a0c1b2d4e``: 48 bits, unique enough per control service."""
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+@dataclass(frozen=True)
+class DeploymentRow:
+    """A deployment: a name whose endpoints are its tags."""
+
+    id: str
+    name: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class EndpointRow:
+    """One (deployment, tag): the unit that is provisioned, watched and torn down.
+
+    ``state`` is one of ``new`` (registered, never provisioned), ``deploying``, ``ready``,
+    ``failed``, ``stopped``.
+    """
+
+    id: str
+    deployment_id: str
+    tag: str
+    state: str
+    live_revision_id: str | None
+    token: str
+    desired_workers: int
+    failure_step: str
+    failure_message: str
+    failure_log_tail: str
+    created_at: float
+    last_client_seen: float
+
+
+@dataclass(frozen=True)
+class RevisionRow:
+    """A registered revision: the serialized DeploymentSpec and the digests that classify updates."""
+
+    id: str
+    endpoint_id: str
+    spec: bytes
+    bundle_digest: str
+    code_digest: str
+    environment_digest: str
+    autoscaling_digest: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    """A worker as the control service tracks it. Only the sha256 of its token is kept."""
+
+    id: str
+    endpoint_id: str
+    revision_id: str
+    state: str
+    token_hash: str
+    address: str = ""
+    score: float = 0.0
+    capacity: int = 0
+    pid: int = 0
+    calls_in_flight: int = 0
+    failure_step: str = ""
+    failure_message: str = ""
+    failure_log_tail: str = ""
+    last_heartbeat: float = 0.0
+    log_path: str = ""
+    created_at: float = 0.0
+
+
+class Store(Protocol):
+    """What the control service needs from its state store (SQLite now, PostgreSQL later).
+
+    Calls are synchronous: they are sub-millisecond on the embedded store. Every
+    method that changes several rows runs in one transaction; ``transaction()``
+    groups several calls into one.
+    """
+
+    def transaction(self) -> Any:
+        """A context manager: the calls inside commit together or not at all."""
+
+    def close(self) -> None:
+        """Release the store."""
+
+    def get_or_create_deployment(self, name: str) -> DeploymentRow:
+        """The deployment called ``name``, created when missing."""
+
+    def get_deployment_by_name(self, name: str) -> DeploymentRow | None:
+        """The deployment called ``name``, if any."""
+
+    def get_deployment(self, deployment_id: str) -> DeploymentRow | None:
+        """The deployment with that id, if any."""
+
+    def list_deployments(self) -> list[DeploymentRow]:
+        """Every deployment, oldest first."""
+
+    def get_or_create_endpoint(self, deployment_id: str, tag: str) -> tuple[EndpointRow, bool]:
+        """The endpoint of ``(deployment, tag)`` and whether it was created now."""
+
+    def get_endpoint(self, endpoint_id: str) -> EndpointRow | None:
+        """The endpoint with that id, if any."""
+
+    def list_endpoints(self, deployment_id: str | None = None) -> list[EndpointRow]:
+        """Endpoints of one deployment (or all), oldest first."""
+
+    def update_endpoint(self, endpoint_id: str, **values: Any) -> EndpointRow:
+        """Set columns of an endpoint and return the new row."""
+
+    def add_revision(self, endpoint_id: str, spec: bytes, digests: dict[str, str]) -> RevisionRow:
+        """Record a revision; ``digests`` maps bundle/code/environment/autoscaling to hex digests."""
+
+    def get_revision(self, revision_id: str) -> RevisionRow | None:
+        """The revision with that id, if any."""
+
+    def add_worker(self, worker: WorkerRow) -> WorkerRow:
+        """Insert a worker row (``created_at`` is set here) and return it."""
+
+    def get_worker(self, worker_id: str) -> WorkerRow | None:
+        """The worker with that id, if any."""
+
+    def get_worker_by_token_hash(self, token_hash: str) -> WorkerRow | None:
+        """The worker whose token hashes to ``token_hash``, if any."""
+
+    def list_workers(
+        self,
+        *,
+        endpoint_id: str | None = None,
+        revision_id: str | None = None,
+        states: Sequence[str] | None = None,
+        exclude_states: Sequence[str] | None = None,
+    ) -> list[WorkerRow]:
+        """Workers matching every given filter, oldest first."""
+
+    def update_worker(self, worker_id: str, **values: Any) -> WorkerRow:
+        """Set columns of a worker and return the new row."""
+
+
+# Schema migrations, applied in order; the schema_version table records how far a database
+# got. Append a new entry for every change; never edit a released one.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE deployments (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE endpoints (
+        id TEXT PRIMARY KEY,
+        deployment_id TEXT NOT NULL REFERENCES deployments(id),
+        tag TEXT NOT NULL,
+        state TEXT NOT NULL,
+        live_revision_id TEXT,
+        token TEXT NOT NULL,
+        desired_workers INTEGER NOT NULL DEFAULT 0,
+        failure_step TEXT NOT NULL DEFAULT '',
+        failure_message TEXT NOT NULL DEFAULT '',
+        failure_log_tail TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        last_client_seen REAL NOT NULL DEFAULT 0,
+        UNIQUE (deployment_id, tag)
+    );
+    CREATE TABLE revisions (
+        id TEXT PRIMARY KEY,
+        endpoint_id TEXT NOT NULL REFERENCES endpoints(id),
+        spec BLOB NOT NULL,
+        bundle_digest TEXT NOT NULL,
+        code_digest TEXT NOT NULL,
+        environment_digest TEXT NOT NULL,
+        autoscaling_digest TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE workers (
+        id TEXT PRIMARY KEY,
+        endpoint_id TEXT NOT NULL REFERENCES endpoints(id),
+        revision_id TEXT NOT NULL REFERENCES revisions(id),
+        state TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        address TEXT NOT NULL DEFAULT '',
+        score REAL NOT NULL DEFAULT 0,
+        capacity INTEGER NOT NULL DEFAULT 0,
+        pid INTEGER NOT NULL DEFAULT 0,
+        calls_in_flight INTEGER NOT NULL DEFAULT 0,
+        failure_step TEXT NOT NULL DEFAULT '',
+        failure_message TEXT NOT NULL DEFAULT '',
+        failure_log_tail TEXT NOT NULL DEFAULT '',
+        last_heartbeat REAL NOT NULL DEFAULT 0,
+        log_path TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX workers_endpoint ON workers(endpoint_id, state);
+    CREATE INDEX revisions_endpoint ON revisions(endpoint_id);
+    """,
+)
+
+_ENDPOINT_COLUMNS = frozenset(f.name for f in fields(EndpointRow)) - {"id", "deployment_id", "created_at"}
+_WORKER_COLUMNS = frozenset(f.name for f in fields(WorkerRow)) - {"id", "created_at"}
+
+
+class SqliteStore:
+    """The Store on one SQLite file in WAL mode.
+
+    One connection is shared by the service (all calls come from its event loop);
+    a lock keeps it safe if a thread ever calls in.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        """Open (creating and migrating when needed) the database at ``path``."""
+        # isolation_level=None: the module never opens transactions behind our back;
+        # transaction() issues BEGIN IMMEDIATE / COMMIT itself.
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    # -- plumbing -----------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Commit the calls inside together; nested uses join the outer transaction."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+            finally:
+                self._depth = 0
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = self._db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            current = row[0] or 0
+            for version, script in enumerate(_MIGRATIONS[current:], start=current + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+    @property
+    def schema_version(self) -> int:
+        """The migration the database is at."""
+        return int(self._one("SELECT MAX(version) AS v FROM schema_version")["v"] or 0)
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._db.close()
+
+    def _one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        with self._lock:
+            return self._db.execute(sql, tuple(params)).fetchone()
+
+    def _all(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, tuple(params)).fetchall()
+
+    def _exec(self, sql: str, params: Iterable[Any] = ()) -> None:
+        with self._lock:
+            self._db.execute(sql, tuple(params))
+
+    def _update(self, table: str, allowed: frozenset[str], row_id: str, values: dict[str, Any]) -> None:
+        unknown = set(values) - allowed
+        if unknown:
+            raise ValueError(f"cannot set {sorted(unknown)} on {table}")
+        if not values:
+            return
+        # Column names come from the dataclass fields checked above, never from callers' data.
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        self._exec(f"UPDATE {table} SET {assignments} WHERE id = ?", [*values.values(), row_id])
+
+    # -- deployments --------------------------------------------------------------
+
+    def get_or_create_deployment(self, name: str) -> DeploymentRow:
+        """The deployment called ``name``, created when missing."""
+        with self.transaction():
+            existing = self.get_deployment_by_name(name)
+            if existing is not None:
+                return existing
+            row = DeploymentRow(id=new_id("d"), name=name, created_at=time.time())
+            self._exec("INSERT INTO deployments (id, name, created_at) VALUES (?, ?, ?)", (row.id, row.name, row.created_at))
+            return row
+
+    def get_deployment_by_name(self, name: str) -> DeploymentRow | None:
+        """The deployment called ``name``, if any."""
+        row = self._one("SELECT * FROM deployments WHERE name = ?", (name,))
+        return DeploymentRow(**dict(row)) if row else None
+
+    def get_deployment(self, deployment_id: str) -> DeploymentRow | None:
+        """The deployment with that id, if any."""
+        row = self._one("SELECT * FROM deployments WHERE id = ?", (deployment_id,))
+        return DeploymentRow(**dict(row)) if row else None
+
+    def list_deployments(self) -> list[DeploymentRow]:
+        """Every deployment, oldest first."""
+        return [DeploymentRow(**dict(r)) for r in self._all("SELECT * FROM deployments ORDER BY created_at, name")]
+
+    # -- endpoints ----------------------------------------------------------------
+
+    def get_or_create_endpoint(self, deployment_id: str, tag: str) -> tuple[EndpointRow, bool]:
+        """The endpoint of ``(deployment, tag)`` and whether it was created now."""
+        with self.transaction():
+            row = self._one("SELECT * FROM endpoints WHERE deployment_id = ? AND tag = ?", (deployment_id, tag))
+            if row:
+                return EndpointRow(**dict(row)), False
+            endpoint_id = new_id("e")
+            self._exec(
+                "INSERT INTO endpoints (id, deployment_id, tag, state, token, created_at) VALUES (?, ?, ?, 'new', ?, ?)",
+                (endpoint_id, deployment_id, tag, secrets.token_urlsafe(32), time.time()),
+            )
+            endpoint = self.get_endpoint(endpoint_id)
+            assert endpoint is not None
+            return endpoint, True
+
+    def get_endpoint(self, endpoint_id: str) -> EndpointRow | None:
+        """The endpoint with that id, if any."""
+        row = self._one("SELECT * FROM endpoints WHERE id = ?", (endpoint_id,))
+        return EndpointRow(**dict(row)) if row else None
+
+    def list_endpoints(self, deployment_id: str | None = None) -> list[EndpointRow]:
+        """Endpoints of one deployment (or all), oldest first."""
+        if deployment_id is None:
+            rows = self._all("SELECT * FROM endpoints ORDER BY created_at, tag")
+        else:
+            rows = self._all("SELECT * FROM endpoints WHERE deployment_id = ? ORDER BY created_at, tag", (deployment_id,))
+        return [EndpointRow(**dict(r)) for r in rows]
+
+    def update_endpoint(self, endpoint_id: str, **values: Any) -> EndpointRow:
+        """Set columns of an endpoint and return the new row."""
+        with self.transaction():
+            self._update("endpoints", _ENDPOINT_COLUMNS, endpoint_id, values)
+            endpoint = self.get_endpoint(endpoint_id)
+        if endpoint is None:
+            raise KeyError(endpoint_id)
+        return endpoint
+
+    # -- revisions ----------------------------------------------------------------
+
+    def add_revision(self, endpoint_id: str, spec: bytes, digests: dict[str, str]) -> RevisionRow:
+        """Record a revision; ``digests`` maps bundle/code/environment/autoscaling to hex digests."""
+        row = RevisionRow(
+            id=new_id("r"),
+            endpoint_id=endpoint_id,
+            spec=spec,
+            bundle_digest=digests.get("bundle", ""),
+            code_digest=digests.get("code", ""),
+            environment_digest=digests.get("environment", ""),
+            autoscaling_digest=digests.get("autoscaling", ""),
+            created_at=time.time(),
+        )
+        self._exec(
+            "INSERT INTO revisions (id, endpoint_id, spec, bundle_digest, code_digest, environment_digest,"
+            " autoscaling_digest, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (row.id, row.endpoint_id, row.spec, row.bundle_digest, row.code_digest, row.environment_digest,
+             row.autoscaling_digest, row.created_at),
+        )
+        return row
+
+    def get_revision(self, revision_id: str) -> RevisionRow | None:
+        """The revision with that id, if any."""
+        row = self._one("SELECT * FROM revisions WHERE id = ?", (revision_id,))
+        if not row:
+            return None
+        values = dict(row)
+        values["spec"] = bytes(values["spec"])
+        return RevisionRow(**values)
+
+    # -- workers ------------------------------------------------------------------
+
+    def add_worker(self, worker: WorkerRow) -> WorkerRow:
+        """Insert a worker row (``created_at`` is set here) and return it."""
+        values = {f.name: getattr(worker, f.name) for f in fields(WorkerRow)}
+        values["created_at"] = time.time()
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        self._exec(f"INSERT INTO workers ({columns}) VALUES ({marks})", values.values())
+        return WorkerRow(**values)
+
+    def get_worker(self, worker_id: str) -> WorkerRow | None:
+        """The worker with that id, if any."""
+        row = self._one("SELECT * FROM workers WHERE id = ?", (worker_id,))
+        return WorkerRow(**dict(row)) if row else None
+
+    def get_worker_by_token_hash(self, token_hash: str) -> WorkerRow | None:
+        """The worker whose token hashes to ``token_hash``, if any."""
+        row = self._one("SELECT * FROM workers WHERE token_hash = ?", (token_hash,))
+        return WorkerRow(**dict(row)) if row else None
+
+    def list_workers(
+        self,
+        *,
+        endpoint_id: str | None = None,
+        revision_id: str | None = None,
+        states: Sequence[str] | None = None,
+        exclude_states: Sequence[str] | None = None,
+    ) -> list[WorkerRow]:
+        """Workers matching every given filter, oldest first."""
+        where: list[str] = []
+        params: list[Any] = []
+        if endpoint_id is not None:
+            where.append("endpoint_id = ?")
+            params.append(endpoint_id)
+        if revision_id is not None:
+            where.append("revision_id = ?")
+            params.append(revision_id)
+        if states is not None:
+            where.append(f"state IN ({', '.join('?' for _ in states) or 'NULL'})")
+            params.extend(states)
+        if exclude_states:
+            where.append(f"state NOT IN ({', '.join('?' for _ in exclude_states)})")
+            params.extend(exclude_states)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = self._all(f"SELECT * FROM workers{clause} ORDER BY created_at, id", params)
+        return [WorkerRow(**dict(r)) for r in rows]
+
+    def update_worker(self, worker_id: str, **values: Any) -> WorkerRow:
+        """Set columns of a worker and return the new row."""
+        with self.transaction():
+            self._update("workers", _WORKER_COLUMNS, worker_id, values)
+            worker = self.get_worker(worker_id)
+        if worker is None:
+            raise KeyError(worker_id)
+        return worker

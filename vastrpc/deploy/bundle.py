@@ -1,0 +1,350 @@
+"""Package a deployment module, its local imports and copied files into a deterministic tarball."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from vastrpc._errors import DefinitionError
+
+__all__ = ["Bundle", "build_bundle"]
+
+# Directory and file names never walked into or stored: caches, VCS data,
+# virtual environments. Anything starting with "." is skipped as well, which
+# also keeps files such as ``.env`` (often holding secrets) out of bundles.
+_SKIP_NAMES = frozenset({"__pycache__", "venv", "node_modules", "site-packages"})
+_SKIP_SUFFIXES = (".pyc", ".pyo")
+
+# PAX is fixed so the bytes never depend on tarfile's default format; it also
+# stores long and non-ASCII paths without truncation.
+_TAR_FORMAT = tarfile.PAX_FORMAT
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A built bundle.
+
+    Attributes:
+        data: The uncompressed tar archive.
+        digest: Hex SHA-256 of ``data``.
+        files: Archive paths of the stored files, sorted.
+        module: Dotted name of the deployment module to import on the worker
+            with the bundle root on ``sys.path`` (e.g. ``"deploy"`` or ``"pkg.deploy"``).
+    """
+
+    data: bytes
+    digest: str
+    files: tuple[str, ...]
+    module: str
+
+
+def build_bundle(
+    module_file: Path,
+    *,
+    copies: Sequence[tuple[str, str]] = (),
+    project_root: Path | None = None,
+) -> Bundle:
+    """Build the deterministic bundle of a deployment.
+
+    What goes in:
+
+    * the deployment module;
+    * every local module it imports, transitively (found with ``ast``: ``import x``,
+      ``import x.y``, ``from x import y``, relative imports, and
+      ``importlib.import_module("literal")``). A name is local when it resolves to
+      a ``.py`` file or a package directory under ``project_root``; anything else
+      (stdlib, site-packages) is left to the worker's environment. When a regular
+      package is imported, all ``.py`` files of its top-level package directory
+      are included (and scanned), so submodules loaded dynamically still work;
+    * ``copies`` from ``Image.copy``: files or whole directories, stored at their
+      destination path.
+
+    Never stored: ``__pycache__``, ``*.pyc``, names starting with a dot (``.git``,
+    ``.venv``, ``.env``...), ``venv``, ``node_modules``, and symlinks (none are
+    followed: symlinks met while walking a directory are skipped; a symlink named
+    directly, as the module, an imported module or a copy source, is an error).
+    Empty directories are not stored (the archive holds regular files only).
+
+    The archive is plain tar (no compression), members sorted by path, with
+    mtime 0, owner 0/0 and empty owner names, mode 0o755 for files executable by
+    their owner and 0o644 otherwise: the same files give the same bytes and the
+    same digest, whatever their mtimes, owners, the umask or discovery order.
+
+    Args:
+        module_file: The deployment's Python file.
+        copies: ``(local_path, dest_path)`` pairs; relative local paths are
+            relative to ``project_root``; ``dest_path`` must be relative, without ``..``.
+        project_root: The folder that becomes the bundle root (and the worker's
+            import root). Defaults to the module's folder, or, when that folder is
+            a package (has ``__init__.py``), the folder above its top-level package.
+
+    Returns:
+        The built :class:`Bundle`.
+
+    Raises:
+        DefinitionError: The module is missing or not importable by its path, a
+            copy source is missing, a destination is unsafe, two sources map to the
+            same archive path, or a needed file is a symlink.
+    """
+    module_file = Path(module_file)
+    if module_file.is_symlink():
+        raise DefinitionError(
+            f"deployment module {module_file} is a symlink; bundles store regular files only: use the real file"
+        )
+    if module_file.suffix != ".py" or not module_file.is_file():
+        raise DefinitionError(f"deployment module {module_file} is not an existing .py file")
+    module_file = module_file.resolve()
+    if project_root is None:
+        root = module_file.parent
+        # A module inside a package is imported by its dotted name, so the
+        # import root is the folder above the outermost package.
+        while (root / "__init__.py").is_file() and root.parent != root:
+            root = root.parent
+    else:
+        root = Path(project_root).resolve()
+        if not root.is_dir():
+            raise DefinitionError(f"project root {project_root} is not an existing directory")
+    module = _module_name(module_file, root)
+
+    members: dict[str, Path] = {}
+    for path in _LocalImports(root).collect(module_file, module):
+        _add_member(members, path.relative_to(root).as_posix(), path)
+    for local, dest in copies:
+        for arcname, path in _expand_copy(root, local, dest):
+            _add_member(members, arcname, path)
+    _check_no_file_dir_clash(members)
+
+    data = _write_tar(members)
+    return Bundle(
+        data=data,
+        digest=hashlib.sha256(data).hexdigest(),
+        files=tuple(sorted(members)),
+        module=module,
+    )
+
+
+def _module_name(module_file: Path, root: Path) -> str:
+    """Dotted import name of ``module_file`` with ``root`` on ``sys.path``."""
+    try:
+        rel = module_file.relative_to(root)
+    except ValueError:
+        raise DefinitionError(
+            f"deployment module {module_file} is not inside the project root {root}: "
+            "pass a project_root that contains it"
+        ) from None
+    parts = list(rel.with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    if not parts or not all(p.isidentifier() for p in parts):
+        raise DefinitionError(
+            f"deployment module {rel} cannot be imported by a dotted name from {root}: "
+            "every folder and the file name must be valid Python identifiers"
+        )
+    return ".".join(parts)
+
+
+def _skipped(name: str) -> bool:
+    return name.startswith(".") or name in _SKIP_NAMES or name.endswith(_SKIP_SUFFIXES)
+
+
+def _walk_files(top: Path, *, suffix: str = "") -> Iterator[Path]:
+    """Regular files under ``top`` (symlinks and skipped names left out), no order promised."""
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+        # os.walk does not descend into symlinked dirs with followlinks=False,
+        # but it still lists them in dirnames; prune them with skipped names.
+        dirnames[:] = [d for d in dirnames if not _skipped(d) and not os.path.islink(os.path.join(dirpath, d))]
+        for name in filenames:
+            if _skipped(name) or (suffix and not name.endswith(suffix)):
+                continue
+            path = Path(dirpath, name)
+            if path.is_symlink() or not path.is_file():
+                continue
+            yield path
+
+
+class _LocalImports:
+    """Finds the local files a module needs, following imports transitively."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._resolved: dict[str, tuple[Path, ...]] = {}
+
+    def collect(self, module_file: Path, module: str) -> set[Path]:
+        files: set[Path] = {module_file}
+        # The module's own package (when it has one) is needed to import it.
+        files.update(self._resolve(module))
+        queue = list(files)
+        while queue:
+            path = queue.pop()
+            for name in self._imports_of(path):
+                for found in self._resolve(name):
+                    if found not in files:
+                        files.add(found)
+                        queue.append(found)
+        return files
+
+    def _imports_of(self, path: Path) -> set[str]:
+        """Absolute dotted names ``path`` may import (candidates; not all are modules)."""
+        try:
+            tree = ast.parse(path.read_bytes(), filename=str(path))
+        except (SyntaxError, ValueError):
+            # Not our job to report: the worker's import shows the real error,
+            # and only if this file is actually imported.
+            return set()
+        rel = path.relative_to(self.root).with_suffix("")
+        is_package = rel.name == "__init__"
+        mod_parts = list(rel.parts[:-1] if is_package else rel.parts)
+        package = mod_parts if is_package else mod_parts[:-1]
+
+        names: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    if node.level - 1 > len(package):
+                        continue  # beyond the top-level package: fails at import anyway
+                    base = package[: len(package) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                if target:
+                    names.add(target)
+                # ``from x import y``: y may be a submodule of x.
+                for alias in node.names:
+                    if alias.name != "*":
+                        names.add(f"{target}.{alias.name}" if target else alias.name)
+            elif isinstance(node, ast.Call) and _is_import_module_call(node):
+                names.add(node.args[0].value)  # type: ignore[attr-defined]
+        return names
+
+    def _resolve(self, name: str) -> tuple[Path, ...]:
+        """Local files that importing ``name`` needs; empty when it is not local."""
+        if name in self._resolved:
+            return self._resolved[name]
+        found: tuple[Path, ...] = ()
+        cur = self.root
+        for part in name.split("."):
+            if not part.isidentifier():
+                break
+            pkg_dir = cur / part
+            if (pkg_dir / "__init__.py").is_file():
+                # A regular package: take its whole tree (see build_bundle).
+                init = pkg_dir / "__init__.py"
+                if init.is_symlink() or pkg_dir.is_symlink():
+                    raise DefinitionError(
+                        f"local package {pkg_dir} is (or holds) a symlink at its root; "
+                        "bundles store regular files only: use real files"
+                    )
+                found = tuple(_walk_files(pkg_dir, suffix=".py"))
+                break
+            mod_file = cur / f"{part}.py"
+            if mod_file.is_file():
+                if mod_file.is_symlink():
+                    raise DefinitionError(
+                        f"local module {mod_file} is a symlink; bundles store regular files only: use the real file"
+                    )
+                found = (mod_file,)
+                break
+            if pkg_dir.is_dir() and not pkg_dir.is_symlink() and not _skipped(part):
+                cur = pkg_dir  # a namespace package: only its submodules can be local
+                continue
+            break
+        self._resolved[name] = found
+        return found
+
+
+def _is_import_module_call(node: ast.Call) -> bool:
+    func = node.func
+    named = (isinstance(func, ast.Attribute) and func.attr == "import_module") or (
+        isinstance(func, ast.Name) and func.id in ("import_module", "__import__")
+    )
+    return (
+        named
+        and len(node.args) >= 1
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+        and not node.args[0].value.startswith(".")
+    )
+
+
+def _normalise_dest(dest: str) -> str:
+    """Validate a bundle destination; returns it as a clean relative POSIX path ("" = bundle root)."""
+    text = str(dest).replace("\\", "/")
+    posix = PurePosixPath(text)
+    if posix.is_absolute() or (len(text) > 1 and text[1] == ":"):
+        raise DefinitionError(f"copy destination {dest!r} must be a relative path inside the bundle")
+    if ".." in posix.parts:
+        raise DefinitionError(f"copy destination {dest!r} must not contain '..': keep it inside the bundle")
+    return "/".join(p for p in posix.parts if p not in ("", "."))
+
+
+def _expand_copy(root: Path, local: str, dest: str) -> list[tuple[str, Path]]:
+    """The (archive path, file) pairs one ``Image.copy(local, dest)`` contributes."""
+    target = _normalise_dest(dest)
+    src = Path(local)
+    if not src.is_absolute():
+        src = root / src
+    if src.is_symlink():
+        raise DefinitionError(f"copy source {local} is a symlink; bundles store regular files only: copy the real path")
+    if src.is_file():
+        # dest "." (or "") means "into the bundle root", like ``cp file .``.
+        return [(target or src.name, src)]
+    if src.is_dir():
+        out = []
+        for path in _walk_files(src):
+            rel = path.relative_to(src).as_posix()
+            out.append((f"{target}/{rel}" if target else rel, path))
+        return out
+    raise DefinitionError(f"copy source {local} does not exist (looked for {src}): fix the path passed to Image.copy")
+
+
+def _add_member(members: dict[str, Path], arcname: str, path: Path) -> None:
+    previous = members.get(arcname)
+    if previous is not None and previous.resolve() != path.resolve():
+        raise DefinitionError(
+            f"two files map to {arcname!r} in the bundle ({previous} and {path}): change a copy destination"
+        )
+    members[arcname] = path
+
+
+def _check_no_file_dir_clash(members: dict[str, Path]) -> None:
+    # A path stored both as a file and as a folder of other files could not be extracted.
+    for arcname in members:
+        parts = arcname.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if prefix in members:
+                raise DefinitionError(
+                    f"bundle path {prefix!r} is a file but {arcname!r} needs it to be a folder: "
+                    "change a copy destination"
+                )
+
+
+def _write_tar(members: dict[str, Path]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=_TAR_FORMAT) as tar:
+        for arcname in sorted(members):
+            path = members[arcname]
+            with open(path, "rb") as fh:
+                # Size and mode from the open file, so a file replaced between
+                # discovery and reading cannot desynchronise header and data.
+                st = os.fstat(fh.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise DefinitionError(f"{path} is not a regular file; bundles store regular files only")
+                info = tarfile.TarInfo(arcname)
+                info.size = st.st_size
+                info.mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644
+                info.mtime = 0
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.type = tarfile.REGTYPE
+                tar.addfile(info, fh)
+    return buf.getvalue()

@@ -1,0 +1,88 @@
+"""Turns a Deployment and its bundle into the DeploymentSpec the control service stores, with its digests."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import TYPE_CHECKING, Any
+
+from vastrpc.api.v1 import control_pb2
+from vastrpc.deploy.bundle import Bundle
+
+if TYPE_CHECKING:
+    from vastrpc.deployment import Deployment
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def revision_digests(app: Deployment, bundle_digest: str, secret_key: str) -> control_pb2.RevisionDigests:
+    """The digests the control service compares to pick an update tier.
+
+    Secrets enter the environment digest only as an HMAC keyed with ``secret_key`` (the
+    API key), so a changed secret changes the digest without its value being readable
+    from it.
+    """
+    image = app.image_spec
+    secrets = {
+        k: hmac.new(secret_key.encode(), v.encode(), hashlib.sha256).hexdigest() for k, v in image.secret_vars.items()
+    }
+    a = app.autoscaling
+    return control_pb2.RevisionDigests(
+        bundle=bundle_digest,
+        code=_digest(
+            [bundle_digest, image.pip_packages, image.apt_packages, image.startup_commands, _function_options(app)]
+        ),
+        environment=_digest([image.from_image, image.env_vars, image.requirements, secrets, image.storage]),
+        autoscaling=_digest([a.min_workers, a.max_workers, a.cold_workers, a.target_util, a.inactivity_timeout]),
+    )
+
+
+def _function_options(app: Deployment) -> list[Any]:
+    return [
+        [f.name, f.options.max_concurrency, f.options.timeout, f.options.benchmark_runs]
+        for f in sorted(app.functions.values(), key=lambda f: f.name)
+    ]
+
+
+def build_spec(app: Deployment, bundle: Bundle, secret_key: str) -> control_pb2.DeploymentSpec:
+    """The full spec of this revision of ``app``."""
+    image = app.image_spec
+    a = app.autoscaling
+    return control_pb2.DeploymentSpec(
+        name=app.name,
+        tag=app.tag,
+        version_label=app.version_label,
+        module=bundle.module,
+        image=control_pb2.ImageSpec(
+            from_image=image.from_image,
+            pip_packages=image.pip_packages,
+            apt_packages=image.apt_packages,
+            env=image.env_vars,
+            secrets=image.secret_vars,
+            startup_commands=image.startup_commands,
+            requirements=image.requirements,
+            storage=image.storage or "",
+        ),
+        autoscaling=control_pb2.AutoscalingSpec(
+            min_workers=a.min_workers,
+            max_workers=a.max_workers,
+            cold_workers=a.cold_workers,
+            target_util=a.target_util,
+            inactivity_timeout=a.inactivity_timeout,
+        ),
+        functions=[
+            control_pb2.FunctionSpec(
+                name=f.name,
+                max_concurrency=f.options.max_concurrency,
+                has_benchmark=f.options.has_benchmark,
+                timeout=f.options.timeout or 0.0,
+            )
+            for f in app.functions.values()
+        ],
+        ttl=app.ttl or 0.0,
+        digests=revision_digests(app, bundle.digest, secret_key),
+        bundle_size=len(bundle.data),
+    )

@@ -1,0 +1,307 @@
+"""The SDK's front: Deployment, and the decorators @app.remote and @app.context."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import re
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+from vastrpc._errors import DefinitionError
+from vastrpc._mode import serve_runtime
+from vastrpc.config import ClientConfig
+from vastrpc.image import Autoscaling, Image
+
+if TYPE_CHECKING:
+    from vastrpc.deploy.flow import DeployResult, Session
+
+__all__ = ["Deployment", "RemoteFunction"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+C = TypeVar("C", bound=type)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+DEFAULT_MAX_CONCURRENCY = 64
+
+
+@dataclass(frozen=True)
+class FunctionOptions:
+    """What ``@app.remote`` recorded about one function."""
+
+    name: str
+    benchmark_dataset: tuple[Any, ...] | None
+    benchmark_generator: Callable[[], Any] | None
+    benchmark_runs: int
+    max_concurrency: int
+    timeout: float | None
+
+    @property
+    def has_benchmark(self) -> bool:
+        return self.benchmark_dataset is not None or self.benchmark_generator is not None
+
+
+class RemoteFunction(Generic[P, R]):
+    """An ``async def`` under ``@app.remote``.
+
+    Awaiting a call deploys the app if needed (deploy mode) and runs the function on a
+    worker; on the worker itself (serve mode) it runs the function in place.
+    """
+
+    def __init__(self, app: Deployment, fn: Callable[P, Awaitable[R]], options: FunctionOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.options = options
+        functools.update_wrapper(self, fn)
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
+        if serve_runtime() is not None:
+            return self.fn(*args, **kwargs)
+        return self.app._call(self.options.name, args, kwargs, self.options.timeout)
+
+    def local(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
+        """Run the function in this process, without a worker."""
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<RemoteFunction {self.app.name}.{self.name}>"
+
+
+def _caller_module(depth: int) -> tuple[Path | None, str]:
+    frame = sys._getframe(depth)
+    module_file = frame.f_globals.get("__file__")
+    return (Path(module_file).resolve() if module_file else None), frame.f_globals.get("__name__", "")
+
+
+class Deployment:
+    """One deployable app: its functions, contexts, image and autoscaling settings.
+
+    Args:
+        name: The deployment's name; defaults to the deployment module's file name.
+        tag: Which endpoint of the deployment to use; a new tag is a new endpoint (tier 4).
+        version_label: A free-form label shown in listings.
+        ttl: Seconds after the last client was heard from before the deployment is torn down.
+        api_key: The control service's API key (default: ``VASTRPC_API_KEY``, else the embedded one).
+        control_address: ``host:port`` of a control service (default: ``VASTRPC_CONTROL_ADDRESS``,
+            else start or reuse the embedded one).
+        config: Full client configuration; overrides the two arguments above.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        tag: str = "default",
+        version_label: str | None = None,
+        ttl: float | None = None,
+        api_key: str | None = None,
+        *,
+        control_address: str | None = None,
+        config: ClientConfig | None = None,
+    ) -> None:
+        self.module_file, self.module_name = _caller_module(2)
+        if name is None:
+            if self.module_file is None:
+                raise DefinitionError("Deployment(): pass name=... when not defined in a module file")
+            name = self.module_file.stem
+        for label, value in (("name", name), ("tag", tag)):
+            if not isinstance(value, str) or not _NAME.match(value):
+                raise DefinitionError(
+                    f"Deployment {label} {value!r} is invalid: use 1-63 letters, digits, '.', '_' or '-'"
+                )
+        if ttl is not None and ttl <= 0:
+            raise DefinitionError(f"Deployment ttl must be a positive number of seconds, got {ttl!r}")
+        self.name = name
+        self.tag = tag
+        self.version_label = version_label or ""
+        self.ttl = ttl
+        self._api_key = api_key
+        self._control_address = control_address
+        self._config = config
+        self._image = Image()
+        self.autoscaling = Autoscaling()
+        self.functions: dict[str, RemoteFunction[Any, Any]] = {}
+        self.contexts: list[type] = []
+        self._session: Session | None = None
+        self._session_lock: asyncio.Lock | None = None
+        runtime = serve_runtime()
+        if runtime is not None:
+            runtime.deployments.append(self)
+
+    # ----- definition -------------------------------------------------------------------
+
+    @property
+    def image_spec(self) -> Image:
+        """The image recorded so far (``app.image(...)`` replaces it)."""
+        return self._image
+
+    def image(self, from_image: str = "python:3.11-slim", storage: str | None = None) -> Image:
+        """Start the worker image from a base image; chain ``pip_install``, ``env``, ... on the result."""
+        if not isinstance(from_image, str) or not from_image.strip():
+            raise DefinitionError("image(): from_image must be an image reference such as 'python:3.11-slim'")
+        self._image = Image(from_image=from_image.strip(), storage=storage)
+        return self._image
+
+    def configure_autoscaling(
+        self,
+        min_workers: int = 1,
+        max_workers: int = 1,
+        cold_workers: int = 0,
+        target_util: float = 0.8,
+        inactivity_timeout: float = 300.0,
+    ) -> None:
+        """Set how many workers the endpoint runs; see ``Autoscaling`` for each setting."""
+        self.autoscaling = Autoscaling(min_workers, max_workers, cold_workers, target_util, inactivity_timeout)
+
+    @overload
+    def remote(self, fn: Callable[P, Awaitable[R]], /) -> RemoteFunction[P, R]: ...
+
+    @overload
+    def remote(
+        self,
+        fn: None = None,
+        /,
+        *,
+        benchmark_dataset: Iterable[Any] | None = None,
+        benchmark_generator: Callable[[], Any] | None = None,
+        benchmark_runs: int = 10,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        timeout: float | None = None,
+    ) -> Callable[[Callable[P, Awaitable[R]]], RemoteFunction[P, R]]: ...
+
+    def remote(
+        self,
+        fn: Callable[P, Awaitable[R]] | None = None,
+        /,
+        *,
+        benchmark_dataset: Iterable[Any] | None = None,
+        benchmark_generator: Callable[[], Any] | None = None,
+        benchmark_runs: int = 10,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        timeout: float | None = None,
+    ) -> RemoteFunction[P, R] | Callable[[Callable[P, Awaitable[R]]], RemoteFunction[P, R]]:
+        """Declare an ``async def`` that runs on the deployment's workers.
+
+        Args:
+            benchmark_dataset: Keyword-argument dicts (or argument tuples) the worker's
+                benchmark calls the function with; at least one function needs a benchmark.
+            benchmark_generator: Instead of a dataset: a callable returning one input per call.
+            benchmark_runs: How many benchmark calls a worker makes to measure its score.
+            max_concurrency: Calls of this function one worker runs at once.
+            timeout: Default seconds a call may take; ``None`` for no limit.
+        """
+        if benchmark_dataset is not None and benchmark_generator is not None:
+            raise DefinitionError("@remote: pass benchmark_dataset or benchmark_generator, not both")
+        dataset = None if benchmark_dataset is None else tuple(benchmark_dataset)
+        if dataset is not None and not dataset:
+            raise DefinitionError("@remote: benchmark_dataset is empty; give at least one input")
+        if benchmark_generator is not None and not callable(benchmark_generator):
+            raise DefinitionError("@remote: benchmark_generator must be a callable returning one input")
+        if not isinstance(benchmark_runs, int) or benchmark_runs < 1:
+            raise DefinitionError(f"@remote: benchmark_runs must be a positive integer, got {benchmark_runs!r}")
+        if not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise DefinitionError(f"@remote: max_concurrency must be a positive integer, got {max_concurrency!r}")
+        if timeout is not None and timeout <= 0:
+            raise DefinitionError(f"@remote: timeout must be positive seconds or None, got {timeout!r}")
+
+        def decorate(func: Callable[P, Awaitable[R]]) -> RemoteFunction[P, R]:
+            name = getattr(func, "__name__", repr(func))
+            if inspect.isasyncgenfunction(func):
+                raise DefinitionError(f"@remote: {name} is an async generator; streaming results is not supported yet")
+            if not inspect.iscoroutinefunction(func):
+                raise DefinitionError(f"@remote: {name} must be declared with 'async def' (it is a plain function)")
+            if name in self.functions:
+                raise DefinitionError(f"@remote: a function named {name!r} is already declared in {self.name!r}")
+            options = FunctionOptions(name, dataset, benchmark_generator, benchmark_runs, max_concurrency, timeout)
+            remote_fn = RemoteFunction(self, func, options)
+            self.functions[name] = remote_fn
+            return remote_fn
+
+        return decorate if fn is None else decorate(fn)
+
+    def context(self, cls: C) -> C:
+        """Declare a class whose ``__aenter__`` runs once per worker before it serves; returns the class unchanged."""
+        if not isinstance(cls, type):
+            raise DefinitionError("@context decorates a class with async __aenter__ and __aexit__")
+        for method in ("__aenter__", "__aexit__"):
+            if not inspect.iscoroutinefunction(getattr(cls, method, None)):
+                raise DefinitionError(f"@context: {cls.__name__} needs 'async def {method}'")
+        if cls not in self.contexts:
+            self.contexts.append(cls)
+        return cls
+
+    # ----- deploy mode ------------------------------------------------------------------
+
+    def client_config(self) -> ClientConfig:
+        """The configuration this app uses: explicit arguments first, then the environment."""
+        base = self._config or ClientConfig.from_env()
+        return ClientConfig(
+            control_address=self._control_address or base.control_address,
+            api_key=self._api_key or base.api_key,
+            home=base.home,
+            connect_timeout=base.connect_timeout,
+            ready_timeout=base.ready_timeout,
+        )
+
+    async def ensure_ready(self) -> DeployResult:
+        """Package, upload if needed, provision, and wait until workers serve the current code.
+
+        Returns:
+            What happened: the update tier applied, endpoint and revision ids, whether a
+            bundle was uploaded, and how many workers were started.
+
+        Raises:
+            DefinitionError: The deployment declares something invalid.
+            ControlUnavailableError: The control service cannot be reached.
+            DeploymentError: Workers could not be brought up (with the failed step and log tail).
+        """
+        from vastrpc.deploy.flow import ensure_ready
+
+        if serve_runtime() is not None:
+            raise DefinitionError("ensure_ready() cannot run on a worker (serve mode)")
+        async with self._lock():
+            self._session = await ensure_ready(self, self._live_session())
+            return self._session.result
+
+    async def _call(self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+        session = self._live_session()
+        if session is None:
+            async with self._lock():
+                session = self._live_session()
+                if session is None:
+                    from vastrpc.deploy.flow import ensure_ready
+
+                    self._session = session = await ensure_ready(self, None)
+        return await session.router.call(function, args, kwargs, timeout)
+
+    async def close(self) -> None:
+        """Close this client's connections (workers keep running)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _live_session(self) -> Session | None:
+        # Channels belong to the event loop that made them: a new loop (a second
+        # asyncio.run) starts a new session.
+        session = self._session
+        if session is not None and session.loop is not asyncio.get_running_loop():
+            self._session = session = None
+        return session
+
+    def _lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._session_lock is None or getattr(self._session_lock, "_vastrpc_loop", None) is not loop:
+            self._session_lock = asyncio.Lock()
+            self._session_lock._vastrpc_loop = loop  # type: ignore[attr-defined]
+        return self._session_lock
+
+    def __repr__(self) -> str:
+        return f"<Deployment {self.name}:{self.tag} functions={list(self.functions)}>"

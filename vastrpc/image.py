@@ -1,0 +1,143 @@
+"""The image a deployment's workers run in, and its autoscaling settings."""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vastrpc._errors import DefinitionError
+
+__all__ = ["Autoscaling", "Image"]
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_names(kind: str, names: tuple[str, ...]) -> list[str]:
+    out = []
+    for name in names:
+        if not isinstance(name, str) or not name.strip() or any(c.isspace() for c in name.strip()):
+            raise DefinitionError(f"{kind}: {name!r} is not a package name; pass one package per argument")
+        out.append(name.strip())
+    return out
+
+
+def _check_env(kind: str, values: dict[str, object]) -> dict[str, str]:
+    out = {}
+    for key, value in values.items():
+        if not _ENV_NAME.match(key):
+            raise DefinitionError(f"{kind}: {key!r} is not a valid environment variable name")
+        if not isinstance(value, str):
+            raise DefinitionError(f"{kind}: the value of {key} must be a string, not {type(value).__name__}")
+        out[key] = value
+    return out
+
+
+@dataclass
+class Image:
+    """What a worker installs and runs before it imports the deployment module.
+
+    Every method records its setting and returns the image, so calls chain::
+
+        app.image("python:3.11-slim").pip_install("numpy").env(MODE="fast")
+
+    Attributes:
+        from_image: The base image. The local provider runs on the host's own interpreter.
+        storage: Persistent storage a worker asks for, e.g. ``"10GB"``.
+    """
+
+    from_image: str = "python:3.11-slim"
+    storage: str | None = None
+    pip_packages: list[str] = field(default_factory=list)
+    apt_packages: list[str] = field(default_factory=list)
+    env_vars: dict[str, str] = field(default_factory=dict)
+    secret_vars: dict[str, str] = field(default_factory=dict, repr=False)
+    startup_commands: list[str] = field(default_factory=list)
+    copies: list[tuple[str, str]] = field(default_factory=list)
+    requirements: dict[str, str] = field(default_factory=dict)
+
+    def pip_install(self, *packages: str) -> Image:
+        """Install pip packages (requirement specifiers, e.g. ``"numpy>=2"``) into the worker's environment."""
+        self.pip_packages.extend(_check_names("pip_install", packages))
+        return self
+
+    def apt_get(self, *packages: str) -> Image:
+        """Install Debian packages on the worker host (fails clearly where the host cannot)."""
+        self.apt_packages.extend(_check_names("apt_get", packages))
+        return self
+
+    def env(self, **variables: str) -> Image:
+        """Set environment variables for startup commands and the deployment module."""
+        self.env_vars.update(_check_env("env", variables))
+        return self
+
+    def secrets(self, **variables: str) -> Image:
+        """Set secret environment variables: like ``env``, but never stored in a bundle or shown in listings."""
+        self.secret_vars.update(_check_env("secrets", variables))
+        return self
+
+    def run_script(self, script: str) -> Image:
+        """Run a shell script (its text) at worker startup, in the bundle directory, after installs."""
+        if not isinstance(script, str) or not script.strip():
+            raise DefinitionError("run_script: pass the script's text as a non-empty string")
+        self.startup_commands.append(script)
+        return self
+
+    def run_cmd(self, *argv: str) -> Image:
+        """Run a command (its arguments, not a shell line) at worker startup, after installs."""
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise DefinitionError("run_cmd: pass the command and its arguments as strings, e.g. run_cmd('make', 'all')")
+        self.startup_commands.append(shlex.join(argv))
+        return self
+
+    def copy(self, src: str | Path, dest: str | None = None) -> Image:
+        """Copy a local file or directory (relative to the deployment's folder) into the bundle at ``dest``."""
+        src_path = Path(src)
+        target = dest if dest is not None else (src_path.name if src_path.is_absolute() else str(src_path))
+        if Path(target).is_absolute() or ".." in Path(target).parts:
+            raise DefinitionError(f"copy: destination {target!r} must be a relative path inside the bundle, without '..'")
+        self.copies.append((str(src_path), str(Path(target))))
+        return self
+
+    def require(self, **filters: object) -> Image:
+        """Search filters a worker host must meet, e.g. ``require(gpus=1, gpu_ram_gb=24)``."""
+        for key, value in filters.items():
+            self.requirements[key] = str(value)
+        return self
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    """How many workers an endpoint runs.
+
+    Attributes:
+        min_workers: Workers kept running even without load.
+        max_workers: The most workers the endpoint may run.
+        cold_workers: Extra workers kept ready beyond the load.
+        target_util: Fraction of the workers' capacity the autoscaler aims to use.
+        inactivity_timeout: Seconds without calls before scaling down to ``min_workers``.
+    """
+
+    min_workers: int = 1
+    max_workers: int = 1
+    cold_workers: int = 0
+    target_util: float = 0.8
+    inactivity_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name in ("min_workers", "max_workers", "cold_workers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise DefinitionError(f"configure_autoscaling: {name} must be a non-negative integer, got {value!r}")
+        if self.max_workers < 1:
+            raise DefinitionError("configure_autoscaling: max_workers must be at least 1")
+        if self.min_workers > self.max_workers:
+            raise DefinitionError(
+                f"configure_autoscaling: min_workers ({self.min_workers}) is above max_workers ({self.max_workers})"
+            )
+        if not (0 < self.target_util <= 1) or math.isnan(self.target_util):
+            raise DefinitionError(f"configure_autoscaling: target_util must be in (0, 1], got {self.target_util!r}")
+        if self.inactivity_timeout < 0:
+            raise DefinitionError("configure_autoscaling: inactivity_timeout must be >= 0 seconds")

@@ -1,0 +1,1 @@
+"""Serve mode: download and install a bundle, enter contexts, benchmark, serve calls."""

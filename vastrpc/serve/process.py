@@ -1,0 +1,203 @@
+"""A worker's serving process: imports the deployment in serve mode, enters contexts, benchmarks, serves Invoke.
+
+Started by the worker agent as ``python -m vastrpc.serve.process EVENT_FD`` with its
+configuration as JSON on stdin; it reports progress to the agent as JSON lines on EVENT_FD.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from vastrpc._grpc import start_server, tokens_equal
+from vastrpc._mode import ServeRuntime, enter_serve_mode
+from vastrpc.api.v1 import worker_pb2_grpc
+from vastrpc.deployment import Deployment, RemoteFunction
+from vastrpc.serve.invoke import ServedFunction, WorkerIdentity, WorkerServicer
+
+log = logging.getLogger("vastrpc.serve")
+
+Emit = Callable[..., None]
+
+
+class StepFailed(Exception):
+    """A serving step failed; ``step`` names it for the deployment's failure record."""
+
+    def __init__(self, step: str, message: str) -> None:
+        self.step = step
+        super().__init__(message)
+
+
+def _formatted(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)).rstrip()
+
+
+def load_deployment(module: str, name: str, tag: str, runtime: ServeRuntime) -> Deployment:
+    """Import the deployment module in serve mode and find the deployment to serve."""
+    try:
+        importlib.import_module(module)
+    except BaseException as exc:
+        raise StepFailed("import", f"importing {module} raised:\n{_formatted(exc)}") from exc
+    matches = [d for d in runtime.deployments if d.name == name and d.tag == tag] or [
+        d for d in runtime.deployments if d.name == name
+    ]
+    if not matches:
+        found = ", ".join(f"{d.name}:{d.tag}" for d in runtime.deployments) or "none"
+        raise StepFailed("import", f"module {module} defines no Deployment named {name!r} (found: {found})")
+    return matches[0]
+
+
+async def enter_contexts(app: Deployment, runtime: ServeRuntime) -> list[Any]:
+    """Enter every ``@context`` concurrently; returns the entered objects, for exit_contexts."""
+    objects = [cls() for cls in app.contexts]
+    results = await asyncio.gather(*(obj.__aenter__() for obj in objects), return_exceptions=True)
+    entered, failures = [], []
+    for cls, obj, result in zip(app.contexts, objects, results, strict=True):
+        if isinstance(result, BaseException):
+            failures.append(f"{cls.__name__}.__aenter__ raised:\n{_formatted(result)}")
+        else:
+            runtime.contexts[cls] = result
+            entered.append(obj)
+    if failures:
+        await exit_contexts(entered)
+        raise StepFailed("contexts", "\n".join(failures))
+    return entered
+
+
+async def exit_contexts(entered: list[Any]) -> None:
+    """Exit entered contexts, in reverse order, logging (not raising) their errors."""
+    for obj in reversed(entered):
+        try:
+            await obj.__aexit__(None, None, None)
+        except Exception:
+            log.exception("%s.__aexit__ raised", type(obj).__name__)
+
+
+def _benchmark_inputs(fn: RemoteFunction[Any, Any]) -> list[Any]:
+    o = fn.options
+    if o.benchmark_generator is not None:
+        return [o.benchmark_generator() for _ in range(o.benchmark_runs)]
+    assert o.benchmark_dataset is not None
+    return list(itertools.islice(itertools.cycle(o.benchmark_dataset), o.benchmark_runs))
+
+
+async def _apply(fn: RemoteFunction[Any, Any], item: Any) -> Any:
+    if isinstance(item, dict):
+        return await fn.fn(**item)
+    if isinstance(item, (tuple, list)):
+        return await fn.fn(*item)
+    return await fn.fn(item)
+
+
+async def run_benchmark(app: Deployment) -> tuple[float, dict[str, float]]:
+    """Throughput (calls per second at each function's concurrency) of every benchmarked function.
+
+    The worker's score is the lowest of them: the rate it sustains whichever function is called.
+    """
+    scores = {}
+    for fn in app.functions.values():
+        if not fn.options.has_benchmark:
+            continue
+        try:
+            inputs = _benchmark_inputs(fn)
+        except Exception as exc:
+            raise StepFailed("benchmark", f"benchmark_generator of {fn.name} raised:\n{_formatted(exc)}") from exc
+        semaphore = asyncio.Semaphore(fn.options.max_concurrency)
+
+        async def one(index: int, item: Any, fn: RemoteFunction[Any, Any] = fn) -> None:
+            async with semaphore:
+                try:
+                    await _apply(fn, item)
+                except Exception as exc:
+                    raise StepFailed(
+                        "benchmark", f"{fn.name}({item!r}) raised during the benchmark (run {index}):\n{_formatted(exc)}"
+                    ) from exc
+
+        await one(0, inputs[0])  # warm-up, not timed: first calls pay for lazy imports and caches
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i, item) for i, item in enumerate(inputs, 1)))
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        scores[fn.name] = len(inputs) / elapsed
+        log.info("benchmark: %s — %d runs, %.1f calls/s", fn.name, len(inputs), scores[fn.name])
+    return min(scores.values()), scores
+
+
+async def serve(config: dict[str, Any], emit: Emit) -> int:
+    """Bring the revision up, serve until SIGTERM, then drain. Returns the exit code."""
+    runtime = enter_serve_mode()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    bundle_dir = config["bundle_dir"]
+    sys.path.insert(0, bundle_dir)
+    os.chdir(bundle_dir)
+    entered: list[Any] = []
+    try:
+        app = load_deployment(config["module"], config["name"], config["tag"], runtime)
+        entered = await enter_contexts(app, runtime)
+        emit("state", state="benchmarking")
+        score, per_function = await run_benchmark(app)
+    except StepFailed as exc:
+        print(f"vastrpc: {exc.step} failed: {exc}", file=sys.stderr, flush=True)
+        emit("failed", step=exc.step, message=str(exc))
+        await exit_contexts(entered)
+        return 1
+    identity = WorkerIdentity(config["worker_id"], config["endpoint_id"], config["revision_id"])
+    functions = {name: ServedFunction(f.fn, f.options.max_concurrency) for name, f in app.functions.items()}
+    servicer = WorkerServicer(identity, functions, score)
+    token = config["endpoint_token"]
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
+        return ["vastrpc.api.v1.WorkerService"]
+
+    server, port, health = await start_server(
+        f"{config.get('bind_host', '127.0.0.1')}:0",
+        register,
+        authorize=lambda _method, presented: tokens_equal(presented, token),
+        enable_reflection=config.get("reflection", True),
+    )
+    address = f"{config.get('advertise_host', '127.0.0.1')}:{port}"
+    log.info("ready: serving %s on %s (score %.1f calls/s)", ", ".join(sorted(functions)), address, score)
+    emit("ready", address=address, score=score, capacity=servicer.capacity, scores=per_function)
+    await stop.wait()
+    log.info("stopping: draining %d call(s) in flight", servicer.calls_in_flight)
+    servicer.draining = True
+    await health.enter_graceful_shutdown()
+    await server.stop(config.get("grace", 10.0))
+    await exit_contexts(entered)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``python -m vastrpc.serve.process EVENT_FD`` with the JSON config on stdin."""
+    args = sys.argv[1:] if argv is None else argv
+    events = os.fdopen(int(args[0]), "w", buffering=1)
+    config = json.loads(sys.stdin.read())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s serve %(levelname)s %(message)s", stream=sys.stderr)
+
+    def emit(event: str, **fields: Any) -> None:
+        events.write(json.dumps({"event": event, **fields}) + "\n")
+
+    try:
+        return asyncio.run(serve(config, emit))
+    finally:
+        events.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
