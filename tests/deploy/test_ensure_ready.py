@@ -1,0 +1,168 @@
+"""End to end: ensure_ready against a real control service process and real worker processes."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from vastrpc import ControlUnavailableError, DeploymentError, Deployment
+from vastrpc.config import ClientConfig
+
+pytestmark = pytest.mark.e2e
+
+SQUARE = '''
+from vastrpc import Deployment, get_context
+
+app = Deployment(name="{name}")
+
+@app.context
+class Table:
+    async def __aenter__(self):
+        self.table = {{i: i * i for i in range(100)}}
+        return self
+    async def __aexit__(self, *exc):
+        pass
+
+@app.remote(benchmark_dataset=[{{"x": 2}}, {{"x": 7}}])
+async def square(x: int) -> int:
+    return get_context(Table).table[x]
+'''
+
+
+async def test_deploy_steps_logged_then_tier0_touches_nothing(project, caplog) -> None:
+    mod = project(SQUARE)
+    caplog.set_level(logging.INFO, logger="vastrpc.deploy")
+    first = await mod.app.ensure_ready()
+    steps = [r.getMessage().split(":")[0] for r in caplog.records if r.name == "vastrpc.deploy"]
+    assert steps == ["package", "hash", "register", "upload", "provision", "ready"]
+    assert first.tier == 4 and first.uploaded and first.workers_started == 1
+    assert await mod.square(5) == 25
+    workers_before = await project.workers(mod.app)
+    assert [w["state"] for w in workers_before] == ["READY"]
+
+    caplog.clear()
+    second = await mod.app.ensure_ready()
+    assert second.tier == 0
+    assert second.uploaded is False
+    assert second.workers_started == 0
+    assert second.revision_id == first.revision_id
+    assert any("upload: skipped" in r.getMessage() for r in caplog.records)
+    assert await project.workers(mod.app) == workers_before  # same worker ids and pids
+    assert await mod.square(9) == 81
+
+
+async def test_first_call_deploys(project) -> None:
+    mod = project(SQUARE)
+    assert await mod.square(3) == 9
+    assert (await project.workers(mod.app))[0]["state"] == "READY"
+
+
+async def test_contexts_are_entered_concurrently(project) -> None:
+    mod = project('''
+import asyncio, time
+from vastrpc import Deployment, get_context
+
+app = Deployment(name="{name}")
+
+class Slow:
+    async def __aenter__(self):
+        self.start = time.monotonic()
+        await asyncio.sleep(1.0)
+        self.end = time.monotonic()
+        return self
+    async def __aexit__(self, *exc):
+        pass
+
+@app.context
+class A(Slow):
+    pass
+
+@app.context
+class B(Slow):
+    pass
+
+@app.remote(benchmark_dataset=[{{}}])
+async def spans() -> list:
+    a, b = get_context(A), get_context(B)
+    return [a.start, a.end, b.start, b.end]
+''')
+    a_start, a_end, b_start, b_end = await mod.spans()
+    # Each context sleeps 1 s; entered one after the other, one would start after the other ended.
+    assert b_start < a_end and a_start < b_end
+    assert max(a_end, b_end) - min(a_start, b_start) < 1.6
+
+
+async def test_failed_pip_install_fails_promptly_with_step_and_log_tail(project) -> None:
+    mod = project(SQUARE + '\napp.image().pip_install("vastrpc-no-such-package-e2e==0.0.1")\n')
+    started = time.monotonic()
+    with pytest.raises(DeploymentError) as info:
+        await mod.app.ensure_ready()
+    assert time.monotonic() - started < 90
+    assert info.value.step == "install"
+    assert "vastrpc-no-such-package-e2e" in str(info.value)
+    assert info.value.log_tail.strip()
+    endpoint = await project.endpoint(mod.app)
+    assert endpoint["state"] == "FAILED"
+
+
+async def test_context_that_raises_fails_the_deployment(project) -> None:
+    mod = project('''
+from vastrpc import Deployment
+
+app = Deployment(name="{name}")
+
+@app.context
+class Broken:
+    async def __aenter__(self):
+        raise RuntimeError("model file is missing")
+    async def __aexit__(self, *exc):
+        pass
+
+@app.remote(benchmark_dataset=[{{}}])
+async def f() -> int:
+    return 1
+''')
+    with pytest.raises(DeploymentError, match="model file is missing") as info:
+        await mod.app.ensure_ready()
+    assert info.value.step == "contexts"
+    assert "Broken.__aenter__" in str(info.value)
+
+
+async def test_benchmark_that_raises_fails_the_deployment(project) -> None:
+    mod = project('''
+from vastrpc import Deployment
+
+app = Deployment(name="{name}")
+
+@app.remote(benchmark_dataset=[{{"x": 1}}])
+async def f(x: int) -> int:
+    raise ValueError(f"cannot handle {{x}}")
+''')
+    with pytest.raises(DeploymentError, match="cannot handle 1") as info:
+        await mod.app.ensure_ready()
+    assert info.value.step == "benchmark"
+
+
+async def test_unreachable_control_address_fails_fast(tmp_path) -> None:
+    app = Deployment(
+        name="nowhere",
+        config=ClientConfig(control_address="127.0.0.1:1", api_key="k", home=tmp_path, connect_timeout=2),
+    )
+
+    @app.remote(benchmark_dataset=[{}])
+    async def f() -> None: ...
+
+    started = time.monotonic()
+    with pytest.raises(ControlUnavailableError, match="127.0.0.1:1"):
+        await app.ensure_ready()
+    assert time.monotonic() - started < 10
+
+
+async def test_wrong_api_key_is_refused(project, control_service) -> None:
+    from vastrpc import AuthenticationError
+
+    mod = project(SQUARE, api_key="not-the-key")
+    with pytest.raises(AuthenticationError):
+        await mod.app.ensure_ready()

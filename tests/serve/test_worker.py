@@ -1,0 +1,212 @@
+"""End to end: what a worker process does with a deployment — installs, scripts, calls, logs, auth."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import grpc
+import numpy as np
+import pytest
+
+from vastrpc import DeploymentError, FunctionNotFoundError, RemoteError, RemoteTraceback
+from vastrpc._grpc import bearer
+from vastrpc.api.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+
+pytestmark = pytest.mark.e2e
+
+CALLS = '''
+import dataclasses, os
+import numpy as np
+from vastrpc import Deployment
+
+app = Deployment(name="{name}")
+app.image().env(GREETING="hello").secrets(API_TOKEN="s3cr3t-value")
+
+@dataclasses.dataclass
+class Point:
+    x: float
+    y: float
+
+class Unpicklable(Exception):
+    def __init__(self, a, b):
+        super().__init__(f"{{a}}/{{b}}")
+
+@app.remote(benchmark_dataset=[{{"v": 1}}])
+async def echo(v):
+    return v
+
+@app.remote
+async def total(arr: np.ndarray) -> float:
+    return float(arr.sum())
+
+@app.remote
+async def shift(p: Point, dx: float) -> Point:
+    return Point(p.x + dx, p.y)
+
+@app.remote
+async def apply(fn, value):
+    return fn(value)
+
+@app.remote
+async def fail(message: str):
+    raise KeyError(message)
+
+@app.remote
+async def fail_odd():
+    raise Unpicklable(1, 2)
+
+@app.remote
+async def shout(text: str) -> str:
+    print(f"printed on the worker: {{text}}", flush=True)
+    return text.upper()
+
+@app.remote
+async def environment() -> dict:
+    return {{"GREETING": os.environ.get("GREETING"), "API_TOKEN": os.environ.get("API_TOKEN")}}
+'''
+
+
+@pytest.fixture
+async def calls(project):
+    mod = project(CALLS)
+    await mod.app.ensure_ready()
+    return mod
+
+
+async def test_arguments_and_results_roundtrip_with_cloudpickle(calls) -> None:
+    arr = np.arange(10_000, dtype=np.float64)
+    assert await calls.total(arr) == float(arr.sum())
+    big = np.ones((1024, 1024, 3))  # 24 MiB: many chunks each way
+    assert np.array_equal(await calls.echo(big), big)
+    p = await calls.shift(calls.Point(1.0, 2.0), 0.5)
+    assert (p.x, p.y) == (1.5, 2.0)
+    offset = 7
+    assert await calls.apply(lambda v: v + offset, 1) == 8  # a closure travels by value
+    assert await calls.echo(None) is None
+
+
+async def test_remote_exception_reraised_with_type_message_and_traceback(calls) -> None:
+    with pytest.raises(KeyError, match="missing-key") as info:
+        await calls.fail("missing-key")
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "in fail" in cause.tb and "raise KeyError(message)" in cause.tb
+    assert any("Remote traceback" in note for note in info.value.__notes__)
+
+
+async def test_exception_that_cannot_be_rebuilt_becomes_remote_error(calls) -> None:
+    with pytest.raises(RemoteError, match="Unpicklable: 1/2") as info:
+        await calls.fail_odd()
+    assert "raise Unpicklable(1, 2)" in info.value.remote_traceback
+
+
+async def test_prints_land_in_the_worker_log(calls, project) -> None:
+    assert await calls.shout("quiet") == "QUIET"
+    (worker,) = await project.workers(calls.app)
+    text = await project.logs(worker["worker_id"])
+    assert "printed on the worker: quiet" in text
+    assert "s3cr3t-value" not in text
+
+
+async def test_env_vars_and_secrets_reach_the_function(calls) -> None:
+    assert await calls.environment() == {"GREETING": "hello", "API_TOKEN": "s3cr3t-value"}
+
+
+async def test_unknown_function_is_a_clear_error(calls) -> None:
+    with pytest.raises(FunctionNotFoundError, match="no function 'nope'.*it serves: "):
+        await calls.app._call("nope", (), {}, None)
+
+
+async def test_worker_refuses_calls_without_the_endpoint_token_before_unpickling(calls, project, tmp_path) -> None:
+    (worker,) = await project.workers(calls.app)
+    other = project(SQUARE_MIN)
+    await other.app.ensure_ready()
+    other_token = await project.endpoint_token(other.app)
+    assert other_token and other_token != await project.endpoint_token(calls.app)
+    marker = tmp_path / "unpickled"
+
+    class Payload:
+        def __reduce__(self):  # unpickling this would create the marker file
+            return (os.system, (f"touch {marker}",))
+
+    data = pickle.dumps(((Payload(),), {}))
+    request = worker_pb2.InvokeRequest(
+        start=worker_pb2.CallStart(call_id=1, function="echo", encoding=common_pb2.ENCODING_CLOUDPICKLE, data=data)
+    )
+    async with grpc.aio.insecure_channel(worker["address"]) as channel:
+        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+        for metadata in [(), bearer("wrong-token"), bearer(other_token)]:
+            call = stub.Invoke(metadata=metadata)
+            await call.write(request)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call.read()
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert not marker.exists()
+    assert await calls.echo(3) == 3  # and the worker still serves
+
+
+async def test_pip_env_cached_by_requirements_across_workers(project) -> None:
+    source = '''
+from vastrpc import Deployment
+
+app = Deployment(name="{name}")
+app.image().pip_install("six==1.16.0")
+
+@app.remote(benchmark_dataset=[{{}}])
+async def version() -> str:
+    import six
+    return six.__version__ + " " + six.__file__
+'''
+    first = project(source)
+    v1 = await first.version()
+    assert v1.startswith("1.16.0 ") and "/envs/" in v1
+    second = project(source)
+    v2 = await second.version()
+    assert v2 == v1  # the same cached environment
+    (worker,) = await project.workers(second.app)
+    log = await project.logs(worker["worker_id"])
+    assert "pip packages already installed" in log
+    assert "installing pip packages" not in log
+
+
+async def test_startup_script_runs_with_env_and_secrets_and_apt_checked(project) -> None:
+    mod = project('''
+from pathlib import Path
+from vastrpc import Deployment
+
+app = Deployment(name="{name}")
+(app.image().apt_get("coreutils").env(STAGE="prod").secrets(KEY="k-123")
+    .run_script("echo \\"$STAGE:$KEY\\" > startup.txt").run_cmd("touch", "from cmd.txt"))
+
+@app.remote(benchmark_dataset=[{{}}])
+async def read() -> list:
+    return [Path("startup.txt").read_text().strip(), Path("from cmd.txt").exists()]
+''')
+    assert await mod.read() == ["prod:k-123", True]
+
+
+async def test_missing_apt_package_fails_naming_it(project) -> None:
+    mod = project(SQUARE_MIN + '\napp.image().apt_get("vastrpc-no-such-apt-package")\n')
+    with pytest.raises(DeploymentError, match="vastrpc-no-such-apt-package") as info:
+        await mod.app.ensure_ready()
+    assert info.value.step == "install"
+
+
+async def test_failing_startup_script_fails_the_deployment(project) -> None:
+    mod = project(SQUARE_MIN + '\napp.image().run_script("echo about to fail; exit 3")\n')
+    with pytest.raises(DeploymentError, match="exit") as info:
+        await mod.app.ensure_ready()
+    assert info.value.step == "startup"
+    assert "about to fail" in info.value.log_tail
+
+
+SQUARE_MIN = '''
+from vastrpc import Deployment
+
+app = Deployment(name="{name}")
+
+@app.remote(benchmark_dataset=[{{}}])
+async def f() -> int:
+    return 1
+'''

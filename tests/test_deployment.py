@@ -1,0 +1,170 @@
+"""Unit tests of the SDK's definitions: decorators record and validate, and fail at once on bad input."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from vastrpc import ContextError, DefinitionError, Deployment, RemoteFunction, get_context
+from vastrpc.deploy.flow import validate
+
+
+def test_name_defaults_to_module_file_name() -> None:
+    app = Deployment()
+    assert app.name == "test_deployment"
+    assert app.tag == "default"
+
+
+def test_remote_rejects_plain_function_at_decoration() -> None:
+    app = Deployment(name="x")
+    with pytest.raises(DefinitionError, match="must be declared with 'async def'"):
+
+        @app.remote(benchmark_dataset=[{}])
+        def sync_fn() -> int:
+            return 1
+
+
+def test_remote_rejects_async_generator_with_clear_error() -> None:
+    app = Deployment(name="x")
+    with pytest.raises(DefinitionError, match="async generator"):
+
+        @app.remote
+        async def gen():  # type: ignore[no-untyped-def]
+            yield 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"benchmark_dataset": []}, "empty"),
+        ({"benchmark_runs": 0}, "benchmark_runs"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+        ({"timeout": -1}, "timeout"),
+        ({"benchmark_dataset": [{}], "benchmark_generator": dict}, "not both"),
+    ],
+)
+def test_remote_validates_options(kwargs: dict, match: str) -> None:
+    app = Deployment(name="x")
+    with pytest.raises(DefinitionError, match=match):
+        app.remote(**kwargs)
+
+
+def test_remote_returns_wrapper_that_keeps_identity_and_runs_locally() -> None:
+    app = Deployment(name="x")
+
+    async def double(x: int) -> int:
+        """Doubles."""
+        return 2 * x
+
+    wrapped = app.remote(benchmark_dataset=[{"x": 1}])(double)
+    assert isinstance(wrapped, RemoteFunction)
+    assert wrapped.__wrapped__ is double
+    assert wrapped.__doc__ == "Doubles."
+    assert app.functions["double"] is wrapped
+    assert asyncio.run(wrapped.local(4)) == 8
+
+
+def test_duplicate_function_name_rejected() -> None:
+    app = Deployment(name="x")
+
+    async def f() -> None: ...
+
+    app.remote(benchmark_dataset=[{}])(f)
+    with pytest.raises(DefinitionError, match="already declared"):
+        app.remote(benchmark_dataset=[{}])(f)
+
+
+def test_context_returns_class_unchanged_and_requires_async_methods() -> None:
+    app = Deployment(name="x")
+
+    class Good:
+        async def __aenter__(self):  # type: ignore[no-untyped-def]
+            return self
+
+        async def __aexit__(self, *exc):  # type: ignore[no-untyped-def]
+            pass
+
+    assert app.context(Good) is Good
+    assert app.contexts == [Good]
+
+    class Bad:
+        def __enter__(self):  # type: ignore[no-untyped-def]
+            return self
+
+    with pytest.raises(DefinitionError, match="__aenter__"):
+        app.context(Bad)
+
+
+def test_get_context_outside_worker_is_a_clear_error() -> None:
+    class Ctx:
+        pass
+
+    with pytest.raises(ContextError, match="only works inside a remote function"):
+        get_context(Ctx)
+
+
+def test_no_benchmark_anywhere_fails_at_ensure_ready() -> None:
+    app = Deployment(name="x")
+
+    @app.remote
+    async def f() -> None: ...
+
+    with pytest.raises(DefinitionError, match="no function has a benchmark"):
+        validate(app)
+    with pytest.raises(DefinitionError, match="no function has a benchmark"):
+        asyncio.run(app.ensure_ready())
+
+
+@pytest.mark.parametrize("bad", [{"name": "has space"}, {"name": "x", "tag": ""}, {"name": "x", "ttl": 0}])
+def test_deployment_arguments_validated(bad: dict) -> None:
+    with pytest.raises(DefinitionError):
+        Deployment(**bad)
+
+
+def test_image_chain_records_everything() -> None:
+    app = Deployment(name="x")
+    image = (
+        app.image("python:3.11-slim", storage="5GB")
+        .pip_install("numpy>=2", "six")
+        .apt_get("curl")
+        .env(MODE="fast")
+        .secrets(TOKEN="s3cret")
+        .run_script("echo hi")
+        .run_cmd("touch", "a file")
+        .copy("data", "assets/data")
+        .require(gpus=1)
+    )
+    assert image is app.image_spec
+    assert image.pip_packages == ["numpy>=2", "six"]
+    assert image.apt_packages == ["curl"]
+    assert image.env_vars == {"MODE": "fast"}
+    assert image.secret_vars == {"TOKEN": "s3cret"}
+    assert "s3cret" not in repr(image)
+    assert image.startup_commands == ["echo hi", "touch 'a file'"]
+    assert image.copies == [("data", "assets/data")]
+    assert image.requirements == {"gpus": "1"}
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda i: i.env(**{"1BAD": "x"}), "not a valid environment variable"),
+        (lambda i: i.env(X=1), "must be a string"),
+        (lambda i: i.pip_install("two words"), "not a package name"),
+        (lambda i: i.copy("a", "../outside"), "relative path"),
+        (lambda i: i.run_cmd(), "run_cmd"),
+    ],
+)
+def test_image_rejects_bad_input(call, match: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(DefinitionError, match=match):
+        call(Deployment(name="x").image())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"min_workers": 3, "max_workers": 2}, "above max_workers"), ({"max_workers": 0}, "at least 1"), ({"target_util": 0}, "target_util")],
+)
+def test_autoscaling_validated(kwargs: dict, match: str) -> None:
+    with pytest.raises(DefinitionError, match=match):
+        Deployment(name="x").configure_autoscaling(**kwargs)

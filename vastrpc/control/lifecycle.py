@@ -1,0 +1,593 @@
+"""Endpoint and worker lifecycle: update tiers, provisioning, worker state changes, teardown and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import secrets
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vastrpc._errors import DefinitionError, DeploymentError, NotFoundError
+from vastrpc.api.v1 import common_pb2, control_pb2
+from vastrpc.control.blobs import BlobStore, check_digest
+from vastrpc.control.provider import Provider, pid_alive
+from vastrpc.control.store import ACTIVE_WORKER_STATES, EndpointRow, RevisionRow, Store, WorkerRow, new_id
+
+__all__ = ["Lifecycle", "Registration", "hash_token", "read_log_tail"]
+
+log = logging.getLogger(__name__)
+
+WORKER_STATE_NAMES: dict[int, str] = {
+    common_pb2.WORKER_STATE_STARTING: "starting",
+    common_pb2.WORKER_STATE_DOWNLOADING: "downloading",
+    common_pb2.WORKER_STATE_INSTALLING: "installing",
+    common_pb2.WORKER_STATE_LOADING: "loading",
+    common_pb2.WORKER_STATE_BENCHMARKING: "benchmarking",
+    common_pb2.WORKER_STATE_READY: "ready",
+    common_pb2.WORKER_STATE_DRAINING: "draining",
+    common_pb2.WORKER_STATE_STOPPED: "stopped",
+    common_pb2.WORKER_STATE_FAILED: "failed",
+}
+WORKER_STATE_VALUES = {name: value for value, name in WORKER_STATE_NAMES.items()}
+ENDPOINT_STATE_VALUES: dict[str, int] = {
+    "new": common_pb2.ENDPOINT_STATE_UNSPECIFIED,
+    "deploying": common_pb2.ENDPOINT_STATE_DEPLOYING,
+    "ready": common_pb2.ENDPOINT_STATE_READY,
+    "failed": common_pb2.ENDPOINT_STATE_FAILED,
+    "stopped": common_pb2.ENDPOINT_STATE_STOPPED,
+}
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_LOG_TAIL_LINES = 40
+DEFAULT_TAG = "default"
+
+
+def hash_token(token: str) -> str:
+    """What the store keeps of a worker token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def read_log_tail(path: str | Path, *, lines: int = _LOG_TAIL_LINES, max_bytes: int = 64 << 10) -> str:
+    """The last ``lines`` lines of a log file ('' when it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def exit_message(returncode: int) -> str:
+    """A worker process's end, in words."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return f"worker process was killed by signal {name}"
+    return f"worker process exited with code {returncode}"
+
+
+def desired_workers(spec: control_pb2.DeploymentSpec) -> int:
+    """Workers an endpoint keeps ready for a spec before the autoscaler has a say."""
+    a = spec.autoscaling
+    return max(1, min(max(a.min_workers, a.cold_workers, 1), a.max_workers))
+
+
+def validate_spec(spec: control_pb2.DeploymentSpec) -> None:
+    """Raise DefinitionError saying what to fix when ``spec`` cannot be deployed."""
+    if not spec.name:
+        raise DefinitionError("the deployment has no name: give it one, e.g. Deployment(name='hello')")
+    if not _NAME.fullmatch(spec.name):
+        raise DefinitionError(
+            f"deployment name {spec.name[:80]!r} is invalid: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit, at most 63 characters"
+        )
+    if spec.tag and not _NAME.fullmatch(spec.tag):
+        raise DefinitionError(
+            f"tag {spec.tag[:80]!r} is invalid: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit, at most 63 characters"
+        )
+    if not spec.module:
+        raise DefinitionError("the spec names no module to import on the worker (spec.module is empty)")
+    if not _MODULE.fullmatch(spec.module):
+        raise DefinitionError(f"module {spec.module[:80]!r} is not a dotted Python module name")
+    if not spec.functions:
+        raise DefinitionError(f"deployment {spec.name!r} declares no function: decorate one with @app.remote")
+    names = [f.name for f in spec.functions]
+    if any(not n.isidentifier() for n in names):
+        raise DefinitionError(f"function names must be Python identifiers, got {names}")
+    if len(set(names)) != len(names):
+        raise DefinitionError(f"function names must be unique, got {names}")
+    if not any(f.has_benchmark for f in spec.functions):
+        raise DefinitionError(
+            f"deployment {spec.name!r}: no function has a benchmark; give at least one "
+            "@app.remote(benchmark_dataset=[...]) so workers can measure their score"
+        )
+    a = spec.autoscaling
+    if a.max_workers < 1:
+        raise DefinitionError("autoscaling max_workers must be at least 1")
+    if a.max_workers < a.min_workers:
+        raise DefinitionError(
+            f"autoscaling max_workers ({a.max_workers}) must be at least min_workers ({a.min_workers})"
+        )
+    if not 0 <= a.target_util <= 1:
+        raise DefinitionError(f"autoscaling target_util must be between 0 and 1, got {a.target_util}")
+    if a.inactivity_timeout < 0 or spec.ttl < 0:
+        raise DefinitionError("ttl and inactivity_timeout must not be negative")
+    d = spec.digests
+    try:
+        check_digest(d.bundle)
+    except Exception:
+        raise DefinitionError(f"spec.digests.bundle {d.bundle[:80]!r} is not a hex SHA-256 of the bundle") from None
+    missing = [k for k in ("code", "environment", "autoscaling") if not getattr(d, k)]
+    if missing:
+        raise DefinitionError(f"spec.digests lacks {', '.join(missing)}: the service needs them to classify updates")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What RegisterDeployment decided."""
+
+    deployment_id: str
+    endpoint_id: str
+    revision_id: str
+    tier: int
+    upload_required: bool
+
+
+class Lifecycle:
+    """The control service's decisions about endpoints and workers, on top of a store, blobs and a provider.
+
+    Everything runs on the service's event loop. Changes to an endpoint or its workers
+    wake that endpoint's watchers (``change_event``). Provision and teardown of one
+    endpoint are serialised by a per-endpoint lock; worker reports are single store
+    updates and need none.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        provider: Provider,
+        *,
+        stop_grace: float = 10.0,
+        heartbeat_interval: float = 2.0,
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.provider = provider
+        self.stop_grace = stop_grace
+        self.heartbeat_interval = heartbeat_interval
+        # Where workers this service starts reach it; set once the server is bound.
+        self.control_address = ""
+        provider.on_exit = self.worker_exited
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._events: dict[str, asyncio.Event] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._shutting_down = False
+        # Workers of an earlier run of the service still alive at startup: not our children,
+        # so they are stopped by pid. Any other exited worker's pid may be recycled already.
+        self._foreign: dict[str, int] = {}
+
+    # -- change notification ----------------------------------------------------------
+
+    def change_event(self, endpoint_id: str) -> asyncio.Event:
+        """An event set at the next change of the endpoint; take it before reading the state."""
+        event = self._events.get(endpoint_id)
+        if event is None:
+            event = self._events[endpoint_id] = asyncio.Event()
+        return event
+
+    def changed(self, endpoint_id: str) -> None:
+        """Wake the endpoint's watchers."""
+        event = self._events.pop(endpoint_id, None)
+        if event is not None:
+            event.set()
+
+    def client_seen(self, endpoint_id: str) -> None:
+        """Record that a client of the endpoint was heard from (the TTL reaper's input)."""
+        self.store.update_endpoint(endpoint_id, last_client_seen=time.time())
+
+    # -- register ---------------------------------------------------------------------
+
+    def register(self, spec: control_pb2.DeploymentSpec) -> Registration:
+        """Record a revision of ``spec`` and classify it against the endpoint's live revision."""
+        validate_spec(spec)
+        spec = control_pb2.DeploymentSpec.FromString(spec.SerializeToString())
+        spec.tag = spec.tag or DEFAULT_TAG
+        digests = spec.digests
+        with self.store.transaction():
+            deployment = self.store.get_or_create_deployment(spec.name)
+            endpoint, created = self.store.get_or_create_endpoint(deployment.id, spec.tag)
+            live = self.store.get_revision(endpoint.live_revision_id) if endpoint.live_revision_id else None
+            if created or live is None or endpoint.state == "stopped":
+                tier = common_pb2.UPDATE_TIER_NEW_ENDPOINT
+            elif live.environment_digest != digests.environment:
+                tier = common_pb2.UPDATE_TIER_ENVIRONMENT
+            elif live.code_digest != digests.code or live.bundle_digest != digests.bundle:
+                tier = common_pb2.UPDATE_TIER_CODE
+            elif live.autoscaling_digest != digests.autoscaling:
+                tier = common_pb2.UPDATE_TIER_SETTINGS
+            else:
+                tier = common_pb2.UPDATE_TIER_NONE
+            if tier == common_pb2.UPDATE_TIER_NONE:
+                assert live is not None
+                revision_id = live.id
+            else:
+                revision_id = self.store.add_revision(
+                    endpoint.id,
+                    spec.SerializeToString(deterministic=True),
+                    {k: getattr(digests, k) for k in ("bundle", "code", "environment", "autoscaling")},
+                ).id
+            self.store.update_endpoint(endpoint.id, last_client_seen=time.time())
+        log.info(
+            "registered %s:%s revision %s (%s)", spec.name, spec.tag, revision_id, common_pb2.UpdateTier.Name(tier)
+        )
+        return Registration(deployment.id, endpoint.id, revision_id, tier, not self.blobs.has(digests.bundle))
+
+    # -- provision --------------------------------------------------------------------
+
+    def _endpoint_and_revision(self, endpoint_id: str, revision_id: str) -> tuple[EndpointRow, RevisionRow]:
+        endpoint = self.store.get_endpoint(endpoint_id)
+        if endpoint is None:
+            raise NotFoundError(f"no endpoint {endpoint_id!r}")
+        revision = self.store.get_revision(revision_id)
+        if revision is None or revision.endpoint_id != endpoint_id:
+            raise NotFoundError(f"no revision {revision_id!r} of endpoint {endpoint_id!r}")
+        return endpoint, revision
+
+    async def provision(self, endpoint_id: str, revision_id: str) -> int:
+        """Bring the endpoint to ``revision_id`` with its desired workers; returns the workers started.
+
+        The live revision again: only missing workers are started. A settings-only change
+        switches the live revision and adjusts the worker count. Anything else replaces
+        the workers (``_replace_workers``).
+        """
+        async with self._locks[endpoint_id]:
+            endpoint, revision = self._endpoint_and_revision(endpoint_id, revision_id)
+            if not self.blobs.has(revision.bundle_digest):
+                raise DeploymentError(
+                    f"the bundle {revision.bundle_digest[:12]} of revision {revision_id} is not stored: "
+                    "upload the bundle first"
+                )
+            spec = control_pb2.DeploymentSpec.FromString(revision.spec)
+            desired = desired_workers(spec)
+            healthy = endpoint.state not in ("failed", "stopped", "new")
+            live = self.store.get_revision(endpoint.live_revision_id) if endpoint.live_revision_id else None
+            self.store.update_endpoint(endpoint_id, last_client_seen=time.time())
+            if healthy and live is not None and live.id == revision_id:
+                started = await self._scale(endpoint_id, revision, desired)
+            elif healthy and live is not None and _same_workload(live, revision):
+                started = await self._switch_settings(endpoint_id, revision, desired)
+            else:
+                started = await self._replace_workers(endpoint_id, revision, desired)
+        log.info("provisioned endpoint %s revision %s: %d worker(s) started", endpoint_id, revision_id, started)
+        return started
+
+    async def _scale(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:
+        """Start or stop workers of the live revision until ``desired`` are active."""
+        active = self.store.list_workers(endpoint_id=endpoint_id, revision_id=revision.id, states=ACTIVE_WORKER_STATES)
+        ready = sum(1 for w in active if w.state == "ready")
+        self.store.update_endpoint(
+            endpoint_id, desired_workers=desired, state="ready" if ready >= desired else "deploying"
+        )
+        self.changed(endpoint_id)
+        if len(active) > desired:
+            # Keep the ready ones; of the rest, the newest go first.
+            extra = sorted(active, key=lambda w: (w.state == "ready", -w.created_at))[: len(active) - desired]
+            self._retire(extra, wait=False)
+            return 0
+        return await self._start_workers(endpoint_id, revision, desired - len(active))
+
+    async def _switch_settings(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:
+        """Tier 1: the workers already run this code and environment; relabel them and rescale."""
+        with self.store.transaction():
+            for worker in self.store.list_workers(endpoint_id=endpoint_id, states=ACTIVE_WORKER_STATES):
+                self.store.update_worker(worker.id, revision_id=revision.id)
+            self.store.update_endpoint(endpoint_id, live_revision_id=revision.id)
+        return await self._scale(endpoint_id, revision, desired)
+
+    async def _replace_workers(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:
+        """Tiers 2-4 (and a retry of a failed endpoint): stop the old workers, start ``desired`` new ones.
+
+        This is the one place a later change makes rolling (tier 2 in place, tier 3 restart
+        in place): today the old workers stop as soon as the new revision is live.
+        """
+        old = self.store.list_workers(endpoint_id=endpoint_id, exclude_states=("stopped",))
+        with self.store.transaction():
+            self.store.update_endpoint(
+                endpoint_id,
+                live_revision_id=revision.id,
+                desired_workers=desired,
+                state="deploying",
+                failure_step="",
+                failure_message="",
+                failure_log_tail="",
+            )
+            self._retire(old, wait=False)
+        return await self._start_workers(endpoint_id, revision, desired)
+
+    async def _start_workers(self, endpoint_id: str, revision: RevisionRow, count: int) -> int:
+        started = 0
+        for _ in range(count):
+            endpoint = self.store.get_endpoint(endpoint_id)
+            # A worker that failed meanwhile failed the endpoint: starting more is pointless.
+            if endpoint is None or endpoint.state in ("failed", "stopped") or self._shutting_down:
+                break
+            worker_id = new_id("w")
+            token = secrets.token_urlsafe(32)
+            self.store.add_worker(
+                WorkerRow(
+                    id=worker_id,
+                    endpoint_id=endpoint_id,
+                    revision_id=revision.id,
+                    state="starting",
+                    token_hash=hash_token(token),
+                    log_path=str(self.provider.log_path(worker_id)),
+                )
+            )
+            self.changed(endpoint_id)
+            try:
+                pid = await self.provider.start_worker(worker_id, token, self.control_address)
+            except OSError as exc:
+                log.error("cannot start worker %s: %s", worker_id, exc)
+                self._fail_worker(
+                    self.store.update_worker(worker_id, state="failed"), "starting", f"cannot start the worker: {exc}"
+                )
+                break
+            if (worker := self.store.get_worker(worker_id)) is not None and not worker.pid:
+                self.store.update_worker(worker_id, pid=pid)
+            started += 1
+        return started
+
+    # -- worker reports ---------------------------------------------------------------
+
+    def authorize_worker_token(self, token: str) -> WorkerRow | None:
+        """The worker a token belongs to, if any."""
+        return self.store.get_worker_by_token_hash(hash_token(token)) if token else None
+
+    def register_worker(self, worker_id: str, pid: int) -> tuple[WorkerRow, EndpointRow, bytes]:
+        """A worker agent's first contact: returns its row, its endpoint and its revision's spec."""
+        worker = self._worker(worker_id)
+        if worker.state in ("stopped", "failed"):
+            raise DeploymentError(f"worker {worker_id} was {worker.state}; it must exit")
+        worker = self.store.update_worker(worker_id, pid=pid or worker.pid, last_heartbeat=time.time())
+        endpoint = self.store.get_endpoint(worker.endpoint_id)
+        revision = self.store.get_revision(worker.revision_id)
+        assert endpoint is not None and revision is not None
+        self.changed(endpoint.id)
+        return worker, endpoint, revision.spec
+
+    def update_worker(
+        self,
+        worker_id: str,
+        state: int,
+        *,
+        address: str = "",
+        score: float = 0.0,
+        capacity: int = 0,
+        failure: common_pb2.Failure | None = None,
+    ) -> None:
+        """Record a state change a worker reports, and what it means for its endpoint."""
+        worker = self._worker(worker_id)
+        name = WORKER_STATE_NAMES.get(state)
+        if name is None:
+            raise DefinitionError(f"invalid worker state {state}")
+        if worker.state in ("stopped", "failed"):
+            # A worker that was stopped or failed does not come back; it is told to stop.
+            return
+        if name == "failed":
+            f = failure or common_pb2.Failure()
+            self._fail_worker(
+                worker, f.step or worker.state, f.message or "the worker reported a failure", log_tail=f.log_tail
+            )
+            # It reported its failure; give it the grace to exit by itself, then stop it.
+            self._spawn(self._stop_later(worker, self.stop_grace))
+            return
+        values: dict[str, object] = {"state": name, "last_heartbeat": time.time()}
+        if address:
+            values["address"] = address
+        if score:
+            values["score"] = score
+        if capacity:
+            values["capacity"] = capacity
+        worker = self.store.update_worker(worker_id, **values)
+        if name == "ready":
+            self._check_ready(worker.endpoint_id)
+        self.changed(worker.endpoint_id)
+
+    def heartbeat(self, worker_id: str, calls_in_flight: int) -> bool:
+        """Record a heartbeat; True when the worker should stop."""
+        worker = self.store.update_worker(
+            self._worker(worker_id).id, last_heartbeat=time.time(), calls_in_flight=calls_in_flight
+        )
+        endpoint = self.store.get_endpoint(worker.endpoint_id)
+        return worker.state in ("stopped", "failed") or endpoint is None or endpoint.state == "stopped"
+
+    async def worker_exited(self, worker_id: str, returncode: int) -> None:
+        """The provider saw a worker's process end."""
+        worker = self.store.get_worker(worker_id)
+        if worker is None or worker.state in ("stopped", "failed"):
+            return
+        if self._shutting_down or worker.state == "draining":
+            self.store.update_worker(worker_id, state="stopped")
+            self.changed(worker.endpoint_id)
+            return
+        message = exit_message(returncode)
+        if worker.state == "ready":
+            self._fail_worker(worker, "serving", message, fail_endpoint=False)
+            self._worker_lost(worker, message)
+        else:
+            self._fail_worker(worker, worker.state, message)
+
+    def _worker_lost(self, worker: WorkerRow, message: str) -> None:
+        """A ready worker went away. Hook: replacing it is the autoscaler's job (a later issue).
+
+        Until then the endpoint stays ready while another worker of its revision is; with
+        none left it fails, so the next ensure_ready provisions it afresh.
+        """
+        endpoint = self.store.get_endpoint(worker.endpoint_id)
+        if endpoint is None or endpoint.live_revision_id != worker.revision_id or endpoint.state != "ready":
+            return
+        ready = self.store.list_workers(endpoint_id=endpoint.id, revision_id=worker.revision_id, states=("ready",))
+        if not ready:
+            self._fail_endpoint(endpoint.id, worker.revision_id, "serving", message, read_log_tail(worker.log_path))
+
+    def _fail_worker(
+        self, worker: WorkerRow, step: str, message: str, *, log_tail: str = "", fail_endpoint: bool = True
+    ) -> None:
+        log_tail = log_tail or read_log_tail(worker.log_path)
+        self.store.update_worker(
+            worker.id, state="failed", failure_step=step, failure_message=message, failure_log_tail=log_tail
+        )
+        log.warning("worker %s failed at %s: %s", worker.id, step, message)
+        if fail_endpoint:
+            self._fail_endpoint(worker.endpoint_id, worker.revision_id, step, message, log_tail)
+        self.changed(worker.endpoint_id)
+
+    def _fail_endpoint(self, endpoint_id: str, revision_id: str, step: str, message: str, log_tail: str) -> None:
+        """Fail the endpoint if ``revision_id`` is what it deploys or serves, and stop that revision's workers."""
+        endpoint = self.store.get_endpoint(endpoint_id)
+        if endpoint is None or endpoint.live_revision_id != revision_id or endpoint.state in ("stopped", "failed"):
+            return
+        with self.store.transaction():
+            self.store.update_endpoint(
+                endpoint_id, state="failed", failure_step=step, failure_message=message, failure_log_tail=log_tail
+            )
+            self._retire(
+                self.store.list_workers(endpoint_id=endpoint_id, revision_id=revision_id, states=ACTIVE_WORKER_STATES),
+                wait=False,
+            )
+        log.warning("endpoint %s failed at %s: %s", endpoint_id, step, message)
+        self.changed(endpoint_id)
+
+    def _check_ready(self, endpoint_id: str) -> None:
+        endpoint = self.store.get_endpoint(endpoint_id)
+        if endpoint is None or endpoint.state != "deploying" or not endpoint.live_revision_id:
+            return
+        ready = self.store.list_workers(endpoint_id=endpoint_id, revision_id=endpoint.live_revision_id, states=("ready",))
+        if len(ready) >= endpoint.desired_workers:
+            self.store.update_endpoint(endpoint_id, state="ready")
+            log.info("endpoint %s is ready with %d worker(s)", endpoint_id, len(ready))
+
+    def _worker(self, worker_id: str) -> WorkerRow:
+        worker = self.store.get_worker(worker_id)
+        if worker is None:
+            raise NotFoundError(f"no worker {worker_id!r}")
+        return worker
+
+    # -- stopping ---------------------------------------------------------------------
+
+    def _retire(self, workers: Iterable[WorkerRow], *, wait: bool) -> list[asyncio.Task[None]]:
+        """Mark workers stopped (at once, so their heartbeats say stop) and stop their processes."""
+        tasks = []
+        with self.store.transaction():
+            for worker in workers:
+                if worker.state != "stopped":
+                    self.store.update_worker(worker.id, state="stopped")
+                    self.changed(worker.endpoint_id)
+                tasks.append(self._spawn(self._stop_process(worker)))
+        return tasks if wait else []
+
+    async def _stop_process(self, worker: WorkerRow) -> None:
+        pid = self._foreign.pop(worker.id, 0)
+        await self.provider.stop_worker(worker.id, self.stop_grace, pid=pid)
+
+    async def _stop_later(self, worker: WorkerRow, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.provider.is_running(worker.id):
+            await self.provider.stop_worker(worker.id, self.stop_grace)
+
+    def _spawn(self, coro: object) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def teardown(self, name: str, tag: str = "") -> tuple[int, int]:
+        """Stop a deployment's endpoints (one tag, or all) and their workers; returns (endpoints, workers)."""
+        deployment = self.store.get_deployment_by_name(name)
+        if deployment is None:
+            raise NotFoundError(f"no deployment named {name!r}")
+        endpoints = [e for e in self.store.list_endpoints(deployment.id) if not tag or e.tag == tag]
+        if tag and not endpoints:
+            raise NotFoundError(f"deployment {name!r} has no tag {tag!r}")
+        removed = stopped = 0
+        tasks: list[asyncio.Task[None]] = []
+        for endpoint in endpoints:
+            async with self._locks[endpoint.id]:
+                workers = self.store.list_workers(endpoint_id=endpoint.id)
+                # Also workers already marked stopped whose processes are still on their way out.
+                doomed = [w for w in workers if w.state != "stopped" or self.provider.is_running(w.id)]
+                with self.store.transaction():
+                    if endpoint.state != "stopped":
+                        removed += 1
+                        self.store.update_endpoint(endpoint.id, state="stopped")
+                    stopped += sum(1 for w in workers if w.state != "stopped")
+                    tasks += self._retire(doomed, wait=True)
+                self.changed(endpoint.id)
+        if tasks:
+            await asyncio.gather(*tasks)
+        log.info("tore down %s%s: %d endpoint(s), %d worker(s)", name, f":{tag}" if tag else "", removed, stopped)
+        return removed, stopped
+
+    # -- startup and shutdown ---------------------------------------------------------
+
+    def recover(self) -> None:
+        """After a restart: workers of an earlier run whose process is gone are stopped."""
+        gone = []
+        for worker in self.store.list_workers(exclude_states=("stopped",)):
+            if pid_alive(worker.pid):
+                self._foreign[worker.id] = worker.pid
+            else:
+                gone.append(worker)
+        with self.store.transaction():
+            for worker in gone:
+                self.store.update_worker(worker.id, state="stopped")
+            for endpoint in self.store.list_endpoints():
+                if endpoint.state != "ready" or not endpoint.live_revision_id:
+                    continue
+                ready = self.store.list_workers(
+                    endpoint_id=endpoint.id, revision_id=endpoint.live_revision_id, states=("ready",)
+                )
+                if len(ready) < endpoint.desired_workers:
+                    # The next Provision starts the missing workers (it counts live ones).
+                    self.store.update_endpoint(endpoint.id, state="deploying")
+        if gone:
+            log.info("recovered: %d worker(s) of an earlier run are gone", len(gone))
+
+    async def shutdown(self) -> None:
+        """Stop every worker this service runs (the service is stopping)."""
+        self._shutting_down = True
+        running = [w for w in self.store.list_workers() if self.provider.is_running(w.id)]
+        with self.store.transaction():
+            for worker in running:
+                if worker.state != "stopped":
+                    self.store.update_worker(worker.id, state="stopped")
+                    self.changed(worker.endpoint_id)
+        await self.provider.stop_all(self.stop_grace)
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=1)
+
+
+def _same_workload(live: RevisionRow, revision: RevisionRow) -> bool:
+    """Whether two revisions run the same bundle, code and environment (so only settings differ)."""
+    return (
+        live.bundle_digest == revision.bundle_digest
+        and live.code_digest == revision.code_digest
+        and live.environment_digest == revision.environment_digest
+    )

@@ -1,0 +1,150 @@
+"""Runs the control service process: API key, store, blobs, provider, gRPC server, control.json, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from vastrpc._grpc import start_server
+from vastrpc.api.v1 import control_pb2, control_pb2_grpc
+from vastrpc.config import ControlConfig
+from vastrpc.control.blobs import LocalBlobStore
+from vastrpc.control.lifecycle import Lifecycle
+from vastrpc.control.provider import LocalProcessProvider
+from vastrpc.control.service import ControlService
+from vastrpc.control.store import SqliteStore
+
+__all__ = ["resolve_api_key", "serve"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
+SERVER_STOP_GRACE = 5.0
+
+
+def resolve_api_key(config: ControlConfig) -> str:
+    """The API key: ``config.api_key``, else ``home/api_key``, else a new one written there (mode 0600)."""
+    if config.api_key:
+        return config.api_key
+    path = config.home / "api_key"
+    try:
+        # O_EXCL: of two services starting at once, one creates the key and the other reads it.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):
+            key = path.read_text().strip()
+            if key:
+                return key
+            time.sleep(0.02)  # the creator has not written it yet
+        raise RuntimeError(f"{path} is empty: delete it to have a new API key created") from None
+    key = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    log.info("created a new API key in %s", path)
+    return key
+
+
+def _write_json_atomically(path: Path, data: dict[str, object]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _remove_if_ours(path: Path) -> None:
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _client_host(host: str) -> str:
+    """The host local clients and workers dial for a server listening on ``host``."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        return "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
+
+
+async def serve(
+    config: ControlConfig,
+    *,
+    ready: Callable[[str], object] | None = None,
+    worker_command: Sequence[str] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the control service until SIGTERM or SIGINT (or ``stop`` is set).
+
+    Args:
+        config: Where and how to run.
+        ready: Called with the service's address once it is bound and ``control.json`` is written.
+        worker_command: The argv prefix that starts a worker agent (default
+            ``python -m vastrpc worker``); tests pass a fake worker.
+        stop: An event that stops the service when set (for embedding in tests).
+    """
+    home = Path(config.home)
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    api_key = resolve_api_key(config)
+    store = SqliteStore(home / "state.db")
+    blobs = LocalBlobStore(home / "bundles")
+    provider = LocalProcessProvider(home, argv_prefix=worker_command)
+    lifecycle = Lifecycle(
+        store,
+        blobs,
+        provider,
+        stop_grace=config.worker_stop_grace,
+        heartbeat_interval=config.heartbeat_interval,
+    )
+    lifecycle.recover()
+    service = ControlService(lifecycle, api_key)
+
+    def register(server: object) -> list[str]:
+        control_pb2_grpc.add_ControlServiceServicer_to_server(service, server)
+        return [SERVICE_NAME]
+
+    bind = f"[{config.host}]:{config.port}" if ":" in config.host else f"{config.host}:{config.port}"
+    server, port, health = await start_server(
+        bind, register, authorize=service.authorize, enable_reflection=config.enable_reflection
+    )
+    address = f"{_client_host(config.host)}:{port}"
+    lifecycle.control_address = address
+    info_path = home / "control.json"
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        # Written only now that the port is bound: whoever reads it can connect at once.
+        _write_json_atomically(info_path, {"address": address, "pid": os.getpid(), "started_at": time.time()})
+        log.info("control service listening on %s (home %s)", address, home)
+        if ready is not None:
+            ready(address)
+        await stop.wait()
+        log.info("stopping: workers first (grace %gs), then the server", config.worker_stop_grace)
+    finally:
+        await health.enter_graceful_shutdown()
+        try:
+            await lifecycle.shutdown()
+        finally:
+            await server.stop(SERVER_STOP_GRACE)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            _remove_if_ours(info_path)
+            store.close()
+            log.info("control service stopped")

@@ -1,0 +1,337 @@
+"""The ControlService servicer: authentication, request checks and protobuf conversion over the Lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from vastrpc._errors import (
+    AuthenticationError,
+    BundleError,
+    DefinitionError,
+    DeploymentError,
+    NotFoundError,
+    VastrpcError,
+)
+from vastrpc._grpc import CHUNK_SIZE, token_from_metadata, tokens_equal
+from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
+from vastrpc.control.blobs import check_digest
+from vastrpc.control.lifecycle import ENDPOINT_STATE_VALUES, WORKER_STATE_VALUES, Lifecycle
+from vastrpc.control.store import EndpointRow, WorkerRow
+
+__all__ = ["ControlService", "WORKER_METHODS"]
+
+log = logging.getLogger(__name__)
+
+_PREFIX = "/vastrpc.api.v1.ControlService/"
+# The methods a worker token admits (for its own worker only, checked in the handlers).
+WORKER_METHODS = frozenset(_PREFIX + m for m in ("RegisterWorker", "UpdateWorker", "Heartbeat", "DownloadBundle"))
+# How often a watching client is recorded as seen (the TTL counts from the last time).
+CLIENT_SEEN_INTERVAL = 10.0
+# GetWorkerLogs never returns more than this, whatever was asked: it must fit one message.
+MAX_LOG_BYTES = 4 << 20
+
+_CODES: tuple[tuple[type[VastrpcError], grpc.StatusCode], ...] = (
+    (AuthenticationError, grpc.StatusCode.PERMISSION_DENIED),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (DefinitionError, grpc.StatusCode.INVALID_ARGUMENT),
+    (DeploymentError, grpc.StatusCode.FAILED_PRECONDITION),
+    (BundleError, grpc.StatusCode.DATA_LOSS),
+)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: VastrpcError) -> NoReturn:
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            await context.abort(code, str(exc))
+    await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+    raise AssertionError("unreachable")  # context.abort always raises
+
+
+def _unary(method: F) -> F:
+    """Turn vastrpc exceptions raised by a unary-response handler into their status codes."""
+
+    @wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except VastrpcError as exc:
+            await _abort(context, exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ControlService(control_pb2_grpc.ControlServiceServicer):
+    """Serves vastrpc.api.v1.ControlService.
+
+    Args:
+        lifecycle: The decisions about endpoints and workers.
+        api_key: The key that admits every method.
+    """
+
+    def __init__(self, lifecycle: Lifecycle, api_key: str) -> None:
+        if not api_key:
+            raise ValueError("the control service needs a non-empty API key")
+        self.lifecycle = lifecycle
+        self.store = lifecycle.store
+        self.blobs = lifecycle.blobs
+        self._api_key = api_key
+
+    # -- auth -------------------------------------------------------------------------
+
+    def authorize(self, method: str, token: str) -> bool:
+        """The AuthInterceptor's check: the API key admits all, a worker token the worker methods."""
+        if tokens_equal(token, self._api_key):
+            return True
+        return method in WORKER_METHODS and self.lifecycle.authorize_worker_token(token) is not None
+
+    def _check_worker(self, context: grpc.aio.ServicerContext, worker_id: str) -> None:
+        token = token_from_metadata(context.invocation_metadata())
+        if tokens_equal(token, self._api_key):
+            return
+        worker = self.lifecycle.authorize_worker_token(token)
+        if worker is None or worker.id != worker_id:
+            raise AuthenticationError(f"this worker token does not belong to worker {worker_id!r}")
+
+    # -- deployments ------------------------------------------------------------------
+
+    @_unary
+    async def RegisterDeployment(
+        self, request: control_pb2.RegisterDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.RegisterDeploymentResponse:
+        reg = self.lifecycle.register(request.spec)
+        return control_pb2.RegisterDeploymentResponse(
+            deployment_id=reg.deployment_id,
+            endpoint_id=reg.endpoint_id,
+            revision_id=reg.revision_id,
+            tier=reg.tier,  # type: ignore[arg-type]
+            upload_required=reg.upload_required,
+        )
+
+    @_unary
+    async def UploadBundle(
+        self, request_iterator: AsyncIterator[control_pb2.UploadBundleRequest], context: grpc.aio.ServicerContext
+    ) -> control_pb2.UploadBundleResponse:
+        header: control_pb2.UploadBundleRequest.Header | None = None
+        writer = None
+        stored = False
+        try:
+            async for message in request_iterator:
+                if header is None:
+                    if not message.HasField("header"):
+                        raise DefinitionError("the first UploadBundle message must be the header {digest, size}")
+                    header = message.header
+                    try:
+                        check_digest(header.digest)
+                    except BundleError as exc:
+                        raise DefinitionError(str(exc)) from None
+                    if not self.blobs.has(header.digest):
+                        writer = self.blobs.open_writer(header.digest, header.size)
+                    continue
+                if message.HasField("header"):
+                    raise DefinitionError("UploadBundle got a second header; send one header, then chunks")
+                if writer is not None:
+                    writer.write(message.chunk)
+                # else: already stored (deduplicated): drain the stream without keeping it.
+            if header is None:
+                raise DefinitionError("UploadBundle got no header: send {digest, size} first, then chunks")
+            if writer is not None:
+                stored = writer.commit()
+        finally:
+            # An error, or a client that cancelled mid-stream, leaves nothing behind.
+            if writer is not None:
+                writer.abort()
+        if stored:
+            log.info("stored bundle %s (%d bytes)", header.digest[:12], header.size)
+        return control_pb2.UploadBundleResponse(digest=header.digest, size=header.size, stored=stored)
+
+    async def DownloadBundle(
+        self, request: control_pb2.DownloadBundleRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[control_pb2.DownloadBundleResponse]:
+        try:
+            chunks = self.blobs.read_chunks(request.digest, CHUNK_SIZE)
+        except VastrpcError as exc:
+            await _abort(context, exc)
+        for chunk in chunks:
+            yield control_pb2.DownloadBundleResponse(chunk=chunk)
+
+    @_unary
+    async def Provision(
+        self, request: control_pb2.ProvisionRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.ProvisionResponse:
+        started = await self.lifecycle.provision(request.endpoint_id, request.revision_id)
+        return control_pb2.ProvisionResponse(workers_started=started)
+
+    async def WatchEndpoint(
+        self, request: control_pb2.WatchEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[control_pb2.WatchEndpointResponse]:
+        endpoint_id = request.endpoint_id
+        if self.store.get_endpoint(endpoint_id) is None:
+            await _abort(context, NotFoundError(f"no endpoint {endpoint_id!r}"))
+        last_sent = b""
+        last_seen = 0.0
+        # Runs until the client cancels (CancelledError ends the generator).
+        while True:
+            # Taken before reading, so a change made while we read still wakes us.
+            changed = self.lifecycle.change_event(endpoint_id)
+            now = time.monotonic()
+            if now - last_seen >= CLIENT_SEEN_INTERVAL:
+                self.lifecycle.client_seen(endpoint_id)
+                last_seen = now
+            endpoint = self.store.get_endpoint(endpoint_id)
+            if endpoint is None:
+                return
+            update = self._watch_update(endpoint)
+            data = update.SerializeToString(deterministic=True)
+            if data != last_sent:
+                yield update
+                last_sent = data
+            try:
+                await asyncio.wait_for(changed.wait(), timeout=CLIENT_SEEN_INTERVAL)
+            except TimeoutError:
+                pass
+
+    def _watch_update(self, endpoint: EndpointRow) -> control_pb2.WatchEndpointResponse:
+        return control_pb2.WatchEndpointResponse(
+            endpoint_id=endpoint.id,
+            state=ENDPOINT_STATE_VALUES[endpoint.state],  # type: ignore[arg-type]
+            revision_id=endpoint.live_revision_id or "",
+            workers=self._workers(endpoint.id),
+            endpoint_token=endpoint.token,
+            failure=_endpoint_failure(endpoint),
+            desired_workers=endpoint.desired_workers,
+        )
+
+    def _workers(self, endpoint_id: str) -> list[common_pb2.Worker]:
+        return [_worker_pb(w) for w in self.store.list_workers(endpoint_id=endpoint_id, exclude_states=("stopped",))]
+
+    # -- workers ----------------------------------------------------------------------
+
+    @_unary
+    async def RegisterWorker(
+        self, request: control_pb2.RegisterWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.RegisterWorkerResponse:
+        self._check_worker(context, request.worker_id)
+        worker, endpoint, spec = self.lifecycle.register_worker(request.worker_id, request.pid)
+        log.info("worker %s registered (pid %d)", worker.id, request.pid)
+        return control_pb2.RegisterWorkerResponse(
+            endpoint_id=endpoint.id,
+            revision_id=worker.revision_id,
+            spec=control_pb2.DeploymentSpec.FromString(spec),
+            endpoint_token=endpoint.token,
+            heartbeat_interval=self.lifecycle.heartbeat_interval,
+        )
+
+    @_unary
+    async def UpdateWorker(
+        self, request: control_pb2.UpdateWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.UpdateWorkerResponse:
+        self._check_worker(context, request.worker_id)
+        self.lifecycle.update_worker(
+            request.worker_id,
+            request.state,
+            address=request.address,
+            score=request.score,
+            capacity=request.capacity,
+            failure=request.failure if request.HasField("failure") else None,
+        )
+        return control_pb2.UpdateWorkerResponse()
+
+    @_unary
+    async def Heartbeat(
+        self, request: control_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.HeartbeatResponse:
+        self._check_worker(context, request.worker_id)
+        return control_pb2.HeartbeatResponse(stop=self.lifecycle.heartbeat(request.worker_id, request.calls_in_flight))
+
+    # -- operations -------------------------------------------------------------------
+
+    @_unary
+    async def ListDeployments(
+        self, request: control_pb2.ListDeploymentsRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.ListDeploymentsResponse:
+        deployments = self.store.list_deployments()
+        if request.name:
+            deployments = [d for d in deployments if d.name == request.name]
+        response = control_pb2.ListDeploymentsResponse()
+        for deployment in deployments:
+            item = response.deployments.add(
+                deployment_id=deployment.id, name=deployment.name, created_at=deployment.created_at
+            )
+            for endpoint in self.store.list_endpoints(deployment.id):
+                entry = item.endpoints.add(
+                    endpoint_id=endpoint.id,
+                    tag=endpoint.tag,
+                    state=ENDPOINT_STATE_VALUES[endpoint.state],  # type: ignore[arg-type]
+                    revision_id=endpoint.live_revision_id or "",
+                    workers=self._workers(endpoint.id),
+                    failure=_endpoint_failure(endpoint),
+                )
+                revision = self.store.get_revision(endpoint.live_revision_id) if endpoint.live_revision_id else None
+                if revision is not None:
+                    entry.autoscaling.CopyFrom(control_pb2.DeploymentSpec.FromString(revision.spec).autoscaling)
+        return response
+
+    @_unary
+    async def GetWorkerLogs(
+        self, request: control_pb2.GetWorkerLogsRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.GetWorkerLogsResponse:
+        worker = self.store.get_worker(request.worker_id)
+        if worker is None:
+            raise NotFoundError(f"no worker {request.worker_id!r}")
+        path = Path(worker.log_path or self.lifecycle.provider.log_path(worker.id))
+        limit = min(request.tail_bytes or MAX_LOG_BYTES, MAX_LOG_BYTES)
+        try:
+            with path.open("rb") as f:
+                size = f.seek(0, 2)
+                f.seek(max(0, size - limit))
+                data = f.read(limit)
+        except FileNotFoundError:
+            data = b""
+        return control_pb2.GetWorkerLogsResponse(text=data.decode("utf-8", "replace"))
+
+    @_unary
+    async def Teardown(
+        self, request: control_pb2.TeardownRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.TeardownResponse:
+        if not request.name:
+            raise DefinitionError("Teardown needs the deployment name")
+        removed, stopped = await self.lifecycle.teardown(request.name, request.tag)
+        return control_pb2.TeardownResponse(endpoints_removed=removed, workers_stopped=stopped)
+
+
+def _endpoint_failure(endpoint: EndpointRow) -> common_pb2.Failure | None:
+    if not (endpoint.failure_step or endpoint.failure_message):
+        return None
+    return common_pb2.Failure(
+        step=endpoint.failure_step, message=endpoint.failure_message, log_tail=endpoint.failure_log_tail
+    )
+
+
+def _worker_pb(worker: WorkerRow) -> common_pb2.Worker:
+    failure = None
+    if worker.failure_step or worker.failure_message:
+        failure = common_pb2.Failure(
+            step=worker.failure_step, message=worker.failure_message, log_tail=worker.failure_log_tail
+        )
+    return common_pb2.Worker(
+        worker_id=worker.id,
+        endpoint_id=worker.endpoint_id,
+        revision_id=worker.revision_id,
+        state=WORKER_STATE_VALUES[worker.state],  # type: ignore[arg-type]
+        address=worker.address,
+        score=worker.score,
+        capacity=worker.capacity,
+        pid=worker.pid,
+        failure=failure,
+        last_heartbeat=worker.last_heartbeat,
+    )
