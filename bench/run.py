@@ -25,8 +25,8 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vastrpc.api.v1 import worker_pb2  # noqa: E402
-from vastrpc.config import ClientConfig  # noqa: E402
+from vastrpc.api.v1 import worker_pb2
+from vastrpc.config import ClientConfig
 
 NOOP = textwrap.dedent(
     """

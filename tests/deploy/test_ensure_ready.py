@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from vastrpc import ControlUnavailableError, DeploymentError, Deployment
+from vastrpc import ControlUnavailableError, Deployment, DeploymentError
 from vastrpc.config import ClientConfig
 
 pytestmark = pytest.mark.e2e

@@ -43,7 +43,13 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # Someone else's exited child (e.g. a service that the SDK process started) stays a
+    # zombie until its parent reaps it; it is gone all the same.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def package_pythonpath(environ: Mapping[str, str]) -> str | None:

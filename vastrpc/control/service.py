@@ -26,7 +26,7 @@ from vastrpc.control.blobs import check_digest
 from vastrpc.control.lifecycle import ENDPOINT_STATE_VALUES, WORKER_STATE_VALUES, Lifecycle
 from vastrpc.control.store import EndpointRow, WorkerRow
 
-__all__ = ["ControlService", "WORKER_METHODS"]
+__all__ = ["WORKER_METHODS", "ControlService"]
 
 log = logging.getLogger(__name__)
 

@@ -270,5 +270,9 @@ def main(control_address: str, worker_id: str, token: str, home: Path | None = N
     if not token:
         log.error("no worker token: set VASTRPC_WORKER_TOKEN (the control service does this for workers it starts)")
         return 2
-    agent = Agent(control_address, worker_id, token, home or default_home())
-    return asyncio.run(agent.run())
+
+    async def run() -> int:
+        # The agent's channel and events belong to the loop that runs it.
+        return await Agent(control_address, worker_id, token, home or default_home()).run()
+
+    return asyncio.run(run())

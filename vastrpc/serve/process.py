@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2
 
 from vastrpc._grpc import start_server, tokens_equal
 from vastrpc._mode import ServeRuntime, enter_serve_mode
@@ -117,7 +116,9 @@ async def run_benchmark(app: Deployment) -> tuple[float, dict[str, float]]:
             raise StepFailed("benchmark", f"benchmark_generator of {fn.name} raised:\n{_formatted(exc)}") from exc
         semaphore = asyncio.Semaphore(fn.options.max_concurrency)
 
-        async def one(index: int, item: Any, fn: RemoteFunction[Any, Any] = fn) -> None:
+        async def one(
+            index: int, item: Any, fn: RemoteFunction[Any, Any] = fn, semaphore: asyncio.Semaphore = semaphore
+        ) -> None:
             async with semaphore:
                 try:
                     await _apply(fn, item)

@@ -1,0 +1,80 @@
+"""LocalProcessProvider: spawns worker processes with their token, logs their output, stops their groups."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import pytest
+
+from vastrpc.control.provider import LocalProcessProvider
+
+from .helpers import eventually, pid_gone
+
+pytestmark = pytest.mark.timeout(20)
+
+# Stands in for `python -m vastrpc worker`; gets `--control ADDR --worker-id ID` appended.
+SCRIPT = r"""
+import os, signal, subprocess, sys, time
+mode = os.environ.get("MODE")
+print("argv", sys.argv[1:], "token", os.environ["VASTRPC_WORKER_TOKEN"], "home", os.environ["VASTRPC_HOME"],
+      "unbuffered", os.environ.get("PYTHONUNBUFFERED"))
+if mode == "exit":
+    sys.exit(5)
+if mode == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print("CHILD" + "-PID", child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _provider(tmp_path, mode: str, exits: list) -> LocalProcessProvider:
+    return LocalProcessProvider(
+        tmp_path,
+        argv_prefix=[sys.executable, "-c", SCRIPT],
+        environ={**os.environ, "MODE": mode},
+        on_exit=lambda worker_id, code: exits.append((worker_id, code)),
+    )
+
+
+async def test_worker_gets_token_and_log_and_exit_is_reported(tmp_path) -> None:
+    exits: list = []
+    provider = _provider(tmp_path, "exit", exits)
+    pid = await provider.start_worker("w-1", "tok-123", "127.0.0.1:5")
+    assert pid > 0
+    await eventually(lambda: exits == [("w-1", 5)], what="on_exit called")
+    text = provider.log_path("w-1").read_text()
+    assert provider.log_path("w-1") == tmp_path / "logs" / "workers" / "w-1.log"
+    assert "['--control', '127.0.0.1:5', '--worker-id', 'w-1'] token tok-123" in text
+    assert f"home {tmp_path} unbuffered 1" in text
+    assert "tok-123" not in text.splitlines()[0]  # the provider's own header line never shows the token
+    assert not provider.is_running("w-1")
+
+
+async def test_stop_worker_stops_the_whole_group(tmp_path) -> None:
+    exits: list = []
+    provider = _provider(tmp_path, "sleep", exits)
+    pid = await provider.start_worker("w-1", "tok", "127.0.0.1:5")
+    log = provider.log_path("w-1")
+    await eventually(lambda: "CHILD-PID" in log.read_text(), what="the worker started its child")
+    child = int(log.read_text().split("CHILD-PID ")[1].split()[0])
+    assert provider.is_running("w-1")
+    assert await provider.stop_worker("w-1", grace=5) is True
+    await eventually(lambda: pid_gone(child), what="the worker's child is gone")
+    await eventually(lambda: exits == [("w-1", -15)], what="on_exit called")
+    assert pid_gone(pid)
+    assert await provider.stop_worker("w-1", grace=5) is False
+    assert await provider.stop_worker("w-unknown", grace=5) is False
+
+
+async def test_stubborn_worker_is_killed_after_grace(tmp_path) -> None:
+    exits: list = []
+    provider = _provider(tmp_path, "stubborn", exits)
+    await provider.start_worker("w-1", "tok", "127.0.0.1:5")
+    await eventually(lambda: "CHILD-PID" in provider.log_path("w-1").read_text(), what="the worker is running")
+    started = asyncio.get_running_loop().time()
+    await provider.stop_all(grace=0.5)
+    assert 0.4 < asyncio.get_running_loop().time() - started < 5
+    assert exits == [("w-1", -9)]

@@ -1,0 +1,91 @@
+"""SqliteStore: schema and migrations, rows, filters and transactions."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from vastrpc.control.store import SqliteStore, WorkerRow
+
+pytestmark = pytest.mark.timeout(10)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SqliteStore(tmp_path / "state.db")
+    yield s
+    s.close()
+
+
+def _worker(store: SqliteStore, worker_id: str, state: str = "starting") -> WorkerRow:
+    deployment = store.get_or_create_deployment("hello")
+    endpoint, _ = store.get_or_create_endpoint(deployment.id, "default")
+    revision = store.add_revision(endpoint.id, b"spec", {"bundle": "b", "code": "c", "environment": "e", "autoscaling": "a"})
+    return store.add_worker(
+        WorkerRow(id=worker_id, endpoint_id=endpoint.id, revision_id=revision.id, state=state, token_hash=f"h-{worker_id}")
+    )
+
+
+def test_schema_is_versioned_wal_and_reopens(tmp_path) -> None:
+    path = tmp_path / "state.db"
+    store = SqliteStore(path)
+    assert store.schema_version == 1
+    deployment = store.get_or_create_deployment("hello")
+    store.close()
+    again = SqliteStore(path)  # migrations already applied: nothing re-runs
+    assert again.schema_version == 1 and again.get_deployment_by_name("hello") == deployment
+    again.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
+
+
+def test_deployments_and_endpoints_are_unique_by_name_and_tag(store) -> None:
+    d1 = store.get_or_create_deployment("hello")
+    assert store.get_or_create_deployment("hello") == d1
+    e1, created = store.get_or_create_endpoint(d1.id, "default")
+    assert created and e1.state == "new" and e1.token and e1.live_revision_id is None
+    e2, created = store.get_or_create_endpoint(d1.id, "default")
+    assert not created and e2 == e1
+    canary, _ = store.get_or_create_endpoint(d1.id, "canary")
+    assert canary.token != e1.token
+    assert [e.tag for e in store.list_endpoints(d1.id)] == ["default", "canary"]
+    assert store.update_endpoint(e1.id, state="ready", desired_workers=2).state == "ready"
+    with pytest.raises(ValueError):
+        store.update_endpoint(e1.id, id="other")
+    assert [d.name for d in store.list_deployments()] == ["hello"]
+
+
+def test_revisions_keep_spec_bytes_and_digests(store) -> None:
+    d = store.get_or_create_deployment("hello")
+    e, _ = store.get_or_create_endpoint(d.id, "default")
+    r = store.add_revision(e.id, b"\x00\x01spec", {"bundle": "b", "code": "c", "environment": "e", "autoscaling": "a"})
+    got = store.get_revision(r.id)
+    assert got == r and got.spec == b"\x00\x01spec" and got.environment_digest == "e"
+    assert store.get_revision("r-missing") is None
+
+
+def test_workers_filters_and_token_lookup(store) -> None:
+    a = _worker(store, "w-a")
+    _worker(store, "w-b", state="ready")
+    _worker(store, "w-c", state="stopped")
+    assert store.get_worker_by_token_hash("h-w-b").id == "w-b"
+    assert [w.id for w in store.list_workers(states=("ready", "starting"))] == ["w-a", "w-b"]
+    assert [w.id for w in store.list_workers(exclude_states=("stopped",))] == ["w-a", "w-b"]
+    assert [w.id for w in store.list_workers(endpoint_id=a.endpoint_id, revision_id=a.revision_id)] == ["w-a"]
+    updated = store.update_worker("w-a", state="ready", address="127.0.0.1:1", score=2.5, capacity=3, pid=42)
+    assert (updated.state, updated.address, updated.score, updated.capacity, updated.pid) == ("ready", "127.0.0.1:1", 2.5, 3, 42)
+    with pytest.raises(KeyError):
+        store.update_worker("w-missing", state="ready")
+
+
+def test_transaction_rolls_back_every_change(store) -> None:
+    _worker(store, "w-a")
+    with pytest.raises(RuntimeError), store.transaction():
+        store.update_worker("w-a", state="ready")
+        with store.transaction():  # nested: joins the outer one
+            store.get_or_create_deployment("second")
+        raise RuntimeError("boom")
+    assert store.get_worker("w-a").state == "starting"
+    assert store.get_deployment_by_name("second") is None

@@ -1,0 +1,87 @@
+"""The embedded control service: ensure_control starts one process per home and reuses it; stop_control stops it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from vastrpc._errors import ControlUnavailableError
+from vastrpc.control.provider import pid_alive
+from vastrpc.deploy.embedded import control_status, ensure_control, read_control_info, stop_control
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _gone(pid: int) -> bool:
+    return not pid_alive(pid)  # also reaps it: the service started here is our child
+
+
+@pytest.fixture
+def home(tmp_path):
+    home = tmp_path / "home"
+    yield home
+    # Never leave a control service behind, whatever the test did.
+    info = read_control_info(home)
+    if info and not _gone(info["pid"]):
+        stop_control(home)
+
+
+def test_ensure_control_starts_once_reuses_and_stops(home) -> None:
+    address, api_key = ensure_control(home)
+    assert api_key == (home / "api_key").read_text().strip()
+    assert (home / "api_key").stat().st_mode & 0o777 == 0o600
+    pid = read_control_info(home)["pid"]
+    status = control_status(home)
+    assert status["address"] == address and status["pid"] == pid and status["home"] == str(home)
+
+    assert ensure_control(home) == (address, api_key)
+    assert read_control_info(home)["pid"] == pid
+
+    assert stop_control(home) is True
+    assert _gone(pid)
+    assert not (home / "control.json").exists()
+    assert control_status(home) is None
+    assert stop_control(home) is False
+    assert "control service stopped" in (home / "control.log").read_text()
+
+
+def test_concurrent_callers_share_one_service(home) -> None:
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: ensure_control(home), range(3)))
+    assert len(set(results)) == 1
+    assert stop_control(home)
+
+
+def test_a_dead_service_is_replaced(home) -> None:
+    ensure_control(home)
+    old = read_control_info(home)
+    os.kill(old["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not _gone(old["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert control_status(home) is None  # control.json is stale: its pid is gone
+    address, _ = ensure_control(home)
+    new = read_control_info(home)
+    assert new["pid"] != old["pid"] and new["address"] == address
+    # The api key survives restarts: clients configured with it keep working.
+    assert stop_control(home)
+
+
+def test_a_service_that_cannot_start_reports_its_log(home) -> None:
+    home.mkdir()
+    (home / "api_key").mkdir()  # the service cannot read its key and exits
+    with pytest.raises(ControlUnavailableError) as info:
+        ensure_control(home, timeout=10)
+    assert "exited with code" in str(info.value) and "api_key" in str(info.value)
+
+
+def test_stale_control_json_is_not_trusted(home) -> None:
+    home.mkdir()
+    (home / "control.json").write_text(json.dumps({"address": "127.0.0.1:1", "pid": os.getpid(), "started_at": 0}))
+    assert control_status(home) is None  # our own pid is alive, but nothing answers there
+    assert stop_control(home) is False  # and it is not a control service: never signalled
