@@ -1,18 +1,27 @@
-"""Shared fixtures: ``control_service`` starts a real control service process on a temporary home."""
+"""Shared fixtures: ``control_service`` starts a real control service process; ``project`` deploys modules to it."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
 import subprocess
 import sys
+import textwrap
 import time
-from collections.abc import Iterator
+import types
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from vastrpc.api.v1 import common_pb2
+from vastrpc.client.control import ControlClient
+from vastrpc.config import ClientConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,3 +101,94 @@ def control_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
             process.wait()
             pytest.fail(f"control service did not stop within 30s of SIGTERM:\n{log_path.read_text()}")
     assert returncode == 0, f"control service exited with {returncode}:\n{log_path.read_text()}"
+
+
+class Project:
+    """Writes deployment modules into fresh project folders, imports them, and inspects the control service."""
+
+    def __init__(self, control: ControlServiceProcess, root: Path) -> None:
+        self.control = control
+        self.root = root
+        self.modules: list[types.ModuleType] = []
+
+    def __call__(self, source: str, *, api_key: str | None = None) -> types.ModuleType:
+        """Import ``source`` (``{name}`` is replaced by a unique module name) as a deployment module."""
+        name = f"dep_{uuid.uuid4().hex[:10]}"
+        folder = self.root / name
+        folder.mkdir(parents=True)
+        path = folder / f"{name}.py"
+        path.write_text(textwrap.dedent(source).format(name=name))
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        module.app._config = ClientConfig(
+            control_address=self.control.address,
+            api_key=api_key or self.control.api_key,
+            home=self.control.home,
+            ready_timeout=120,
+        )
+        self.modules.append(module)
+        return module
+
+    async def _client(self) -> ControlClient:
+        return ControlClient(self.control.address, self.control.api_key)
+
+    async def endpoint(self, app: Any) -> dict[str, Any]:
+        """The app's endpoint as listed by the control service, workers included."""
+        client = await self._client()
+        try:
+            listing = await client.list_deployments(app.name)
+        finally:
+            await client.close()
+        (deployment,) = listing.deployments
+        (endpoint,) = [e for e in deployment.endpoints if e.tag == app.tag]
+        return {
+            "endpoint_id": endpoint.endpoint_id,
+            "state": common_pb2.EndpointState.Name(endpoint.state).removeprefix("ENDPOINT_STATE_"),
+            "revision_id": endpoint.revision_id,
+            "workers": [
+                {
+                    "worker_id": w.worker_id,
+                    "state": common_pb2.WorkerState.Name(w.state).removeprefix("WORKER_STATE_"),
+                    "pid": w.pid,
+                    "address": w.address,
+                    "revision_id": w.revision_id,
+                }
+                for w in endpoint.workers
+            ],
+        }
+
+    async def workers(self, app: Any) -> list[dict[str, Any]]:
+        """The app's workers that are not stopped, sorted by id."""
+        workers = (await self.endpoint(app))["workers"]
+        return sorted((w for w in workers if w["state"] != "STOPPED"), key=lambda w: w["worker_id"])
+
+    async def logs(self, worker_id: str) -> str:
+        client = await self._client()
+        try:
+            return await client.worker_logs(worker_id)
+        finally:
+            await client.close()
+
+    async def endpoint_token(self, app: Any) -> str:
+        """The token the app's workers require (read from the endpoint watch)."""
+        client = await self._client()
+        try:
+            endpoint_id = (await self.endpoint(app))["endpoint_id"]
+            async for update in client.watch(endpoint_id):
+                return update.endpoint_token
+            return ""
+        finally:
+            await client.close()
+
+
+@pytest.fixture
+async def project(control_service: ControlServiceProcess, tmp_path: Path) -> AsyncIterator[Project]:
+    """Deployment modules deployed to a real control service (see ``Project``); closed afterwards."""
+    made = Project(control_service, tmp_path / "projects")
+    yield made
+    for module in made.modules:
+        await module.app.close()
+        sys.modules.pop(module.__name__, None)

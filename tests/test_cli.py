@@ -38,7 +38,9 @@ def deploy_fake(address: str, api_key: str, name: str = "hello") -> str:
     data = b"print('hi')"
     digest = hashlib.sha256(data).hexdigest()
     spec = control_pb2.DeploymentSpec(
-        name=name, tag="default", module="deploy",
+        name=name,
+        tag="default",
+        module="deploy",
         autoscaling=control_pb2.AutoscalingSpec(min_workers=1, max_workers=1),
         functions=[control_pb2.FunctionSpec(name="square", has_benchmark=True)],
         digests=control_pb2.RevisionDigests(bundle=digest, code="c", environment="e", autoscaling="a"),
@@ -50,9 +52,14 @@ def deploy_fake(address: str, api_key: str, name: str = "hello") -> str:
         header = control_pb2.UploadBundleRequest.Header(digest=digest, size=len(data))
         parts = [control_pb2.UploadBundleRequest(header=header), control_pb2.UploadBundleRequest(chunk=data)]
         stub.UploadBundle(iter(parts), metadata=metadata, timeout=10)
-        stub.Provision(control_pb2.ProvisionRequest(endpoint_id=reg.endpoint_id, revision_id=reg.revision_id),
-                       metadata=metadata, timeout=10)
-        watch = stub.WatchEndpoint(control_pb2.WatchEndpointRequest(endpoint_id=reg.endpoint_id), metadata=metadata, timeout=20)
+        stub.Provision(
+            control_pb2.ProvisionRequest(endpoint_id=reg.endpoint_id, revision_id=reg.revision_id),
+            metadata=metadata,
+            timeout=10,
+        )
+        watch = stub.WatchEndpoint(
+            control_pb2.WatchEndpointRequest(endpoint_id=reg.endpoint_id), metadata=metadata, timeout=20
+        )
         for update in watch:
             if update.state == common_pb2.ENDPOINT_STATE_READY:
                 watch.cancel()
@@ -117,8 +124,11 @@ def test_explicit_address_and_key(control_service, tmp_path) -> None:
     elsewhere = tmp_path / "unused-home"
     ok = vastrpc("ls", "--control", control_service.address, "--api-key", control_service.api_key, home=elsewhere)
     assert ok.returncode == 0 and "no deployments" in ok.stdout
-    by_env = vastrpc("ls", home=elsewhere, env={
-        "VASTRPC_CONTROL_ADDRESS": control_service.address, "VASTRPC_API_KEY": control_service.api_key})
+    by_env = vastrpc(
+        "ls",
+        home=elsewhere,
+        env={"VASTRPC_CONTROL_ADDRESS": control_service.address, "VASTRPC_API_KEY": control_service.api_key},
+    )
     assert by_env.returncode == 0
     wrong = vastrpc("ls", "--control", control_service.address, "--api-key", "wrong", home=elsewhere)
     assert wrong.returncode == 1 and wrong.stderr.startswith("error:") and len(wrong.stderr.strip().splitlines()) == 1

@@ -62,7 +62,9 @@ def _parser(home: Path) -> argparse.ArgumentParser:
     deploy.set_defaults(func=_deploy)
 
     def client_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--control", default=os.environ.get("VASTRPC_CONTROL_ADDRESS"), help="host:port of the control service")
+        p.add_argument(
+            "--control", default=os.environ.get("VASTRPC_CONTROL_ADDRESS"), help="host:port of the control service"
+        )
         p.add_argument("--api-key", default=os.environ.get("VASTRPC_API_KEY"), help="the control service's API key")
         p.add_argument("--home", type=Path, default=home, help=f"home folder of the embedded service (default {home})")
 
@@ -263,7 +265,9 @@ def _logs(args: argparse.Namespace) -> int:
         raise _Failure("--tail must not be negative")
     # Lines are cut here; ask for enough bytes to hold them.
     tail_bytes = 0 if args.tail == 0 else max(args.tail * 512, 64 << 10)
-    response = _rpc(args, "GetWorkerLogs", control_pb2.GetWorkerLogsRequest(worker_id=args.worker_id, tail_bytes=tail_bytes))
+    response = _rpc(
+        args, "GetWorkerLogs", control_pb2.GetWorkerLogsRequest(worker_id=args.worker_id, tail_bytes=tail_bytes)
+    )
     text = response.text
     if args.tail:
         text = "\n".join(text.splitlines()[-args.tail :])
@@ -278,5 +282,6 @@ def _teardown(args: argparse.Namespace) -> int:
         args, "Teardown", control_pb2.TeardownRequest(name=args.name, tag=args.tag), timeout=_TEARDOWN_TIMEOUT
     )
     target = f"{args.name}:{args.tag}" if args.tag else args.name
-    print(f"tore down {target}: {response.endpoints_removed} endpoint(s) removed, {response.workers_stopped} worker(s) stopped")
+    removed, stopped = response.endpoints_removed, response.workers_stopped
+    print(f"tore down {target}: {removed} endpoint(s) removed, {stopped} worker(s) stopped")
     return 0

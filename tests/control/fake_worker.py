@@ -45,7 +45,9 @@ def main() -> int:
 
     def update(state: int, **fields: object) -> None:
         stub.UpdateWorker(
-            control_pb2.UpdateWorkerRequest(worker_id=args.worker_id, state=state, revision_id=reg.revision_id, **fields),
+            control_pb2.UpdateWorkerRequest(
+                worker_id=args.worker_id, state=state, revision_id=reg.revision_id, **fields
+            ),
             metadata=metadata,
             timeout=10,
         )

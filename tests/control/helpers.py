@@ -112,12 +112,16 @@ class Client:
         return await self.stub.UploadBundle(requests(), metadata=self.metadata, timeout=10)
 
     async def download(self, digest: str) -> bytes:
-        call = self.stub.DownloadBundle(control_pb2.DownloadBundleRequest(digest=digest), metadata=self.metadata, timeout=10)
+        call = self.stub.DownloadBundle(
+            control_pb2.DownloadBundleRequest(digest=digest), metadata=self.metadata, timeout=10
+        )
         return b"".join([r.chunk async for r in call])
 
     async def provision(self, endpoint_id: str, revision_id: str) -> int:
         response = await self.stub.Provision(
-            control_pb2.ProvisionRequest(endpoint_id=endpoint_id, revision_id=revision_id), metadata=self.metadata, timeout=10
+            control_pb2.ProvisionRequest(endpoint_id=endpoint_id, revision_id=revision_id),
+            metadata=self.metadata,
+            timeout=10,
         )
         return response.workers_started
 
@@ -138,7 +142,9 @@ class Client:
         timeout: float = 15.0,
     ) -> control_pb2.WatchEndpointResponse:
         """The first watch update that satisfies ``predicate``."""
-        call = self.stub.WatchEndpoint(control_pb2.WatchEndpointRequest(endpoint_id=endpoint_id), metadata=self.metadata)
+        call = self.stub.WatchEndpoint(
+            control_pb2.WatchEndpointRequest(endpoint_id=endpoint_id), metadata=self.metadata
+        )
         last = None
         try:
             async with asyncio.timeout(timeout):
@@ -147,12 +153,16 @@ class Client:
                     if predicate(update):
                         return update
         except TimeoutError:
-            raise AssertionError(f"watch of {endpoint_id} did not satisfy the predicate in {timeout}s; last: {last}") from None
+            raise AssertionError(
+                f"watch of {endpoint_id} did not satisfy the predicate in {timeout}s; last: {last}"
+            ) from None
         finally:
             call.cancel()
         raise AssertionError(f"watch of {endpoint_id} ended early; last: {last}")
 
-    async def wait_ready(self, endpoint_id: str, workers: int = 1, timeout: float = 15.0) -> control_pb2.WatchEndpointResponse:
+    async def wait_ready(
+        self, endpoint_id: str, workers: int = 1, timeout: float = 15.0
+    ) -> control_pb2.WatchEndpointResponse:
         """Wait until the endpoint is READY with ``workers`` ready workers."""
 
         def ok(u: control_pb2.WatchEndpointResponse) -> bool:
@@ -169,10 +179,14 @@ class Client:
         )
 
     async def teardown(self, name: str, tag: str = "") -> control_pb2.TeardownResponse:
-        return await self.stub.Teardown(control_pb2.TeardownRequest(name=name, tag=tag), metadata=self.metadata, timeout=30)
+        return await self.stub.Teardown(
+            control_pb2.TeardownRequest(name=name, tag=tag), metadata=self.metadata, timeout=30
+        )
 
     async def logs(self, worker_id: str, tail_bytes: int = 0) -> str:
         response = await self.stub.GetWorkerLogs(
-            control_pb2.GetWorkerLogsRequest(worker_id=worker_id, tail_bytes=tail_bytes), metadata=self.metadata, timeout=10
+            control_pb2.GetWorkerLogsRequest(worker_id=worker_id, tail_bytes=tail_bytes),
+            metadata=self.metadata,
+            timeout=10,
         )
         return response.text

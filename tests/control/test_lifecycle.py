@@ -29,12 +29,15 @@ async def test_recovery_stops_workers_whose_process_is_gone(tmp_path) -> None:
     store = SqliteStore(tmp_path / "state.db")
     d = store.get_or_create_deployment("hello")
     e, _ = store.get_or_create_endpoint(d.id, "default")
-    r = store.add_revision(e.id, make_spec().SerializeToString(), {"bundle": "b", "code": "c", "environment": "e", "autoscaling": "a"})
+    r = store.add_revision(
+        e.id, make_spec().SerializeToString(), {"bundle": "b", "code": "c", "environment": "e", "autoscaling": "a"}
+    )
     store.update_endpoint(e.id, state="ready", live_revision_id=r.id, desired_workers=2)
     dead_pid = 2**22 + 12345  # above the default pid_max of most hosts: no such process
     for worker_id, pid in (("w-gone", dead_pid), ("w-alive", os.getpid())):
-        store.add_worker(WorkerRow(id=worker_id, endpoint_id=e.id, revision_id=r.id, state="ready",
-                                   token_hash=worker_id, pid=pid))
+        store.add_worker(
+            WorkerRow(id=worker_id, endpoint_id=e.id, revision_id=r.id, state="ready", token_hash=worker_id, pid=pid)
+        )
     lifecycle = Lifecycle(store, LocalBlobStore(tmp_path / "bundles"), LocalProcessProvider(tmp_path))
     lifecycle.recover()
     assert store.get_worker("w-gone").state == "stopped"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -80,7 +81,11 @@ async def test_register_classifies_tiers_against_the_live_revision(client) -> No
     assert await client.provision(first.endpoint_id, first.revision_id) == 1
 
     same = await client.register(base)
-    assert (same.tier, same.revision_id, same.upload_required) == (common_pb2.UPDATE_TIER_NONE, first.revision_id, False)
+    assert (same.tier, same.revision_id, same.upload_required) == (
+        common_pb2.UPDATE_TIER_NONE,
+        first.revision_id,
+        False,
+    )
     assert same.endpoint_id == first.endpoint_id and same.deployment_id == first.deployment_id
 
     def variant(**changes: str) -> control_pb2.DeploymentSpec:
@@ -94,7 +99,9 @@ async def test_register_classifies_tiers_against_the_live_revision(client) -> No
     assert (await client.register(variant(code="code-2", autoscaling="auto-2"))).tier == common_pb2.UPDATE_TIER_CODE
     new_bundle = await client.register(variant(bundle="1" * 64))
     assert new_bundle.tier == common_pb2.UPDATE_TIER_CODE and new_bundle.upload_required
-    assert (await client.register(variant(environment="env-2", code="code-2"))).tier == common_pb2.UPDATE_TIER_ENVIRONMENT
+    assert (
+        await client.register(variant(environment="env-2", code="code-2"))
+    ).tier == common_pb2.UPDATE_TIER_ENVIRONMENT
     other_tag = await client.register(make_spec(digest=digest, tag="canary"))
     assert other_tag.tier == common_pb2.UPDATE_TIER_NEW_ENDPOINT and other_tag.endpoint_id != first.endpoint_id
     assert other_tag.deployment_id == first.deployment_id
@@ -161,8 +168,13 @@ async def test_provision_needs_the_bundle(client) -> None:
 @with_fake_worker
 async def test_provision_to_ready_worker_tokens_logs_list_teardown(control_service, client, tmp_path) -> None:
     data, digest = bundle()
-    spec = make_spec(digest=digest, min_workers=2, max_workers=3, env={"FAKE_DUMP_DIR": str(tmp_path)},
-                     secrets={"HF_TOKEN": "s3cret-value"})
+    spec = make_spec(
+        digest=digest,
+        min_workers=2,
+        max_workers=3,
+        env={"FAKE_DUMP_DIR": str(tmp_path)},
+        secrets={"HF_TOKEN": "s3cret-value"},
+    )
     reg, started = await client.deploy(spec, data)
     assert started == 2
     state = await client.wait_ready(reg.endpoint_id, workers=2)
@@ -185,13 +197,21 @@ async def test_provision_to_ready_worker_tokens_logs_list_teardown(control_servi
         assert code == grpc.StatusCode.UNAUTHENTICATED
         code, _ = await _code(worker.list())
         assert code == grpc.StatusCode.UNAUTHENTICATED
-        code, _ = await _code(worker.stub.UpdateWorker(
-            control_pb2.UpdateWorkerRequest(worker_id=b, state=common_pb2.WORKER_STATE_FAILED),
-            metadata=worker.metadata, timeout=5))
+        code, _ = await _code(
+            worker.stub.UpdateWorker(
+                control_pb2.UpdateWorkerRequest(worker_id=b, state=common_pb2.WORKER_STATE_FAILED),
+                metadata=worker.metadata,
+                timeout=5,
+            )
+        )
         assert code == grpc.StatusCode.PERMISSION_DENIED
-        code, _ = await _code(worker.stub.Heartbeat(control_pb2.HeartbeatRequest(worker_id=b), metadata=worker.metadata))
+        code, _ = await _code(
+            worker.stub.Heartbeat(control_pb2.HeartbeatRequest(worker_id=b), metadata=worker.metadata)
+        )
         assert code == grpc.StatusCode.PERMISSION_DENIED
-        beat = await worker.stub.Heartbeat(control_pb2.HeartbeatRequest(worker_id=a), metadata=worker.metadata, timeout=5)
+        beat = await worker.stub.Heartbeat(
+            control_pb2.HeartbeatRequest(worker_id=a), metadata=worker.metadata, timeout=5
+        )
         assert beat.stop is False
         assert await worker.download(digest) == data
 
@@ -212,10 +232,15 @@ async def test_provision_to_ready_worker_tokens_logs_list_teardown(control_servi
         assert pid_gone(first["pid"]) and pid_gone(second["pid"])
         again = await client.teardown("hello")
         assert (again.endpoints_removed, again.workers_stopped) == (0, 0)
-        beat = await worker.stub.Heartbeat(control_pb2.HeartbeatRequest(worker_id=a), metadata=worker.metadata, timeout=5)
+        beat = await worker.stub.Heartbeat(
+            control_pb2.HeartbeatRequest(worker_id=a), metadata=worker.metadata, timeout=5
+        )
         assert beat.stop is True
-        code, _ = await _code(worker.stub.RegisterWorker(
-            control_pb2.RegisterWorkerRequest(worker_id=a, pid=1), metadata=worker.metadata, timeout=5))
+        code, _ = await _code(
+            worker.stub.RegisterWorker(
+                control_pb2.RegisterWorkerRequest(worker_id=a, pid=1), metadata=worker.metadata, timeout=5
+            )
+        )
         assert code == grpc.StatusCode.FAILED_PRECONDITION
 
     stopped = await client.watch_until(reg.endpoint_id, lambda u: True)
@@ -268,7 +293,9 @@ async def test_settings_change_keeps_workers_code_change_replaces_them(client, t
     reg, _ = await client.deploy(make_spec(digest=digest, env=env), data)
     [original] = (await client.wait_ready(reg.endpoint_id)).workers
 
-    more, started = await client.deploy(make_spec(digest=digest, env=env, autoscaling="auto-2", min_workers=2, max_workers=2))
+    more, started = await client.deploy(
+        make_spec(digest=digest, env=env, autoscaling="auto-2", min_workers=2, max_workers=2)
+    )
     assert more.tier == common_pb2.UPDATE_TIER_SETTINGS and started == 1
     state = await client.wait_ready(reg.endpoint_id, workers=2)
     assert original.worker_id in {w.worker_id for w in state.workers}
@@ -308,3 +335,24 @@ async def test_ready_worker_that_dies_fails_only_when_none_is_left(client) -> No
     # The next provision of the same revision starts afresh.
     assert await client.provision(reg.endpoint_id, reg.revision_id) == 2
     await client.wait_ready(reg.endpoint_id, workers=2)
+
+
+@with_fake_worker
+async def test_sigterm_stops_workers_ends_watches_and_removes_control_json(control_service, client) -> None:
+    data, digest = bundle()
+    reg, _ = await client.deploy(make_spec(digest=digest), data)
+    [worker] = (await client.wait_ready(reg.endpoint_id)).workers
+    call = client.stub.WatchEndpoint(
+        control_pb2.WatchEndpointRequest(endpoint_id=reg.endpoint_id), metadata=client.metadata
+    )
+    await call.read()
+    started = time.monotonic()
+    control_service.process.terminate()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        while await call.read() is not grpc.aio.EOF:
+            pass
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert await asyncio.to_thread(control_service.process.wait, 10) == 0
+    assert time.monotonic() - started < 4
+    assert pid_gone(worker.pid)
+    assert not (control_service.home / "control.json").exists()

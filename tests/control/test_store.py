@@ -21,9 +21,13 @@ def store(tmp_path):
 def _worker(store: SqliteStore, worker_id: str, state: str = "starting") -> WorkerRow:
     deployment = store.get_or_create_deployment("hello")
     endpoint, _ = store.get_or_create_endpoint(deployment.id, "default")
-    revision = store.add_revision(endpoint.id, b"spec", {"bundle": "b", "code": "c", "environment": "e", "autoscaling": "a"})
+    revision = store.add_revision(
+        endpoint.id, b"spec", {"bundle": "b", "code": "c", "environment": "e", "autoscaling": "a"}
+    )
     return store.add_worker(
-        WorkerRow(id=worker_id, endpoint_id=endpoint.id, revision_id=revision.id, state=state, token_hash=f"h-{worker_id}")
+        WorkerRow(
+            id=worker_id, endpoint_id=endpoint.id, revision_id=revision.id, state=state, token_hash=f"h-{worker_id}"
+        )
     )
 
 
@@ -75,7 +79,13 @@ def test_workers_filters_and_token_lookup(store) -> None:
     assert [w.id for w in store.list_workers(exclude_states=("stopped",))] == ["w-a", "w-b"]
     assert [w.id for w in store.list_workers(endpoint_id=a.endpoint_id, revision_id=a.revision_id)] == ["w-a"]
     updated = store.update_worker("w-a", state="ready", address="127.0.0.1:1", score=2.5, capacity=3, pid=42)
-    assert (updated.state, updated.address, updated.score, updated.capacity, updated.pid) == ("ready", "127.0.0.1:1", 2.5, 3, 42)
+    assert (updated.state, updated.address, updated.score, updated.capacity, updated.pid) == (
+        "ready",
+        "127.0.0.1:1",
+        2.5,
+        3,
+        42,
+    )
     with pytest.raises(KeyError):
         store.update_worker("w-missing", state="ready")
 

@@ -81,7 +81,9 @@ class InvokeStream:
             except TimeoutError:
                 raise CallTimeoutError(f"{function} did not finish within {timeout:g}s") from None
         except BaseException:
-            if sent and not pending.future.done():
+            # Awaiting the future cancels it along with the caller, so a cancelled future means
+            # no answer came yet.
+            if sent and (pending.future.cancelled() or not pending.future.done()):
                 # The caller gave up (cancelled, or timed out): tell the worker to stop the call.
                 asyncio.get_running_loop().create_task(self._cancel(call_id))
             raise

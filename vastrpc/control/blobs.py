@@ -42,7 +42,9 @@ class BlobWriter(Protocol):
 
     def __enter__(self) -> BlobWriter: ...
 
-    def __exit__(self, *exc: object) -> None: ...
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
 
 
 class BlobStore(Protocol):
@@ -118,7 +120,9 @@ class _LocalWriter:
     def __enter__(self) -> _LocalWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         # Whatever left the block early (an error, a cancelled upload) leaves nothing behind.
         self.abort()
 

@@ -10,9 +10,10 @@ import secrets
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vastrpc._errors import DefinitionError, DeploymentError, NotFoundError
 from vastrpc.api.v1 import common_pb2, control_pb2
@@ -180,6 +181,11 @@ class Lifecycle:
         # Workers of an earlier run of the service still alive at startup: not our children,
         # so they are stopped by pid. Any other exited worker's pid may be recycled already.
         self._foreign: dict[str, int] = {}
+
+    @property
+    def shutting_down(self) -> bool:
+        """Whether the service is stopping."""
+        return self._shutting_down
 
     # -- change notification ----------------------------------------------------------
 
@@ -477,7 +483,9 @@ class Lifecycle:
         endpoint = self.store.get_endpoint(endpoint_id)
         if endpoint is None or endpoint.state != "deploying" or not endpoint.live_revision_id:
             return
-        ready = self.store.list_workers(endpoint_id=endpoint_id, revision_id=endpoint.live_revision_id, states=("ready",))
+        ready = self.store.list_workers(
+            endpoint_id=endpoint_id, revision_id=endpoint.live_revision_id, states=("ready",)
+        )
         if len(ready) >= endpoint.desired_workers:
             self.store.update_endpoint(endpoint_id, state="ready")
             log.info("endpoint %s is ready with %d worker(s)", endpoint_id, len(ready))
@@ -510,8 +518,8 @@ class Lifecycle:
         if self.provider.is_running(worker.id):
             await self.provider.stop_worker(worker.id, self.stop_grace)
 
-    def _spawn(self, coro: object) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
@@ -571,6 +579,9 @@ class Lifecycle:
     async def shutdown(self) -> None:
         """Stop every worker this service runs (the service is stopping)."""
         self._shutting_down = True
+        # Watchers see the flag and end their streams instead of holding up the server's stop.
+        for endpoint_id in list(self._events):
+            self.changed(endpoint_id)
         running = [w for w in self.store.list_workers() if self.provider.is_running(w.id)]
         with self.store.transaction():
             for worker in running:

@@ -146,8 +146,12 @@ class LocalProcessProvider:
             # A session of its own: stopping the worker signals its whole process group, and a
             # Ctrl-C meant for the control service's terminal does not reach it directly.
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                env=env, start_new_session=True,
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
         self._procs[worker_id] = proc
         task = asyncio.create_task(self._watch(worker_id, proc), name=f"watch-{worker_id}")

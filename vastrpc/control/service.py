@@ -199,6 +199,8 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                 await asyncio.wait_for(changed.wait(), timeout=CLIENT_SEEN_INTERVAL)
             except TimeoutError:
                 pass
+            if self.lifecycle.shutting_down:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the control service is stopping")
 
     def _watch_update(self, endpoint: EndpointRow) -> control_pb2.WatchEndpointResponse:
         return control_pb2.WatchEndpointResponse(

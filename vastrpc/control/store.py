@@ -287,7 +287,8 @@ class SqliteStore:
     @property
     def schema_version(self) -> int:
         """The migration the database is at."""
-        return int(self._one("SELECT MAX(version) AS v FROM schema_version")["v"] or 0)
+        row = self._one("SELECT MAX(version) AS v FROM schema_version")
+        return int(row["v"] or 0) if row else 0
 
     def close(self) -> None:
         """Close the connection."""
@@ -325,7 +326,9 @@ class SqliteStore:
             if existing is not None:
                 return existing
             row = DeploymentRow(id=new_id("d"), name=name, created_at=time.time())
-            self._exec("INSERT INTO deployments (id, name, created_at) VALUES (?, ?, ?)", (row.id, row.name, row.created_at))
+            self._exec(
+                "INSERT INTO deployments (id, name, created_at) VALUES (?, ?, ?)", (row.id, row.name, row.created_at)
+            )
             return row
 
     def get_deployment_by_name(self, name: str) -> DeploymentRow | None:
@@ -352,7 +355,8 @@ class SqliteStore:
                 return EndpointRow(**dict(row)), False
             endpoint_id = new_id("e")
             self._exec(
-                "INSERT INTO endpoints (id, deployment_id, tag, state, token, created_at) VALUES (?, ?, ?, 'new', ?, ?)",
+                "INSERT INTO endpoints (id, deployment_id, tag, state, token, created_at)"
+                " VALUES (?, ?, ?, 'new', ?, ?)",
                 (endpoint_id, deployment_id, tag, secrets.token_urlsafe(32), time.time()),
             )
             endpoint = self.get_endpoint(endpoint_id)
@@ -369,7 +373,9 @@ class SqliteStore:
         if deployment_id is None:
             rows = self._all("SELECT * FROM endpoints ORDER BY created_at, tag")
         else:
-            rows = self._all("SELECT * FROM endpoints WHERE deployment_id = ? ORDER BY created_at, tag", (deployment_id,))
+            rows = self._all(
+                "SELECT * FROM endpoints WHERE deployment_id = ? ORDER BY created_at, tag", (deployment_id,)
+            )
         return [EndpointRow(**dict(r)) for r in rows]
 
     def update_endpoint(self, endpoint_id: str, **values: Any) -> EndpointRow:
@@ -398,8 +404,16 @@ class SqliteStore:
         self._exec(
             "INSERT INTO revisions (id, endpoint_id, spec, bundle_digest, code_digest, environment_digest,"
             " autoscaling_digest, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (row.id, row.endpoint_id, row.spec, row.bundle_digest, row.code_digest, row.environment_digest,
-             row.autoscaling_digest, row.created_at),
+            (
+                row.id,
+                row.endpoint_id,
+                row.spec,
+                row.bundle_digest,
+                row.code_digest,
+                row.environment_digest,
+                row.autoscaling_digest,
+                row.created_at,
+            ),
         )
         return row
 
