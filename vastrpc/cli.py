@@ -151,7 +151,7 @@ def _control_status(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- worker and deploy (implemented elsewhere) --------------------------------------------------
+# -- worker and deploy -----------------------------------------------------------------------------
 
 
 def _call(func: Any, *args: Any, **kwargs: Any) -> int:
@@ -169,7 +169,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from vastrpc.deploy import cli_deploy  # type: ignore[attr-defined]
+    from vastrpc.deploy import cli_deploy
 
     if not args.file.is_file():
         raise _Failure(f"no such file: {args.file}")
