@@ -22,11 +22,10 @@ from pathlib import Path
 
 import grpc
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from vastrpc.api.v1 import worker_pb2
 from vastrpc.config import ClientConfig
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NOOP = textwrap.dedent(
     """
@@ -86,10 +85,14 @@ def load_module(folder: Path, name: str):  # type: ignore[no-untyped-def]
 async def bench(n: int, cold_runs: int, home: Path) -> dict:
     control = subprocess.Popen(
         [sys.executable, "-m", "vastrpc", "control", "serve", "--home", str(home)],
-        stdout=subprocess.DEVNULL, stderr=open(home / "control.log", "ab"),
+        stdout=subprocess.DEVNULL,
+        stderr=open(home / "control.log", "ab"),
     )
     echo = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "echo_server.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, str(ROOT / "bench" / "echo_server.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         for _ in range(200):
@@ -97,7 +100,9 @@ async def bench(n: int, cold_runs: int, home: Path) -> dict:
                 break
             await asyncio.sleep(0.05)
         info = json.loads((home / "control.json").read_text())
-        config = ClientConfig(control_address=info["address"], api_key=(home / "api_key").read_text().strip(), home=home)
+        config = ClientConfig(
+            control_address=info["address"], api_key=(home / "api_key").read_text().strip(), home=home
+        )
         assert echo.stdout is not None
         port = int(echo.stdout.readline())
         results: dict = {}
@@ -159,19 +164,22 @@ def main() -> None:
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vastrpc-bench-") as tmp:
         r = asyncio.run(bench(opts.n, opts.cold_runs, Path(tmp)))
-    r["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, grpcio {grpc.__version__}"
+    r["machine"] = (
+        f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, grpcio {grpc.__version__}"
+    )
     r["date"] = time.strftime("%Y-%m-%d")
     print(f"# vastrpc core benchmark — {r['date']} — {r['machine']}\n")
     print("| measure | bare grpc.aio unary echo | vastrpc | ratio (vastrpc / bare) |")
     print("|---|---|---|---|")
-    print(f"| warm call p50 | {r['bare_p50_ms']:.3f} ms | {r['vastrpc_p50_ms']:.3f} ms | {r['vastrpc_p50_ms'] / r['bare_p50_ms']:.2f}× |")
-    print(f"| warm call p99 | {r['bare_p99_ms']:.3f} ms | {r['vastrpc_p99_ms']:.3f} ms | {r['vastrpc_p99_ms'] / r['bare_p99_ms']:.2f}× |")
-    print(
-        f"| throughput, 64 in flight | {r['bare_throughput']:.0f} calls/s | {r['vastrpc_throughput']:.0f} calls/s "
-        f"| {r['vastrpc_throughput'] / r['bare_throughput']:.2f}× |"
-    )
+    for label, key in (("warm call p50", "p50_ms"), ("warm call p99", "p99_ms")):
+        bare, ours = r[f"bare_{key}"], r[f"vastrpc_{key}"]
+        print(f"| {label} | {bare:.3f} ms | {ours:.3f} ms | {ours / bare:.2f}× |")
+    bare, ours = r["bare_throughput"], r["vastrpc_throughput"]
+    print(f"| throughput, 64 in flight | {bare:.0f} calls/s | {ours:.0f} calls/s | {ours / bare:.2f}× |")
     colds = ", ".join(f"{c:.2f}" for c in r["cold_start_all_s"])
-    print(f"\ncold start (new deployment, ensure_ready → first result): median {r['cold_start_s']:.2f} s (runs: {colds})")
+    print(
+        f"\ncold start (new deployment, ensure_ready → first result): median {r['cold_start_s']:.2f} s (runs: {colds})"
+    )
     if opts.json:
         opts.json.write_text(json.dumps(r, indent=2))
 

@@ -21,7 +21,15 @@ def generate(out: Path) -> list[Path]:
     """Generate the stubs under ``out`` and return the files written, relative to it."""
     sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / PACKAGE).glob("*.proto"))
     include = str(Path(protoc.__file__).parent / "_proto")
-    args = ["protoc", f"-I{PROTOS}", f"-I{include}", f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", *sources]
+    args = [
+        "protoc",
+        f"-I{PROTOS}",
+        f"-I{include}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *sources,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     (out / PACKAGE / "__init__.py").write_text(INIT)
@@ -37,10 +45,17 @@ def main() -> int:
         target = ROOT / PACKAGE
         existing = sorted(p.relative_to(ROOT) for p in target.iterdir() if p.is_file()) if target.exists() else []
         if opts.check:
-            stale = [str(f) for f in files if not (ROOT / f).exists() or not filecmp.cmp(Path(tmp) / f, ROOT / f, shallow=False)]
+            stale = [
+                str(f)
+                for f in files
+                if not (ROOT / f).exists() or not filecmp.cmp(Path(tmp) / f, ROOT / f, shallow=False)
+            ]
             stale += [str(f) for f in existing if f not in files]
             if stale:
-                print("generated stubs are stale; run: python scripts/gen_protos.py\n  " + "\n  ".join(stale), file=sys.stderr)
+                print(
+                    "generated stubs are stale; run: python scripts/gen_protos.py\n  " + "\n  ".join(stale),
+                    file=sys.stderr,
+                )
                 return 1
             print(f"stubs up to date ({len(files)} files)")
             return 0

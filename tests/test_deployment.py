@@ -163,7 +163,11 @@ def test_image_rejects_bad_input(call, match: str) -> None:  # type: ignore[no-u
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"min_workers": 3, "max_workers": 2}, "above max_workers"), ({"max_workers": 0}, "at least 1"), ({"target_util": 0}, "target_util")],
+    [
+        ({"min_workers": 3, "max_workers": 2}, "above max_workers"),
+        ({"max_workers": 0}, "at least 1"),
+        ({"target_util": 0}, "target_util"),
+    ],
 )
 def test_autoscaling_validated(kwargs: dict, match: str) -> None:
     with pytest.raises(DefinitionError, match=match):

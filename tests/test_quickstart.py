@@ -34,8 +34,12 @@ def test_quickstart_runs_on_the_embedded_default(tmp_path: Path) -> None:
         info = json.loads((tmp_path / "home" / "control.json").read_text())
         # A second run reuses the same embedded control service and changes nothing (tier 0).
         again = subprocess.run(
-            [sys.executable, "client.py"], cwd=ROOT / "examples" / "quickstart", env=env,
-            capture_output=True, text=True, timeout=120,
+            [sys.executable, "client.py"],
+            cwd=ROOT / "examples" / "quickstart",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert again.returncode == 0, again.stdout + again.stderr
         assert "tier 0" in again.stdout

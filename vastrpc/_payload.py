@@ -18,7 +18,7 @@ CLOUDPICKLE = common_pb2.ENCODING_CLOUDPICKLE
 JSON = common_pb2.ENCODING_JSON
 
 
-def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], encoding: int = CLOUDPICKLE) -> bytes:
+def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], encoding: common_pb2.Encoding = CLOUDPICKLE) -> bytes:
     """Encode a call's arguments."""
     if encoding == JSON:
         return _json_dumps({"args": list(args), "kwargs": kwargs})
@@ -28,13 +28,15 @@ def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], encoding: int = C
         raise SerializationError(f"cannot pickle the call's arguments: {exc}") from exc
 
 
-def decode_args(data: bytes, encoding: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def decode_args(data: bytes, encoding: common_pb2.Encoding) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Decode a call's arguments; raises SerializationError with the reason."""
     try:
         if encoding == JSON:
             obj = json.loads(data) if data else {}
-            if not isinstance(obj, dict) or not isinstance(obj.get("args", []), list) or not isinstance(
-                obj.get("kwargs", {}), dict
+            if (
+                not isinstance(obj, dict)
+                or not isinstance(obj.get("args", []), list)
+                or not isinstance(obj.get("kwargs", {}), dict)
             ):
                 raise SerializationError('JSON arguments must be an object {"args": [...], "kwargs": {...}}')
             return tuple(obj.get("args", [])), dict(obj.get("kwargs", {}))
@@ -48,7 +50,7 @@ def decode_args(data: bytes, encoding: int) -> tuple[tuple[Any, ...], dict[str, 
         raise SerializationError(f"cannot decode the call's arguments: {type(exc).__name__}: {exc}") from exc
 
 
-def encode_result(value: Any, encoding: int) -> bytes:
+def encode_result(value: Any, encoding: common_pb2.Encoding) -> bytes:
     """Encode a result in the caller's encoding."""
     if encoding == JSON:
         return _json_dumps(value)
@@ -58,7 +60,7 @@ def encode_result(value: Any, encoding: int) -> bytes:
         raise SerializationError(f"cannot pickle the result ({type(value).__name__}): {exc}") from exc
 
 
-def decode_result(data: bytes, encoding: int) -> Any:
+def decode_result(data: bytes, encoding: common_pb2.Encoding) -> Any:
     """Decode a result."""
     try:
         return json.loads(data) if encoding == JSON else pickle.loads(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def _check_names(kind: str, names: tuple[str, ...]) -> list[str]:
     return out
 
 
-def _check_env(kind: str, values: dict[str, object]) -> dict[str, str]:
+def _check_env(kind: str, values: Mapping[str, object]) -> dict[str, str]:
     out = {}
     for key, value in values.items():
         if not _ENV_NAME.match(key):
@@ -97,7 +98,9 @@ class Image:
         src_path = Path(src)
         target = dest if dest is not None else (src_path.name if src_path.is_absolute() else str(src_path))
         if Path(target).is_absolute() or ".." in Path(target).parts:
-            raise DefinitionError(f"copy: destination {target!r} must be a relative path inside the bundle, without '..'")
+            raise DefinitionError(
+                f"copy: destination {target!r} must be a relative path inside the bundle, without '..'"
+            )
         self.copies.append((str(src_path), str(Path(target))))
         return self
 

@@ -10,7 +10,7 @@ from vastrpc import CallTimeoutError
 
 pytestmark = pytest.mark.e2e
 
-SOURCE = '''
+SOURCE = """
 import asyncio
 from vastrpc import Deployment
 
@@ -37,7 +37,7 @@ async def sleepy(seconds: float) -> float:
 @app.remote
 async def state() -> dict:
     return dict(STATE)
-'''
+"""
 
 
 async def test_many_concurrent_calls_multiplexed(project) -> None:

@@ -7,8 +7,9 @@ import os
 import pytest
 
 from vastrpc.control.blobs import LocalBlobStore
-from vastrpc.control.lifecycle import Lifecycle, desired_workers
+from vastrpc.control.lifecycle import Lifecycle
 from vastrpc.control.provider import LocalProcessProvider
+from vastrpc.control.rules import desired_workers
 from vastrpc.control.store import SqliteStore, WorkerRow
 
 from .helpers import make_spec

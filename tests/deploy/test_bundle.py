@@ -73,8 +73,18 @@ def test_same_content_same_digest_regardless_of_mtime_and_order(tmp_path: Path) 
 def test_creation_order_does_not_matter(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     make_project(a)
-    names = ["pkg/sub.py", "data/weights.bin", "helpers.py", "pkg/other.py", "util/deep.py",
-             "deploy.py", "pkg/rel.py", "unused.py", "util/__init__.py", "pkg/__init__.py"]
+    names = [
+        "pkg/sub.py",
+        "data/weights.bin",
+        "helpers.py",
+        "pkg/other.py",
+        "util/deep.py",
+        "deploy.py",
+        "pkg/rel.py",
+        "unused.py",
+        "util/__init__.py",
+        "pkg/__init__.py",
+    ]
     make_project(b, order=names)
     time.sleep(0.01)
     assert build_bundle(a / "deploy.py").digest == build_bundle(b / "deploy.py").digest

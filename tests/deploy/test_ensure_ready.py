@@ -12,7 +12,7 @@ from vastrpc.config import ClientConfig
 
 pytestmark = pytest.mark.e2e
 
-SQUARE = '''
+SQUARE = """
 from vastrpc import Deployment, get_context
 
 app = Deployment(name="{name}")
@@ -28,7 +28,7 @@ class Table:
 @app.remote(benchmark_dataset=[{{"x": 2}}, {{"x": 7}}])
 async def square(x: int) -> int:
     return get_context(Table).table[x]
-'''
+"""
 
 
 async def test_deploy_steps_logged_then_tier0_touches_nothing(project, caplog) -> None:
@@ -60,7 +60,7 @@ async def test_first_call_deploys(project) -> None:
 
 
 async def test_contexts_are_entered_concurrently(project) -> None:
-    mod = project('''
+    mod = project("""
 import asyncio, time
 from vastrpc import Deployment, get_context
 
@@ -87,7 +87,7 @@ class B(Slow):
 async def spans() -> list:
     a, b = get_context(A), get_context(B)
     return [a.start, a.end, b.start, b.end]
-''')
+""")
     a_start, a_end, b_start, b_end = await mod.spans()
     # Each context sleeps 1 s; entered one after the other, one would start after the other ended.
     assert b_start < a_end and a_start < b_end
@@ -108,7 +108,7 @@ async def test_failed_pip_install_fails_promptly_with_step_and_log_tail(project)
 
 
 async def test_context_that_raises_fails_the_deployment(project) -> None:
-    mod = project('''
+    mod = project("""
 from vastrpc import Deployment
 
 app = Deployment(name="{name}")
@@ -123,7 +123,7 @@ class Broken:
 @app.remote(benchmark_dataset=[{{}}])
 async def f() -> int:
     return 1
-''')
+""")
     with pytest.raises(DeploymentError, match="model file is missing") as info:
         await mod.app.ensure_ready()
     assert info.value.step == "contexts"
@@ -131,7 +131,7 @@ async def f() -> int:
 
 
 async def test_benchmark_that_raises_fails_the_deployment(project) -> None:
-    mod = project('''
+    mod = project("""
 from vastrpc import Deployment
 
 app = Deployment(name="{name}")
@@ -139,7 +139,7 @@ app = Deployment(name="{name}")
 @app.remote(benchmark_dataset=[{{"x": 1}}])
 async def f(x: int) -> int:
     raise ValueError(f"cannot handle {{x}}")
-''')
+""")
     with pytest.raises(DeploymentError, match="cannot handle 1") as info:
         await mod.app.ensure_ready()
     assert info.value.step == "benchmark"

@@ -270,8 +270,9 @@ def test_startup_commands_success(tmp_path: Path) -> None:
 @pytest.mark.timeout(30)
 def test_startup_commands_only_given_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VASTRPC_TEST_OUTER", "leak")
-    run_startup_commands(['echo "[$VASTRPC_TEST_OUTER]" > o.txt'], cwd=tmp_path, env={"PATH": "/usr/bin:/bin"},
-                         log=lambda _l: None)
+    run_startup_commands(
+        ['echo "[$VASTRPC_TEST_OUTER]" > o.txt'], cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, log=lambda _l: None
+    )
     assert (tmp_path / "o.txt").read_text() == "[]\n"
 
 
@@ -299,10 +300,12 @@ def test_startup_command_timeout_kills_group(tmp_path: Path) -> None:
     with pytest.raises(DeploymentError, match="timed out after 1 s") as info:
         # The background sleep shares the process group: it must die too.
         run_startup_commands(
-            ["sleep 30 & echo started; wait"], cwd=tmp_path, env={"PATH": "/usr/bin:/bin"},
-            log=lambda _l: None, timeout=1,
+            ["sleep 30 & echo started; wait"],
+            cwd=tmp_path,
+            env={"PATH": "/usr/bin:/bin"},
+            log=lambda _l: None,
+            timeout=1,
         )
     assert info.value.step == "startup"
     assert "started" in info.value.log_tail
     assert time.perf_counter() - start < 10
-

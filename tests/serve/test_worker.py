@@ -15,7 +15,7 @@ from vastrpc.api.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 pytestmark = pytest.mark.e2e
 
-CALLS = '''
+CALLS = """
 import dataclasses, os
 import numpy as np
 from vastrpc import Deployment
@@ -64,7 +64,7 @@ async def shout(text: str) -> str:
 @app.remote
 async def environment() -> dict:
     return {{"GREETING": os.environ.get("GREETING"), "API_TOKEN": os.environ.get("API_TOKEN")}}
-'''
+"""
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ async def test_worker_refuses_calls_without_the_endpoint_token_before_unpickling
 
 
 async def test_pip_env_cached_by_requirements_across_workers(project) -> None:
-    source = '''
+    source = """
 from vastrpc import Deployment
 
 app = Deployment(name="{name}")
@@ -157,7 +157,7 @@ app.image().pip_install("six==1.16.0")
 async def version() -> str:
     import six
     return six.__version__ + " " + six.__file__
-'''
+"""
     first = project(source)
     v1 = await first.version()
     assert v1.startswith("1.16.0 ") and "/envs/" in v1
@@ -171,7 +171,7 @@ async def version() -> str:
 
 
 async def test_startup_script_runs_with_env_and_secrets_and_apt_checked(project) -> None:
-    mod = project('''
+    mod = project("""
 from pathlib import Path
 from vastrpc import Deployment
 
@@ -182,7 +182,7 @@ app = Deployment(name="{name}")
 @app.remote(benchmark_dataset=[{{}}])
 async def read() -> list:
     return [Path("startup.txt").read_text().strip(), Path("from cmd.txt").exists()]
-''')
+""")
     assert await mod.read() == ["prod:k-123", True]
 
 
@@ -201,7 +201,7 @@ async def test_failing_startup_script_fails_the_deployment(project) -> None:
     assert "about to fail" in info.value.log_tail
 
 
-SQUARE_MIN = '''
+SQUARE_MIN = """
 from vastrpc import Deployment
 
 app = Deployment(name="{name}")
@@ -209,4 +209,4 @@ app = Deployment(name="{name}")
 @app.remote(benchmark_dataset=[{{}}])
 async def f() -> int:
     return 1
-'''
+"""

@@ -17,7 +17,7 @@ from vastrpc._errors import (
 )
 from vastrpc._grpc import CHANNEL_OPTIONS, bearer, error_from_rpc
 from vastrpc._payload import chunks, rebuild_exception
-from vastrpc.api.v1 import worker_pb2, worker_pb2_grpc
+from vastrpc.api.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 _ERRORS: dict[int, type[CallError]] = {
     worker_pb2.ERROR_KIND_FUNCTION_NOT_FOUND: FunctionNotFoundError,
@@ -63,7 +63,9 @@ class InvokeStream:
     def calls_in_flight(self) -> int:
         return len(self._pending)
 
-    async def invoke(self, function: str, data: bytes, encoding: int, timeout: float | None) -> tuple[bytes, int]:
+    async def invoke(
+        self, function: str, data: bytes, encoding: common_pb2.Encoding, timeout: float | None
+    ) -> tuple[bytes, common_pb2.Encoding]:
         """Run one call on this stream and return its encoded result."""
         if self.closed:
             raise WorkerUnavailableError(f"the stream to worker {self.worker_id} is closed")
@@ -90,7 +92,9 @@ class InvokeStream:
         finally:
             self._pending.pop(call_id, None)
 
-    async def _send(self, call_id: int, function: str, data: bytes, encoding: int, timeout: float | None) -> None:
+    async def _send(
+        self, call_id: int, function: str, data: bytes, encoding: common_pb2.Encoding, timeout: float | None
+    ) -> None:
         parts = chunks(data)
         first, more = next(parts)
         start = worker_pb2.CallStart(
@@ -181,7 +185,9 @@ class WorkerConnection:
         queued = max(0, self.in_flight + 1 - self.capacity)
         return self.latency * (1 + queued + self.in_flight / self.capacity) * (1 + self.failures)
 
-    async def invoke(self, function: str, data: bytes, encoding: int, timeout: float | None) -> tuple[bytes, int]:
+    async def invoke(
+        self, function: str, data: bytes, encoding: common_pb2.Encoding, timeout: float | None
+    ) -> tuple[bytes, common_pb2.Encoding]:
         stream = self._stream
         if stream is None or stream.closed:
             stream = self._stream = InvokeStream(self._stub, self.token, self.worker_id)

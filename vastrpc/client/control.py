@@ -44,6 +44,7 @@ class ControlClient:
             raise ControlUnavailableError(
                 f"no API key for the control service at {address}: set VASTRPC_API_KEY or pass Deployment(api_key=...)"
             )
+        assert address is not None
         client = cls(address, api_key)
         try:
             await health_pb2_grpc.HealthStub(client.channel).Check(
@@ -101,7 +102,9 @@ class ControlClient:
 
     async def watch(self, endpoint_id: str) -> AsyncIterator[control_pb2.WatchEndpointResponse]:
         """The endpoint's state, now and after every change, until the caller stops iterating."""
-        call = self.stub.WatchEndpoint(control_pb2.WatchEndpointRequest(endpoint_id=endpoint_id), metadata=self._metadata)
+        call = self.stub.WatchEndpoint(
+            control_pb2.WatchEndpointRequest(endpoint_id=endpoint_id), metadata=self._metadata
+        )
         try:
             async for update in call:
                 yield update

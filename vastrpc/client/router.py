@@ -57,9 +57,8 @@ class Router:
         }
         for worker_id in list(self.workers):
             if worker_id not in ready:
-                conn = self.workers.pop(worker_id)
                 # Calls in flight on it finish or fail on their own; close it once they are done.
-                asyncio.get_running_loop().create_task(_close_when_idle(conn))
+                asyncio.get_running_loop().create_task(_close_when_idle(self.workers.pop(worker_id)))
         for worker_id, w in ready.items():
             conn = self.workers.get(worker_id)
             if conn is None or conn.address != w.address or conn.token != update.endpoint_token:
@@ -87,10 +86,15 @@ class Router:
             s = self.state
             if self._watch_error is not None and s is None:
                 return True
-            return s is not None and s.revision_id == revision_id and s.state in (
-                common_pb2.ENDPOINT_STATE_READY,
-                common_pb2.ENDPOINT_STATE_FAILED,
-                common_pb2.ENDPOINT_STATE_STOPPED,
+            return (
+                s is not None
+                and s.revision_id == revision_id
+                and s.state
+                in (
+                    common_pb2.ENDPOINT_STATE_READY,
+                    common_pb2.ENDPOINT_STATE_FAILED,
+                    common_pb2.ENDPOINT_STATE_STOPPED,
+                )
             )
 
         try:
@@ -136,9 +140,7 @@ class Router:
                 except TimeoutError:
                     pass
 
-    async def call(
-        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
-    ) -> Any:
+    async def call(self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """Encode the arguments, run the call on the best worker, and decode its result."""
         data = encode_args(args, kwargs, CLOUDPICKLE)
         conn = await self._pick()

@@ -3,138 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import re
 import secrets
-import signal
 import time
 from collections import defaultdict
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from vastrpc._errors import DefinitionError, DeploymentError, NotFoundError
 from vastrpc.api.v1 import common_pb2, control_pb2
-from vastrpc.control.blobs import BlobStore, check_digest
+from vastrpc.control.blobs import BlobStore
 from vastrpc.control.provider import Provider, pid_alive
+from vastrpc.control.rules import (
+    DEFAULT_TAG,
+    WORKER_STATE_NAMES,
+    desired_workers,
+    exit_message,
+    hash_token,
+    read_log_tail,
+    validate_spec,
+)
 from vastrpc.control.store import ACTIVE_WORKER_STATES, EndpointRow, RevisionRow, Store, WorkerRow, new_id
 
-__all__ = ["Lifecycle", "Registration", "hash_token", "read_log_tail"]
+__all__ = ["Lifecycle", "Registration"]
 
 log = logging.getLogger(__name__)
-
-WORKER_STATE_NAMES: dict[int, str] = {
-    common_pb2.WORKER_STATE_STARTING: "starting",
-    common_pb2.WORKER_STATE_DOWNLOADING: "downloading",
-    common_pb2.WORKER_STATE_INSTALLING: "installing",
-    common_pb2.WORKER_STATE_LOADING: "loading",
-    common_pb2.WORKER_STATE_BENCHMARKING: "benchmarking",
-    common_pb2.WORKER_STATE_READY: "ready",
-    common_pb2.WORKER_STATE_DRAINING: "draining",
-    common_pb2.WORKER_STATE_STOPPED: "stopped",
-    common_pb2.WORKER_STATE_FAILED: "failed",
-}
-WORKER_STATE_VALUES = {name: value for value, name in WORKER_STATE_NAMES.items()}
-ENDPOINT_STATE_VALUES: dict[str, int] = {
-    "new": common_pb2.ENDPOINT_STATE_UNSPECIFIED,
-    "deploying": common_pb2.ENDPOINT_STATE_DEPLOYING,
-    "ready": common_pb2.ENDPOINT_STATE_READY,
-    "failed": common_pb2.ENDPOINT_STATE_FAILED,
-    "stopped": common_pb2.ENDPOINT_STATE_STOPPED,
-}
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-_LOG_TAIL_LINES = 40
-DEFAULT_TAG = "default"
-
-
-def hash_token(token: str) -> str:
-    """What the store keeps of a worker token."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def read_log_tail(path: str | Path, *, lines: int = _LOG_TAIL_LINES, max_bytes: int = 64 << 10) -> str:
-    """The last ``lines`` lines of a log file ('' when it does not exist)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except OSError:
-        return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
-
-
-def exit_message(returncode: int) -> str:
-    """A worker process's end, in words."""
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = str(-returncode)
-        return f"worker process was killed by signal {name}"
-    return f"worker process exited with code {returncode}"
-
-
-def desired_workers(spec: control_pb2.DeploymentSpec) -> int:
-    """Workers an endpoint keeps ready for a spec before the autoscaler has a say."""
-    a = spec.autoscaling
-    return max(1, min(max(a.min_workers, a.cold_workers, 1), a.max_workers))
-
-
-def validate_spec(spec: control_pb2.DeploymentSpec) -> None:
-    """Raise DefinitionError saying what to fix when ``spec`` cannot be deployed."""
-    if not spec.name:
-        raise DefinitionError("the deployment has no name: give it one, e.g. Deployment(name='hello')")
-    if not _NAME.fullmatch(spec.name):
-        raise DefinitionError(
-            f"deployment name {spec.name[:80]!r} is invalid: use letters, digits, '.', '_' and '-', "
-            "starting with a letter or digit, at most 63 characters"
-        )
-    if spec.tag and not _NAME.fullmatch(spec.tag):
-        raise DefinitionError(
-            f"tag {spec.tag[:80]!r} is invalid: use letters, digits, '.', '_' and '-', "
-            "starting with a letter or digit, at most 63 characters"
-        )
-    if not spec.module:
-        raise DefinitionError("the spec names no module to import on the worker (spec.module is empty)")
-    if not _MODULE.fullmatch(spec.module):
-        raise DefinitionError(f"module {spec.module[:80]!r} is not a dotted Python module name")
-    if not spec.functions:
-        raise DefinitionError(f"deployment {spec.name!r} declares no function: decorate one with @app.remote")
-    names = [f.name for f in spec.functions]
-    if any(not n.isidentifier() for n in names):
-        raise DefinitionError(f"function names must be Python identifiers, got {names}")
-    if len(set(names)) != len(names):
-        raise DefinitionError(f"function names must be unique, got {names}")
-    if not any(f.has_benchmark for f in spec.functions):
-        raise DefinitionError(
-            f"deployment {spec.name!r}: no function has a benchmark; give at least one "
-            "@app.remote(benchmark_dataset=[...]) so workers can measure their score"
-        )
-    a = spec.autoscaling
-    if a.max_workers < 1:
-        raise DefinitionError("autoscaling max_workers must be at least 1")
-    if a.max_workers < a.min_workers:
-        raise DefinitionError(
-            f"autoscaling max_workers ({a.max_workers}) must be at least min_workers ({a.min_workers})"
-        )
-    if not 0 <= a.target_util <= 1:
-        raise DefinitionError(f"autoscaling target_util must be between 0 and 1, got {a.target_util}")
-    if a.inactivity_timeout < 0 or spec.ttl < 0:
-        raise DefinitionError("ttl and inactivity_timeout must not be negative")
-    d = spec.digests
-    try:
-        check_digest(d.bundle)
-    except Exception:
-        raise DefinitionError(f"spec.digests.bundle {d.bundle[:80]!r} is not a hex SHA-256 of the bundle") from None
-    missing = [k for k in ("code", "environment", "autoscaling") if not getattr(d, k)]
-    if missing:
-        raise DefinitionError(f"spec.digests lacks {', '.join(missing)}: the service needs them to classify updates")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ from vastrpc._errors import (
 from vastrpc._grpc import CHUNK_SIZE, token_from_metadata, tokens_equal
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.control.blobs import check_digest
-from vastrpc.control.lifecycle import ENDPOINT_STATE_VALUES, WORKER_STATE_VALUES, Lifecycle
+from vastrpc.control.lifecycle import Lifecycle
+from vastrpc.control.rules import ENDPOINT_STATE_VALUES, WORKER_STATE_VALUES
 from vastrpc.control.store import EndpointRow, WorkerRow
 
 __all__ = ["WORKER_METHODS", "ControlService"]

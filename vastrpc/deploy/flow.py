@@ -97,14 +97,26 @@ async def ensure_ready(app: Deployment, session: Session | None) -> Session:
     try:
         assert app.module_file is not None
         bundle = await asyncio.to_thread(build_bundle, app.module_file, copies=app.image_spec.copies)
-        log.info("package: %s — %d files, %d bytes, module %s", app.name, len(bundle.files), len(bundle.data), bundle.module)
+        log.info(
+            "package: %s — %d files, %d bytes, module %s", app.name, len(bundle.files), len(bundle.data), bundle.module
+        )
         spec = build_spec(app, bundle, control.api_key)
-        log.info("hash: bundle sha256 %s (code %.12s, environment %.12s)", bundle.digest, spec.digests.code, spec.digests.environment)
+        log.info(
+            "hash: bundle sha256 %s (code %.12s, environment %.12s)",
+            bundle.digest,
+            spec.digests.code,
+            spec.digests.environment,
+        )
         reg = await control.register(spec)
         tier, words = _TIERS.get(reg.tier, (-1, "unknown"))
         log.info(
             "register: %s:%s → endpoint %s revision %s; tier %d: %s",
-            app.name, app.tag, reg.endpoint_id, reg.revision_id, tier, words,
+            app.name,
+            app.tag,
+            reg.endpoint_id,
+            reg.revision_id,
+            tier,
+            words,
         )
         if reg.upload_required:
             up = await control.upload(bundle.digest, bundle.data)

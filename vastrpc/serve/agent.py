@@ -49,11 +49,11 @@ class Agent:
         self._channel = grpc.aio.insecure_channel(control_address, options=list(CHANNEL_OPTIONS))
         self._stub = control_pb2_grpc.ControlServiceStub(self._channel)
         self._stop = asyncio.Event()
-        self._state = common_pb2.WORKER_STATE_STARTING
+        self._state: common_pb2.WorkerState = common_pb2.WORKER_STATE_STARTING
         self._revision_id = ""
         self._workdir = home / "work" / worker_id
 
-    async def _update(self, state: int, **fields: Any) -> None:
+    async def _update(self, state: common_pb2.WorkerState, **fields: Any) -> None:
         self._state = state
         await self._stub.UpdateWorker(
             control_pb2.UpdateWorkerRequest(
@@ -79,7 +79,9 @@ class Agent:
             loop.add_signal_handler(sig, self._stop.set)
         try:
             reg = await self._stub.RegisterWorker(
-                control_pb2.RegisterWorkerRequest(worker_id=self.worker_id, pid=os.getpid(), hostname=socket.gethostname()),
+                control_pb2.RegisterWorkerRequest(
+                    worker_id=self.worker_id, pid=os.getpid(), hostname=socket.gethostname()
+                ),
                 metadata=self._metadata,
                 timeout=30,
             )
@@ -163,15 +165,23 @@ class Agent:
             )
         log.info(
             "install: %d pip, %d apt package(s), %d startup command(s) done",
-            len(image.pip_packages), len(image.apt_packages), len(image.startup_commands),
+            len(image.pip_packages),
+            len(image.apt_packages),
+            len(image.startup_commands),
         )
         return env
 
     async def _run_serving_process(self, config: dict[str, Any], env: dict[str, str], cwd: Path) -> int:
         read_fd, write_fd = os.pipe()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "vastrpc.serve.process", str(write_fd),
-            stdin=asyncio.subprocess.PIPE, pass_fds=(write_fd,), env=env, cwd=cwd,
+            sys.executable,
+            "-m",
+            "vastrpc.serve.process",
+            str(write_fd),
+            stdin=asyncio.subprocess.PIPE,
+            pass_fds=(write_fd,),
+            env=env,
+            cwd=cwd,
         )
         os.close(write_fd)
         assert proc.stdin is not None
@@ -241,7 +251,9 @@ class Agent:
             await asyncio.sleep(interval)
             try:
                 resp = await self._stub.Heartbeat(
-                    control_pb2.HeartbeatRequest(worker_id=self.worker_id), metadata=self._metadata, timeout=interval * 2
+                    control_pb2.HeartbeatRequest(worker_id=self.worker_id),
+                    metadata=self._metadata,
+                    timeout=interval * 2,
                 )
                 lost_since = None
                 if resp.stop:

@@ -49,7 +49,9 @@ class _Stream:
         async with self.lock:
             await self.context.write(response)
 
-    async def send_error(self, call_id: int, kind: int, exc: BaseException | None = None, message: str = "") -> None:
+    async def send_error(
+        self, call_id: int, kind: worker_pb2.ErrorKind, exc: BaseException | None = None, message: str = ""
+    ) -> None:
         error = worker_pb2.CallError(call_id=call_id, kind=kind, message=message)
         if exc is not None:
             error.type, error.message, error.traceback, error.pickled = describe_exception(exc)

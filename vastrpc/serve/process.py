@@ -124,7 +124,8 @@ async def run_benchmark(app: Deployment) -> tuple[float, dict[str, float]]:
                     await _apply(fn, item)
                 except Exception as exc:
                     raise StepFailed(
-                        "benchmark", f"{fn.name}({item!r}) raised during the benchmark (run {index}):\n{_formatted(exc)}"
+                        "benchmark",
+                        f"{fn.name}({item!r}) raised during the benchmark (run {index}):\n{_formatted(exc)}",
                     ) from exc
 
         await one(0, inputs[0])  # warm-up, not timed: first calls pay for lazy imports and caches
