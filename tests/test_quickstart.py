@@ -14,18 +14,17 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
 
 
+def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, cwd=ROOT / "examples" / "quickstart", env=env, capture_output=True, text=True, timeout=120
+    )
+
+
 def test_quickstart_runs_on_the_embedded_default(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VASTRPC_")}
     env["VASTRPC_HOME"] = str(tmp_path / "home")
     try:
-        run = subprocess.run(
-            [sys.executable, "client.py"],
-            cwd=ROOT / "examples" / "quickstart",
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        run = _run([sys.executable, "client.py"], env)
         assert run.returncode == 0, run.stdout + run.stderr
         assert "square(5) = 25" in run.stdout
         assert "squares 0..9 = [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in run.stdout
@@ -33,20 +32,11 @@ def test_quickstart_runs_on_the_embedded_default(tmp_path: Path) -> None:
             assert step in run.stderr
         info = json.loads((tmp_path / "home" / "control.json").read_text())
         # A second run reuses the same embedded control service and changes nothing (tier 0).
-        again = subprocess.run(
-            [sys.executable, "client.py"],
-            cwd=ROOT / "examples" / "quickstart",
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        again = _run([sys.executable, "client.py"], env)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "tier 0" in again.stdout
         assert json.loads((tmp_path / "home" / "control.json").read_text())["pid"] == info["pid"]
     finally:
-        stop = subprocess.run(
-            [sys.executable, "-m", "vastrpc", "control", "stop"], env=env, capture_output=True, text=True, timeout=60
-        )
+        stop = _run([sys.executable, "-m", "vastrpc", "control", "stop"], env)
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert not (tmp_path / "home" / "control.json").exists()
