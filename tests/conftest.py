@@ -60,8 +60,9 @@ def control_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
 
     Options through indirect parametrization, e.g.
     ``@pytest.mark.parametrize("control_service", [{"worker_command": [...]}], indirect=True)``:
-    ``worker_command`` (argv prefix that starts a worker instead of ``python -m vastrpc worker``)
-    and ``env`` (extra environment variables).
+    ``worker_command`` (argv prefix that starts a worker instead of ``python -m vastrpc worker``),
+    ``args`` (more ``control serve`` flags, e.g. ``["--bundle-grace", "0"]``) and ``env`` (extra
+    environment variables).
     """
     options = getattr(request, "param", None) or {}
     home = tmp_path / "home"
@@ -69,6 +70,7 @@ def control_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     argv = [sys.executable, "-m", "vastrpc", "control", "serve", "--home", str(home), "--port", "0"]
     if options.get("worker_command"):
         argv += ["--worker-command", shlex.join(options["worker_command"])]
+    argv += list(options.get("args", ()))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.update(options.get("env", {}))
@@ -111,13 +113,17 @@ class Project:
         self.root = root
         self.modules: list[types.ModuleType] = []
 
-    def __call__(self, source: str, *, api_key: str | None = None) -> types.ModuleType:
-        """Import ``source`` (``{name}`` is replaced by a unique module name) as a deployment module."""
-        name = f"dep_{uuid.uuid4().hex[:10]}"
-        folder = self.root / name
+    def __call__(self, source: str, *, api_key: str | None = None, name: str | None = None) -> types.ModuleType:
+        """Import ``source`` as a deployment module.
+
+        ``{name}`` in the source becomes ``name``, or the module's own unique name.
+        """
+        module_name = f"dep_{uuid.uuid4().hex[:10]}"
+        folder = self.root / module_name
         folder.mkdir(parents=True)
-        path = folder / f"{name}.py"
-        path.write_text(textwrap.dedent(source).format(name=name))
+        path = folder / f"{module_name}.py"
+        path.write_text(textwrap.dedent(source).format(name=name or module_name))
+        name = module_name
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
@@ -131,6 +137,10 @@ class Project:
         )
         self.modules.append(module)
         return module
+
+    def rewrite(self, module: types.ModuleType, source: str, **fields: str) -> None:
+        """Change the deployment file on disk (the next ensure_ready bundles it); the module keeps its objects."""
+        Path(module.__file__).write_text(textwrap.dedent(source).format(name=module.app.name, **fields))
 
     async def _client(self) -> ControlClient:
         return ControlClient(self.control.address, self.control.api_key)

@@ -19,6 +19,7 @@ from vastrpc._errors import (
     WorkerUnavailableError,
 )
 from vastrpc._mode import get_context
+from vastrpc.client.router import CallInfo
 from vastrpc.config import ClientConfig
 from vastrpc.deploy.flow import DeployResult
 from vastrpc.deployment import Deployment, RemoteFunction
@@ -29,6 +30,7 @@ __all__ = [
     "Autoscaling",
     "BundleError",
     "CallError",
+    "CallInfo",
     "CallTimeoutError",
     "ClientConfig",
     "ContextError",

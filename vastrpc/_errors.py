@@ -81,11 +81,13 @@ class DeploymentError(VastrpcError):
     """A deployment could not be brought up.
 
     Attributes:
+        reason: What went wrong, without the step and log tail.
         step: The step that failed (``"install"``, ``"contexts"``, ``"benchmark"``, ...).
         log_tail: The last lines of the failing worker's log, when there is one.
     """
 
     def __init__(self, message: str, *, step: str = "", log_tail: str = "") -> None:
+        self.reason = message
         self.step = step
         self.log_tail = log_tail
         text = f"{step} failed: {message}" if step else message

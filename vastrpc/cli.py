@@ -41,6 +41,20 @@ def _parser(home: Path) -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=0, help="port to listen on; 0 picks a free one (default)")
     serve.add_argument("--no-reflection", action="store_true", help="do not serve gRPC server reflection")
+    serve.add_argument(
+        "--reaper-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often idle endpoints are checked against their ttl (default 1)",
+    )
+    serve.add_argument(
+        "--bundle-grace",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="keep an unused bundle this long after it was stored or registered (default 60)",
+    )
     # For tests: the command that starts a worker agent, instead of `python -m vastrpc worker`.
     serve.add_argument("--worker-command", default=os.environ.get(ENV_WORKER_COMMAND), help=argparse.SUPPRESS)
     serve.set_defaults(func=_control_serve)
@@ -113,11 +127,15 @@ def _control_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s control %(levelname)s %(name)s: %(message)s"
     )
+    if args.reaper_interval <= 0 or args.bundle_grace < 0:
+        raise _Failure("--reaper-interval must be positive and --bundle-grace not negative")
     config = ControlConfig(
         home=args.home.expanduser().resolve(),
         host=args.host,
         port=args.port,
         enable_reflection=not args.no_reflection,
+        reaper_interval=args.reaper_interval,
+        bundle_grace=args.bundle_grace,
     )
     command = shlex.split(args.worker_command) if args.worker_command else None
     try:

@@ -62,6 +62,10 @@ class ControlConfig:
         enable_reflection: Serve gRPC server reflection.
         heartbeat_interval: Seconds between worker heartbeats.
         worker_stop_grace: Seconds a stopping worker gets before it is killed.
+        reaper_interval: Seconds between two passes of the TTL reaper (teardown of idle
+            endpoints, removal of bundles no endpoint uses).
+        bundle_grace: Seconds a bundle is kept after it was stored or last registered,
+            even when no endpoint uses it (an upload may be in flight before its Provision).
     """
 
     home: Path
@@ -71,3 +75,5 @@ class ControlConfig:
     enable_reflection: bool = True
     heartbeat_interval: float = 2.0
     worker_stop_grace: float = 10.0
+    reaper_interval: float = 1.0
+    bundle_grace: float = 60.0

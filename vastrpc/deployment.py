@@ -18,6 +18,7 @@ from vastrpc.config import ClientConfig
 from vastrpc.image import Autoscaling, Image
 
 if TYPE_CHECKING:
+    from vastrpc.client.router import CallInfo
     from vastrpc.deploy.flow import DeployResult, Session
 
 __all__ = ["Deployment", "RemoteFunction"]
@@ -67,6 +68,10 @@ class RemoteFunction(Generic[P, R]):
         if serve_runtime() is not None:
             return self.fn(*args, **kwargs)
         return self.app._call(self.options.name, args, kwargs, self.options.timeout)
+
+    async def call_with_info(self, *args: P.args, **kwargs: P.kwargs) -> CallInfo:
+        """Call on a worker and return the result with where it ran (worker id, revision id)."""
+        return await self.app._invoke(self.options.name, args, kwargs, self.options.timeout)
 
     def local(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
         """Run the function in this process, without a worker."""
@@ -272,14 +277,20 @@ class Deployment:
             return self._session.result
 
     async def _call(self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+        return (await self._invoke(function, args, kwargs, timeout)).value
+
+    async def _invoke(
+        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> CallInfo:
         session = self._live_session()
-        if session is None:
+        if session is None or session.router.torn_down:
             async with self._lock():
                 session = self._live_session()
-                if session is None:
+                if session is None or session.router.torn_down:
+                    # Never deployed from here, or torn down since (TTL): bring it (back) up.
                     from vastrpc.deploy.flow import ensure_ready
 
-                    self._session = session = await ensure_ready(self, None)
+                    self._session = session = await ensure_ready(self, session)
         return await session.router.call(function, args, kwargs, timeout)
 
     async def close(self) -> None:

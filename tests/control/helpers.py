@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from vastrpc._grpc import CHANNEL_OPTIONS, bearer
+from vastrpc._secrets import seal
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 FAKE_WORKER = [sys.executable, str(Path(__file__).with_name("fake_worker.py"))]
@@ -44,13 +45,16 @@ def make_spec(
     max_workers: int = 1,
     env: dict[str, str] | None = None,
     secrets: dict[str, str] | None = None,
+    api_key: str = "",
 ) -> control_pb2.DeploymentSpec:
-    """A valid DeploymentSpec; the digests are whatever the test says."""
+    """A valid DeploymentSpec; the digests are whatever the test says; secrets sealed for ``api_key``."""
     return control_pb2.DeploymentSpec(
         name=name,
         tag=tag,
         module="deploy",
-        image=control_pb2.ImageSpec(from_image="python:3.11-slim", env=env or {}, secrets=secrets or {}),
+        image=control_pb2.ImageSpec(
+            from_image="python:3.11-slim", env=env or {}, sealed_secrets=seal(api_key, secrets or {})
+        ),
         autoscaling=control_pb2.AutoscalingSpec(min_workers=min_workers, max_workers=max_workers, target_util=0.8),
         functions=[control_pb2.FunctionSpec(name="square", max_concurrency=4, has_benchmark=True)],
         digests=control_pb2.RevisionDigests(bundle=digest, code=code, environment=environment, autoscaling=autoscaling),

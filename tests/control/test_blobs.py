@@ -66,3 +66,19 @@ def test_digests_never_name_other_files(tmp_path) -> None:
             blobs.open_writer(digest, 1)
         with pytest.raises(NotFoundError):
             blobs.read_chunks(digest, 10)
+
+
+def test_stored_lists_bundles_with_their_time_and_delete_removes_one(tmp_path) -> None:
+    blobs = LocalBlobStore(tmp_path)
+    with blobs.open_writer(DIGEST, len(DATA)) as writer:
+        writer.write(DATA)
+        writer.commit()
+    (tmp_path / f".{'b' * 16}.x.part").write_bytes(b"an upload in flight")
+    stored = blobs.stored()
+    assert list(stored) == [DIGEST]  # partial uploads are not bundles
+    assert stored[DIGEST] == pytest.approx((tmp_path / DIGEST).stat().st_mtime)
+    assert blobs.delete(DIGEST) is True
+    assert not blobs.has(DIGEST) and blobs.stored() == {}
+    assert blobs.delete(DIGEST) is False
+    with pytest.raises(BundleError):
+        blobs.delete("../x")

@@ -35,7 +35,7 @@ def _provider(tmp_path, mode: str, exits: list) -> LocalProcessProvider:
         tmp_path,
         argv_prefix=[sys.executable, "-c", SCRIPT],
         environ={**os.environ, "MODE": mode},
-        on_exit=lambda worker_id, code: exits.append((worker_id, code)),
+        on_exit=lambda worker_id, pid, code: exits.append((worker_id, code)),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import time
@@ -12,6 +13,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from vastrpc import AuthenticationError
+from vastrpc._secrets import unseal
 from vastrpc.api.v1 import common_pb2, control_pb2
 
 from .helpers import FAILED, READY, Client, bundle, eventually, make_spec, pid_gone, read_dumps, with_fake_worker
@@ -174,6 +177,7 @@ async def test_provision_to_ready_worker_tokens_logs_list_teardown(control_servi
         max_workers=3,
         env={"FAKE_DUMP_DIR": str(tmp_path)},
         secrets={"HF_TOKEN": "s3cret-value"},
+        api_key=control_service.api_key,
     )
     reg, started = await client.deploy(spec, data)
     assert started == 2
@@ -187,7 +191,11 @@ async def test_provision_to_ready_worker_tokens_logs_list_teardown(control_servi
     dumps = read_dumps(tmp_path)
     (a, first), (b, second) = sorted(dumps.items())
     assert first["revision_id"] == reg.revision_id and first["endpoint_token"] == state.endpoint_token
-    assert first["spec"]["image"]["secrets"] == {"HF_TOKEN": "s3cret-value"}
+    # Secrets arrive resealed for the worker's own token: it alone can open them.
+    sealed = {k: base64.b64decode(v) for k, v in first["spec"]["image"]["sealed_secrets"].items()}
+    assert unseal(first["token"], sealed) == {"HF_TOKEN": "s3cret-value"}
+    with pytest.raises(AuthenticationError):
+        unseal(control_service.api_key, sealed)
     assert first["home"] == str(control_service.home)
     assert {w.pid for w in state.workers} == {first["pid"], second["pid"]}
 
@@ -247,7 +255,7 @@ async def test_provision_to_ready_worker_tokens_logs_list_teardown(control_servi
     assert stopped.state == common_pb2.ENDPOINT_STATE_STOPPED and list(stopped.workers) == []
     code, _ = await _code(client.teardown("nope"))
     assert code == grpc.StatusCode.NOT_FOUND
-    for secret in (spec.image.secrets["HF_TOKEN"], first["token"], state.endpoint_token, control_service.api_key):
+    for secret in ("s3cret-value", first["token"], state.endpoint_token, control_service.api_key):
         assert secret not in control_service.log_text()
 
     # Torn down, the next deploy brings it back as a new endpoint with fresh workers.
@@ -287,7 +295,7 @@ async def test_worker_exiting_early_fails_with_its_log_tail(client) -> None:
 
 
 @with_fake_worker
-async def test_settings_change_keeps_workers_code_change_replaces_them(client, tmp_path) -> None:
+async def test_settings_change_keeps_workers_code_change_is_taken_in_place(client, control_service, tmp_path) -> None:
     data, digest = bundle()
     env = {"FAKE_DUMP_DIR": str(tmp_path)}
     reg, _ = await client.deploy(make_spec(digest=digest, env=env), data)
@@ -307,11 +315,39 @@ async def test_settings_change_keeps_workers_code_change_replaces_them(client, t
     assert state.desired_workers == 1
 
     code, started = await client.deploy(make_spec(digest=digest, env=env, code="code-2"))
-    assert code.tier == common_pb2.UPDATE_TIER_CODE and started == 1
+    assert code.tier == common_pb2.UPDATE_TIER_CODE and started == 0  # tier 2: no new worker
+    state = await client.watch_until(reg.endpoint_id, lambda u: u.revision_id == code.revision_id)
+    assert state.state == common_pb2.ENDPOINT_STATE_DEPLOYING
+    [kept] = state.workers
+    assert kept.state == common_pb2.WORKER_STATE_READY and kept.revision_id == fewer.revision_id  # still serving
+
+    # The worker is told through WatchWorker, and switches by reporting ready on the new revision.
+    token = read_dumps(tmp_path)[kept.worker_id]["token"]
+    async with Client(control_service.address, token) as worker:
+        watch = worker.stub.WatchWorker(
+            control_pb2.WatchWorkerRequest(worker_id=kept.worker_id), metadata=worker.metadata
+        )
+        assignment = await watch.read()
+        watch.cancel()
+        assert assignment.revision_id == code.revision_id and not assignment.stop
+        assert assignment.spec.digests.code == "code-2"
+        for progress in (common_pb2.WORKER_STATE_DOWNLOADING, common_pb2.WORKER_STATE_READY):
+            await worker.stub.UpdateWorker(
+                control_pb2.UpdateWorkerRequest(
+                    worker_id=kept.worker_id, state=progress, revision_id=code.revision_id, address="127.0.0.1:10"
+                ),
+                metadata=worker.metadata,
+            )
+            if progress != common_pb2.WORKER_STATE_READY:
+                # Progress of the new revision leaves the worker ready on the old one.
+                mid = await client.watch_until(reg.endpoint_id, lambda u: True)
+                assert mid.workers[0].state == common_pb2.WORKER_STATE_READY
+                assert mid.workers[0].revision_id == fewer.revision_id
     state = await client.wait_ready(reg.endpoint_id)
-    assert state.workers[0].revision_id == code.revision_id
-    assert state.workers[0].worker_id not in {original.worker_id}
-    await eventually(lambda: pid_gone(original.pid), what="the old worker's process is gone")
+    assert [(w.worker_id, w.revision_id, w.address) for w in state.workers] == [
+        (kept.worker_id, code.revision_id, "127.0.0.1:10")
+    ]
+    assert not pid_gone(original.pid)
 
 
 @with_fake_worker

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import pytest
 
@@ -99,3 +100,18 @@ def test_transaction_rolls_back_every_change(store) -> None:
         raise RuntimeError("boom")
     assert store.get_worker("w-a").state == "starting"
     assert store.get_deployment_by_name("second") is None
+
+
+def test_referenced_bundles_are_those_of_live_endpoints_or_recent_revisions(store) -> None:
+    deployment = store.get_or_create_deployment("hello")
+    live, _ = store.get_or_create_endpoint(deployment.id, "live")
+    stopped, _ = store.get_or_create_endpoint(deployment.id, "old")
+    digests = {"code": "c", "environment": "e", "autoscaling": "a"}
+    store.add_revision(live.id, b"spec", {**digests, "bundle": "b-live-1"})
+    store.add_revision(live.id, b"spec", {**digests, "bundle": "b-live-2"})  # older revisions count too
+    store.add_revision(stopped.id, b"spec", {**digests, "bundle": "b-stopped"})
+    store.update_endpoint(stopped.id, state="stopped")
+    assert store.referenced_bundles() == {"b-live-1", "b-live-2"}
+    # A revision registered since then keeps its bundle even though its endpoint is stopped.
+    assert store.referenced_bundles(registered_since=0.0) == {"b-live-1", "b-live-2", "b-stopped"}
+    assert store.referenced_bundles(registered_since=time.time() + 60) == {"b-live-1", "b-live-2"}

@@ -19,12 +19,17 @@ from vastrpc._grpc import CHANNEL_OPTIONS, bearer, error_from_rpc
 from vastrpc._payload import chunks, rebuild_exception
 from vastrpc.api.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
+
+class CallNotDelivered(WorkerUnavailableError):
+    """The call never ran on the worker (it was draining, or unreachable): safe to send elsewhere."""
+
+
 _ERRORS: dict[int, type[CallError]] = {
     worker_pb2.ERROR_KIND_FUNCTION_NOT_FOUND: FunctionNotFoundError,
     worker_pb2.ERROR_KIND_BAD_ARGUMENTS: SerializationError,
     worker_pb2.ERROR_KIND_BAD_RESULT: SerializationError,
     worker_pb2.ERROR_KIND_CANCELLED: CallTimeoutError,
-    worker_pb2.ERROR_KIND_OVERLOADED: WorkerUnavailableError,
+    worker_pb2.ERROR_KIND_OVERLOADED: CallNotDelivered,
 }
 
 
@@ -57,6 +62,9 @@ class InvokeStream:
         self._write_lock = asyncio.Lock()
         self.revision_id = ""
         self.closed = False
+        # The worker asked for no more calls on this stream (it is stopping or switching).
+        self.draining = False
+        self._half_closed = False
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
     @property
@@ -67,8 +75,8 @@ class InvokeStream:
         self, function: str, data: bytes, encoding: common_pb2.Encoding, timeout: float | None
     ) -> tuple[bytes, common_pb2.Encoding]:
         """Run one call on this stream and return its encoded result."""
-        if self.closed:
-            raise WorkerUnavailableError(f"the stream to worker {self.worker_id} is closed")
+        if self.closed or self.draining:
+            raise CallNotDelivered(f"the stream to worker {self.worker_id} takes no more calls")
         call_id = next(self._ids)
         pending = _Pending(asyncio.get_running_loop().create_future())
         self._pending[call_id] = pending
@@ -91,6 +99,21 @@ class InvokeStream:
             raise
         finally:
             self._pending.pop(call_id, None)
+            if self.draining and not self._pending:
+                self._close_sending()
+
+    def _close_sending(self) -> None:
+        # Half-close: the worker ends the stream once it has answered everything.
+        if not self._half_closed and not self.closed:
+            self._half_closed = True
+            asyncio.get_running_loop().create_task(self._done_writing())
+
+    async def _done_writing(self) -> None:
+        try:
+            async with self._write_lock:
+                await self._call.done_writing()
+        except Exception:  # the stream is gone already
+            pass
 
     async def _send(
         self, call_id: int, function: str, data: bytes, encoding: common_pb2.Encoding, timeout: float | None
@@ -120,10 +143,12 @@ class InvokeStream:
 
     async def _read_loop(self) -> None:
         error: BaseException = WorkerUnavailableError(f"worker {self.worker_id} closed the stream during the call")
+        established = False
         try:
             for key, value in await self._call.initial_metadata():
                 if key == "vastrpc-revision":
                     self.revision_id = value
+            established = True
             while True:
                 response = await self._call.read()
                 if response is grpc.aio.EOF:
@@ -145,8 +170,16 @@ class InvokeStream:
                     pending = self._pending.get(response.error.call_id)
                     if pending is not None and not pending.future.done():
                         pending.future.set_exception(_call_error(response.error))
+                elif kind == "drain":
+                    self.draining = True
+                    if not self._pending:
+                        self._close_sending()
         except grpc.aio.AioRpcError as exc:
-            error = error_from_rpc(exc, unavailable=WorkerUnavailableError, target=f"worker {self.worker_id}")
+            if not established and exc.code() == grpc.StatusCode.UNAVAILABLE:
+                # The stream never reached the worker's handler: nothing sent on it ran.
+                error = CallNotDelivered(f"cannot reach worker {self.worker_id}: {exc.details()}")
+            else:
+                error = error_from_rpc(exc, unavailable=WorkerUnavailableError, target=f"worker {self.worker_id}")
         except asyncio.CancelledError:
             error = WorkerUnavailableError(f"the connection to worker {self.worker_id} was closed")
             raise
@@ -185,16 +218,22 @@ class WorkerConnection:
         queued = max(0, self.in_flight + 1 - self.capacity)
         return self.latency * (1 + queued + self.in_flight / self.capacity) * (1 + self.failures)
 
+    @property
+    def draining(self) -> bool:
+        """The worker's serving process is stopping: route no new calls here."""
+        return self._stream is not None and self._stream.draining
+
     async def invoke(
         self, function: str, data: bytes, encoding: common_pb2.Encoding, timeout: float | None
-    ) -> tuple[bytes, common_pb2.Encoding]:
+    ) -> tuple[bytes, common_pb2.Encoding, str]:
+        """Run a call; returns its encoded result, the encoding, and the revision that served it."""
         stream = self._stream
-        if stream is None or stream.closed:
+        if stream is None or (stream.closed and not stream.draining):
             stream = self._stream = InvokeStream(self._stub, self.token, self.worker_id)
         self.in_flight += 1
         started = time.perf_counter()
         try:
-            result = await stream.invoke(function, data, encoding, timeout)
+            result, result_encoding = await stream.invoke(function, data, encoding, timeout)
         except WorkerUnavailableError:
             self.failures += 1
             raise
@@ -202,11 +241,7 @@ class WorkerConnection:
             self.in_flight -= 1
         self.failures = 0
         self.latency += 0.2 * ((time.perf_counter() - started) - self.latency)
-        return result
-
-    @property
-    def revision_id(self) -> str:
-        return self._stream.revision_id if self._stream is not None else ""
+        return result, result_encoding, stream.revision_id
 
     async def close(self) -> None:
         if self._stream is not None:

@@ -5,18 +5,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from vastrpc._errors import ControlServiceError, DeploymentError, WorkerUnavailableError
 from vastrpc._payload import CLOUDPICKLE, decode_result, encode_args
 from vastrpc.api.v1 import common_pb2, control_pb2
-from vastrpc.client.connection import WorkerConnection
+from vastrpc.client.connection import CallNotDelivered, WorkerConnection
 from vastrpc.client.control import ControlClient
 
 log = logging.getLogger("vastrpc.client")
 
 # How long a call waits for a ready worker before it fails.
 _NO_WORKER_WAIT = 60.0
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """A call's result and where it ran.
+
+    Attributes:
+        value: What the function returned.
+        worker_id: The worker that ran it.
+        revision_id: The revision of the deployment that served it.
+        seconds: Time from the call to its result, retries included.
+    """
+
+    value: Any
+    worker_id: str
+    revision_id: str
+    seconds: float
 
 
 class Router:
@@ -50,11 +68,9 @@ class Router:
                 delay = min(delay * 2, 5.0)
 
     async def _apply(self, update: control_pb2.WatchEndpointResponse) -> None:
-        ready = {
-            w.worker_id: w
-            for w in update.workers
-            if w.state == common_pb2.WORKER_STATE_READY and w.address and w.revision_id == update.revision_id
-        }
+        # Every ready worker takes calls, whichever revision it serves: during an update the
+        # old revision keeps serving until the new one is ready.
+        ready = {w.worker_id: w for w in update.workers if w.state == common_pb2.WORKER_STATE_READY and w.address}
         for worker_id in list(self.workers):
             if worker_id not in ready:
                 # Calls in flight on it finish or fail on their own; close it once they are done.
@@ -115,6 +131,11 @@ class Router:
             raise DeploymentError("the endpoint was torn down while it was being deployed", step="provision")
         return state
 
+    @property
+    def torn_down(self) -> bool:
+        """Whether the control service tore the endpoint down (teardown, TTL)."""
+        return self.state is not None and self.state.state == common_pb2.ENDPOINT_STATE_STOPPED
+
     def _describe_workers(self) -> str:
         if self.state is None or not self.state.workers:
             return "no worker has registered"
@@ -123,11 +144,14 @@ class Router:
             for w in self.state.workers
         )
 
-    async def _pick(self) -> WorkerConnection:
-        deadline = time.monotonic() + _NO_WORKER_WAIT
+    def _candidates(self) -> list[WorkerConnection]:
+        return [c for c in self.workers.values() if not c.draining]
+
+    async def _pick(self, deadline: float) -> WorkerConnection:
         while True:
-            if self.workers:
-                return min(self.workers.values(), key=WorkerConnection.expected_wait)
+            candidates = self._candidates()
+            if candidates:
+                return min(candidates, key=WorkerConnection.expected_wait)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise WorkerUnavailableError(
@@ -136,16 +160,35 @@ class Router:
                 )
             async with self._changed:
                 try:
-                    await asyncio.wait_for(self._changed.wait_for(lambda: bool(self.workers)), remaining)
+                    # Woken by the watch; the short bound re-checks workers that stopped draining.
+                    await asyncio.wait_for(self._changed.wait_for(self._candidates), min(remaining, 0.5))
                 except TimeoutError:
                     pass
 
-    async def call(self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
-        """Encode the arguments, run the call on the best worker, and decode its result."""
+    async def call(
+        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> CallInfo:
+        """Encode the arguments, run the call on the best worker, and decode its result.
+
+        A call that never ran (its worker was draining or could not be reached) is sent to
+        another worker; one that may have run is never repeated.
+        """
         data = encode_args(args, kwargs, CLOUDPICKLE)
-        conn = await self._pick()
-        result, encoding = await conn.invoke(function, data, CLOUDPICKLE, timeout)
-        return decode_result(result, encoding)
+        started = time.monotonic()
+        deadline = started + _NO_WORKER_WAIT
+        attempt = 0
+        while True:
+            conn = await self._pick(deadline)
+            try:
+                result, encoding, revision_id = await conn.invoke(function, data, CLOUDPICKLE, timeout)
+            except CallNotDelivered:
+                attempt += 1
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(min(0.01 * attempt, 0.2))
+                continue
+            value = decode_result(result, encoding)
+            return CallInfo(value, conn.worker_id, revision_id, time.monotonic() - started)
 
     async def close(self) -> None:
         self._task.cancel()

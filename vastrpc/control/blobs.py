@@ -62,6 +62,15 @@ class BlobStore(Protocol):
     def read_chunks(self, digest: str, chunk_size: int) -> Iterator[bytes]:
         """The stored bundle in chunks; NotFoundError when missing."""
 
+    def stored(self) -> dict[str, float]:
+        """Every stored bundle: digest to the time (Unix seconds) it was stored."""
+
+    def delete(self, digest: str) -> bool:
+        """Remove a stored bundle; False when it was not stored.
+
+        Readers that already opened it finish reading it (the embedded store unlinks).
+        """
+
 
 class _LocalWriter:
     """Writes to a temporary file next to the bundles; renames it into place once verified."""
@@ -168,6 +177,29 @@ class LocalBlobStore:
         except (FileNotFoundError, BundleError):
             raise NotFoundError(f"no bundle with digest {digest[:80]!r} is stored") from None
         return self._chunks(handle, chunk_size)
+
+    def stored(self) -> dict[str, float]:
+        """Every stored bundle: digest to the time (Unix seconds) it was stored."""
+        found = {}
+        for entry in os.scandir(self.root):
+            # Partial uploads (.*.part) and anything else that is not a digest are not bundles.
+            if not _DIGEST.fullmatch(entry.name):
+                continue
+            try:
+                # The bundle is renamed into place after it is written, so its mtime is when
+                # it was stored (give or take the upload).
+                found[entry.name] = entry.stat().st_mtime
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+        return found
+
+    def delete(self, digest: str) -> bool:
+        """Remove a stored bundle; False when it was not stored."""
+        try:
+            self.path(digest).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     @staticmethod
     def _chunks(handle: BinaryIO, chunk_size: int) -> Iterator[bytes]:

@@ -152,8 +152,10 @@ class Lifecycle:
         """Bring the endpoint to ``revision_id`` with its desired workers; returns the workers started.
 
         The live revision again: only missing workers are started. A settings-only change
-        switches the live revision and adjusts the worker count. Anything else replaces
-        the workers (``_replace_workers``).
+        (tier 1) switches the live revision and adjusts the worker count. New code in the
+        same environment (tier 2) is loaded in place by the ready workers; a new environment
+        (tier 3) restarts the ready workers in their slots, one at a time. A new or failed
+        endpoint gets fresh workers (``_replace_workers``).
         """
         async with self._locks[endpoint_id]:
             endpoint, revision = self._endpoint_and_revision(endpoint_id, revision_id)
@@ -171,6 +173,10 @@ class Lifecycle:
                 started = await self._scale(endpoint_id, revision, desired)
             elif healthy and live is not None and _same_workload(live, revision):
                 started = await self._switch_settings(endpoint_id, revision, desired)
+            elif healthy and live is not None and live.environment_digest == revision.environment_digest:
+                started = await self._update_in_place(endpoint_id, revision, desired)
+            elif healthy and live is not None:
+                started = await self._restart_in_place(endpoint_id, revision, desired)
             else:
                 started = await self._replace_workers(endpoint_id, revision, desired)
         log.info("provisioned endpoint %s revision %s: %d worker(s) started", endpoint_id, revision_id, started)
@@ -199,13 +205,9 @@ class Lifecycle:
             self.store.update_endpoint(endpoint_id, live_revision_id=revision.id)
         return await self._scale(endpoint_id, revision, desired)
 
-    async def _replace_workers(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:
-        """Tiers 2-4 (and a retry of a failed endpoint): stop the old workers, start ``desired`` new ones.
-
-        This is the one place a later change makes rolling (tier 2 in place, tier 3 restart
-        in place): today the old workers stop as soon as the new revision is live.
-        """
-        old = self.store.list_workers(endpoint_id=endpoint_id, exclude_states=("stopped",))
+    def _go_live(self, endpoint_id: str, revision: RevisionRow, desired: int, keep: list[WorkerRow]) -> None:
+        """Make ``revision`` the endpoint's live one (deploying), retiring active workers not in ``keep``."""
+        kept = {w.id for w in keep}
         with self.store.transaction():
             self.store.update_endpoint(
                 endpoint_id,
@@ -216,7 +218,100 @@ class Lifecycle:
                 failure_message="",
                 failure_log_tail="",
             )
-            self._retire(old, wait=False)
+            self._retire(
+                [
+                    w
+                    for w in self.store.list_workers(endpoint_id=endpoint_id, exclude_states=("stopped",))
+                    if w.id not in kept
+                ],
+                wait=False,
+            )
+        self.changed(endpoint_id)
+
+    def _ready_workers(self, endpoint_id: str, desired: int) -> list[WorkerRow]:
+        ready = self.store.list_workers(endpoint_id=endpoint_id, states=("ready",))
+        return sorted(ready, key=lambda w: w.created_at)[:desired]
+
+    async def _update_in_place(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:
+        """Tier 2: ready workers load the new revision beside the old one and switch over; ids stay.
+
+        The workers learn of it from their WatchWorker stream (``assignment``); each reports
+        ready with the new revision once its new serving process has entered its contexts
+        and benchmarked, then drains the old one. Workers not ready yet are replaced.
+        """
+        keep = self._ready_workers(endpoint_id, desired)
+        self._go_live(endpoint_id, revision, desired, keep)
+        return await self._start_workers(endpoint_id, revision, desired - len(keep))
+
+    async def _restart_in_place(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:
+        """Tier 3: ready workers restart into the new environment in their slots, one at a time.
+
+        Rolling one at a time keeps the others serving; a lone worker's callers wait for it
+        (the client holds calls until a worker is ready) rather than fail.
+        """
+        keep = self._ready_workers(endpoint_id, desired)
+        self._go_live(endpoint_id, revision, desired, keep)
+        started = await self._start_workers(endpoint_id, revision, desired - len(keep))
+        self._spawn(self._roll(endpoint_id, revision, keep))
+        return started
+
+    async def _roll(self, endpoint_id: str, revision: RevisionRow, workers: list[WorkerRow]) -> None:
+        for worker in workers:
+            endpoint = self.store.get_endpoint(endpoint_id)
+            if endpoint is None or endpoint.live_revision_id != revision.id or endpoint.state in ("failed", "stopped"):
+                return  # superseded by a newer revision, failed, or torn down
+            current = self.store.get_worker(worker.id)
+            if current is None or current.state in ("stopped", "failed"):
+                continue
+            token = secrets.token_urlsafe(32)
+            # pid 0 first: the old process's exit is then not taken for a crash of the new one.
+            self.store.update_worker(
+                worker.id, state="starting", revision_id=revision.id, pid=0, address="", token_hash=hash_token(token)
+            )
+            self.changed(endpoint_id)
+            await self.provider.stop_worker(worker.id, self.stop_grace)
+            if self._shutting_down:
+                return
+            try:
+                pid = await self.provider.start_worker(worker.id, token, self.control_address)
+            except OSError as exc:
+                self._fail_worker(self.worker(worker.id), "starting", f"cannot restart the worker: {exc}")
+                return
+            if not self.worker(worker.id).pid:
+                self.store.update_worker(worker.id, pid=pid)
+            log.info("restarted worker %s into revision %s (pid %d)", worker.id, revision.id, pid)
+            await self._wait_worker_settled(endpoint_id, worker.id, revision.id)
+
+    async def _wait_worker_settled(self, endpoint_id: str, worker_id: str, revision_id: str) -> None:
+        """Until the worker is ready on ``revision_id``, or failed or stopped."""
+        while True:
+            changed = self.change_event(endpoint_id)
+            w = self.store.get_worker(worker_id)
+            if w is None or w.state in ("stopped", "failed") or (w.state == "ready" and w.revision_id == revision_id):
+                return
+            await changed.wait()
+
+    def assignment(self, worker_id: str) -> tuple[str, bool, bytes]:
+        """What a worker should serve: ``(revision_id, stop, spec)``.
+
+        The endpoint's live revision when it shares the worker's environment (tiers 1 and 2
+        are taken in place); otherwise the worker's own revision, until the control service
+        restarts it (tier 3).
+        """
+        worker = self.worker(worker_id)
+        endpoint = self.store.get_endpoint(worker.endpoint_id)
+        stop = worker.state in ("stopped", "failed") or endpoint is None or endpoint.state == "stopped"
+        current = self.store.get_revision(worker.revision_id)
+        assert current is not None
+        if endpoint is not None and endpoint.live_revision_id and endpoint.live_revision_id != current.id:
+            live = self.store.get_revision(endpoint.live_revision_id)
+            if live is not None and live.environment_digest == current.environment_digest:
+                return live.id, stop, live.spec
+        return current.id, stop, current.spec
+
+    async def _replace_workers(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:
+        """Tier 4 and a retry of a failed endpoint: stop the old workers, start ``desired`` new ones."""
+        self._go_live(endpoint_id, revision, desired, keep=[])
         return await self._start_workers(endpoint_id, revision, desired)
 
     async def _start_workers(self, endpoint_id: str, revision: RevisionRow, count: int) -> int:
@@ -260,7 +355,7 @@ class Lifecycle:
 
     def register_worker(self, worker_id: str, pid: int) -> tuple[WorkerRow, EndpointRow, bytes]:
         """A worker agent's first contact: returns its row, its endpoint and its revision's spec."""
-        worker = self._worker(worker_id)
+        worker = self.worker(worker_id)
         if worker.state in ("stopped", "failed"):
             raise DeploymentError(f"worker {worker_id} was {worker.state}; it must exit")
         worker = self.store.update_worker(worker_id, pid=pid or worker.pid, last_heartbeat=time.time())
@@ -275,19 +370,32 @@ class Lifecycle:
         worker_id: str,
         state: int,
         *,
+        revision_id: str = "",
         address: str = "",
         score: float = 0.0,
         capacity: int = 0,
         failure: common_pb2.Failure | None = None,
     ) -> None:
-        """Record a state change a worker reports, and what it means for its endpoint."""
-        worker = self._worker(worker_id)
+        """Record a state change a worker reports, and what it means for its endpoint.
+
+        A report about another revision than the one the worker serves is an update in
+        place (tier 2): its progress leaves the worker ready on the old revision; ``ready``
+        switches it to the new one; ``failed`` fails the new revision.
+        """
+        worker = self.worker(worker_id)
         name = WORKER_STATE_NAMES.get(state)
         if name is None:
             raise DefinitionError(f"invalid worker state {state}")
         if worker.state in ("stopped", "failed"):
             # A worker that was stopped or failed does not come back; it is told to stop.
             return
+        if revision_id and revision_id != worker.revision_id:
+            if self.store.get_revision(revision_id) is None:
+                raise NotFoundError(f"no revision {revision_id!r}")
+            if name not in ("ready", "failed"):
+                log.info("worker %s: %s revision %s in place", worker_id, name, revision_id)
+                return
+            worker = self.store.update_worker(worker_id, revision_id=revision_id)
         if name == "failed":
             f = failure or common_pb2.Failure()
             self._fail_worker(
@@ -311,16 +419,18 @@ class Lifecycle:
     def heartbeat(self, worker_id: str, calls_in_flight: int) -> bool:
         """Record a heartbeat; True when the worker should stop."""
         worker = self.store.update_worker(
-            self._worker(worker_id).id, last_heartbeat=time.time(), calls_in_flight=calls_in_flight
+            self.worker(worker_id).id, last_heartbeat=time.time(), calls_in_flight=calls_in_flight
         )
         endpoint = self.store.get_endpoint(worker.endpoint_id)
         return worker.state in ("stopped", "failed") or endpoint is None or endpoint.state == "stopped"
 
-    async def worker_exited(self, worker_id: str, returncode: int) -> None:
+    async def worker_exited(self, worker_id: str, pid: int, returncode: int) -> None:
         """The provider saw a worker's process end."""
         worker = self.store.get_worker(worker_id)
         if worker is None or worker.state in ("stopped", "failed"):
             return
+        if worker.pid != pid:
+            return  # an earlier process of a worker restarted in its slot (tier 3)
         if self._shutting_down or worker.state == "draining":
             self.store.update_worker(worker_id, state="stopped")
             self.changed(worker.endpoint_id)
@@ -384,7 +494,8 @@ class Lifecycle:
             self.store.update_endpoint(endpoint_id, state="ready")
             log.info("endpoint %s is ready with %d worker(s)", endpoint_id, len(ready))
 
-    def _worker(self, worker_id: str) -> WorkerRow:
+    def worker(self, worker_id: str) -> WorkerRow:
+        """A worker's row; NotFoundError when there is none."""
         worker = self.store.get_worker(worker_id)
         if worker is None:
             raise NotFoundError(f"no worker {worker_id!r}")

@@ -23,7 +23,7 @@ ENV_WORKER_TOKEN = "VASTRPC_WORKER_TOKEN"
 ENV_HOME = "VASTRPC_HOME"
 
 # Called with (worker_id, returncode) when a worker's process ends, whoever ended it.
-ExitCallback = Callable[[str, int], Awaitable[None] | None]
+ExitCallback = Callable[[str, int, int], Awaitable[None] | None]
 
 
 def pid_alive(pid: int) -> bool:
@@ -71,8 +71,8 @@ def package_pythonpath(environ: Mapping[str, str]) -> str | None:
 class Provider(Protocol):
     """Places workers somewhere (local processes now, a cluster engine later).
 
-    ``on_exit`` is called with ``(worker_id, returncode)`` whenever a worker the provider
-    started ends, whether it crashed, exited or was stopped.
+    ``on_exit`` is called with ``(worker_id, pid, returncode)`` whenever a worker process
+    the provider started ends, whether it crashed, exited or was stopped.
     """
 
     on_exit: ExitCallback | None
@@ -171,7 +171,7 @@ class LocalProcessProvider:
         if self.on_exit is None:
             return
         try:
-            result = self.on_exit(worker_id, returncode)
+            result = self.on_exit(worker_id, proc.pid, returncode)
             if inspect.isawaitable(result):
                 await result
         except Exception:

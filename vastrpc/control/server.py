@@ -20,6 +20,7 @@ from vastrpc.config import ControlConfig
 from vastrpc.control.blobs import LocalBlobStore
 from vastrpc.control.lifecycle import Lifecycle
 from vastrpc.control.provider import LocalProcessProvider
+from vastrpc.control.reaper import Reaper
 from vastrpc.control.service import ControlService
 from vastrpc.control.store import SqliteStore
 
@@ -46,7 +47,8 @@ def resolve_api_key(config: ControlConfig) -> str:
                 return key
             time.sleep(0.02)  # the creator has not written it yet
         raise RuntimeError(f"{path} is empty: delete it to have a new API key created") from None
-    key = secrets.token_urlsafe(32)
+    # A prefix makes the key recognisable, and keeps it from starting with "-" (argv-safe).
+    key = "vk_" + secrets.token_urlsafe(32)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
     log.info("created a new API key in %s", path)
@@ -112,7 +114,8 @@ async def serve(
         heartbeat_interval=config.heartbeat_interval,
     )
     lifecycle.recover()
-    service = ControlService(lifecycle, api_key)
+    reaper = Reaper(store, blobs, lifecycle, interval=config.reaper_interval, bundle_grace=config.bundle_grace)
+    service = ControlService(lifecycle, api_key, reaper)
 
     def register(server: object) -> list[str]:
         control_pb2_grpc.add_ControlServiceServicer_to_server(service, server)
@@ -129,6 +132,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Started once the server is bound; it gives clients of an earlier run the whole TTL to reconnect.
+    reaper_task = asyncio.create_task(reaper.run(), name="vastrpc-ttl-reaper")
     try:
         # Written only now that the port is bound: whoever reads it can connect at once.
         _write_json_atomically(info_path, {"address": address, "pid": os.getpid(), "started_at": time.time()})
@@ -138,6 +143,9 @@ async def serve(
         await stop.wait()
         log.info("stopping: workers first (grace %gs), then the server", config.worker_stop_grace)
     finally:
+        # No teardown may start while the service stops its workers.
+        reaper_task.cancel()
+        await asyncio.gather(reaper_task, return_exceptions=True)
         await health.enter_graceful_shutdown()
         try:
             await lifecycle.shutdown()

@@ -21,9 +21,11 @@ from vastrpc._errors import (
     VastrpcError,
 )
 from vastrpc._grpc import CHUNK_SIZE, token_from_metadata, tokens_equal
+from vastrpc._secrets import reseal
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.control.blobs import check_digest
 from vastrpc.control.lifecycle import Lifecycle
+from vastrpc.control.reaper import Reaper
 from vastrpc.control.rules import ENDPOINT_STATE_VALUES, WORKER_STATE_VALUES
 from vastrpc.control.store import EndpointRow, WorkerRow
 
@@ -33,7 +35,9 @@ log = logging.getLogger(__name__)
 
 _PREFIX = "/vastrpc.api.v1.ControlService/"
 # The methods a worker token admits (for its own worker only, checked in the handlers).
-WORKER_METHODS = frozenset(_PREFIX + m for m in ("RegisterWorker", "UpdateWorker", "Heartbeat", "DownloadBundle"))
+WORKER_METHODS = frozenset(
+    _PREFIX + m for m in ("RegisterWorker", "UpdateWorker", "Heartbeat", "WatchWorker", "DownloadBundle")
+)
 # How often a watching client is recorded as seen (the TTL counts from the last time).
 CLIENT_SEEN_INTERVAL = 10.0
 # GetWorkerLogs never returns more than this, whatever was asked: it must fit one message.
@@ -77,12 +81,15 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     Args:
         lifecycle: The decisions about endpoints and workers.
         api_key: The key that admits every method.
+        reaper: The TTL reaper, told about every endpoint watch that opens and ends;
+            None when no reaper runs.
     """
 
-    def __init__(self, lifecycle: Lifecycle, api_key: str) -> None:
+    def __init__(self, lifecycle: Lifecycle, api_key: str, reaper: Reaper | None = None) -> None:
         if not api_key:
             raise ValueError("the control service needs a non-empty API key")
         self.lifecycle = lifecycle
+        self.reaper = reaper
         self.store = lifecycle.store
         self.blobs = lifecycle.blobs
         self._api_key = api_key
@@ -180,28 +187,36 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             await _abort(context, NotFoundError(f"no endpoint {endpoint_id!r}"))
         last_sent = b""
         last_seen = 0.0
-        # Runs until the client cancels (CancelledError ends the generator).
-        while True:
-            # Taken before reading, so a change made while we read still wakes us.
-            changed = self.lifecycle.change_event(endpoint_id)
-            now = time.monotonic()
-            if now - last_seen >= CLIENT_SEEN_INTERVAL:
-                self.lifecycle.client_seen(endpoint_id)
-                last_seen = now
-            endpoint = self.store.get_endpoint(endpoint_id)
-            if endpoint is None:
-                return
-            update = self._watch_update(endpoint)
-            data = update.SerializeToString(deterministic=True)
-            if data != last_sent:
-                yield update
-                last_sent = data
-            try:
-                await asyncio.wait_for(changed.wait(), timeout=CLIENT_SEEN_INTERVAL)
-            except TimeoutError:
-                pass
-            if self.lifecycle.shutting_down:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "the control service is stopping")
+        # An open watch is a connected client: it keeps the endpoint from its TTL teardown.
+        if self.reaper is not None:
+            self.reaper.client_connected(endpoint_id)
+        try:
+            # Runs until the client cancels (CancelledError ends the generator).
+            while True:
+                # Taken before reading, so a change made while we read still wakes us.
+                changed = self.lifecycle.change_event(endpoint_id)
+                now = time.monotonic()
+                if now - last_seen >= CLIENT_SEEN_INTERVAL:
+                    self.lifecycle.client_seen(endpoint_id)
+                    last_seen = now
+                endpoint = self.store.get_endpoint(endpoint_id)
+                if endpoint is None:
+                    return
+                update = self._watch_update(endpoint)
+                data = update.SerializeToString(deterministic=True)
+                if data != last_sent:
+                    yield update
+                    last_sent = data
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=CLIENT_SEEN_INTERVAL)
+                except TimeoutError:
+                    pass
+                if self.lifecycle.shutting_down:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "the control service is stopping")
+        finally:
+            # However the watch ends (client gone, cancelled, service stopping), the TTL counts from now.
+            if self.reaper is not None:
+                self.reaper.client_disconnected(endpoint_id)
 
     def _watch_update(self, endpoint: EndpointRow) -> control_pb2.WatchEndpointResponse:
         return control_pb2.WatchEndpointResponse(
@@ -229,10 +244,45 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         return control_pb2.RegisterWorkerResponse(
             endpoint_id=endpoint.id,
             revision_id=worker.revision_id,
-            spec=control_pb2.DeploymentSpec.FromString(spec),
+            spec=self._spec_for_worker(spec, context),
             endpoint_token=endpoint.token,
             heartbeat_interval=self.lifecycle.heartbeat_interval,
         )
+
+    def _spec_for_worker(self, spec: bytes, context: grpc.aio.ServicerContext) -> control_pb2.DeploymentSpec:
+        """The stored spec with its secrets resealed for the calling worker's own token."""
+        message = control_pb2.DeploymentSpec.FromString(spec)
+        token = token_from_metadata(context.invocation_metadata())
+        sealed = reseal(self._api_key, token, message.image.sealed_secrets)
+        message.image.sealed_secrets.clear()
+        message.image.sealed_secrets.update(sealed)
+        return message
+
+    async def WatchWorker(
+        self, request: control_pb2.WatchWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[control_pb2.WatchWorkerResponse]:
+        try:
+            self._check_worker(context, request.worker_id)
+            worker = self.lifecycle.worker(request.worker_id)
+        except VastrpcError as exc:
+            await _abort(context, exc)
+        endpoint_id = worker.endpoint_id
+        last: tuple[str, bool] | None = None
+        while not self.lifecycle.shutting_down:
+            changed = self.lifecycle.change_event(endpoint_id)
+            revision_id, stop, spec = self.lifecycle.assignment(request.worker_id)
+            if (revision_id, stop) != last:
+                last = (revision_id, stop)
+                endpoint = self.store.get_endpoint(endpoint_id)
+                yield control_pb2.WatchWorkerResponse(
+                    revision_id=revision_id,
+                    spec=self._spec_for_worker(spec, context),
+                    endpoint_token=endpoint.token if endpoint else "",
+                    stop=stop,
+                )
+                if stop:
+                    return
+            await changed.wait()
 
     @_unary
     async def UpdateWorker(
@@ -242,6 +292,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self.lifecycle.update_worker(
             request.worker_id,
             request.state,
+            revision_id=request.revision_id,
             address=request.address,
             score=request.score,
             capacity=request.capacity,

@@ -144,6 +144,14 @@ class Store(Protocol):
     def get_revision(self, revision_id: str) -> RevisionRow | None:
         """The revision with that id, if any."""
 
+    def referenced_bundles(self, *, registered_since: float | None = None) -> set[str]:
+        """Bundle digests that must be kept: those of any revision of an endpoint that is not stopped.
+
+        With ``registered_since``, also those of revisions registered at or after that time,
+        whatever their endpoint's state (a redeploy of a stopped endpoint registers first and
+        provisions later).
+        """
+
     def add_worker(self, worker: WorkerRow) -> WorkerRow:
         """Insert a worker row (``created_at`` is set here) and return it."""
 
@@ -425,6 +433,17 @@ class SqliteStore:
         values = dict(row)
         values["spec"] = bytes(values["spec"])
         return RevisionRow(**values)
+
+    def referenced_bundles(self, *, registered_since: float | None = None) -> set[str]:
+        """Bundle digests of revisions of endpoints that are not stopped, or registered since a time."""
+        # +inf matches no revision: only the endpoints' states decide then.
+        since = float("inf") if registered_since is None else registered_since
+        rows = self._all(
+            "SELECT DISTINCT r.bundle_digest FROM revisions r JOIN endpoints e ON e.id = r.endpoint_id"
+            " WHERE e.state != 'stopped' OR r.created_at >= ?",
+            (since,),
+        )
+        return {row[0] for row in rows if row[0]}
 
     # -- workers ------------------------------------------------------------------
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 from typing import TYPE_CHECKING, Any
 
+from vastrpc._secrets import seal, secret_digest
 from vastrpc.api.v1 import control_pb2
 from vastrpc.deploy.bundle import Bundle
 
@@ -23,12 +23,10 @@ def revision_digests(app: Deployment, bundle_digest: str, secret_key: str) -> co
 
     Secrets enter the environment digest only as an HMAC keyed with ``secret_key`` (the
     API key), so a changed secret changes the digest without its value being readable
-    from it.
+    from it (see vastrpc/_secrets.py for the whole rule).
     """
     image = app.image_spec
-    secrets = {
-        k: hmac.new(secret_key.encode(), v.encode(), hashlib.sha256).hexdigest() for k, v in image.secret_vars.items()
-    }
+    secrets = {k: secret_digest(secret_key, k, v) for k, v in image.secret_vars.items()}
     a = app.autoscaling
     return control_pb2.RevisionDigests(
         bundle=bundle_digest,
@@ -61,7 +59,7 @@ def build_spec(app: Deployment, bundle: Bundle, secret_key: str) -> control_pb2.
             pip_packages=image.pip_packages,
             apt_packages=image.apt_packages,
             env=image.env_vars,
-            secrets=image.secret_vars,
+            sealed_secrets=seal(secret_key, image.secret_vars),
             startup_commands=image.startup_commands,
             requirements=image.requirements,
             storage=image.storage or "",

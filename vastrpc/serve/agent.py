@@ -1,14 +1,15 @@
 """The worker agent: registers, downloads and installs a revision, runs its serving process, and heartbeats.
 
 The agent is the long-lived part of a worker (its id, its caches); each revision runs in
-a serving process of its own, so code and packages never mix across revisions. Clients
-call the serving process directly; the agent is never a hop on a call.
+a serving process of its own, so code and packages never mix across revisions. A new
+revision of the same environment (tier 2) starts a new serving process beside the old
+one, switches over once it is ready, then drains the old one. Clients call the serving
+process directly; the agent is never a hop on a call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
@@ -21,10 +22,12 @@ from typing import Any
 
 import grpc
 
-from vastrpc._errors import BundleError, DeploymentError
+from vastrpc._errors import BundleError, DeploymentError, VastrpcError
 from vastrpc._grpc import CHANNEL_OPTIONS, bearer
+from vastrpc._secrets import unseal
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.serve.install import ensure_apt, ensure_pip_env, run_startup_commands, safe_extract, verify_digest
+from vastrpc.serve.serving import ServingProcess
 
 log = logging.getLogger("vastrpc.worker")
 
@@ -33,47 +36,54 @@ log = logging.getLogger("vastrpc.worker")
 _CONTROL_LOST_AFTER = 60.0
 _STOP_GRACE = 10.0
 
+_STATES = {
+    "downloading": common_pb2.WORKER_STATE_DOWNLOADING,
+    "installing": common_pb2.WORKER_STATE_INSTALLING,
+    "loading": common_pb2.WORKER_STATE_LOADING,
+    "benchmarking": common_pb2.WORKER_STATE_BENCHMARKING,
+}
+
 
 def _print(line: str) -> None:
     print(line, flush=True)
 
 
 class Agent:
-    """One worker: brings up the revision it is assigned and keeps it serving until told to stop."""
+    """One worker: brings up the revisions it is assigned and keeps one serving until told to stop."""
 
     def __init__(self, control_address: str, worker_id: str, token: str, home: Path, bind_host: str = "127.0.0.1"):
         self.worker_id = worker_id
         self.home = home
         self.bind_host = bind_host
+        self._token = token
         self._metadata = bearer(token)
         self._channel = grpc.aio.insecure_channel(control_address, options=list(CHANNEL_OPTIONS))
         self._stub = control_pb2_grpc.ControlServiceStub(self._channel)
         self._stop = asyncio.Event()
-        self._state: common_pb2.WorkerState = common_pb2.WORKER_STATE_STARTING
-        self._revision_id = ""
         self._workdir = home / "work" / worker_id
+        self._serving: set[ServingProcess] = set()
+        self._assignments: asyncio.Queue[control_pb2.WatchWorkerResponse] = asyncio.Queue()
 
-    async def _update(self, state: common_pb2.WorkerState, **fields: Any) -> None:
-        self._state = state
+    async def _report(self, state: common_pb2.WorkerState, revision_id: str, **fields: Any) -> None:
         await self._stub.UpdateWorker(
-            control_pb2.UpdateWorkerRequest(
-                worker_id=self.worker_id, state=state, revision_id=self._revision_id, **fields
-            ),
+            control_pb2.UpdateWorkerRequest(worker_id=self.worker_id, state=state, revision_id=revision_id, **fields),
             metadata=self._metadata,
             timeout=30,
         )
 
-    async def _fail(self, step: str, message: str, log_tail: str = "") -> None:
+    async def _fail(self, revision_id: str, step: str, message: str, log_tail: str = "") -> None:
         log.error("%s failed: %s", step, message)
         try:
-            await self._update(
+            await self._report(
                 common_pb2.WORKER_STATE_FAILED,
+                revision_id,
                 failure=common_pb2.Failure(step=step, message=message, log_tail=log_tail),
             )
         except grpc.aio.AioRpcError as exc:
             log.error("could not report the failure to the control service: %s", exc.details())
 
     async def run(self) -> int:
+        """Serve until stopped; returns the process exit code."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -88,49 +98,132 @@ class Agent:
         except grpc.aio.AioRpcError as exc:
             log.error("cannot register with the control service: %s %s", exc.code().name, exc.details())
             return 1
-        self._revision_id = reg.revision_id
-        heartbeat = loop.create_task(self._heartbeat(reg.heartbeat_interval or 2.0))
+        background = [
+            loop.create_task(self._heartbeat(reg.heartbeat_interval or 2.0)),
+            loop.create_task(self._watch_assignments()),
+        ]
         try:
-            return await self._serve_revision(reg)
+            return await self._serve(reg)
         finally:
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await asyncio.gather(*(p.stop(_STOP_GRACE) for p in list(self._serving)), return_exceptions=True)
             shutil.rmtree(self._workdir, ignore_errors=True)
             await self._channel.close()
 
-    async def _serve_revision(self, reg: control_pb2.RegisterWorkerResponse) -> int:
-        spec = reg.spec
+    async def _serve(self, reg: control_pb2.RegisterWorkerResponse) -> int:
+        revision_id, spec = reg.revision_id, reg.spec
         try:
-            await self._update(common_pb2.WORKER_STATE_DOWNLOADING)
-            bundle_dir = await self._download(spec.digests.bundle)
-            await self._update(common_pb2.WORKER_STATE_INSTALLING)
-            env = await self._install(spec, bundle_dir)
-        except DeploymentError as exc:
-            await self._fail(exc.step or "install", str(exc).split("\n--- worker log")[0], exc.log_tail)
-            return 1
-        except BundleError as exc:
-            await self._fail("download", str(exc))
-            return 1
-        if self._stop.is_set():
-            await self._update(common_pb2.WORKER_STATE_STOPPED)
+            current = await self._bring_up(revision_id, spec, reg.endpoint_id, reg.endpoint_token)
+        except (DeploymentError, BundleError) as exc:
+            return await self._failed(revision_id, exc)
+        if current is None:
+            await self._report(common_pb2.WORKER_STATE_STOPPED, revision_id)
             return 0
-        await self._update(common_pb2.WORKER_STATE_LOADING)
+        loop = asyncio.get_running_loop()
+        while True:
+            stop = loop.create_task(self._stop.wait())
+            nxt = loop.create_task(self._assignments.get())
+            await asyncio.wait({stop, nxt, current.exited}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not nxt.done():
+                nxt.cancel()
+            if self._stop.is_set() or (nxt.done() and not nxt.cancelled() and nxt.result().stop):
+                log.info("stopping: draining the serving process (pid %d)", current.proc.pid)
+                await current.stop(_STOP_GRACE)
+                await self._report(common_pb2.WORKER_STATE_STOPPED, revision_id)
+                return 0
+            if current.exited.done():
+                await self._fail(
+                    revision_id, "serve", f"the serving process exited with code {current.exited.result()}"
+                )
+                return 1
+            assignment = nxt.result()
+            if assignment.revision_id == revision_id:
+                continue
+            if assignment.spec.digests.environment != spec.digests.environment:
+                continue  # a new environment: the control service restarts this worker (tier 3)
+            if assignment.spec.digests.code == spec.digests.code:
+                revision_id, spec = assignment.revision_id, assignment.spec  # settings only (tier 1)
+                continue
+            log.info("update in place: revision %s → %s", revision_id, assignment.revision_id)
+            try:
+                new = await self._bring_up(
+                    assignment.revision_id, assignment.spec, reg.endpoint_id, assignment.endpoint_token
+                )
+            except (DeploymentError, BundleError) as exc:
+                # The control service fails the new revision and stops this worker.
+                await self._failed(assignment.revision_id, exc)
+                continue
+            if new is None:
+                continue
+            old, current = current, new
+            revision_id, spec = assignment.revision_id, assignment.spec
+            self._spawn_drain(old)
+
+    def _spawn_drain(self, old: ServingProcess) -> None:
+        async def drain() -> None:
+            await old.stop(_STOP_GRACE)
+            self._serving.discard(old)
+            log.info("drained the previous serving process (pid %d)", old.proc.pid)
+
+        task = asyncio.get_running_loop().create_task(drain())
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _failed(self, revision_id: str, exc: VastrpcError) -> int:
+        if isinstance(exc, DeploymentError):
+            await self._fail(revision_id, exc.step or "install", exc.reason, exc.log_tail)
+        else:
+            await self._fail(revision_id, "download", str(exc))
+        return 1
+
+    async def _bring_up(
+        self, revision_id: str, spec: control_pb2.DeploymentSpec, endpoint_id: str, endpoint_token: str
+    ) -> ServingProcess | None:
+        """Download, install and start ``revision_id``; reports ready. None when stopped meanwhile."""
+
+        async def on_state(name: str) -> None:
+            await self._report(_STATES[name], revision_id)
+
+        await on_state("downloading")
+        bundle_dir = await self._download(revision_id, spec.digests.bundle)
+        await on_state("installing")
+        env = await self._install(spec, bundle_dir)
+        if self._stop.is_set():
+            return None
+        await on_state("loading")
         config = {
             "worker_id": self.worker_id,
-            "endpoint_id": reg.endpoint_id,
-            "revision_id": reg.revision_id,
+            "endpoint_id": endpoint_id,
+            "revision_id": revision_id,
             "module": spec.module,
             "name": spec.name,
             "tag": spec.tag,
-            "endpoint_token": reg.endpoint_token,
+            "endpoint_token": endpoint_token,
             "bundle_dir": str(bundle_dir),
             "bind_host": self.bind_host,
             "advertise_host": self.bind_host,
             "grace": _STOP_GRACE,
         }
-        return await self._run_serving_process(config, env, bundle_dir)
+        serving = await ServingProcess.start(config, env, bundle_dir)
+        self._serving.add(serving)
+        try:
+            await serving.wait_ready(on_state)
+        except DeploymentError:
+            self._serving.discard(serving)
+            await serving.stop(_STOP_GRACE)
+            raise
+        await self._report(
+            common_pb2.WORKER_STATE_READY,
+            revision_id,
+            address=serving.address,
+            score=serving.score,
+            capacity=serving.capacity,
+        )
+        return serving
 
-    async def _download(self, digest: str) -> Path:
+    async def _download(self, revision_id: str, digest: str) -> Path:
         parts = []
         try:
             async for resp in self._stub.DownloadBundle(
@@ -141,7 +234,7 @@ class Agent:
             raise BundleError(f"cannot download bundle {digest[:12]}: {exc.code().name} {exc.details()}") from None
         data = b"".join(parts)
         verify_digest(data, digest)
-        dest = self._workdir / f"{self._revision_id}-{uuid.uuid4().hex[:8]}"
+        dest = self._workdir / f"{revision_id}-{uuid.uuid4().hex[:8]}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         files = await asyncio.to_thread(safe_extract, data, dest)
         log.info("download: bundle %.12s verified, %d files extracted", digest, len(files))
@@ -151,7 +244,10 @@ class Agent:
         image = spec.image
         env = {k: v for k, v in os.environ.items() if k != "VASTRPC_WORKER_TOKEN"}
         env.update(image.env)
-        env.update(image.secrets)
+        try:
+            env.update(unseal(self._token, image.sealed_secrets))
+        except VastrpcError as exc:
+            raise DeploymentError(str(exc), step="secrets") from None
         await asyncio.to_thread(ensure_apt, list(image.apt_packages), log=_print)
         site = await asyncio.to_thread(ensure_pip_env, list(image.pip_packages), self.home / "envs", log=_print)
         paths = [str(site)] if site is not None else []
@@ -171,87 +267,27 @@ class Agent:
         )
         return env
 
-    async def _run_serving_process(self, config: dict[str, Any], env: dict[str, str], cwd: Path) -> int:
-        read_fd, write_fd = os.pipe()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "vastrpc.serve.process",
-            str(write_fd),
-            stdin=asyncio.subprocess.PIPE,
-            pass_fds=(write_fd,),
-            env=env,
-            cwd=cwd,
-        )
-        os.close(write_fd)
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(config).encode())
-        await proc.stdin.drain()
-        proc.stdin.close()
-        events = asyncio.StreamReader()
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(events), os.fdopen(read_fd, "rb")
-        )
-        reported_failure = False
-        relay = loop.create_task(self._relay_events(events))
-        stop = loop.create_task(self._stop.wait())
-        exited = loop.create_task(proc.wait())
-        try:
-            await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if not exited.done():
-                log.info("stopping: SIGTERM to the serving process (pid %d)", proc.pid)
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(asyncio.shield(exited), _STOP_GRACE + 5)
-                except TimeoutError:
-                    proc.kill()
-                    await exited
-                await relay
-                await self._update(common_pb2.WORKER_STATE_STOPPED)
-                return 0
-            await relay
-            reported_failure = relay.result()
-            if not reported_failure:
-                await self._fail(
-                    _STEP_OF_STATE.get(self._state, "serve"),
-                    f"the serving process exited with code {proc.returncode}",
-                )
-            return 1
-        finally:
-            stop.cancel()
-            transport.close()
-            if proc.returncode is None:
-                proc.kill()
-
-    async def _relay_events(self, events: asyncio.StreamReader) -> bool:
-        """Forward the serving process's events; True when it reported its own failure."""
-        failed = False
-        async for line in events:
-            event = json.loads(line)
-            kind = event.pop("event")
-            if kind == "state" and event["state"] == "benchmarking":
-                await self._update(common_pb2.WORKER_STATE_BENCHMARKING)
-            elif kind == "ready":
-                await self._update(
-                    common_pb2.WORKER_STATE_READY,
-                    address=event["address"],
-                    score=event["score"],
-                    capacity=event["capacity"],
-                )
-            elif kind == "failed":
-                failed = True
-                await self._fail(event["step"], event["message"])
-        return failed
+    async def _watch_assignments(self) -> None:
+        """Queue what the control service says this worker should serve; reconnect when the stream breaks."""
+        while True:
+            try:
+                async for assignment in self._stub.WatchWorker(
+                    control_pb2.WatchWorkerRequest(worker_id=self.worker_id), metadata=self._metadata
+                ):
+                    self._assignments.put_nowait(assignment)
+            except grpc.aio.AioRpcError as exc:
+                log.debug("assignment watch ended (%s); retrying", exc.code().name)
+            await asyncio.sleep(1.0)
 
     async def _heartbeat(self, interval: float) -> None:
         lost_since: float | None = None
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
+            in_flight = sum(await asyncio.gather(*(p.calls_in_flight() for p in list(self._serving))))
             try:
                 resp = await self._stub.Heartbeat(
-                    control_pb2.HeartbeatRequest(worker_id=self.worker_id),
+                    control_pb2.HeartbeatRequest(worker_id=self.worker_id, calls_in_flight=in_flight),
                     metadata=self._metadata,
                     timeout=interval * 2,
                 )
@@ -265,13 +301,6 @@ class Agent:
                 if now - lost_since > _CONTROL_LOST_AFTER:
                     log.error("control service unreachable for %.0fs (%s); stopping", now - lost_since, exc.code().name)
                     self._stop.set()
-
-
-_STEP_OF_STATE = {
-    common_pb2.WORKER_STATE_LOADING: "import",
-    common_pb2.WORKER_STATE_BENCHMARKING: "benchmark",
-    common_pb2.WORKER_STATE_READY: "serve",
-}
 
 
 def main(control_address: str, worker_id: str, token: str, home: Path | None = None) -> int:

@@ -17,6 +17,8 @@ from vastrpc.api.v1 import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger("vastrpc.serve")
 
+_DRAIN = worker_pb2.InvokeResponse(drain=worker_pb2.StreamDrain())
+
 
 class ServedFunction:
     """A function this worker serves, with its concurrency limit."""
@@ -67,6 +69,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self.score = score
         self.calls_in_flight = 0
         self.draining = False
+        self._streams: set[_Stream] = set()
         self._metadata = (
             ("vastrpc-revision", identity.revision_id),
             ("vastrpc-worker-id", identity.worker_id),
@@ -77,10 +80,21 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         """Calls this worker runs at once across its functions."""
         return sum(f.limit for f in self.functions.values())
 
+    async def drain(self) -> None:
+        """Take no more calls: tell every open stream, so callers send new calls elsewhere.
+
+        Calls in flight finish and answer; each stream ends when its caller closes it.
+        """
+        self.draining = True
+        await asyncio.gather(*(s.send(_DRAIN) for s in list(self._streams)), return_exceptions=True)
+
     async def Invoke(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         await context.send_initial_metadata(self._metadata)
         stream = _Stream(context)
+        self._streams.add(stream)
         try:
+            if self.draining:
+                await stream.send(_DRAIN)
             async for request in request_iterator:
                 kind = request.WhichOneof("message")
                 if kind == "start":
@@ -103,6 +117,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     task.cancel()
             if stream.tasks:
                 await asyncio.gather(*stream.tasks.values(), return_exceptions=True)
+            self._streams.discard(stream)
 
     async def _on_data(self, stream: _Stream, data: worker_pb2.CallData) -> None:
         entry = stream.partial.get(data.call_id)
@@ -138,6 +153,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             )
             return
         if self.draining:
+            # Never ran: the caller may safely send it to another worker.
             await stream.send_error(call_id, worker_pb2.ERROR_KIND_OVERLOADED, message="the worker is draining")
             return
         self.calls_in_flight += 1

@@ -178,7 +178,7 @@ async def serve(config: dict[str, Any], emit: Emit) -> int:
     emit("ready", address=address, score=score, capacity=servicer.capacity, scores=per_function)
     await stop.wait()
     log.info("stopping: draining %d call(s) in flight", servicer.calls_in_flight)
-    servicer.draining = True
+    await servicer.drain()
     await health.enter_graceful_shutdown()
     await server.stop(config.get("grace", 10.0))
     await exit_contexts(entered)

@@ -22,7 +22,7 @@ class AutoscalingSpec(_message.Message):
     def __init__(self, min_workers: _Optional[int] = ..., max_workers: _Optional[int] = ..., cold_workers: _Optional[int] = ..., target_util: _Optional[float] = ..., inactivity_timeout: _Optional[float] = ...) -> None: ...
 
 class ImageSpec(_message.Message):
-    __slots__ = ("from_image", "pip_packages", "apt_packages", "env", "secrets", "startup_commands", "requirements", "storage")
+    __slots__ = ("from_image", "pip_packages", "apt_packages", "env", "sealed_secrets", "startup_commands", "requirements", "storage")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,13 +30,13 @@ class ImageSpec(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-    class SecretsEntry(_message.Message):
+    class SealedSecretsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     class RequirementsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -48,7 +48,7 @@ class ImageSpec(_message.Message):
     PIP_PACKAGES_FIELD_NUMBER: _ClassVar[int]
     APT_PACKAGES_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
-    SECRETS_FIELD_NUMBER: _ClassVar[int]
+    SEALED_SECRETS_FIELD_NUMBER: _ClassVar[int]
     STARTUP_COMMANDS_FIELD_NUMBER: _ClassVar[int]
     REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
     STORAGE_FIELD_NUMBER: _ClassVar[int]
@@ -56,11 +56,11 @@ class ImageSpec(_message.Message):
     pip_packages: _containers.RepeatedScalarFieldContainer[str]
     apt_packages: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
-    secrets: _containers.ScalarMap[str, str]
+    sealed_secrets: _containers.ScalarMap[str, bytes]
     startup_commands: _containers.RepeatedScalarFieldContainer[str]
     requirements: _containers.ScalarMap[str, str]
     storage: str
-    def __init__(self, from_image: _Optional[str] = ..., pip_packages: _Optional[_Iterable[str]] = ..., apt_packages: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., secrets: _Optional[_Mapping[str, str]] = ..., startup_commands: _Optional[_Iterable[str]] = ..., requirements: _Optional[_Mapping[str, str]] = ..., storage: _Optional[str] = ...) -> None: ...
+    def __init__(self, from_image: _Optional[str] = ..., pip_packages: _Optional[_Iterable[str]] = ..., apt_packages: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., sealed_secrets: _Optional[_Mapping[str, bytes]] = ..., startup_commands: _Optional[_Iterable[str]] = ..., requirements: _Optional[_Mapping[str, str]] = ..., storage: _Optional[str] = ...) -> None: ...
 
 class FunctionSpec(_message.Message):
     __slots__ = ("name", "max_concurrency", "has_benchmark", "timeout", "is_generator")
@@ -266,6 +266,24 @@ class HeartbeatResponse(_message.Message):
     STOP_FIELD_NUMBER: _ClassVar[int]
     stop: bool
     def __init__(self, stop: _Optional[bool] = ...) -> None: ...
+
+class WatchWorkerRequest(_message.Message):
+    __slots__ = ("worker_id",)
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
+
+class WatchWorkerResponse(_message.Message):
+    __slots__ = ("revision_id", "spec", "endpoint_token", "stop")
+    REVISION_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    revision_id: str
+    spec: DeploymentSpec
+    endpoint_token: str
+    stop: bool
+    def __init__(self, revision_id: _Optional[str] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., endpoint_token: _Optional[str] = ..., stop: _Optional[bool] = ...) -> None: ...
 
 class ListDeploymentsRequest(_message.Message):
     __slots__ = ("name",)

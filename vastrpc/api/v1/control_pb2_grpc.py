@@ -80,6 +80,11 @@ class ControlServiceStub:
                 request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.WatchWorker = channel.unary_stream(
+                '/vastrpc.api.v1.ControlService/WatchWorker',
+                request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.WatchWorkerRequest.SerializeToString,
+                response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.WatchWorkerResponse.FromString,
+                _registered_method=True)
         self.ListDeployments = channel.unary_unary(
                 '/vastrpc.api.v1.ControlService/ListDeployments',
                 request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.ListDeploymentsRequest.SerializeToString,
@@ -163,6 +168,14 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchWorker(self, request, context):
+        """What a worker agent should serve, now and on every change: a new revision of the same
+        environment is loaded in place (tier 2); stop=true tells it to stop.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListDeployments(self, request, context):
         """Lists deployments with their endpoints and workers.
         """
@@ -226,6 +239,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatRequest.FromString,
                     response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'WatchWorker': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchWorker,
+                    request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.WatchWorkerRequest.FromString,
+                    response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.WatchWorkerResponse.SerializeToString,
             ),
             'ListDeployments': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeployments,
@@ -465,6 +483,33 @@ class ControlService:
             '/vastrpc.api.v1.ControlService/Heartbeat',
             vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatRequest.SerializeToString,
             vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vastrpc.api.v1.ControlService/WatchWorker',
+            vastrpc_dot_api_dot_v1_dot_control__pb2.WatchWorkerRequest.SerializeToString,
+            vastrpc_dot_api_dot_v1_dot_control__pb2.WatchWorkerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -99,13 +99,19 @@ class CallError(_message.Message):
     pickled: bytes
     def __init__(self, call_id: _Optional[int] = ..., kind: _Optional[_Union[ErrorKind, str]] = ..., type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., pickled: _Optional[bytes] = ...) -> None: ...
 
+class StreamDrain(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class InvokeResponse(_message.Message):
-    __slots__ = ("result", "error")
+    __slots__ = ("result", "error", "drain")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
     result: CallResult
     error: CallError
-    def __init__(self, result: _Optional[_Union[CallResult, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ...) -> None: ...
+    drain: StreamDrain
+    def __init__(self, result: _Optional[_Union[CallResult, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., drain: _Optional[_Union[StreamDrain, _Mapping]] = ...) -> None: ...
 
 class GetWorkerInfoRequest(_message.Message):
     __slots__ = ()

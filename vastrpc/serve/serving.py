@@ -1,0 +1,112 @@
+"""The agent's handle on one revision's serving process: start it, follow its events, ask its load, stop it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from vastrpc._errors import DeploymentError
+from vastrpc._grpc import CHANNEL_OPTIONS, bearer
+from vastrpc.api.v1 import worker_pb2, worker_pb2_grpc
+
+OnState = Callable[[str], Awaitable[None]]
+
+
+class ServingProcess:
+    """``python -m vastrpc.serve.process`` for one revision, as the agent runs it."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, events: asyncio.StreamReader, transport: Any, token: str):
+        self.proc = proc
+        self._events = events
+        self._transport = transport
+        self._token = token
+        self.address = ""
+        self.score = 0.0
+        self.capacity = 0
+        self.exited = asyncio.get_running_loop().create_task(proc.wait())
+        self._channel: grpc.aio.Channel | None = None
+
+    @classmethod
+    async def start(cls, config: dict[str, Any], env: dict[str, str], cwd: Path) -> ServingProcess:
+        """Spawn the process with ``config`` on its stdin and a pipe for its events."""
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "vastrpc.serve.process",
+                str(write_fd),
+                stdin=asyncio.subprocess.PIPE,
+                pass_fds=(write_fd,),
+                env=env,
+                cwd=cwd,
+            )
+        finally:
+            os.close(write_fd)
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(config).encode())
+        await proc.stdin.drain()
+        proc.stdin.close()
+        events = asyncio.StreamReader()
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(events), os.fdopen(read_fd, "rb")
+        )
+        return cls(proc, events, transport, config["endpoint_token"])
+
+    async def wait_ready(self, on_state: OnState) -> None:
+        """Follow the events until the process serves.
+
+        Raises:
+            DeploymentError: It reported a failed step, or exited before it was ready.
+        """
+        step = "import"
+        async for line in self._events:
+            event = json.loads(line)
+            kind = event.get("event")
+            if kind == "state":
+                step = event["state"].removesuffix("ing")
+                await on_state(event["state"])
+            elif kind == "ready":
+                self.address, self.score, self.capacity = event["address"], event["score"], event["capacity"]
+                return
+            elif kind == "failed":
+                await self.exited
+                raise DeploymentError(event["message"], step=event["step"])
+        code = await self.exited
+        raise DeploymentError(f"the serving process exited with code {code} before it was ready", step=step)
+
+    async def calls_in_flight(self) -> int:
+        """Calls the process runs now (0 when it cannot be asked)."""
+        if not self.address or self.exited.done():
+            return 0
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.address, options=list(CHANNEL_OPTIONS))
+        try:
+            info = await worker_pb2_grpc.WorkerServiceStub(self._channel).GetWorkerInfo(
+                worker_pb2.GetWorkerInfoRequest(), metadata=bearer(self._token), timeout=2
+            )
+        except grpc.aio.AioRpcError:
+            return 0
+        return int(info.calls_in_flight)
+
+    async def stop(self, grace: float) -> int:
+        """SIGTERM (it drains its calls and exits its contexts), SIGKILL after ``grace``; returns the exit code."""
+        if not self.exited.done():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.exited), grace)
+            except TimeoutError:
+                self.proc.kill()
+        code = await self.exited
+        self._transport.close()
+        if self._channel is not None:
+            await self._channel.close()
+        return code
