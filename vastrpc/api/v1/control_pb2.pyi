@@ -63,18 +63,22 @@ class ImageSpec(_message.Message):
     def __init__(self, from_image: _Optional[str] = ..., pip_packages: _Optional[_Iterable[str]] = ..., apt_packages: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., sealed_secrets: _Optional[_Mapping[str, bytes]] = ..., startup_commands: _Optional[_Iterable[str]] = ..., requirements: _Optional[_Mapping[str, str]] = ..., storage: _Optional[str] = ...) -> None: ...
 
 class FunctionSpec(_message.Message):
-    __slots__ = ("name", "max_concurrency", "has_benchmark", "timeout", "is_generator")
+    __slots__ = ("name", "max_concurrency", "has_benchmark", "timeout", "is_generator", "max_queue_time", "max_queue")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     HAS_BENCHMARK_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     IS_GENERATOR_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_TIME_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     name: str
     max_concurrency: int
     has_benchmark: bool
     timeout: float
     is_generator: bool
-    def __init__(self, name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., has_benchmark: _Optional[bool] = ..., timeout: _Optional[float] = ..., is_generator: _Optional[bool] = ...) -> None: ...
+    max_queue_time: float
+    max_queue: int
+    def __init__(self, name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., has_benchmark: _Optional[bool] = ..., timeout: _Optional[float] = ..., is_generator: _Optional[bool] = ..., max_queue_time: _Optional[float] = ..., max_queue: _Optional[int] = ...) -> None: ...
 
 class RevisionDigests(_message.Message):
     __slots__ = ("bundle", "code", "environment", "autoscaling")
@@ -254,12 +258,14 @@ class UpdateWorkerResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("worker_id", "calls_in_flight")
+    __slots__ = ("worker_id", "calls_in_flight", "calls_queued")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CALLS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    CALLS_QUEUED_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     calls_in_flight: int
-    def __init__(self, worker_id: _Optional[str] = ..., calls_in_flight: _Optional[int] = ...) -> None: ...
+    calls_queued: int
+    def __init__(self, worker_id: _Optional[str] = ..., calls_in_flight: _Optional[int] = ..., calls_queued: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("stop",)
@@ -284,6 +290,18 @@ class WatchWorkerResponse(_message.Message):
     endpoint_token: str
     stop: bool
     def __init__(self, revision_id: _Optional[str] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., endpoint_token: _Optional[str] = ..., stop: _Optional[bool] = ...) -> None: ...
+
+class WakeEndpointRequest(_message.Message):
+    __slots__ = ("endpoint_id",)
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    endpoint_id: str
+    def __init__(self, endpoint_id: _Optional[str] = ...) -> None: ...
+
+class WakeEndpointResponse(_message.Message):
+    __slots__ = ("workers_started",)
+    WORKERS_STARTED_FIELD_NUMBER: _ClassVar[int]
+    workers_started: int
+    def __init__(self, workers_started: _Optional[int] = ...) -> None: ...
 
 class ListDeploymentsRequest(_message.Message):
     __slots__ = ("name",)

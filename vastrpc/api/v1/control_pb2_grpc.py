@@ -85,6 +85,11 @@ class ControlServiceStub:
                 request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.WatchWorkerRequest.SerializeToString,
                 response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.WatchWorkerResponse.FromString,
                 _registered_method=True)
+        self.WakeEndpoint = channel.unary_unary(
+                '/vastrpc.api.v1.ControlService/WakeEndpoint',
+                request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.WakeEndpointRequest.SerializeToString,
+                response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.WakeEndpointResponse.FromString,
+                _registered_method=True)
         self.ListDeployments = channel.unary_unary(
                 '/vastrpc.api.v1.ControlService/ListDeployments',
                 request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.ListDeploymentsRequest.SerializeToString,
@@ -176,6 +181,14 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WakeEndpoint(self, request, context):
+        """A client has calls to make and the endpoint has no ready worker (it scaled to zero):
+        start workers now instead of at the autoscaler's next look.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListDeployments(self, request, context):
         """Lists deployments with their endpoints and workers.
         """
@@ -244,6 +257,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.WatchWorker,
                     request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.WatchWorkerRequest.FromString,
                     response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.WatchWorkerResponse.SerializeToString,
+            ),
+            'WakeEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.WakeEndpoint,
+                    request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.WakeEndpointRequest.FromString,
+                    response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.WakeEndpointResponse.SerializeToString,
             ),
             'ListDeployments': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeployments,
@@ -510,6 +528,33 @@ class ControlService:
             '/vastrpc.api.v1.ControlService/WatchWorker',
             vastrpc_dot_api_dot_v1_dot_control__pb2.WatchWorkerRequest.SerializeToString,
             vastrpc_dot_api_dot_v1_dot_control__pb2.WatchWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WakeEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vastrpc.api.v1.ControlService/WakeEndpoint',
+            vastrpc_dot_api_dot_v1_dot_control__pb2.WakeEndpointRequest.SerializeToString,
+            vastrpc_dot_api_dot_v1_dot_control__pb2.WakeEndpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

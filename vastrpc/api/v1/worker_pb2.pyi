@@ -28,20 +28,22 @@ ERROR_KIND_OVERLOADED: ErrorKind
 ERROR_KIND_PROTOCOL: ErrorKind
 
 class CallStart(_message.Message):
-    __slots__ = ("call_id", "function", "encoding", "data", "more", "timeout")
+    __slots__ = ("call_id", "function", "encoding", "data", "more", "timeout", "buffer_sizes")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_SIZES_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     function: str
     encoding: _common_pb2.Encoding
     data: bytes
     more: bool
     timeout: float
-    def __init__(self, call_id: _Optional[int] = ..., function: _Optional[str] = ..., encoding: _Optional[_Union[_common_pb2.Encoding, str]] = ..., data: _Optional[bytes] = ..., more: _Optional[bool] = ..., timeout: _Optional[float] = ...) -> None: ...
+    buffer_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, call_id: _Optional[int] = ..., function: _Optional[str] = ..., encoding: _Optional[_Union[_common_pb2.Encoding, str]] = ..., data: _Optional[bytes] = ..., more: _Optional[bool] = ..., timeout: _Optional[float] = ..., buffer_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CallData(_message.Message):
     __slots__ = ("call_id", "data", "more")
@@ -70,18 +72,20 @@ class InvokeRequest(_message.Message):
     def __init__(self, start: _Optional[_Union[CallStart, _Mapping]] = ..., data: _Optional[_Union[CallData, _Mapping]] = ..., cancel: _Optional[_Union[CallCancel, _Mapping]] = ...) -> None: ...
 
 class CallResult(_message.Message):
-    __slots__ = ("call_id", "data", "more", "done", "encoding")
+    __slots__ = ("call_id", "data", "more", "done", "encoding", "buffer_sizes")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_SIZES_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     data: bytes
     more: bool
     done: bool
     encoding: _common_pb2.Encoding
-    def __init__(self, call_id: _Optional[int] = ..., data: _Optional[bytes] = ..., more: _Optional[bool] = ..., done: _Optional[bool] = ..., encoding: _Optional[_Union[_common_pb2.Encoding, str]] = ...) -> None: ...
+    buffer_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, call_id: _Optional[int] = ..., data: _Optional[bytes] = ..., more: _Optional[bool] = ..., done: _Optional[bool] = ..., encoding: _Optional[_Union[_common_pb2.Encoding, str]] = ..., buffer_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CallError(_message.Message):
     __slots__ = ("call_id", "kind", "type", "message", "traceback", "pickled")
@@ -118,7 +122,7 @@ class GetWorkerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetWorkerInfoResponse(_message.Message):
-    __slots__ = ("worker_id", "endpoint_id", "revision_id", "functions", "score", "capacity", "pid", "calls_in_flight")
+    __slots__ = ("worker_id", "endpoint_id", "revision_id", "functions", "score", "capacity", "pid", "calls_in_flight", "calls_queued")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +131,7 @@ class GetWorkerInfoResponse(_message.Message):
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     CALLS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    CALLS_QUEUED_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     endpoint_id: str
     revision_id: str
@@ -135,4 +140,5 @@ class GetWorkerInfoResponse(_message.Message):
     capacity: int
     pid: int
     calls_in_flight: int
-    def __init__(self, worker_id: _Optional[str] = ..., endpoint_id: _Optional[str] = ..., revision_id: _Optional[str] = ..., functions: _Optional[_Iterable[str]] = ..., score: _Optional[float] = ..., capacity: _Optional[int] = ..., pid: _Optional[int] = ..., calls_in_flight: _Optional[int] = ...) -> None: ...
+    calls_queued: int
+    def __init__(self, worker_id: _Optional[str] = ..., endpoint_id: _Optional[str] = ..., revision_id: _Optional[str] = ..., functions: _Optional[_Iterable[str]] = ..., score: _Optional[float] = ..., capacity: _Optional[int] = ..., pid: _Optional[int] = ..., calls_in_flight: _Optional[int] = ..., calls_queued: _Optional[int] = ...) -> None: ...
