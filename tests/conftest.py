@@ -113,7 +113,9 @@ class Project:
         self.root = root
         self.modules: list[types.ModuleType] = []
 
-    def __call__(self, source: str, *, api_key: str | None = None, name: str | None = None) -> types.ModuleType:
+    def __call__(
+        self, source: str, *, api_key: str | None = None, name: str | None = None, balancer: str = "least_expected_time"
+    ) -> types.ModuleType:
         """Import ``source`` as a deployment module.
 
         ``{name}`` in the source becomes ``name``, or the module's own unique name.
@@ -134,6 +136,7 @@ class Project:
             api_key=api_key or self.control.api_key,
             home=self.control.home,
             ready_timeout=120,
+            balancer=balancer,
         )
         self.modules.append(module)
         return module

@@ -25,13 +25,24 @@ def test_remote_rejects_plain_function_at_decoration() -> None:
             return 1
 
 
-def test_remote_rejects_async_generator_with_clear_error() -> None:
+def test_async_generator_is_streamed_not_awaited() -> None:
     app = Deployment(name="x")
-    with pytest.raises(DefinitionError, match="async generator"):
 
-        @app.remote
-        async def gen():  # type: ignore[no-untyped-def]
-            yield 1
+    @app.remote
+    async def gen():  # type: ignore[no-untyped-def]
+        yield 1
+
+    @app.remote
+    async def plain() -> int:
+        return 1
+
+    assert gen.options.generator and not plain.options.generator
+    with pytest.raises(DefinitionError, match="async generator"):
+        asyncio.run(gen.call_with_info())
+    with pytest.raises(DefinitionError, match="not an async generator"):
+        plain.stream()
+    with pytest.raises(DefinitionError, match="max_queue_time"):
+        app.remote(max_queue_time=0)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@
     └── CallError                a call did not produce its result
         ├── FunctionNotFoundError      the worker has no function of that name
         ├── WorkerUnavailableError     no worker could take the call, or one went away mid-call
+        │   └── OverloadedError              every worker is at its limits (queue full or too long)
         ├── CallTimeoutError           the call ran past its timeout
         ├── SerializationError         arguments or result could not be (de)serialised
         └── RemoteError                the remote function raised an exception that cannot be rebuilt here
@@ -37,6 +38,7 @@ __all__ = [
     "DeploymentError",
     "FunctionNotFoundError",
     "NotFoundError",
+    "OverloadedError",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
@@ -106,6 +108,10 @@ class FunctionNotFoundError(CallError):
 
 class WorkerUnavailableError(CallError):
     """No worker could take the call, or the worker went away during it."""
+
+
+class OverloadedError(WorkerUnavailableError):
+    """Every worker that could take the call is at its limits: its queue is full or too slow."""
 
 
 class CallTimeoutError(CallError, TimeoutError):

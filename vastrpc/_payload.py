@@ -1,11 +1,16 @@
-"""How arguments, results and exceptions are encoded on the wire: cloudpickle for Python, JSON for everyone else."""
+"""How arguments, results and exceptions are encoded on the wire: cloudpickle for Python, JSON for everyone else.
+
+A cloudpickle payload is the pickle stream followed by its protocol 5 out-of-band buffers
+(their sizes travel in the message): a large array is never copied into the pickle, and
+the receiver rebuilds it over one writable buffer that every chunk was copied into once.
+"""
 
 from __future__ import annotations
 
 import json
 import pickle
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import cloudpickle
@@ -17,18 +22,100 @@ from vastrpc.api.v1 import common_pb2
 CLOUDPICKLE = common_pb2.ENCODING_CLOUDPICKLE
 JSON = common_pb2.ENCODING_JSON
 
+# Buffers smaller than this stay in the pickle: out of band only pays for large ones.
+_OUT_OF_BAND_MIN = 64 << 10
 
-def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], encoding: common_pb2.Encoding = CLOUDPICKLE) -> bytes:
+
+class Payload:
+    """An encoded value: segments to send in order, and the sizes of its out-of-band buffers."""
+
+    __slots__ = ("buffer_sizes", "segments")
+
+    def __init__(self, segments: Sequence[bytes | memoryview], buffer_sizes: Sequence[int] = ()) -> None:
+        self.segments = segments
+        self.buffer_sizes = list(buffer_sizes)
+
+    @property
+    def size(self) -> int:
+        return sum(len(s) for s in self.segments)
+
+    def chunks(self, size: int = CHUNK_SIZE) -> Iterator[tuple[bytes, bool]]:
+        """``(chunk, more)`` pairs of at most ``size`` bytes; an empty payload is one empty chunk."""
+        pending: list[bytes] = []
+        filled = 0
+        total, sent = self.size, 0
+        for segment in self.segments:
+            view = memoryview(segment).cast("B")
+            start = 0
+            while start < len(view):
+                take = min(size - filled, len(view) - start)
+                pending.append(bytes(view[start : start + take]))
+                filled += take
+                start += take
+                if filled == size:
+                    sent += filled
+                    yield b"".join(pending) if len(pending) > 1 else pending[0], sent < total
+                    pending, filled = [], 0
+        if pending or total == 0:
+            yield b"".join(pending), False
+
+
+def _dumps(value: Any, what: str) -> Payload:
+    buffers: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: must stay in band
+            return True
+        if raw.nbytes < _OUT_OF_BAND_MIN:
+            return True
+        buffers.append(raw)
+        return False
+
+    try:
+        data = cloudpickle.dumps(value, protocol=5, buffer_callback=out_of_band)
+    except Exception as exc:  # cloudpickle raises many types for unpicklable objects
+        raise SerializationError(f"cannot pickle {what}: {exc}") from exc
+    return Payload([data, *buffers], [b.nbytes for b in buffers])
+
+
+def _loads(data: bytes | bytearray | memoryview, buffer_sizes: Sequence[int]) -> Any:
+    if not buffer_sizes:
+        return pickle.loads(data)
+    view = memoryview(data)
+    end = len(view) - sum(buffer_sizes)
+    buffers = []
+    for size in buffer_sizes:
+        buffers.append(view[end : end + size])
+        end += size
+    return pickle.loads(view[: len(view) - sum(buffer_sizes)], buffers=buffers)
+
+
+def assemble(parts: list[bytes], buffer_sizes: Sequence[int]) -> bytes | bytearray:
+    """The received chunks as one buffer; writable when it carries out-of-band buffers (arrays stay writable)."""
+    if len(parts) == 1 and not buffer_sizes:
+        return parts[0]
+    if not buffer_sizes:
+        return b"".join(parts)
+    out = bytearray(sum(len(p) for p in parts))
+    offset = 0
+    for part in parts:
+        out[offset : offset + len(part)] = part
+        offset += len(part)
+    return out
+
+
+def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], encoding: common_pb2.Encoding = CLOUDPICKLE) -> Payload:
     """Encode a call's arguments."""
     if encoding == JSON:
-        return _json_dumps({"args": list(args), "kwargs": kwargs})
-    try:
-        return cloudpickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:  # cloudpickle raises many types for unpicklable objects
-        raise SerializationError(f"cannot pickle the call's arguments: {exc}") from exc
+        return Payload([_json_dumps({"args": list(args), "kwargs": kwargs})])
+    return _dumps((args, kwargs), "the call's arguments")
 
 
-def decode_args(data: bytes, encoding: common_pb2.Encoding) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def decode_args(
+    data: bytes | bytearray, encoding: common_pb2.Encoding, buffer_sizes: Sequence[int] = ()
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Decode a call's arguments; raises SerializationError with the reason."""
     try:
         if encoding == JSON:
@@ -42,7 +129,7 @@ def decode_args(data: bytes, encoding: common_pb2.Encoding) -> tuple[tuple[Any, 
             return tuple(obj.get("args", [])), dict(obj.get("kwargs", {}))
         if encoding != CLOUDPICKLE:
             raise SerializationError(f"unknown argument encoding {encoding}")
-        args, kwargs = pickle.loads(data)
+        args, kwargs = _loads(data, buffer_sizes)
         return tuple(args), dict(kwargs)
     except SerializationError:
         raise
@@ -50,20 +137,17 @@ def decode_args(data: bytes, encoding: common_pb2.Encoding) -> tuple[tuple[Any, 
         raise SerializationError(f"cannot decode the call's arguments: {type(exc).__name__}: {exc}") from exc
 
 
-def encode_result(value: Any, encoding: common_pb2.Encoding) -> bytes:
+def encode_result(value: Any, encoding: common_pb2.Encoding) -> Payload:
     """Encode a result in the caller's encoding."""
     if encoding == JSON:
-        return _json_dumps(value)
-    try:
-        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        raise SerializationError(f"cannot pickle the result ({type(value).__name__}): {exc}") from exc
+        return Payload([_json_dumps(value)])
+    return _dumps(value, f"the result ({type(value).__name__})")
 
 
-def decode_result(data: bytes, encoding: common_pb2.Encoding) -> Any:
+def decode_result(data: bytes | bytearray, encoding: common_pb2.Encoding, buffer_sizes: Sequence[int] = ()) -> Any:
     """Decode a result."""
     try:
-        return json.loads(data) if encoding == JSON else pickle.loads(data)
+        return json.loads(data) if encoding == JSON else _loads(data, buffer_sizes)
     except Exception as exc:
         raise SerializationError(f"cannot decode the result: {type(exc).__name__}: {exc}") from exc
 
@@ -73,16 +157,6 @@ def _json_dumps(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":")).encode()
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"value is not JSON-serialisable: {exc}") from exc
-
-
-def chunks(data: bytes, size: int = CHUNK_SIZE) -> Iterator[tuple[bytes, bool]]:
-    """Split ``data`` into ``(chunk, more)`` pairs; empty data is one empty chunk."""
-    view = memoryview(data)
-    if len(view) <= size:
-        yield data, False
-        return
-    for start in range(0, len(view), size):
-        yield bytes(view[start : start + size]), start + size < len(view)
 
 
 def describe_exception(exc: BaseException) -> tuple[str, str, str, bytes]:
@@ -111,3 +185,10 @@ def rebuild_exception(type_name: str, message: str, tb: str, pickled: bytes) -> 
             exc.remote_traceback = tb  # type: ignore[attr-defined]
             return exc
     return RemoteError(type_name, message, tb)
+
+
+def chunks(data: bytes, size: int = CHUNK_SIZE) -> Iterator[tuple[bytes, bool]]:
+    """Split plain bytes into ``(chunk, more)`` pairs (bundles, arguments of other encodings)."""
+    if len(data) <= size:
+        return iter(((data, False),))
+    return Payload([data]).chunks(size)

@@ -55,6 +55,27 @@ def _parser(home: Path) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="keep an unused bundle this long after it was stored or registered (default 60)",
     )
+    serve.add_argument(
+        "--autoscale-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often the autoscaler looks at every endpoint's load (default 1)",
+    )
+    serve.add_argument(
+        "--scale-down-delay",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="stop workers only once fewer have sufficed this long (default 10)",
+    )
+    serve.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often workers report that they are alive and their calls in flight (default 2)",
+    )
     # For tests: the command that starts a worker agent, instead of `python -m vastrpc worker`.
     serve.add_argument("--worker-command", default=os.environ.get(ENV_WORKER_COMMAND), help=argparse.SUPPRESS)
     serve.set_defaults(func=_control_serve)
@@ -129,6 +150,10 @@ def _control_serve(args: argparse.Namespace) -> int:
     )
     if args.reaper_interval <= 0 or args.bundle_grace < 0:
         raise _Failure("--reaper-interval must be positive and --bundle-grace not negative")
+    if args.autoscale_interval <= 0 or args.heartbeat_interval <= 0 or args.scale_down_delay < 0:
+        raise _Failure(
+            "--autoscale-interval and --heartbeat-interval must be positive, --scale-down-delay not negative"
+        )
     config = ControlConfig(
         home=args.home.expanduser().resolve(),
         host=args.host,
@@ -136,6 +161,9 @@ def _control_serve(args: argparse.Namespace) -> int:
         enable_reflection=not args.no_reflection,
         reaper_interval=args.reaper_interval,
         bundle_grace=args.bundle_grace,
+        autoscale_interval=args.autoscale_interval,
+        scale_down_delay=args.scale_down_delay,
+        heartbeat_interval=args.heartbeat_interval,
     )
     command = shlex.split(args.worker_command) if args.worker_command else None
     try:

@@ -31,6 +31,8 @@ class ClientConfig:
         home: The vastrpc home folder (embedded control service, caches, keys).
         connect_timeout: Seconds to wait for the control service to answer.
         ready_timeout: Seconds ``ensure_ready`` waits for workers before giving up.
+        balancer: How calls choose a worker: ``"least_expected_time"`` (by benchmark score,
+            observed latency and calls in flight) or ``"round_robin"``.
     """
 
     control_address: str | None = None
@@ -38,6 +40,7 @@ class ClientConfig:
     home: Path = field(default_factory=lambda: Path.home() / ".vastrpc")
     connect_timeout: float = 5.0
     ready_timeout: float = 600.0
+    balancer: str = "least_expected_time"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientConfig:
@@ -66,6 +69,9 @@ class ControlConfig:
             endpoints, removal of bundles no endpoint uses).
         bundle_grace: Seconds a bundle is kept after it was stored or last registered,
             even when no endpoint uses it (an upload may be in flight before its Provision).
+        autoscale_interval: Seconds between two looks of the autoscaler at every endpoint's load.
+        scale_down_delay: Seconds fewer workers must have sufficed before the autoscaler stops
+            some (hysteresis: a lull between bursts keeps the workers the next burst needs).
     """
 
     home: Path
@@ -77,3 +83,5 @@ class ControlConfig:
     worker_stop_grace: float = 10.0
     reaper_interval: float = 1.0
     bundle_grace: float = 60.0
+    autoscale_interval: float = 1.0
+    scale_down_delay: float = 10.0

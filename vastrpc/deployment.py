@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import functools
+import dataclasses
 import inspect
 import re
 import sys
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from vastrpc._errors import DefinitionError
 from vastrpc._mode import serve_runtime
 from vastrpc.config import ClientConfig
+from vastrpc.function import (
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_QUEUE_TIME,
+    FunctionOptions,
+    RemoteFunction,
+)
 from vastrpc.image import Autoscaling, Image
 
 if TYPE_CHECKING:
@@ -28,57 +34,6 @@ R = TypeVar("R")
 C = TypeVar("C", bound=type)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-DEFAULT_MAX_CONCURRENCY = 64
-
-
-@dataclass(frozen=True)
-class FunctionOptions:
-    """What ``@app.remote`` recorded about one function."""
-
-    name: str
-    benchmark_dataset: tuple[Any, ...] | None
-    benchmark_generator: Callable[[], Any] | None
-    benchmark_runs: int
-    max_concurrency: int
-    timeout: float | None
-
-    @property
-    def has_benchmark(self) -> bool:
-        return self.benchmark_dataset is not None or self.benchmark_generator is not None
-
-
-class RemoteFunction(Generic[P, R]):
-    """An ``async def`` under ``@app.remote``.
-
-    Awaiting a call deploys the app if needed (deploy mode) and runs the function on a
-    worker; on the worker itself (serve mode) it runs the function in place.
-    """
-
-    def __init__(self, app: Deployment, fn: Callable[P, Awaitable[R]], options: FunctionOptions) -> None:
-        self.app = app
-        self.fn = fn
-        self.options = options
-        functools.update_wrapper(self, fn)
-
-    @property
-    def name(self) -> str:
-        return self.options.name
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
-        if serve_runtime() is not None:
-            return self.fn(*args, **kwargs)
-        return self.app._call(self.options.name, args, kwargs, self.options.timeout)
-
-    async def call_with_info(self, *args: P.args, **kwargs: P.kwargs) -> CallInfo:
-        """Call on a worker and return the result with where it ran (worker id, revision id)."""
-        return await self.app._invoke(self.options.name, args, kwargs, self.options.timeout)
-
-    def local(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
-        """Run the function in this process, without a worker."""
-        return self.fn(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"<RemoteFunction {self.app.name}.{self.name}>"
 
 
 def _caller_module(depth: int) -> tuple[Path | None, str]:
@@ -179,6 +134,8 @@ class Deployment:
         benchmark_generator: Callable[[], Any] | None = None,
         benchmark_runs: int = 10,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        max_queue_time: float = DEFAULT_MAX_QUEUE_TIME,
         timeout: float | None = None,
     ) -> Callable[[Callable[P, Awaitable[R]]], RemoteFunction[P, R]]: ...
 
@@ -191,17 +148,25 @@ class Deployment:
         benchmark_generator: Callable[[], Any] | None = None,
         benchmark_runs: int = 10,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        max_queue_time: float = DEFAULT_MAX_QUEUE_TIME,
         timeout: float | None = None,
     ) -> RemoteFunction[P, R] | Callable[[Callable[P, Awaitable[R]]], RemoteFunction[P, R]]:
-        """Declare an ``async def`` that runs on the deployment's workers.
+        """Declare an ``async def`` (or async generator) that runs on the deployment's workers.
 
         Args:
             benchmark_dataset: Keyword-argument dicts (or argument tuples) the worker's
                 benchmark calls the function with; at least one function needs a benchmark.
             benchmark_generator: Instead of a dataset: a callable returning one input per call.
             benchmark_runs: How many benchmark calls a worker makes to measure its score.
-            max_concurrency: Calls of this function one worker runs at once.
-            timeout: Default seconds a call may take; ``None`` for no limit.
+            max_concurrency: Calls of this function one worker runs at once (default 64); the
+                benchmark runs at this concurrency, so the score is the worker's throughput.
+            max_queue: Calls that may wait for a slot on one worker (default 1000); more are
+                refused as overloaded and go to another worker.
+            max_queue_time: Seconds a call may wait for a slot (default 30) before it is refused
+                the same way; when every worker refuses, the call raises ``OverloadedError``.
+            timeout: Default seconds a call may take, queueing included; ``None`` for no
+                limit. ``fn.with_options(timeout=...)`` changes it per call.
         """
         if benchmark_dataset is not None and benchmark_generator is not None:
             raise DefinitionError("@remote: pass benchmark_dataset or benchmark_generator, not both")
@@ -216,17 +181,30 @@ class Deployment:
             raise DefinitionError(f"@remote: max_concurrency must be a positive integer, got {max_concurrency!r}")
         if timeout is not None and timeout <= 0:
             raise DefinitionError(f"@remote: timeout must be positive seconds or None, got {timeout!r}")
+        if not isinstance(max_queue, int) or max_queue < 0:
+            raise DefinitionError(f"@remote: max_queue must be a non-negative integer, got {max_queue!r}")
+        if max_queue_time <= 0:
+            raise DefinitionError(f"@remote: max_queue_time must be positive seconds, got {max_queue_time!r}")
 
         def decorate(func: Callable[P, Awaitable[R]]) -> RemoteFunction[P, R]:
             name = getattr(func, "__name__", repr(func))
-            if inspect.isasyncgenfunction(func):
-                raise DefinitionError(f"@remote: {name} is an async generator; streaming results is not supported yet")
-            if not inspect.iscoroutinefunction(func):
+            generator = inspect.isasyncgenfunction(func)
+            if not generator and not inspect.iscoroutinefunction(func):
                 raise DefinitionError(f"@remote: {name} must be declared with 'async def' (it is a plain function)")
             if name in self.functions:
                 raise DefinitionError(f"@remote: a function named {name!r} is already declared in {self.name!r}")
-            options = FunctionOptions(name, dataset, benchmark_generator, benchmark_runs, max_concurrency, timeout)
-            remote_fn = RemoteFunction(self, func, options)
+            options = FunctionOptions(
+                name,
+                dataset,
+                benchmark_generator,
+                benchmark_runs,
+                max_concurrency,
+                timeout,
+                max_queue=max_queue,
+                max_queue_time=max_queue_time,
+                generator=generator,
+            )
+            remote_fn: RemoteFunction[P, R] = RemoteFunction(self, func, options)
             self.functions[name] = remote_fn
             return remote_fn
 
@@ -248,12 +226,10 @@ class Deployment:
     def client_config(self) -> ClientConfig:
         """The configuration this app uses: explicit arguments first, then the environment."""
         base = self._config or ClientConfig.from_env()
-        return ClientConfig(
+        return dataclasses.replace(
+            base,
             control_address=self._control_address or base.control_address,
             api_key=self._api_key or base.api_key,
-            home=base.home,
-            connect_timeout=base.connect_timeout,
-            ready_timeout=base.ready_timeout,
         )
 
     async def ensure_ready(self) -> DeployResult:
@@ -282,6 +258,17 @@ class Deployment:
     async def _invoke(
         self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
     ) -> CallInfo:
+        session = await self._ready_session()
+        return await session.router.call(function, args, kwargs, timeout)
+
+    async def _stream(
+        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> AsyncIterator[Any]:
+        session = await self._ready_session()
+        async for value in session.router.stream(function, args, kwargs, timeout):
+            yield value
+
+    async def _ready_session(self) -> Session:
         session = self._live_session()
         if session is None or session.router.torn_down:
             async with self._lock():
@@ -291,7 +278,7 @@ class Deployment:
                     from vastrpc.deploy.flow import ensure_ready
 
                     self._session = session = await ensure_ready(self, session)
-        return await session.router.call(function, args, kwargs, timeout)
+        return session
 
     async def close(self) -> None:
         """Close this client's connections (workers keep running)."""

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from vastrpc.control.store import SqliteStore, WorkerRow
+from vastrpc.control.store import _MIGRATIONS, SqliteStore, WorkerRow
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -35,15 +35,41 @@ def _worker(store: SqliteStore, worker_id: str, state: str = "starting") -> Work
 def test_schema_is_versioned_wal_and_reopens(tmp_path) -> None:
     path = tmp_path / "state.db"
     store = SqliteStore(path)
-    assert store.schema_version == 1
+    assert store.schema_version == 2
     deployment = store.get_or_create_deployment("hello")
     store.close()
     again = SqliteStore(path)  # migrations already applied: nothing re-runs
-    assert again.schema_version == 1 and again.get_deployment_by_name("hello") == deployment
+    assert again.schema_version == 2 and again.get_deployment_by_name("hello") == deployment
     again.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
+        assert db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 2
+
+
+def test_a_version_1_database_gains_calls_queued(tmp_path) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statement in _MIGRATIONS[0].split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute("INSERT INTO schema_version (version) VALUES (1)")
+        db.execute("INSERT INTO deployments VALUES ('d-1', 'hello', 0)")
+        db.execute(
+            "INSERT INTO endpoints (id, deployment_id, tag, state, token, created_at)"
+            " VALUES ('e-1', 'd-1', 'default', 'ready', 't', 0)"
+        )
+        db.execute("INSERT INTO revisions VALUES ('r-1', 'e-1', x'', 'b', 'c', 'e', 'a', 0)")
+        db.execute(
+            "INSERT INTO workers (id, endpoint_id, revision_id, state, token_hash, calls_in_flight, created_at)"
+            " VALUES ('w-1', 'e-1', 'r-1', 'ready', 'h', 3, 0)"
+        )
+    store = SqliteStore(path)
+    assert store.schema_version == 2
+    worker = store.get_worker("w-1")
+    assert (worker.calls_in_flight, worker.calls_queued) == (3, 0)
+    assert store.update_worker("w-1", calls_queued=2).calls_queued == 2
+    store.close()
 
 
 def test_deployments_and_endpoints_are_unique_by_name_and_tag(store) -> None:

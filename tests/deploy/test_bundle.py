@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vastrpc._errors import DefinitionError
-from vastrpc.deploy.bundle import Bundle, build_bundle
+from vastrpc.deploy.bundle import Bundle, Observer, build_bundle
 
 
 def write(path: Path, text: str = "", mode: int | None = None) -> Path:
@@ -275,3 +275,30 @@ def test_large_bundle_is_fast(tmp_path: Path) -> None:
     assert len(bundle.data) > 100 << 20
     assert len(bundle.files) == 505
     assert elapsed < 3.0, f"bundling 100 MB took {elapsed:.2f} s"
+
+
+def test_observer_is_told_every_member_and_folder(tmp_path: Path) -> None:
+    make_project(tmp_path)
+
+    class Log(Observer):
+        def __init__(self) -> None:
+            self.probed_paths: set[Path] = set()
+            self.listed_paths: set[Path] = set()
+            self.read_paths: set[Path] = set()
+
+        def probed(self, path: Path) -> None:
+            self.probed_paths.add(path)
+
+        def listed(self, path: Path) -> None:
+            self.listed_paths.add(path)
+
+        def read(self, path: Path, st: os.stat_result | None = None) -> None:
+            self.read_paths.add(path)
+
+    seen = Log()
+    bundle = build_bundle(tmp_path / "deploy.py", copies=[("data", "data")], observer=seen)
+    assert {p.relative_to(tmp_path).as_posix() for p in seen.read_paths} == set(bundle.files)
+    assert {tmp_path / "data", tmp_path / "pkg", tmp_path / "util"} <= seen.listed_paths
+    # "import numpy" looked for a local numpy: its absence is part of the result.
+    assert {tmp_path / "numpy.py", tmp_path / "numpy" / "__init__.py"} <= seen.probed_paths
+    assert bundle.size == len(bundle.data) and bundle.members["helpers.py"] == tmp_path / "helpers.py"

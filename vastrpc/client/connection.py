@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 
@@ -16,12 +17,23 @@ from vastrpc._errors import (
     WorkerUnavailableError,
 )
 from vastrpc._grpc import CHANNEL_OPTIONS, bearer, error_from_rpc
-from vastrpc._payload import chunks, rebuild_exception
+from vastrpc._payload import Payload, assemble, rebuild_exception
 from vastrpc.api.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+
+# A received value: its bytes and the sizes of its out-of-band buffers.
+Received = tuple[bytes | bytearray, list[int]]
 
 
 class CallNotDelivered(WorkerUnavailableError):
-    """The call never ran on the worker (it was draining, or unreachable): safe to send elsewhere."""
+    """The call never ran on that worker (it was draining, at its limits, or unreachable): safe to send elsewhere.
+
+    Attributes:
+        overloaded: The worker refused it for being at its limits (rather than going away).
+    """
+
+    def __init__(self, message: str, *, overloaded: bool = False) -> None:
+        self.overloaded = overloaded
+        super().__init__(message)
 
 
 _ERRORS: dict[int, type[CallError]] = {
@@ -29,22 +41,54 @@ _ERRORS: dict[int, type[CallError]] = {
     worker_pb2.ERROR_KIND_BAD_ARGUMENTS: SerializationError,
     worker_pb2.ERROR_KIND_BAD_RESULT: SerializationError,
     worker_pb2.ERROR_KIND_CANCELLED: CallTimeoutError,
-    worker_pb2.ERROR_KIND_OVERLOADED: CallNotDelivered,
 }
 
 
 def _call_error(err: worker_pb2.CallError) -> BaseException:
     if err.kind == worker_pb2.ERROR_KIND_APPLICATION:
         return rebuild_exception(err.type, err.message, err.traceback, err.pickled)
+    if err.kind in (worker_pb2.ERROR_KIND_OVERLOADED, worker_pb2.ERROR_KIND_DRAINING):
+        return CallNotDelivered(err.message, overloaded=err.kind == worker_pb2.ERROR_KIND_OVERLOADED)
     return _ERRORS.get(err.kind, CallError)(err.message)
 
 
-class _Pending:
-    __slots__ = ("future", "parts")
+_END = object()
 
-    def __init__(self, future: asyncio.Future[bytes]) -> None:
-        self.future = future
+
+class _Pending:
+    """A call waiting for its answer: one value (a future) or a stream of them (a queue)."""
+
+    __slots__ = ("buffer_sizes", "future", "parts", "queue")
+
+    def __init__(self, streaming: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[Received] | None = None if streaming else loop.create_future()
+        self.queue: asyncio.Queue[object] | None = asyncio.Queue() if streaming else None
         self.parts: list[bytes] = []
+        self.buffer_sizes: list[int] = []
+
+    def on_result(self, result: worker_pb2.CallResult) -> None:
+        if result.buffer_sizes:
+            self.buffer_sizes = list(result.buffer_sizes)
+        self.parts.append(result.data)
+        if result.more:
+            return
+        value: Received = (assemble(self.parts, self.buffer_sizes), self.buffer_sizes)
+        self.parts, self.buffer_sizes = [], []
+        if self.future is not None:
+            if not self.future.done():
+                self.future.set_result(value)
+        else:
+            assert self.queue is not None
+            self.queue.put_nowait(_END if result.done else value)
+
+    def fail(self, error: BaseException) -> None:
+        if self.future is not None:
+            if not self.future.done():
+                self.future.set_exception(error)
+        else:
+            assert self.queue is not None
+            self.queue.put_nowait(error)
 
 
 class InvokeStream:
@@ -71,36 +115,66 @@ class InvokeStream:
     def calls_in_flight(self) -> int:
         return len(self._pending)
 
-    async def invoke(
-        self, function: str, data: bytes, encoding: common_pb2.Encoding, timeout: float | None
-    ) -> tuple[bytes, common_pb2.Encoding]:
-        """Run one call on this stream and return its encoded result."""
+    def _open(self, streaming: bool) -> tuple[int, _Pending]:
         if self.closed or self.draining:
             raise CallNotDelivered(f"the stream to worker {self.worker_id} takes no more calls")
         call_id = next(self._ids)
-        pending = _Pending(asyncio.get_running_loop().create_future())
-        self._pending[call_id] = pending
+        pending = self._pending[call_id] = _Pending(streaming)
+        return call_id, pending
+
+    def _finish(self, call_id: int, pending: _Pending, unanswered: bool) -> None:
+        if unanswered:
+            # The caller gave up (cancelled, timed out, stopped iterating): stop it on the worker.
+            asyncio.get_running_loop().create_task(self._cancel(call_id))
+        self._pending.pop(call_id, None)
+        if self.draining and not self._pending:
+            self._close_sending()
+
+    async def invoke(
+        self, function: str, payload: Payload, encoding: common_pb2.Encoding, timeout: float | None
+    ) -> Received:
+        """Run one call on this stream and return its encoded result."""
+        call_id, pending = self._open(streaming=False)
+        assert pending.future is not None
         sent = False
         try:
-            await self._send(call_id, function, data, encoding, timeout)
+            await self._send(call_id, function, payload, encoding, timeout)
             sent = True
             if timeout is None:
-                return await pending.future, encoding
+                return await asyncio.shield(pending.future)
             try:
-                return await asyncio.wait_for(pending.future, timeout), encoding
+                return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
             except TimeoutError:
                 raise CallTimeoutError(f"{function} did not finish within {timeout:g}s") from None
-        except BaseException:
-            # Awaiting the future cancels it along with the caller, so a cancelled future means
-            # no answer came yet.
-            if sent and (pending.future.cancelled() or not pending.future.done()):
-                # The caller gave up (cancelled, or timed out): tell the worker to stop the call.
-                asyncio.get_running_loop().create_task(self._cancel(call_id))
-            raise
         finally:
-            self._pending.pop(call_id, None)
-            if self.draining and not self._pending:
-                self._close_sending()
+            self._finish(call_id, pending, sent and not pending.future.done())
+
+    async def stream(
+        self, function: str, payload: Payload, encoding: common_pb2.Encoding, timeout: float | None
+    ) -> AsyncIterator[Received]:
+        """Run a generator call on this stream, yielding each value as the worker produces it."""
+        call_id, pending = self._open(streaming=True)
+        assert pending.queue is not None
+        sent = ended = False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            await self._send(call_id, function, payload, encoding, timeout)
+            sent = True
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                try:
+                    item = await asyncio.wait_for(pending.queue.get(), remaining)
+                except TimeoutError:
+                    raise CallTimeoutError(f"{function} did not finish within {timeout:g}s") from None
+                if item is _END:
+                    ended = True
+                    return
+                if isinstance(item, BaseException):
+                    ended = True
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            self._finish(call_id, pending, sent and not ended)
 
     def _close_sending(self) -> None:
         # Half-close: the worker ends the stream once it has answered everything.
@@ -116,12 +190,18 @@ class InvokeStream:
             pass
 
     async def _send(
-        self, call_id: int, function: str, data: bytes, encoding: common_pb2.Encoding, timeout: float | None
+        self, call_id: int, function: str, payload: Payload, encoding: common_pb2.Encoding, timeout: float | None
     ) -> None:
-        parts = chunks(data)
+        parts = payload.chunks()
         first, more = next(parts)
         start = worker_pb2.CallStart(
-            call_id=call_id, function=function, encoding=encoding, data=first, more=more, timeout=timeout or 0.0
+            call_id=call_id,
+            function=function,
+            encoding=encoding,
+            data=first,
+            more=more,
+            timeout=timeout or 0.0,
+            buffer_sizes=payload.buffer_sizes,
         )
         try:
             async with self._write_lock:
@@ -155,21 +235,13 @@ class InvokeStream:
                     break
                 kind = response.WhichOneof("message")
                 if kind == "result":
-                    result = response.result
-                    pending = self._pending.get(result.call_id)
-                    if pending is None or pending.future.done():
-                        continue
-                    if result.more:
-                        pending.parts.append(result.data)
-                    elif pending.parts:
-                        pending.parts.append(result.data)
-                        pending.future.set_result(b"".join(pending.parts))
-                    else:
-                        pending.future.set_result(result.data)
+                    pending = self._pending.get(response.result.call_id)
+                    if pending is not None:
+                        pending.on_result(response.result)
                 elif kind == "error":
                     pending = self._pending.get(response.error.call_id)
-                    if pending is not None and not pending.future.done():
-                        pending.future.set_exception(_call_error(response.error))
+                    if pending is not None:
+                        pending.fail(_call_error(response.error))
                 elif kind == "drain":
                     self.draining = True
                     if not self._pending:
@@ -186,8 +258,7 @@ class InvokeStream:
         finally:
             self.closed = True
             for pending in list(self._pending.values()):
-                if not pending.future.done():
-                    pending.future.set_exception(error)
+                pending.fail(error)
 
     async def close(self) -> None:
         self.closed = True
@@ -209,6 +280,7 @@ class WorkerConnection:
         self._stub = worker_pb2_grpc.WorkerServiceStub(self.channel)
         self._stream: InvokeStream | None = None
         self.in_flight = 0
+        self.calls = 0
         # Seconds per call, smoothed; starts from the worker's own benchmark.
         self.latency = 1.0 / score if score > 0 else 0.01
         self.failures = 0
@@ -223,17 +295,22 @@ class WorkerConnection:
         """The worker's serving process is stopping: route no new calls here."""
         return self._stream is not None and self._stream.draining
 
-    async def invoke(
-        self, function: str, data: bytes, encoding: common_pb2.Encoding, timeout: float | None
-    ) -> tuple[bytes, common_pb2.Encoding, str]:
-        """Run a call; returns its encoded result, the encoding, and the revision that served it."""
+    def _live_stream(self) -> InvokeStream:
         stream = self._stream
         if stream is None or (stream.closed and not stream.draining):
             stream = self._stream = InvokeStream(self._stub, self.token, self.worker_id)
+        return stream
+
+    async def invoke(
+        self, function: str, payload: Payload, encoding: common_pb2.Encoding, timeout: float | None
+    ) -> tuple[Received, str]:
+        """Run a call; returns its encoded result and the revision that served it."""
+        stream = self._live_stream()
         self.in_flight += 1
+        self.calls += 1
         started = time.perf_counter()
         try:
-            result, result_encoding = await stream.invoke(function, data, encoding, timeout)
+            result = await stream.invoke(function, payload, encoding, timeout)
         except WorkerUnavailableError:
             self.failures += 1
             raise
@@ -241,7 +318,20 @@ class WorkerConnection:
             self.in_flight -= 1
         self.failures = 0
         self.latency += 0.2 * ((time.perf_counter() - started) - self.latency)
-        return result, result_encoding, stream.revision_id
+        return result, stream.revision_id
+
+    async def stream(
+        self, function: str, payload: Payload, encoding: common_pb2.Encoding, timeout: float | None
+    ) -> AsyncGenerator[Received, None]:
+        """Run a generator call, yielding its encoded values as they come."""
+        stream = self._live_stream()
+        self.in_flight += 1
+        self.calls += 1
+        try:
+            async for item in stream.stream(function, payload, encoding, timeout):
+                yield item
+        finally:
+            self.in_flight -= 1
 
     async def close(self) -> None:
         if self._stream is not None:

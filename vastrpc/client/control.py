@@ -88,6 +88,11 @@ class ControlClient:
             self.stub.Provision, control_pb2.ProvisionRequest(endpoint_id=endpoint_id, revision_id=revision_id)
         )
 
+    async def wake(self, endpoint_id: str) -> int:
+        """Ask for workers on an endpoint with none ready; returns how many were started."""
+        resp = await self._unary(self.stub.WakeEndpoint, control_pb2.WakeEndpointRequest(endpoint_id=endpoint_id))
+        return int(resp.workers_started)
+
     async def list_deployments(self, name: str = "") -> control_pb2.ListDeploymentsResponse:
         return await self._unary(self.stub.ListDeployments, control_pb2.ListDeploymentsRequest(name=name))
 

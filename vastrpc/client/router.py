@@ -5,12 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from vastrpc._errors import ControlServiceError, DeploymentError, WorkerUnavailableError
+from vastrpc._errors import (
+    ControlServiceError,
+    DefinitionError,
+    DeploymentError,
+    OverloadedError,
+    VastrpcError,
+    WorkerUnavailableError,
+)
 from vastrpc._payload import CLOUDPICKLE, decode_result, encode_args
 from vastrpc.api.v1 import common_pb2, control_pb2
+from vastrpc.client.balancer import BALANCERS
 from vastrpc.client.connection import CallNotDelivered, WorkerConnection
 from vastrpc.client.control import ControlClient
 
@@ -40,9 +49,14 @@ class CallInfo:
 class Router:
     """The client's view of one endpoint: its state, its ready workers, and a connection to each."""
 
-    def __init__(self, control: ControlClient, endpoint_id: str) -> None:
+    def __init__(self, control: ControlClient, endpoint_id: str, balancer: str = "least_expected_time") -> None:
         self.control = control
         self.endpoint_id = endpoint_id
+        try:
+            self.balancer = BALANCERS[balancer]()
+        except KeyError:
+            raise DefinitionError(f"unknown balancer {balancer!r}; choose one of {', '.join(BALANCERS)}") from None
+        self._waking: asyncio.Task[None] | None = None
         self.state: control_pb2.WatchEndpointResponse | None = None
         self.workers: dict[str, WorkerConnection] = {}
         self._changed = asyncio.Condition()
@@ -147,17 +161,25 @@ class Router:
     def _candidates(self) -> list[WorkerConnection]:
         return [c for c in self.workers.values() if not c.draining]
 
-    async def _pick(self, deadline: float) -> WorkerConnection:
+    async def _pick(self, deadline: float, overloaded: set[str]) -> WorkerConnection:
         while True:
             candidates = self._candidates()
+            fresh = [c for c in candidates if c.worker_id not in overloaded]
+            if fresh:
+                return self.balancer.pick(fresh)
             if candidates:
-                return min(candidates, key=WorkerConnection.expected_wait)
+                raise OverloadedError(
+                    f"every worker of endpoint {self.endpoint_id} ({len(candidates)}) is at its limits: the call "
+                    "waited past max_queue_time or found a full queue. Raise max_workers in "
+                    "configure_autoscaling, max_concurrency, or max_queue_time"
+                )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise WorkerUnavailableError(
                     f"no ready worker on endpoint {self.endpoint_id} after {_NO_WORKER_WAIT:g}s; "
                     "see `vastrpc ls` and `vastrpc logs WORKER_ID`"
                 )
+            self._wake()
             async with self._changed:
                 try:
                     # Woken by the watch; the short bound re-checks workers that stopped draining.
@@ -165,33 +187,84 @@ class Router:
                 except TimeoutError:
                     pass
 
+    def _wake(self) -> None:
+        """Ask the control service for a worker (the endpoint may have scaled to zero): once at a time."""
+        if self._waking is None or self._waking.done():
+            self._waking = asyncio.get_running_loop().create_task(self._wake_once())
+
+    async def _wake_once(self) -> None:
+        try:
+            started = await self.control.wake(self.endpoint_id)
+        except VastrpcError as exc:  # the watch reports what matters (stopped, failed)
+            log.debug("wake of endpoint %s failed: %s", self.endpoint_id, exc)
+            return
+        if started:
+            log.info("endpoint %s had no ready worker: %d started (cold start)", self.endpoint_id, started)
+
     async def call(
         self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
     ) -> CallInfo:
         """Encode the arguments, run the call on the best worker, and decode its result.
 
-        A call that never ran (its worker was draining or could not be reached) is sent to
-        another worker; one that may have run is never repeated.
+        A call that never ran (its worker was draining, at its limits, or unreachable) is
+        sent to another worker; one that may have run is never repeated.
         """
-        data = encode_args(args, kwargs, CLOUDPICKLE)
+        payload = encode_args(args, kwargs, CLOUDPICKLE)
         started = time.monotonic()
         deadline = started + _NO_WORKER_WAIT
+        overloaded: set[str] = set()
         attempt = 0
         while True:
-            conn = await self._pick(deadline)
+            conn = await self._pick(deadline, overloaded)
             try:
-                result, encoding, revision_id = await conn.invoke(function, data, CLOUDPICKLE, timeout)
-            except CallNotDelivered:
+                (data, buffer_sizes), revision_id = await conn.invoke(function, payload, CLOUDPICKLE, timeout)
+            except CallNotDelivered as exc:
+                if exc.overloaded:
+                    overloaded.add(conn.worker_id)
                 attempt += 1
                 if time.monotonic() >= deadline:
                     raise
                 await asyncio.sleep(min(0.01 * attempt, 0.2))
                 continue
-            value = decode_result(result, encoding)
+            value = decode_result(data, CLOUDPICKLE, buffer_sizes)
             return CallInfo(value, conn.worker_id, revision_id, time.monotonic() - started)
+
+    async def stream(
+        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> AsyncIterator[Any]:
+        """Run a generator function on the best worker and yield its values as they come.
+
+        Only a call that never reached a worker is retried elsewhere.
+        """
+        payload = encode_args(args, kwargs, CLOUDPICKLE)
+        deadline = time.monotonic() + _NO_WORKER_WAIT
+        overloaded: set[str] = set()
+        while True:
+            conn = await self._pick(deadline, overloaded)
+            values = conn.stream(function, payload, CLOUDPICKLE, timeout)
+            try:
+                first = await anext(values)
+            except StopAsyncIteration:
+                return
+            except CallNotDelivered as exc:
+                if exc.overloaded:
+                    overloaded.add(conn.worker_id)
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.01)
+                continue
+            try:
+                yield decode_result(first[0], CLOUDPICKLE, first[1])
+                async for data, buffer_sizes in values:
+                    yield decode_result(data, CLOUDPICKLE, buffer_sizes)
+            finally:
+                await values.aclose()
+            return
 
     async def close(self) -> None:
         self._task.cancel()
+        if self._waking is not None:
+            self._waking.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         conns, self.workers = list(self.workers.values()), {}
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)

@@ -21,6 +21,7 @@ from vastrpc.control.rules import (
     desired_workers,
     exit_message,
     hash_token,
+    kept_workers,
     read_log_tail,
     validate_spec,
 )
@@ -165,14 +166,17 @@ class Lifecycle:
                     "upload the bundle first"
                 )
             spec = control_pb2.DeploymentSpec.FromString(revision.spec)
-            desired = desired_workers(spec)
             healthy = endpoint.state not in ("failed", "stopped", "new")
             live = self.store.get_revision(endpoint.live_revision_id) if endpoint.live_revision_id else None
             self.store.update_endpoint(endpoint_id, last_client_seen=time.time())
+            # An update keeps the autoscaler's count (within the new bounds); the same workload
+            # keeps it exactly, zero included.
+            current = endpoint.desired_workers if healthy else 0
+            desired = desired_workers(spec, current)
             if healthy and live is not None and live.id == revision_id:
-                started = await self._scale(endpoint_id, revision, desired)
+                started = await self._scale(endpoint_id, revision, kept_workers(spec, current))
             elif healthy and live is not None and _same_workload(live, revision):
-                started = await self._switch_settings(endpoint_id, revision, desired)
+                started = await self._switch_settings(endpoint_id, revision, kept_workers(spec, current))
             elif healthy and live is not None and live.environment_digest == revision.environment_digest:
                 started = await self._update_in_place(endpoint_id, revision, desired)
             elif healthy and live is not None:
@@ -183,11 +187,17 @@ class Lifecycle:
         return started
 
     async def _scale(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:
-        """Start or stop workers of the live revision until ``desired`` are active."""
+        """Start or stop workers of the live revision until ``desired`` are active.
+
+        A ready endpoint stays ready while it scales (it serves with the workers it has, or
+        is cold at zero); a deploying one becomes ready once ``desired`` workers are.
+        """
         active = self.store.list_workers(endpoint_id=endpoint_id, revision_id=revision.id, states=ACTIVE_WORKER_STATES)
         ready = sum(1 for w in active if w.state == "ready")
+        endpoint = self.store.get_endpoint(endpoint_id)
+        serving = endpoint is not None and endpoint.state == "ready"
         self.store.update_endpoint(
-            endpoint_id, desired_workers=desired, state="ready" if ready >= desired else "deploying"
+            endpoint_id, desired_workers=desired, state="ready" if serving or ready >= desired else "deploying"
         )
         self.changed(endpoint_id)
         if len(active) > desired:
@@ -196,6 +206,24 @@ class Lifecycle:
             self._retire(extra, wait=False)
             return 0
         return await self._start_workers(endpoint_id, revision, desired - len(active))
+
+    async def scale(self, endpoint_id: str, desired: int, *, wake: bool = False) -> int:
+        """The autoscaler's hook: run ``desired`` workers of the live revision; returns the workers started.
+
+        Ready workers are kept and the newest others retired first. An endpoint that is not
+        ready or deploying (stopped or failed meanwhile) is left alone; with ``wake``, so is
+        one that has a worker ready or starting (waking is for an endpoint at zero).
+        """
+        async with self._locks[endpoint_id]:
+            endpoint = self.store.get_endpoint(endpoint_id)
+            if endpoint is None or endpoint.state not in ("ready", "deploying") or self._shutting_down:
+                return 0
+            revision = self.store.get_revision(endpoint.live_revision_id or "")
+            if revision is None or (
+                wake and self.store.list_workers(endpoint_id=endpoint_id, states=ACTIVE_WORKER_STATES)
+            ):
+                return 0
+            return await self._scale(endpoint_id, revision, desired)
 
     async def _switch_settings(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:
         """Tier 1: the workers already run this code and environment; relabel them and rescale."""
@@ -416,10 +444,13 @@ class Lifecycle:
             self._check_ready(worker.endpoint_id)
         self.changed(worker.endpoint_id)
 
-    def heartbeat(self, worker_id: str, calls_in_flight: int) -> bool:
-        """Record a heartbeat; True when the worker should stop."""
+    def heartbeat(self, worker_id: str, calls_in_flight: int, calls_queued: int = 0) -> bool:
+        """Record a heartbeat and the worker's load (the autoscaler's input); True when the worker should stop."""
         worker = self.store.update_worker(
-            self.worker(worker_id).id, last_heartbeat=time.time(), calls_in_flight=calls_in_flight
+            self.worker(worker_id).id,
+            last_heartbeat=time.time(),
+            calls_in_flight=calls_in_flight,
+            calls_queued=calls_queued,
         )
         endpoint = self.store.get_endpoint(worker.endpoint_id)
         return worker.state in ("stopped", "failed") or endpoint is None or endpoint.state == "stopped"
@@ -443,10 +474,10 @@ class Lifecycle:
             self._fail_worker(worker, worker.state, message)
 
     def _worker_lost(self, worker: WorkerRow, message: str) -> None:
-        """A ready worker went away. Hook: replacing it is the autoscaler's job (a later issue).
+        """A ready worker went away; the autoscaler starts a replacement at its next look.
 
-        Until then the endpoint stays ready while another worker of its revision is; with
-        none left it fails, so the next ensure_ready provisions it afresh.
+        The endpoint stays ready while another worker of its revision is; with none left it
+        fails, so the next ensure_ready provisions it afresh.
         """
         endpoint = self.store.get_endpoint(worker.endpoint_id)
         if endpoint is None or endpoint.live_revision_id != worker.revision_id or endpoint.state != "ready":

@@ -66,10 +66,32 @@ def exit_message(returncode: int) -> str:
     return f"worker process exited with code {returncode}"
 
 
-def desired_workers(spec: control_pb2.DeploymentSpec) -> int:
-    """Workers an endpoint keeps ready for a spec before the autoscaler has a say."""
+def desired_workers(spec: control_pb2.DeploymentSpec, current: int = 0) -> int:
+    """Workers to run when a revision needs fresh or reloaded workers (a first deploy, tiers 2 to 4).
+
+    At least one, even with ``min_workers=0``: a new revision proves it installs, loads and
+    benchmarks before it is ready (the autoscaler may scale it to zero later). At least
+    ``min_workers`` and ``cold_workers``, and the autoscaler's ``current`` count, so an update
+    under load keeps its capacity; never more than ``max_workers``.
+    """
     a = spec.autoscaling
-    return max(1, min(max(a.min_workers, a.cold_workers, 1), a.max_workers))
+    return max(1, min(max(a.min_workers, a.cold_workers, current, 1), a.max_workers))
+
+
+def kept_workers(spec: control_pb2.DeploymentSpec, current: int) -> int:
+    """Workers to run when the workload stays (tier 0 and 1): the autoscaler's count within the spec's bounds.
+
+    Zero for an endpoint the autoscaler scaled to zero: provisioning it again wakes nothing
+    (a client's call does, through WakeEndpoint).
+    """
+    a = spec.autoscaling
+    return max(a.min_workers, min(current, a.max_workers))
+
+
+def wake_workers(spec: control_pb2.DeploymentSpec) -> int:
+    """Workers WakeEndpoint starts for an endpoint at zero: ``cold_workers``, at least one, at most ``max_workers``."""
+    a = spec.autoscaling
+    return max(1, min(a.cold_workers, a.max_workers))
 
 
 def validate_spec(spec: control_pb2.DeploymentSpec) -> None:

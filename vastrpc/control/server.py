@@ -17,6 +17,7 @@ from pathlib import Path
 from vastrpc._grpc import start_server
 from vastrpc.api.v1 import control_pb2, control_pb2_grpc
 from vastrpc.config import ControlConfig
+from vastrpc.control.autoscaler import Autoscaler
 from vastrpc.control.blobs import LocalBlobStore
 from vastrpc.control.lifecycle import Lifecycle
 from vastrpc.control.provider import LocalProcessProvider
@@ -115,7 +116,10 @@ async def serve(
     )
     lifecycle.recover()
     reaper = Reaper(store, blobs, lifecycle, interval=config.reaper_interval, bundle_grace=config.bundle_grace)
-    service = ControlService(lifecycle, api_key, reaper)
+    autoscaler = Autoscaler(
+        store, lifecycle, interval=config.autoscale_interval, scale_down_delay=config.scale_down_delay
+    )
+    service = ControlService(lifecycle, api_key, reaper, autoscaler)
 
     def register(server: object) -> list[str]:
         control_pb2_grpc.add_ControlServiceServicer_to_server(service, server)
@@ -134,6 +138,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     # Started once the server is bound; it gives clients of an earlier run the whole TTL to reconnect.
     reaper_task = asyncio.create_task(reaper.run(), name="vastrpc-ttl-reaper")
+    autoscaler_task = asyncio.create_task(autoscaler.run(), name="vastrpc-autoscaler")
     try:
         # Written only now that the port is bound: whoever reads it can connect at once.
         _write_json_atomically(info_path, {"address": address, "pid": os.getpid(), "started_at": time.time()})
@@ -143,9 +148,10 @@ async def serve(
         await stop.wait()
         log.info("stopping: workers first (grace %gs), then the server", config.worker_stop_grace)
     finally:
-        # No teardown may start while the service stops its workers.
+        # No teardown or scaling may start while the service stops its workers.
         reaper_task.cancel()
-        await asyncio.gather(reaper_task, return_exceptions=True)
+        autoscaler_task.cancel()
+        await asyncio.gather(reaper_task, autoscaler_task, return_exceptions=True)
         await health.enter_graceful_shutdown()
         try:
             await lifecycle.shutdown()

@@ -23,6 +23,7 @@ from vastrpc._errors import (
 from vastrpc._grpc import CHUNK_SIZE, token_from_metadata, tokens_equal
 from vastrpc._secrets import reseal
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
+from vastrpc.control.autoscaler import Autoscaler, wake
 from vastrpc.control.blobs import check_digest
 from vastrpc.control.lifecycle import Lifecycle
 from vastrpc.control.reaper import Reaper
@@ -83,13 +84,22 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         api_key: The key that admits every method.
         reaper: The TTL reaper, told about every endpoint watch that opens and ends;
             None when no reaper runs.
+        autoscaler: The autoscaler, which WakeEndpoint goes through (a wake counts as
+            activity); None when none runs.
     """
 
-    def __init__(self, lifecycle: Lifecycle, api_key: str, reaper: Reaper | None = None) -> None:
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        api_key: str,
+        reaper: Reaper | None = None,
+        autoscaler: Autoscaler | None = None,
+    ) -> None:
         if not api_key:
             raise ValueError("the control service needs a non-empty API key")
         self.lifecycle = lifecycle
         self.reaper = reaper
+        self.autoscaler = autoscaler
         self.store = lifecycle.store
         self.blobs = lifecycle.blobs
         self._api_key = api_key
@@ -305,7 +315,24 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.HeartbeatResponse:
         self._check_worker(context, request.worker_id)
-        return control_pb2.HeartbeatResponse(stop=self.lifecycle.heartbeat(request.worker_id, request.calls_in_flight))
+        stop = self.lifecycle.heartbeat(request.worker_id, request.calls_in_flight, request.calls_queued)
+        return control_pb2.HeartbeatResponse(stop=stop)
+
+    # -- clients ----------------------------------------------------------------------
+
+    @_unary
+    async def WakeEndpoint(
+        self, request: control_pb2.WakeEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.WakeEndpointResponse:
+        if not request.endpoint_id:
+            raise DefinitionError("WakeEndpoint needs the endpoint_id")
+        if self.autoscaler is not None:
+            started = await self.autoscaler.wake(request.endpoint_id)
+        else:
+            started = await wake(self.store, self.lifecycle, request.endpoint_id)
+        # A client with calls to make is a client heard from (the TTL counts from the last one).
+        self.lifecycle.client_seen(request.endpoint_id)
+        return control_pb2.WakeEndpointResponse(workers_started=started)
 
     # -- operations -------------------------------------------------------------------
 

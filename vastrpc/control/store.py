@@ -92,6 +92,7 @@ class WorkerRow:
     capacity: int = 0
     pid: int = 0
     calls_in_flight: int = 0
+    calls_queued: int = 0
     failure_step: str = ""
     failure_message: str = ""
     failure_log_tail: str = ""
@@ -230,6 +231,8 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX workers_endpoint ON workers(endpoint_id, state);
     CREATE INDEX revisions_endpoint ON revisions(endpoint_id);
     """,
+    # 2: of a worker's calls in flight, those waiting for a slot (HeartbeatRequest.calls_queued).
+    "ALTER TABLE workers ADD COLUMN calls_queued INTEGER NOT NULL DEFAULT 0",
 )
 
 _ENDPOINT_COLUMNS = frozenset(f.name for f in fields(EndpointRow)) - {"id", "deployment_id", "created_at"}

@@ -8,13 +8,12 @@ import io
 import os
 import stat
 import tarfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
-from vastrpc._errors import DefinitionError
+from vastrpc._errors import BundleError, DefinitionError
 
-__all__ = ["Bundle", "build_bundle"]
+__all__ = ["Bundle", "Observer", "build_bundle"]
 
 # Directory and file names never walked into or stored: caches, VCS data,
 # virtual environments. Anything starting with "." is skipped as well, which
@@ -27,22 +26,82 @@ _SKIP_SUFFIXES = (".pyc", ".pyo")
 _TAR_FORMAT = tarfile.PAX_FORMAT
 
 
-@dataclass(frozen=True)
 class Bundle:
-    """A built bundle.
+    """A deployment's bundle: what it holds, its digest, and its tar bytes on demand.
+
+    A bundle found unchanged by the stat cache (``vastrpc.deploy.statcache``) knows its
+    digest without having read a file; its tar is built from ``members`` only when
+    ``data`` is first read (an upload), and checked against ``digest`` then.
 
     Attributes:
-        data: The uncompressed tar archive.
-        digest: Hex SHA-256 of ``data``.
+        digest: Hex SHA-256 of the tar archive.
         files: Archive paths of the stored files, sorted.
         module: Dotted name of the deployment module to import on the worker
             with the bundle root on ``sys.path`` (e.g. ``"deploy"`` or ``"pkg.deploy"``).
+        size: Length of the tar archive in bytes.
+        members: Archive path -> local file it is read from (a ``Path``, or its string).
+        from_cache: Whether digest and metadata came from the stat cache (no file was read).
     """
 
-    data: bytes
-    digest: str
-    files: tuple[str, ...]
-    module: str
+    def __init__(
+        self,
+        *,
+        digest: str,
+        files: tuple[str, ...],
+        module: str,
+        size: int,
+        members: Mapping[str, str | Path],
+        data: bytes | None = None,
+        from_cache: bool = False,
+    ) -> None:
+        self.digest = digest
+        self.files = files
+        self.module = module
+        self.size = size
+        self.members = members
+        self.from_cache = from_cache
+        self._data = data
+
+    @property
+    def data(self) -> bytes:
+        """The uncompressed tar archive, built from ``members`` on first use.
+
+        Raises:
+            BundleError: A file changed after the digest was taken, so the archive
+                would not match it; the next ``ensure_ready`` sees the change and rebuilds.
+        """
+        if self._data is None:
+            data = _write_tar(self.members)
+            if len(data) != self.size or hashlib.sha256(data).hexdigest() != self.digest:
+                raise BundleError(
+                    f"the bundle's files changed after it was hashed (sha256 {self.digest:.12}); "
+                    "run ensure_ready again to package the current files"
+                )
+            self._data = data
+        return self._data
+
+    def __repr__(self) -> str:
+        return f"<Bundle {self.module} sha256={self.digest:.12} files={len(self.files)} size={self.size}>"
+
+
+class Observer:
+    """Told about every file-system fact a build depends on, before the build reads it.
+
+    The base class ignores everything; the stat cache records what it is told, so that
+    comparing those facts later says whether a rebuild could give a different bundle.
+    """
+
+    def probed(self, path: Path) -> None:
+        """The build depends on whether ``path`` exists and on its type (file, folder, symlink)."""
+
+    def listed(self, path: Path) -> None:
+        """The build depends on the entries of the folder ``path``."""
+
+    def read(self, path: Path, st: os.stat_result | None = None) -> None:
+        """The build depends on the content and mode of the file ``path`` (``st``: its fstat, if open)."""
+
+
+_IGNORE = Observer()
 
 
 def build_bundle(
@@ -50,6 +109,7 @@ def build_bundle(
     *,
     copies: Sequence[tuple[str, str]] = (),
     project_root: Path | None = None,
+    observer: Observer | None = None,
 ) -> Bundle:
     """Build the deterministic bundle of a deployment.
 
@@ -84,6 +144,8 @@ def build_bundle(
         project_root: The folder that becomes the bundle root (and the worker's
             import root). Defaults to the module's folder, or, when that folder is
             a package (has ``__init__.py``), the folder above its top-level package.
+        observer: Told about every path the result depends on, before it is read
+            (see :class:`Observer`; the stat cache uses it).
 
     Returns:
         The built :class:`Bundle`.
@@ -93,7 +155,9 @@ def build_bundle(
             copy source is missing, a destination is unsafe, two sources map to the
             same archive path, or a needed file is a symlink.
     """
+    obs = observer or _IGNORE
     module_file = Path(module_file)
+    obs.probed(module_file)
     if module_file.is_symlink():
         raise DefinitionError(
             f"deployment module {module_file} is a symlink; bundles store regular files only: use the real file"
@@ -105,29 +169,36 @@ def build_bundle(
         root = module_file.parent
         # A module inside a package is imported by its dotted name, so the
         # import root is the folder above the outermost package.
-        while (root / "__init__.py").is_file() and root.parent != root:
+        while _probe(obs, root / "__init__.py").is_file() and root.parent != root:
             root = root.parent
     else:
-        root = Path(project_root).resolve()
+        root = _probe(obs, Path(project_root).resolve())
         if not root.is_dir():
             raise DefinitionError(f"project root {project_root} is not an existing directory")
     module = _module_name(module_file, root)
 
     members: dict[str, Path] = {}
-    for path in _LocalImports(root).collect(module_file, module):
+    for path in _LocalImports(root, obs).collect(module_file, module):
         _add_member(members, path.relative_to(root).as_posix(), path)
     for local, dest in copies:
-        for arcname, path in _expand_copy(root, local, dest):
+        for arcname, path in _expand_copy(root, local, dest, obs):
             _add_member(members, arcname, path)
     _check_no_file_dir_clash(members)
 
-    data = _write_tar(members)
+    data = _write_tar(members, obs)
     return Bundle(
-        data=data,
         digest=hashlib.sha256(data).hexdigest(),
         files=tuple(sorted(members)),
         module=module,
+        size=len(data),
+        members=members,
+        data=data,
     )
+
+
+def _probe(obs: Observer, path: Path) -> Path:
+    obs.probed(path)
+    return path
 
 
 def _module_name(module_file: Path, root: Path) -> str:
@@ -154,26 +225,35 @@ def _skipped(name: str) -> bool:
     return name.startswith(".") or name in _SKIP_NAMES or name.endswith(_SKIP_SUFFIXES)
 
 
-def _walk_files(top: Path, *, suffix: str = "") -> Iterator[Path]:
+def _walk_files(top: Path, obs: Observer, *, suffix: str = "") -> Iterator[Path]:
     """Regular files under ``top`` (symlinks and skipped names left out), no order promised."""
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
-        # os.walk does not descend into symlinked dirs with followlinks=False,
-        # but it still lists them in dirnames; prune them with skipped names.
-        dirnames[:] = [d for d in dirnames if not _skipped(d) and not os.path.islink(os.path.join(dirpath, d))]
-        for name in filenames:
-            if _skipped(name) or (suffix and not name.endswith(suffix)):
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        # Told before listing, so a change made while listing shows in a later check.
+        obs.listed(folder)
+        try:
+            with os.scandir(folder) as entries:
+                found = list(entries)
+        except OSError:
+            continue  # like os.walk: an unreadable folder is left out
+        for entry in found:
+            if _skipped(entry.name):
                 continue
-            path = Path(dirpath, name)
-            if path.is_symlink() or not path.is_file():
-                continue
-            yield path
+            # Symlinks are never followed nor stored (see build_bundle); d_type
+            # answers these without a stat call on most file systems.
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False) and (not suffix or entry.name.endswith(suffix)):
+                yield Path(entry.path)
 
 
 class _LocalImports:
     """Finds the local files a module needs, following imports transitively."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, obs: Observer) -> None:
         self.root = root
+        self.obs = obs
         self._resolved: dict[str, tuple[Path, ...]] = {}
 
     def collect(self, module_file: Path, module: str) -> set[Path]:
@@ -192,6 +272,7 @@ class _LocalImports:
 
     def _imports_of(self, path: Path) -> set[str]:
         """Absolute dotted names ``path`` may import (candidates; not all are modules)."""
+        self.obs.read(path)
         try:
             tree = ast.parse(path.read_bytes(), filename=str(path))
         except (SyntaxError, ValueError):
@@ -234,8 +315,8 @@ class _LocalImports:
         for part in name.split("."):
             if not part.isidentifier():
                 break
-            pkg_dir = cur / part
-            if (pkg_dir / "__init__.py").is_file():
+            pkg_dir = _probe(self.obs, cur / part)
+            if _probe(self.obs, pkg_dir / "__init__.py").is_file():
                 # A regular package: take its whole tree (see build_bundle).
                 init = pkg_dir / "__init__.py"
                 if init.is_symlink() or pkg_dir.is_symlink():
@@ -243,9 +324,9 @@ class _LocalImports:
                         f"local package {pkg_dir} is (or holds) a symlink at its root; "
                         "bundles store regular files only: use real files"
                     )
-                found = tuple(_walk_files(pkg_dir, suffix=".py"))
+                found = tuple(_walk_files(pkg_dir, self.obs, suffix=".py"))
                 break
-            mod_file = cur / f"{part}.py"
+            mod_file = _probe(self.obs, cur / f"{part}.py")
             if mod_file.is_file():
                 if mod_file.is_symlink():
                     raise DefinitionError(
@@ -286,12 +367,13 @@ def _normalise_dest(dest: str) -> str:
     return "/".join(p for p in posix.parts if p not in ("", "."))
 
 
-def _expand_copy(root: Path, local: str, dest: str) -> list[tuple[str, Path]]:
+def _expand_copy(root: Path, local: str, dest: str, obs: Observer) -> list[tuple[str, Path]]:
     """The (archive path, file) pairs one ``Image.copy(local, dest)`` contributes."""
     target = _normalise_dest(dest)
     src = Path(local)
     if not src.is_absolute():
         src = root / src
+    obs.probed(src)
     if src.is_symlink():
         raise DefinitionError(f"copy source {local} is a symlink; bundles store regular files only: copy the real path")
     if src.is_file():
@@ -299,7 +381,7 @@ def _expand_copy(root: Path, local: str, dest: str) -> list[tuple[str, Path]]:
         return [(target or src.name, src)]
     if src.is_dir():
         out = []
-        for path in _walk_files(src):
+        for path in _walk_files(src, obs):
             rel = path.relative_to(src).as_posix()
             out.append((f"{target}/{rel}" if target else rel, path))
         return out
@@ -328,7 +410,7 @@ def _check_no_file_dir_clash(members: dict[str, Path]) -> None:
                 )
 
 
-def _write_tar(members: dict[str, Path]) -> bytes:
+def _write_tar(members: Mapping[str, str | Path], obs: Observer = _IGNORE) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=_TAR_FORMAT) as tar:
         for arcname in sorted(members):
@@ -339,6 +421,7 @@ def _write_tar(members: dict[str, Path]) -> bytes:
                 st = os.fstat(fh.fileno())
                 if not stat.S_ISREG(st.st_mode):
                     raise DefinitionError(f"{path} is not a regular file; bundles store regular files only")
+                obs.read(Path(path), st)
                 info = tarfile.TarInfo(arcname)
                 info.size = st.st_size
                 info.mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644

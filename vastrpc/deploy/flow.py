@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vastrpc._errors import DefinitionError
-from vastrpc.api.v1 import common_pb2
+from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.client.control import ControlClient
 from vastrpc.client.router import Router
-from vastrpc.deploy.bundle import build_bundle
+from vastrpc.deploy.bundle import Bundle
 from vastrpc.deploy.spec import build_spec
+from vastrpc.deploy.statcache import cached_bundle
 
 if TYPE_CHECKING:
     from vastrpc.deployment import Deployment
@@ -87,6 +88,16 @@ def validate(app: Deployment) -> None:
         )
 
 
+def _spec(app: Deployment, bundle: Bundle, api_key: str) -> control_pb2.DeploymentSpec:
+    """The revision's spec, without building the tar of a bundle that came from the stat cache."""
+    # build_spec sizes the bundle with len(bundle.data), which would build the tar;
+    # hand it a stand-in holding no bytes and set the size from the bundle itself.
+    stand_in = Bundle(digest=bundle.digest, files=bundle.files, module=bundle.module, size=0, members={}, data=b"")
+    spec = build_spec(app, stand_in, api_key)
+    spec.bundle_size = bundle.size
+    return spec
+
+
 async def ensure_ready(app: Deployment, session: Session | None) -> Session:
     """Bring ``app`` up on the control service and return a session connected to its ready workers."""
     started = time.perf_counter()
@@ -96,11 +107,23 @@ async def ensure_ready(app: Deployment, session: Session | None) -> Session:
     router: Router | None = None
     try:
         assert app.module_file is not None
-        bundle = await asyncio.to_thread(build_bundle, app.module_file, copies=app.image_spec.copies)
-        log.info(
-            "package: %s — %d files, %d bytes, module %s", app.name, len(bundle.files), len(bundle.data), bundle.module
+        # The stat cache answers "did anything change?" without reading a file; the
+        # tar itself is only built (or kept) for an upload.
+        bundle = await asyncio.to_thread(
+            cached_bundle,
+            app.module_file,
+            copies=app.image_spec.copies,
+            cache_dir=config.home / "cache" / "bundles",
         )
-        spec = build_spec(app, bundle, control.api_key)
+        log.info(
+            "package: %s — %d files, %d bytes, module %s%s",
+            app.name,
+            len(bundle.files),
+            bundle.size,
+            bundle.module,
+            " (unchanged, from stat cache)" if bundle.from_cache else "",
+        )
+        spec = _spec(app, bundle, control.api_key)
         log.info(
             "hash: bundle sha256 %s (code %.12s, environment %.12s)",
             bundle.digest,
@@ -119,7 +142,9 @@ async def ensure_ready(app: Deployment, session: Session | None) -> Session:
             words,
         )
         if reg.upload_required:
-            up = await control.upload(bundle.digest, bundle.data)
+            # Reading the files again (a cache hit) blocks: keep it off the event loop.
+            data = await asyncio.to_thread(lambda: bundle.data)
+            up = await control.upload(bundle.digest, data)
             log.info("upload: %d bytes streamed; the control service verified sha256 %.12s", up.size, up.digest)
         else:
             log.info("upload: skipped — the control service already holds %.12s", bundle.digest)
@@ -130,7 +155,7 @@ async def ensure_ready(app: Deployment, session: Session | None) -> Session:
         else:
             if session is not None:
                 await session.router.close()
-            router = Router(control, reg.endpoint_id)
+            router = Router(control, reg.endpoint_id, config.balancer)
         state = await router.wait_ready(reg.revision_id, config.ready_timeout)
     except BaseException:
         if router is not None and (session is None or router is not session.router):

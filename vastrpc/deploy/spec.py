@@ -40,7 +40,15 @@ def revision_digests(app: Deployment, bundle_digest: str, secret_key: str) -> co
 
 def _function_options(app: Deployment) -> list[Any]:
     return [
-        [f.name, f.options.max_concurrency, f.options.timeout, f.options.benchmark_runs]
+        [
+            f.name,
+            f.options.max_concurrency,
+            f.options.timeout,
+            f.options.benchmark_runs,
+            f.options.max_queue,
+            f.options.max_queue_time,
+            f.options.generator,
+        ]
         for f in sorted(app.functions.values(), key=lambda f: f.name)
     ]
 
@@ -77,6 +85,9 @@ def build_spec(app: Deployment, bundle: Bundle, secret_key: str) -> control_pb2.
                 max_concurrency=f.options.max_concurrency,
                 has_benchmark=f.options.has_benchmark,
                 timeout=f.options.timeout or 0.0,
+                is_generator=f.options.generator,
+                max_queue=f.options.max_queue,
+                max_queue_time=f.options.max_queue_time,
             )
             for f in app.functions.values()
         ],

@@ -284,10 +284,14 @@ class Agent:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
-            in_flight = sum(await asyncio.gather(*(p.calls_in_flight() for p in list(self._serving))))
+            loads = await asyncio.gather(*(p.load() for p in list(self._serving)))
             try:
                 resp = await self._stub.Heartbeat(
-                    control_pb2.HeartbeatRequest(worker_id=self.worker_id, calls_in_flight=in_flight),
+                    control_pb2.HeartbeatRequest(
+                        worker_id=self.worker_id,
+                        calls_in_flight=sum(n for n, _ in loads),
+                        calls_queued=sum(q for _, q in loads),
+                    ),
                     metadata=self._metadata,
                     timeout=interval * 2,
                 )

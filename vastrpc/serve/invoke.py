@@ -3,30 +3,81 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from vastrpc._errors import SerializationError
-from vastrpc._payload import chunks, decode_args, describe_exception, encode_result
-from vastrpc.api.v1 import worker_pb2, worker_pb2_grpc
+from vastrpc._payload import assemble, decode_args, describe_exception, encode_result
+from vastrpc.api.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger("vastrpc.serve")
 
 _DRAIN = worker_pb2.InvokeResponse(drain=worker_pb2.StreamDrain())
 
 
-class ServedFunction:
-    """A function this worker serves, with its concurrency limit."""
+def _done(call_id: int, encoding: common_pb2.Encoding) -> worker_pb2.InvokeResponse:
+    """The end of a generator call: no value follows."""
+    return worker_pb2.InvokeResponse(result=worker_pb2.CallResult(call_id=call_id, done=True, encoding=encoding))
 
-    def __init__(self, fn: Callable[..., Awaitable[Any]], limit: int) -> None:
+
+DEFAULT_MAX_QUEUE = 1000
+DEFAULT_MAX_QUEUE_TIME = 30.0
+
+
+class Overloaded(Exception):
+    """A call found the function's queue full, or waited past ``max_queue_time`` for a slot."""
+
+
+class ServedFunction:
+    """A function this worker serves, with its concurrency limit and bounded queue.
+
+    At most ``limit`` calls run at once; up to ``max_queue`` more wait, each at most
+    ``max_queue_time`` seconds. A call refused past either bound never ran, so the caller
+    can send it to another worker; memory stays bounded however many calls arrive.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        limit: int,
+        *,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        max_queue_time: float = DEFAULT_MAX_QUEUE_TIME,
+        generator: bool = False,
+    ) -> None:
         self.fn = fn
         self.limit = limit
+        self.max_queue = max_queue
+        self.max_queue_time = max_queue_time
+        self.generator = generator
         self.semaphore = asyncio.Semaphore(limit)
+        self.queued = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the function's slots, waiting in its bounded queue when all are taken."""
+        if self.semaphore.locked():
+            if self.queued >= self.max_queue:
+                raise Overloaded(f"its queue is full ({self.max_queue} calls waiting)")
+            self.queued += 1
+            try:
+                await asyncio.wait_for(self.semaphore.acquire(), self.max_queue_time)
+            except TimeoutError:
+                raise Overloaded(f"no slot freed within max_queue_time ({self.max_queue_time:g}s)") from None
+            finally:
+                self.queued -= 1
+        else:
+            await self.semaphore.acquire()
+        try:
+            yield
+        finally:
+            self.semaphore.release()
 
 
 @dataclass(frozen=True)
@@ -102,7 +153,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     if start.more:
                         stream.partial[start.call_id] = (start, [start.data])
                     else:
-                        self._start(stream, start, start.data)
+                        self._start(stream, start, assemble([start.data], start.buffer_sizes))
                 elif kind == "data":
                     await self._on_data(stream, request.data)
                 elif kind == "cancel":
@@ -127,9 +178,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         entry[1].append(data.data)
         if not data.more:
             del stream.partial[data.call_id]
-            self._start(stream, entry[0], b"".join(entry[1]))
+            self._start(stream, entry[0], assemble(entry[1], entry[0].buffer_sizes))
 
-    def _start(self, stream: _Stream, start: worker_pb2.CallStart, data: bytes) -> None:
+    def _start(self, stream: _Stream, start: worker_pb2.CallStart, data: bytes | bytearray) -> None:
         call_id = start.call_id
         if call_id in stream.tasks:
             task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
@@ -140,7 +191,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         stream.tasks[call_id] = task
         task.add_done_callback(lambda _t: stream.tasks.pop(call_id, None))
 
-    async def _run(self, stream: _Stream, start: worker_pb2.CallStart, data: bytes) -> None:
+    async def _run(self, stream: _Stream, start: worker_pb2.CallStart, data: bytes | bytearray) -> None:
         call_id = start.call_id
         served = self.functions.get(start.function)
         if served is None:
@@ -154,53 +205,63 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             return
         if self.draining:
             # Never ran: the caller may safely send it to another worker.
-            await stream.send_error(call_id, worker_pb2.ERROR_KIND_OVERLOADED, message="the worker is draining")
+            await stream.send_error(call_id, worker_pb2.ERROR_KIND_DRAINING, message="the worker is draining")
             return
         self.calls_in_flight += 1
         try:
             try:
-                args, kwargs = decode_args(data, start.encoding)
+                args, kwargs = decode_args(data, start.encoding, start.buffer_sizes)
             except SerializationError as exc:
                 await stream.send_error(call_id, worker_pb2.ERROR_KIND_BAD_ARGUMENTS, message=str(exc))
                 return
             try:
-                async with served.semaphore:
-                    if start.timeout > 0:
-                        value = await asyncio.wait_for(served.fn(*args, **kwargs), start.timeout)
+                async with asyncio.timeout(start.timeout or None), served.slot():
+                    if served.generator:
+                        async for value in served.fn(*args, **kwargs):
+                            await self._send_value(stream, start, value, last=False)
+                        await stream.send(_done(call_id, start.encoding))
                     else:
-                        value = await served.fn(*args, **kwargs)
+                        await self._send_value(stream, start, await served.fn(*args, **kwargs), last=True)
+            except Overloaded as exc:
+                await stream.send_error(
+                    call_id, worker_pb2.ERROR_KIND_OVERLOADED, message=f"{start.function} refused the call: {exc}"
+                )
             except asyncio.CancelledError:
                 if stream.context.done():
                     raise
                 await stream.send_error(call_id, worker_pb2.ERROR_KIND_CANCELLED, message="the call was cancelled")
-                return
             except TimeoutError:
                 await stream.send_error(
                     call_id, worker_pb2.ERROR_KIND_CANCELLED, message=f"ran past its timeout of {start.timeout:g}s"
                 )
-                return
-            except Exception as exc:
-                await stream.send_error(call_id, worker_pb2.ERROR_KIND_APPLICATION, exc)
-                return
-            try:
-                payload = encode_result(value, start.encoding)
             except SerializationError as exc:
                 await stream.send_error(call_id, worker_pb2.ERROR_KIND_BAD_RESULT, message=str(exc))
-                return
-            for chunk, more in chunks(payload):
-                await stream.send(
-                    worker_pb2.InvokeResponse(
-                        result=worker_pb2.CallResult(
-                            call_id=call_id, data=chunk, more=more, done=not more, encoding=start.encoding
-                        )
-                    )
-                )
+            except Exception as exc:
+                await stream.send_error(call_id, worker_pb2.ERROR_KIND_APPLICATION, exc)
         except asyncio.CancelledError:
             raise
         except Exception:  # the stream broke while answering: nobody is left to tell
             log.debug("could not answer call %d", call_id, exc_info=True)
         finally:
             self.calls_in_flight -= 1
+
+    @staticmethod
+    async def _send_value(stream: _Stream, start: worker_pb2.CallStart, value: Any, *, last: bool) -> None:
+        payload = encode_result(value, start.encoding)
+        first = True
+        for chunk, more in payload.chunks():
+            result = worker_pb2.CallResult(
+                call_id=start.call_id, data=chunk, more=more, done=last and not more, encoding=start.encoding
+            )
+            if first:
+                result.buffer_sizes.extend(payload.buffer_sizes)
+                first = False
+            await stream.send(worker_pb2.InvokeResponse(result=result))
+
+    @property
+    def calls_queued(self) -> int:
+        """Calls waiting for a slot."""
+        return sum(f.queued for f in self.functions.values())
 
     async def GetWorkerInfo(
         self, request: worker_pb2.GetWorkerInfoRequest, context: grpc.aio.ServicerContext
@@ -214,4 +275,5 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             capacity=self.capacity,
             pid=os.getpid(),
             calls_in_flight=self.calls_in_flight,
+            calls_queued=self.calls_queued,
         )

@@ -93,12 +93,19 @@ def _benchmark_inputs(fn: RemoteFunction[Any, Any]) -> list[Any]:
     return list(itertools.islice(itertools.cycle(o.benchmark_dataset), o.benchmark_runs))
 
 
-async def _apply(fn: RemoteFunction[Any, Any], item: Any) -> Any:
+async def _apply(fn: RemoteFunction[Any, Any], item: Any) -> None:
+    args: tuple[Any, ...]
     if isinstance(item, dict):
-        return await fn.fn(**item)
-    if isinstance(item, (tuple, list)):
-        return await fn.fn(*item)
-    return await fn.fn(item)
+        args, kwargs = (), item
+    elif isinstance(item, (tuple, list)):
+        args, kwargs = tuple(item), {}
+    else:
+        args, kwargs = (item,), {}
+    if fn.options.generator:
+        async for _ in fn.fn(*args, **kwargs):  # a generator's work is all of its values
+            pass
+    else:
+        await fn.fn(*args, **kwargs)
 
 
 async def run_benchmark(app: Deployment) -> tuple[float, dict[str, float]]:
@@ -159,7 +166,16 @@ async def serve(config: dict[str, Any], emit: Emit) -> int:
         await exit_contexts(entered)
         return 1
     identity = WorkerIdentity(config["worker_id"], config["endpoint_id"], config["revision_id"])
-    functions = {name: ServedFunction(f.fn, f.options.max_concurrency) for name, f in app.functions.items()}
+    functions = {
+        name: ServedFunction(
+            f.fn,
+            f.options.max_concurrency,
+            max_queue=f.options.max_queue,
+            max_queue_time=f.options.max_queue_time,
+            generator=f.options.generator,
+        )
+        for name, f in app.functions.items()
+    }
     servicer = WorkerServicer(identity, functions, score)
     token = config["endpoint_token"]
 

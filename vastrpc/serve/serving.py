@@ -83,10 +83,10 @@ class ServingProcess:
         code = await self.exited
         raise DeploymentError(f"the serving process exited with code {code} before it was ready", step=step)
 
-    async def calls_in_flight(self) -> int:
-        """Calls the process runs now (0 when it cannot be asked)."""
+    async def load(self) -> tuple[int, int]:
+        """Calls the process runs or queues now, and of those queued ((0, 0) when it cannot be asked)."""
         if not self.address or self.exited.done():
-            return 0
+            return 0, 0
         if self._channel is None:
             self._channel = grpc.aio.insecure_channel(self.address, options=list(CHANNEL_OPTIONS))
         try:
@@ -94,8 +94,8 @@ class ServingProcess:
                 worker_pb2.GetWorkerInfoRequest(), metadata=bearer(self._token), timeout=2
             )
         except grpc.aio.AioRpcError:
-            return 0
-        return int(info.calls_in_flight)
+            return 0, 0
+        return int(info.calls_in_flight), int(info.calls_queued)
 
     async def stop(self, grace: float) -> int:
         """SIGTERM (it drains its calls and exits its contexts), SIGKILL after ``grace``; returns the exit code."""

@@ -18,6 +18,7 @@ class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_KIND_CANCELLED: _ClassVar[ErrorKind]
     ERROR_KIND_OVERLOADED: _ClassVar[ErrorKind]
     ERROR_KIND_PROTOCOL: _ClassVar[ErrorKind]
+    ERROR_KIND_DRAINING: _ClassVar[ErrorKind]
 ERROR_KIND_UNSPECIFIED: ErrorKind
 ERROR_KIND_APPLICATION: ErrorKind
 ERROR_KIND_FUNCTION_NOT_FOUND: ErrorKind
@@ -26,6 +27,7 @@ ERROR_KIND_BAD_RESULT: ErrorKind
 ERROR_KIND_CANCELLED: ErrorKind
 ERROR_KIND_OVERLOADED: ErrorKind
 ERROR_KIND_PROTOCOL: ErrorKind
+ERROR_KIND_DRAINING: ErrorKind
 
 class CallStart(_message.Message):
     __slots__ = ("call_id", "function", "encoding", "data", "more", "timeout", "buffer_sizes")

@@ -1,0 +1,139 @@
+"""RemoteFunction: what ``@app.remote`` returns, and every way to call it."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from vastrpc._errors import DefinitionError
+from vastrpc._mode import serve_runtime
+
+if TYPE_CHECKING:
+    from vastrpc.client.router import CallInfo
+    from vastrpc.deployment import Deployment
+
+__all__ = ["FunctionOptions", "RemoteFunction"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_MAX_CONCURRENCY = 64
+# Kept equal to the worker's defaults (vastrpc/serve/invoke.py), which apply when a spec leaves them 0.
+DEFAULT_MAX_QUEUE = 1000
+DEFAULT_MAX_QUEUE_TIME = 30.0
+
+
+@dataclass(frozen=True)
+class FunctionOptions:
+    """What ``@app.remote`` recorded about one function."""
+
+    name: str
+    benchmark_dataset: tuple[Any, ...] | None
+    benchmark_generator: Callable[[], Any] | None
+    benchmark_runs: int
+    max_concurrency: int
+    timeout: float | None
+    max_queue: int = DEFAULT_MAX_QUEUE
+    max_queue_time: float = DEFAULT_MAX_QUEUE_TIME
+    generator: bool = False
+
+    @property
+    def has_benchmark(self) -> bool:
+        return self.benchmark_dataset is not None or self.benchmark_generator is not None
+
+
+class RemoteFunction(Generic[P, R]):
+    """An ``async def`` (or async generator) under ``@app.remote``.
+
+    ``await fn(...)`` deploys the app if needed (deploy mode) and runs the function on a
+    worker; on the worker itself (serve mode) it runs the function in place. For an async
+    generator, ``fn(...)`` (or ``fn.stream(...)``) is iterated with ``async for``.
+    """
+
+    def __init__(self, app: Deployment, fn: Callable[P, Any], options: FunctionOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.options = options
+        functools.update_wrapper(self, fn)
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
+        if serve_runtime() is not None:
+            return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+        if self.options.generator:
+            return self.stream(*args, **kwargs)  # type: ignore[return-value]
+        return self.app._call(self.options.name, args, kwargs, self.options.timeout)
+
+    async def call_with_info(self, *args: P.args, **kwargs: P.kwargs) -> CallInfo:
+        """Call on a worker and return the result with where it ran (worker id, revision id)."""
+        self._not_generator("call_with_info")
+        return await self.app._invoke(self.options.name, args, kwargs, self.options.timeout)
+
+    def stream(self, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[Any]:
+        """Iterate an async generator's values as the worker produces them.
+
+        Leaving the loop early (``break``, an exception, cancellation) stops the generator
+        on the worker.
+        """
+        if not self.options.generator:
+            raise DefinitionError(f"{self.name} is not an async generator: await it instead of streaming it")
+        if serve_runtime() is not None:
+            return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+        return self.app._stream(self.options.name, args, kwargs, self.options.timeout)
+
+    async def map(self, *iterables: Iterable[Any], concurrency: int = 64, return_exceptions: bool = False) -> list[Any]:
+        """Call the function once per item (``fn(a, b)`` for items of two iterables), results in input order.
+
+        Args:
+            iterables: One iterable per positional argument, zipped like ``map()``.
+            concurrency: Calls in flight at once; the inputs are consumed lazily.
+            return_exceptions: Put each failed call's exception in its place instead of
+                raising the first one (the other calls are then cancelled).
+        """
+        self._not_generator("map")
+        if concurrency < 1:
+            raise DefinitionError("map: concurrency must be at least 1")
+        items = enumerate(zip(*iterables, strict=False))
+        results: dict[int, Any] = {}
+
+        async def work() -> None:
+            for index, args in items:
+                try:
+                    results[index] = await self(*args)  # type: ignore[arg-type, call-arg]
+                except Exception as exc:
+                    if not return_exceptions:
+                        raise
+                    results[index] = exc
+
+        workers = [asyncio.ensure_future(work()) for _ in range(concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+        return [results[i] for i in range(len(results))]
+
+    def with_options(self, *, timeout: float | None = None) -> RemoteFunction[P, R]:
+        """The same function with other call options, e.g. ``await fn.with_options(timeout=5)(x)``."""
+        if timeout is not None and timeout <= 0:
+            raise DefinitionError(f"with_options: timeout must be positive seconds or None, got {timeout!r}")
+        return RemoteFunction(self.app, self.fn, replace(self.options, timeout=timeout))
+
+    def local(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run the function in this process, without a worker."""
+        return self.fn(*args, **kwargs)
+
+    def _not_generator(self, what: str) -> None:
+        if self.options.generator:
+            raise DefinitionError(f"{self.name} is an async generator: use `async for v in {self.name}.stream(...)`")
+
+    def __repr__(self) -> str:
+        return f"<RemoteFunction {self.app.name}.{self.name}>"
