@@ -1,20 +1,42 @@
-"""The baseline: a bare grpc.aio unary echo server (protobuf messages), run as its own process."""
+"""The baselines: a bare grpc.aio server, run as its own process, with two methods.
+
+- ``/bench.Echo/Echo``: unary echo of a protobuf message (``CallData``), the per-call baseline.
+- ``/bench.Echo/Stream``: a long-lived bidirectional stream of raw bytes (no protobuf) for bulk
+  transfer: the client sends one payload as chunks followed by an empty message; the server keeps
+  the chunks and, at the empty message, sends them back followed by an empty message. Store and
+  forward, like a call whose function needs its whole argument before it returns it.
+
+Prints its port on stdout; stops when its stdin closes.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
 
 import grpc
 
 from vastrpc.api.v1 import worker_pb2
 
 METHOD = "/bench.Echo/Echo"
+STREAM_METHOD = "/bench.Echo/Stream"
 
 
 async def main() -> None:
     async def echo(request: worker_pb2.CallData, context: grpc.aio.ServicerContext) -> worker_pb2.CallData:
         return request
+
+    async def stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        parts: list[bytes] = []
+        async for chunk in requests:
+            if chunk:
+                parts.append(chunk)
+                continue
+            for part in parts:
+                yield part
+            yield b""
+            parts = []
 
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo",
@@ -23,7 +45,8 @@ async def main() -> None:
                 echo,
                 request_deserializer=worker_pb2.CallData.FromString,
                 response_serializer=worker_pb2.CallData.SerializeToString,
-            )
+            ),
+            "Stream": grpc.stream_stream_rpc_method_handler(stream),  # raw bytes both ways
         },
     )
     server = grpc.aio.server()

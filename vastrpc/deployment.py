@@ -137,6 +137,7 @@ class Deployment:
         max_queue: int = DEFAULT_MAX_QUEUE,
         max_queue_time: float = DEFAULT_MAX_QUEUE_TIME,
         timeout: float | None = None,
+        retries: int = 0,
     ) -> Callable[[Callable[P, Awaitable[R]]], RemoteFunction[P, R]]: ...
 
     def remote(
@@ -151,6 +152,7 @@ class Deployment:
         max_queue: int = DEFAULT_MAX_QUEUE,
         max_queue_time: float = DEFAULT_MAX_QUEUE_TIME,
         timeout: float | None = None,
+        retries: int = 0,
     ) -> RemoteFunction[P, R] | Callable[[Callable[P, Awaitable[R]]], RemoteFunction[P, R]]:
         """Declare an ``async def`` (or async generator) that runs on the deployment's workers.
 
@@ -167,6 +169,10 @@ class Deployment:
                 the same way; when every worker refuses, the call raises ``OverloadedError``.
             timeout: Default seconds a call may take, queueing included; ``None`` for no
                 limit. ``fn.with_options(timeout=...)`` changes it per call.
+            retries: For an idempotent function: how many times a call whose worker died
+                during it is repeated on another worker (jittered exponential backoff). The
+                default 0 never runs a call twice; a call that never reached a worker is
+                always sent elsewhere, whatever this says.
         """
         if benchmark_dataset is not None and benchmark_generator is not None:
             raise DefinitionError("@remote: pass benchmark_dataset or benchmark_generator, not both")
@@ -181,6 +187,8 @@ class Deployment:
             raise DefinitionError(f"@remote: max_concurrency must be a positive integer, got {max_concurrency!r}")
         if timeout is not None and timeout <= 0:
             raise DefinitionError(f"@remote: timeout must be positive seconds or None, got {timeout!r}")
+        if not isinstance(retries, int) or retries < 0:
+            raise DefinitionError(f"@remote: retries must be a non-negative integer, got {retries!r}")
         if not isinstance(max_queue, int) or max_queue < 0:
             raise DefinitionError(f"@remote: max_queue must be a non-negative integer, got {max_queue!r}")
         if max_queue_time <= 0:
@@ -203,6 +211,7 @@ class Deployment:
                 max_queue=max_queue,
                 max_queue_time=max_queue_time,
                 generator=generator,
+                retries=retries,
             )
             remote_fn: RemoteFunction[P, R] = RemoteFunction(self, func, options)
             self.functions[name] = remote_fn
@@ -252,14 +261,16 @@ class Deployment:
             self._session = await ensure_ready(self, self._live_session())
             return self._session.result
 
-    async def _call(self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
-        return (await self._invoke(function, args, kwargs, timeout)).value
+    async def _call(
+        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None, retries: int = 0
+    ) -> Any:
+        return (await self._invoke(function, args, kwargs, timeout, retries)).value
 
     async def _invoke(
-        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None, retries: int = 0
     ) -> CallInfo:
         session = await self._ready_session()
-        return await session.router.call(function, args, kwargs, timeout)
+        return await session.router.call(function, args, kwargs, timeout, retries)
 
     async def _stream(
         self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None

@@ -39,6 +39,7 @@ class FunctionOptions:
     max_queue: int = DEFAULT_MAX_QUEUE
     max_queue_time: float = DEFAULT_MAX_QUEUE_TIME
     generator: bool = False
+    retries: int = 0
 
     @property
     def has_benchmark(self) -> bool:
@@ -68,12 +69,12 @@ class RemoteFunction(Generic[P, R]):
             return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
         if self.options.generator:
             return self.stream(*args, **kwargs)  # type: ignore[return-value]
-        return self.app._call(self.options.name, args, kwargs, self.options.timeout)
+        return self.app._call(self.options.name, args, kwargs, self.options.timeout, self.options.retries)
 
     async def call_with_info(self, *args: P.args, **kwargs: P.kwargs) -> CallInfo:
         """Call on a worker and return the result with where it ran (worker id, revision id)."""
         self._not_generator("call_with_info")
-        return await self.app._invoke(self.options.name, args, kwargs, self.options.timeout)
+        return await self.app._invoke(self.options.name, args, kwargs, self.options.timeout, self.options.retries)
 
     def stream(self, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[Any]:
         """Iterate an async generator's values as the worker produces them.

@@ -113,14 +113,29 @@ class Image:
 
 @dataclass(frozen=True)
 class Autoscaling:
-    """How many workers an endpoint runs.
+    """How many workers an endpoint runs: the control service's autoscaler sizes it from its load.
+
+    The load is the calls in flight (running and queued) the workers report in their
+    heartbeats; a worker's capacity is the calls it runs at once (the sum of its functions'
+    ``max_concurrency``). The endpoint wants ``ceil(load / (capacity * target_util)) +
+    cold_workers`` workers, within ``min_workers`` and ``max_workers``. More start at once;
+    fewer only once fewer have sufficed for the control service's scale-down delay (10 s by
+    default, ``--scale-down-delay``). The first deploy starts ``max(min_workers, cold_workers,
+    1)`` workers; an update keeps the current count within the new bounds.
 
     Attributes:
-        min_workers: Workers kept running even without load.
-        max_workers: The most workers the endpoint may run.
-        cold_workers: Extra workers kept ready beyond the load.
-        target_util: Fraction of the workers' capacity the autoscaler aims to use.
-        inactivity_timeout: Seconds without calls before scaling down to ``min_workers``.
+        min_workers: Never fewer workers (default 1). ``0`` lets the endpoint scale to zero
+            after ``inactivity_timeout``: it stays deployed and ready, and a call that finds no
+            worker starts one and waits for it (a cold start).
+        max_workers: Never more workers, whatever the load (default 1).
+        cold_workers: Workers kept beyond what the load needs while the endpoint is in use
+            (a call within ``inactivity_timeout``), ready for a burst; waking from zero starts
+            this many, at least one (default 0).
+        target_util: The fraction of the workers' capacity the load should fill, in (0, 1];
+            lower keeps more headroom (default 0.8).
+        inactivity_timeout: Seconds without any call in flight after which the endpoint goes
+            down to ``min_workers`` at once, cold workers included; until then it keeps at
+            least one worker (default 300).
     """
 
     min_workers: int = 1

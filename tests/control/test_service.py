@@ -206,6 +206,12 @@ async def test_provision_to_ready_worker_tokens_logs_list_teardown(control_servi
         code, _ = await _code(worker.list())
         assert code == grpc.StatusCode.UNAUTHENTICATED
         code, _ = await _code(
+            worker.stub.WakeEndpoint(
+                control_pb2.WakeEndpointRequest(endpoint_id=reg.endpoint_id), metadata=worker.metadata, timeout=5
+            )
+        )
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+        code, _ = await _code(
             worker.stub.UpdateWorker(
                 control_pb2.UpdateWorkerRequest(worker_id=b, state=common_pb2.WORKER_STATE_FAILED),
                 metadata=worker.metadata,
@@ -351,7 +357,7 @@ async def test_settings_change_keeps_workers_code_change_is_taken_in_place(clien
 
 
 @with_fake_worker
-async def test_ready_worker_that_dies_fails_only_when_none_is_left(client) -> None:
+async def test_ready_worker_that_dies_is_replaced_and_fails_only_when_none_is_left(client) -> None:
     data, digest = bundle()
     reg, _ = await client.deploy(make_spec(digest=digest, min_workers=2, max_workers=2), data)
     first, second = (await client.wait_ready(reg.endpoint_id, workers=2)).workers
@@ -364,8 +370,16 @@ async def test_ready_worker_that_dies_fails_only_when_none_is_left(client) -> No
     assert state.state == READY
     lost = next(w for w in state.workers if w.worker_id == first.worker_id)
     assert (lost.failure.step, lost.failure.message) == ("serving", "worker process was killed by signal SIGKILL")
+    # The autoscaler starts a replacement: two ready workers again.
+    state = await client.wait_ready(reg.endpoint_id, workers=2)
+    (replacement,) = [
+        w for w in state.workers if w.state == common_pb2.WORKER_STATE_READY and w.worker_id != second.worker_id
+    ]
+    assert replacement.worker_id != first.worker_id
 
+    # Both at once: none is left before a replacement could be ready.
     os.kill(second.pid, signal.SIGKILL)
+    os.kill(replacement.pid, signal.SIGKILL)
     state = await client.watch_until(reg.endpoint_id, lambda u: u.state == FAILED)
     assert state.failure.step == "serving"
     # The next provision of the same revision starts afresh.

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
 from vastrpc._errors import (
     ControlServiceError,
     DefinitionError,
@@ -17,7 +19,7 @@ from vastrpc._errors import (
     VastrpcError,
     WorkerUnavailableError,
 )
-from vastrpc._payload import CLOUDPICKLE, decode_result, encode_args
+from vastrpc._payload import CLOUDPICKLE, Payload, decode_result, encode_args
 from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.client.balancer import BALANCERS
 from vastrpc.client.connection import CallNotDelivered, WorkerConnection
@@ -202,14 +204,30 @@ class Router:
             log.info("endpoint %s had no ready worker: %d started (cold start)", self.endpoint_id, started)
 
     async def call(
-        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None, retries: int = 0
     ) -> CallInfo:
         """Encode the arguments, run the call on the best worker, and decode its result.
 
         A call that never ran (its worker was draining, at its limits, or unreachable) is
-        sent to another worker; one that may have run is never repeated.
+        sent to another worker. One that may have run (its worker died during it) is
+        repeated only for a function declared with ``retries``, up to that many times, with
+        jittered exponential backoff, on the worker then expected soonest.
         """
         payload = encode_args(args, kwargs, CLOUDPICKLE)
+        if not retries:
+            return await self._call_once(function, payload, timeout)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(retries + 1),
+            wait=wait_random_exponential(multiplier=0.05, max=2.0),
+            retry=retry_if_exception(_worker_lost),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._call_once(function, payload, timeout)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _call_once(self, function: str, payload: Payload, timeout: float | None) -> CallInfo:
         started = time.monotonic()
         deadline = started + _NO_WORKER_WAIT
         overloaded: set[str] = set()
@@ -268,6 +286,11 @@ class Router:
         await asyncio.gather(self._task, return_exceptions=True)
         conns, self.workers = list(self.workers.values()), {}
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+
+
+def _worker_lost(exc: BaseException) -> bool:
+    """A failure that may be retried for a function declared idempotent: its worker went away."""
+    return isinstance(exc, WorkerUnavailableError) and not isinstance(exc, OverloadedError)
 
 
 async def _close_when_idle(conn: WorkerConnection, limit: float = 600.0) -> None:

@@ -189,7 +189,7 @@ async def wake(store: Store, lifecycle: ScaleTarget, endpoint_id: str) -> int:
     count = wake_workers(control_pb2.DeploymentSpec.FromString(revision.spec))
     started = await lifecycle.scale(endpoint_id, count, wake=True)
     if started:
-        log.info("autoscale: woke endpoint %s: %d worker(s) started (cold start)", endpoint_id, started)
+        log.info("autoscale: %s 0 → %d workers (woken by a client: cold start)", _name(store, endpoint), started)
     return started
 
 
@@ -277,10 +277,12 @@ class Autoscaler:
             now = time.time() if now is None else now
             changed: dict[str, int] = {}
             looked: set[str] = set()
+            live: set[str] = set()
             for endpoint in self.store.list_endpoints():
                 if endpoint.state not in ("ready", "deploying") or not endpoint.live_revision_id:
                     continue
                 looked.add(endpoint.id)
+                live.add(endpoint.live_revision_id)
                 plan = self._plan(endpoint, now)
                 if plan is None:
                     continue
@@ -295,6 +297,8 @@ class Autoscaler:
             # Forget endpoints torn down or failed: a new deploy starts with a fresh history.
             for endpoint_id in set(self._states) - looked:
                 del self._states[endpoint_id]
+            for revision_id in set(self._specs) - live:
+                del self._specs[revision_id]
             return changed
 
     def _plan(self, endpoint: EndpointRow, now: float) -> tuple[int, int] | None:
@@ -325,7 +329,7 @@ class Autoscaler:
         if decision.desired != endpoint.desired_workers:
             log.info(
                 "autoscale: %s %d → %d workers (%s)",
-                self._name(endpoint),
+                _name(self.store, endpoint),
                 endpoint.desired_workers,
                 decision.desired,
                 decision.reason,
@@ -333,7 +337,7 @@ class Autoscaler:
         elif len(workers) < decision.desired:
             log.info(
                 "autoscale: %s runs %d of %d workers: starting %d",
-                self._name(endpoint),
+                _name(self.store, endpoint),
                 len(workers),
                 decision.desired,
                 decision.desired - len(workers),
@@ -348,9 +352,11 @@ class Autoscaler:
             cached = self._specs[revision_id] = (Policy.from_spec(spec.autoscaling), _spec_capacity(spec))
         return cached
 
-    def _name(self, endpoint: EndpointRow) -> str:
-        deployment = self.store.get_deployment(endpoint.deployment_id)
-        return f"{deployment.name}:{endpoint.tag}" if deployment else endpoint.id
+
+def _name(store: Store, endpoint: EndpointRow) -> str:
+    """``name:tag`` of an endpoint, for the log."""
+    deployment = store.get_deployment(endpoint.deployment_id)
+    return f"{deployment.name}:{endpoint.tag}" if deployment else endpoint.id
 
 
 def _mean_capacity(workers: list[WorkerRow]) -> float:

@@ -417,7 +417,8 @@ class Lifecycle:
         if worker.state in ("stopped", "failed"):
             # A worker that was stopped or failed does not come back; it is told to stop.
             return
-        if revision_id and revision_id != worker.revision_id:
+        switching = bool(revision_id and revision_id != worker.revision_id)
+        if switching:
             if self.store.get_revision(revision_id) is None:
                 raise NotFoundError(f"no revision {revision_id!r}")
             if name not in ("ready", "failed"):
@@ -426,9 +427,14 @@ class Lifecycle:
             worker = self.store.update_worker(worker_id, revision_id=revision_id)
         if name == "failed":
             f = failure or common_pb2.Failure()
-            self._fail_worker(
-                worker, f.step or worker.state, f.message or "the worker reported a failure", log_tail=f.log_tail
-            )
+            message = f.message or "the worker reported a failure"
+            if worker.state == "ready" and not switching:
+                # A serving worker died (its serving process crashed): the endpoint lives on
+                # with its other workers, and the lost one is replaced.
+                self._fail_worker(worker, f.step or "serving", message, log_tail=f.log_tail, fail_endpoint=False)
+                self._worker_lost(worker, message)
+            else:
+                self._fail_worker(worker, f.step or worker.state, message, log_tail=f.log_tail)
             # It reported its failure; give it the grace to exit by itself, then stop it.
             self._spawn(self._stop_later(worker, self.stop_grace))
             return

@@ -1,0 +1,153 @@
+"""Faults injected for real: killed and terminated workers, garbage on the wire, bad pickles."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from vastrpc import SerializationError, WorkerUnavailableError
+from vastrpc._grpc import bearer
+from vastrpc.api.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+
+pytestmark = pytest.mark.e2e
+
+SOURCE = """
+import asyncio, os
+from vastrpc import Deployment
+
+app = Deployment(name="{name}")
+app.image().env(RUNS={runs!r})
+app.configure_autoscaling(min_workers={workers}, max_workers={workers})
+
+def record(tag):
+    with open(os.path.join(os.environ["RUNS"], tag), "a") as f:
+        f.write(f"{{os.getpid()}}\\n")
+
+@app.remote(benchmark_dataset=[{{}}])
+async def ping() -> int:
+    return os.getpid()
+
+@app.remote
+async def once(tag: str, seconds: float) -> int:
+    record(tag)
+    await asyncio.sleep(seconds)
+    return os.getpid()
+
+@app.remote(retries=3)
+async def idempotent(tag: str, seconds: float) -> int:
+    record(tag)
+    await asyncio.sleep(seconds)
+    return os.getpid()
+
+@app.remote
+async def unpicklable_result():
+    import threading
+    return {{"lock": threading.Lock()}}
+
+@app.remote
+async def echo(value):
+    return value
+"""
+
+
+def make(project, tmp_path: Path, workers: int = 2):  # type: ignore[no-untyped-def]
+    runs = tmp_path / "runs"
+    runs.mkdir(exist_ok=True)
+    return project(SOURCE.replace("{runs!r}", repr(str(runs))).replace("{workers}", str(workers))), runs
+
+
+async def _pids_running(runs: Path, tag: str, count: int = 1) -> list[int]:
+    for _ in range(200):
+        if (runs / tag).exists() and len(pids := (runs / tag).read_text().split()) >= count:
+            return [int(p) for p in pids]
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{tag} never ran")
+
+
+async def test_killed_worker_fails_a_plain_call_promptly_and_never_reruns_it(project, tmp_path) -> None:
+    mod, runs = make(project, tmp_path)
+    await mod.app.ensure_ready()
+    call = asyncio.create_task(mod.once("plain", 30))
+    (pid,) = await _pids_running(runs, "plain")
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(WorkerUnavailableError):
+        await call
+    assert time.monotonic() - killed < 5
+    await asyncio.sleep(0.5)
+    assert (runs / "plain").read_text().split() == [str(pid)]  # ran exactly once
+    assert isinstance(await mod.ping(), int)  # the other worker serves
+
+
+async def test_killed_worker_retries_an_idempotent_call_on_another_worker(project, tmp_path) -> None:
+    mod, runs = make(project, tmp_path)
+    await mod.app.ensure_ready()
+    call = asyncio.create_task(mod.idempotent("retry", 1.0))
+    (pid,) = await _pids_running(runs, "retry")
+    os.kill(pid, signal.SIGKILL)
+    served_by = await call
+    executions = [int(p) for p in (runs / "retry").read_text().split()]
+    assert executions[0] == pid and served_by != pid and executions[-1] == served_by
+    assert len(executions) == 2
+
+
+async def test_sigterm_drains_calls_in_flight_and_exits_contexts(project, tmp_path) -> None:
+    mod, runs = make(project, tmp_path, workers=1)
+    await mod.app.ensure_ready()
+    (worker,) = await project.workers(mod.app)
+    call = asyncio.create_task(mod.once("drain", 1.0))
+    (serving_pid,) = await _pids_running(runs, "drain")
+    os.kill(worker["pid"], signal.SIGTERM)  # the agent: it drains its serving process
+    assert await call == serving_pid  # the call in flight finished
+    for _ in range(100):
+        try:
+            os.kill(serving_pid, 0)
+        except ProcessLookupError:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the serving process did not exit after draining")
+    log = await project.logs(worker["worker_id"])
+    assert "stopping: draining" in log
+
+
+async def test_garbage_frames_and_bad_pickles_get_clear_errors_and_the_worker_stays_healthy(
+    project, tmp_path
+) -> None:
+    mod, _ = make(project, tmp_path, workers=1)
+    await mod.app.ensure_ready()
+    (worker,) = await project.workers(mod.app)
+    token = await project.endpoint_token(mod.app)
+    async with grpc.aio.insecure_channel(worker["address"]) as channel:
+        # Bytes that are no InvokeRequest at all.
+        raw = channel.stream_stream("/vastrpc.api.v1.WorkerService/Invoke")
+        call = raw(metadata=bearer(token))
+        await call.write(b"\xff\xfe garbage \x00\x01")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call.read()
+        assert info.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNKNOWN)
+
+        # A well-formed call whose arguments are not a pickle.
+        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+        call = stub.Invoke(metadata=bearer(token))
+        await call.write(
+            worker_pb2.InvokeRequest(
+                start=worker_pb2.CallStart(
+                    call_id=7, function="echo", encoding=common_pb2.ENCODING_CLOUDPICKLE, data=b"not a pickle"
+                )
+            )
+        )
+        response = await call.read()
+        assert response.error.kind == worker_pb2.ERROR_KIND_BAD_ARGUMENTS
+        assert "cannot decode the call's arguments" in response.error.message
+        call.cancel()
+
+    with pytest.raises(SerializationError, match="cannot pickle the result"):
+        await mod.unpicklable_result()
+    assert await mod.echo({"still": "serving"}) == {"still": "serving"}
