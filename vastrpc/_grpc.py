@@ -22,6 +22,7 @@ from vastrpc._errors import (
     VastrpcError,
     WorkerUnavailableError,
 )
+from vastrpc._tls import TlsFiles
 
 AUTH_HEADER = "authorization"
 # Arguments and results travel in chunks of this size: 1 MiB is the measured sweet spot
@@ -143,6 +144,7 @@ async def start_server(
     *,
     authorize: Callable[[str, str], bool],
     enable_reflection: bool = True,
+    tls: TlsFiles | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Start a grpc.aio server with auth, health checking and (optionally) reflection.
 
@@ -151,6 +153,7 @@ async def start_server(
         register: Adds the servicers to the server and returns their full service names.
         authorize: ``(method, token) -> allowed``.
         enable_reflection: Serve gRPC server reflection (for grpcurl).
+        tls: Serve TLS (mutual TLS when it requires client certificates); plaintext when None.
 
     Returns:
         The started server, the bound port, and its health servicer (all services SERVING).
@@ -161,7 +164,10 @@ async def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if enable_reflection:
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(address)
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, tls.server_credentials())
     if port == 0:
         raise OSError(f"cannot listen on {address}: address in use or not available")
     await server.start()
