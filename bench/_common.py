@@ -86,15 +86,25 @@ class Control:
 
 
 @contextlib.asynccontextmanager
-async def control_service(home: Path, *args: str) -> AsyncIterator[Control]:
-    """``python -m vastrpc control serve --home HOME ARGS``; stopped (with its workers) on exit."""
+async def control_service(home: Path, *args: str, env: dict[str, str] | None = None) -> AsyncIterator[Control]:
+    """``python -m vastrpc control serve --home HOME ARGS``; stopped (with its workers) on exit.
+
+    ``env`` changes its environment, which the workers it starts inherit: ``KEY=""`` removes KEY.
+    """
     home.mkdir(parents=True, exist_ok=True)
+    environ = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value:
+            environ[key] = value
+        else:
+            environ.pop(key, None)
     with (home / "control.log").open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "vastrpc", "control", "serve", "--home", str(home), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
+            env=environ,
         )
     try:
         for _ in range(400):

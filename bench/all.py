@@ -497,7 +497,7 @@ async def main_async(opts: argparse.Namespace) -> dict[str, Any]:
     folder.mkdir()
     sys.path.insert(0, str(folder))
     try:
-        async with control_service(home / "home") as control:
+        async with control_service(home / "home", env=opts.worker_env) as control:
             b = Bench(control, folder, opts, results)
             for name in opts.only:
                 b.log(f"section {name}")
@@ -526,7 +526,15 @@ def main() -> None:
     parser.add_argument("--cold-runs", type=int, default=3)
     parser.add_argument("--zero-wait", type=float, default=30, help="seconds to wait for the scale to zero")
     parser.add_argument("--quick", action="store_true", help="fewer calls everywhere (a smoke run)")
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set (KEY= removes) a variable for the control service and its workers only, to try a setting",
+    )
     opts = parser.parse_args()
+    opts.worker_env = dict(item.partition("=")[::2] for item in opts.worker_env)
     opts.only = [s for s in opts.only.split(",") if s]
     unknown = set(opts.only) - set(SECTIONS)
     if unknown:

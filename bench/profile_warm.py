@@ -7,7 +7,7 @@ worker's serving process (the process clients talk to, a child of the worker age
 
 - ``seq``: sequential ``await noop(1)``;
 - ``flight``: ``noop(1)`` with 64 calls in flight;
-- ``bulk1mb``: sequential ``await echo(arr)`` of a 1 MB numpy array.
+- ``bulk1mb`` / ``bulk100mb``: sequential ``await echo(arr)`` of a 1 MB / 100 MB numpy array.
 
 For each phase and process it prints how busy each thread was (samples / (rate × seconds)) and
 the functions with the most samples, on the stack at all (inclusive) and at the top (self).
@@ -51,6 +51,13 @@ def children(pid: int) -> list[int]:
         text = (task / "children").read_text().split()
         out += [int(p) for p in text]
     return out
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds a process has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def summarize(path: Path, rate: int, seconds: float, top: int) -> str:
@@ -111,6 +118,7 @@ async def main_async(opts: argparse.Namespace) -> None:
             (agent_pid,) = [w.pid for d in listing.deployments for e in d.endpoints for w in e.workers]
             (serving_pid,) = children(agent_pid)
             arr = np.arange(1_000_000 // 8, dtype=np.float64)
+            big = np.arange(100_000_000 // 8, dtype=np.float64)
 
             async def seq() -> None:
                 await mod.noop(1)
@@ -121,17 +129,31 @@ async def main_async(opts: argparse.Namespace) -> None:
             async def bulk1mb() -> None:
                 await mod.echo(arr)
 
-            phases = {"seq": seq, "flight": flight, "bulk1mb": bulk1mb}
+            async def bulk100mb() -> None:
+                await mod.echo(big)
+
+            phases = {"seq": seq, "flight": flight, "bulk1mb": bulk1mb, "bulk100mb": bulk100mb}
             for phase in opts.phases.split(","):
                 body = phases[phase]
-                for _ in range(200):
+                for _ in range(200 if phase != "bulk100mb" else 3):
                     await body()
-                # Unprofiled rate first, to see what the sampling costs.
+                # Unprofiled first: the rate, and the CPU time each process spends per call (user / system).
+                pids = {"client": os.getpid(), "worker": serving_pid}
+                before = {who: cpu_seconds(pid) for who, pid in pids.items()}
                 t, n = time.perf_counter(), 0
-                while time.perf_counter() - t < 2:
+                while time.perf_counter() - t < 3:
                     await body()
                     n += 1
-                plain = n / (time.perf_counter() - t)
+                wall = time.perf_counter() - t
+                plain = n / wall
+                calls = n * (64 if phase == "flight" else 1)
+                cpu_lines = []
+                for who, pid in pids.items():
+                    user, system = (b - a for a, b in zip(before[who], cpu_seconds(pid), strict=True))
+                    cpu_lines.append(
+                        f"  {who}: {user / calls * 1e3:.3f} ms user + {system / calls * 1e3:.3f} ms system CPU a call"
+                        f" ({(user + system) / wall:.0%} of a core)"
+                    )
                 spies = {}
                 for who, pid in (("client", os.getpid()), ("worker", serving_pid)):
                     out = opts.out / f"{phase}-{who}.txt"
@@ -147,6 +169,7 @@ async def main_async(opts: argparse.Namespace) -> None:
                     await asyncio.to_thread(proc.wait, 60)
                 unit = "batches of 64/s" if phase == "flight" else "calls/s"
                 print(f"\n## phase {phase}: {plain:,.0f} {unit} unprofiled, {sampled:,.0f} while sampled")
+                print("\n".join(cpu_lines))
                 for who, (out, _) in spies.items():
                     if out.exists():
                         print(f"\n### {who} ({'this process' if who == 'client' else 'serving process'})")

@@ -70,8 +70,9 @@ def main() -> int:
         return 0
     update(common_pb2.WORKER_STATE_LOADING)
     time.sleep(float(env.get("FAKE_READY_DELAY", "0")))
-    update(common_pb2.WORKER_STATE_READY, address="127.0.0.1:9", score=12.5, capacity=4)
+    # Printed first: whoever sees the worker ready finds the line in its log already.
     print("ready", flush=True)
+    update(common_pb2.WORKER_STATE_READY, address="127.0.0.1:9", score=12.5, capacity=4)
     while True:
         response = stub.Heartbeat(
             control_pb2.HeartbeatRequest(worker_id=args.worker_id, calls_in_flight=0), metadata=metadata, timeout=10

@@ -287,6 +287,10 @@ async def test_an_update_in_progress_is_left_alone(setup) -> None:
     setup.store.update_endpoint(endpoint_id, state="ready")
     assert await setup.autoscaler.tick() == {}
     assert setup.provider.started == []
+    # A decision made for a revision that is no longer live is dropped.
+    setup.store.update_endpoint(endpoint_id, live_revision_id=other.id)
+    assert await setup.lifecycle.scale(endpoint_id, 3, revision_id=live) == 0
+    assert setup.provider.started == [] and setup.endpoint_row(endpoint_id).desired_workers == 1
 
 
 async def test_scale_to_zero_stays_ready_and_a_wake_starts_cold_workers(tmp_path) -> None:

@@ -63,7 +63,7 @@ def make(project, tmp_path: Path, workers: int = 2):  # type: ignore[no-untyped-
 
 
 async def _pids_running(runs: Path, tag: str, count: int = 1) -> list[int]:
-    for _ in range(200):
+    for _ in range(1000):
         if (runs / tag).exists() and len(pids := (runs / tag).read_text().split()) >= count:
             return [int(p) for p in pids]
         await asyncio.sleep(0.02)

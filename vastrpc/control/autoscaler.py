@@ -29,8 +29,8 @@ class ScaleTarget(Protocol):
     def shutting_down(self) -> bool:
         """Whether the service is stopping (the autoscaler then leaves everything alone)."""
 
-    async def scale(self, endpoint_id: str, desired: int, *, wake: bool = False) -> int:
-        """Run ``desired`` workers of the endpoint's live revision; returns the workers started."""
+    async def scale(self, endpoint_id: str, desired: int, *, revision_id: str = "", wake: bool = False) -> int:
+        """Run ``desired`` workers of the endpoint's live revision (if still ``revision_id``); returns those started."""
 
 
 @dataclass(frozen=True)
@@ -289,7 +289,8 @@ class Autoscaler:
                 desired, active = plan
                 if desired == endpoint.desired_workers and active == desired:
                     continue
-                await self.lifecycle.scale(endpoint.id, desired)
+                # Applied only if no update made another revision live meanwhile.
+                await self.lifecycle.scale(endpoint.id, desired, revision_id=endpoint.live_revision_id)
                 if desired != endpoint.desired_workers:
                     changed[endpoint.id] = desired
                 if self.lifecycle.shutting_down:

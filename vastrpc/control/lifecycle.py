@@ -207,11 +207,12 @@ class Lifecycle:
             return 0
         return await self._start_workers(endpoint_id, revision, desired - len(active))
 
-    async def scale(self, endpoint_id: str, desired: int, *, wake: bool = False) -> int:
+    async def scale(self, endpoint_id: str, desired: int, *, revision_id: str = "", wake: bool = False) -> int:
         """The autoscaler's hook: run ``desired`` workers of the live revision; returns the workers started.
 
-        Ready workers are kept and the newest others retired first. An endpoint that is not
-        ready or deploying (stopped or failed meanwhile) is left alone; with ``wake``, so is
+        Ready workers are kept and the newest others retired first. Left alone: an endpoint
+        that is not ready or deploying (stopped or failed meanwhile); one whose live revision
+        is no longer ``revision_id`` (an update came in since the decision); with ``wake``,
         one that has a worker ready or starting (waking is for an endpoint at zero).
         """
         async with self._locks[endpoint_id]:
@@ -219,9 +220,9 @@ class Lifecycle:
             if endpoint is None or endpoint.state not in ("ready", "deploying") or self._shutting_down:
                 return 0
             revision = self.store.get_revision(endpoint.live_revision_id or "")
-            if revision is None or (
-                wake and self.store.list_workers(endpoint_id=endpoint_id, states=ACTIVE_WORKER_STATES)
-            ):
+            if revision is None or revision_id not in ("", revision.id):
+                return 0
+            if wake and self.store.list_workers(endpoint_id=endpoint_id, states=ACTIVE_WORKER_STATES):
                 return 0
             return await self._scale(endpoint_id, revision, desired)
 

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vastrpc._errors import DefinitionError
-from vastrpc.api.v1 import common_pb2, control_pb2
+from vastrpc.api.v1 import common_pb2
 from vastrpc.client.control import ControlClient
 from vastrpc.client.router import Router
-from vastrpc.deploy.bundle import Bundle
 from vastrpc.deploy.spec import build_spec
 from vastrpc.deploy.statcache import cached_bundle
 
@@ -88,16 +87,6 @@ def validate(app: Deployment) -> None:
         )
 
 
-def _spec(app: Deployment, bundle: Bundle, api_key: str) -> control_pb2.DeploymentSpec:
-    """The revision's spec, without building the tar of a bundle that came from the stat cache."""
-    # build_spec sizes the bundle with len(bundle.data), which would build the tar;
-    # hand it a stand-in holding no bytes and set the size from the bundle itself.
-    stand_in = Bundle(digest=bundle.digest, files=bundle.files, module=bundle.module, size=0, members={}, data=b"")
-    spec = build_spec(app, stand_in, api_key)
-    spec.bundle_size = bundle.size
-    return spec
-
-
 async def ensure_ready(app: Deployment, session: Session | None) -> Session:
     """Bring ``app`` up on the control service and return a session connected to its ready workers."""
     started = time.perf_counter()
@@ -123,7 +112,7 @@ async def ensure_ready(app: Deployment, session: Session | None) -> Session:
             bundle.module,
             " (unchanged, from stat cache)" if bundle.from_cache else "",
         )
-        spec = _spec(app, bundle, control.api_key)
+        spec = build_spec(app, bundle, control.api_key)
         log.info(
             "hash: bundle sha256 %s (code %.12s, environment %.12s)",
             bundle.digest,

@@ -93,5 +93,5 @@ def build_spec(app: Deployment, bundle: Bundle, secret_key: str) -> control_pb2.
         ],
         ttl=app.ttl or 0.0,
         digests=revision_digests(app, bundle.digest, secret_key),
-        bundle_size=len(bundle.data),
+        bundle_size=bundle.size,
     )
