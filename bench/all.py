@@ -2,10 +2,11 @@
 
 Run: ``python bench/all.py`` (about 3 minutes on 2 CPUs). Sections (``--only a,b`` picks some):
 
-- ``core``: warm no-op call p50/p99 (sequential) and throughput (64 in flight) of vastrpc against a
-  bare grpc.aio unary echo, measured in alternating rounds.
-- ``ray``: the same two against a Ray Serve DeploymentHandle (``bench/ray_serve_noop.py`` in its
-  own process; skipped when ``ray[serve]`` is not installed: ``pip install -r bench/requirements.txt``).
+- ``core``: warm no-op call p50/p99 (sequential) and throughput (64 in flight) of vastrpc, of a
+  bare grpc.aio unary echo and of a Ray Serve DeploymentHandle (``bench/ray_serve_noop.py`` in its
+  own process; left out with ``--no-ray`` or when ``ray[serve]`` is not installed:
+  ``pip install -r bench/requirements.txt``), in rounds whose order rotates, so that all three
+  see the same machine; throughput ratios are the median of the per-round ratios.
 - ``bulk``: 1 MB and 100 MB numpy argument round trips (``await echo(arr)``) against a raw grpc.aio
   bidi stream moving the same bytes both ways in 1 MiB chunks, alternating call by call.
 - ``hetero``: two workers, one 3× slower, closed-loop load; throughput with the default balancer
@@ -38,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
 from _common import (
     BENCH,
     Control,
@@ -50,10 +50,11 @@ from _common import (
     percentile,
     throughput,
 )
+
 from vastrpc.api.v1 import common_pb2, worker_pb2
 from vastrpc.client.control import ControlClient
 
-SECTIONS = ("core", "ray", "bulk", "hetero", "zero", "cold")
+SECTIONS = ("core", "bulk", "hetero", "zero", "cold")
 MB = 1_000_000
 CHUNK = 1 << 20
 
@@ -140,74 +141,127 @@ class Bench:
         print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-# -- core: warm no-op against a bare unary echo ----------------------------------------------
+# -- core: warm no-op against a bare unary echo and a Ray Serve handle ------------------------
+
+
+class RayPeer:
+    """bench/ray_serve_noop.py --driven: Ray Serve up in its own process, measuring on request."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, info: dict[str, Any]) -> None:
+        self.proc = proc
+        self.info = info
+
+    @classmethod
+    async def start(cls, timeout: float) -> RayPeer:
+        argv = [sys.executable, str(BENCH / "ray_serve_noop.py"), "--driven"]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        peer = cls(proc, {})
+        try:
+            peer.info = (await asyncio.wait_for(peer._answer(), timeout))["ready"]
+        except BaseException:
+            await peer.stop()
+            raise
+        return peer
+
+    async def _answer(self) -> Any:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            try:
+                return json.loads(line)
+            except ValueError:  # something Ray printed
+                continue
+        raise RuntimeError("the Ray Serve process ended early (run bench/ray_serve_noop.py alone to see why)")
+
+    async def ask(self, what: str, count: int, timeout: float = 120) -> Any:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{what} {count}\n".encode())
+        await self.proc.stdin.drain()
+        return await asyncio.wait_for(self._answer(), timeout)
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None and self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 60)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=60, check=False)
 
 
 async def core(b: Bench) -> None:
-    n, rounds, calls = b.opts.n, b.opts.rounds, b.opts.calls
+    """Latency and throughput blocks of each system in turn, order rotating round by round."""
+    opts = b.opts
     mod = b.module("noop", NOOP, autoscaling="")
     await mod.app.ensure_ready()
+    peer: RayPeer | None = None
+    if not opts.no_ray:
+        try:
+            import ray  # noqa: F401
+            from ray import serve  # noqa: F401
+        except ImportError:
+            b.results["ray_skipped"] = "ray[serve] is not installed: pip install -r bench/requirements.txt"
+        else:
+            try:
+                peer = await RayPeer.start(opts.ray_timeout)
+                b.results.update(peer.info)
+            except Exception as exc:
+                b.results["ray_skipped"] = f"Ray Serve did not start: {exc}"
 
     async def vast() -> None:
         await mod.noop(1)
 
-    lat: dict[str, list[float]] = {"bare": [], "vastrpc": []}
-    tput: dict[str, list[float]] = {"bare": [], "vastrpc": []}
-    with echo_server() as address:
-        async with grpc.aio.insecure_channel(address) as channel:
-            rpc = channel.unary_unary(
-                "/bench.Echo/Echo",
-                request_serializer=worker_pb2.CallData.SerializeToString,
-                response_deserializer=worker_pb2.CallData.FromString,
-            )
-            msg = worker_pb2.CallData(call_id=1, data=b"\x80\x05K\x01.")  # pickle of 1, like the no-op's argument
+    systems = ["bare", "vastrpc"] + (["ray"] if peer else [])
+    lat: dict[str, list[float]] = {s: [] for s in systems}
+    tput: dict[str, list[float]] = {s: [] for s in systems}
+    try:
+        with echo_server() as address:
+            async with grpc.aio.insecure_channel(address) as channel:
+                rpc = channel.unary_unary(
+                    "/bench.Echo/Echo",
+                    request_serializer=worker_pb2.CallData.SerializeToString,
+                    response_deserializer=worker_pb2.CallData.FromString,
+                )
+                msg = worker_pb2.CallData(call_id=1, data=b"\x80\x05K\x01.")  # pickle of 1, the no-op's argument
 
-            async def bare() -> None:
-                await rpc(msg)
+                async def bare() -> None:
+                    await rpc(msg)
 
-            calls_of = {"bare": bare, "vastrpc": vast}
-            for r in range(rounds):
-                order = ("bare", "vastrpc") if r % 2 == 0 else ("vastrpc", "bare")
-                for who in order:
-                    lat[who] += await latency(calls_of[who], n // rounds, warmup=200)
-                for who in order:
-                    tput[who].append(await throughput(calls_of[who], calls // rounds, 64, warmup=300))
-                b.log(f"core round {r + 1}/{rounds}")
-    for who in ("bare", "vastrpc"):
+                local = {"bare": bare, "vastrpc": vast}
+                for who in local:  # warm-up
+                    await latency(local[who], 0, warmup=300)
+                for r in range(opts.rounds):
+                    order = systems[r % len(systems) :] + systems[: r % len(systems)]
+                    for who in order:
+                        if who == "ray":
+                            assert peer is not None
+                            lat[who] += await peer.ask("lat", opts.ray_n // opts.rounds)
+                        else:
+                            lat[who] += await latency(local[who], opts.n // opts.rounds, warmup=20)
+                    for who in order:
+                        if who == "ray":
+                            assert peer is not None
+                            tput[who].append(await peer.ask("tput", opts.ray_calls // opts.rounds))
+                        else:
+                            tput[who].append(await throughput(local[who], opts.calls // opts.rounds, 64, warmup=100))
+                    b.log(f"core round {r + 1}/{opts.rounds}: " + ", ".join(f"{w} {tput[w][-1]:.0f}/s" for w in order))
+    finally:
+        if peer is not None:
+            await peer.stop()
+    for who in systems:
         b.results[f"{who}_p50_ms"] = percentile(lat[who], 0.5) * 1e3
         b.results[f"{who}_p99_ms"] = percentile(lat[who], 0.99) * 1e3
         b.results[f"{who}_throughput"] = statistics.median(tput[who])
         b.results[f"{who}_throughput_rounds"] = tput[who]
+    # Ratios of throughput round by round (each pair measured within seconds), then their median.
+    for base in systems:
+        if base != "vastrpc":
+            pairs = [v / x for v, x in zip(tput["vastrpc"], tput[base], strict=True)]
+            b.results[f"throughput_ratio_{base}"] = statistics.median(pairs)
+            b.results[f"throughput_ratio_{base}_rounds"] = pairs
     await b.teardown(mod.app)
-
-
-# -- ray: the same no-op behind a Ray Serve DeploymentHandle --------------------------------
-
-
-async def ray(b: Bench) -> None:
-    try:
-        import ray as _ray  # noqa: F401
-        from ray import serve as _serve  # noqa: F401
-    except ImportError:
-        b.results["ray_skipped"] = "ray[serve] is not installed: pip install -r bench/requirements.txt"
-        return
-    argv = [sys.executable, str(BENCH / "ray_serve_noop.py"), "-n", str(b.opts.ray_n), "--calls", str(b.opts.ray_calls)]
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), b.opts.ray_timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=60, check=False)
-        b.results["ray_skipped"] = f"the Ray Serve run took over {b.opts.ray_timeout:g} s"
-        return
-    lines = out.decode().strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        b.results["ray_skipped"] = f"the Ray Serve run failed: {err.decode()[-2000:]}"
-        return
-    b.results.update(json.loads(lines[-1]))
 
 
 # -- bulk: numpy round trips against a raw gRPC stream ---------------------------------------
@@ -231,31 +285,29 @@ async def bulk(b: Bench) -> None:
                     back.append(part)
                 return back
 
+            async def raw_round_trip(arr: Any) -> None:
+                # What a client does to send an array over a raw stream: one copy into 1 MiB messages.
+                view = memoryview(arr).cast("B")
+                back = await raw([bytes(view[i : i + CHUNK]) for i in range(0, len(view), CHUNK)])
+                assert sum(map(len, back)) == len(view)
+
             for size, reps in ((MB, b.opts.reps_1mb), (100 * MB, b.opts.reps_100mb)):
                 arr = np.arange(size // 8, dtype=np.float64)
-                view = memoryview(arr).cast("B")
-
-                def chunked() -> list[bytes]:
-                    # What a client does to send an array over a raw stream: one copy into 1 MiB messages.
-                    return [bytes(view[i : i + CHUNK]) for i in range(0, len(view), CHUNK)]
-
-                async def raw_round_trip() -> None:
-                    back = await raw(chunked())
-                    assert sum(map(len, back)) == size
-
                 out = await mod.echo(arr)  # warm-up, and a check that it is the same array back
                 assert isinstance(out, np.ndarray) and np.array_equal(out, arr)
-                await raw_round_trip()
+                await raw_round_trip(arr)
                 times: dict[str, list[float]] = {"raw": [], "vastrpc": []}
                 for r in range(reps):
                     for who in ("raw", "vastrpc") if r % 2 == 0 else ("vastrpc", "raw"):
                         t = time.perf_counter()
                         if who == "raw":
-                            await raw_round_trip()
+                            await raw_round_trip(arr)
                         else:
                             await mod.echo(arr)
                         times[who].append(time.perf_counter() - t)
                 label = f"{size // MB}mb"
+                pairs = [raw_t / ours_t for raw_t, ours_t in zip(times["raw"], times["vastrpc"], strict=True)]
+                b.results[f"bulk_{label}_ratio"] = statistics.median(pairs)
                 for who, values in times.items():
                     med = statistics.median(values)
                     b.results[f"bulk_{label}_{who}_s"] = med
@@ -345,7 +397,7 @@ async def zero(b: Bench) -> None:
             await asyncio.sleep(0.5)  # let the stopped worker's processes go
             seen: dict[str, float] = {}
 
-            async def watch(t0: float) -> None:
+            async def watch(t0: float, seen: dict[str, float]) -> None:
                 known: set[str] = set()
                 async for update in client.watch(deployed.endpoint_id):
                     for w in update.workers:
@@ -355,7 +407,7 @@ async def zero(b: Bench) -> None:
                             seen.setdefault(STATE_NAMES[w.state], time.perf_counter() - t0)
 
             t0 = time.perf_counter()
-            watcher = asyncio.get_running_loop().create_task(watch(t0))
+            watcher = asyncio.get_running_loop().create_task(watch(t0, seen))
             await mod.noop(1)
             elapsed = time.perf_counter() - t0
             watcher.cancel()
@@ -396,11 +448,11 @@ def verdict(ok: bool) -> str:
 def report(r: dict[str, Any]) -> str:
     out = [f"# vastrpc benchmarks — {r['date']} — {r['machine']}", ""]
     if "vastrpc_p50_ms" in r:
-        has_ray = "ray_p50_ms" in r
         out += [
             "## Warm no-op call",
             "",
-            "| measure | bare grpc.aio unary echo | Ray Serve handle | vastrpc | vastrpc / bare | vastrpc / Ray | target |",
+            "| measure | bare grpc.aio unary echo | Ray Serve handle | vastrpc | vastrpc / bare | vastrpc / Ray "
+            "| target |",
             "|---|---|---|---|---|---|---|",
         ]
         for label, key, unit, fmt in (
@@ -412,18 +464,27 @@ def report(r: dict[str, Any]) -> str:
             ray_v = r.get(f"ray_{key}")
             ray_cell = f"{ray_v:{fmt}} {unit}" if ray_v else "—"
             ray_ratio = f"{ours / ray_v:.2f}×" if ray_v else "—"
+            bare_ratio = f"{ours / bare:.2f}×"
+            if key == "throughput":  # the median of the per-round ratios
+                bare_ratio = f"{r['throughput_ratio_bare']:.2f}×"
+                ray_ratio = f"{r['throughput_ratio_ray']:.2f}×" if ray_v else "—"
             if key == "p50_ms":
                 target = f"≤ 1.0× bare ({verdict(ours <= bare)}), ≤ 0.25× Ray"
-                target += f" ({verdict(ours <= 0.25 * ray_v)})" if has_ray else " (not measured)"
+                target += f" ({verdict(ours <= 0.25 * ray_v)})" if ray_v else " (not measured)"
             elif key == "throughput":
-                target = f"≥ 1.0× bare ({verdict(ours >= bare)}), ≥ 5× Ray"
-                target += f" ({verdict(ours >= 5 * ray_v)})" if has_ray else " (not measured)"
+                target = f"≥ 1.0× bare ({verdict(r['throughput_ratio_bare'] >= 1)}), ≥ 5× Ray"
+                target += f" ({verdict(r['throughput_ratio_ray'] >= 5)})" if ray_v else " (not measured)"
             else:
                 target = "—"
             out.append(
-                f"| {label} | {bare:{fmt}} {unit} | {ray_cell} | {ours:{fmt}} {unit} | {ours / bare:.2f}× "
+                f"| {label} | {bare:{fmt}} {unit} | {ray_cell} | {ours:{fmt}} {unit} | {bare_ratio} "
                 f"| {ray_ratio} | {target} |"
             )
+        out += [
+            "",
+            f"Latency: {len(r.get('throughput_ratio_bare_rounds', []))} rounds pooled; throughput: the median of "
+            "each system's rounds, ratios the median of the per-round ratios.",
+        ]
         if "ray_skipped" in r:
             out += ["", f"Ray Serve: skipped ({r['ray_skipped']})."]
         out.append("")
@@ -431,7 +492,10 @@ def report(r: dict[str, Any]) -> str:
         out += [
             "## Argument round trips (numpy array there and back; MB/s counts both directions, MB = 10^6 bytes)",
             "",
-            "| argument | raw grpc.aio bidi stream, 1 MiB chunks | vastrpc `await echo(arr)` | vastrpc / raw | target |",
+            "Medians over alternating round trips; the ratio is the median of the per-pair time ratios.",
+            "",
+            "| argument | raw grpc.aio bidi stream, 1 MiB chunks | vastrpc `await echo(arr)` | vastrpc / raw "
+            "| target |",
             "|---|---|---|---|---|",
         ]
         for label in ("1mb", "100mb"):
@@ -440,7 +504,7 @@ def report(r: dict[str, Any]) -> str:
             target = f"≥ 400 MB/s ({verdict(ours_v >= 400)})" if label == "100mb" else "—"
             out.append(
                 f"| {label[:-2]} MB | {raw_v:,.0f} MB/s ({raw_s * 1e3:.1f} ms) | {ours_v:,.0f} MB/s "
-                f"({ours_s * 1e3:.1f} ms) | {ours_v / raw_v:.2f}× | {target} |"
+                f"({ours_s * 1e3:.1f} ms) | {r[f'bulk_{label}_ratio']:.2f}× | {target} |"
             )
         out.append("")
     if "hetero_round_robin_throughput" in r:
@@ -482,7 +546,11 @@ def report(r: dict[str, Any]) -> str:
             f"| 1 | — |"
         )
     if r.get("zero_timelines"):
-        out += ["", "Cold start from zero, when the endpoint watch first showed each worker state (s after the call):", ""]
+        out += [
+            "",
+            "Cold start from zero, when the endpoint watch first showed each worker state (s after the call):",
+            "",
+        ]
         states = list(dict.fromkeys(k for t in r["zero_timelines"] for k in t))
         out += ["| run | " + " | ".join(states) + " |", "|---" * (len(states) + 1) + "|"]
         for i, t in enumerate(r["zero_timelines"], 1):
@@ -513,14 +581,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run, of {','.join(SECTIONS)}")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
-    parser.add_argument("-n", type=int, default=3000, help="sequential calls per system (core)")
-    parser.add_argument("--calls", type=int, default=6000, help="calls per system for throughput (core)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (core)")
-    parser.add_argument("--ray-n", type=int, default=1000)
-    parser.add_argument("--ray-calls", type=int, default=2000)
-    parser.add_argument("--ray-timeout", type=float, default=240)
+    parser.add_argument("-n", type=int, default=3000, help="sequential calls, vastrpc and bare (core)")
+    parser.add_argument("--calls", type=int, default=6000, help="calls for throughput, vastrpc and bare (core)")
+    parser.add_argument("--ray-n", type=int, default=1200, help="sequential calls, Ray Serve (core)")
+    parser.add_argument("--ray-calls", type=int, default=3000, help="calls for throughput, Ray Serve (core)")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds the calls are split into (core)")
+    parser.add_argument("--no-ray", action="store_true", help="leave Ray Serve out (core)")
+    parser.add_argument("--ray-timeout", type=float, default=180, help="seconds Ray Serve may take to start")
     parser.add_argument("--reps-1mb", type=int, default=60)
-    parser.add_argument("--reps-100mb", type=int, default=6)
+    parser.add_argument("--reps-100mb", type=int, default=8)
     parser.add_argument("--hetero-calls", type=int, default=3000)
     parser.add_argument("--hetero-in-flight", type=int, default=32)
     parser.add_argument("--cold-runs", type=int, default=3)
@@ -540,7 +609,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     if opts.quick:
-        opts.n, opts.calls, opts.rounds, opts.ray_n, opts.ray_calls = 600, 1200, 2, 200, 500
+        opts.n, opts.calls, opts.rounds, opts.ray_n, opts.ray_calls = 600, 1500, 3, 300, 600
         opts.reps_1mb, opts.reps_100mb, opts.hetero_calls, opts.cold_runs = 10, 2, 600, 1
     r = asyncio.run(main_async(opts))
     r["machine"] = machine()

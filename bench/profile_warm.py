@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from _common import control_service, load_module
+
 from vastrpc.client.control import ControlClient
 
 SOURCE = """
@@ -60,11 +61,30 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+# Where a sample's top frame lives, first match wins: (label, substrings of "function (file:line)").
+GROUPS = (
+    ("gRPC poller thread (C, outside the GIL mostly)", ("Thread.run (",)),
+    ("asyncio epoll wait / wake-ups", ("EpollSelector.select",)),
+    ("gRPC aio read/write (Cython: serialize, hand to the core, await completion)", ("grpc/",)),
+    ("vastrpc", ("vastrpc/",)),
+    ("cloudpickle / pickle", ("cloudpickle", "pickle")),
+    ("asyncio loop and tasks", ("asyncio/",)),
+)
+
+
+def _group(frame: str) -> str:
+    for label, needles in GROUPS:
+        if any(n in frame for n in needles):
+            return label
+    return "other (numpy, contextlib, the bench's own loop)"
+
+
 def summarize(path: Path, rate: int, seconds: float, top: int) -> str:
-    """Busy share per thread, then the top functions (inclusive and self) over every thread's samples."""
+    """Busy share per thread, self samples by group, then the top functions (inclusive and self)."""
     per_thread: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     self_: collections.Counter[str] = collections.Counter()
+    groups: collections.Counter[str] = collections.Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -77,12 +97,15 @@ def summarize(path: Path, rate: int, seconds: float, top: int) -> str:
         total += count
         if frames:
             self_[_short(frames[-1])] += count
+            groups[_group(frames[-1])] += count
             for name in {_short(f) for f in frames}:
                 inclusive[name] += count
     lines = ["  threads (busy share of the wall time):"]
     for thread, count in per_thread.most_common():
         lines.append(f"    {count / (rate * seconds):6.1%}  {thread}")
-    lines.append(f"  inclusive (share of {total} samples):")
+    lines.append(f"  self samples by where the top frame is (share of {total} samples):")
+    lines += [f"    {c / total:6.1%}  {n}" for n, c in groups.most_common()]
+    lines.append("  inclusive:")
     lines += [f"    {c / total:6.1%}  {n}" for n, c in inclusive.most_common(top)]
     lines.append("  self:")
     lines += [f"    {c / total:6.1%}  {n}" for n, c in self_.most_common(top)]

@@ -1,7 +1,8 @@
 """Core benchmark: vastrpc warm call latency and throughput against a bare grpc.aio unary echo, and cold start.
 
 Run: ``python bench/run.py`` (about a minute). Prints a Markdown table with ratios measured
-in the same run; ``--json FILE`` also writes the raw figures.
+in the same run; ``--json FILE`` also writes the raw figures. ``python bench/all.py`` runs this
+and every other comparison (Ray Serve, bulk transfer, balancing, cold start from zero).
 """
 
 from __future__ import annotations
@@ -9,10 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -21,11 +19,10 @@ import uuid
 from pathlib import Path
 
 import grpc
+from _common import control_service, echo_server, latency, machine, percentile, throughput
+from _common import load_module as _load_module
 
 from vastrpc.api.v1 import worker_pb2
-from vastrpc.config import ClientConfig
-
-ROOT = Path(__file__).resolve().parent.parent
 
 NOOP = textwrap.dedent(
     """
@@ -40,90 +37,34 @@ NOOP = textwrap.dedent(
 )
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def latency(call, n: int) -> list[float]:  # type: ignore[no-untyped-def]
-    for _ in range(200):  # warm-up
-        await call()
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        await call()
-        out.append(time.perf_counter() - t)
-    return out
-
-
-async def throughput(call, n: int, in_flight: int = 64) -> float:  # type: ignore[no-untyped-def]
-    semaphore = asyncio.Semaphore(in_flight)
-
-    async def one() -> None:
-        async with semaphore:
-            await call()
-
-    await asyncio.gather(*(one() for _ in range(500)))
-    t = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(n)))
-    return n / (time.perf_counter() - t)
-
-
 def load_module(folder: Path, name: str):  # type: ignore[no-untyped-def]
-    import importlib.util
-
-    path = folder / f"{name}.py"
-    path.write_text(NOOP.format(name=name))
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return _load_module(folder, name, NOOP.format(name=name))
 
 
 async def bench(n: int, cold_runs: int, home: Path) -> dict:
-    control = subprocess.Popen(
-        [sys.executable, "-m", "vastrpc", "control", "serve", "--home", str(home)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(home / "control.log", "ab"),
-    )
-    echo = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "echo_server.py")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        for _ in range(200):
-            if (home / "control.json").exists():
-                break
-            await asyncio.sleep(0.05)
-        info = json.loads((home / "control.json").read_text())
-        config = ClientConfig(
-            control_address=info["address"], api_key=(home / "api_key").read_text().strip(), home=home
-        )
-        assert echo.stdout is not None
-        port = int(echo.stdout.readline())
+    async with control_service(home / "home") as control:
+        config = control.config
         results: dict = {}
+        with echo_server() as address:
+            async with grpc.aio.insecure_channel(address) as channel:
+                rpc = channel.unary_unary(
+                    "/bench.Echo/Echo",
+                    request_serializer=worker_pb2.CallData.SerializeToString,
+                    response_deserializer=worker_pb2.CallData.FromString,
+                )
+                msg = worker_pb2.CallData(call_id=1, data=b"\x80\x05K\x01.")
 
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            rpc = channel.unary_unary(
-                "/bench.Echo/Echo",
-                request_serializer=worker_pb2.CallData.SerializeToString,
-                response_deserializer=worker_pb2.CallData.FromString,
-            )
-            msg = worker_pb2.CallData(call_id=1, data=b"\x80\x05K\x01.")
+                async def bare() -> None:
+                    await rpc(msg)
 
-            async def bare() -> None:
-                await rpc(msg)
+                lat = await latency(bare, n)
+                results["bare_p50_ms"] = percentile(lat, 0.5) * 1e3
+                results["bare_p99_ms"] = percentile(lat, 0.99) * 1e3
+                results["bare_throughput"] = await throughput(bare, n * 2)
 
-            lat = await latency(bare, n)
-            results["bare_p50_ms"] = percentile(lat, 0.5) * 1e3
-            results["bare_p99_ms"] = percentile(lat, 0.99) * 1e3
-            results["bare_throughput"] = await throughput(bare, n * 2)
-
-        folder = Path(tempfile.mkdtemp(prefix="bench-project-"))
+        folder = home / "project"
+        folder.mkdir()
+        sys.path.insert(0, str(folder))
         mod = load_module(folder, f"noop_{uuid.uuid4().hex[:6]}")
         mod.app._config = config
         await mod.app.ensure_ready()
@@ -148,12 +89,6 @@ async def bench(n: int, cold_runs: int, home: Path) -> dict:
         results["cold_start_s"] = statistics.median(colds)
         results["cold_start_all_s"] = colds
         return results
-    finally:
-        if echo.stdin:
-            echo.stdin.close()
-        echo.wait(10)
-        control.terminate()
-        control.wait(30)
 
 
 def main() -> None:
@@ -164,9 +99,7 @@ def main() -> None:
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vastrpc-bench-") as tmp:
         r = asyncio.run(bench(opts.n, opts.cold_runs, Path(tmp)))
-    r["machine"] = (
-        f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, grpcio {grpc.__version__}"
-    )
+    r["machine"] = machine()
     r["date"] = time.strftime("%Y-%m-%d")
     print(f"# vastrpc core benchmark — {r['date']} — {r['machine']}\n")
     print("| measure | bare grpc.aio unary echo | vastrpc | ratio (vastrpc / bare) |")

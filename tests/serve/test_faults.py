@@ -117,9 +117,7 @@ async def test_sigterm_drains_calls_in_flight_and_exits_contexts(project, tmp_pa
     assert "stopping: draining" in log
 
 
-async def test_garbage_frames_and_bad_pickles_get_clear_errors_and_the_worker_stays_healthy(
-    project, tmp_path
-) -> None:
+async def test_garbage_frames_and_bad_pickles_get_clear_errors_and_the_worker_stays_healthy(project, tmp_path) -> None:
     mod, _ = make(project, tmp_path, workers=1)
     await mod.app.ensure_ready()
     (worker,) = await project.workers(mod.app)
@@ -131,7 +129,11 @@ async def test_garbage_frames_and_bad_pickles_get_clear_errors_and_the_worker_st
         await call.write(b"\xff\xfe garbage \x00\x01")
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call.read()
-        assert info.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNKNOWN)
+        assert info.value.code() in (
+            grpc.StatusCode.INTERNAL,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.UNKNOWN,
+        )
 
         # A well-formed call whose arguments are not a pickle.
         stub = worker_pb2_grpc.WorkerServiceStub(channel)

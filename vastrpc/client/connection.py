@@ -211,8 +211,9 @@ class InvokeStream:
                         worker_pb2.InvokeRequest(data=worker_pb2.CallData(call_id=call_id, data=chunk, more=more))
                     )
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+            # The worker never got the whole call, so it never ran: safe to send elsewhere.
             self.closed = True
-            raise WorkerUnavailableError(f"cannot send the call to worker {self.worker_id}: {exc}") from None
+            raise CallNotDelivered(f"cannot send the call to worker {self.worker_id}: {exc}") from None
 
     async def _cancel(self, call_id: int) -> None:
         try:

@@ -239,6 +239,7 @@ class Autoscaler:
         self.scale_down_delay = scale_down_delay
         self.heartbeat_timeout = heartbeat_timeout
         self._states: dict[str, ScaleState] = {}
+        self._started: dict[str, int] = {}
         # Revision specs never change: parse each one's settings once.
         self._specs: dict[str, tuple[Policy, int]] = {}
         # One look or wake at a time: a wake's activity is seen by the next look's decision,
@@ -307,6 +308,12 @@ class Autoscaler:
         live = endpoint.live_revision_id or ""
         workers = self.store.list_workers(endpoint_id=endpoint.id, states=ACTIVE_WORKER_STATES)
         load = sum(w.calls_in_flight for w in workers if now - w.last_heartbeat <= self.heartbeat_timeout)
+        # Calls shorter than a heartbeat interval may never be seen in flight; a worker whose
+        # count of started calls grew since the last look was in use all the same.
+        started = {w.id: w.calls_started for w in workers}
+        if any(count > self._started.get(worker_id, count) for worker_id, count in started.items()):
+            load = max(load, 1)
+        self._started.update(started)
         state = self._states.get(endpoint.id) or ScaleState(last_busy=now)
         updating = any(w.revision_id != live for w in workers)
         starting = sum(1 for w in workers if w.state != "ready")

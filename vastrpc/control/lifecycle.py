@@ -451,13 +451,14 @@ class Lifecycle:
             self._check_ready(worker.endpoint_id)
         self.changed(worker.endpoint_id)
 
-    def heartbeat(self, worker_id: str, calls_in_flight: int, calls_queued: int = 0) -> bool:
+    def heartbeat(self, worker_id: str, calls_in_flight: int, calls_queued: int = 0, calls_started: int = 0) -> bool:
         """Record a heartbeat and the worker's load (the autoscaler's input); True when the worker should stop."""
         worker = self.store.update_worker(
             self.worker(worker_id).id,
             last_heartbeat=time.time(),
             calls_in_flight=calls_in_flight,
             calls_queued=calls_queued,
+            calls_started=calls_started,
         )
         endpoint = self.store.get_endpoint(worker.endpoint_id)
         return worker.state in ("stopped", "failed") or endpoint is None or endpoint.state == "stopped"

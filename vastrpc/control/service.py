@@ -315,7 +315,9 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.HeartbeatResponse:
         self._check_worker(context, request.worker_id)
-        stop = self.lifecycle.heartbeat(request.worker_id, request.calls_in_flight, request.calls_queued)
+        stop = self.lifecycle.heartbeat(
+            request.worker_id, request.calls_in_flight, request.calls_queued, request.calls_started
+        )
         return control_pb2.HeartbeatResponse(stop=stop)
 
     # -- clients ----------------------------------------------------------------------

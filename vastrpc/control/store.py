@@ -93,6 +93,7 @@ class WorkerRow:
     pid: int = 0
     calls_in_flight: int = 0
     calls_queued: int = 0
+    calls_started: int = 0
     failure_step: str = ""
     failure_message: str = ""
     failure_log_tail: str = ""
@@ -233,6 +234,8 @@ _MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: of a worker's calls in flight, those waiting for a slot (HeartbeatRequest.calls_queued).
     "ALTER TABLE workers ADD COLUMN calls_queued INTEGER NOT NULL DEFAULT 0",
+    # 3: calls a worker has started (HeartbeatRequest.calls_started): activity between heartbeats.
+    "ALTER TABLE workers ADD COLUMN calls_started INTEGER NOT NULL DEFAULT 0",
 )
 
 _ENDPOINT_COLUMNS = frozenset(f.name for f in fields(EndpointRow)) - {"id", "deployment_id", "created_at"}

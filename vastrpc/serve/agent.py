@@ -62,6 +62,8 @@ class Agent:
         self._stop = asyncio.Event()
         self._workdir = home / "work" / worker_id
         self._serving: set[ServingProcess] = set()
+        # Calls started by serving processes already stopped: the heartbeat's count never goes back.
+        self._retired_calls = 0
         self._assignments: asyncio.Queue[control_pb2.WatchWorkerResponse] = asyncio.Queue()
 
     async def _report(self, state: common_pb2.WorkerState, revision_id: str, **fields: Any) -> None:
@@ -166,6 +168,7 @@ class Agent:
         async def drain() -> None:
             await old.stop(_STOP_GRACE)
             self._serving.discard(old)
+            self._retired_calls += old.calls_started
             log.info("drained the previous serving process (pid %d)", old.proc.pid)
 
         task = asyncio.get_running_loop().create_task(drain())
@@ -289,8 +292,9 @@ class Agent:
                 resp = await self._stub.Heartbeat(
                     control_pb2.HeartbeatRequest(
                         worker_id=self.worker_id,
-                        calls_in_flight=sum(n for n, _ in loads),
-                        calls_queued=sum(q for _, q in loads),
+                        calls_in_flight=sum(n for n, _, _ in loads),
+                        calls_queued=sum(q for _, q, _ in loads),
+                        calls_started=self._retired_calls + sum(s for _, _, s in loads),
                     ),
                     metadata=self._metadata,
                     timeout=interval * 2,

@@ -119,6 +119,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self.functions = functions
         self.score = score
         self.calls_in_flight = 0
+        self.calls_started = 0
         self.draining = False
         self._streams: set[_Stream] = set()
         self._metadata = (
@@ -208,6 +209,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             await stream.send_error(call_id, worker_pb2.ERROR_KIND_DRAINING, message="the worker is draining")
             return
         self.calls_in_flight += 1
+        self.calls_started += 1
         try:
             try:
                 args, kwargs = decode_args(data, start.encoding, start.buffer_sizes)
@@ -276,4 +278,5 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             pid=os.getpid(),
             calls_in_flight=self.calls_in_flight,
             calls_queued=self.calls_queued,
+            calls_started=self.calls_started,
         )

@@ -31,6 +31,7 @@ class ServingProcess:
         self.address = ""
         self.score = 0.0
         self.capacity = 0
+        self.calls_started = 0  # as of the last load()
         self.exited = asyncio.get_running_loop().create_task(proc.wait())
         self._channel: grpc.aio.Channel | None = None
 
@@ -83,10 +84,10 @@ class ServingProcess:
         code = await self.exited
         raise DeploymentError(f"the serving process exited with code {code} before it was ready", step=step)
 
-    async def load(self) -> tuple[int, int]:
-        """Calls the process runs or queues now, and of those queued ((0, 0) when it cannot be asked)."""
+    async def load(self) -> tuple[int, int, int]:
+        """(calls running or queued, of those queued, calls started so far); zeros when it cannot be asked."""
         if not self.address or self.exited.done():
-            return 0, 0
+            return 0, 0, 0
         if self._channel is None:
             self._channel = grpc.aio.insecure_channel(self.address, options=list(CHANNEL_OPTIONS))
         try:
@@ -94,8 +95,9 @@ class ServingProcess:
                 worker_pb2.GetWorkerInfoRequest(), metadata=bearer(self._token), timeout=2
             )
         except grpc.aio.AioRpcError:
-            return 0, 0
-        return int(info.calls_in_flight), int(info.calls_queued)
+            return 0, 0, 0
+        self.calls_started = int(info.calls_started)
+        return int(info.calls_in_flight), int(info.calls_queued), self.calls_started
 
     async def stop(self, grace: float) -> int:
         """SIGTERM (it drains its calls and exits its contexts), SIGKILL after ``grace``; returns the exit code."""

@@ -258,14 +258,16 @@ class UpdateWorkerResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("worker_id", "calls_in_flight", "calls_queued")
+    __slots__ = ("worker_id", "calls_in_flight", "calls_queued", "calls_started")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CALLS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     CALLS_QUEUED_FIELD_NUMBER: _ClassVar[int]
+    CALLS_STARTED_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     calls_in_flight: int
     calls_queued: int
-    def __init__(self, worker_id: _Optional[str] = ..., calls_in_flight: _Optional[int] = ..., calls_queued: _Optional[int] = ...) -> None: ...
+    calls_started: int
+    def __init__(self, worker_id: _Optional[str] = ..., calls_in_flight: _Optional[int] = ..., calls_queued: _Optional[int] = ..., calls_started: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("stop",)

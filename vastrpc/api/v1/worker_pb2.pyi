@@ -124,7 +124,7 @@ class GetWorkerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetWorkerInfoResponse(_message.Message):
-    __slots__ = ("worker_id", "endpoint_id", "revision_id", "functions", "score", "capacity", "pid", "calls_in_flight", "calls_queued")
+    __slots__ = ("worker_id", "endpoint_id", "revision_id", "functions", "score", "capacity", "pid", "calls_in_flight", "calls_queued", "calls_started")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,7 @@ class GetWorkerInfoResponse(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     CALLS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     CALLS_QUEUED_FIELD_NUMBER: _ClassVar[int]
+    CALLS_STARTED_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     endpoint_id: str
     revision_id: str
@@ -143,4 +144,5 @@ class GetWorkerInfoResponse(_message.Message):
     pid: int
     calls_in_flight: int
     calls_queued: int
-    def __init__(self, worker_id: _Optional[str] = ..., endpoint_id: _Optional[str] = ..., revision_id: _Optional[str] = ..., functions: _Optional[_Iterable[str]] = ..., score: _Optional[float] = ..., capacity: _Optional[int] = ..., pid: _Optional[int] = ..., calls_in_flight: _Optional[int] = ..., calls_queued: _Optional[int] = ...) -> None: ...
+    calls_started: int
+    def __init__(self, worker_id: _Optional[str] = ..., endpoint_id: _Optional[str] = ..., revision_id: _Optional[str] = ..., functions: _Optional[_Iterable[str]] = ..., score: _Optional[float] = ..., capacity: _Optional[int] = ..., pid: _Optional[int] = ..., calls_in_flight: _Optional[int] = ..., calls_queued: _Optional[int] = ..., calls_started: _Optional[int] = ...) -> None: ...
