@@ -15,6 +15,7 @@ from vastrpc._errors import DefinitionError, DeploymentError, NotFoundError
 from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.control.blobs import BlobStore
 from vastrpc.control.provider import Provider, pid_alive
+from vastrpc.control.rollout import Rollouts
 from vastrpc.control.rules import (
     DEFAULT_TAG,
     WORKER_STATE_NAMES,
@@ -43,7 +44,7 @@ class Registration:
     upload_required: bool
 
 
-class Lifecycle:
+class Lifecycle(Rollouts):
     """The control service's decisions about endpoints and workers, on top of a store, blobs and a provider.
 
     Everything runs on the service's event loop. Changes to an endpoint or its workers
@@ -225,118 +226,6 @@ class Lifecycle:
             if wake and self.store.list_workers(endpoint_id=endpoint_id, states=ACTIVE_WORKER_STATES):
                 return 0
             return await self._scale(endpoint_id, revision, desired)
-
-    async def _switch_settings(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:
-        """Tier 1: the workers already run this code and environment; relabel them and rescale."""
-        with self.store.transaction():
-            for worker in self.store.list_workers(endpoint_id=endpoint_id, states=ACTIVE_WORKER_STATES):
-                self.store.update_worker(worker.id, revision_id=revision.id)
-            self.store.update_endpoint(endpoint_id, live_revision_id=revision.id)
-        return await self._scale(endpoint_id, revision, desired)
-
-    def _go_live(self, endpoint_id: str, revision: RevisionRow, desired: int, keep: list[WorkerRow]) -> None:
-        """Make ``revision`` the endpoint's live one (deploying), retiring active workers not in ``keep``."""
-        kept = {w.id for w in keep}
-        with self.store.transaction():
-            self.store.update_endpoint(
-                endpoint_id,
-                live_revision_id=revision.id,
-                desired_workers=desired,
-                state="deploying",
-                failure_step="",
-                failure_message="",
-                failure_log_tail="",
-            )
-            self._retire(
-                [
-                    w
-                    for w in self.store.list_workers(endpoint_id=endpoint_id, exclude_states=("stopped",))
-                    if w.id not in kept
-                ],
-                wait=False,
-            )
-        self.changed(endpoint_id)
-
-    def _ready_workers(self, endpoint_id: str, desired: int) -> list[WorkerRow]:
-        ready = self.store.list_workers(endpoint_id=endpoint_id, states=("ready",))
-        return sorted(ready, key=lambda w: w.created_at)[:desired]
-
-    async def _update_in_place(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:
-        """Tier 2: ready workers load the new revision beside the old one and switch over; ids stay.
-
-        The workers learn of it from their WatchWorker stream (``assignment``); each reports
-        ready with the new revision once its new serving process has entered its contexts
-        and benchmarked, then drains the old one. Workers not ready yet are replaced.
-        """
-        keep = self._ready_workers(endpoint_id, desired)
-        self._go_live(endpoint_id, revision, desired, keep)
-        return await self._start_workers(endpoint_id, revision, desired - len(keep))
-
-    async def _restart_in_place(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:
-        """Tier 3: ready workers restart into the new environment in their slots, one at a time.
-
-        Rolling one at a time keeps the others serving; a lone worker's callers wait for it
-        (the client holds calls until a worker is ready) rather than fail.
-        """
-        keep = self._ready_workers(endpoint_id, desired)
-        self._go_live(endpoint_id, revision, desired, keep)
-        started = await self._start_workers(endpoint_id, revision, desired - len(keep))
-        self._spawn(self._roll(endpoint_id, revision, keep))
-        return started
-
-    async def _roll(self, endpoint_id: str, revision: RevisionRow, workers: list[WorkerRow]) -> None:
-        for worker in workers:
-            endpoint = self.store.get_endpoint(endpoint_id)
-            if endpoint is None or endpoint.live_revision_id != revision.id or endpoint.state in ("failed", "stopped"):
-                return  # superseded by a newer revision, failed, or torn down
-            current = self.store.get_worker(worker.id)
-            if current is None or current.state in ("stopped", "failed"):
-                continue
-            token = secrets.token_urlsafe(32)
-            # pid 0 first: the old process's exit is then not taken for a crash of the new one.
-            self.store.update_worker(
-                worker.id, state="starting", revision_id=revision.id, pid=0, address="", token_hash=hash_token(token)
-            )
-            self.changed(endpoint_id)
-            await self.provider.stop_worker(worker.id, self.stop_grace)
-            if self._shutting_down:
-                return
-            try:
-                pid = await self.provider.start_worker(worker.id, token, self.control_address)
-            except OSError as exc:
-                self._fail_worker(self.worker(worker.id), "starting", f"cannot restart the worker: {exc}")
-                return
-            if not self.worker(worker.id).pid:
-                self.store.update_worker(worker.id, pid=pid)
-            log.info("restarted worker %s into revision %s (pid %d)", worker.id, revision.id, pid)
-            await self._wait_worker_settled(endpoint_id, worker.id, revision.id)
-
-    async def _wait_worker_settled(self, endpoint_id: str, worker_id: str, revision_id: str) -> None:
-        """Until the worker is ready on ``revision_id``, or failed or stopped."""
-        while True:
-            changed = self.change_event(endpoint_id)
-            w = self.store.get_worker(worker_id)
-            if w is None or w.state in ("stopped", "failed") or (w.state == "ready" and w.revision_id == revision_id):
-                return
-            await changed.wait()
-
-    def assignment(self, worker_id: str) -> tuple[str, bool, bytes]:
-        """What a worker should serve: ``(revision_id, stop, spec)``.
-
-        The endpoint's live revision when it shares the worker's environment (tiers 1 and 2
-        are taken in place); otherwise the worker's own revision, until the control service
-        restarts it (tier 3).
-        """
-        worker = self.worker(worker_id)
-        endpoint = self.store.get_endpoint(worker.endpoint_id)
-        stop = worker.state in ("stopped", "failed") or endpoint is None or endpoint.state == "stopped"
-        current = self.store.get_revision(worker.revision_id)
-        assert current is not None
-        if endpoint is not None and endpoint.live_revision_id and endpoint.live_revision_id != current.id:
-            live = self.store.get_revision(endpoint.live_revision_id)
-            if live is not None and live.environment_digest == current.environment_digest:
-                return live.id, stop, live.spec
-        return current.id, stop, current.spec
 
     async def _replace_workers(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:
         """Tier 4 and a retry of a failed endpoint: stop the old workers, start ``desired`` new ones."""
