@@ -274,6 +274,17 @@ async def test_a_lost_worker_is_replaced(setup) -> None:
     assert [w.state for w in setup.active(endpoint_id)] == ["ready", "starting"]
 
 
+async def test_a_worker_whose_heartbeats_stopped_is_lost_and_replaced(setup) -> None:
+    endpoint_id = setup.endpoint(workers=2, min_workers=2)
+    frozen_since = time.time() - setup.lifecycle.heartbeat_timeout - 1
+    setup.store.update_worker("w-1", last_heartbeat=frozen_since)
+    await setup.autoscaler.tick()
+    lost = setup.store.get_worker("w-1")
+    assert lost.state == "failed" and lost.failure_step == "heartbeat" and "no heartbeat" in lost.failure_message
+    assert setup.endpoint_row(endpoint_id).state == "ready"  # the other worker serves on
+    assert [w.state for w in setup.active(endpoint_id)] == ["ready", "starting"]  # and a replacement comes
+
+
 async def test_an_update_in_progress_is_left_alone(setup) -> None:
     endpoint_id = setup.endpoint()
     live = setup.endpoint_row(endpoint_id).live_revision_id

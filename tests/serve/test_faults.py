@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -29,7 +30,7 @@ def record(tag):
     with open(os.path.join(os.environ["RUNS"], tag), "a") as f:
         f.write(f"{{os.getpid()}}\\n")
 
-@app.remote(benchmark_dataset=[{{}}])
+@app.remote(benchmark_dataset=[{{}}], retries=2)
 async def ping() -> int:
     return os.getpid()
 
@@ -95,6 +96,37 @@ async def test_killed_worker_retries_an_idempotent_call_on_another_worker(projec
     executions = [int(p) for p in (runs / "retry").read_text().split()]
     assert executions[0] == pid and served_by != pid and executions[-1] == served_by
     assert len(executions) == 2
+
+
+@pytest.mark.timeout(90)
+async def test_frozen_worker_is_detected_its_call_fails_and_it_is_replaced(project, tmp_path) -> None:
+    mod, runs = make(project, tmp_path)
+    await mod.app.ensure_ready()
+    call = asyncio.create_task(mod.once("frozen", 60))
+    (serving_pid,) = await _pids_running(runs, "frozen")
+    frozen = next(w for w in await project.workers(mod.app) if w["pid"] == os.getpgid(serving_pid))
+    os.killpg(frozen["pid"], signal.SIGSTOP)  # the agent and its serving process
+    stopped_at = time.monotonic()
+    try:
+        # Calls meanwhile never hang past detection: these are idempotent, so one that went to
+        # the frozen worker is retried on the other once the worker is declared lost.
+        pings = await asyncio.wait_for(asyncio.gather(*(mod.ping() for _ in range(4))), 40)
+        assert all(isinstance(p, int) and p != serving_pid for p in pings)
+        with pytest.raises(WorkerUnavailableError):
+            await asyncio.wait_for(call, 40)  # the plain call in flight fails, and is not re-run
+        detected = time.monotonic() - stopped_at
+        assert detected < 30
+        for _ in range(300):
+            workers = await project.workers(mod.app)
+            states = {w["worker_id"]: w["state"] for w in workers}
+            if states.get(frozen["worker_id"]) == "FAILED" and list(states.values()).count("READY") == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert states[frozen["worker_id"]] == "FAILED" and list(states.values()).count("READY") == 2, states
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(frozen["pid"], signal.SIGCONT)
+    assert (runs / "frozen").read_text().split() == [str(serving_pid)]  # never run twice
 
 
 async def test_sigterm_drains_calls_in_flight_and_exits_contexts(project, tmp_path) -> None:

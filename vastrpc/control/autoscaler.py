@@ -32,6 +32,9 @@ class ScaleTarget(Protocol):
     async def scale(self, endpoint_id: str, desired: int, *, revision_id: str = "", wake: bool = False) -> int:
         """Run ``desired`` workers of the endpoint's live revision (if still ``revision_id``); returns those started."""
 
+    def check_heartbeats(self, now: float) -> list[str]:
+        """Declare lost the workers whose heartbeats stopped; returns their ids."""
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -276,6 +279,9 @@ class Autoscaler:
             if self.lifecycle.shutting_down:
                 return {}
             now = time.time() if now is None else now
+            # A hung or frozen worker is lost first, so this look replaces it (by the clock:
+            # ``now`` may be a simulated time).
+            self.lifecycle.check_heartbeats(time.time())
             changed: dict[str, int] = {}
             looked: set[str] = set()
             live: set[str] = set()

@@ -352,6 +352,28 @@ class Lifecycle(Rollouts):
         endpoint = self.store.get_endpoint(worker.endpoint_id)
         return worker.state in ("stopped", "failed") or endpoint is None or endpoint.state == "stopped"
 
+    @property
+    def heartbeat_timeout(self) -> float:
+        """Seconds without a heartbeat after which a worker is taken for lost (hung, frozen, unreachable)."""
+        return max(10.0, 5 * self.heartbeat_interval)
+
+    def check_heartbeats(self, now: float) -> list[str]:
+        """Declare lost every worker whose heartbeats stopped: failed, stopped, and replaced by the autoscaler."""
+        lost = []
+        for worker in self.store.list_workers(states=ACTIVE_WORKER_STATES):
+            silent = now - worker.last_heartbeat
+            if worker.last_heartbeat <= 0 or silent <= self.heartbeat_timeout:
+                continue
+            message = f"no heartbeat for {silent:.0f}s (limit {self.heartbeat_timeout:g}s): hung, frozen or unreachable"
+            if worker.state == "ready":
+                self._fail_worker(worker, "heartbeat", message, fail_endpoint=False)
+                self._worker_lost(worker, message)
+            else:
+                self._fail_worker(worker, "heartbeat", message)
+            self._spawn(self._stop_process(worker))
+            lost.append(worker.id)
+        return lost
+
     async def worker_exited(self, worker_id: str, pid: int, returncode: int) -> None:
         """The provider saw a worker's process end."""
         worker = self.store.get_worker(worker_id)
