@@ -1,6 +1,6 @@
 """Every vastrpc benchmark in one run, each figure a ratio against a baseline measured in the same run.
 
-Run: ``python bench/all.py`` (about 3 minutes on 2 CPUs). Sections (``--only a,b`` picks some):
+Run: ``python bench/all.py`` (about 90 seconds on 2 CPUs). Sections (``--only a,b`` picks some):
 
 - ``core``: warm no-op call p50/p99 (sequential) and throughput (64 in flight) of vastrpc, of a
   bare grpc.aio unary echo and of a Ray Serve DeploymentHandle (``bench/ray_serve_noop.py`` in its
@@ -582,9 +582,9 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run, of {','.join(SECTIONS)}")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
     parser.add_argument("-n", type=int, default=3000, help="sequential calls, vastrpc and bare (core)")
-    parser.add_argument("--calls", type=int, default=6000, help="calls for throughput, vastrpc and bare (core)")
+    parser.add_argument("--calls", type=int, default=12000, help="calls for throughput, vastrpc and bare (core)")
     parser.add_argument("--ray-n", type=int, default=1200, help="sequential calls, Ray Serve (core)")
-    parser.add_argument("--ray-calls", type=int, default=3000, help="calls for throughput, Ray Serve (core)")
+    parser.add_argument("--ray-calls", type=int, default=4800, help="calls for throughput, Ray Serve (core)")
     parser.add_argument("--rounds", type=int, default=6, help="rounds the calls are split into (core)")
     parser.add_argument("--no-ray", action="store_true", help="leave Ray Serve out (core)")
     parser.add_argument("--ray-timeout", type=float, default=180, help="seconds Ray Serve may take to start")

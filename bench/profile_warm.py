@@ -62,11 +62,19 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 
 
 # Where a sample's top frame lives, first match wins: (label, substrings of "function (file:line)").
+# The worker's gRPC reads and writes are Cython calls without a Python frame of their own: their
+# samples land on the vastrpc lines that await them (_Stream.send, the request loop of Invoke).
+# Likewise building a protobuf message (upb, in C) lands on the vastrpc line that builds it.
 GROUPS = (
     ("gRPC poller thread (C, outside the GIL mostly)", ("Thread.run (",)),
     ("asyncio epoll wait / wake-ups", ("EpollSelector.select",)),
-    ("gRPC aio read/write (Cython: serialize, hand to the core, await completion)", ("grpc/",)),
-    ("vastrpc", ("vastrpc/",)),
+    (
+        "gRPC aio read/write (Cython: serialize, hand to the core, await completion)",
+        ("grpc/", "_Stream.send (", "WorkerServicer.Invoke ("),
+    ),
+    ("protobuf messages built by vastrpc (upb, C)", ("_send_value (", "InvokeStream._send (")),
+    ("assembling received chunks (vastrpc._payload.assemble)", ("assemble (",)),
+    ("vastrpc (Python)", ("vastrpc/",)),
     ("cloudpickle / pickle", ("cloudpickle", "pickle")),
     ("asyncio loop and tasks", ("asyncio/",)),
 )
@@ -204,7 +212,7 @@ async def main_async(opts: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phases", default="seq,flight,bulk1mb")
+    parser.add_argument("--phases", default="seq,flight,bulk1mb,bulk100mb")
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rate", type=int, default=500, help="samples per second")
     parser.add_argument("--top", type=int, default=25)

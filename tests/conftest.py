@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from vastrpc._tls import TlsFiles, issue_certificate
 from vastrpc.api.v1 import common_pb2
 from vastrpc.client.control import ControlClient
 from vastrpc.config import ClientConfig
@@ -36,6 +37,8 @@ class ControlServiceProcess:
         home: Its home folder (state.db, bundles/, logs/, control.json).
         process: The ``python -m vastrpc control serve`` process.
         log_path: Where its stdout and stderr go.
+        tls: What a client needs for it: the CA control.json names, and under mutual TLS a
+            client certificate issued by that CA (``--tls auto``); None when plaintext.
     """
 
     address: str
@@ -43,6 +46,7 @@ class ControlServiceProcess:
     home: Path
     process: subprocess.Popen[bytes]
     log_path: Path
+    tls: TlsFiles | None = None
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -61,8 +65,9 @@ def control_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     Options through indirect parametrization, e.g.
     ``@pytest.mark.parametrize("control_service", [{"worker_command": [...]}], indirect=True)``:
     ``worker_command`` (argv prefix that starts a worker instead of ``python -m vastrpc worker``),
-    ``args`` (more ``control serve`` flags, e.g. ``["--bundle-grace", "0"]``) and ``env`` (extra
-    environment variables).
+    ``args`` (more ``control serve`` flags, e.g. ``["--bundle-grace", "0"]``), ``setup`` (called
+    with ``tmp_path`` before the start; returns more flags, e.g. for files it wrote there) and
+    ``env`` (extra environment variables).
     """
     options = getattr(request, "param", None) or {}
     home = tmp_path / "home"
@@ -71,6 +76,8 @@ def control_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     if options.get("worker_command"):
         argv += ["--worker-command", shlex.join(options["worker_command"])]
     argv += list(options.get("args", ()))
+    if options.get("setup"):
+        argv += list(options["setup"](tmp_path))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.update(options.get("env", {}))
@@ -92,7 +99,8 @@ def control_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
         else:
             pytest.fail(f"control service did not write control.json within 20s:\n{log_path.read_text()}")
         api_key = (home / "api_key").read_text().strip()
-        yield ControlServiceProcess(str(info["address"]), api_key, home, process, log_path)
+        tls = _client_tls(info, home, tmp_path / "client-tls")
+        yield ControlServiceProcess(str(info["address"]), api_key, home, process, log_path, tls)
     finally:
         if process.poll() is None:
             process.terminate()
@@ -103,6 +111,18 @@ def control_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
             process.wait()
             pytest.fail(f"control service did not stop within 30s of SIGTERM:\n{log_path.read_text()}")
     assert returncode == 0, f"control service exited with {returncode}:\n{log_path.read_text()}"
+
+
+def _client_tls(info: dict[str, Any], home: Path, folder: Path) -> TlsFiles | None:
+    if not info.get("tls"):
+        return None
+    ca = Path(str(info["tls_ca"])) if info.get("tls_ca") else None
+    if not info.get("tls_client_cert") or ca is None or not (home / "tls" / "ca.key").exists():
+        return TlsFiles(ca_file=ca)
+    folder.mkdir(exist_ok=True)
+    ca_key, cert, key = home / "tls" / "ca.key", folder / "client.pem", folder / "client.key"
+    issue_certificate(ca, ca_key, cert, key, common_name="test client", hosts=[], client=True)
+    return TlsFiles(ca_file=ca, cert_file=cert, key_file=key)
 
 
 class Project:
@@ -137,6 +157,7 @@ class Project:
             home=self.control.home,
             ready_timeout=120,
             balancer=balancer,
+            tls=self.control.tls,
         )
         self.modules.append(module)
         return module
@@ -146,7 +167,7 @@ class Project:
         Path(module.__file__).write_text(textwrap.dedent(source).format(name=module.app.name, **fields))
 
     async def _client(self) -> ControlClient:
-        return ControlClient(self.control.address, self.control.api_key)
+        return ControlClient(self.control.address, self.control.api_key, self.control.tls)
 
     async def endpoint(self, app: Any) -> dict[str, Any]:
         """The app's endpoint as listed by the control service, workers included."""

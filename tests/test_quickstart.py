@@ -31,6 +31,8 @@ def test_quickstart_runs_on_the_embedded_default(tmp_path: Path) -> None:
         for step in ("package:", "hash:", "register:", "upload:", "provision:", "ready:"):
             assert step in run.stderr
         info = json.loads((tmp_path / "home" / "control.json").read_text())
+        # The embedded default is encrypted: the service, its workers and the client speak TLS.
+        assert info["tls"] is True and info["tls_ca"] == str(tmp_path / "home" / "tls" / "ca.pem")
         # A second run reuses the same embedded control service and changes nothing (tier 0).
         again = _run([sys.executable, "client.py"], env)
         assert again.returncode == 0, again.stdout + again.stderr

@@ -30,12 +30,12 @@ AUTH_HEADER = "authorization"
 CHUNK_SIZE = 1 << 20
 _MAX_MESSAGE = 8 << 20
 
-# Keepalive pings find a dead or frozen peer without waiting for TCP to notice.
+# Keepalive pings find a dead or frozen peer (within 15 s) without waiting for TCP to notice.
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_receive_message_length", _MAX_MESSAGE),
     ("grpc.max_send_message_length", _MAX_MESSAGE),
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.enable_retries", 0),
@@ -75,6 +75,53 @@ def error_from_rpc(
         where = f" at {target}" if target else ""
         return unavailable(f"cannot reach the service{where}: {details}")
     return _STATUS_ERRORS.get(code, ControlServiceError)(details)
+
+
+def tls_failure(
+    err: grpc.RpcError, target: str, tls: TlsFiles | None, *, what: str = "the control service"
+) -> VastrpcError | None:
+    """The TLS problem behind a failed connection, explained, or None when it was not one.
+
+    A TLS mismatch never heals by retrying, so callers raise this at once instead of
+    waiting out their timeout. The client sees the server's side only as a closed socket
+    right after connecting: with TLS on, the server refused this client's certificate
+    (mutual TLS); in plaintext, the server expected TLS.
+    """
+    if not hasattr(err, "code") or err.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    details = err.details() or ""
+    lower = details.lower()
+    if "handshake" in lower or "ssl_error" in lower or "certificate" in lower:
+        trusted = f"the CA in {tls.ca_file}" if tls is not None and tls.ca_file else "the system's root CAs"
+        return ControlUnavailableError(
+            f"TLS handshake with {what} at {target} failed ({details}). This client trusts {trusted}: check "
+            "that this CA signed the server's certificate and that the certificate names the host you dial; "
+            "set VASTRPC_TLS_CA (--tls-ca) to the CA that did (HOME/tls/ca.pem for a service started with "
+            "--tls auto). If the service does not serve TLS, unset VASTRPC_TLS_CA, VASTRPC_TLS_CERT and "
+            "VASTRPC_TLS_KEY"
+        )
+    if "socket closed" not in lower:
+        return None
+    if tls is None:
+        return ControlUnavailableError(
+            f"{what} at {target} closed the connection at once: it serves TLS and this client speaks "
+            "plaintext. Set VASTRPC_TLS_CA (--tls-ca) to the CA that signed its certificate (HOME/tls/ca.pem "
+            "for a service started with --tls auto)"
+        )
+    presented = f"this client presents {tls.cert_file}" if tls.cert_file else "this client presents none"
+    return AuthenticationError(
+        f"{what} at {target} refused the TLS connection during the handshake: it requires a client "
+        f"certificate signed by a CA it trusts (mutual TLS), and {presented}. Set VASTRPC_TLS_CERT and "
+        "VASTRPC_TLS_KEY (--tls-cert, --tls-key) to a certificate and key signed by the CA the service was "
+        "given with --tls-ca"
+    )
+
+
+def channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+    """A grpc.aio channel with the shared options: TLS with ``credentials``, else plaintext."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+    return grpc.aio.secure_channel(address, credentials, options=list(CHANNEL_OPTIONS))
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

@@ -10,13 +10,25 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["TlsFiles", "ensure_local_ca", "issue_certificate"]
+__all__ = [
+    "LOCAL_HOSTS",
+    "TlsFiles",
+    "certificate_problems",
+    "ensure_local_ca",
+    "ensure_local_tls",
+    "issue_certificate",
+]
 
 _VALIDITY = datetime.timedelta(days=3650)
+# A generated certificate this close to its end is replaced rather than reused.
+_RENEW_BEFORE = datetime.timedelta(days=30)
+# The names a local control service and its local workers are dialled by.
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
@@ -110,8 +122,32 @@ def issue_certificate(
     common_name: str,
     hosts: list[str],
     client: bool = False,
+    server: bool | None = None,
 ) -> tuple[Path, Path]:
-    """Sign a server (or, with ``client``, a client) certificate for ``hosts`` (DNS names or IPs)."""
+    """Sign a certificate for ``hosts`` (DNS names or IPs) with ``ca_cert`` and ``ca_key``.
+
+    Args:
+        ca_cert: The signing CA's certificate.
+        ca_key: Its private key.
+        out_cert: Where the certificate goes (PEM).
+        out_key: Where its private key goes (PEM, mode 0600).
+        common_name: The certificate's subject CN.
+        hosts: DNS names and IP addresses it is valid for (subjectAltName).
+        client: Allow TLS client authentication (clientAuth).
+        server: Allow TLS server authentication (serverAuth); by default only when not ``client``.
+            ``client=True, server=True`` gives one certificate that both serves and
+            authenticates as a client, as a local worker does.
+
+    Returns:
+        ``(out_cert, out_key)``.
+    """
+    if server is None:
+        server = not client
+    if not (client or server):
+        raise ValueError("a certificate needs at least one usage: client, server, or both")
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
+    if client:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     ca = x509.load_pem_x509_certificate(ca_cert.read_bytes())
     signer = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -132,7 +168,7 @@ def issue_certificate(
         .not_valid_after(now + _VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]),
+            x509.ExtendedKeyUsage(usages),
             critical=False,
         )
     )
@@ -142,3 +178,83 @@ def issue_certificate(
     _write_private(out_key, _key_pem(key))
     out_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return out_cert, out_key
+
+
+def _covers(cert: x509.Certificate, hosts: list[str]) -> bool:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    named = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} | set(san.get_values_for_type(x509.DNSName))
+    return all(str(ipaddress.ip_address(h)) in named if _is_ip(h) else h in named for h in hosts)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def ensure_local_tls(folder: Path, hosts: list[str] | None = None, *, require_client_cert: bool = False) -> TlsFiles:
+    """TLS for a local control service and its local workers, generated under ``folder`` on first use.
+
+    A local CA (``ca.pem``, ``ca.key``) signs one certificate (``local.pem``, ``local.key``)
+    for ``hosts`` that carries both serverAuth and clientAuth: the control service serves
+    with it, and local workers serve with it and present it to the control service under
+    mutual TLS. The certificate is reissued when it does not name every host, no longer
+    chains to the CA, or nears its end.
+
+    Args:
+        folder: Where the files live (e.g. ``home/tls``).
+        hosts: The names and addresses clients dial; defaults to ``LOCAL_HOSTS``.
+        require_client_cert: Refuse clients without a certificate from this CA.
+
+    Returns:
+        Server-side files: the local CA as ``ca_file``, the local certificate and key.
+    """
+    hosts = list(dict.fromkeys([*LOCAL_HOSTS, *(hosts or [])]))
+    ca_cert, ca_key = ensure_local_ca(folder)
+    cert_path, key_path = folder / "local.pem", folder / "local.key"
+    if not _reusable(ca_cert, cert_path, key_path, hosts):
+        issue_certificate(
+            ca_cert, ca_key, cert_path, key_path, common_name="vastrpc local", hosts=hosts, client=True, server=True
+        )
+    return TlsFiles(ca_file=ca_cert, cert_file=cert_path, key_file=key_path, require_client_cert=require_client_cert)
+
+
+def _reusable(ca_cert: Path, cert_path: Path, key_path: Path, hosts: list[str]) -> bool:
+    if not (cert_path.exists() and key_path.exists()):
+        return False
+    try:
+        ca = x509.load_pem_x509_certificate(ca_cert.read_bytes())
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    fresh = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC) > _RENEW_BEFORE
+    return fresh and _covers(cert, hosts)
+
+
+def certificate_problems(cert_file: Path, *, client: bool, hosts: list[str]) -> list[str]:
+    """Why ``cert_file`` would not serve ``hosts`` (or, with ``client``, authenticate a client); empty when fine."""
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
+    except (OSError, ValueError) as exc:
+        return [f"it cannot be read as a PEM certificate ({exc})"]
+    problems = []
+    if not _covers(cert, hosts):
+        problems.append(f"it does not name {', '.join(hosts)} (subjectAltName), which clients of local workers dial")
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return problems  # no restriction: every usage is allowed
+    if ExtendedKeyUsageOID.SERVER_AUTH not in usages:
+        problems.append("it does not allow TLS server authentication (extendedKeyUsage serverAuth)")
+    if client and ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        problems.append(
+            "it does not allow TLS client authentication (extendedKeyUsage clientAuth), which workers need "
+            "to present it under mutual TLS"
+        )
+    return problems

@@ -76,6 +76,27 @@ def _parser(home: Path) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often workers report that they are alive and their calls in flight (default 2)",
     )
+    tls = serve.add_argument_group(
+        "TLS", "plaintext unless --tls auto or --tls-cert/--tls-key; local workers use the same certificate"
+    )
+    tls.add_argument(
+        "--tls",
+        choices=["auto"],
+        help="auto: serve TLS with a local CA and certificate for this host, created under HOME/tls/",
+    )
+    tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="the service's certificate chain (PEM)")
+    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="the private key of --tls-cert (PEM)")
+    tls.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="FILE",
+        help="the CA that signs client certificates (mutual TLS) and that local workers trust for --tls-cert",
+    )
+    tls.add_argument(
+        "--tls-require-client-cert",
+        action="store_true",
+        help="mutual TLS: refuse clients (and workers) without a certificate signed by the CA",
+    )
     # For tests: the command that starts a worker agent, instead of `python -m vastrpc worker`.
     serve.add_argument("--worker-command", default=os.environ.get(ENV_WORKER_COMMAND), help=argparse.SUPPRESS)
     serve.set_defaults(func=_control_serve)
@@ -102,6 +123,28 @@ def _parser(home: Path) -> argparse.ArgumentParser:
         )
         p.add_argument("--api-key", default=os.environ.get("VASTRPC_API_KEY"), help="the control service's API key")
         p.add_argument("--home", type=Path, default=home, help=f"home folder of the embedded service (default {home})")
+        p.add_argument(
+            "--tls-ca",
+            type=Path,
+            default=os.environ.get("VASTRPC_TLS_CA"),
+            metavar="FILE",
+            help="TLS: the CA that signed the service's certificate (default $VASTRPC_TLS_CA; the embedded "
+            "service's own CA when using it)",
+        )
+        p.add_argument(
+            "--tls-cert",
+            type=Path,
+            default=os.environ.get("VASTRPC_TLS_CERT"),
+            metavar="FILE",
+            help="mutual TLS: this client's certificate (default $VASTRPC_TLS_CERT)",
+        )
+        p.add_argument(
+            "--tls-key",
+            type=Path,
+            default=os.environ.get("VASTRPC_TLS_KEY"),
+            metavar="FILE",
+            help="mutual TLS: its private key (default $VASTRPC_TLS_KEY)",
+        )
 
     ls = sub.add_parser("ls", help="list deployments, their endpoints and workers")
     ls.add_argument("name", nargs="?", default="", help="only this deployment")
@@ -154,8 +197,9 @@ def _control_serve(args: argparse.Namespace) -> int:
         raise _Failure(
             "--autoscale-interval and --heartbeat-interval must be positive, --scale-down-delay not negative"
         )
+    home = args.home.expanduser().resolve()
     config = ControlConfig(
-        home=args.home.expanduser().resolve(),
+        home=home,
         host=args.host,
         port=args.port,
         enable_reflection=not args.no_reflection,
@@ -164,6 +208,7 @@ def _control_serve(args: argparse.Namespace) -> int:
         autoscale_interval=args.autoscale_interval,
         scale_down_delay=args.scale_down_delay,
         heartbeat_interval=args.heartbeat_interval,
+        tls=_server_tls(args, home),
     )
     command = shlex.split(args.worker_command) if args.worker_command else None
     try:
@@ -171,6 +216,37 @@ def _control_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise _Failure(str(exc)) from None
     return 0
+
+
+def _server_tls(args: argparse.Namespace, home: Path) -> Any:
+    """The control service's TlsFiles from the --tls flags, generating the local CA for ``--tls auto``."""
+    from vastrpc._tls import TlsFiles, ensure_local_tls
+
+    files = (args.tls_cert, args.tls_key)
+    if args.tls == "auto":
+        if any(files) or args.tls_ca:
+            raise _Failure("--tls auto generates its own CA and certificate: drop --tls-cert, --tls-key and --tls-ca")
+        # The certificate must also name the address clients dial when the service listens on one.
+        extra = [] if args.host in ("", "0.0.0.0", "::") else [args.host.strip("[]")]
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return ensure_local_tls(home / "tls", extra, require_client_cert=args.tls_require_client_cert)
+    if not any(files):
+        if args.tls_ca or args.tls_require_client_cert:
+            raise _Failure("--tls-ca and --tls-require-client-cert need TLS: add --tls auto or --tls-cert/--tls-key")
+        return None
+    if not all(files):
+        raise _Failure("--tls-cert and --tls-key go together: the certificate and its private key")
+    if args.tls_require_client_cert and not args.tls_ca:
+        raise _Failure("--tls-require-client-cert needs --tls-ca: the CA that signs the client certificates")
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--tls-ca", args.tls_ca)):
+        if path is not None and not path.expanduser().is_file():
+            raise _Failure(f"{flag} {path}: no such file")
+    return TlsFiles(
+        ca_file=args.tls_ca.expanduser().resolve() if args.tls_ca else None,
+        cert_file=args.tls_cert.expanduser().resolve(),
+        key_file=args.tls_key.expanduser().resolve(),
+        require_client_cert=args.tls_require_client_cert,
+    )
 
 
 def _control_stop(args: argparse.Namespace) -> int:
@@ -193,7 +269,8 @@ def _control_status(args: argparse.Namespace) -> int:
         print(f"not running (home {home})")
         return 1
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.get("started_at", 0)))
-    print(f"running: address {status['address']}, pid {status['pid']}, started {started}, home {home}")
+    tls = f"TLS (trust {status.get('tls_ca') or 'the system roots'})" if status.get("tls") else "plaintext"
+    print(f"running: address {status['address']}, {tls}, pid {status['pid']}, started {started}, home {home}")
     return 0
 
 
@@ -208,10 +285,12 @@ def _call(func: Any, *args: Any, **kwargs: Any) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from vastrpc.config import tls_from_env
     from vastrpc.serve.agent import main as agent_main
 
     token = os.environ.get(ENV_WORKER_TOKEN, "")
-    return _call(agent_main, args.control, args.worker_id, token, home=args.home)
+    # The provider that started this worker sets VASTRPC_TLS_* when the control service uses TLS.
+    return _call(agent_main, args.control, args.worker_id, token, home=args.home, tls=tls_from_env())
 
 
 def _deploy(args: argparse.Namespace) -> int:
@@ -225,18 +304,29 @@ def _deploy(args: argparse.Namespace) -> int:
 # -- talking to the control service -------------------------------------------------------------
 
 
-def _connect(args: argparse.Namespace) -> tuple[str, str]:
-    """(address, api_key) from the flags, the environment (flag defaults) or the embedded service's home."""
-    from vastrpc.deploy.embedded import control_status
+def _connect(args: argparse.Namespace) -> tuple[str, str, Any]:
+    """(address, api_key, tls) from the flags, the environment (flag defaults) or the embedded service's home."""
+    from vastrpc._tls import TlsFiles
+    from vastrpc.deploy.embedded import control_status, control_tls
 
     home = args.home.expanduser()
     address = args.control
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise _Failure("--tls-cert and --tls-key (VASTRPC_TLS_CERT, VASTRPC_TLS_KEY) go together: set both or neither")
+    tls = None
+    if args.tls_ca or args.tls_cert:
+        tls = TlsFiles(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key)
     if not address:
         # Only look: listing or tearing down must never start a service.
         status = control_status(home)
         if status is None:
             raise _Failure(f"no control service is running under {home}")
         address = status["address"]
+        local = control_tls(status, home)
+        if local is not None and args.tls_cert:
+            # The CA the running service names, with the certificate given here.
+            local = TlsFiles(ca_file=local.ca_file, cert_file=args.tls_cert, key_file=args.tls_key)
+        tls = local
     api_key = args.api_key
     if not api_key:
         try:
@@ -245,22 +335,30 @@ def _connect(args: argparse.Namespace) -> tuple[str, str]:
             api_key = ""
     if not api_key:
         raise _Failure(f"no API key for {address}: pass --api-key or set VASTRPC_API_KEY")
-    return address, api_key
+    return address, api_key, tls
 
 
 def _rpc(args: argparse.Namespace, method: str, request: Any, timeout: float = _RPC_TIMEOUT) -> Any:
     import grpc
 
-    from vastrpc._grpc import CHANNEL_OPTIONS, bearer, error_from_rpc
+    from vastrpc._grpc import CHANNEL_OPTIONS, bearer, error_from_rpc, tls_failure
     from vastrpc.api.v1 import control_pb2_grpc
 
-    address, api_key = _connect(args)
-    with grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS)) as channel:
+    address, api_key, tls = _connect(args)
+    try:
+        channel = (
+            grpc.secure_channel(address, tls.channel_credentials(), options=list(CHANNEL_OPTIONS))
+            if tls is not None
+            else grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+        )
+    except OSError as exc:
+        raise _Failure(f"cannot read a TLS file: {exc}") from None
+    with channel:
         stub = control_pb2_grpc.ControlServiceStub(channel)
         try:
             return getattr(stub, method)(request, metadata=bearer(api_key), timeout=timeout)
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc, target=address) from None
+            raise (tls_failure(exc, address, tls) or error_from_rpc(exc, target=address)) from None
 
 
 def _ls(args: argparse.Namespace) -> int:

@@ -7,17 +7,53 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ClientConfig", "ControlConfig", "default_home"]
+from vastrpc._errors import DefinitionError
+from vastrpc._tls import TlsFiles
+
+__all__ = ["ClientConfig", "ControlConfig", "default_home", "tls_from_env"]
 
 ENV_HOME = "VASTRPC_HOME"
 ENV_CONTROL_ADDRESS = "VASTRPC_CONTROL_ADDRESS"
 ENV_API_KEY = "VASTRPC_API_KEY"
+# TLS files of a client (the CA to trust; a certificate and key for mutual TLS). The local
+# provider sets them for the workers it starts, with VASTRPC_TLS_REQUIRE_CLIENT_CERT.
+ENV_TLS_CA = "VASTRPC_TLS_CA"
+ENV_TLS_CERT = "VASTRPC_TLS_CERT"
+ENV_TLS_KEY = "VASTRPC_TLS_KEY"
+ENV_TLS_REQUIRE_CLIENT_CERT = "VASTRPC_TLS_REQUIRE_CLIENT_CERT"
+ENV_TLS = (ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT)
 
 
 def default_home(environ: Mapping[str, str] | None = None) -> Path:
     """The vastrpc home folder: ``$VASTRPC_HOME``, else ``~/.vastrpc``."""
     env = os.environ if environ is None else environ
     return Path(env.get(ENV_HOME) or Path.home() / ".vastrpc").expanduser()
+
+
+def tls_from_env(environ: Mapping[str, str] | None = None) -> TlsFiles | None:
+    """TLS files from ``VASTRPC_TLS_CA``, ``VASTRPC_TLS_CERT`` and ``VASTRPC_TLS_KEY``; None when none is set.
+
+    ``VASTRPC_TLS_REQUIRE_CLIENT_CERT=1`` (set by the control service for its workers) makes
+    a worker's own server require client certificates too.
+
+    Raises:
+        DefinitionError: Only one of the certificate and its key is set.
+    """
+    env = os.environ if environ is None else environ
+    ca, cert, key = (env.get(name) or None for name in (ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY))
+    if (cert is None) != (key is None):
+        raise DefinitionError(
+            f"{ENV_TLS_CERT} and {ENV_TLS_KEY} go together (a client certificate and its key, for mutual TLS): "
+            "set both or neither"
+        )
+    if ca is None and cert is None:
+        return None
+    return TlsFiles(
+        ca_file=Path(ca).expanduser() if ca else None,
+        cert_file=Path(cert).expanduser() if cert else None,
+        key_file=Path(key).expanduser() if key else None,
+        require_client_cert=env.get(ENV_TLS_REQUIRE_CLIENT_CERT, "") == "1",
+    )
 
 
 @dataclass(frozen=True)
@@ -33,6 +69,10 @@ class ClientConfig:
         ready_timeout: Seconds ``ensure_ready`` waits for workers before giving up.
         balancer: How calls choose a worker: ``"least_expected_time"`` (by benchmark score,
             observed latency and calls in flight) or ``"round_robin"``.
+        tls: TLS to the control service and its workers: ``ca_file`` is the CA that signed
+            their certificates (None: the system's roots), ``cert_file`` and ``key_file`` this
+            client's certificate for mutual TLS. ``None`` is plaintext, except for the embedded
+            control service, which says what to trust itself (``home/tls/ca.pem``).
     """
 
     control_address: str | None = None
@@ -41,15 +81,17 @@ class ClientConfig:
     connect_timeout: float = 5.0
     ready_timeout: float = 600.0
     balancer: str = "least_expected_time"
+    tls: TlsFiles | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientConfig:
-        """Build from ``VASTRPC_CONTROL_ADDRESS``, ``VASTRPC_API_KEY`` and ``VASTRPC_HOME``."""
+        """Build from ``VASTRPC_CONTROL_ADDRESS``, ``VASTRPC_API_KEY``, ``VASTRPC_HOME`` and ``VASTRPC_TLS_*``."""
         env = os.environ if environ is None else environ
         return cls(
             control_address=env.get(ENV_CONTROL_ADDRESS) or None,
             api_key=env.get(ENV_API_KEY) or None,
             home=default_home(env),
+            tls=tls_from_env(env),
         )
 
 
@@ -72,6 +114,9 @@ class ControlConfig:
         autoscale_interval: Seconds between two looks of the autoscaler at every endpoint's load.
         scale_down_delay: Seconds fewer workers must have sufficed before the autoscaler stops
             some (hysteresis: a lull between bursts keeps the workers the next burst needs).
+        tls: Serve TLS with these files (``cert_file``, ``key_file``; ``ca_file`` and
+            ``require_client_cert`` for mutual TLS); plaintext when None. Local workers serve
+            with the same certificate, present it under mutual TLS, and trust ``ca_file``.
     """
 
     home: Path
@@ -85,3 +130,4 @@ class ControlConfig:
     bundle_grace: float = 60.0
     autoscale_interval: float = 1.0
     scale_down_delay: float = 10.0
+    tls: TlsFiles | None = None

@@ -8,9 +8,12 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vastrpc._errors import ControlUnavailableError
+from vastrpc._tls import TlsFiles
 from vastrpc.control.provider import pid_alive
 from vastrpc.deploy.embedded import control_status, ensure_control, read_control_info, stop_control
 
@@ -32,14 +35,14 @@ def home(tmp_path):
 
 
 def test_ensure_control_starts_once_reuses_and_stops(home) -> None:
-    address, api_key = ensure_control(home)
-    assert api_key == (home / "api_key").read_text().strip()
+    local = ensure_control(home)
+    assert local.api_key == (home / "api_key").read_text().strip()
     assert (home / "api_key").stat().st_mode & 0o777 == 0o600
     pid = read_control_info(home)["pid"]
     status = control_status(home)
-    assert status["address"] == address and status["pid"] == pid and status["home"] == str(home)
+    assert status["address"] == local.address and status["pid"] == pid and status["home"] == str(home)
 
-    assert ensure_control(home) == (address, api_key)
+    assert ensure_control(home) == local
     assert read_control_info(home)["pid"] == pid
 
     assert stop_control(home) is True
@@ -48,6 +51,24 @@ def test_ensure_control_starts_once_reuses_and_stops(home) -> None:
     assert control_status(home) is None
     assert stop_control(home) is False
     assert "control service stopped" in (home / "control.log").read_text()
+
+
+def test_the_embedded_service_serves_tls_with_its_own_ca(home) -> None:
+    local = ensure_control(home)
+    assert local.tls == TlsFiles(ca_file=home / "tls" / "ca.pem")
+    info = read_control_info(home)
+    assert info["tls"] is True and info["tls_ca"] == str(home / "tls" / "ca.pem")
+    for key in ("ca.key", "local.key"):
+        assert (home / "tls" / key).stat().st_mode & 0o777 == 0o600
+
+    def check(channel: grpc.Channel) -> None:
+        with channel:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+
+    check(grpc.secure_channel(local.address, local.tls.channel_credentials()))
+    with pytest.raises(grpc.RpcError):
+        check(grpc.insecure_channel(local.address))  # the default is encrypted: plaintext is refused
+    assert stop_control(home)
 
 
 def test_concurrent_callers_share_one_service(home) -> None:
@@ -65,7 +86,7 @@ def test_a_dead_service_is_replaced(home) -> None:
     while not _gone(old["pid"]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert control_status(home) is None  # control.json is stale: its pid is gone
-    address, _ = ensure_control(home)
+    address = ensure_control(home).address
     new = read_control_info(home)
     assert new["pid"] != old["pid"] and new["address"] == address
     # The api key survives restarts: clients configured with it keep working.

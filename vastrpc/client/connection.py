@@ -16,7 +16,7 @@ from vastrpc._errors import (
     SerializationError,
     WorkerUnavailableError,
 )
-from vastrpc._grpc import CHANNEL_OPTIONS, bearer, error_from_rpc
+from vastrpc._grpc import bearer, channel, error_from_rpc
 from vastrpc._payload import Payload, assemble, rebuild_exception
 from vastrpc.api.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
@@ -271,13 +271,22 @@ class InvokeStream:
 class WorkerConnection:
     """A channel to one worker's serving process and its Invoke stream, with load figures for the balancer."""
 
-    def __init__(self, worker_id: str, address: str, token: str, score: float, capacity: int) -> None:
+    def __init__(
+        self,
+        worker_id: str,
+        address: str,
+        token: str,
+        score: float,
+        capacity: int,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.worker_id = worker_id
         self.address = address
         self.token = token
         self.score = score
         self.capacity = max(1, capacity)
-        self.channel = grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+        # TLS with the credentials the client uses for the control service; plaintext without.
+        self.channel = channel(address, credentials)
         self._stub = worker_pb2_grpc.WorkerServiceStub(self.channel)
         self._stream: InvokeStream | None = None
         self.in_flight = 0

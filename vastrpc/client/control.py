@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -10,8 +11,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vastrpc._errors import ControlUnavailableError
-from vastrpc._grpc import CHANNEL_OPTIONS, bearer, error_from_rpc
+from vastrpc._grpc import bearer, channel, error_from_rpc, tls_failure
 from vastrpc._payload import chunks
+from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import control_pb2, control_pb2_grpc
 from vastrpc.config import ClientConfig
 
@@ -19,45 +21,88 @@ T = TypeVar("T")
 
 # Unary control calls are small and local: anything slower than this is a fault.
 _RPC_TIMEOUT = 60.0
+# How often connect asks again while the control service is not listening yet.
+_HEALTH_POLL = 0.1
 
 
 class ControlClient:
-    """One channel to the control service, presenting the API key on every call."""
+    """One channel to the control service, presenting the API key on every call.
 
-    def __init__(self, address: str, api_key: str) -> None:
+    Args:
+        address: ``host:port`` of the control service.
+        api_key: Its API key.
+        tls: TLS files (the CA to trust; a client certificate for mutual TLS); plaintext when None.
+            Workers are reached with the same credentials.
+
+    Raises:
+        ControlUnavailableError: A TLS file cannot be read.
+    """
+
+    def __init__(self, address: str, api_key: str, tls: TlsFiles | None = None) -> None:
         self.address = address
         self.api_key = api_key
+        self.tls = tls
         self._metadata = bearer(api_key)
-        self.channel = grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+        try:
+            # Read once: every worker channel reuses them.
+            self.credentials = tls.channel_credentials() if tls is not None else None
+        except OSError as exc:
+            raise ControlUnavailableError(
+                f"cannot read a TLS file for the control service at {address}: {exc}. Check VASTRPC_TLS_CA, "
+                "VASTRPC_TLS_CERT and VASTRPC_TLS_KEY"
+            ) from None
+        self.channel = channel(address, self.credentials)
         self.stub = control_pb2_grpc.ControlServiceStub(self.channel)
 
     @classmethod
     async def connect(cls, config: ClientConfig) -> ControlClient:
-        """Reach the configured control service, or start/reuse the embedded one, and check it answers."""
-        address, api_key = config.control_address, config.api_key
+        """Reach the configured control service, or start/reuse the embedded one, and check it answers.
+
+        Raises:
+            ControlUnavailableError: It does not answer within ``config.connect_timeout``, or
+                (at once) a TLS handshake with it failed.
+            AuthenticationError: It refused this client's certificate (mutual TLS).
+        """
+        address, api_key, tls = config.control_address, config.api_key, config.tls
         if address is None:
             from vastrpc.deploy.embedded import ensure_control
 
-            address, embedded_key = await asyncio.to_thread(ensure_control, config.home)
-            api_key = api_key or embedded_key
+            local = await asyncio.to_thread(ensure_control, config.home)
+            # The embedded service says what to trust; VASTRPC_TLS_* are for a service of your own.
+            address, api_key, tls = local.address, api_key or local.api_key, local.tls
         if not api_key:
             raise ControlUnavailableError(
                 f"no API key for the control service at {address}: set VASTRPC_API_KEY or pass Deployment(api_key=...)"
             )
-        assert address is not None
-        client = cls(address, api_key)
+        client = cls(address, api_key, tls)
         try:
-            await health_pb2_grpc.HealthStub(client.channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=config.connect_timeout, wait_for_ready=True
-            )
-        except grpc.aio.AioRpcError as exc:
+            await client._check_health(config.connect_timeout)
+        except BaseException:
             await client.close()
-            raise ControlUnavailableError(
-                f"cannot reach the control service at {address} within {config.connect_timeout:g}s "
-                f"({exc.code().name}: {exc.details()}). Check VASTRPC_CONTROL_ADDRESS, or unset it to use "
-                "the embedded control service"
-            ) from None
+            raise
         return client
+
+    async def _check_health(self, timeout: float) -> None:
+        # Not wait_for_ready: a failed attempt comes back at once with its reason, so a TLS
+        # mismatch (which retrying never heals) fails now; anything else (not listening yet)
+        # is retried until the timeout.
+        health = health_pb2_grpc.HealthStub(self.channel)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                await health.Check(health_pb2.HealthCheckRequest(), timeout=max(remaining, 0.01), wait_for_ready=False)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if (tls_error := tls_failure(exc, self.address, self.tls)) is not None:
+                    raise tls_error from None
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + _HEALTH_POLL >= deadline:
+                    raise ControlUnavailableError(
+                        f"cannot reach the control service at {self.address} within {timeout:g}s "
+                        f"({exc.code().name}: {exc.details()}). Check VASTRPC_CONTROL_ADDRESS, or unset it to "
+                        "use the embedded control service"
+                    ) from None
+            await asyncio.sleep(_HEALTH_POLL)
 
     async def close(self) -> None:
         await self.channel.close()

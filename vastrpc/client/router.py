@@ -87,9 +87,14 @@ class Router:
         # Every ready worker takes calls, whichever revision it serves: during an update the
         # old revision keeps serving until the new one is ready.
         ready = {w.worker_id: w for w in update.workers if w.state == common_pb2.WORKER_STATE_READY and w.address}
+        failed = {w.worker_id for w in update.workers if w.state == common_pb2.WORKER_STATE_FAILED}
         for worker_id in list(self.workers):
-            if worker_id not in ready:
-                # Calls in flight on it finish or fail on their own; close it once they are done.
+            if worker_id in failed:
+                # Declared lost (dead, hung, frozen): its calls in flight will never be answered,
+                # so they fail now (and an idempotent one is retried elsewhere).
+                asyncio.get_running_loop().create_task(self.workers.pop(worker_id).close())
+            elif worker_id not in ready:
+                # Draining or stopped: calls in flight finish on their own; close it once they are done.
                 asyncio.get_running_loop().create_task(_close_when_idle(self.workers.pop(worker_id)))
         for worker_id, w in ready.items():
             conn = self.workers.get(worker_id)
@@ -97,7 +102,7 @@ class Router:
                 if conn is not None:
                     asyncio.get_running_loop().create_task(_close_when_idle(conn))
                 self.workers[worker_id] = WorkerConnection(
-                    worker_id, w.address, update.endpoint_token, w.score, w.capacity or 1
+                    worker_id, w.address, update.endpoint_token, w.score, w.capacity or 1, self.control.credentials
                 )
             else:
                 conn.score = w.score

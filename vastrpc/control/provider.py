@@ -15,6 +15,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from vastrpc._tls import TlsFiles
+from vastrpc.config import ENV_TLS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT
+
 __all__ = ["ExitCallback", "LocalProcessProvider", "Provider", "pid_alive"]
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,10 @@ class LocalProcessProvider:
             fake worker. Defaults to ``[sys.executable, "-m", "vastrpc", "worker"]``.
         environ: The environment workers inherit (default: this process's).
         on_exit: See Provider.
+        worker_tls: The control service's TLS files, handed to each worker through
+            ``VASTRPC_TLS_*``: the worker trusts ``ca_file`` for the control service, serves
+            calls with ``cert_file`` and ``key_file`` and presents them under mutual TLS.
+            None: workers speak plaintext.
     """
 
     def __init__(
@@ -111,8 +118,10 @@ class LocalProcessProvider:
         argv_prefix: Sequence[str] | None = None,
         environ: Mapping[str, str] | None = None,
         on_exit: ExitCallback | None = None,
+        worker_tls: TlsFiles | None = None,
     ) -> None:
         self.home = Path(home)
+        self.worker_tls = worker_tls
         self.argv_prefix = list(argv_prefix) if argv_prefix else [sys.executable, "-m", "vastrpc", "worker"]
         self._environ = dict(os.environ if environ is None else environ)
         self.on_exit = on_exit
@@ -137,6 +146,7 @@ class LocalProcessProvider:
         env[ENV_WORKER_TOKEN] = token
         env[ENV_HOME] = str(self.home)
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self._tls_env(env))
         if (pythonpath := package_pythonpath(env)) is not None:
             env["PYTHONPATH"] = pythonpath
         with self.log_path(worker_id).open("ab") as out:
@@ -159,6 +169,19 @@ class LocalProcessProvider:
         task.add_done_callback(self._watchers.discard)
         log.info("started worker %s (pid %d)", worker_id, proc.pid)
         return proc.pid
+
+    def _tls_env(self, env: dict[str, str]) -> dict[str, str]:
+        # What this process inherited never reaches a worker: only the service's own TLS does.
+        for name in ENV_TLS:
+            env.pop(name, None)
+        tls = self.worker_tls
+        if tls is None:
+            return {}
+        files = {ENV_TLS_CA: tls.ca_file, ENV_TLS_CERT: tls.cert_file, ENV_TLS_KEY: tls.key_file}
+        out = {name: str(path) for name, path in files.items() if path is not None}
+        if tls.require_client_cert:
+            out[ENV_TLS_REQUIRE_CLIENT_CERT] = "1"
+        return out
 
     async def _watch(self, worker_id: str, proc: asyncio.subprocess.Process) -> None:
         returncode = await proc.wait()

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vastrpc._grpc import start_server
+from vastrpc._tls import TlsFiles, certificate_problems
 from vastrpc.api.v1 import control_pb2, control_pb2_grpc
 from vastrpc.config import ControlConfig
 from vastrpc.control.autoscaler import Autoscaler
@@ -85,6 +86,21 @@ def _client_host(host: str) -> str:
     return host
 
 
+def _describe_tls(config: ControlConfig) -> str:
+    if config.tls is None:
+        return "plaintext"
+    return "mutual TLS" if config.tls.require_client_cert else "TLS"
+
+
+def _check_worker_certificate(tls: TlsFiles) -> None:
+    """Warn when local workers could not use the service's certificate: they serve and authenticate with it."""
+    assert tls.cert_file is not None
+    # Local workers listen on loopback: clients check that the certificate names 127.0.0.1.
+    problems = certificate_problems(tls.cert_file, client=tls.require_client_cert, hosts=["127.0.0.1"])
+    for problem in problems:
+        log.warning("local workers serve with %s, but %s", tls.cert_file, problem)
+
+
 async def serve(
     config: ControlConfig,
     *,
@@ -106,7 +122,15 @@ async def serve(
     api_key = resolve_api_key(config)
     store = SqliteStore(home / "state.db")
     blobs = LocalBlobStore(home / "bundles")
-    provider = LocalProcessProvider(home, argv_prefix=worker_command)
+    if config.tls is not None:
+        _check_worker_certificate(config.tls)
+    elif config.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "listening on %s in plaintext: the API key and calls cross the network unencrypted; "
+            "start with --tls auto or --tls-cert/--tls-key",
+            config.host,
+        )
+    provider = LocalProcessProvider(home, argv_prefix=worker_command, worker_tls=config.tls)
     lifecycle = Lifecycle(
         store,
         blobs,
@@ -127,11 +151,17 @@ async def serve(
 
     bind = f"[{config.host}]:{config.port}" if ":" in config.host else f"{config.host}:{config.port}"
     server, port, health = await start_server(
-        bind, register, authorize=service.authorize, enable_reflection=config.enable_reflection
+        bind, register, authorize=service.authorize, enable_reflection=config.enable_reflection, tls=config.tls
     )
     address = f"{_client_host(config.host)}:{port}"
     lifecycle.control_address = address
     info_path = home / "control.json"
+    # What local clients trust (paths only; never a key): the CA of a generated certificate, or
+    # the one given with --tls-ca (None: a CA the system trusts signed the certificate).
+    tls_info: dict[str, object] = {"tls": False}
+    if config.tls is not None:
+        ca = config.tls.ca_file
+        tls_info = {"tls": True, "tls_ca": str(ca) if ca else None, "tls_client_cert": config.tls.require_client_cert}
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -141,8 +171,9 @@ async def serve(
     autoscaler_task = asyncio.create_task(autoscaler.run(), name="vastrpc-autoscaler")
     try:
         # Written only now that the port is bound: whoever reads it can connect at once.
-        _write_json_atomically(info_path, {"address": address, "pid": os.getpid(), "started_at": time.time()})
-        log.info("control service listening on %s (home %s)", address, home)
+        info = {"address": address, "pid": os.getpid(), "started_at": time.time(), **tls_info}
+        _write_json_atomically(info_path, info)
+        log.info("control service listening on %s (%s, home %s)", address, _describe_tls(config), home)
         if ready is not None:
             ready(address)
         await stop.wait()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,32 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vastrpc._errors import ControlUnavailableError
+from vastrpc._tls import TlsFiles
 from vastrpc.control.provider import package_pythonpath, pid_alive
 
-__all__ = ["control_status", "ensure_control", "read_control_info", "stop_control"]
+__all__ = ["LocalControl", "control_status", "control_tls", "ensure_control", "read_control_info", "stop_control"]
 
 _HEALTH_TIMEOUT = 1.0
 _LOG_TAIL_LINES = 30
 
 
+@dataclass(frozen=True)
+class LocalControl:
+    """What a client needs to reach the embedded control service.
+
+    Attributes:
+        address: ``host:port`` it listens on.
+        api_key: Its API key.
+        tls: The CA to trust for its certificate; None when it serves plaintext.
+    """
+
+    address: str
+    api_key: str
+    tls: TlsFiles | None
+
+
 def read_control_info(home: Path) -> dict[str, Any] | None:
-    """The contents of ``home/control.json`` ({"address", "pid", "started_at"}), or None."""
+    """The contents of ``home/control.json`` ({"address", "pid", "started_at", "tls", "tls_ca"}), or None."""
     try:
         info = json.loads((Path(home) / "control.json").read_text())
     except (OSError, ValueError):
@@ -37,9 +54,32 @@ def read_control_info(home: Path) -> dict[str, Any] | None:
     return info
 
 
-def _healthy(address: str, timeout: float = _HEALTH_TIMEOUT) -> bool:
+def control_tls(info: dict[str, Any], home: Path) -> TlsFiles | None:
+    """How a local client reaches the service under ``home`` that wrote ``info`` (control.json); None: plaintext.
+
+    It trusts the CA the service names. When the service requires client certificates and
+    generated its own (``--tls auto``), the client presents the home's local certificate:
+    whoever can read the home can read its API key too, so this grants nothing more.
+    """
+    if not info.get("tls"):
+        return None
+    ca = Path(info["tls_ca"]) if isinstance(info.get("tls_ca"), str) else None
+    local = Path(home) / "tls"
+    cert, key = local / "local.pem", local / "local.key"
+    if info.get("tls_client_cert") and ca == local / "ca.pem" and cert.exists() and key.exists():
+        return TlsFiles(ca_file=ca, cert_file=cert, key_file=key)
+    # No CA recorded: its certificate comes from a CA the system already trusts.
+    return TlsFiles(ca_file=ca)
+
+
+def _healthy(info: dict[str, Any], home: Path, timeout: float = _HEALTH_TIMEOUT) -> bool:
+    address, tls = info["address"], control_tls(info, home)
     try:
-        with grpc.insecure_channel(address) as channel:
+        channel = grpc.secure_channel(address, tls.channel_credentials()) if tls else grpc.insecure_channel(address)
+    except OSError:  # its CA file is gone: not a service this home can use
+        return False
+    try:
+        with channel:
             response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
     except grpc.RpcError:
         return False
@@ -48,9 +88,13 @@ def _healthy(address: str, timeout: float = _HEALTH_TIMEOUT) -> bool:
 
 def _running_info(home: Path) -> dict[str, Any] | None:
     info = read_control_info(home)
-    if info is None or not pid_alive(info["pid"]) or not _healthy(info["address"]):
+    if info is None or not pid_alive(info["pid"]) or not _healthy(info, home):
         return None
     return info
+
+
+def _local(info: dict[str, Any], home: Path) -> LocalControl:
+    return LocalControl(info["address"], _api_key(home), control_tls(info, home))
 
 
 def _api_key(home: Path) -> str:
@@ -92,9 +136,11 @@ def _log_tail(path: Path) -> str:
     return "\n".join(lines[-_LOG_TAIL_LINES:]) or "(empty log)"
 
 
-def ensure_control(home: Path, *, timeout: float = 15) -> tuple[str, str]:
-    """Reuse the control service running under ``home``, or start one; returns (address, api_key).
+def ensure_control(home: Path, *, timeout: float = 15) -> LocalControl:
+    """Reuse the control service running under ``home``, or start one; returns how to reach it.
 
+    A new service serves TLS (``--tls auto``: a local CA and certificate under ``home/tls``);
+    one that is running already is reused as it runs (an older one may serve plaintext).
     Synchronous: the SDK calls it once per process through ``asyncio.to_thread``.
 
     Args:
@@ -110,7 +156,7 @@ def ensure_control(home: Path, *, timeout: float = 15) -> tuple[str, str]:
     with _locked(home, timeout):
         info = _running_info(home)
         if info is not None:
-            return info["address"], _api_key(home)
+            return _local(info, home)
         log_path = home / "control.log"
         env = dict(os.environ)
         if (pythonpath := package_pythonpath(env)) is not None:
@@ -118,7 +164,7 @@ def ensure_control(home: Path, *, timeout: float = 15) -> tuple[str, str]:
         with open(log_path, "ab") as log:
             # A session of its own: the service outlives this process and its terminal's Ctrl-C.
             proc = subprocess.Popen(
-                [sys.executable, "-m", "vastrpc", "control", "serve", "--home", str(home)],
+                [sys.executable, "-m", "vastrpc", "control", "serve", "--home", str(home), "--tls", "auto"],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -134,8 +180,8 @@ def ensure_control(home: Path, *, timeout: float = 15) -> tuple[str, str]:
                     f"{log_path} ends with:\n{_log_tail(log_path)}"
                 )
             info = read_control_info(home)
-            if info is not None and info["pid"] == proc.pid and _healthy(info["address"]):
-                return info["address"], _api_key(home)
+            if info is not None and info["pid"] == proc.pid and _healthy(info, home):
+                return _local(info, home)
             time.sleep(0.05)
         proc.terminate()
         raise ControlUnavailableError(
@@ -144,9 +190,9 @@ def ensure_control(home: Path, *, timeout: float = 15) -> tuple[str, str]:
         )
 
 
-def _is_control(info: dict[str, Any]) -> bool:
+def _is_control(info: dict[str, Any], home: Path) -> bool:
     """Whether control.json's pid is still a control service, not a recycled pid of something else."""
-    if _healthy(info["address"]):
+    if _healthy(info, home):
         return True
     try:
         cmdline = Path(f"/proc/{info['pid']}/cmdline").read_bytes()
@@ -160,8 +206,9 @@ def stop_control(home: Path, *, timeout: float = 30) -> bool:
 
     It stops its workers first (their grace period), so this can take a while.
     """
-    info = read_control_info(Path(home).expanduser())
-    if info is None or not pid_alive(info["pid"]) or not _is_control(info):
+    home = Path(home).expanduser()
+    info = read_control_info(home)
+    if info is None or not pid_alive(info["pid"]) or not _is_control(info, home):
         return False
     pid = info["pid"]
     try:
@@ -179,7 +226,7 @@ def stop_control(home: Path, *, timeout: float = 30) -> bool:
 
 
 def control_status(home: Path) -> dict[str, Any] | None:
-    """``{"address", "pid", "started_at", "home"}`` of the control service running under ``home``, or None."""
+    """control.json of the service running under ``home``, with ``"home"`` added; None when none runs."""
     home = Path(home).expanduser()
     info = _running_info(home)
     if info is None:

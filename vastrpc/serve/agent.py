@@ -23,9 +23,11 @@ from typing import Any
 import grpc
 
 from vastrpc._errors import BundleError, DeploymentError, VastrpcError
-from vastrpc._grpc import CHANNEL_OPTIONS, bearer
+from vastrpc._grpc import bearer, channel, tls_failure
 from vastrpc._secrets import unseal
+from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
+from vastrpc.config import ENV_TLS
 from vastrpc.serve.install import ensure_apt, ensure_pip_env, run_startup_commands, safe_extract, verify_digest
 from vastrpc.serve.serving import ServingProcess
 
@@ -51,13 +53,23 @@ def _print(line: str) -> None:
 class Agent:
     """One worker: brings up the revisions it is assigned and keeps one serving until told to stop."""
 
-    def __init__(self, control_address: str, worker_id: str, token: str, home: Path, bind_host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        control_address: str,
+        worker_id: str,
+        token: str,
+        home: Path,
+        bind_host: str = "127.0.0.1",
+        tls: TlsFiles | None = None,
+    ):
         self.worker_id = worker_id
         self.home = home
         self.bind_host = bind_host
+        self.tls = tls
+        self._control_address = control_address
         self._token = token
         self._metadata = bearer(token)
-        self._channel = grpc.aio.insecure_channel(control_address, options=list(CHANNEL_OPTIONS))
+        self._channel = channel(control_address, tls.channel_credentials() if tls is not None else None)
         self._stub = control_pb2_grpc.ControlServiceStub(self._channel)
         self._stop = asyncio.Event()
         self._workdir = home / "work" / worker_id
@@ -98,7 +110,8 @@ class Agent:
                 timeout=30,
             )
         except grpc.aio.AioRpcError as exc:
-            log.error("cannot register with the control service: %s %s", exc.code().name, exc.details())
+            problem = tls_failure(exc, self._control_address, self.tls)
+            log.error("cannot register with the control service: %s", problem or f"{exc.code().name} {exc.details()}")
             return 1
         background = [
             loop.create_task(self._heartbeat(reg.heartbeat_interval or 2.0)),
@@ -209,7 +222,7 @@ class Agent:
             "advertise_host": self.bind_host,
             "grace": _STOP_GRACE,
         }
-        serving = await ServingProcess.start(config, env, bundle_dir)
+        serving = await ServingProcess.start(config, env, bundle_dir, tls=self.tls)
         self._serving.add(serving)
         try:
             await serving.wait_ready(on_state)
@@ -245,7 +258,8 @@ class Agent:
 
     async def _install(self, spec: control_pb2.DeploymentSpec, bundle_dir: Path) -> dict[str, str]:
         image = spec.image
-        env = {k: v for k, v in os.environ.items() if k != "VASTRPC_WORKER_TOKEN"}
+        # The worker's token and TLS files are the agent's: the serving process gets its own in its config.
+        env = {k: v for k, v in os.environ.items() if k != "VASTRPC_WORKER_TOKEN" and k not in ENV_TLS}
         env.update(image.env)
         try:
             env.update(unseal(self._token, image.sealed_secrets))
@@ -311,8 +325,20 @@ class Agent:
                     self._stop.set()
 
 
-def main(control_address: str, worker_id: str, token: str, home: Path | None = None) -> int:
-    """Run a worker agent until it is stopped; returns the process exit code."""
+def main(
+    control_address: str, worker_id: str, token: str, home: Path | None = None, tls: TlsFiles | None = None
+) -> int:
+    """Run a worker agent until it is stopped; returns the process exit code.
+
+    Args:
+        control_address: ``host:port`` of the control service.
+        worker_id: The id the control service gave this worker.
+        token: The worker's token (``VASTRPC_WORKER_TOKEN``).
+        home: The vastrpc home (caches); defaults to ``VASTRPC_HOME`` or ``~/.vastrpc``.
+        tls: TLS to the control service (``ca_file`` to trust it, the certificate presented
+            under mutual TLS); the serving process serves calls with the same certificate.
+            None: plaintext everywhere.
+    """
     from vastrpc.config import default_home
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s", stream=sys.stderr)
@@ -322,6 +348,6 @@ def main(control_address: str, worker_id: str, token: str, home: Path | None = N
 
     async def run() -> int:
         # The agent's channel and events belong to the loop that runs it.
-        return await Agent(control_address, worker_id, token, home or default_home()).run()
+        return await Agent(control_address, worker_id, token, home or default_home(), tls=tls).run()
 
     return asyncio.run(run())

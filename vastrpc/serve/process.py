@@ -17,12 +17,14 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from vastrpc._grpc import start_server, tokens_equal
 from vastrpc._mode import ServeRuntime, enter_serve_mode
+from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import worker_pb2_grpc
 from vastrpc.deployment import Deployment, RemoteFunction
 from vastrpc.serve.invoke import ServedFunction, WorkerIdentity, WorkerServicer
@@ -144,6 +146,18 @@ async def run_benchmark(app: Deployment) -> tuple[float, dict[str, float]]:
     return min(scores.values()), scores
 
 
+def _tls(config: dict[str, Any]) -> TlsFiles | None:
+    """The TLS files the agent passed (its own certificate, shared with the control service), if any."""
+    if not config.get("tls_cert"):
+        return None
+    return TlsFiles(
+        ca_file=Path(config["tls_ca"]) if config.get("tls_ca") else None,
+        cert_file=Path(config["tls_cert"]),
+        key_file=Path(config["tls_key"]),
+        require_client_cert=bool(config.get("tls_require_client_cert")),
+    )
+
+
 async def serve(config: dict[str, Any], emit: Emit) -> int:
     """Bring the revision up, serve until SIGTERM, then drain. Returns the exit code."""
     runtime = enter_serve_mode()
@@ -188,6 +202,7 @@ async def serve(config: dict[str, Any], emit: Emit) -> int:
         register,
         authorize=lambda _method, presented: tokens_equal(presented, token),
         enable_reflection=config.get("reflection", True),
+        tls=_tls(config),
     )
     address = f"{config.get('advertise_host', '127.0.0.1')}:{port}"
     log.info("ready: serving %s on %s (score %.1f calls/s)", ", ".join(sorted(functions)), address, score)

@@ -14,7 +14,8 @@ from typing import Any
 import grpc
 
 from vastrpc._errors import DeploymentError
-from vastrpc._grpc import CHANNEL_OPTIONS, bearer
+from vastrpc._grpc import bearer, channel
+from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import worker_pb2, worker_pb2_grpc
 
 OnState = Callable[[str], Awaitable[None]]
@@ -23,11 +24,19 @@ OnState = Callable[[str], Awaitable[None]]
 class ServingProcess:
     """``python -m vastrpc.serve.process`` for one revision, as the agent runs it."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, events: asyncio.StreamReader, transport: Any, token: str):
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        events: asyncio.StreamReader,
+        transport: Any,
+        token: str,
+        tls: TlsFiles | None = None,
+    ):
         self.proc = proc
         self._events = events
         self._transport = transport
         self._token = token
+        self._tls = tls
         self.address = ""
         self.score = 0.0
         self.capacity = 0
@@ -36,8 +45,22 @@ class ServingProcess:
         self._channel: grpc.aio.Channel | None = None
 
     @classmethod
-    async def start(cls, config: dict[str, Any], env: dict[str, str], cwd: Path) -> ServingProcess:
-        """Spawn the process with ``config`` on its stdin and a pipe for its events."""
+    async def start(
+        cls, config: dict[str, Any], env: dict[str, str], cwd: Path, tls: TlsFiles | None = None
+    ) -> ServingProcess:
+        """Spawn the process with ``config`` on its stdin and a pipe for its events.
+
+        With ``tls``, the process serves calls over TLS with its certificate (requiring client
+        certificates signed by its CA when it says so), and the agent's channel to it uses TLS.
+        """
+        if tls is not None:
+            config = {
+                **config,
+                "tls_cert": str(tls.cert_file),
+                "tls_key": str(tls.key_file),
+                "tls_ca": str(tls.ca_file) if tls.ca_file else None,
+                "tls_require_client_cert": tls.require_client_cert,
+            }
         read_fd, write_fd = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -60,7 +83,7 @@ class ServingProcess:
         transport, _ = await asyncio.get_running_loop().connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(events), os.fdopen(read_fd, "rb")
         )
-        return cls(proc, events, transport, config["endpoint_token"])
+        return cls(proc, events, transport, config["endpoint_token"], tls)
 
     async def wait_ready(self, on_state: OnState) -> None:
         """Follow the events until the process serves.
@@ -89,7 +112,7 @@ class ServingProcess:
         if not self.address or self.exited.done():
             return 0, 0, 0
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address, options=list(CHANNEL_OPTIONS))
+            self._channel = channel(self.address, self._tls.channel_credentials() if self._tls else None)
         try:
             info = await worker_pb2_grpc.WorkerServiceStub(self._channel).GetWorkerInfo(
                 worker_pb2.GetWorkerInfoRequest(), metadata=bearer(self._token), timeout=2
