@@ -194,21 +194,22 @@ class InvokeStream:
     ) -> None:
         parts = payload.chunks()
         first, more = next(parts)
-        start = worker_pb2.CallStart(
-            call_id=call_id,
-            function=function,
-            encoding=encoding,
-            data=first,
-            more=more,
-            timeout=timeout or 0.0,
-            buffer_sizes=payload.buffer_sizes,
-        )
+        # Nested messages are built from dicts: passing a message object copies it, chunk and all.
+        start = {
+            "call_id": call_id,
+            "function": function,
+            "encoding": encoding,
+            "data": first,
+            "more": more,
+            "timeout": timeout or 0.0,
+            "buffer_sizes": payload.buffer_sizes,
+        }
         try:
             async with self._write_lock:
                 await self._call.write(worker_pb2.InvokeRequest(start=start))
                 for chunk, more in parts:
                     await self._call.write(
-                        worker_pb2.InvokeRequest(data=worker_pb2.CallData(call_id=call_id, data=chunk, more=more))
+                        worker_pb2.InvokeRequest(data={"call_id": call_id, "data": chunk, "more": more})
                     )
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
             # The worker never got the whole call, so it never ran: safe to send elsewhere.

@@ -250,14 +250,18 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     @staticmethod
     async def _send_value(stream: _Stream, start: worker_pb2.CallStart, value: Any, *, last: bool) -> None:
         payload = encode_result(value, start.encoding)
-        first = True
+        buffer_sizes = payload.buffer_sizes  # on the value's first chunk only
         for chunk, more in payload.chunks():
-            result = worker_pb2.CallResult(
-                call_id=start.call_id, data=chunk, more=more, done=last and not more, encoding=start.encoding
-            )
-            if first:
-                result.buffer_sizes.extend(payload.buffer_sizes)
-                first = False
+            # Built from a dict: passing a CallResult object would copy the chunk once more.
+            result = {
+                "call_id": start.call_id,
+                "data": chunk,
+                "more": more,
+                "done": last and not more,
+                "encoding": start.encoding,
+                "buffer_sizes": buffer_sizes,
+            }
+            buffer_sizes = []
             await stream.send(worker_pb2.InvokeResponse(result=result))
 
     @property
