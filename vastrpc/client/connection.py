@@ -20,6 +20,10 @@ from vastrpc._grpc import bearer, channel, error_from_rpc
 from vastrpc._payload import Payload, assemble, rebuild_exception
 from vastrpc.api.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
+# At most this many Invoke streams per worker; another opens once each carries this many calls.
+_MAX_STREAMS = 4
+_CALLS_PER_STREAM = 16
+
 # A received value: its bytes and the sizes of its out-of-band buffers.
 Received = tuple[bytes | bytearray, list[int]]
 
@@ -289,7 +293,7 @@ class WorkerConnection:
         # TLS with the credentials the client uses for the control service; plaintext without.
         self.channel = channel(address, credentials)
         self._stub = worker_pb2_grpc.WorkerServiceStub(self.channel)
-        self._stream: InvokeStream | None = None
+        self._streams: list[InvokeStream] = []
         self.in_flight = 0
         self.calls = 0
         # Seconds per call, smoothed; starts from the worker's own benchmark.
@@ -304,13 +308,22 @@ class WorkerConnection:
     @property
     def draining(self) -> bool:
         """The worker's serving process is stopping: route no new calls here."""
-        return self._stream is not None and self._stream.draining
+        return any(s.draining for s in self._streams)
 
     def _live_stream(self) -> InvokeStream:
-        stream = self._stream
-        if stream is None or (stream.closed and not stream.draining):
-            stream = self._stream = InvokeStream(self._stub, self.token, self.worker_id)
-        return stream
+        """The open stream with the fewest calls; another one opens while each carries many.
+
+        Several streams keep writes from queueing behind one another when many calls are
+        in flight; one is enough (and cheapest) for a few.
+        """
+        if self.draining:
+            raise CallNotDelivered(f"worker {self.worker_id} is draining")
+        self._streams = [s for s in self._streams if not s.closed]
+        best = min(self._streams, key=lambda s: s.calls_in_flight, default=None)
+        if best is None or (best.calls_in_flight >= _CALLS_PER_STREAM and len(self._streams) < _MAX_STREAMS):
+            best = InvokeStream(self._stub, self.token, self.worker_id)
+            self._streams.append(best)
+        return best
 
     async def invoke(
         self, function: str, payload: Payload, encoding: common_pb2.Encoding, timeout: float | None
@@ -345,6 +358,5 @@ class WorkerConnection:
             self.in_flight -= 1
 
     async def close(self) -> None:
-        if self._stream is not None:
-            await self._stream.close()
+        await asyncio.gather(*(s.close() for s in self._streams), return_exceptions=True)
         await self.channel.close()
