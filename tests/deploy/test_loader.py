@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,3 +43,36 @@ def test_cli_deploy_then_tier0(control_service) -> None:  # type: ignore[no-unty
         [sys.executable, "-m", "vastrpc", "deploy", "missing.py"], env=env, capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 1 and "no such file" in bad.stderr
+
+
+@pytest.mark.e2e
+def test_two_clients_deploying_at_once_get_one_endpoint_and_one_worker(control_service, tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "twice.py").write_text(
+        "from vastrpc import Deployment\n"
+        "app = Deployment(name='twice')\n"
+        "app.image().secrets(TOKEN='same-secret')\n"
+        "@app.remote(benchmark_dataset=[{}])\n"
+        "async def f() -> int:\n"
+        "    return 1\n"
+    )
+    env = dict(os.environ)
+    env.update(VASTRPC_CONTROL_ADDRESS=control_service.address, VASTRPC_API_KEY=control_service.api_key)
+    argv = [sys.executable, "-m", "vastrpc", "deploy", str(project / "twice.py")]
+    procs = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    endpoints = {line.split("endpoint ")[1].split(",")[0] for out, _ in outputs for line in out.splitlines()}
+    revisions = {line.split("revision ")[1].split(",")[0] for out, _ in outputs for line in out.splitlines()}
+    assert len(endpoints) == 1 and len(revisions) == 1, outputs
+    listing = subprocess.run(
+        [sys.executable, "-m", "vastrpc", "ls", "--json", "twice"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert listing.returncode == 0, listing.stderr
+    (deployment,) = json.loads(listing.stdout)
+    (endpoint,) = deployment["endpoints"]
+    live = [w for w in endpoint.get("workers", []) if w.get("state") != "WORKER_STATE_STOPPED"]
+    assert len(live) == 1, endpoint

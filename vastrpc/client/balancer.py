@@ -20,10 +20,10 @@ class Balancer(Protocol):
 class LeastExpectedTime:
     """The worker expected to finish a new call soonest (the default).
 
-    Expected time = the worker's smoothed latency (seeded by its benchmark score) ×
-    (1 + calls that would queue behind its capacity + its load fraction), so a worker
-    that is slower, busier or failing gets fewer calls, and one that speeds up gets more
-    within a few calls.
+    Expected time = the worker's smoothed service time per call (seeded by its benchmark
+    score, then measured) × max(1, (calls in flight + 1) / its capacity) × a penalty for
+    recent failures, so a worker that is slower, busier or failing gets fewer calls, and
+    one that speeds up gets more within a few calls.
     """
 
     def pick(self, candidates: Sequence[WorkerConnection]) -> WorkerConnection:

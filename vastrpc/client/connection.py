@@ -296,14 +296,19 @@ class WorkerConnection:
         self._streams: list[InvokeStream] = []
         self.in_flight = 0
         self.calls = 0
-        # Seconds per call, smoothed; starts from the worker's own benchmark.
-        self.latency = 1.0 / score if score > 0 else 0.01
+        # Seconds one call takes in one of the worker's slots, smoothed; the benchmark's score
+        # (calls per second with every slot busy) gives the first estimate.
+        self.service_time = self.capacity / score if score > 0 else 0.01
         self.failures = 0
 
     def expected_wait(self) -> float:
-        """Expected seconds until a new call here completes: the balancer picks the lowest."""
-        queued = max(0, self.in_flight + 1 - self.capacity)
-        return self.latency * (1 + queued + self.in_flight / self.capacity) * (1 + self.failures)
+        """Expected seconds until a new call here completes: the balancer picks the lowest.
+
+        With ``n`` calls in flight on ``c`` slots a new call finishes after about
+        ``max(1, (n + 1) / c)`` service times: calls queue at a worker only in proportion to
+        its speed, so every slot stays busy without one worker's queue growing ahead.
+        """
+        return self.service_time * max(1.0, (self.in_flight + 1) / self.capacity) * (1 + self.failures)
 
     @property
     def draining(self) -> bool:
@@ -330,6 +335,7 @@ class WorkerConnection:
     ) -> tuple[Received, str]:
         """Run a call; returns its encoded result and the revision that served it."""
         stream = self._live_stream()
+        rounds = max(1.0, (self.in_flight + 1) / self.capacity)  # service times this call waits
         self.in_flight += 1
         self.calls += 1
         started = time.perf_counter()
@@ -341,7 +347,7 @@ class WorkerConnection:
         finally:
             self.in_flight -= 1
         self.failures = 0
-        self.latency += 0.2 * ((time.perf_counter() - started) - self.latency)
+        self.service_time += 0.2 * ((time.perf_counter() - started) / rounds - self.service_time)
         return result, stream.revision_id
 
     async def stream(

@@ -124,15 +124,18 @@ class Lifecycle(Rollouts):
                 tier = common_pb2.UPDATE_TIER_SETTINGS
             else:
                 tier = common_pb2.UPDATE_TIER_NONE
+            data = spec.SerializeToString(deterministic=True)
+            latest = self.store.latest_revision(endpoint.id)
             if tier == common_pb2.UPDATE_TIER_NONE:
                 assert live is not None
                 revision_id = live.id
+            elif latest is not None and (live is None or latest.id != live.id) and _same_spec(latest.spec, spec):
+                # The same deploy again before it went live (a retry, or two clients at once):
+                # one revision, so both Provisions converge on the same workers.
+                revision_id = latest.id
             else:
-                revision_id = self.store.add_revision(
-                    endpoint.id,
-                    spec.SerializeToString(deterministic=True),
-                    {k: getattr(digests, k) for k in ("bundle", "code", "environment", "autoscaling")},
-                ).id
+                kinds = ("bundle", "code", "environment", "autoscaling")
+                revision_id = self.store.add_revision(endpoint.id, data, {k: getattr(digests, k) for k in kinds}).id
             self.store.update_endpoint(endpoint.id, last_client_seen=time.time())
         log.info(
             "registered %s:%s revision %s (%s)", spec.name, spec.tag, revision_id, common_pb2.UpdateTier.Name(tier)
@@ -557,3 +560,12 @@ def _same_workload(live: RevisionRow, revision: RevisionRow) -> bool:
         and live.code_digest == revision.code_digest
         and live.environment_digest == revision.environment_digest
     )
+
+
+def _same_spec(stored: bytes, spec: control_pb2.DeploymentSpec) -> bool:
+    """Whether two specs ask for the same thing (sealed secrets differ by their random nonces; their digests do not)."""
+    a, b = control_pb2.DeploymentSpec.FromString(stored), control_pb2.DeploymentSpec()
+    b.CopyFrom(spec)
+    for message in (a, b):
+        message.image.ClearField("sealed_secrets")
+    return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)

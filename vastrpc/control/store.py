@@ -146,6 +146,9 @@ class Store(Protocol):
     def get_revision(self, revision_id: str) -> RevisionRow | None:
         """The revision with that id, if any."""
 
+    def latest_revision(self, endpoint_id: str) -> RevisionRow | None:
+        """The endpoint's most recently registered revision, if any."""
+
     def referenced_bundles(self, *, registered_since: float | None = None) -> set[str]:
         """Bundle digests that must be kept: those of any revision of an endpoint that is not stopped.
 
@@ -433,12 +436,16 @@ class SqliteStore:
 
     def get_revision(self, revision_id: str) -> RevisionRow | None:
         """The revision with that id, if any."""
-        row = self._one("SELECT * FROM revisions WHERE id = ?", (revision_id,))
-        if not row:
-            return None
-        values = dict(row)
-        values["spec"] = bytes(values["spec"])
-        return RevisionRow(**values)
+        return _revision(self._one("SELECT * FROM revisions WHERE id = ?", (revision_id,)))
+
+    def latest_revision(self, endpoint_id: str) -> RevisionRow | None:
+        """The endpoint's most recently registered revision, if any."""
+        return _revision(
+            self._one(
+                "SELECT * FROM revisions WHERE endpoint_id = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                (endpoint_id,),
+            )
+        )
 
     def referenced_bundles(self, *, registered_since: float | None = None) -> set[str]:
         """Bundle digests of revisions of endpoints that are not stopped, or registered since a time."""
@@ -507,3 +514,11 @@ class SqliteStore:
         if worker is None:
             raise KeyError(worker_id)
         return worker
+
+
+def _revision(row: Any) -> RevisionRow | None:
+    if not row:
+        return None
+    values = dict(row)
+    values["spec"] = bytes(values["spec"])
+    return RevisionRow(**values)
