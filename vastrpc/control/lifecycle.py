@@ -540,13 +540,18 @@ class Lifecycle(Rollouts):
         # Watchers see the flag and end their streams instead of holding up the server's stop.
         for endpoint_id in list(self._events):
             self.changed(endpoint_id)
-        running = [w for w in self.store.list_workers() if self.provider.is_running(w.id)]
+        running = [w for w in self.store.list_workers() if self.provider.is_running(w.id) or w.id in self._foreign]
         with self.store.transaction():
             for worker in running:
                 if worker.state != "stopped":
                     self.store.update_worker(worker.id, state="stopped")
                     self.changed(worker.endpoint_id)
-        await self.provider.stop_all(self.stop_grace)
+        # Workers adopted from an earlier run of the service are not our children: stop them by pid.
+        foreign, self._foreign = self._foreign, {}
+        await asyncio.gather(
+            self.provider.stop_all(self.stop_grace),
+            *(self.provider.stop_worker(wid, self.stop_grace, pid=pid) for wid, pid in foreign.items()),
+        )
         for task in list(self._background):
             task.cancel()
         if self._background:

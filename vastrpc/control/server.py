@@ -69,6 +69,22 @@ def _write_json_atomically(path: Path, data: dict[str, object]) -> None:
         raise
 
 
+def _previous_port(path: Path) -> int:
+    """The port in a control.json left by a control service that is no longer running, or 0."""
+    try:
+        info = json.loads(path.read_text())
+        pid, port = int(info["pid"]), int(str(info["address"]).rsplit(":", 1)[1])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return 0
+    try:
+        os.kill(pid, 0)
+        return 0  # still running (or the pid was reused): not ours to take
+    except ProcessLookupError:
+        return port
+    except PermissionError:
+        return 0
+
+
 def _remove_if_ours(path: Path) -> None:
     try:
         if json.loads(path.read_text()).get("pid") == os.getpid():
@@ -149,10 +165,31 @@ async def serve(
         control_pb2_grpc.add_ControlServiceServicer_to_server(service, server)
         return [SERVICE_NAME]
 
-    bind = f"[{config.host}]:{config.port}" if ":" in config.host else f"{config.host}:{config.port}"
-    server, port, health = await start_server(
-        bind, register, authorize=service.authorize, enable_reflection=config.enable_reflection, tls=config.tls
-    )
+    def bind(port: int) -> str:
+        return f"[{config.host}]:{port}" if ":" in config.host else f"{config.host}:{port}"
+
+    # After a crash, take the port the previous process had (its control.json is still
+    # there): workers that outlived it reconnect to the same address and re-register.
+    previous = _previous_port(home / "control.json") if config.port == 0 else 0
+    try:
+        server, port, health = await start_server(
+            bind(previous or config.port),
+            register,
+            authorize=service.authorize,
+            enable_reflection=config.enable_reflection,
+            tls=config.tls,
+        )
+    except OSError:
+        if not previous:
+            raise
+        log.info("the previous port %d is taken; listening on another", previous)
+        server, port, health = await start_server(
+            bind(config.port),
+            register,
+            authorize=service.authorize,
+            enable_reflection=config.enable_reflection,
+            tls=config.tls,
+        )
     address = f"{_client_host(config.host)}:{port}"
     lifecycle.control_address = address
     info_path = home / "control.json"
