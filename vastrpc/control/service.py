@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -111,6 +113,13 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         if tokens_equal(token, self._api_key):
             return True
         return method in WORKER_METHODS and self.lifecycle.authorize_worker_token(token) is not None
+
+    def _endpoint_token(self, endpoint: EndpointRow) -> str:
+        """The token the endpoint's workers require: derived from the stored nonce and the API key.
+
+        The state store holds only the nonce, so a copy of it alone admits no call.
+        """
+        return hmac.new(self._api_key.encode(), f"endpoint:{endpoint.token}".encode(), hashlib.sha256).hexdigest()
 
     def _check_worker(self, context: grpc.aio.ServicerContext, worker_id: str) -> None:
         token = token_from_metadata(context.invocation_metadata())
@@ -234,7 +243,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             state=ENDPOINT_STATE_VALUES[endpoint.state],  # type: ignore[arg-type]
             revision_id=endpoint.live_revision_id or "",
             workers=self._workers(endpoint.id),
-            endpoint_token=endpoint.token,
+            endpoint_token=self._endpoint_token(endpoint),
             failure=_endpoint_failure(endpoint),
             desired_workers=endpoint.desired_workers,
         )
@@ -255,7 +264,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             endpoint_id=endpoint.id,
             revision_id=worker.revision_id,
             spec=self._spec_for_worker(spec, context),
-            endpoint_token=endpoint.token,
+            endpoint_token=self._endpoint_token(endpoint),
             heartbeat_interval=self.lifecycle.heartbeat_interval,
         )
 
@@ -287,7 +296,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                 yield control_pb2.WatchWorkerResponse(
                     revision_id=revision_id,
                     spec=self._spec_for_worker(spec, context),
-                    endpoint_token=endpoint.token if endpoint else "",
+                    endpoint_token=self._endpoint_token(endpoint) if endpoint else "",
                     stop=stop,
                 )
                 if stop:
