@@ -103,11 +103,15 @@ class Deployment:
         """The image recorded so far (``app.image(...)`` replaces it)."""
         return self._image
 
-    def image(self, from_image: str = "python:3.11-slim", storage: str | None = None) -> Image:
+    def image(
+        self, from_image: str = "python:3.11-slim", storage: str | None = None, startup_timeout: float = 600.0
+    ) -> Image:
         """Start the worker image from a base image; chain ``pip_install``, ``env``, ... on the result."""
         if not isinstance(from_image, str) or not from_image.strip():
             raise DefinitionError("image(): from_image must be an image reference such as 'python:3.11-slim'")
-        self._image = Image(from_image=from_image.strip(), storage=storage)
+        if not startup_timeout > 0:
+            raise DefinitionError(f"image(): startup_timeout must be positive seconds, got {startup_timeout!r}")
+        self._image = Image(from_image=from_image.strip(), storage=storage, startup_timeout=startup_timeout)
         return self._image
 
     def configure_autoscaling(

@@ -47,10 +47,13 @@ class Image:
     Attributes:
         from_image: The base image. The local provider runs on the host's own interpreter.
         storage: Persistent storage a worker asks for, e.g. ``"10GB"``.
+        startup_timeout: Seconds the startup commands (``run_script``, ``run_cmd``) may take
+            together; past it they are killed and the deployment fails with their log tail.
     """
 
     from_image: str = "python:3.11-slim"
     storage: str | None = None
+    startup_timeout: float = 600.0
     pip_packages: list[str] = field(default_factory=list)
     apt_packages: list[str] = field(default_factory=list)
     env_vars: dict[str, str] = field(default_factory=dict)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 
 import grpc
 import numpy as np
@@ -199,6 +200,17 @@ async def test_failing_startup_script_fails_the_deployment(project) -> None:
         await mod.app.ensure_ready()
     assert info.value.step == "startup"
     assert "about to fail" in info.value.log_tail
+
+
+async def test_hanging_startup_script_is_bounded_by_its_timeout(project) -> None:
+    mod = project(SQUARE_MIN + '\napp.image(startup_timeout=1).run_script("echo starting up; sleep 600")\n')
+    started = time.monotonic()
+    with pytest.raises(DeploymentError, match="timed out") as info:
+        await mod.app.ensure_ready()
+    assert time.monotonic() - started < 30
+    assert info.value.step == "startup"
+    assert "starting up" in info.value.log_tail
+    assert (await project.endpoint(mod.app))["state"] == "FAILED"
 
 
 SQUARE_MIN = """

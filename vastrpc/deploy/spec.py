@@ -31,7 +31,14 @@ def revision_digests(app: Deployment, bundle_digest: str, secret_key: str) -> co
     return control_pb2.RevisionDigests(
         bundle=bundle_digest,
         code=_digest(
-            [bundle_digest, image.pip_packages, image.apt_packages, image.startup_commands, _function_options(app)]
+            [
+                bundle_digest,
+                image.pip_packages,
+                image.apt_packages,
+                image.startup_commands,
+                image.startup_timeout,
+                _function_options(app),
+            ]
         ),
         environment=_digest([image.from_image, image.env_vars, image.requirements, secrets, image.storage]),
         autoscaling=_digest([a.min_workers, a.max_workers, a.cold_workers, a.target_util, a.inactivity_timeout]),
@@ -71,6 +78,7 @@ def build_spec(app: Deployment, bundle: Bundle, secret_key: str) -> control_pb2.
             startup_commands=image.startup_commands,
             requirements=image.requirements,
             storage=image.storage or "",
+            startup_timeout=image.startup_timeout,
         ),
         autoscaling=control_pb2.AutoscalingSpec(
             min_workers=a.min_workers,

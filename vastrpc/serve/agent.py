@@ -279,7 +279,12 @@ class Agent:
         env["PYTHONPATH"] = os.pathsep.join(paths)
         if image.startup_commands:
             await asyncio.to_thread(
-                run_startup_commands, list(image.startup_commands), cwd=bundle_dir, env=env, log=_print
+                run_startup_commands,
+                list(image.startup_commands),
+                cwd=bundle_dir,
+                env=env,
+                log=_print,
+                timeout=image.startup_timeout or 600.0,
             )
         log.info(
             "install: %d pip, %d apt package(s), %d startup command(s) done",

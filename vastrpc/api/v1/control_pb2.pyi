@@ -22,7 +22,7 @@ class AutoscalingSpec(_message.Message):
     def __init__(self, min_workers: _Optional[int] = ..., max_workers: _Optional[int] = ..., cold_workers: _Optional[int] = ..., target_util: _Optional[float] = ..., inactivity_timeout: _Optional[float] = ...) -> None: ...
 
 class ImageSpec(_message.Message):
-    __slots__ = ("from_image", "pip_packages", "apt_packages", "env", "sealed_secrets", "startup_commands", "requirements", "storage")
+    __slots__ = ("from_image", "pip_packages", "apt_packages", "env", "sealed_secrets", "startup_commands", "requirements", "storage", "startup_timeout")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class ImageSpec(_message.Message):
     STARTUP_COMMANDS_FIELD_NUMBER: _ClassVar[int]
     REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
     STORAGE_FIELD_NUMBER: _ClassVar[int]
+    STARTUP_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     from_image: str
     pip_packages: _containers.RepeatedScalarFieldContainer[str]
     apt_packages: _containers.RepeatedScalarFieldContainer[str]
@@ -60,7 +61,8 @@ class ImageSpec(_message.Message):
     startup_commands: _containers.RepeatedScalarFieldContainer[str]
     requirements: _containers.ScalarMap[str, str]
     storage: str
-    def __init__(self, from_image: _Optional[str] = ..., pip_packages: _Optional[_Iterable[str]] = ..., apt_packages: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., sealed_secrets: _Optional[_Mapping[str, bytes]] = ..., startup_commands: _Optional[_Iterable[str]] = ..., requirements: _Optional[_Mapping[str, str]] = ..., storage: _Optional[str] = ...) -> None: ...
+    startup_timeout: float
+    def __init__(self, from_image: _Optional[str] = ..., pip_packages: _Optional[_Iterable[str]] = ..., apt_packages: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., sealed_secrets: _Optional[_Mapping[str, bytes]] = ..., startup_commands: _Optional[_Iterable[str]] = ..., requirements: _Optional[_Mapping[str, str]] = ..., storage: _Optional[str] = ..., startup_timeout: _Optional[float] = ...) -> None: ...
 
 class FunctionSpec(_message.Message):
     __slots__ = ("name", "max_concurrency", "has_benchmark", "timeout", "is_generator", "max_queue_time", "max_queue")
