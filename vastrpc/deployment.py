@@ -15,6 +15,7 @@ from vastrpc._errors import DefinitionError
 from vastrpc._mode import serve_runtime
 from vastrpc.config import ClientConfig
 from vastrpc.function import (
+    DEFAULT_MAX_ARGUMENT_BYTES,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_QUEUE_TIME,
@@ -142,6 +143,7 @@ class Deployment:
         max_queue_time: float = DEFAULT_MAX_QUEUE_TIME,
         timeout: float | None = None,
         retries: int = 0,
+        max_argument_bytes: int = DEFAULT_MAX_ARGUMENT_BYTES,
     ) -> Callable[[Callable[P, Awaitable[R]]], RemoteFunction[P, R]]: ...
 
     def remote(
@@ -157,6 +159,7 @@ class Deployment:
         max_queue_time: float = DEFAULT_MAX_QUEUE_TIME,
         timeout: float | None = None,
         retries: int = 0,
+        max_argument_bytes: int = DEFAULT_MAX_ARGUMENT_BYTES,
     ) -> RemoteFunction[P, R] | Callable[[Callable[P, Awaitable[R]]], RemoteFunction[P, R]]:
         """Declare an ``async def`` (or async generator) that runs on the deployment's workers.
 
@@ -177,6 +180,8 @@ class Deployment:
                 during it is repeated on another worker (jittered exponential backoff). The
                 default 0 never runs a call twice; a call that never reached a worker is
                 always sent elsewhere, whatever this says.
+            max_argument_bytes: The largest encoded arguments a call may carry (default 2 GiB);
+                a worker refuses a larger call with a ``SerializationError`` before decoding it.
         """
         if benchmark_dataset is not None and benchmark_generator is not None:
             raise DefinitionError("@remote: pass benchmark_dataset or benchmark_generator, not both")
@@ -191,6 +196,8 @@ class Deployment:
             raise DefinitionError(f"@remote: max_concurrency must be a positive integer, got {max_concurrency!r}")
         if timeout is not None and timeout <= 0:
             raise DefinitionError(f"@remote: timeout must be positive seconds or None, got {timeout!r}")
+        if not isinstance(max_argument_bytes, int) or max_argument_bytes < 1:
+            raise DefinitionError(f"@remote: max_argument_bytes must be a positive integer, got {max_argument_bytes!r}")
         if not isinstance(retries, int) or retries < 0:
             raise DefinitionError(f"@remote: retries must be a non-negative integer, got {retries!r}")
         if not isinstance(max_queue, int) or max_queue < 0:
@@ -216,6 +223,7 @@ class Deployment:
                 max_queue_time=max_queue_time,
                 generator=generator,
                 retries=retries,
+                max_argument_bytes=max_argument_bytes,
             )
             remote_fn: RemoteFunction[P, R] = RemoteFunction(self, func, options)
             self.functions[name] = remote_fn

@@ -24,6 +24,7 @@ DEFAULT_MAX_CONCURRENCY = 64
 # Kept equal to the worker's defaults (vastrpc/serve/invoke.py), which apply when a spec leaves them 0.
 DEFAULT_MAX_QUEUE = 1000
 DEFAULT_MAX_QUEUE_TIME = 30.0
+DEFAULT_MAX_ARGUMENT_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class FunctionOptions:
     max_queue_time: float = DEFAULT_MAX_QUEUE_TIME
     generator: bool = False
     retries: int = 0
+    max_argument_bytes: int = DEFAULT_MAX_ARGUMENT_BYTES
 
     @property
     def has_benchmark(self) -> bool:

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.e2e
 async def test_no_secret_or_token_in_the_clear_anywhere_on_disk(project, control_service, monkeypatch) -> None:
     # As the README says: secrets come from the deployer's environment, never from the file.
     monkeypatch.setenv("DB_PASSWORD", "pa55-word-that-must-not-leak")
-    mod = project('''
+    mod = project("""
 import os
 from vastrpc import Deployment
 
@@ -20,7 +20,7 @@ app.image().secrets(DB_PASSWORD=os.environ["DB_PASSWORD"])
 @app.remote(benchmark_dataset=[{{}}])
 async def password() -> str:
     return os.environ["DB_PASSWORD"]
-''')
+""")
     assert await mod.password() == "pa55-word-that-must-not-leak"
     endpoint_token = await project.endpoint_token(mod.app)
     (worker,) = await project.workers(mod.app)

@@ -54,6 +54,10 @@ async def unpicklable_result():
 @app.remote
 async def echo(value):
     return value
+
+@app.remote(max_argument_bytes=100_000)
+async def small(value) -> int:
+    return len(value)
 """
 
 
@@ -181,6 +185,11 @@ async def test_garbage_frames_and_bad_pickles_get_clear_errors_and_the_worker_st
         assert response.error.kind == worker_pb2.ERROR_KIND_BAD_ARGUMENTS
         assert "cannot decode the call's arguments" in response.error.message
         call.cancel()
+
+    for size in (200_000, 3_000_000):  # one chunk, and several: refused before anything is decoded
+        with pytest.raises(SerializationError, match="over its limit of 100000 bytes"):
+            await mod.small(b"x" * size)
+    assert await mod.small(b"x" * 10) == 10
 
     with pytest.raises(SerializationError, match="cannot pickle the result"):
         await mod.unpicklable_result()

@@ -55,6 +55,7 @@ def _function_options(app: Deployment) -> list[Any]:
             f.options.max_queue,
             f.options.max_queue_time,
             f.options.generator,
+            f.options.max_argument_bytes,
         ]
         for f in sorted(app.functions.values(), key=lambda f: f.name)
     ]
@@ -96,6 +97,7 @@ def build_spec(app: Deployment, bundle: Bundle, secret_key: str) -> control_pb2.
                 is_generator=f.options.generator,
                 max_queue=f.options.max_queue,
                 max_queue_time=f.options.max_queue_time,
+                max_argument_bytes=f.options.max_argument_bytes,
             )
             for f in app.functions.values()
         ],

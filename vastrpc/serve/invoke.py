@@ -28,6 +28,7 @@ def _done(call_id: int, encoding: common_pb2.Encoding) -> worker_pb2.InvokeRespo
 
 DEFAULT_MAX_QUEUE = 1000
 DEFAULT_MAX_QUEUE_TIME = 30.0
+DEFAULT_MAX_ARGUMENT_BYTES = 2 << 30
 
 
 class Overloaded(Exception):
@@ -50,8 +51,10 @@ class ServedFunction:
         max_queue: int = DEFAULT_MAX_QUEUE,
         max_queue_time: float = DEFAULT_MAX_QUEUE_TIME,
         generator: bool = False,
+        max_argument_bytes: int = DEFAULT_MAX_ARGUMENT_BYTES,
     ) -> None:
         self.fn = fn
+        self.max_argument_bytes = max_argument_bytes
         self.limit = limit
         self.max_queue = max_queue
         self.max_queue_time = max_queue_time
@@ -97,6 +100,9 @@ class _Stream:
         self.lock = asyncio.Lock()
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.partial: dict[int, tuple[worker_pb2.CallStart, list[bytes]]] = {}
+        self.sizes: dict[int, int] = {}
+        # Calls refused for their size whose remaining chunks are still arriving: dropped unread.
+        self.refused: set[int] = set()
 
     async def send(self, response: worker_pb2.InvokeResponse) -> None:
         async with self.lock:
@@ -153,6 +159,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     start = request.start
                     if start.more:
                         stream.partial[start.call_id] = (start, [start.data])
+                        stream.sizes[start.call_id] = len(start.data)
                     else:
                         self._start(stream, start, assemble([start.data], start.buffer_sizes))
                 elif kind == "data":
@@ -172,13 +179,33 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             self._streams.discard(stream)
 
     async def _on_data(self, stream: _Stream, data: worker_pb2.CallData) -> None:
-        entry = stream.partial.get(data.call_id)
+        call_id = data.call_id
+        if call_id in stream.refused:
+            if not data.more:
+                stream.refused.discard(call_id)
+            return
+        entry = stream.partial.get(call_id)
         if entry is None:
-            await stream.send_error(data.call_id, worker_pb2.ERROR_KIND_PROTOCOL, message="data for an unknown call id")
+            await stream.send_error(call_id, worker_pb2.ERROR_KIND_PROTOCOL, message="data for an unknown call id")
+            return
+        size = stream.sizes[call_id] = stream.sizes[call_id] + len(data.data)
+        served = self.functions.get(entry[0].function)
+        limit = served.max_argument_bytes if served is not None else DEFAULT_MAX_ARGUMENT_BYTES
+        if size > limit:
+            # Refused before decoding anything; memory stays bounded by the limit.
+            del stream.partial[call_id], stream.sizes[call_id]
+            if data.more:
+                stream.refused.add(call_id)
+            await stream.send_error(
+                call_id,
+                worker_pb2.ERROR_KIND_BAD_ARGUMENTS,
+                message=f"the arguments of {entry[0].function} are over its limit of {limit} bytes "
+                "(@app.remote(max_argument_bytes=...))",
+            )
             return
         entry[1].append(data.data)
         if not data.more:
-            del stream.partial[data.call_id]
+            del stream.partial[call_id], stream.sizes[call_id]
             self._start(stream, entry[0], assemble(entry[1], entry[0].buffer_sizes))
 
     def _start(self, stream: _Stream, start: worker_pb2.CallStart, data: bytes | bytearray) -> None:
@@ -202,6 +229,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 worker_pb2.ERROR_KIND_FUNCTION_NOT_FOUND,
                 message=f"this worker (revision {self.identity.revision_id}) has no function "
                 f"{start.function!r}; it serves: {names}. Redeploy if the client's code is newer",
+            )
+            return
+        if len(data) > served.max_argument_bytes:
+            await stream.send_error(
+                call_id,
+                worker_pb2.ERROR_KIND_BAD_ARGUMENTS,
+                message=f"the arguments of {start.function} are over its limit of {served.max_argument_bytes} bytes "
+                "(@app.remote(max_argument_bytes=...))",
             )
             return
         if self.draining:

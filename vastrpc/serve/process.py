@@ -187,6 +187,7 @@ async def serve(config: dict[str, Any], emit: Emit) -> int:
             max_queue=f.options.max_queue,
             max_queue_time=f.options.max_queue_time,
             generator=f.options.generator,
+            max_argument_bytes=f.options.max_argument_bytes,
         )
         for name, f in app.functions.items()
     }

@@ -65,7 +65,7 @@ class ImageSpec(_message.Message):
     def __init__(self, from_image: _Optional[str] = ..., pip_packages: _Optional[_Iterable[str]] = ..., apt_packages: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., sealed_secrets: _Optional[_Mapping[str, bytes]] = ..., startup_commands: _Optional[_Iterable[str]] = ..., requirements: _Optional[_Mapping[str, str]] = ..., storage: _Optional[str] = ..., startup_timeout: _Optional[float] = ...) -> None: ...
 
 class FunctionSpec(_message.Message):
-    __slots__ = ("name", "max_concurrency", "has_benchmark", "timeout", "is_generator", "max_queue_time", "max_queue")
+    __slots__ = ("name", "max_concurrency", "has_benchmark", "timeout", "is_generator", "max_queue_time", "max_queue", "max_argument_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     HAS_BENCHMARK_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class FunctionSpec(_message.Message):
     IS_GENERATOR_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_TIME_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ARGUMENT_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     max_concurrency: int
     has_benchmark: bool
@@ -80,7 +81,8 @@ class FunctionSpec(_message.Message):
     is_generator: bool
     max_queue_time: float
     max_queue: int
-    def __init__(self, name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., has_benchmark: _Optional[bool] = ..., timeout: _Optional[float] = ..., is_generator: _Optional[bool] = ..., max_queue_time: _Optional[float] = ..., max_queue: _Optional[int] = ...) -> None: ...
+    max_argument_bytes: int
+    def __init__(self, name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., has_benchmark: _Optional[bool] = ..., timeout: _Optional[float] = ..., is_generator: _Optional[bool] = ..., max_queue_time: _Optional[float] = ..., max_queue: _Optional[int] = ..., max_argument_bytes: _Optional[int] = ...) -> None: ...
 
 class RevisionDigests(_message.Message):
     __slots__ = ("bundle", "code", "environment", "autoscaling")
