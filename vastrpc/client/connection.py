@@ -113,6 +113,9 @@ class InvokeStream:
         # The worker asked for no more calls on this stream (it is stopping or switching).
         self.draining = False
         self._half_closed = False
+        # Set once the worker's handler has answered (initial metadata). No call is written
+        # before it, so a stream that fails earlier provably delivered nothing.
+        self._opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
     @property
@@ -208,6 +211,7 @@ class InvokeStream:
             "timeout": timeout or 0.0,
             "buffer_sizes": payload.buffer_sizes,
         }
+        await asyncio.shield(self._opened)
         try:
             async with self._write_lock:
                 await self._call.write(worker_pb2.InvokeRequest(start=start))
@@ -235,6 +239,7 @@ class InvokeStream:
                 if key == "vastrpc-revision":
                     self.revision_id = value
             established = True
+            self._opened.set_result(None)
             while True:
                 response = await self._call.read()
                 if response is grpc.aio.EOF:
@@ -263,6 +268,13 @@ class InvokeStream:
             raise
         finally:
             self.closed = True
+            if not self._opened.done():
+                # Nothing was written yet: a lost connection is "not delivered" (retried
+                # elsewhere); anything else (a refused token, say) is said as it is.
+                if isinstance(error, WorkerUnavailableError) and not isinstance(error, CallNotDelivered):
+                    error = CallNotDelivered(str(error))
+                self._opened.set_exception(error)
+                self._opened.exception()  # retrieved: callers that never waited on it need not
             for pending in list(self._pending.values()):
                 pending.fail(error)
 
