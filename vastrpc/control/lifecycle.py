@@ -503,11 +503,20 @@ class Lifecycle(Rollouts):
                         self.store.update_endpoint(endpoint.id, state="stopped")
                     stopped += sum(1 for w in workers if w.state != "stopped")
                     tasks += self._retire(doomed, wait=True)
+                    self._forget_secrets(endpoint.id)
                 self.changed(endpoint.id)
         if tasks:
             await asyncio.gather(*tasks)
         log.info("tore down %s%s: %d endpoint(s), %d worker(s)", name, f":{tag}" if tag else "", removed, stopped)
         return removed, stopped
+
+    def _forget_secrets(self, endpoint_id: str) -> None:
+        """A torn-down endpoint keeps no secret, even sealed: a redeploy sends them again."""
+        for revision in self.store.list_revisions(endpoint_id):
+            spec = control_pb2.DeploymentSpec.FromString(revision.spec)
+            if spec.image.sealed_secrets:
+                spec.image.ClearField("sealed_secrets")
+                self.store.set_revision_spec(revision.id, spec.SerializeToString(deterministic=True))
 
     # -- startup and shutdown ---------------------------------------------------------
 
@@ -571,6 +580,8 @@ def _same_spec(stored: bytes, spec: control_pb2.DeploymentSpec) -> bool:
     """Whether two specs ask for the same thing (sealed secrets differ by their random nonces; their digests do not)."""
     a, b = control_pb2.DeploymentSpec.FromString(stored), control_pb2.DeploymentSpec()
     b.CopyFrom(spec)
+    if set(a.image.sealed_secrets) != set(b.image.sealed_secrets):
+        return False  # e.g. a torn-down revision whose secrets were forgotten
     for message in (a, b):
         message.image.ClearField("sealed_secrets")
     return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)

@@ -149,6 +149,12 @@ class Store(Protocol):
     def latest_revision(self, endpoint_id: str) -> RevisionRow | None:
         """The endpoint's most recently registered revision, if any."""
 
+    def list_revisions(self, endpoint_id: str) -> list[RevisionRow]:
+        """Every revision of the endpoint, oldest first."""
+
+    def set_revision_spec(self, revision_id: str, spec: bytes) -> None:
+        """Replace a revision's stored spec (teardown strips its secrets)."""
+
     def referenced_bundles(self, *, registered_since: float | None = None) -> set[str]:
         """Bundle digests that must be kept: those of any revision of an endpoint that is not stopped.
 
@@ -437,6 +443,15 @@ class SqliteStore:
     def get_revision(self, revision_id: str) -> RevisionRow | None:
         """The revision with that id, if any."""
         return _revision(self._one("SELECT * FROM revisions WHERE id = ?", (revision_id,)))
+
+    def list_revisions(self, endpoint_id: str) -> list[RevisionRow]:
+        """Every revision of the endpoint, oldest first."""
+        rows = self._all("SELECT * FROM revisions WHERE endpoint_id = ? ORDER BY created_at, rowid", (endpoint_id,))
+        return [r for r in map(_revision, rows) if r is not None]
+
+    def set_revision_spec(self, revision_id: str, spec: bytes) -> None:
+        """Replace a revision's stored spec (teardown strips its secrets)."""
+        self._exec("UPDATE revisions SET spec = ? WHERE id = ?", (spec, revision_id))
 
     def latest_revision(self, endpoint_id: str) -> RevisionRow | None:
         """The endpoint's most recently registered revision, if any."""
