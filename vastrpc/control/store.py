@@ -6,11 +6,11 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 __all__ = [
     "ACTIVE_WORKER_STATES",
@@ -26,6 +26,9 @@ __all__ = [
 # Worker states as stored (lower-case names of vastrpc.api.v1.WorkerState without the prefix).
 # A worker in one of these states counts towards its endpoint's workers: it serves or will.
 ACTIVE_WORKER_STATES = ("starting", "downloading", "installing", "loading", "benchmarking", "ready")
+
+
+T = TypeVar("T")
 
 
 def new_id(prefix: str) -> str:
@@ -330,15 +333,22 @@ class SqliteStore:
         with self._lock:
             self._db.execute(sql, tuple(params))
 
-    def _update(self, table: str, allowed: frozenset[str], row_id: str, values: dict[str, Any]) -> None:
+    def _update(
+        self, table: str, allowed: frozenset[str], row_id: str, values: dict[str, Any], get: Callable[[str], T | None]
+    ) -> T:
+        """Set columns of one row and return the new row (KeyError when there is none)."""
         unknown = set(values) - allowed
         if unknown:
             raise ValueError(f"cannot set {sorted(unknown)} on {table}")
-        if not values:
-            return
-        # Column names come from the dataclass fields checked above, never from callers' data.
-        assignments = ", ".join(f"{name} = ?" for name in values)
-        self._exec(f"UPDATE {table} SET {assignments} WHERE id = ?", [*values.values(), row_id])
+        with self.transaction():
+            if values:
+                # Column names come from the dataclass fields checked above, never from callers' data.
+                assignments = ", ".join(f"{name} = ?" for name in values)
+                self._exec(f"UPDATE {table} SET {assignments} WHERE id = ?", [*values.values(), row_id])
+            row = get(row_id)
+        if row is None:
+            raise KeyError(row_id)
+        return row
 
     # -- deployments --------------------------------------------------------------
 
@@ -403,12 +413,7 @@ class SqliteStore:
 
     def update_endpoint(self, endpoint_id: str, **values: Any) -> EndpointRow:
         """Set columns of an endpoint and return the new row."""
-        with self.transaction():
-            self._update("endpoints", _ENDPOINT_COLUMNS, endpoint_id, values)
-            endpoint = self.get_endpoint(endpoint_id)
-        if endpoint is None:
-            raise KeyError(endpoint_id)
-        return endpoint
+        return self._update("endpoints", _ENDPOINT_COLUMNS, endpoint_id, values, self.get_endpoint)
 
     # -- revisions ----------------------------------------------------------------
 
@@ -523,12 +528,7 @@ class SqliteStore:
 
     def update_worker(self, worker_id: str, **values: Any) -> WorkerRow:
         """Set columns of a worker and return the new row."""
-        with self.transaction():
-            self._update("workers", _WORKER_COLUMNS, worker_id, values)
-            worker = self.get_worker(worker_id)
-        if worker is None:
-            raise KeyError(worker_id)
-        return worker
+        return self._update("workers", _WORKER_COLUMNS, worker_id, values, self.get_worker)
 
 
 def _revision(row: Any) -> RevisionRow | None:
