@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,8 +66,9 @@ def test_two_clients_deploying_at_once_get_one_endpoint_and_one_worker(control_s
     ]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    endpoints = {line.split("endpoint ")[1].split(",")[0] for out, _ in outputs for line in out.splitlines()}
-    revisions = {line.split("revision ")[1].split(",")[0] for out, _ in outputs for line in out.splitlines()}
+    printed = "\n".join(out for out, _ in outputs)
+    endpoints = set(re.findall(r"endpoint (e-[0-9a-f]+)", printed))
+    revisions = set(re.findall(r"revision (r-[0-9a-f]+)", printed))
     assert len(endpoints) == 1 and len(revisions) == 1, outputs
     listing = subprocess.run(
         [sys.executable, "-m", "vastrpc", "ls", "--json", "twice"], env=env, capture_output=True, text=True, timeout=60
