@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import time
@@ -145,6 +146,30 @@ async def test_worker_refuses_calls_without_the_endpoint_token_before_unpickling
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert not marker.exists()
     assert await calls.echo(3) == 3  # and the worker still serves
+
+
+async def test_json_encoded_calls_for_callers_without_python(calls, project) -> None:
+    (worker,) = await project.workers(calls.app)
+    token = await project.endpoint_token(calls.app)
+    async with grpc.aio.insecure_channel(worker["address"]) as channel:
+        call = worker_pb2_grpc.WorkerServiceStub(channel).Invoke(metadata=bearer(token))
+        for call_id, args in ((1, b'{"args": [{"a": [1, 2]}]}'), (2, b'{"kwargs": {"message": "nope"}}')):
+            function = "echo" if call_id == 1 else "fail"
+            await call.write(
+                worker_pb2.InvokeRequest(
+                    start=worker_pb2.CallStart(
+                        call_id=call_id, function=function, encoding=common_pb2.ENCODING_JSON, data=args
+                    )
+                )
+            )
+            response = await call.read()
+            if call_id == 1:
+                assert response.result.encoding == common_pb2.ENCODING_JSON
+                assert json.loads(response.result.data) == {"a": [1, 2]} and response.result.done
+            else:
+                assert response.error.kind == worker_pb2.ERROR_KIND_APPLICATION
+                assert response.error.type == "KeyError" and "nope" in response.error.message
+        call.cancel()
 
 
 async def test_pip_env_cached_by_requirements_across_workers(project) -> None:
