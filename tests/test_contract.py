@@ -27,6 +27,16 @@ def test_buf_lint_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_buf_format_is_clean() -> None:
+    buf = shutil.which("buf")
+    if buf is None:
+        pytest.fail("buf is not installed: pip install buf-bin (part of the [test] extra)")
+    result = subprocess.run(
+        [buf, "format", "--diff", "--exit-code"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, "run `buf format -w`:\n" + result.stdout + result.stderr
+
+
 def test_no_pb2_type_in_public_api() -> None:
     import vastrpc
 
