@@ -21,6 +21,14 @@ class ServeRuntime:
 
 
 _runtime: ServeRuntime | None = None
+# Contexts entered in this process by vastrpc.testing, without switching it to serve mode.
+_local_contexts: dict[type, Any] | None = None
+
+
+def use_local_contexts(contexts: dict[type, Any] | None) -> None:
+    """Let ``get_context`` answer from ``contexts`` in deploy mode (vastrpc.testing); None stops it."""
+    global _local_contexts
+    _local_contexts = contexts
 
 
 def enter_serve_mode() -> ServeRuntime:
@@ -44,13 +52,14 @@ def get_context(cls: type) -> Any:
     Raises:
         ContextError: Outside a worker, or for a class that is not a declared context.
     """
-    if _runtime is None:
+    contexts = _runtime.contexts if _runtime is not None else _local_contexts
+    if contexts is None:
         raise ContextError(
             f"get_context({getattr(cls, '__name__', cls)}) only works inside a remote function running on a worker; "
             "to test locally use vastrpc.testing"
         )
     try:
-        return _runtime.contexts[cls]
+        return contexts[cls]
     except KeyError:
         raise ContextError(
             f"{getattr(cls, '__name__', cls)} is not an entered context on this worker; decorate it with @app.context"

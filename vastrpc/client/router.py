@@ -51,7 +51,16 @@ class CallInfo:
 class Router:
     """The client's view of one endpoint: its state, its ready workers, and a connection to each."""
 
-    def __init__(self, control: ControlClient, endpoint_id: str, balancer: str = "least_expected_time") -> None:
+    def __init__(
+        self,
+        control: ControlClient | None,
+        endpoint_id: str,
+        balancer: str = "least_expected_time",
+        *,
+        workers: list[WorkerConnection] | None = None,
+    ) -> None:
+        """Follow ``endpoint_id`` through the control service's watch; or, with no control
+        service, route to a fixed list of ``workers`` (``vastrpc.testing``)."""
         self.control = control
         self.endpoint_id = endpoint_id
         try:
@@ -60,12 +69,13 @@ class Router:
             raise DefinitionError(f"unknown balancer {balancer!r}; choose one of {', '.join(BALANCERS)}") from None
         self._waking: asyncio.Task[None] | None = None
         self.state: control_pb2.WatchEndpointResponse | None = None
-        self.workers: dict[str, WorkerConnection] = {}
+        self.workers: dict[str, WorkerConnection] = {c.worker_id: c for c in workers or ()}
         self._changed = asyncio.Condition()
         self._watch_error: BaseException | None = None
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        self._task = asyncio.get_running_loop().create_task(self._watch()) if control is not None else None
 
     async def _watch(self) -> None:
+        assert self.control is not None
         delay = 0.2
         while True:
             try:
@@ -101,8 +111,9 @@ class Router:
             if conn is None or conn.address != w.address or conn.token != update.endpoint_token:
                 if conn is not None:
                     asyncio.get_running_loop().create_task(_close_when_idle(conn))
+                credentials = self.control.credentials if self.control is not None else None
                 self.workers[worker_id] = WorkerConnection(
-                    worker_id, w.address, update.endpoint_token, w.score, w.capacity or 1, self.control.credentials
+                    worker_id, w.address, update.endpoint_token, w.score, w.capacity or 1, credentials
                 )
             else:
                 conn.score = w.score
@@ -200,6 +211,8 @@ class Router:
             self._waking = asyncio.get_running_loop().create_task(self._wake_once())
 
     async def _wake_once(self) -> None:
+        if self.control is None:
+            return
         try:
             started = await self.control.wake(self.endpoint_id)
         except VastrpcError as exc:  # the watch reports what matters (stopped, failed)
@@ -285,10 +298,10 @@ class Router:
             return
 
     async def close(self) -> None:
-        self._task.cancel()
-        if self._waking is not None:
-            self._waking.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, self._waking) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         conns, self.workers = list(self.workers.values()), {}
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
 

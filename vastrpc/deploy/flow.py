@@ -65,13 +65,14 @@ class Session:
     """A deployed app's live connection: control client, router, and the event loop they belong to."""
 
     loop: asyncio.AbstractEventLoop
-    control: ControlClient
+    control: ControlClient | None  # None for an in-process session (vastrpc.testing)
     router: Router
     result: DeployResult
 
     async def close(self) -> None:
         await self.router.close()
-        await self.control.close()
+        if self.control is not None:
+            await self.control.close()
 
 
 def validate(app: Deployment) -> None:
@@ -92,7 +93,10 @@ async def ensure_ready(app: Deployment, session: Session | None) -> Session:
     started = time.perf_counter()
     validate(app)
     config = app.client_config()
-    control = session.control if session is not None else await ControlClient.connect(config)
+    if session is not None and session.control is None:
+        return session  # served in-process by vastrpc.testing: nothing to deploy
+    control = session.control if session is not None and session.control is not None else None
+    control = control or await ControlClient.connect(config)
     router: Router | None = None
     try:
         assert app.module_file is not None

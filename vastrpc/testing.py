@@ -1,0 +1,94 @@
+"""Test a deployment in-process: contexts entered, calls through the real Invoke path, no subprocesses.
+
+::
+
+    from vastrpc.testing import serve_locally
+    from deploy import app, square
+
+    async def test_square():
+        async with serve_locally(app):
+            assert await square(5) == 25
+
+Inside the block the app's functions run on an in-process grpc.aio server: arguments and results
+are pickled and chunked, errors re-raised and deadlines enforced exactly as with a real worker,
+but no control service, bundle or worker process is involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+
+import grpc
+
+from vastrpc import _mode
+from vastrpc._errors import DeploymentError
+from vastrpc._grpc import start_server, tokens_equal
+from vastrpc.api.v1 import worker_pb2_grpc
+from vastrpc.client.connection import WorkerConnection
+from vastrpc.client.router import Router
+from vastrpc.deploy.flow import DeployResult, Session, validate
+from vastrpc.deployment import Deployment
+from vastrpc.serve.invoke import ServedFunction, WorkerIdentity, WorkerServicer
+from vastrpc.serve.process import StepFailed, enter_contexts, exit_contexts, run_benchmark
+
+__all__ = ["serve_locally"]
+
+
+@contextlib.asynccontextmanager
+async def serve_locally(app: Deployment, *, benchmark: bool = True) -> AsyncIterator[Deployment]:
+    """Serve ``app`` in this process for the duration of the block; its functions are called there.
+
+    Args:
+        app: The deployment to serve.
+        benchmark: Run the benchmark first, as a worker does (a failing benchmark raises).
+    """
+    if app._live_session() is not None:
+        raise RuntimeError(f"{app.name} already has a session: close it (await app.close()) before serving it locally")
+    validate(app)
+    holder = _mode.ServeRuntime()  # only a place for the contexts: the process stays in deploy mode
+    try:
+        entered = await enter_contexts(app, holder)
+    except StepFailed as exc:
+        raise DeploymentError(str(exc), step=exc.step) from None
+    _mode.use_local_contexts(holder.contexts)
+    server: grpc.aio.Server | None = None
+    try:
+        try:
+            score = (await run_benchmark(app))[0] if benchmark else 1.0
+        except StepFailed as exc:
+            raise DeploymentError(str(exc), step=exc.step) from None
+        functions = {
+            name: ServedFunction(
+                f.fn,
+                f.options.max_concurrency,
+                max_queue=f.options.max_queue,
+                max_queue_time=f.options.max_queue_time,
+                generator=f.options.generator,
+                max_argument_bytes=f.options.max_argument_bytes,
+            )
+            for name, f in app.functions.items()
+        }
+        servicer = WorkerServicer(WorkerIdentity("local", "local", "local"), functions, score)
+        token = secrets.token_urlsafe(32)
+
+        def register(s: grpc.aio.Server) -> list[str]:
+            worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, s)
+            return ["vastrpc.api.v1.WorkerService"]
+
+        server, port, _ = await start_server(
+            "127.0.0.1:0", register, authorize=lambda _m, presented: tokens_equal(presented, token)
+        )
+        conn = WorkerConnection("local", f"127.0.0.1:{port}", token, score, servicer.capacity)
+        router = Router(None, "local", workers=[conn])
+        result = DeployResult(0, "served in-process (vastrpc.testing)", "local", "local", "local", "", False, 0, 1, 0.0)
+        app._session = Session(asyncio.get_running_loop(), None, router, result)
+        yield app
+    finally:
+        await app.close()
+        if server is not None:
+            await server.stop(None)
+        _mode.use_local_contexts(None)
+        await exit_contexts(entered)
