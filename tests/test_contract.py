@@ -43,3 +43,22 @@ def test_no_pb2_type_in_public_api() -> None:
     for name in vastrpc.__all__:
         obj = getattr(vastrpc, name)
         assert "_pb2" not in getattr(obj, "__module__", ""), name
+
+
+def test_buf_breaking_against_the_previous_commit() -> None:
+    buf = shutil.which("buf")
+    if buf is None:
+        pytest.fail("buf is not installed: pip install buf-bin (part of the [test] extra)")
+    previous = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", "HEAD~1"], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    if previous.returncode != 0:
+        pytest.skip("this clone has no previous commit to compare the contract with (a shallow clone?)")
+    result = subprocess.run(
+        [buf, "breaking", "--against", f".git#ref={previous.stdout.strip()}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, "a breaking change to vastrpc.api.v1 needs a new version:\n" + result.stdout
