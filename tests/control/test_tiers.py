@@ -72,6 +72,22 @@ async def test_tier2_code_change_switches_in_place_and_calls_in_flight_finish_on
     assert (old.value, old.revision_id) == ("v1", first.revision_id)
 
 
+async def test_tier2_with_broken_new_code_fails_the_deploy_and_the_old_code_keeps_serving(project) -> None:
+    from vastrpc import DeploymentError
+
+    mod = project(source())
+    await mod.app.ensure_ready()
+    (before,) = await project.workers(mod.app)
+    broken = source(version="v2").replace("await asyncio.sleep(seconds)", "raise RuntimeError('broken release')")
+    project.rewrite(mod, broken)
+    with pytest.raises(DeploymentError, match="broken release") as info:
+        await mod.app.ensure_ready()
+    assert info.value.step == "benchmark"
+    assert await mod.version() == "v1"  # the old revision still serves
+    (after,) = await project.workers(mod.app)
+    assert (after["worker_id"], after["pid"], after["state"]) == (before["worker_id"], before["pid"], "READY")
+
+
 async def test_tier3_environment_change_restarts_the_worker_in_its_slot(project) -> None:
     mod = project(source())
     await mod.app.ensure_ready()

@@ -317,6 +317,14 @@ class Lifecycle(Rollouts):
             if name not in ("ready", "failed"):
                 log.info("worker %s: %s revision %s in place", worker_id, name, revision_id)
                 return
+            if name == "failed" and worker.state == "ready":
+                # The new revision failed to come up beside the old one: the deployment of it
+                # fails (ensure_ready says why), and the old revision keeps serving meanwhile.
+                f = failure or common_pb2.Failure()
+                log_tail = f.log_tail or read_log_tail(worker.log_path)
+                message = f.message or "the new revision failed to load"
+                self._fail_endpoint(worker.endpoint_id, revision_id, f.step or "loading", message, log_tail)
+                return
             worker = self.store.update_worker(worker_id, revision_id=revision_id)
         if name == "failed":
             f = failure or common_pb2.Failure()

@@ -134,15 +134,20 @@ class Rollouts:
         """What a worker should serve: ``(revision_id, stop, spec)``.
 
         The endpoint's live revision when it shares the worker's environment (tiers 1 and 2
-        are taken in place); otherwise the worker's own revision, until the control service
-        restarts it (tier 3).
+        are taken in place) and did not fail; otherwise the worker's own revision, until the
+        control service restarts it (tier 3) or a new deploy replaces it.
         """
         worker = self.worker(worker_id)
         endpoint = self.store.get_endpoint(worker.endpoint_id)
         stop = worker.state in ("stopped", "failed") or endpoint is None or endpoint.state == "stopped"
         current = self.store.get_revision(worker.revision_id)
         assert current is not None
-        if endpoint is not None and endpoint.live_revision_id and endpoint.live_revision_id != current.id:
+        if (
+            endpoint is not None
+            and endpoint.state != "failed"
+            and endpoint.live_revision_id
+            and endpoint.live_revision_id != current.id
+        ):
             live = self.store.get_revision(endpoint.live_revision_id)
             if live is not None and live.environment_digest == current.environment_digest:
                 return live.id, stop, live.spec
