@@ -21,7 +21,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_MAX_CONCURRENCY = 64
-# Kept equal to the worker's defaults (vastrpc/serve/invoke.py), which apply when a spec leaves them 0.
 DEFAULT_MAX_QUEUE = 1000
 DEFAULT_MAX_QUEUE_TIME = 30.0
 DEFAULT_MAX_ARGUMENT_BYTES = 2 << 30

@@ -25,14 +25,12 @@ import grpc
 
 from vastrpc import _mode
 from vastrpc._errors import DeploymentError
-from vastrpc._grpc import start_server, tokens_equal
-from vastrpc.api.v1 import worker_pb2_grpc
 from vastrpc.client.connection import WorkerConnection
 from vastrpc.client.router import Router
 from vastrpc.deploy.flow import DeployResult, Session, validate
 from vastrpc.deployment import Deployment
-from vastrpc.serve.invoke import ServedFunction, WorkerIdentity, WorkerServicer
-from vastrpc.serve.process import StepFailed, enter_contexts, exit_contexts, run_benchmark
+from vastrpc.serve.invoke import WorkerIdentity
+from vastrpc.serve.process import StepFailed, enter_contexts, exit_contexts, run_benchmark, start_worker_service
 
 __all__ = ["serve_locally"]
 
@@ -60,27 +58,9 @@ async def serve_locally(app: Deployment, *, benchmark: bool = True) -> AsyncIter
             score = (await run_benchmark(app))[0] if benchmark else 1.0
         except StepFailed as exc:
             raise DeploymentError(str(exc), step=exc.step) from None
-        functions = {
-            name: ServedFunction(
-                f.fn,
-                f.options.max_concurrency,
-                max_queue=f.options.max_queue,
-                max_queue_time=f.options.max_queue_time,
-                generator=f.options.generator,
-                max_argument_bytes=f.options.max_argument_bytes,
-            )
-            for name, f in app.functions.items()
-        }
-        servicer = WorkerServicer(WorkerIdentity("local", "local", "local"), functions, score)
         token = secrets.token_urlsafe(32)
-
-        def register(s: grpc.aio.Server) -> list[str]:
-            worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, s)
-            return ["vastrpc.api.v1.WorkerService"]
-
-        server, port, _ = await start_server(
-            "127.0.0.1:0", register, authorize=lambda _m, presented: tokens_equal(presented, token)
-        )
+        identity = WorkerIdentity("local", "local", "local")
+        servicer, server, port, _ = await start_worker_service(app, identity, score, token)
         conn = WorkerConnection("local", f"127.0.0.1:{port}", token, score, servicer.capacity)
         router = Router(None, "local", workers=[conn])
         result = DeployResult(0, "served in-process (vastrpc.testing)", "local", "local", "local", "", False, 0, 1, 0.0)

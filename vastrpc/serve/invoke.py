@@ -15,6 +15,7 @@ import grpc
 from vastrpc._errors import SerializationError
 from vastrpc._payload import assemble, decode_args, describe_exception, encode_result
 from vastrpc.api.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from vastrpc.function import DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_TIME
 
 log = logging.getLogger("vastrpc.serve")
 
@@ -24,11 +25,6 @@ _DRAIN = worker_pb2.InvokeResponse(drain=worker_pb2.StreamDrain())
 def _done(call_id: int, encoding: common_pb2.Encoding) -> worker_pb2.InvokeResponse:
     """The end of a generator call: no value follows."""
     return worker_pb2.InvokeResponse(result=worker_pb2.CallResult(call_id=call_id, done=True, encoding=encoding))
-
-
-DEFAULT_MAX_QUEUE = 1000
-DEFAULT_MAX_QUEUE_TIME = 30.0
-DEFAULT_MAX_ARGUMENT_BYTES = 2 << 30
 
 
 class Overloaded(Exception):

@@ -158,6 +158,44 @@ def _tls(config: dict[str, Any]) -> TlsFiles | None:
     )
 
 
+async def start_worker_service(
+    app: Deployment,
+    identity: WorkerIdentity,
+    score: float,
+    token: str,
+    *,
+    bind_host: str = "127.0.0.1",
+    enable_reflection: bool = True,
+    tls: TlsFiles | None = None,
+) -> tuple[WorkerServicer, grpc.aio.Server, int, Any]:
+    """Serve ``app``'s functions on a WorkerService that requires ``token``; returns it, its server, port, health."""
+    functions = {
+        name: ServedFunction(
+            f.fn,
+            f.options.max_concurrency,
+            max_queue=f.options.max_queue,
+            max_queue_time=f.options.max_queue_time,
+            generator=f.options.generator,
+            max_argument_bytes=f.options.max_argument_bytes,
+        )
+        for name, f in app.functions.items()
+    }
+    servicer = WorkerServicer(identity, functions, score)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
+        return ["vastrpc.api.v1.WorkerService"]
+
+    server, port, health = await start_server(
+        f"{bind_host}:0",
+        register,
+        authorize=lambda _method, presented: tokens_equal(presented, token),
+        enable_reflection=enable_reflection,
+        tls=tls,
+    )
+    return servicer, server, port, health
+
+
 async def serve(config: dict[str, Any], emit: Emit) -> int:
     """Bring the revision up, serve until SIGTERM, then drain. Returns the exit code."""
     runtime = enter_serve_mode()
@@ -180,33 +218,17 @@ async def serve(config: dict[str, Any], emit: Emit) -> int:
         await exit_contexts(entered)
         return 1
     identity = WorkerIdentity(config["worker_id"], config["endpoint_id"], config["revision_id"])
-    functions = {
-        name: ServedFunction(
-            f.fn,
-            f.options.max_concurrency,
-            max_queue=f.options.max_queue,
-            max_queue_time=f.options.max_queue_time,
-            generator=f.options.generator,
-            max_argument_bytes=f.options.max_argument_bytes,
-        )
-        for name, f in app.functions.items()
-    }
-    servicer = WorkerServicer(identity, functions, score)
-    token = config["endpoint_token"]
-
-    def register(server: grpc.aio.Server) -> list[str]:
-        worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
-        return ["vastrpc.api.v1.WorkerService"]
-
-    server, port, health = await start_server(
-        f"{config.get('bind_host', '127.0.0.1')}:0",
-        register,
-        authorize=lambda _method, presented: tokens_equal(presented, token),
+    servicer, server, port, health = await start_worker_service(
+        app,
+        identity,
+        score,
+        config["endpoint_token"],
+        bind_host=config.get("bind_host", "127.0.0.1"),
         enable_reflection=config.get("reflection", True),
         tls=_tls(config),
     )
     address = f"{config.get('advertise_host', '127.0.0.1')}:{port}"
-    log.info("ready: serving %s on %s (score %.1f calls/s)", ", ".join(sorted(functions)), address, score)
+    log.info("ready: serving %s on %s (score %.1f calls/s)", ", ".join(sorted(app.functions)), address, score)
     emit("ready", address=address, score=score, capacity=servicer.capacity, scores=per_function)
     await stop.wait()
     log.info("stopping: draining %d call(s) in flight", servicer.calls_in_flight)
