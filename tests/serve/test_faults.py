@@ -162,7 +162,8 @@ async def test_garbage_frames_and_bad_pickles_get_clear_errors_and_the_worker_st
         # Bytes that are no InvokeRequest at all.
         raw = channel.stream_stream("/vastrpc.api.v1.WorkerService/Invoke")
         call = raw(metadata=bearer(token))
-        await call.write(b"\xff\xfe garbage \x00\x01")
+        with contextlib.suppress(grpc.aio.AioRpcError):  # the worker may end the stream before the write returns
+            await call.write(b"\xff\xfe garbage \x00\x01")
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call.read()
         assert info.value.code() in (
