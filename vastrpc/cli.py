@@ -97,6 +97,19 @@ def _parser(home: Path) -> argparse.ArgumentParser:
         action="store_true",
         help="mutual TLS: refuse clients (and workers) without a certificate signed by the CA",
     )
+    backends = serve.add_argument_group("backends", "defaults: SQLite and bundles under HOME, local worker processes")
+    backends.add_argument(
+        "--store", metavar="URL", help="state store, e.g. postgresql://user@host/db (default SQLite in HOME/state.db)"
+    )
+    backends.add_argument("--blobs", metavar="URL", help="bundle store, e.g. s3://bucket/prefix (default HOME/bundles)")
+    backends.add_argument("--s3-endpoint-url", metavar="URL", help="endpoint of an S3-compatible store")
+    backends.add_argument(
+        "--provider", choices=["local", "ray"], default="local", help="where workers run (default local)"
+    )
+    backends.add_argument("--ray-address", metavar="HOST:PORT", help="the Ray cluster for --provider ray")
+    serve.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics over HTTP on this port (0: any)"
+    )
     # For tests: the command that starts a worker agent, instead of `python -m vastrpc worker`.
     serve.add_argument("--worker-command", default=os.environ.get(ENV_WORKER_COMMAND), help=argparse.SUPPRESS)
     serve.set_defaults(func=_control_serve)
@@ -209,6 +222,12 @@ def _control_serve(args: argparse.Namespace) -> int:
         scale_down_delay=args.scale_down_delay,
         heartbeat_interval=args.heartbeat_interval,
         tls=_server_tls(args, home),
+        store_url=args.store,
+        blob_url=args.blobs,
+        s3_endpoint_url=args.s3_endpoint_url,
+        provider=args.provider,
+        ray_address=args.ray_address,
+        metrics_port=args.metrics_port,
     )
     command = shlex.split(args.worker_command) if args.worker_command else None
     try:

@@ -117,6 +117,17 @@ class ControlConfig:
         tls: Serve TLS with these files (``cert_file``, ``key_file``; ``ca_file`` and
             ``require_client_cert`` for mutual TLS); plaintext when None. Local workers serve
             with the same certificate, present it under mutual TLS, and trust ``ca_file``.
+        store_url: Where the control state lives: ``None`` is SQLite in ``home/state.db``;
+            ``postgresql://user@host/db`` is a PostgreSQL database that several control
+            services may share.
+        blob_url: Where bundles are kept: ``None`` is ``home/bundles``; ``s3://bucket/prefix``
+            is an S3 (or S3-compatible) bucket.
+        s3_endpoint_url: The endpoint of an S3-compatible store (None: AWS S3 itself).
+        provider: How workers are started: ``"local"`` (processes on this machine) or
+            ``"ray"`` (actors on the Ray cluster at ``ray_address``).
+        ray_address: The Ray cluster's address (``host:port`` of its GCS), for ``provider="ray"``.
+        metrics_port: Serve Prometheus metrics over HTTP on this port (0 picks a free one);
+            None serves none.
     """
 
     home: Path
@@ -131,3 +142,9 @@ class ControlConfig:
     autoscale_interval: float = 1.0
     scale_down_delay: float = 10.0
     tls: TlsFiles | None = None
+    store_url: str | None = None
+    blob_url: str | None = None
+    s3_endpoint_url: str | None = None
+    provider: str = "local"
+    ray_address: str | None = None
+    metrics_port: int | None = None

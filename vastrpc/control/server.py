@@ -19,12 +19,10 @@ from vastrpc._tls import TlsFiles, certificate_problems
 from vastrpc.api.v1 import control_pb2, control_pb2_grpc
 from vastrpc.config import ControlConfig
 from vastrpc.control.autoscaler import Autoscaler
-from vastrpc.control.blobs import LocalBlobStore
+from vastrpc.control.backends import open_blobs, open_provider, open_store
 from vastrpc.control.lifecycle import Lifecycle
-from vastrpc.control.provider import LocalProcessProvider
 from vastrpc.control.reaper import Reaper
 from vastrpc.control.service import ControlService
-from vastrpc.control.store import SqliteStore
 
 __all__ = ["resolve_api_key", "serve"]
 
@@ -136,8 +134,8 @@ async def serve(
     home = Path(config.home)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     api_key = resolve_api_key(config)
-    store = SqliteStore(home / "state.db")
-    blobs = LocalBlobStore(home / "bundles")
+    store = open_store(config)
+    blobs = open_blobs(config)
     if config.tls is not None:
         _check_worker_certificate(config.tls)
     elif config.host not in ("127.0.0.1", "localhost", "::1"):
@@ -146,7 +144,7 @@ async def serve(
             "start with --tls auto or --tls-cert/--tls-key",
             config.host,
         )
-    provider = LocalProcessProvider(home, argv_prefix=worker_command, worker_tls=config.tls)
+    provider = open_provider(config, worker_command=worker_command)
     lifecycle = Lifecycle(
         store,
         blobs,
