@@ -20,6 +20,7 @@ from vastrpc._errors import (
     WorkerUnavailableError,
 )
 from vastrpc._mode import get_context
+from vastrpc.client.output import RemoteOutput
 from vastrpc.client.router import CallInfo
 from vastrpc.config import ClientConfig
 from vastrpc.deploy.flow import DeployResult
@@ -47,6 +48,7 @@ __all__ = [
     "OverloadedError",
     "RemoteError",
     "RemoteFunction",
+    "RemoteOutput",
     "RemoteTraceback",
     "SerializationError",
     "VastrpcError",

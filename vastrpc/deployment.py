@@ -274,21 +274,23 @@ class Deployment:
             return self._session.result
 
     async def _call(
-        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None, retries: int = 0
+        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: FunctionOptions
     ) -> Any:
-        return (await self._invoke(function, args, kwargs, timeout, retries)).value
+        return (await self._invoke(function, args, kwargs, options)).value
 
     async def _invoke(
-        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None, retries: int = 0
+        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: FunctionOptions
     ) -> CallInfo:
         session = await self._ready_session()
-        return await session.router.call(function, args, kwargs, timeout, retries)
+        return await session.router.call(
+            function, args, kwargs, options.timeout, options.retries, options.output_handler()
+        )
 
     async def _stream(
-        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: FunctionOptions
     ) -> AsyncIterator[Any]:
         session = await self._ready_session()
-        async for value in session.router.stream(function, args, kwargs, timeout):
+        async for value in session.router.stream(function, args, kwargs, options.timeout, options.output_handler()):
             yield value
 
     async def _ready_session(self) -> Session:

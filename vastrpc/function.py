@@ -12,6 +12,7 @@ from vastrpc._errors import DefinitionError
 from vastrpc._mode import serve_runtime
 
 if TYPE_CHECKING:
+    from vastrpc.client.output import RemoteOutput
     from vastrpc.client.router import CallInfo
     from vastrpc.deployment import Deployment
 
@@ -41,10 +42,27 @@ class FunctionOptions:
     generator: bool = False
     retries: int = 0
     max_argument_bytes: int = DEFAULT_MAX_ARGUMENT_BYTES
+    # A call option only (never part of the deployment): where the function's output goes.
+    logs: bool | Callable[[RemoteOutput], None] = False
 
     @property
     def has_benchmark(self) -> bool:
         return self.benchmark_dataset is not None or self.benchmark_generator is not None
+
+    def output_handler(self) -> Callable[[RemoteOutput], None] | None:
+        """What takes the lines a call prints or logs on its worker; None: they stay in the worker's log."""
+        if self.logs is True:
+            from vastrpc.client.output import print_remote_output
+
+            return print_remote_output
+        return self.logs or None
+
+
+class _Unset:
+    """The type of an option not given to with_options (None is a value there)."""
+
+
+_UNSET = _Unset()
 
 
 class RemoteFunction(Generic[P, R]):
@@ -70,12 +88,12 @@ class RemoteFunction(Generic[P, R]):
             return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
         if self.options.generator:
             return self.stream(*args, **kwargs)  # type: ignore[return-value]
-        return self.app._call(self.options.name, args, kwargs, self.options.timeout, self.options.retries)
+        return self.app._call(self.options.name, args, kwargs, self.options)
 
     async def call_with_info(self, *args: P.args, **kwargs: P.kwargs) -> CallInfo:
         """Call on a worker and return the result with where it ran (worker id, revision id)."""
         self._not_generator("call_with_info")
-        return await self.app._invoke(self.options.name, args, kwargs, self.options.timeout, self.options.retries)
+        return await self.app._invoke(self.options.name, args, kwargs, self.options)
 
     def stream(self, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[Any]:
         """Iterate an async generator's values as the worker produces them.
@@ -87,7 +105,7 @@ class RemoteFunction(Generic[P, R]):
             raise DefinitionError(f"{self.name} is not an async generator: await it instead of streaming it")
         if serve_runtime() is not None:
             return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
-        return self.app._stream(self.options.name, args, kwargs, self.options.timeout)
+        return self.app._stream(self.options.name, args, kwargs, self.options)
 
     async def map(self, *iterables: Iterable[Any], concurrency: int = 64, return_exceptions: bool = False) -> list[Any]:
         """Call the function once per item (``fn(a, b)`` for items of two iterables), results in input order.
@@ -123,11 +141,31 @@ class RemoteFunction(Generic[P, R]):
             raise
         return [results[i] for i in range(len(results))]
 
-    def with_options(self, *, timeout: float | None = None) -> RemoteFunction[P, R]:
-        """The same function with other call options, e.g. ``await fn.with_options(timeout=5)(x)``."""
-        if timeout is not None and timeout <= 0:
-            raise DefinitionError(f"with_options: timeout must be positive seconds or None, got {timeout!r}")
-        return RemoteFunction(self.app, self.fn, replace(self.options, timeout=timeout))
+    def with_options(
+        self,
+        *,
+        timeout: float | None | _Unset = _UNSET,
+        logs: bool | Callable[[RemoteOutput], None] | _Unset = _UNSET,
+    ) -> RemoteFunction[P, R]:
+        """The same function with other call options, e.g. ``await fn.with_options(timeout=5)(x)``.
+
+        Args:
+            timeout: Seconds a call may take (None: no limit); the worker cancels it after.
+            logs: ``True`` prints what the function prints or logs during the call on this
+                process's stderr, each line prefixed with the function and worker; a callable
+                gets each line as a :class:`~vastrpc.RemoteOutput` instead. Either way the
+                output stays in the worker's log (``vastrpc logs``). Default False.
+        """
+        changes: dict[str, Any] = {}
+        if not isinstance(timeout, _Unset):
+            if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+                raise DefinitionError(f"with_options: timeout must be positive seconds or None, got {timeout!r}")
+            changes["timeout"] = timeout
+        if not isinstance(logs, _Unset):
+            if not (isinstance(logs, bool) or callable(logs)):
+                raise DefinitionError(f"with_options: logs must be True, False or a callable, got {logs!r}")
+            changes["logs"] = logs
+        return RemoteFunction(self.app, self.fn, replace(self.options, **changes))
 
     def local(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Run the function in this process, without a worker."""

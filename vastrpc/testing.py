@@ -30,6 +30,7 @@ from vastrpc.client.router import Router
 from vastrpc.deploy.flow import DeployResult, Session, validate
 from vastrpc.deployment import Deployment
 from vastrpc.serve.invoke import WorkerIdentity
+from vastrpc.serve.output import capture_output
 from vastrpc.serve.process import StepFailed, enter_contexts, exit_contexts, run_benchmark, start_worker_service
 
 __all__ = ["serve_locally"]
@@ -47,6 +48,13 @@ async def serve_locally(app: Deployment, *, benchmark: bool = True) -> AsyncIter
         raise RuntimeError(f"{app.name} already has a session: close it (await app.close()) before serving it locally")
     validate(app)
     holder = _mode.ServeRuntime()  # only a place for the contexts: the process stays in deploy mode
+    with capture_output():  # so that logs=True calls get their output, as from a worker
+        async with _served(app, holder, benchmark) as served:
+            yield served
+
+
+@contextlib.asynccontextmanager
+async def _served(app: Deployment, holder: _mode.ServeRuntime, benchmark: bool) -> AsyncIterator[Deployment]:
     try:
         entered = await enter_contexts(app, holder)
     except StepFailed as exc:

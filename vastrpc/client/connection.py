@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import grpc
 
@@ -26,6 +26,8 @@ _CALLS_PER_STREAM = 16
 
 # A received value: its bytes and the sizes of its out-of-band buffers.
 Received = tuple[bytes | bytearray, list[int]]
+# Takes a call's output as the worker sends it: (LogStream value, text).
+LogSink = Callable[[int, str], None]
 
 
 class CallNotDelivered(WorkerUnavailableError):
@@ -62,10 +64,11 @@ _END = object()
 class _Pending:
     """A call waiting for its answer: one value (a future) or a stream of them (a queue)."""
 
-    __slots__ = ("buffer_sizes", "future", "parts", "queue")
+    __slots__ = ("buffer_sizes", "future", "on_log", "parts", "queue")
 
-    def __init__(self, streaming: bool) -> None:
+    def __init__(self, streaming: bool, on_log: LogSink | None = None) -> None:
         loop = asyncio.get_running_loop()
+        self.on_log = on_log
         self.future: asyncio.Future[Received] | None = None if streaming else loop.create_future()
         self.queue: asyncio.Queue[object] | None = asyncio.Queue() if streaming else None
         self.parts: list[bytes] = []
@@ -122,11 +125,11 @@ class InvokeStream:
     def calls_in_flight(self) -> int:
         return len(self._pending)
 
-    def _open(self, streaming: bool) -> tuple[int, _Pending]:
+    def _open(self, streaming: bool, on_log: LogSink | None) -> tuple[int, _Pending]:
         if self.closed or self.draining:
             raise CallNotDelivered(f"the stream to worker {self.worker_id} takes no more calls")
         call_id = next(self._ids)
-        pending = self._pending[call_id] = _Pending(streaming)
+        pending = self._pending[call_id] = _Pending(streaming, on_log)
         return call_id, pending
 
     def _finish(self, call_id: int, pending: _Pending, unanswered: bool) -> None:
@@ -138,14 +141,19 @@ class InvokeStream:
             self._close_sending()
 
     async def invoke(
-        self, function: str, payload: Payload, encoding: common_pb2.Encoding, timeout: float | None
+        self,
+        function: str,
+        payload: Payload,
+        encoding: common_pb2.Encoding,
+        timeout: float | None,
+        on_log: LogSink | None = None,
     ) -> Received:
-        """Run one call on this stream and return its encoded result."""
-        call_id, pending = self._open(streaming=False)
+        """Run one call on this stream and return its encoded result; ``on_log`` gets its output."""
+        call_id, pending = self._open(False, on_log)
         assert pending.future is not None
         sent = False
         try:
-            await self._send(call_id, function, payload, encoding, timeout)
+            await self._send(call_id, function, payload, encoding, timeout, on_log is not None)
             sent = True
             if timeout is None:
                 return await asyncio.shield(pending.future)
@@ -157,15 +165,20 @@ class InvokeStream:
             self._finish(call_id, pending, sent and not pending.future.done())
 
     async def stream(
-        self, function: str, payload: Payload, encoding: common_pb2.Encoding, timeout: float | None
+        self,
+        function: str,
+        payload: Payload,
+        encoding: common_pb2.Encoding,
+        timeout: float | None,
+        on_log: LogSink | None = None,
     ) -> AsyncIterator[Received]:
         """Run a generator call on this stream, yielding each value as the worker produces it."""
-        call_id, pending = self._open(streaming=True)
+        call_id, pending = self._open(True, on_log)
         assert pending.queue is not None
         sent = ended = False
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            await self._send(call_id, function, payload, encoding, timeout)
+            await self._send(call_id, function, payload, encoding, timeout, on_log is not None)
             sent = True
             while True:
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -197,7 +210,13 @@ class InvokeStream:
             pass
 
     async def _send(
-        self, call_id: int, function: str, payload: Payload, encoding: common_pb2.Encoding, timeout: float | None
+        self,
+        call_id: int,
+        function: str,
+        payload: Payload,
+        encoding: common_pb2.Encoding,
+        timeout: float | None,
+        stream_logs: bool,
     ) -> None:
         parts = payload.chunks()
         first, more = next(parts)
@@ -210,6 +229,7 @@ class InvokeStream:
             "more": more,
             "timeout": timeout or 0.0,
             "buffer_sizes": payload.buffer_sizes,
+            "stream_logs": stream_logs,
         }
         await asyncio.shield(self._opened)
         try:
@@ -253,6 +273,10 @@ class InvokeStream:
                     pending = self._pending.get(response.error.call_id)
                     if pending is not None:
                         pending.fail(_call_error(response.error))
+                elif kind == "log":
+                    pending = self._pending.get(response.log.call_id)
+                    if pending is not None and pending.on_log is not None:
+                        pending.on_log(response.log.stream, response.log.text)
                 elif kind == "drain":
                     self.draining = True
                     if not self._pending:
@@ -343,7 +367,12 @@ class WorkerConnection:
         return best
 
     async def invoke(
-        self, function: str, payload: Payload, encoding: common_pb2.Encoding, timeout: float | None
+        self,
+        function: str,
+        payload: Payload,
+        encoding: common_pb2.Encoding,
+        timeout: float | None,
+        on_log: LogSink | None = None,
     ) -> tuple[Received, str]:
         """Run a call; returns its encoded result and the revision that served it."""
         stream = self._live_stream()
@@ -352,7 +381,7 @@ class WorkerConnection:
         self.calls += 1
         started = time.perf_counter()
         try:
-            result = await stream.invoke(function, payload, encoding, timeout)
+            result = await stream.invoke(function, payload, encoding, timeout, on_log)
         except WorkerUnavailableError:
             self.failures += 1
             raise
@@ -363,14 +392,19 @@ class WorkerConnection:
         return result, stream.revision_id
 
     async def stream(
-        self, function: str, payload: Payload, encoding: common_pb2.Encoding, timeout: float | None
+        self,
+        function: str,
+        payload: Payload,
+        encoding: common_pb2.Encoding,
+        timeout: float | None,
+        on_log: LogSink | None = None,
     ) -> AsyncGenerator[Received, None]:
         """Run a generator call, yielding its encoded values as they come."""
         stream = self._live_stream()
         self.in_flight += 1
         self.calls += 1
         try:
-            async for item in stream.stream(function, payload, encoding, timeout):
+            async for item in stream.stream(function, payload, encoding, timeout, on_log):
                 yield item
         finally:
             self.in_flight -= 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +24,16 @@ from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.client.balancer import BALANCERS
 from vastrpc.client.connection import CallNotDelivered, WorkerConnection
 from vastrpc.client.control import ControlClient
+from vastrpc.client.output import LineSplitter, RemoteOutput
 
 log = logging.getLogger("vastrpc.client")
 
 # How long a call waits for a ready worker before it fails.
 _NO_WORKER_WAIT = 60.0
+
+
+# Takes each line a function prints or logs during a call.
+OutputHandler = Callable[[RemoteOutput], None]
 
 
 @dataclass(frozen=True)
@@ -222,18 +227,25 @@ class Router:
             log.info("endpoint %s had no ready worker: %d started (cold start)", self.endpoint_id, started)
 
     async def call(
-        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None, retries: int = 0
+        self,
+        function: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        retries: int = 0,
+        logs: OutputHandler | None = None,
     ) -> CallInfo:
         """Encode the arguments, run the call on the best worker, and decode its result.
 
         A call that never ran (its worker was draining, at its limits, or unreachable) is
         sent to another worker. One that may have run (its worker died during it) is
         repeated only for a function declared with ``retries``, up to that many times, with
-        jittered exponential backoff, on the worker then expected soonest.
+        jittered exponential backoff, on the worker then expected soonest. ``logs`` gets each
+        line the function prints or logs during the call.
         """
         payload = encode_args(args, kwargs, CLOUDPICKLE)
         if not retries:
-            return await self._call_once(function, payload, timeout)
+            return await self._call_once(function, payload, timeout, logs)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(retries + 1),
             wait=wait_random_exponential(multiplier=0.05, max=2.0),
@@ -242,18 +254,23 @@ class Router:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._call_once(function, payload, timeout)
+                return await self._call_once(function, payload, timeout, logs)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    async def _call_once(self, function: str, payload: Payload, timeout: float | None) -> CallInfo:
+    async def _call_once(
+        self, function: str, payload: Payload, timeout: float | None, logs: OutputHandler | None
+    ) -> CallInfo:
         started = time.monotonic()
         deadline = started + _NO_WORKER_WAIT
         overloaded: set[str] = set()
         attempt = 0
         while True:
             conn = await self._pick(deadline, overloaded)
+            lines = LineSplitter(function, conn.worker_id, logs) if logs is not None else None
             try:
-                (data, buffer_sizes), revision_id = await conn.invoke(function, payload, CLOUDPICKLE, timeout)
+                (data, buffer_sizes), revision_id = await conn.invoke(
+                    function, payload, CLOUDPICKLE, timeout, lines.feed if lines is not None else None
+                )
             except CallNotDelivered as exc:
                 if exc.overloaded:
                     overloaded.add(conn.worker_id)
@@ -262,11 +279,19 @@ class Router:
                     raise
                 await asyncio.sleep(min(0.01 * attempt, 0.2))
                 continue
+            finally:
+                if lines is not None:
+                    lines.close()
             value = decode_result(data, CLOUDPICKLE, buffer_sizes)
             return CallInfo(value, conn.worker_id, revision_id, time.monotonic() - started)
 
     async def stream(
-        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+        self,
+        function: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        logs: OutputHandler | None = None,
     ) -> AsyncIterator[Any]:
         """Run a generator function on the best worker and yield its values as they come.
 
@@ -277,10 +302,13 @@ class Router:
         overloaded: set[str] = set()
         while True:
             conn = await self._pick(deadline, overloaded)
-            values = conn.stream(function, payload, CLOUDPICKLE, timeout)
+            lines = LineSplitter(function, conn.worker_id, logs) if logs is not None else None
+            values = conn.stream(function, payload, CLOUDPICKLE, timeout, lines.feed if lines is not None else None)
             try:
                 first = await anext(values)
             except StopAsyncIteration:
+                if lines is not None:
+                    lines.close()
                 return
             except CallNotDelivered as exc:
                 if exc.overloaded:
@@ -295,6 +323,8 @@ class Router:
                     yield decode_result(data, CLOUDPICKLE, buffer_sizes)
             finally:
                 await values.aclose()
+                if lines is not None:
+                    lines.close()
             return
 
     async def close(self) -> None:

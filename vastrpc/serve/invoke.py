@@ -16,6 +16,7 @@ from vastrpc._errors import SerializationError
 from vastrpc._payload import assemble, decode_args, describe_exception, encode_result
 from vastrpc.api.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from vastrpc.function import DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_TIME
+from vastrpc.serve.output import CallOutput, capturing_call
 
 log = logging.getLogger("vastrpc.serve")
 
@@ -25,6 +26,21 @@ _DRAIN = worker_pb2.InvokeResponse(drain=worker_pb2.StreamDrain())
 def _done(call_id: int, encoding: common_pb2.Encoding) -> worker_pb2.InvokeResponse:
     """The end of a generator call: no value follows."""
     return worker_pb2.InvokeResponse(result=worker_pb2.CallResult(call_id=call_id, done=True, encoding=encoding))
+
+
+def _output_for(stream: _Stream, call_id: int) -> CallOutput:
+    """A call's captured output, sent on its stream as CallLog messages."""
+
+    async def send(kind: int, text: str) -> None:
+        await stream.send(worker_pb2.InvokeResponse(log={"call_id": call_id, "stream": kind, "text": text}))
+
+    return CallOutput(send)
+
+
+async def _close_output(output: CallOutput | None) -> None:
+    if output is not None:
+        with contextlib.suppress(Exception):  # the stream broke: the call's answer fails the same way
+            await output.close()
 
 
 class Overloaded(Exception):
@@ -247,14 +263,24 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             except SerializationError as exc:
                 await stream.send_error(call_id, worker_pb2.ERROR_KIND_BAD_ARGUMENTS, message=str(exc))
                 return
+            output = _output_for(stream, call_id) if start.stream_logs else None
             try:
-                async with asyncio.timeout(start.timeout or None), served.slot():
-                    if served.generator:
-                        async for value in served.fn(*args, **kwargs):
-                            await self._send_value(stream, start, value, last=False)
-                        await stream.send(_done(call_id, start.encoding))
-                    else:
-                        await self._send_value(stream, start, await served.fn(*args, **kwargs), last=True)
+                try:
+                    async with asyncio.timeout(start.timeout or None), served.slot():
+                        with capturing_call(output) if output is not None else contextlib.nullcontext():
+                            if served.generator:
+                                async for value in served.fn(*args, **kwargs):
+                                    if output is not None:
+                                        await output.flush()  # what it printed precedes the value
+                                    await self._send_value(stream, start, value, last=False)
+                                await _close_output(output)
+                                await stream.send(_done(call_id, start.encoding))
+                            else:
+                                value = await served.fn(*args, **kwargs)
+                                await _close_output(output)
+                                await self._send_value(stream, start, value, last=True)
+                finally:
+                    await _close_output(output)  # before the error that ends the call, if any
             except Overloaded as exc:
                 await stream.send_error(
                     call_id, worker_pb2.ERROR_KIND_OVERLOADED, message=f"{start.function} refused the call: {exc}"

@@ -28,6 +28,7 @@ from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import worker_pb2_grpc
 from vastrpc.deployment import Deployment, RemoteFunction
 from vastrpc.serve.invoke import ServedFunction, WorkerIdentity, WorkerServicer
+from vastrpc.serve.output import capture_output
 
 log = logging.getLogger("vastrpc.serve")
 
@@ -244,15 +245,18 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     events = os.fdopen(int(args[0]), "w", buffering=1)
     config = json.loads(sys.stdin.read())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s serve %(levelname)s %(message)s", stream=sys.stderr)
 
     def emit(event: str, **fields: Any) -> None:
         events.write(json.dumps({"event": event, **fields}) + "\n")
 
-    try:
-        return asyncio.run(serve(config, emit))
-    finally:
-        events.close()
+    # Before logging is set up, so that its handler writes through the capture: a call's
+    # logging reaches a caller that streams its logs, like its prints.
+    with capture_output():
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s serve %(levelname)s %(message)s", stream=sys.stderr)
+        try:
+            return asyncio.run(serve(config, emit))
+        finally:
+            events.close()
 
 
 if __name__ == "__main__":

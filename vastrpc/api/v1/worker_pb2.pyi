@@ -19,6 +19,12 @@ class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_KIND_OVERLOADED: _ClassVar[ErrorKind]
     ERROR_KIND_PROTOCOL: _ClassVar[ErrorKind]
     ERROR_KIND_DRAINING: _ClassVar[ErrorKind]
+
+class LogStream(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOG_STREAM_UNSPECIFIED: _ClassVar[LogStream]
+    LOG_STREAM_STDOUT: _ClassVar[LogStream]
+    LOG_STREAM_STDERR: _ClassVar[LogStream]
 ERROR_KIND_UNSPECIFIED: ErrorKind
 ERROR_KIND_APPLICATION: ErrorKind
 ERROR_KIND_FUNCTION_NOT_FOUND: ErrorKind
@@ -28,9 +34,12 @@ ERROR_KIND_CANCELLED: ErrorKind
 ERROR_KIND_OVERLOADED: ErrorKind
 ERROR_KIND_PROTOCOL: ErrorKind
 ERROR_KIND_DRAINING: ErrorKind
+LOG_STREAM_UNSPECIFIED: LogStream
+LOG_STREAM_STDOUT: LogStream
+LOG_STREAM_STDERR: LogStream
 
 class CallStart(_message.Message):
-    __slots__ = ("call_id", "function", "encoding", "data", "more", "timeout", "buffer_sizes")
+    __slots__ = ("call_id", "function", "encoding", "data", "more", "timeout", "buffer_sizes", "stream_logs")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +47,7 @@ class CallStart(_message.Message):
     MORE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     BUFFER_SIZES_FIELD_NUMBER: _ClassVar[int]
+    STREAM_LOGS_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     function: str
     encoding: _common_pb2.Encoding
@@ -45,7 +55,8 @@ class CallStart(_message.Message):
     more: bool
     timeout: float
     buffer_sizes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, call_id: _Optional[int] = ..., function: _Optional[str] = ..., encoding: _Optional[_Union[_common_pb2.Encoding, str]] = ..., data: _Optional[bytes] = ..., more: _Optional[bool] = ..., timeout: _Optional[float] = ..., buffer_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+    stream_logs: bool
+    def __init__(self, call_id: _Optional[int] = ..., function: _Optional[str] = ..., encoding: _Optional[_Union[_common_pb2.Encoding, str]] = ..., data: _Optional[bytes] = ..., more: _Optional[bool] = ..., timeout: _Optional[float] = ..., buffer_sizes: _Optional[_Iterable[int]] = ..., stream_logs: _Optional[bool] = ...) -> None: ...
 
 class CallData(_message.Message):
     __slots__ = ("call_id", "data", "more")
@@ -109,15 +120,27 @@ class StreamDrain(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class CallLog(_message.Message):
+    __slots__ = ("call_id", "stream", "text")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    stream: LogStream
+    text: str
+    def __init__(self, call_id: _Optional[int] = ..., stream: _Optional[_Union[LogStream, str]] = ..., text: _Optional[str] = ...) -> None: ...
+
 class InvokeResponse(_message.Message):
-    __slots__ = ("result", "error", "drain")
+    __slots__ = ("result", "error", "drain", "log")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
     result: CallResult
     error: CallError
     drain: StreamDrain
-    def __init__(self, result: _Optional[_Union[CallResult, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., drain: _Optional[_Union[StreamDrain, _Mapping]] = ...) -> None: ...
+    log: CallLog
+    def __init__(self, result: _Optional[_Union[CallResult, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., drain: _Optional[_Union[StreamDrain, _Mapping]] = ..., log: _Optional[_Union[CallLog, _Mapping]] = ...) -> None: ...
 
 class GetWorkerInfoRequest(_message.Message):
     __slots__ = ()
