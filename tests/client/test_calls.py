@@ -71,7 +71,7 @@ async def test_timeout_raises_and_cancels_remotely(project) -> None:
     mod = project(SOURCE)
     await mod.app.ensure_ready()
     with pytest.raises(CallTimeoutError):
-        await mod.app._call("sleepy", (30,), {}, 0.3)
+        await mod.sleepy.with_options(timeout=0.3)(30)
     for _ in range(50):
         if (await mod.state())["cancelled"] == 1:
             break

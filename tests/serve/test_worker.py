@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import pickle
@@ -12,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
-from vastrpc import DeploymentError, FunctionNotFoundError, RemoteError, RemoteTraceback
+from vastrpc import DeploymentError, FunctionNotFoundError, RemoteError, RemoteFunction, RemoteTraceback
 from vastrpc._grpc import bearer
 from vastrpc.api.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
@@ -118,7 +119,9 @@ async def test_env_vars_and_secrets_reach_the_function(calls) -> None:
 
 async def test_unknown_function_is_a_clear_error(calls) -> None:
     with pytest.raises(FunctionNotFoundError, match="no function 'nope'.*it serves: "):
-        await calls.app._call("nope", (), {}, None)
+        # A function the worker does not have, as when the client's code is newer than the deployment.
+        known = calls.environment
+        await RemoteFunction(calls.app, known.fn, dataclasses.replace(known.options, name="nope"))()
 
 
 async def test_worker_refuses_calls_without_the_endpoint_token_before_unpickling(calls, project, tmp_path) -> None:
