@@ -210,7 +210,7 @@ def test_the_cli_reaches_a_tls_service(control_service) -> None:
     tls = control_service.tls
     target = {"VASTRPC_CONTROL_ADDRESS": control_service.address, "VASTRPC_API_KEY": control_service.api_key}
     refused = _cli("ls", home=home.parent / "elsewhere", env={**target, "VASTRPC_TLS_CA": str(tls.ca_file)})
-    assert refused.returncode == 1 and "client certificate" in refused.stderr
+    assert refused.returncode == 3 and "client certificate" in refused.stderr  # 3: cannot reach the service
     assert len(refused.stderr.strip().splitlines()) == 1
     env = {**target, "VASTRPC_TLS_CA": str(tls.ca_file), "VASTRPC_TLS_CERT": str(tls.cert_file)}
     env["VASTRPC_TLS_KEY"] = str(tls.key_file)

@@ -1,0 +1,215 @@
+"""What the ``vastrpc`` command draws and prints (vastrpc._console), without a control service."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import pytest
+
+from vastrpc import DeploymentError, NotFoundError
+from vastrpc._console import (
+    PlainProgress,
+    RichProgress,
+    console,
+    deploy_document,
+    deploy_summary,
+    duration,
+    ls_document,
+    print_error,
+    render_ls,
+    wants_terminal,
+    write_log,
+)
+from vastrpc.api.v1 import common_pb2, control_pb2
+from vastrpc.deploy.flow import DeployResult
+
+NOW = 1_700_000_000.0
+
+
+def _listing() -> control_pb2.ListDeploymentsResponse:
+    response = control_pb2.ListDeploymentsResponse()
+    deployment = response.deployments.add(deployment_id="d-1", name="hello", created_at=NOW - 100)
+    endpoint = deployment.endpoints.add(
+        endpoint_id="e-1",
+        tag="default",
+        state=common_pb2.ENDPOINT_STATE_READY,
+        revision_id="r-2",
+        live_revision_tier=common_pb2.UPDATE_TIER_CODE,
+        ttl=600,
+        desired_workers=2,
+        last_client_seen=NOW - 30,
+    )
+    endpoint.workers.add(
+        worker_id="w-a", revision_id="r-2", state=common_pb2.WORKER_STATE_READY, address="10.0.0.1:5000", score=41.5
+    )
+    endpoint.workers.add(
+        worker_id="w-b",
+        revision_id="r-2",
+        state=common_pb2.WORKER_STATE_FAILED,
+        failure=common_pb2.Failure(step="install", message="no such package"),
+    )
+    endpoint.worker_activity["w-a"].CopyFrom(
+        control_pb2.WorkerActivity(calls_in_flight=3, calls_queued=1, calls_started=9, started_at=NOW - 3725)
+    )
+    response.deployments.add(deployment_id="d-2", name="empty", created_at=NOW)
+    return response
+
+
+def test_ls_document_has_the_documented_shape() -> None:
+    (hello, empty) = ls_document(_listing(), now=NOW)
+    assert empty == {"name": "empty", "deployment_id": "d-2", "created_at": NOW, "endpoints": []}
+    (endpoint,) = hello["endpoints"]
+    assert endpoint["state"] == "ENDPOINT_STATE_READY"
+    assert (endpoint["update_tier"], endpoint["update"]) == (2, "code changed — workers load the new bundle")
+    assert (endpoint["workers_ready"], endpoint["workers_total"], endpoint["workers_desired"]) == (1, 2, 2)
+    assert (endpoint["ttl_seconds"], endpoint["idle_seconds"]) == (600, 30)
+    ready, failed = endpoint["workers"]
+    assert ready["state"] == "WORKER_STATE_READY" and ready["score"] == 41.5
+    assert (ready["calls_in_flight"], ready["calls_queued"], ready["calls_started"]) == (3, 1, 9)
+    assert ready["uptime_seconds"] == 3725 and ready["failure"] is None
+    assert failed["failure"] == {"step": "install", "message": "no such package", "log_tail": ""}
+    assert failed["uptime_seconds"] is None  # never heard of: not a made-up zero
+    json.dumps(hello)  # plain JSON types only
+
+
+def test_ls_tables_show_every_column_on_one_line_per_row() -> None:
+    out = io.StringIO()
+    render_ls(console(out, terminal=False), ls_document(_listing(), now=NOW))
+    text = out.getvalue()
+    assert "\x1b[" not in text  # not a terminal: no escape codes
+    rows: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.strip():
+            rows.setdefault(line.split()[0], line)  # the table row, not the failure line below
+    assert rows["hello:default"].split()[1:] == [
+        "ready",
+        "r-2",
+        "2",
+        "code",
+        "changed",
+        "1/2",
+        "ready",
+        "10m00s",
+        "30s",
+        "e-1",
+    ]
+    assert rows["w-a"].split() == [
+        "w-a",
+        "hello:default",
+        "ready",
+        "r-2",
+        "10.0.0.1:5000",
+        "41.5/s",
+        "3",
+        "(1",
+        "queued)",
+        "1h02m",
+    ]
+    assert rows["w-b"].split()[:3] == ["w-b", "hello:default", "failed"]
+    assert "no endpoints" in rows["empty"]
+    assert "w-b failed at install: no such package" in text
+
+
+def test_duration() -> None:
+    assert [duration(s) for s in (None, -1, 0, 59.9, 61, 3600 * 5 + 120, 86400 * 2 + 3600 * 4)] == [
+        "-",
+        "-",
+        "0s",
+        "59s",
+        "1m01s",
+        "5h02m",
+        "2d04h",
+    ]
+
+
+def test_plain_progress_is_one_line_per_step_and_per_change() -> None:
+    out = io.StringIO()
+    progress = PlainProgress(out)
+    progress.step_started("upload", 100)
+    progress.upload_progress(50, 100)  # no line per chunk
+    progress.step_done("upload", "100 bytes streamed")
+    for _ in range(3):
+        progress.workers(0, 1, [("w-a", "installing")])
+    progress.workers(1, 1, [("w-a", "ready")])
+    assert out.getvalue().splitlines() == [
+        "upload: 100 bytes streamed",
+        "workers: 0/1 ready (w-a installing)",
+        "workers: 1/1 ready (w-a ready)",
+    ]
+
+
+def test_rich_progress_draws_spinners_bars_and_a_tick_per_step() -> None:
+    out = io.StringIO()
+    with RichProgress(console(out, terminal=True)) as progress:
+        progress.step_started("package")
+        progress.step_done("package", "hello — 3 files, 10240 bytes")
+        progress.step_started("upload", 2_000_000)
+        progress.upload_progress(1_000_000, 2_000_000)
+        time.sleep(0.3)  # drawn 10 times a second: let a frame show the half-done upload
+        progress.step_done("upload", "2000000 bytes streamed")
+        progress.step_started("ready")
+        progress.workers(1, 2, [("w-a", "ready"), ("w-b", "installing")])
+        progress.step_done("ready", "2 worker(s) serve revision r-2" + " very long" * 50)
+    text = out.getvalue()
+    assert "\x1b[" in text and "━" in text and "✓" in text
+    assert "1.0 MB / 2.0 MB" in text and "1/2 ready · w-a ready, w-b installing" in text
+    last_frame = text.rsplit("\x1b[2K", 1)[-1]
+    assert all(len(line) <= 200 for line in last_frame.splitlines())  # long summaries are cut, not wrapped
+
+
+def test_wants_terminal() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert wants_terminal("auto", Tty()) and not wants_terminal("auto", io.StringIO())
+    assert wants_terminal("always", io.StringIO()) and not wants_terminal("never", Tty())
+
+
+def test_deploy_summary_and_document() -> None:
+    result = DeployResult(
+        2, "code changed — workers load the new bundle", "d-1", "e-1", "r-2", "ab" * 32, True, 0, 2, 1.5
+    )
+    out = io.StringIO()
+    deploy_summary(console(out, terminal=False), "hello", "default", result)
+    assert out.getvalue().splitlines()[:3] == [
+        "hello:default ready — tier 2 (code changed — workers load the new bundle)",
+        "  endpoint e-1",
+        "  revision r-2",
+    ]
+    document = deploy_document("hello", "default", result)
+    assert document["tier"] == 2 and document["ready_workers"] == 2 and document["name"] == "hello"
+
+
+def test_errors_are_one_line_and_json_on_request(capsys: pytest.CaptureFixture[str]) -> None:
+    print_error(NotFoundError("no worker 'w-1'"), 4, json_output=True)
+    captured = capsys.readouterr()
+    assert captured.err == "error: no worker 'w-1'\n"
+    assert json.loads(captured.out) == {"error": {"code": 4, "type": "NotFoundError", "message": "no worker 'w-1'"}}
+
+    print_error(
+        DeploymentError("exited with code 7", step="startup", log_tail="line one\nline two\n"), 1, json_output=False
+    )
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        "error: startup failed: exited with code 7",
+        "worker log (tail):",
+        "  line one",
+        "  line two",
+    ]
+
+
+def test_write_log(capsys: pytest.CaptureFixture[str]) -> None:
+    write_log("w-a", "one\ntwo\n", prefixed=False, as_json=False, color=False)
+    write_log("w-a", "three\nno newline", prefixed=True, as_json=False, color=False)
+    write_log("w-b", "four\n", prefixed=True, as_json=True, color=False)
+    assert capsys.readouterr().out.splitlines() == [
+        "one",
+        "two",
+        "w-a | three",
+        "w-a | no newline",
+        '{"worker_id": "w-b", "line": "four"}',
+    ]
