@@ -182,6 +182,8 @@ class Project:
             "endpoint_id": endpoint.endpoint_id,
             "state": common_pb2.EndpointState.Name(endpoint.state).removeprefix("ENDPOINT_STATE_"),
             "revision_id": endpoint.revision_id,
+            "ttl": endpoint.ttl,
+            "version_label": endpoint.version_label,
             "workers": [
                 {
                     "worker_id": w.worker_id,

@@ -267,6 +267,7 @@ def ls_document(response: control_pb2.ListDeploymentsResponse, now: float | None
                     "tag": e.tag,
                     "state": _state(common_pb2.EndpointState, e.state),
                     "revision_id": e.revision_id,
+                    "version_label": e.version_label or None,
                     "update_tier": tier if tier >= 0 else None,
                     "update": words if tier >= 0 else None,
                     "workers_ready": ready,
@@ -319,7 +320,10 @@ def render_ls(out: Console, document: list[dict[str, Any]]) -> None:
                 count += f" (want {e['workers_desired']})"
             ttl = duration(e["ttl_seconds"]) if e["ttl_seconds"] else "never"
             idle = duration(e["idle_seconds"])
-            row = (label, _short(e["state"]), e["revision_id"] or "-", update, count, ttl, idle, e["endpoint_id"])
+            revision = e["revision_id"] or "-"
+            if e["version_label"]:
+                revision += f" ({e['version_label']})"
+            row = (label, _short(e["state"]), revision, update, count, ttl, idle, e["endpoint_id"])
             endpoints.add_row(*row)
             if e["failure"]:
                 failures.append(f"{label} failed at {e['failure']['step']}: {e['failure']['message']}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -192,6 +192,7 @@ async def start_server(
     authorize: Callable[[str, str], bool],
     enable_reflection: bool = True,
     tls: TlsFiles | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Start a grpc.aio server with auth, health checking and (optionally) reflection.
 
@@ -201,11 +202,12 @@ async def start_server(
         authorize: ``(method, token) -> allowed``.
         enable_reflection: Serve gRPC server reflection (for grpcurl).
         tls: Serve TLS (mutual TLS when it requires client certificates); plaintext when None.
+        interceptors: More interceptors, run before the auth check (they see refused calls too).
 
     Returns:
         The started server, the bound port, and its health servicer (all services SERVING).
     """
-    server = grpc.aio.server(interceptors=[AuthInterceptor(authorize)], options=list(SERVER_OPTIONS))
+    server = grpc.aio.server(interceptors=[*interceptors, AuthInterceptor(authorize)], options=list(SERVER_OPTIONS))
     names = list(register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,36 +1,118 @@
-"""The ``vastrpc`` command line: run the control service, a worker agent, deploy, list, read logs, tear down."""
+"""The ``vastrpc`` command line: run the control service, a worker agent, deploy, list, read logs, tear down.
+
+Exit codes (also in ``vastrpc --help``):
+
+====  ===========================================================================================
+code  meaning
+====  ===========================================================================================
+0     success
+1     the command failed: a deploy whose workers did not become ready, a file that does not
+      import, the control service refusing a request
+2     usage error: an unknown command or flag, a bad value, flags that go together given alone
+3     the control service cannot be reached (not running, wrong address, TLS mismatch) or it
+      refused this client (API key, client certificate)
+4     not found: no such deployment, endpoint or worker
+130   interrupted (Ctrl-C)
+====  ===========================================================================================
+
+An error is one line on stderr (``error: ...``; a failed deploy adds its worker's log tail);
+with ``--json`` stdout also gets ``{"error": {"code": N, "type": "...", "message": "..."}}``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import inspect
-import json
 import logging
 import os
 import shlex
 import sys
-import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+from vastrpc import _cli_remote as remote
+from vastrpc._cli_remote import (
+    EXIT_FAILURE,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
+from vastrpc._cli_remote import Failure as _Failure
+
+__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "main"]
+
+EXIT_INTERRUPTED = 130
 
 ENV_WORKER_TOKEN = "VASTRPC_WORKER_TOKEN"
 ENV_WORKER_COMMAND = "VASTRPC_WORKER_COMMAND"
-# Teardown waits for workers to stop (their grace period); everything else is quick.
-_RPC_TIMEOUT = 30.0
-_TEARDOWN_TIMEOUT = 120.0
+
+_EPILOG = """\
+exit codes:
+  0    success
+  1    the command failed (e.g. a deploy whose workers did not become ready)
+  2    usage error
+  3    the control service cannot be reached, or refused the API key or certificate
+  4    not found: no such deployment, endpoint or worker
+  130  interrupted (Ctrl-C)
+
+Errors are one line on stderr; with --json, stdout also gets {"error": {"code", "type", "message"}}.
+"""
+
+_LS_HELP = """\
+Lists deployments, their endpoints (state, live revision, what its last update changed, workers
+ready/total, TTL, idle time) and their workers (state, revision, address, benchmark score, calls in
+flight, uptime). Stopped workers are not listed.
+
+--json prints a JSON array, one object per deployment:
+  {"name", "deployment_id", "created_at": unix seconds,
+   "endpoints": [{"endpoint_id", "tag", "state": "ENDPOINT_STATE_READY" (the proto enum names),
+     "revision_id", "update_tier": 0-4 or null, "update": the tier in words or null,
+     "workers_ready", "workers_total", "workers_desired", "ttl_seconds": number or null (never),
+     "idle_seconds": since a client was last heard from, or null,
+     "autoscaling": {"min_workers", "max_workers", "cold_workers", "target_util", "inactivity_timeout"},
+     "failure": null or {"step", "message", "log_tail"},
+     "workers": [{"worker_id", "state": "WORKER_STATE_READY", "revision_id", "address", "score",
+       "capacity", "calls_in_flight", "calls_queued", "calls_started", "pid", "started_at",
+       "uptime_seconds", "last_heartbeat", "failure"}]}]}
+Fields are only ever added.
+"""
+
+_LOGS_HELP = """\
+TARGET is a worker id (w-...) or a deployment NAME (all its workers that are not stopped; every
+worker when all are) or NAME:TAG (one endpoint's). With several workers, each line is prefixed
+with its worker id. --follow prints new lines as they are written until Ctrl-C, or until the
+worker (the deployment's endpoints) stops. --json prints one object per line:
+{"worker_id": "w-...", "line": "text without its newline"}.
+"""
 
 
-class _Failure(Exception):
-    """A failure the command explains in one line (exit code 1)."""
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit with EXIT_USAGE and one ``error:`` line after the usage."""
+
+    def error(self, message: str) -> Any:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"error: {message}\n")
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    return value
 
 
 def _parser(home: Path) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vastrpc", description="Run async Python functions on remote workers.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(
+        prog="vastrpc",
+        description="Run async Python functions on remote workers.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     control = sub.add_parser("control", help="run or manage the control service")
@@ -115,20 +197,17 @@ def _parser(home: Path) -> argparse.ArgumentParser:
     serve.set_defaults(func=_control_serve)
     for name, func, text in (
         ("stop", _control_stop, "stop the control service running under the home folder"),
-        ("status", _control_status, "show the control service running under the home folder"),
+        ("status", _control_status, "show the control service running under the home folder (exit 3: none runs)"),
     ):
         p = control_sub.add_parser(name, help=text)
         p.add_argument("--home", type=Path, default=home, help=f"state folder (default {home})")
+        p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
 
     worker = sub.add_parser("worker", help="run a worker agent (started by a provider, not by hand)")
     worker.add_argument("--control", required=True, help="host:port of the control service")
     worker.add_argument("--worker-id", required=True, help="the id the control service gave this worker")
     worker.set_defaults(func=_worker, home=home)
-
-    deploy = sub.add_parser("deploy", help="deploy the Deployment defined in a Python file and wait until ready")
-    deploy.add_argument("file", type=Path, help="the deployment file, e.g. deploy.py")
-    deploy.set_defaults(func=_deploy)
 
     def client_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -158,40 +237,97 @@ def _parser(home: Path) -> argparse.ArgumentParser:
             metavar="FILE",
             help="mutual TLS: its private key (default $VASTRPC_TLS_KEY)",
         )
+        p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
-    ls = sub.add_parser("ls", help="list deployments, their endpoints and workers")
-    ls.add_argument("name", nargs="?", default="", help="only this deployment")
-    ls.add_argument("--json", action="store_true", help="print JSON")
+    deploy = sub.add_parser(
+        "deploy",
+        help="deploy the Deployments defined in a Python file and wait until their workers are ready",
+        description="Deploy the Deployments defined in FILE and wait until their workers are ready. Progress "
+        "goes to stderr (drawn live on a terminal, one line per step otherwise), the summary to stdout. "
+        "Without --control (or VASTRPC_CONTROL_ADDRESS) the embedded control service under --home is used, "
+        "and started when none runs.",
+    )
+    deploy.add_argument("file", type=Path, help="the deployment file, e.g. deploy.py")
+    deploy.add_argument(
+        "--progress",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="draw live progress bars: auto (when stderr is a terminal, the default), always, never",
+    )
+    client_flags(deploy)
+    deploy.set_defaults(func=_deploy)
+
+    ls = sub.add_parser(
+        "ls",
+        help="list deployments, their endpoints and workers",
+        description=_LS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ls.add_argument("name", nargs="?", default="", help="only this deployment (exit 4 when there is none)")
     client_flags(ls)
-    ls.set_defaults(func=_ls)
+    ls.set_defaults(func=remote.ls)
 
-    logs = sub.add_parser("logs", help="print a worker's log")
-    logs.add_argument("worker_id")
-    logs.add_argument("--tail", type=int, default=0, metavar="N", help="only the last N lines")
+    logs = sub.add_parser(
+        "logs",
+        help="print or follow the logs of a worker or of a deployment's workers",
+        description=_LOGS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    logs.add_argument("target", metavar="TARGET", help="a worker id, a deployment NAME, or NAME:TAG")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines as they are written")
+    logs.add_argument(
+        "--tail",
+        type=_non_negative,
+        metavar="N",
+        help="start with the last N lines of each log (default: all of it; 0 with -f: only new lines)",
+    )
     client_flags(logs)
-    logs.set_defaults(func=_logs)
+    logs.set_defaults(func=remote.logs)
 
     teardown = sub.add_parser("teardown", help="stop a deployment's workers and endpoints")
     teardown.add_argument("name")
     teardown.add_argument("--tag", default="", help="only this tag")
     client_flags(teardown)
-    teardown.set_defaults(func=_teardown)
+    teardown.set_defaults(func=remote.teardown)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``vastrpc`` command; returns its exit code (0 ok, 1 failure, 2 usage)."""
-    from vastrpc._errors import VastrpcError
+    """Run the ``vastrpc`` command; returns its exit code (see the module docstring)."""
     from vastrpc.config import default_home
 
     args = _parser(default_home()).parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (_Failure, VastrpcError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`vastrpc logs -f | head`): stop quietly, without a flush error at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as exc:
+        code = _exit_code(exc)
+        if code is None:
+            raise  # a bug: its traceback says where
+        from vastrpc._console import print_error
+
+        print_error(exc, code, json_output=getattr(args, "json", False))
+        return code
+
+
+def _exit_code(exc: BaseException) -> int | None:
+    """The exit code for an error the command explains; None for an unexpected exception."""
+    from vastrpc._errors import AuthenticationError, ControlUnavailableError, NotFoundError, VastrpcError
+
+    if isinstance(exc, _Failure):
+        return exc.code
+    if isinstance(exc, (ControlUnavailableError, AuthenticationError)):
+        return EXIT_UNREACHABLE
+    if isinstance(exc, NotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, VastrpcError):
+        return EXIT_FAILURE
+    return None
 
 
 # -- control ------------------------------------------------------------------------------
@@ -272,25 +408,36 @@ def _control_stop(args: argparse.Namespace) -> int:
     from vastrpc.deploy.embedded import stop_control
 
     home = args.home.expanduser()
-    if stop_control(home):
+    stopped = stop_control(home)
+    if args.json:
+        from vastrpc._console import print_json
+
+        print_json({"stopped": stopped, "home": str(home)})
+    elif stopped:
         print(f"stopped the control service under {home}")
     else:
         print(f"no control service is running under {home}")
-    return 0
+    return EXIT_OK
 
 
 def _control_status(args: argparse.Namespace) -> int:
+    from vastrpc._console import print_json, print_status
     from vastrpc.deploy.embedded import control_status
 
     home = args.home.expanduser()
     status = control_status(home)
     if status is None:
-        print(f"not running (home {home})")
-        return 1
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.get("started_at", 0)))
-    tls = f"TLS (trust {status.get('tls_ca') or 'the system roots'})" if status.get("tls") else "plaintext"
-    print(f"running: address {status['address']}, {tls}, pid {status['pid']}, started {started}, home {home}")
-    return 0
+        if args.json:
+            print_json({"running": False, "home": str(home)})
+        else:
+            print(f"not running (home {home})")
+        return EXIT_UNREACHABLE
+    if args.json:
+        keys = ("address", "pid", "tls", "tls_ca", "tls_client_cert", "started_at", "home")
+        print_json({"running": True, **{k: status.get(k) for k in keys}})
+        return EXIT_OK
+    print_status(status, home)
+    return EXIT_OK
 
 
 # -- worker and deploy -----------------------------------------------------------------------------
@@ -313,138 +460,36 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from vastrpc.deploy import cli_deploy
+    from vastrpc import _console
+    from vastrpc.deploy.loader import deploy_app, load_deployments
 
     if not args.file.is_file():
         raise _Failure(f"no such file: {args.file}")
-    return _call(cli_deploy, args.file)
+    # Progress is drawn by the reporter; the library's own step lines would repeat it.
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
+    overrides = remote.client_overrides(args)
+    terminal = _console.wants_terminal(args.progress, sys.stderr)
+    err = _console.console(sys.stderr, terminal)
+    out = _console.console(sys.stdout, _console.wants_terminal("auto", sys.stdout))
+    apps = load_deployments(args.file)
+    documents = []
 
+    async def run() -> None:
+        for app in apps:
+            with ExitStack() as stack:
+                if terminal:
+                    err.print(f"deploying [bold]{app.name}:{app.tag}[/] from {args.file}")
+                    reporter: Any = stack.enter_context(_console.RichProgress(err))
+                else:
+                    print(f"deploy: {app.name}:{app.tag} from {args.file}", file=sys.stderr, flush=True)
+                    reporter = _console.PlainProgress(sys.stderr)
+                result = await deploy_app(app, progress=reporter, overrides=overrides)
+            if args.json:
+                documents.append(_console.deploy_document(app.name, app.tag, result))
+            else:
+                _console.deploy_summary(out, app.name, app.tag, result)
 
-# -- talking to the control service -------------------------------------------------------------
-
-
-def _connect(args: argparse.Namespace) -> tuple[str, str, Any]:
-    """(address, api_key, tls) from the flags, the environment (flag defaults) or the embedded service's home."""
-    from vastrpc._tls import TlsFiles
-    from vastrpc.deploy.embedded import control_status, control_tls
-
-    home = args.home.expanduser()
-    address = args.control
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise _Failure("--tls-cert and --tls-key (VASTRPC_TLS_CERT, VASTRPC_TLS_KEY) go together: set both or neither")
-    tls = None
-    if args.tls_ca or args.tls_cert:
-        tls = TlsFiles(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key)
-    if not address:
-        # Only look: listing or tearing down must never start a service.
-        status = control_status(home)
-        if status is None:
-            raise _Failure(f"no control service is running under {home}")
-        address = status["address"]
-        local = control_tls(status, home)
-        if local is not None and args.tls_cert:
-            # The CA the running service names, with the certificate given here.
-            local = TlsFiles(ca_file=local.ca_file, cert_file=args.tls_cert, key_file=args.tls_key)
-        tls = local
-    api_key = args.api_key
-    if not api_key:
-        try:
-            api_key = (home / "api_key").read_text().strip()
-        except OSError:
-            api_key = ""
-    if not api_key:
-        raise _Failure(f"no API key for {address}: pass --api-key or set VASTRPC_API_KEY")
-    return address, api_key, tls
-
-
-def _rpc(args: argparse.Namespace, method: str, request: Any, timeout: float = _RPC_TIMEOUT) -> Any:
-    import grpc
-
-    from vastrpc._grpc import CHANNEL_OPTIONS, bearer, error_from_rpc, tls_failure
-    from vastrpc.api.v1 import control_pb2_grpc
-
-    address, api_key, tls = _connect(args)
-    try:
-        channel = (
-            grpc.secure_channel(address, tls.channel_credentials(), options=list(CHANNEL_OPTIONS))
-            if tls is not None
-            else grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS))
-        )
-    except OSError as exc:
-        raise _Failure(f"cannot read a TLS file: {exc}") from None
-    with channel:
-        stub = control_pb2_grpc.ControlServiceStub(channel)
-        try:
-            return getattr(stub, method)(request, metadata=bearer(api_key), timeout=timeout)
-        except grpc.RpcError as exc:
-            raise (tls_failure(exc, address, tls) or error_from_rpc(exc, target=address)) from None
-
-
-def _ls(args: argparse.Namespace) -> int:
-    from google.protobuf import json_format
-
-    from vastrpc.api.v1 import common_pb2, control_pb2
-
-    response = _rpc(args, "ListDeployments", control_pb2.ListDeploymentsRequest(name=args.name))
+    asyncio.run(run())
     if args.json:
-        data = json_format.MessageToDict(
-            response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-        )
-        print(json.dumps(data.get("deployments", []), indent=2))
-        return 0
-    if not response.deployments:
-        if args.name:
-            raise _Failure(f"no deployment named {args.name!r}")
-        print("no deployments")
-        return 0
-
-    def short(enum: Any, value: int, prefix: str) -> str:
-        return enum.Name(value).removeprefix(prefix).lower()
-
-    for deployment in response.deployments:
-        for endpoint in deployment.endpoints:
-            ready = sum(1 for w in endpoint.workers if w.state == common_pb2.WORKER_STATE_READY)
-            state = short(common_pb2.EndpointState, endpoint.state, "ENDPOINT_STATE_")
-            print(
-                f"{deployment.name}:{endpoint.tag}  {state}  revision {endpoint.revision_id or '-'}  "
-                f"{ready}/{len(endpoint.workers)} workers ready  ({endpoint.endpoint_id})"
-            )
-            if endpoint.HasField("failure"):
-                print(f"  failed at {endpoint.failure.step}: {endpoint.failure.message}")
-            for w in endpoint.workers:
-                wstate = short(common_pb2.WorkerState, w.state, "WORKER_STATE_")
-                where = f"  {w.address}" if w.address else ""
-                score = f"  score {w.score:.1f}/s" if w.score else ""
-                print(f"  {w.worker_id}  {wstate}  pid {w.pid}{where}{score}")
-        if not deployment.endpoints:
-            print(f"{deployment.name}  (no endpoints)")
-    return 0
-
-
-def _logs(args: argparse.Namespace) -> int:
-    from vastrpc.api.v1 import control_pb2
-
-    if args.tail < 0:
-        raise _Failure("--tail must not be negative")
-    # Lines are cut here; ask for enough bytes to hold them.
-    tail_bytes = 0 if args.tail == 0 else max(args.tail * 512, 64 << 10)
-    response = _rpc(
-        args, "GetWorkerLogs", control_pb2.GetWorkerLogsRequest(worker_id=args.worker_id, tail_bytes=tail_bytes)
-    )
-    text = response.text
-    if args.tail:
-        text = "\n".join(text.splitlines()[-args.tail :])
-    sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
-    return 0
-
-
-def _teardown(args: argparse.Namespace) -> int:
-    from vastrpc.api.v1 import control_pb2
-
-    response = _rpc(
-        args, "Teardown", control_pb2.TeardownRequest(name=args.name, tag=args.tag), timeout=_TEARDOWN_TIMEOUT
-    )
-    target = f"{args.name}:{args.tag}" if args.tag else args.name
-    removed, stopped = response.endpoints_removed, response.workers_stopped
-    print(f"tore down {target}: {removed} endpoint(s) removed, {stopped} worker(s) stopped")
-    return 0
+        _console.print_json(documents)
+    return EXIT_OK

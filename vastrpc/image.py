@@ -11,9 +11,51 @@ from pathlib import Path
 
 from vastrpc._errors import DefinitionError
 
-__all__ = ["Autoscaling", "Image"]
+__all__ = ["LABEL_PREFIX", "REQUIREMENT_FILTERS", "Autoscaling", "Image"]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# The search filters ``Image.require`` accepts, with what each means.
+REQUIREMENT_FILTERS: dict[str, str] = {
+    "gpus": "GPUs per worker, e.g. 1",
+    "gpu_name": "GPU model, e.g. 'A100'; alias accelerator",
+    "gpu_ram_gb": "GB of memory per GPU, at least",
+    "cpus": "CPU cores per worker, 1 by default on a cluster",
+    "ram_gb": "GB of RAM per worker",
+    "labels": "node labels that must match, e.g. {'zone': 'us-east'}",
+}
+_FILTER_ALIASES = {"accelerator": "gpu_name"}
+# How a node label is stored among the requirements: ``label:<key>`` → value.
+LABEL_PREFIX = "label:"
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
+
+
+def _check_amount(name: str, value: object) -> str:
+    """A filter's amount as stored: a non-negative number (``gpus`` may be 0), in its shortest text."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
+        raise DefinitionError(f"require: {name} must be a number, got {value!r}")
+    if value < 0 or (value == 0 and name != "gpus"):
+        raise DefinitionError(f"require: {name} must be {'at least 0' if name == 'gpus' else 'above 0'}, got {value!r}")
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _check_labels(labels: object) -> dict[str, str]:
+    if not isinstance(labels, Mapping) or not labels:
+        raise DefinitionError(
+            "require: labels must be a non-empty dict of node labels, e.g. labels={'zone': 'us-east'}"
+        )
+    out = {}
+    for key, value in labels.items():
+        if not isinstance(key, str) or not _LABEL_KEY.match(key):
+            raise DefinitionError(f"require: label name {key!r} is invalid: use letters, digits, '.', '_', '-' and '/'")
+        if not isinstance(value, str) or not _LABEL_VALUE.match(value) or len(value) > 63:
+            raise DefinitionError(
+                f"require: the value of label {key!r} must be a string of letters, digits, '.', '_', '-' "
+                f"(at most 63), got {value!r}"
+            )
+        out[LABEL_PREFIX + key] = value
+    return out
 
 
 def _check_names(kind: str, names: tuple[str, ...]) -> list[str]:
@@ -108,9 +150,32 @@ class Image:
         return self
 
     def require(self, **filters: object) -> Image:
-        """Search filters a worker host must meet, e.g. ``require(gpus=1, gpu_ram_gb=24)``."""
+        """Search filters a worker host must meet, e.g. ``require(gpus=1, gpu_name="A100")``.
+
+        Accepted filters (see ``REQUIREMENT_FILTERS``): ``gpus``, ``gpu_name`` (alias
+        ``accelerator``), ``gpu_ram_gb``, ``cpus``, ``ram_gb`` and ``labels``, a dict of
+        node labels that must all match. A cluster provider places each worker on a node
+        that meets every filter and gives it exactly the GPUs it asked for; a filter no
+        node meets fails the deploy. The local provider runs workers on this machine
+        whatever they require. Calling again adds filters and replaces those named again.
+
+        Raises:
+            DefinitionError: An unknown filter, or a value of the wrong kind.
+        """
         for key, value in filters.items():
-            self.requirements[key] = str(value)
+            if key == "labels":
+                self.requirements.update(_check_labels(value))
+                continue
+            name = _FILTER_ALIASES.get(key, key)
+            if name not in REQUIREMENT_FILTERS:
+                accepted = ", ".join(f"{n}= ({text})" for n, text in REQUIREMENT_FILTERS.items())
+                raise DefinitionError(f"require: unknown filter {key!r}; accepted filters: {accepted}")
+            if name == "gpu_name":
+                if not isinstance(value, str) or not value.strip():
+                    raise DefinitionError(f"require: {key} must be a GPU model name such as 'A100', got {value!r}")
+                self.requirements[name] = value.strip()
+            else:
+                self.requirements[name] = _check_amount(name, value)
         return self
 
 

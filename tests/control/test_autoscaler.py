@@ -16,7 +16,8 @@ from vastrpc.api.v1 import control_pb2
 from vastrpc.control.autoscaler import Autoscaler, Policy, ScaleState, decide, workers_for
 from vastrpc.control.blobs import LocalBlobStore
 from vastrpc.control.lifecycle import Lifecycle
-from vastrpc.control.store import SqliteStore, WorkerRow
+from vastrpc.control.sqlitestore import SqliteStore
+from vastrpc.control.store import WorkerRow
 
 from .helpers import Client, make_spec
 

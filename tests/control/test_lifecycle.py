@@ -10,7 +10,8 @@ from vastrpc.control.blobs import LocalBlobStore
 from vastrpc.control.lifecycle import Lifecycle
 from vastrpc.control.provider import LocalProcessProvider
 from vastrpc.control.rules import desired_workers
-from vastrpc.control.store import SqliteStore, WorkerRow
+from vastrpc.control.sqlitestore import SqliteStore
+from vastrpc.control.store import WorkerRow
 
 from .helpers import make_spec
 

@@ -78,3 +78,20 @@ async def test_stubborn_worker_is_killed_after_grace(tmp_path) -> None:
     await provider.stop_all(grace=0.5)
     assert 0.4 < asyncio.get_running_loop().time() - started < 5
     assert exits == [("w-1", -9)]
+
+
+async def test_workers_never_inherit_the_control_services_credentials(tmp_path) -> None:
+    exits: list = []
+    secrets = {"VASTRPC_API_KEY": "vk_x", "AWS_SECRET_ACCESS_KEY": "a", "AWS_PROFILE": "p", "PGPASSWORD": "pw"}
+    provider = LocalProcessProvider(
+        tmp_path,
+        argv_prefix=[sys.executable, "-c", "import os; print(sorted(os.environ))"],
+        environ={**os.environ, **secrets, "KEEP_ME": "1"},
+        on_exit=lambda worker_id, pid, code: exits.append(code),
+    )
+    await provider.start_worker("w-1", "tok", "127.0.0.1:5")
+    await eventually(lambda: exits == [0], what="the worker exited")
+    names = provider.log_path("w-1").read_text()
+    assert "'KEEP_ME'" in names and "'VASTRPC_WORKER_TOKEN'" in names
+    for name in secrets:
+        assert f"'{name}'" not in names

@@ -15,7 +15,8 @@ from vastrpc.control.blobs import LocalBlobStore
 from vastrpc.control.lifecycle import Lifecycle
 from vastrpc.control.provider import LocalProcessProvider
 from vastrpc.control.reaper import Reaper
-from vastrpc.control.store import SqliteStore, WorkerRow
+from vastrpc.control.sqlitestore import SqliteStore
+from vastrpc.control.store import WorkerRow
 
 from .helpers import eventually, pid_gone
 

@@ -1,4 +1,4 @@
-"""SqliteStore: schema and migrations, rows, filters and transactions."""
+"""The state stores, SQLite and PostgreSQL alike: rows, filters, transactions; SQLite's schema and migrations."""
 
 from __future__ import annotations
 
@@ -7,19 +7,26 @@ import time
 
 import pytest
 
-from vastrpc.control.store import _MIGRATIONS, SqliteStore, WorkerRow
+from vastrpc.control.sqlitestore import _MIGRATIONS, SqliteStore
+from vastrpc.control.store import Store, WorkerRow
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = SqliteStore(tmp_path / "state.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """Each test runs on both stores: SQLite in tmp_path, and a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "state.db")
+    else:
+        from vastrpc.control.pgstore import PgStore
+
+        s = PgStore(request.getfixturevalue("pg_url"))
     yield s
     s.close()
 
 
-def _worker(store: SqliteStore, worker_id: str, state: str = "starting") -> WorkerRow:
+def _worker(store: Store, worker_id: str, state: str = "starting") -> WorkerRow:
     deployment = store.get_or_create_deployment("hello")
     endpoint, _ = store.get_or_create_endpoint(deployment.id, "default")
     revision = store.add_revision(
@@ -35,15 +42,15 @@ def _worker(store: SqliteStore, worker_id: str, state: str = "starting") -> Work
 def test_schema_is_versioned_wal_and_reopens(tmp_path) -> None:
     path = tmp_path / "state.db"
     store = SqliteStore(path)
-    assert store.schema_version == 3
+    assert store.schema_version == 4 and not store.shared
     deployment = store.get_or_create_deployment("hello")
     store.close()
     again = SqliteStore(path)  # migrations already applied: nothing re-runs
-    assert again.schema_version == 3 and again.get_deployment_by_name("hello") == deployment
+    assert again.schema_version == 4 and again.get_deployment_by_name("hello") == deployment
     again.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 3
+        assert db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 4
 
 
 def test_a_version_1_database_gains_calls_queued(tmp_path) -> None:
@@ -65,9 +72,9 @@ def test_a_version_1_database_gains_calls_queued(tmp_path) -> None:
             " VALUES ('w-1', 'e-1', 'r-1', 'ready', 'h', 3, 0)"
         )
     store = SqliteStore(path)
-    assert store.schema_version == 3
+    assert store.schema_version == 4
     worker = store.get_worker("w-1")
-    assert (worker.calls_in_flight, worker.calls_queued) == (3, 0)
+    assert (worker.calls_in_flight, worker.calls_queued, worker.owner) == (3, 0, "")
     assert store.update_worker("w-1", calls_queued=2).calls_queued == 2
     assert store.update_worker("w-1", calls_started=5).calls_started == 5
     store.close()
@@ -142,3 +149,32 @@ def test_referenced_bundles_are_those_of_live_endpoints_or_recent_revisions(stor
     # A revision registered since then keeps its bundle even though its endpoint is stopped.
     assert store.referenced_bundles(registered_since=0.0) == {"b-live-1", "b-live-2", "b-stopped"}
     assert store.referenced_bundles(registered_since=time.time() + 60) == {"b-live-1", "b-live-2"}
+
+
+def test_worker_rows_keep_their_owner_and_every_column(store) -> None:
+    worker = _worker(store, "w-a")
+    full = store.update_worker(
+        "w-a",
+        owner="host:1:2",
+        calls_in_flight=3,
+        calls_queued=1,
+        calls_started=2**40,  # a long-lived worker's count outgrows 32 bits
+        last_heartbeat=1234.5,
+        failure_log_tail="tail\n",
+    )
+    assert store.get_worker("w-a") == full
+    assert (full.owner, full.calls_started, full.last_heartbeat) == ("host:1:2", 2**40, 1234.5)
+    assert full.created_at == pytest.approx(worker.created_at) and full.created_at > 0
+    assert store.update_worker("w-a") == full  # nothing to set: the row as it is
+
+
+def test_latest_revision_is_the_last_registered(store) -> None:
+    d = store.get_or_create_deployment("hello")
+    e, _ = store.get_or_create_endpoint(d.id, "default")
+    digests = {"bundle": "b", "code": "c", "environment": "e", "autoscaling": "a"}
+    revisions = [store.add_revision(e.id, f"spec-{i}".encode(), digests) for i in range(5)]
+    assert store.latest_revision(e.id) == revisions[-1]
+    assert store.list_revisions(e.id) == revisions
+    store.set_revision_spec(revisions[0].id, b"stripped")
+    assert store.get_revision(revisions[0].id).spec == b"stripped"
+    assert store.latest_revision("e-missing") is None

@@ -50,6 +50,13 @@ async def test_tier1_settings_change_in_place_without_upload(project) -> None:
     assert [(w["worker_id"], w["pid"]) for w in after] == [(w["worker_id"], w["pid"]) for w in before]
     assert await mod.version() == "v1"
 
+    # ttl and the version label are settings too: relabelled in place, never tier 0.
+    mod.app.ttl, mod.app.version_label = 3600, "release-7"
+    third = await mod.app.ensure_ready()
+    assert (third.tier, third.uploaded, third.workers_started) == (1, False, 0)
+    endpoint = await project.endpoint(mod.app)
+    assert (endpoint["ttl"], endpoint["version_label"]) == (3600, "release-7")
+
 
 async def test_tier2_code_change_switches_in_place_and_calls_in_flight_finish_on_old(project) -> None:
     mod = project(source())

@@ -116,15 +116,27 @@ class ControlClient:
     async def register(self, spec: control_pb2.DeploymentSpec) -> control_pb2.RegisterDeploymentResponse:
         return await self._unary(self.stub.RegisterDeployment, control_pb2.RegisterDeploymentRequest(spec=spec))
 
-    async def upload(self, digest: str, data: bytes) -> control_pb2.UploadBundleResponse:
-        """Stream a bundle in 1 MiB chunks; the service verifies the digest before storing it."""
+    async def upload(
+        self, digest: str, data: bytes, on_progress: Callable[[int], None] | None = None
+    ) -> control_pb2.UploadBundleResponse:
+        """Stream a bundle in 1 MiB chunks; the service verifies the digest before storing it.
+
+        Args:
+            digest: The bundle's SHA-256 (hex).
+            data: The bundle.
+            on_progress: Called with the bytes handed to gRPC so far, after each chunk.
+        """
 
         def requests() -> Any:
             yield control_pb2.UploadBundleRequest(
                 header=control_pb2.UploadBundleRequest.Header(digest=digest, size=len(data))
             )
+            sent = 0
             for chunk, _more in chunks(data):
                 yield control_pb2.UploadBundleRequest(chunk=chunk)
+                sent += len(chunk)
+                if on_progress is not None:
+                    on_progress(sent)
 
         return await self._unary(self.stub.UploadBundle, requests(), timeout=600)
 

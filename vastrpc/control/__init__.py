@@ -4,7 +4,8 @@ from vastrpc.control.blobs import BlobStore, LocalBlobStore
 from vastrpc.control.provider import LocalProcessProvider, Provider
 from vastrpc.control.server import serve
 from vastrpc.control.service import ControlService
-from vastrpc.control.store import SqliteStore, Store
+from vastrpc.control.sqlitestore import SqliteStore
+from vastrpc.control.store import Store
 
 __all__ = [
     "BlobStore",

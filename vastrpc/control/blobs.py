@@ -13,9 +13,14 @@ from typing import BinaryIO, Protocol
 
 from vastrpc._errors import BundleError, NotFoundError
 
-__all__ = ["BlobStore", "BlobWriter", "LocalBlobStore", "check_digest"]
+__all__ = ["BlobStore", "BlobWriter", "LocalBlobStore", "check_digest", "is_digest"]
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def is_digest(name: str) -> bool:
+    """Whether ``name`` is a lower-case hex SHA-256 (the name of a stored bundle)."""
+    return _DIGEST.fullmatch(name or "") is not None
 
 
 def check_digest(digest: str) -> str:
@@ -48,7 +53,7 @@ class BlobWriter(Protocol):
 
 
 class BlobStore(Protocol):
-    """Where bundles live, addressed by their SHA-256 (a directory now, S3 later)."""
+    """Where bundles live, addressed by their SHA-256: a local directory, or an S3 bucket (``s3blobs``)."""
 
     def has(self, digest: str) -> bool:
         """Whether a bundle with that digest is stored."""
@@ -61,6 +66,13 @@ class BlobStore(Protocol):
 
     def read_chunks(self, digest: str, chunk_size: int) -> Iterator[bytes]:
         """The stored bundle in chunks; NotFoundError when missing."""
+
+    def download_url(self, digest: str) -> str | None:
+        """A URL a worker can GET the bundle from without credentials, valid for a short while.
+
+        None when the store hands out no URLs: workers then stream the bundle from the
+        control service (``read_chunks``). NotFoundError when a URL store lacks the bundle.
+        """
 
     def stored(self) -> dict[str, float]:
         """Every stored bundle: digest to the time (Unix seconds) it was stored."""
@@ -178,12 +190,16 @@ class LocalBlobStore:
             raise NotFoundError(f"no bundle with digest {digest[:80]!r} is stored") from None
         return self._chunks(handle, chunk_size)
 
+    def download_url(self, digest: str) -> None:
+        """None: workers stream local bundles from the control service."""
+        return None
+
     def stored(self) -> dict[str, float]:
         """Every stored bundle: digest to the time (Unix seconds) it was stored."""
         found = {}
         for entry in os.scandir(self.root):
             # Partial uploads (.*.part) and anything else that is not a digest are not bundles.
-            if not _DIGEST.fullmatch(entry.name):
+            if not is_digest(entry.name):
                 continue
             try:
                 # The bundle is renamed into place after it is written, so its mtime is when

@@ -14,7 +14,8 @@ from typing import Any
 from vastrpc._errors import DefinitionError, DeploymentError, NotFoundError
 from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.control.blobs import BlobStore
-from vastrpc.control.provider import Provider, pid_alive
+from vastrpc.control.leader import on_this_host, orphan_loss, owner_is_gone, process_owner
+from vastrpc.control.provider import Provider, pid_alive, start_options
 from vastrpc.control.rollout import Rollouts
 from vastrpc.control.rules import (
     DEFAULT_TAG,
@@ -77,6 +78,8 @@ class Lifecycle(Rollouts):
         # Workers of an earlier run of the service still alive at startup: not our children,
         # so they are stopped by pid. Any other exited worker's pid may be recycled already.
         self._foreign: dict[str, int] = {}
+        # Recorded on the workers this process starts: on a shared store, whose they are.
+        self.owner = process_owner()
 
     @property
     def shutting_down(self) -> bool:
@@ -162,7 +165,7 @@ class Lifecycle(Rollouts):
         (tier 3) restarts the ready workers in their slots, one at a time. A new or failed
         endpoint gets fresh workers (``_replace_workers``).
         """
-        async with self._locks[endpoint_id]:
+        async with self._locks[endpoint_id], self.store.endpoint_lock(endpoint_id):
             endpoint, revision = self._endpoint_and_revision(endpoint_id, revision_id)
             if not self.blobs.has(revision.bundle_digest):
                 raise DeploymentError(
@@ -219,7 +222,7 @@ class Lifecycle(Rollouts):
         is no longer ``revision_id`` (an update came in since the decision); with ``wake``,
         one that has a worker ready or starting (waking is for an endpoint at zero).
         """
-        async with self._locks[endpoint_id]:
+        async with self._locks[endpoint_id], self.store.endpoint_lock(endpoint_id):
             endpoint = self.store.get_endpoint(endpoint_id)
             if endpoint is None or endpoint.state not in ("ready", "deploying") or self._shutting_down:
                 return 0
@@ -252,15 +255,25 @@ class Lifecycle(Rollouts):
                     state="starting",
                     token_hash=hash_token(token),
                     log_path=str(self.provider.log_path(worker_id)),
+                    owner=self.owner,
                 )
             )
             self.changed(endpoint_id)
             try:
-                pid = await self.provider.start_worker(worker_id, token, self.control_address)
+                pid = await self.provider.start_worker(
+                    worker_id, token, self.control_address, **start_options(revision.spec)
+                )
             except OSError as exc:
                 log.error("cannot start worker %s: %s", worker_id, exc)
                 self._fail_worker(
                     self.store.update_worker(worker_id, state="failed"), "starting", f"cannot start the worker: {exc}"
+                )
+                break
+            except DeploymentError as exc:
+                # The provider cannot place it, e.g. no node of its cluster meets the search filters.
+                log.error("cannot start worker %s: %s", worker_id, exc)
+                self._fail_worker(
+                    self.store.update_worker(worker_id, state="failed"), exc.step or "starting", exc.reason
                 )
                 break
             if (worker := self.store.get_worker(worker_id)) is not None and not worker.pid:
@@ -373,12 +386,15 @@ class Lifecycle(Rollouts):
         lost = []
         for worker in self.store.list_workers(states=ACTIVE_WORKER_STATES):
             silent = now - worker.last_heartbeat
-            if worker.last_heartbeat <= 0 or silent <= self.heartbeat_timeout:
-                continue
             message = f"no heartbeat for {silent:.0f}s (limit {self.heartbeat_timeout:g}s): hung, frozen or unreachable"
+            if self.store.shared and (orphaned := orphan_loss(worker, now, self.heartbeat_timeout, me=self.owner)):
+                message = orphaned  # another service's worker left behind when that service died
+            elif worker.last_heartbeat <= 0 or silent <= self.heartbeat_timeout:
+                continue
             if worker.state == "ready":
                 self._fail_worker(worker, "heartbeat", message, fail_endpoint=False)
-                self._worker_lost(worker, message)
+                # On a shared store silence is mostly the death of the worker's control service.
+                self._worker_lost(worker, message, replace=self.store.shared)
             else:
                 self._fail_worker(worker, "heartbeat", message)
             self._spawn(self._stop_process(worker))
@@ -403,17 +419,21 @@ class Lifecycle(Rollouts):
         else:
             self._fail_worker(worker, worker.state, message)
 
-    def _worker_lost(self, worker: WorkerRow, message: str) -> None:
+    def _worker_lost(self, worker: WorkerRow, message: str, *, replace: bool = False) -> None:
         """A ready worker went away; the autoscaler starts a replacement at its next look.
 
         The endpoint stays ready while another worker of its revision is; with none left it
-        fails, so the next ensure_ready provisions it afresh.
+        fails, so the next ensure_ready provisions it afresh. With ``replace`` (workers lost
+        with the control service that ran them, not by a fault of theirs) it goes back to
+        deploying instead, and the autoscaler brings it back up.
         """
         endpoint = self.store.get_endpoint(worker.endpoint_id)
         if endpoint is None or endpoint.live_revision_id != worker.revision_id or endpoint.state != "ready":
             return
         ready = self.store.list_workers(endpoint_id=endpoint.id, revision_id=worker.revision_id, states=("ready",))
-        if not ready:
+        if not ready and replace:
+            self.store.update_endpoint(endpoint.id, state="deploying")
+        elif not ready:
             self._fail_endpoint(endpoint.id, worker.revision_id, "serving", message, read_log_tail(worker.log_path))
 
     def _fail_worker(
@@ -477,6 +497,8 @@ class Lifecycle(Rollouts):
 
     async def _stop_process(self, worker: WorkerRow) -> None:
         pid = self._foreign.pop(worker.id, 0)
+        if not pid and self.store.shared and on_this_host(worker.owner):
+            pid = worker.pid  # another service's worker on this host: stopped by pid (its process group)
         await self.provider.stop_worker(worker.id, self.stop_grace, pid=pid)
 
     async def _stop_later(self, worker: WorkerRow, delay: float) -> None:
@@ -501,7 +523,7 @@ class Lifecycle(Rollouts):
         removed = stopped = 0
         tasks: list[asyncio.Task[None]] = []
         for endpoint in endpoints:
-            async with self._locks[endpoint.id]:
+            async with self._locks[endpoint.id], self.store.endpoint_lock(endpoint.id):
                 workers = self.store.list_workers(endpoint_id=endpoint.id)
                 # Also workers already marked stopped whose processes are still on their way out.
                 doomed = [w for w in workers if w.state != "stopped" or self.provider.is_running(w.id)]
@@ -529,19 +551,32 @@ class Lifecycle(Rollouts):
     # -- startup and shutdown ---------------------------------------------------------
 
     def recover(self) -> None:
-        """After a restart: workers of an earlier run whose process is gone are stopped."""
+        """After a restart: workers of an earlier run whose process is gone are stopped.
+
+        On a shared store, only the workers of this host's control service processes that
+        are gone: other services' are theirs, and other hosts' the leader judges by heartbeats.
+        """
         gone = []
         for worker in self.store.list_workers(exclude_states=("stopped",)):
-            if pid_alive(worker.pid):
+            if self.store.shared and owner_is_gone(worker.owner, me=self.owner) is not True:
+                continue
+            unregistered = worker.state == "starting" and worker.last_heartbeat <= 0
+            if pid_alive(worker.pid) and not unregistered:
                 self._foreign[worker.id] = worker.pid
             else:
                 gone.append(worker)
+                if unregistered and worker.pid:
+                    # It may have found the service down and be on its way out: a retry starts another.
+                    self._foreign[worker.id] = worker.pid
+                    self._spawn(self._stop_process(worker))
         with self.store.transaction():
             for worker in gone:
                 self.store.update_worker(worker.id, state="stopped")
             for endpoint in self.store.list_endpoints():
                 if endpoint.state != "ready" or not endpoint.live_revision_id:
                     continue
+                if self.store.shared and all(w.endpoint_id != endpoint.id for w in gone):
+                    continue  # another service may be scaling it
                 ready = self.store.list_workers(
                     endpoint_id=endpoint.id, revision_id=endpoint.live_revision_id, states=("ready",)
                 )

@@ -13,12 +13,13 @@ import sysconfig
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from vastrpc._tls import TlsFiles
+from vastrpc.api.v1 import control_pb2
 from vastrpc.config import ENV_TLS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT
 
-__all__ = ["ExitCallback", "LocalProcessProvider", "Provider", "pid_alive"]
+__all__ = ["ExitCallback", "LocalProcessProvider", "Provider", "pid_alive", "start_options"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,25 @@ def pid_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
+def start_options(spec: bytes) -> dict[str, Any]:
+    """The keyword arguments of ``Provider.start_worker`` for a revision's stored spec.
+
+    The search filters only when the revision has some: providers that place nothing need
+    not take them.
+    """
+    requirements = dict(control_pb2.DeploymentSpec.FromString(spec).image.requirements)
+    return {"requirements": requirements} if requirements else {}
+
+
+def _control_credential(name: str) -> bool:
+    """A variable with the control service's own credentials, which its workers never inherit.
+
+    Its API key; its AWS credentials (S3 bundle store: workers download through presigned
+    URLs); its PostgreSQL password. A function that needs any of these gets it through secrets.
+    """
+    return name.startswith("AWS_") or name in ("VASTRPC_API_KEY", "PGPASSWORD", "PGPASSFILE")
+
+
 def package_pythonpath(environ: Mapping[str, str]) -> str | None:
     """PYTHONPATH that lets ``python -m vastrpc`` find this very vastrpc, or None when it is installed.
 
@@ -80,8 +100,15 @@ class Provider(Protocol):
 
     on_exit: ExitCallback | None
 
-    async def start_worker(self, worker_id: str, token: str, control_address: str) -> int:
-        """Start a worker agent that reports to ``control_address``; returns its pid."""
+    async def start_worker(
+        self, worker_id: str, token: str, control_address: str, *, requirements: Mapping[str, str] | None = None
+    ) -> int:
+        """Start a worker agent that reports to ``control_address``; returns its pid.
+
+        ``requirements`` are the revision's search filters (``Image.require``); the caller
+        passes them only when there are some (``start_options``). A provider that cannot
+        meet them raises DeploymentError, its ``step`` saying where (e.g. ``placement``).
+        """
 
     async def stop_worker(self, worker_id: str, grace: float, *, pid: int = 0) -> bool:
         """Stop a worker (TERM, then KILL after ``grace`` seconds); False when it was not running."""
@@ -138,11 +165,16 @@ class LocalProcessProvider:
         proc = self._procs.get(worker_id)
         return proc is not None and proc.returncode is None
 
-    async def start_worker(self, worker_id: str, token: str, control_address: str) -> int:
-        """Spawn the worker agent in a new session, its output appended to its log file; returns its pid."""
+    async def start_worker(
+        self, worker_id: str, token: str, control_address: str, *, requirements: Mapping[str, str] | None = None
+    ) -> int:
+        """Spawn the worker agent in a new session, its output appended to its log file; returns its pid.
+
+        ``requirements`` are not checked: every worker runs on this machine.
+        """
         self.log_dir.mkdir(parents=True, exist_ok=True)
         argv = [*self.argv_prefix, "--control", control_address, "--worker-id", worker_id]
-        env = dict(self._environ)
+        env = {name: value for name, value in self._environ.items() if not _control_credential(name)}
         env[ENV_WORKER_TOKEN] = token
         env[ENV_HOME] = str(self.home)
         env["PYTHONUNBUFFERED"] = "1"

@@ -141,7 +141,9 @@ class Reaper:
                 torn_down.append(endpoint.id)
             if self.lifecycle.shutting_down:
                 return torn_down
-        self.collect_bundles(time.time() if now is None else now)
+        # In a thread: a bundle store in S3 lists and deletes over the network (with retries),
+        # which must not hold up the event loop (heartbeats, calls to the service).
+        await asyncio.to_thread(self.collect_bundles, time.time() if now is None else now)
         return torn_down
 
     def _idle_for(self, endpoint: EndpointRow, now: float) -> float | None:

@@ -8,7 +8,8 @@ import secrets
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
-from vastrpc.control.provider import Provider
+from vastrpc._errors import DeploymentError
+from vastrpc.control.provider import Provider, start_options
 from vastrpc.control.rules import hash_token
 from vastrpc.control.store import ACTIVE_WORKER_STATES, RevisionRow, Store, WorkerRow
 
@@ -112,9 +113,14 @@ class Rollouts:
             if self._shutting_down:
                 return
             try:
-                pid = await self.provider.start_worker(worker.id, token, self.control_address)
+                pid = await self.provider.start_worker(
+                    worker.id, token, self.control_address, **start_options(revision.spec)
+                )
             except OSError as exc:
                 self._fail_worker(self.worker(worker.id), "starting", f"cannot restart the worker: {exc}")
+                return
+            except DeploymentError as exc:  # e.g. no node meets the new search filters
+                self._fail_worker(self.worker(worker.id), exc.step or "starting", exc.reason)
                 return
             if not self.worker(worker.id).pid:
                 self.store.update_worker(worker.id, pid=pid)

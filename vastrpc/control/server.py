@@ -15,12 +15,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vastrpc._grpc import start_server
+from vastrpc._metrics import MetricsServer, start_metrics_server
 from vastrpc._tls import TlsFiles, certificate_problems
 from vastrpc.api.v1 import control_pb2, control_pb2_grpc
 from vastrpc.config import ControlConfig
 from vastrpc.control.autoscaler import Autoscaler
 from vastrpc.control.backends import open_blobs, open_provider, open_store
+from vastrpc.control.leader import Leadership
 from vastrpc.control.lifecycle import Lifecycle
+from vastrpc.control.metrics import ControlMetrics
 from vastrpc.control.reaper import Reaper
 from vastrpc.control.service import ControlService
 
@@ -83,6 +86,16 @@ def _previous_port(path: Path) -> int:
         return 0
 
 
+def _mark_leader(path: Path, leader: bool) -> None:
+    """Record in control.json, if this process wrote it, whether this service leads (tests and operators read it)."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if info.get("pid") == os.getpid():
+        _write_json_atomically(path, {**info, "leader": leader})
+
+
 def _remove_if_ours(path: Path) -> None:
     try:
         if json.loads(path.read_text()).get("pid") == os.getpid():
@@ -98,6 +111,20 @@ def _client_host(host: str) -> str:
     if ":" in host and not host.startswith("["):
         return f"[{host}]"
     return host
+
+
+async def _serve_metrics(metrics: ControlMetrics, host: str, port: int) -> MetricsServer:
+    """Serve ``/metrics`` and the workers' metrics endpoints (``/targets``, Prometheus HTTP SD) on ``host:port``."""
+    try:
+        server = await start_metrics_server(
+            metrics.registry, host, port, advertise_host=_client_host(host), routes={"/targets": metrics.targets}
+        )
+    except OSError as exc:
+        raise OSError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; choose another --metrics-port"
+        ) from exc
+    log.info("Prometheus metrics at http://%s/metrics", server.address)
+    return server
 
 
 def _describe_tls(config: ControlConfig) -> str:
@@ -157,7 +184,10 @@ async def serve(
     autoscaler = Autoscaler(
         store, lifecycle, interval=config.autoscale_interval, scale_down_delay=config.scale_down_delay
     )
-    service = ControlService(lifecycle, api_key, reaper, autoscaler)
+    # A registry of this service's own: never prometheus_client's process-wide default.
+    metrics = ControlMetrics(store) if config.metrics_port is not None else None
+    service = ControlService(lifecycle, api_key, reaper, autoscaler, metrics)
+    interceptors = [metrics.interceptor()] if metrics is not None else []
 
     def register(server: object) -> list[str]:
         control_pb2_grpc.add_ControlServiceServicer_to_server(service, server)
@@ -176,6 +206,7 @@ async def serve(
             authorize=service.authorize,
             enable_reflection=config.enable_reflection,
             tls=config.tls,
+            interceptors=interceptors,
         )
     except OSError:
         if not previous:
@@ -187,6 +218,7 @@ async def serve(
             authorize=service.authorize,
             enable_reflection=config.enable_reflection,
             tls=config.tls,
+            interceptors=interceptors,
         )
     address = f"{_client_host(config.host)}:{port}"
     lifecycle.control_address = address
@@ -202,11 +234,21 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Started once the server is bound; it gives clients of an earlier run the whole TTL to reconnect.
-    reaper_task = asyncio.create_task(reaper.run(), name="vastrpc-ttl-reaper")
-    autoscaler_task = asyncio.create_task(autoscaler.run(), name="vastrpc-autoscaler")
+    # Of the services sharing a store only the leader runs them (on SQLite this one, always);
+    # another takes over when it dies. Changes other services make wake this one's watchers.
+    leadership = Leadership(store.leader_lock(), on_change=lambda leader: _mark_leader(info_path, leader))
+    leader_task = asyncio.create_task(
+        leadership.run(lambda: asyncio.gather(reaper.run(), autoscaler.run())), name="vastrpc-leadership"
+    )
+    changes_task = asyncio.create_task(store.follow_changes(lifecycle.changed), name="vastrpc-store-changes")
+    metrics_server: MetricsServer | None = None
     try:
         # Written only now that the port is bound: whoever reads it can connect at once.
-        info = {"address": address, "pid": os.getpid(), "started_at": time.time(), **tls_info}
+        info: dict[str, object] = {"address": address, "pid": os.getpid(), "started_at": time.time(), **tls_info}
+        if metrics is not None and config.metrics_port is not None:
+            metrics_server = await _serve_metrics(metrics, config.host, config.metrics_port)
+            info["metrics_address"] = metrics_server.address
+        info["leader"] = leadership.is_leader
         _write_json_atomically(info_path, info)
         log.info("control service listening on %s (%s, home %s)", address, _describe_tls(config), home)
         if ready is not None:
@@ -215,14 +257,16 @@ async def serve(
         log.info("stopping: workers first (grace %gs), then the server", config.worker_stop_grace)
     finally:
         # No teardown or scaling may start while the service stops its workers.
-        reaper_task.cancel()
-        autoscaler_task.cancel()
-        await asyncio.gather(reaper_task, autoscaler_task, return_exceptions=True)
+        leader_task.cancel()
+        changes_task.cancel()
+        await asyncio.gather(leader_task, changes_task, return_exceptions=True)
         await health.enter_graceful_shutdown()
         try:
             await lifecycle.shutdown()
         finally:
             await server.stop(SERVER_STOP_GRACE)
+            if metrics_server is not None:
+                await metrics_server.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             _remove_if_ours(info_path)

@@ -28,9 +28,11 @@ from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.control.autoscaler import Autoscaler, wake
 from vastrpc.control.blobs import check_digest
 from vastrpc.control.lifecycle import Lifecycle
+from vastrpc.control.logtail import LogFollower
+from vastrpc.control.metrics import ControlMetrics
 from vastrpc.control.reaper import Reaper
 from vastrpc.control.rules import ENDPOINT_STATE_VALUES, WORKER_STATE_VALUES
-from vastrpc.control.store import EndpointRow, WorkerRow
+from vastrpc.control.store import EndpointRow, RevisionRow, WorkerRow
 
 __all__ = ["WORKER_METHODS", "ControlService"]
 
@@ -43,6 +45,9 @@ WORKER_METHODS = frozenset(
 )
 # How often a watching client is recorded as seen (the TTL counts from the last time).
 CLIENT_SEEN_INTERVAL = 10.0
+# On a store shared by several services: the leader's reaper sees only its own watchers, so
+# the others record theirs this often, and each watch reads the state again as often.
+SHARED_CLIENT_SEEN_INTERVAL = 1.0
 # GetWorkerLogs never returns more than this, whatever was asked: it must fit one message.
 MAX_LOG_BYTES = 4 << 20
 
@@ -88,6 +93,8 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             None when no reaper runs.
         autoscaler: The autoscaler, which WakeEndpoint goes through (a wake counts as
             activity); None when none runs.
+        metrics: The service's Prometheus metrics, fed by registrations and worker reports;
+            None when it serves none (its workers then serve none either).
     """
 
     def __init__(
@@ -96,12 +103,14 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         api_key: str,
         reaper: Reaper | None = None,
         autoscaler: Autoscaler | None = None,
+        metrics: ControlMetrics | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("the control service needs a non-empty API key")
         self.lifecycle = lifecycle
         self.reaper = reaper
         self.autoscaler = autoscaler
+        self.metrics = metrics
         self.store = lifecycle.store
         self.blobs = lifecycle.blobs
         self._api_key = api_key
@@ -136,6 +145,8 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.RegisterDeploymentRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.RegisterDeploymentResponse:
         reg = self.lifecycle.register(request.spec)
+        if self.metrics is not None:
+            self.metrics.update_registered(reg.tier)
         return control_pb2.RegisterDeploymentResponse(
             deployment_id=reg.deployment_id,
             endpoint_id=reg.endpoint_id,
@@ -161,22 +172,23 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                         check_digest(header.digest)
                     except BundleError as exc:
                         raise DefinitionError(str(exc)) from None
-                    if not self.blobs.has(header.digest):
+                    # Bundle store calls may go over the network (S3): in a thread, off the event loop.
+                    if not await asyncio.to_thread(self.blobs.has, header.digest):
                         writer = self.blobs.open_writer(header.digest, header.size)
                     continue
                 if message.HasField("header"):
                     raise DefinitionError("UploadBundle got a second header; send one header, then chunks")
                 if writer is not None:
-                    writer.write(message.chunk)
+                    await asyncio.to_thread(writer.write, message.chunk)
                 # else: already stored (deduplicated): drain the stream without keeping it.
             if header is None:
                 raise DefinitionError("UploadBundle got no header: send {digest, size} first, then chunks")
             if writer is not None:
-                stored = writer.commit()
+                stored = await asyncio.to_thread(writer.commit)
         finally:
             # An error, or a client that cancelled mid-stream, leaves nothing behind.
             if writer is not None:
-                writer.abort()
+                await asyncio.to_thread(writer.abort)
         if stored:
             log.info("stored bundle %s (%d bytes)", header.digest[:12], header.size)
         return control_pb2.UploadBundleResponse(digest=header.digest, size=header.size, stored=stored)
@@ -185,6 +197,11 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.DownloadBundleRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[control_pb2.DownloadBundleResponse]:
         try:
+            # A store that hands out URLs (S3): the worker fetches the bundle from it directly.
+            url = await asyncio.to_thread(self.blobs.download_url, request.digest)
+            if url is not None:
+                yield control_pb2.DownloadBundleResponse(url=url)
+                return
             chunks = self.blobs.read_chunks(request.digest, CHUNK_SIZE)
         except VastrpcError as exc:
             await _abort(context, exc)
@@ -206,6 +223,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             await _abort(context, NotFoundError(f"no endpoint {endpoint_id!r}"))
         last_sent = b""
         last_seen = 0.0
+        seen_interval = SHARED_CLIENT_SEEN_INTERVAL if self.store.shared else CLIENT_SEEN_INTERVAL
         # An open watch is a connected client: it keeps the endpoint from its TTL teardown.
         if self.reaper is not None:
             self.reaper.client_connected(endpoint_id)
@@ -215,7 +233,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                 # Taken before reading, so a change made while we read still wakes us.
                 changed = self.lifecycle.change_event(endpoint_id)
                 now = time.monotonic()
-                if now - last_seen >= CLIENT_SEEN_INTERVAL:
+                if now - last_seen >= seen_interval:
                     self.lifecycle.client_seen(endpoint_id)
                     last_seen = now
                 endpoint = self.store.get_endpoint(endpoint_id)
@@ -227,7 +245,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                     yield update
                     last_sent = data
                 try:
-                    await asyncio.wait_for(changed.wait(), timeout=CLIENT_SEEN_INTERVAL)
+                    await asyncio.wait_for(changed.wait(), timeout=seen_interval)
                 except TimeoutError:
                     pass
                 if self.lifecycle.shutting_down:
@@ -266,6 +284,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             spec=self._spec_for_worker(spec, context),
             endpoint_token=self._endpoint_token(endpoint),
             heartbeat_interval=self.lifecycle.heartbeat_interval,
+            serve_metrics=self.metrics is not None,
         )
 
     def _spec_for_worker(self, spec: bytes, context: grpc.aio.ServicerContext) -> control_pb2.DeploymentSpec:
@@ -317,6 +336,8 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             capacity=request.capacity,
             failure=request.failure if request.HasField("failure") else None,
         )
+        if self.metrics is not None:
+            self.metrics.worker_metrics_address(request.worker_id, request.metrics_address)
         return control_pb2.UpdateWorkerResponse()
 
     @_unary
@@ -327,6 +348,8 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         stop = self.lifecycle.heartbeat(
             request.worker_id, request.calls_in_flight, request.calls_queued, request.calls_started
         )
+        if self.metrics is not None:
+            self.metrics.heartbeat(request)
         return control_pb2.HeartbeatResponse(stop=stop)
 
     # -- clients ----------------------------------------------------------------------
@@ -360,17 +383,35 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                 deployment_id=deployment.id, name=deployment.name, created_at=deployment.created_at
             )
             for endpoint in self.store.list_endpoints(deployment.id):
+                rows = self.store.list_workers(endpoint_id=endpoint.id, exclude_states=("stopped",))
                 entry = item.endpoints.add(
                     endpoint_id=endpoint.id,
                     tag=endpoint.tag,
                     state=ENDPOINT_STATE_VALUES[endpoint.state],  # type: ignore[arg-type]
                     revision_id=endpoint.live_revision_id or "",
-                    workers=self._workers(endpoint.id),
+                    workers=[_worker_pb(w) for w in rows],
                     failure=_endpoint_failure(endpoint),
+                    desired_workers=endpoint.desired_workers,
+                    last_client_seen=endpoint.last_client_seen,
+                    worker_activity={
+                        w.id: control_pb2.WorkerActivity(
+                            calls_in_flight=w.calls_in_flight,
+                            calls_queued=w.calls_queued,
+                            calls_started=w.calls_started,
+                            started_at=w.created_at,
+                        )
+                        for w in rows
+                    },
                 )
                 revision = self.store.get_revision(endpoint.live_revision_id) if endpoint.live_revision_id else None
                 if revision is not None:
-                    entry.autoscaling.CopyFrom(control_pb2.DeploymentSpec.FromString(revision.spec).autoscaling)
+                    spec = control_pb2.DeploymentSpec.FromString(revision.spec)
+                    entry.autoscaling.CopyFrom(spec.autoscaling)
+                    entry.ttl = spec.ttl
+                    entry.version_label = spec.version_label
+                    entry.live_revision_tier = _live_revision_tier(  # type: ignore[assignment]
+                        self.store.list_revisions(endpoint.id), revision
+                    )
         return response
 
     @_unary
@@ -391,6 +432,29 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             data = b""
         return control_pb2.GetWorkerLogsResponse(text=data.decode("utf-8", "replace"))
 
+    async def FollowLogs(
+        self, request: control_pb2.FollowLogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[control_pb2.FollowLogsResponse]:
+        try:
+            follower = LogFollower(
+                self.store,
+                self.lifecycle.provider.log_path,
+                worker_id=request.worker_id,
+                name=request.name,
+                tag=request.tag,
+            )
+        except VastrpcError as exc:
+            await _abort(context, exc)
+        tail = request.tail_lines if request.HasField("tail_lines") else None
+
+        def stopping() -> bool:
+            return self.lifecycle.shutting_down
+
+        async for worker_id, text in follower.stream(tail, request.follow, stopping):
+            yield control_pb2.FollowLogsResponse(worker_id=worker_id, text=text.decode("utf-8", "replace"))
+        if stopping():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the control service is stopping")
+
     @_unary
     async def Teardown(
         self, request: control_pb2.TeardownRequest, context: grpc.aio.ServicerContext
@@ -407,6 +471,23 @@ def _endpoint_failure(endpoint: EndpointRow) -> common_pb2.Failure | None:
     return common_pb2.Failure(
         step=endpoint.failure_step, message=endpoint.failure_message, log_tail=endpoint.failure_log_tail
     )
+
+
+def _live_revision_tier(revisions: list[RevisionRow], live: RevisionRow) -> int:
+    """What ``live`` changed against the revision registered before it (the stored digests tell)."""
+    ids = [r.id for r in revisions]
+    index = ids.index(live.id) if live.id in ids else -1
+    if index <= 0:
+        return common_pb2.UPDATE_TIER_NEW_ENDPOINT if index == 0 else common_pb2.UPDATE_TIER_UNSPECIFIED
+    before = revisions[index - 1]
+    if before.environment_digest != live.environment_digest:
+        return common_pb2.UPDATE_TIER_ENVIRONMENT
+    if before.code_digest != live.code_digest or before.bundle_digest != live.bundle_digest:
+        return common_pb2.UPDATE_TIER_CODE
+    if before.autoscaling_digest != live.autoscaling_digest:
+        return common_pb2.UPDATE_TIER_SETTINGS
+    # Nothing changed yet a revision was added: the same spec registered after a teardown.
+    return common_pb2.UPDATE_TIER_NEW_ENDPOINT
 
 
 def _worker_pb(worker: WorkerRow) -> common_pb2.Worker:

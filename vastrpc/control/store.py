@@ -1,24 +1,28 @@
-"""The control service's state store: an interface, and its SQLite implementation (the embedded default)."""
+"""The control service's state store: its interface and rows (SQLite in sqlitestore.py, PostgreSQL in pgstore.py)."""
 
 from __future__ import annotations
 
 import secrets
-import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
+
+from vastrpc._errors import VastrpcError
+
+if TYPE_CHECKING:
+    # Provided at run time by __getattr__ below (sqlitestore imports this module).
+    from vastrpc.control.sqlitestore import SqliteStore
 
 __all__ = [
     "ACTIVE_WORKER_STATES",
     "DeploymentRow",
     "EndpointRow",
     "RevisionRow",
+    "LeaderLock",
     "SqliteStore",
     "Store",
+    "StoreError",
     "WorkerRow",
     "new_id",
 ]
@@ -28,7 +32,8 @@ __all__ = [
 ACTIVE_WORKER_STATES = ("starting", "downloading", "installing", "loading", "benchmarking", "ready")
 
 
-T = TypeVar("T")
+class StoreError(VastrpcError):
+    """The state store cannot be opened or reached (a database that is down, refuses us, or is missing)."""
 
 
 def new_id(prefix: str) -> str:
@@ -83,7 +88,11 @@ class RevisionRow:
 
 @dataclass(frozen=True)
 class WorkerRow:
-    """A worker as the control service tracks it. Only the sha256 of its token is kept."""
+    """A worker as the control service tracks it. Only the sha256 of its token is kept.
+
+    ``owner`` names the control service process that started it (``host:pid:start``, see
+    ``vastrpc.control.leader.process_owner``); empty in rows older than the column.
+    """
 
     id: str
     endpoint_id: str
@@ -103,15 +112,46 @@ class WorkerRow:
     last_heartbeat: float = 0.0
     log_path: str = ""
     created_at: float = 0.0
+    owner: str = ""
+
+
+class LeaderLock(Protocol):
+    """A lock that at most one control service of a store holds at a time: the leader's."""
+
+    async def try_acquire(self) -> bool:
+        """Take the lock if it is free; True when this process holds it now."""
+
+    async def still_held(self) -> bool:
+        """Whether this process still holds the lock (False once its hold was lost)."""
+
+    async def release(self) -> None:
+        """Give the lock up (nothing when it is not held)."""
 
 
 class Store(Protocol):
-    """What the control service needs from its state store (SQLite now, PostgreSQL later).
+    """What the control service needs from its state store: SQLite (one service) or PostgreSQL (several).
 
-    Calls are synchronous: they are sub-millisecond on the embedded store. Every
-    method that changes several rows runs in one transaction; ``transaction()``
-    groups several calls into one.
+    Calls are synchronous: they take well under a millisecond on the embedded store and
+    about one round trip on a database server. Every method that changes several rows
+    runs in one transaction; ``transaction()`` groups several calls into one, and on a
+    shared store also keeps other services' transactions out until it commits.
     """
+
+    @property
+    def shared(self) -> bool:
+        """Whether other control service processes may use this store at the same time."""
+
+    def leader_lock(self) -> LeaderLock:
+        """A new handle on the store's leader lock (held by one service at a time)."""
+
+    def endpoint_lock(self, endpoint_id: str) -> AbstractAsyncContextManager[None]:
+        """Held while one service provisions, scales or tears down the endpoint; others wait."""
+
+    async def follow_changes(self, changed: Callable[[str], None]) -> None:
+        """Until cancelled, call ``changed(endpoint_id)`` when another process changes the endpoint or its workers.
+
+        A store no other process uses returns at once: every change is made in this process.
+        """
 
     def transaction(self) -> Any:
         """A context manager: the calls inside commit together or not at all."""
@@ -189,351 +229,28 @@ class Store(Protocol):
         """Set columns of a worker and return the new row."""
 
 
-# Schema migrations, applied in order; the schema_version table records how far a database
-# got. Append a new entry for every change; never edit a released one.
-_MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE deployments (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE endpoints (
-        id TEXT PRIMARY KEY,
-        deployment_id TEXT NOT NULL REFERENCES deployments(id),
-        tag TEXT NOT NULL,
-        state TEXT NOT NULL,
-        live_revision_id TEXT,
-        token TEXT NOT NULL,
-        desired_workers INTEGER NOT NULL DEFAULT 0,
-        failure_step TEXT NOT NULL DEFAULT '',
-        failure_message TEXT NOT NULL DEFAULT '',
-        failure_log_tail TEXT NOT NULL DEFAULT '',
-        created_at REAL NOT NULL,
-        last_client_seen REAL NOT NULL DEFAULT 0,
-        UNIQUE (deployment_id, tag)
-    );
-    CREATE TABLE revisions (
-        id TEXT PRIMARY KEY,
-        endpoint_id TEXT NOT NULL REFERENCES endpoints(id),
-        spec BLOB NOT NULL,
-        bundle_digest TEXT NOT NULL,
-        code_digest TEXT NOT NULL,
-        environment_digest TEXT NOT NULL,
-        autoscaling_digest TEXT NOT NULL,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE workers (
-        id TEXT PRIMARY KEY,
-        endpoint_id TEXT NOT NULL REFERENCES endpoints(id),
-        revision_id TEXT NOT NULL REFERENCES revisions(id),
-        state TEXT NOT NULL,
-        token_hash TEXT NOT NULL UNIQUE,
-        address TEXT NOT NULL DEFAULT '',
-        score REAL NOT NULL DEFAULT 0,
-        capacity INTEGER NOT NULL DEFAULT 0,
-        pid INTEGER NOT NULL DEFAULT 0,
-        calls_in_flight INTEGER NOT NULL DEFAULT 0,
-        failure_step TEXT NOT NULL DEFAULT '',
-        failure_message TEXT NOT NULL DEFAULT '',
-        failure_log_tail TEXT NOT NULL DEFAULT '',
-        last_heartbeat REAL NOT NULL DEFAULT 0,
-        log_path TEXT NOT NULL DEFAULT '',
-        created_at REAL NOT NULL
-    );
-    CREATE INDEX workers_endpoint ON workers(endpoint_id, state);
-    CREATE INDEX revisions_endpoint ON revisions(endpoint_id);
-    """,
-    # 2: of a worker's calls in flight, those waiting for a slot (HeartbeatRequest.calls_queued).
-    "ALTER TABLE workers ADD COLUMN calls_queued INTEGER NOT NULL DEFAULT 0",
-    # 3: calls a worker has started (HeartbeatRequest.calls_started): activity between heartbeats.
-    "ALTER TABLE workers ADD COLUMN calls_started INTEGER NOT NULL DEFAULT 0",
-)
-
-_ENDPOINT_COLUMNS = frozenset(f.name for f in fields(EndpointRow)) - {"id", "deployment_id", "created_at"}
-_WORKER_COLUMNS = frozenset(f.name for f in fields(WorkerRow)) - {"id", "created_at"}
+# Columns an update may set (the dataclass fields checked against what callers pass; never callers' data).
+ENDPOINT_COLUMNS = frozenset(f.name for f in fields(EndpointRow)) - {"id", "deployment_id", "created_at"}
+WORKER_COLUMNS = frozenset(f.name for f in fields(WorkerRow)) - {"id", "created_at"}
 
 
-class SqliteStore:
-    """The Store on one SQLite file in WAL mode.
-
-    One connection is shared by the service (all calls come from its event loop);
-    a lock keeps it safe if a thread ever calls in.
-    """
-
-    def __init__(self, path: Path | str) -> None:
-        """Open (creating and migrating when needed) the database at ``path``."""
-        # isolation_level=None: the module never opens transactions behind our back;
-        # transaction() issues BEGIN IMMEDIATE / COMMIT itself.
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
-
-    # -- plumbing -----------------------------------------------------------------
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Commit the calls inside together; nested uses join the outer transaction."""
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                return
-            self._db.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
-            finally:
-                self._depth = 0
-
-    def _migrate(self) -> None:
-        with self.transaction():
-            self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = self._db.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            current = row[0] or 0
-            for version, script in enumerate(_MIGRATIONS[current:], start=current + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-
-    @property
-    def schema_version(self) -> int:
-        """The migration the database is at."""
-        row = self._one("SELECT MAX(version) AS v FROM schema_version")
-        return int(row["v"] or 0) if row else 0
-
-    def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            self._db.close()
-
-    def _one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
-        with self._lock:
-            return self._db.execute(sql, tuple(params)).fetchone()
-
-    def _all(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, tuple(params)).fetchall()
-
-    def _exec(self, sql: str, params: Iterable[Any] = ()) -> None:
-        with self._lock:
-            self._db.execute(sql, tuple(params))
-
-    def _update(
-        self, table: str, allowed: frozenset[str], row_id: str, values: dict[str, Any], get: Callable[[str], T | None]
-    ) -> T:
-        """Set columns of one row and return the new row (KeyError when there is none)."""
-        unknown = set(values) - allowed
-        if unknown:
-            raise ValueError(f"cannot set {sorted(unknown)} on {table}")
-        with self.transaction():
-            if values:
-                # Column names come from the dataclass fields checked above, never from callers' data.
-                assignments = ", ".join(f"{name} = ?" for name in values)
-                self._exec(f"UPDATE {table} SET {assignments} WHERE id = ?", [*values.values(), row_id])
-            row = get(row_id)
-        if row is None:
-            raise KeyError(row_id)
-        return row
-
-    # -- deployments --------------------------------------------------------------
-
-    def get_or_create_deployment(self, name: str) -> DeploymentRow:
-        """The deployment called ``name``, created when missing."""
-        with self.transaction():
-            existing = self.get_deployment_by_name(name)
-            if existing is not None:
-                return existing
-            row = DeploymentRow(id=new_id("d"), name=name, created_at=time.time())
-            self._exec(
-                "INSERT INTO deployments (id, name, created_at) VALUES (?, ?, ?)", (row.id, row.name, row.created_at)
-            )
-            return row
-
-    def get_deployment_by_name(self, name: str) -> DeploymentRow | None:
-        """The deployment called ``name``, if any."""
-        row = self._one("SELECT * FROM deployments WHERE name = ?", (name,))
-        return DeploymentRow(**dict(row)) if row else None
-
-    def get_deployment(self, deployment_id: str) -> DeploymentRow | None:
-        """The deployment with that id, if any."""
-        row = self._one("SELECT * FROM deployments WHERE id = ?", (deployment_id,))
-        return DeploymentRow(**dict(row)) if row else None
-
-    def list_deployments(self) -> list[DeploymentRow]:
-        """Every deployment, oldest first."""
-        return [DeploymentRow(**dict(r)) for r in self._all("SELECT * FROM deployments ORDER BY created_at, name")]
-
-    # -- endpoints ----------------------------------------------------------------
-
-    def get_or_create_endpoint(self, deployment_id: str, tag: str) -> tuple[EndpointRow, bool]:
-        """The endpoint of ``(deployment, tag)`` and whether it was created now."""
-        with self.transaction():
-            row = self._one("SELECT * FROM endpoints WHERE deployment_id = ? AND tag = ?", (deployment_id, tag))
-            if row:
-                return EndpointRow(**dict(row)), False
-            endpoint_id = new_id("e")
-            self._exec(
-                "INSERT INTO endpoints (id, deployment_id, tag, state, token, created_at)"
-                " VALUES (?, ?, ?, 'new', ?, ?)",
-                (endpoint_id, deployment_id, tag, secrets.token_urlsafe(32), time.time()),
-            )
-            endpoint = self.get_endpoint(endpoint_id)
-            assert endpoint is not None
-            return endpoint, True
-
-    def get_endpoint(self, endpoint_id: str) -> EndpointRow | None:
-        """The endpoint with that id, if any."""
-        row = self._one("SELECT * FROM endpoints WHERE id = ?", (endpoint_id,))
-        return EndpointRow(**dict(row)) if row else None
-
-    def list_endpoints(self, deployment_id: str | None = None) -> list[EndpointRow]:
-        """Endpoints of one deployment (or all), oldest first."""
-        if deployment_id is None:
-            rows = self._all("SELECT * FROM endpoints ORDER BY created_at, tag")
-        else:
-            rows = self._all(
-                "SELECT * FROM endpoints WHERE deployment_id = ? ORDER BY created_at, tag", (deployment_id,)
-            )
-        return [EndpointRow(**dict(r)) for r in rows]
-
-    def update_endpoint(self, endpoint_id: str, **values: Any) -> EndpointRow:
-        """Set columns of an endpoint and return the new row."""
-        return self._update("endpoints", _ENDPOINT_COLUMNS, endpoint_id, values, self.get_endpoint)
-
-    # -- revisions ----------------------------------------------------------------
-
-    def add_revision(self, endpoint_id: str, spec: bytes, digests: dict[str, str]) -> RevisionRow:
-        """Record a revision; ``digests`` maps bundle/code/environment/autoscaling to hex digests."""
-        row = RevisionRow(
-            id=new_id("r"),
-            endpoint_id=endpoint_id,
-            spec=spec,
-            bundle_digest=digests.get("bundle", ""),
-            code_digest=digests.get("code", ""),
-            environment_digest=digests.get("environment", ""),
-            autoscaling_digest=digests.get("autoscaling", ""),
-            created_at=time.time(),
-        )
-        self._exec(
-            "INSERT INTO revisions (id, endpoint_id, spec, bundle_digest, code_digest, environment_digest,"
-            " autoscaling_digest, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                row.id,
-                row.endpoint_id,
-                row.spec,
-                row.bundle_digest,
-                row.code_digest,
-                row.environment_digest,
-                row.autoscaling_digest,
-                row.created_at,
-            ),
-        )
-        return row
-
-    def get_revision(self, revision_id: str) -> RevisionRow | None:
-        """The revision with that id, if any."""
-        return _revision(self._one("SELECT * FROM revisions WHERE id = ?", (revision_id,)))
-
-    def list_revisions(self, endpoint_id: str) -> list[RevisionRow]:
-        """Every revision of the endpoint, oldest first."""
-        rows = self._all("SELECT * FROM revisions WHERE endpoint_id = ? ORDER BY created_at, rowid", (endpoint_id,))
-        return [r for r in map(_revision, rows) if r is not None]
-
-    def set_revision_spec(self, revision_id: str, spec: bytes) -> None:
-        """Replace a revision's stored spec (teardown strips its secrets)."""
-        self._exec("UPDATE revisions SET spec = ? WHERE id = ?", (spec, revision_id))
-
-    def latest_revision(self, endpoint_id: str) -> RevisionRow | None:
-        """The endpoint's most recently registered revision, if any."""
-        return _revision(
-            self._one(
-                "SELECT * FROM revisions WHERE endpoint_id = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
-                (endpoint_id,),
-            )
-        )
-
-    def referenced_bundles(self, *, registered_since: float | None = None) -> set[str]:
-        """Bundle digests of revisions of endpoints that are not stopped, or registered since a time."""
-        # +inf matches no revision: only the endpoints' states decide then.
-        since = float("inf") if registered_since is None else registered_since
-        rows = self._all(
-            "SELECT DISTINCT r.bundle_digest FROM revisions r JOIN endpoints e ON e.id = r.endpoint_id"
-            " WHERE e.state != 'stopped' OR r.created_at >= ?",
-            (since,),
-        )
-        return {row[0] for row in rows if row[0]}
-
-    # -- workers ------------------------------------------------------------------
-
-    def add_worker(self, worker: WorkerRow) -> WorkerRow:
-        """Insert a worker row (``created_at`` is set here) and return it."""
-        values = {f.name: getattr(worker, f.name) for f in fields(WorkerRow)}
-        values["created_at"] = time.time()
-        columns = ", ".join(values)
-        marks = ", ".join("?" for _ in values)
-        self._exec(f"INSERT INTO workers ({columns}) VALUES ({marks})", values.values())
-        return WorkerRow(**values)
-
-    def get_worker(self, worker_id: str) -> WorkerRow | None:
-        """The worker with that id, if any."""
-        row = self._one("SELECT * FROM workers WHERE id = ?", (worker_id,))
-        return WorkerRow(**dict(row)) if row else None
-
-    def get_worker_by_token_hash(self, token_hash: str) -> WorkerRow | None:
-        """The worker whose token hashes to ``token_hash``, if any."""
-        row = self._one("SELECT * FROM workers WHERE token_hash = ?", (token_hash,))
-        return WorkerRow(**dict(row)) if row else None
-
-    def list_workers(
-        self,
-        *,
-        endpoint_id: str | None = None,
-        revision_id: str | None = None,
-        states: Sequence[str] | None = None,
-        exclude_states: Sequence[str] | None = None,
-    ) -> list[WorkerRow]:
-        """Workers matching every given filter, oldest first."""
-        where: list[str] = []
-        params: list[Any] = []
-        if endpoint_id is not None:
-            where.append("endpoint_id = ?")
-            params.append(endpoint_id)
-        if revision_id is not None:
-            where.append("revision_id = ?")
-            params.append(revision_id)
-        if states is not None:
-            where.append(f"state IN ({', '.join('?' for _ in states) or 'NULL'})")
-            params.extend(states)
-        if exclude_states:
-            where.append(f"state NOT IN ({', '.join('?' for _ in exclude_states)})")
-            params.extend(exclude_states)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = self._all(f"SELECT * FROM workers{clause} ORDER BY created_at, id", params)
-        return [WorkerRow(**dict(r)) for r in rows]
-
-    def update_worker(self, worker_id: str, **values: Any) -> WorkerRow:
-        """Set columns of a worker and return the new row."""
-        return self._update("workers", _WORKER_COLUMNS, worker_id, values, self.get_worker)
+def check_columns(table: str, allowed: frozenset[str], values: dict[str, Any]) -> None:
+    """Refuse to set columns that are not in ``allowed`` (ValueError)."""
+    unknown = set(values) - allowed
+    if unknown:
+        raise ValueError(f"cannot set {sorted(unknown)} on {table}")
 
 
-def _revision(row: Any) -> RevisionRow | None:
-    if not row:
-        return None
-    values = dict(row)
-    values["spec"] = bytes(values["spec"])
-    return RevisionRow(**values)
+def new_token() -> str:
+    """A new endpoint token nonce."""
+    return secrets.token_urlsafe(32)
+
+
+def __getattr__(name: str) -> Any:
+    # SqliteStore lived here before the PostgreSQL store came; it is still importable from here
+    # (lazily: sqlitestore imports this module).
+    if name == "SqliteStore":
+        from vastrpc.control.sqlitestore import SqliteStore  # noqa: PLC0415
+
+        return SqliteStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

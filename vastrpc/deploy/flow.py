@@ -5,30 +5,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vastrpc._errors import DefinitionError
-from vastrpc.api.v1 import common_pb2
+from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.client.control import ControlClient
 from vastrpc.client.router import Router
+from vastrpc.config import ClientConfig
 from vastrpc.deploy.spec import build_spec
 from vastrpc.deploy.statcache import cached_bundle
 
 if TYPE_CHECKING:
     from vastrpc.deployment import Deployment
 
-__all__ = ["DeployResult", "Session", "ensure_ready"]
+__all__ = ["DeployProgress", "DeployResult", "Session", "describe_tier", "ensure_ready"]
 
 log = logging.getLogger("vastrpc.deploy")
 
-_TIERS = {
+_TIERS: dict[int, tuple[int, str]] = {
     common_pb2.UPDATE_TIER_NONE: (0, "nothing changed — connected to the running workers"),
     common_pb2.UPDATE_TIER_SETTINGS: (1, "autoscaling settings changed — applied in place"),
     common_pb2.UPDATE_TIER_CODE: (2, "code changed — workers load the new bundle"),
     common_pb2.UPDATE_TIER_ENVIRONMENT: (3, "environment changed — workers restart into it"),
     common_pb2.UPDATE_TIER_NEW_ENDPOINT: (4, "new endpoint — fresh workers"),
 }
+
+
+def describe_tier(update_tier: int) -> tuple[int, str]:
+    """An UpdateTier value as ``(tier number, words)``; ``(-1, "unknown")`` for one this client does not know."""
+    return _TIERS.get(update_tier, (-1, "unknown"))
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,27 @@ class DeployResult:
     seconds: float
 
 
+class DeployProgress:
+    """Told how a deploy goes, step by step (``vastrpc deploy`` draws it); each method does nothing here.
+
+    The steps, in order: ``package``, ``hash``, ``register``, ``upload``, ``provision``,
+    ``ready``. Subclass and override what you show; pass an instance to ``ensure_ready``.
+    """
+
+    def step_started(self, step: str, total: int | None = None) -> None:
+        """``step`` begins; ``total`` is its size when it has one (bytes for ``upload``)."""
+
+    def step_done(self, step: str, summary: str) -> None:
+        """``step`` is over; ``summary`` says what it did, in words."""
+
+    def upload_progress(self, sent: int, total: int) -> None:
+        """``sent`` of the bundle's ``total`` bytes were handed to the connection."""
+
+    def workers(self, ready: int, wanted: int, states: Sequence[tuple[str, str]]) -> None:
+        """While provisioning: ``ready`` of ``wanted`` workers serve the new revision;
+        ``states`` is every worker's ``(worker_id, state)``, e.g. ``("w-1a2b", "installing")``."""
+
+
 @dataclass
 class Session:
     """A deployed app's live connection: control client, router, and the event loop they belong to."""
@@ -88,11 +116,54 @@ def validate(app: Deployment) -> None:
         )
 
 
-async def ensure_ready(app: Deployment, session: Session | None) -> Session:
-    """Bring ``app`` up on the control service and return a session connected to its ready workers."""
+def _done(progress: DeployProgress | None, step: str, summary: str) -> None:
+    log.info("%s: %s", step, summary)
+    if progress is not None:
+        progress.step_done(step, summary)
+
+
+def _upload_reporter(progress: DeployProgress | None, total: int) -> Callable[[int], None] | None:
+    if progress is None:
+        return None
+    return lambda sent: progress.upload_progress(sent, total)
+
+
+def _tell_workers(progress: DeployProgress, update: control_pb2.WatchEndpointResponse, revision_id: str) -> None:
+    workers = [w for w in update.workers if w.state != common_pb2.WORKER_STATE_STOPPED]
+    ready = sum(1 for w in workers if w.state == common_pb2.WORKER_STATE_READY and w.revision_id == revision_id)
+    states = [
+        (w.worker_id, common_pb2.WorkerState.Name(w.state).removeprefix("WORKER_STATE_").lower()) for w in workers
+    ]
+    progress.workers(ready, max(update.desired_workers, ready), states)
+
+
+async def _report_workers(control: ControlClient, endpoint_id: str, revision_id: str, progress: DeployProgress) -> None:
+    """Tell ``progress`` about the endpoint's workers on every change, until cancelled."""
+    try:
+        async for update in control.watch(endpoint_id):
+            _tell_workers(progress, update, revision_id)
+    except Exception as exc:  # a display only: the deploy's own watch reports real failures
+        log.debug("progress watch of %s ended: %s", endpoint_id, exc)
+
+
+async def ensure_ready(
+    app: Deployment,
+    session: Session | None,
+    *,
+    progress: DeployProgress | None = None,
+    config: ClientConfig | None = None,
+) -> Session:
+    """Bring ``app`` up on the control service and return a session connected to its ready workers.
+
+    Args:
+        app: The deployment.
+        session: Its live session, reused when it serves the same endpoint.
+        progress: Told about each step as it happens; None (the SDK's default) costs nothing.
+        config: Use this instead of ``app.client_config()`` (the command line's flags).
+    """
     started = time.perf_counter()
     validate(app)
-    config = app.client_config()
+    config = config or app.client_config()
     if session is not None and session.control is None:
         return session  # served in-process by vastrpc.testing: nothing to deploy
     control = session.control if session is not None and session.control is not None else None
@@ -100,6 +171,8 @@ async def ensure_ready(app: Deployment, session: Session | None) -> Session:
     router: Router | None = None
     try:
         assert app.module_file is not None
+        if progress is not None:
+            progress.step_started("package")
         # The stat cache answers "did anything change?" without reading a file; the
         # tar itself is only built (or kept) for an upload.
         bundle = await asyncio.to_thread(
@@ -108,48 +181,53 @@ async def ensure_ready(app: Deployment, session: Session | None) -> Session:
             copies=app.image_spec.copies,
             cache_dir=config.home / "cache" / "bundles",
         )
-        log.info(
-            "package: %s — %d files, %d bytes, module %s%s",
-            app.name,
-            len(bundle.files),
-            bundle.size,
-            bundle.module,
-            " (unchanged, from stat cache)" if bundle.from_cache else "",
-        )
+        cached = " (unchanged, from stat cache)" if bundle.from_cache else ""
+        summary = f"{app.name} — {len(bundle.files)} files, {bundle.size} bytes, module {bundle.module}{cached}"
+        _done(progress, "package", summary)
         spec = build_spec(app, bundle, control.api_key)
-        log.info(
-            "hash: bundle sha256 %s (code %.12s, environment %.12s)",
-            bundle.digest,
-            spec.digests.code,
-            spec.digests.environment,
-        )
+        digests = spec.digests
+        summary = f"bundle sha256 {bundle.digest} (code {digests.code:.12}, environment {digests.environment:.12})"
+        _done(progress, "hash", summary)
+        if progress is not None:
+            progress.step_started("register")
         reg = await control.register(spec)
-        tier, words = _TIERS.get(reg.tier, (-1, "unknown"))
-        log.info(
-            "register: %s:%s → endpoint %s revision %s; tier %d: %s",
-            app.name,
-            app.tag,
-            reg.endpoint_id,
-            reg.revision_id,
-            tier,
-            words,
-        )
+        tier, words = describe_tier(reg.tier)
+        summary = f"{app.name}:{app.tag} → endpoint {reg.endpoint_id} revision {reg.revision_id}; tier {tier}: {words}"
+        _done(progress, "register", summary)
         if reg.upload_required:
+            if progress is not None:
+                progress.step_started("upload", bundle.size)
             # Reading the files again (a cache hit) blocks: keep it off the event loop.
             data = await asyncio.to_thread(lambda: bundle.data)
-            up = await control.upload(bundle.digest, data)
-            log.info("upload: %d bytes streamed; the control service verified sha256 %.12s", up.size, up.digest)
+            up = await control.upload(bundle.digest, data, _upload_reporter(progress, len(data)))
+            summary = f"{up.size} bytes streamed; the control service verified sha256 {up.digest:.12}"
         else:
-            log.info("upload: skipped — the control service already holds %.12s", bundle.digest)
+            summary = f"skipped — the control service already holds {bundle.digest:.12}"
+        _done(progress, "upload", summary)
+        if progress is not None:
+            progress.step_started("provision")
         prov = await control.provision(reg.endpoint_id, reg.revision_id)
-        log.info("provision: endpoint %s, %d worker(s) started", reg.endpoint_id, prov.workers_started)
+        _done(progress, "provision", f"endpoint {reg.endpoint_id}, {prov.workers_started} worker(s) started")
         if session is not None and session.router.endpoint_id == reg.endpoint_id:
             router = session.router
         else:
             if session is not None:
                 await session.router.close()
             router = Router(control, reg.endpoint_id, config.balancer)
-        state = await router.wait_ready(reg.revision_id, config.ready_timeout)
+        watcher = None
+        if progress is not None:
+            progress.step_started("ready")
+            watcher = asyncio.create_task(_report_workers(control, reg.endpoint_id, reg.revision_id, progress))
+        try:
+            state = await router.wait_ready(reg.revision_id, config.ready_timeout)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                # Not awaited with the task's own CancelledError: one aimed at us still propagates.
+                await asyncio.wait([watcher])
+        if progress is not None:
+            # The state the deploy ended on: the display's own watch may not have seen it yet.
+            _tell_workers(progress, state, reg.revision_id)
     except BaseException:
         if router is not None and (session is None or router is not session.router):
             await router.close()
@@ -158,7 +236,7 @@ async def ensure_ready(app: Deployment, session: Session | None) -> Session:
         raise
     ready = sum(1 for w in state.workers if w.state == common_pb2.WORKER_STATE_READY)
     seconds = time.perf_counter() - started
-    log.info("ready: %d worker(s) serve revision %s after %.2fs", ready, reg.revision_id, seconds)
+    _done(progress, "ready", f"{ready} worker(s) serve revision {reg.revision_id} after {seconds:.2f}s")
     result = DeployResult(
         tier=tier,
         description=words,

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
-import logging
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from vastrpc._errors import DefinitionError
 from vastrpc.deployment import Deployment
+
+if TYPE_CHECKING:
+    from vastrpc.deploy.flow import DeployProgress, DeployResult
 
 
 def load_deployments(path: Path) -> list[Deployment]:
@@ -33,16 +38,47 @@ def load_deployments(path: Path) -> list[Deployment]:
     return apps
 
 
-async def cli_deploy(path: Path) -> int:
-    """Deploy every Deployment in ``path``, printing each result; returns the exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+async def deploy_app(
+    app: Deployment, *, progress: DeployProgress | None = None, overrides: Mapping[str, Any] | None = None
+) -> DeployResult:
+    """Deploy one app and wait until its workers are ready, keeping no connection afterwards.
+
+    Args:
+        app: The deployment.
+        progress: Told about each step (``vastrpc deploy`` draws it).
+        overrides: ClientConfig fields that replace the app's own (the command line's flags).
+
+    Raises:
+        VastrpcError: The deploy failed.
+    """
+    from vastrpc.deploy.flow import ensure_ready
+
+    config = dataclasses.replace(app.client_config(), **dict(overrides or {}))
+    # No app session is kept: the command exits once the workers are ready.
+    session = await ensure_ready(app, None, progress=progress, config=config)
+    await session.close()
+    return session.result
+
+
+async def cli_deploy(
+    path: Path,
+    *,
+    progress: Callable[[Deployment], DeployProgress | None] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> list[tuple[Deployment, DeployResult]]:
+    """Deploy every Deployment in ``path``, one after the other; returns what each deploy did.
+
+    Args:
+        path: The deployment file.
+        progress: Makes the reporter told about each app's deploy.
+        overrides: ClientConfig fields that replace each app's own.
+
+    Raises:
+        DefinitionError: The file cannot be imported or defines no Deployment.
+        VastrpcError: A deploy failed; the apps before it stay deployed.
+    """
+    results: list[tuple[Deployment, DeployResult]] = []
     for app in load_deployments(path):
-        try:
-            result = await app.ensure_ready()
-        finally:
-            await app.close()
-        print(
-            f"{app.name}:{app.tag} ready — tier {result.tier} ({result.description}); endpoint {result.endpoint_id}, "
-            f"revision {result.revision_id}, {result.ready_workers} worker(s), {result.seconds:.2f}s"
-        )
-    return 0
+        reporter = progress(app) if progress is not None else None
+        results.append((app, await deploy_app(app, progress=reporter, overrides=overrides)))
+    return results

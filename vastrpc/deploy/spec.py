@@ -41,7 +41,18 @@ def revision_digests(app: Deployment, bundle_digest: str, secret_key: str) -> co
             ]
         ),
         environment=_digest([image.from_image, image.env_vars, image.requirements, secrets, image.storage]),
-        autoscaling=_digest([a.min_workers, a.max_workers, a.cold_workers, a.target_util, a.inactivity_timeout]),
+        # Every setting applied in place, without touching a worker (tier 1): autoscaling, ttl, label.
+        autoscaling=_digest(
+            [
+                a.min_workers,
+                a.max_workers,
+                a.cold_workers,
+                a.target_util,
+                a.inactivity_timeout,
+                app.ttl,
+                app.version_label,
+            ]
+        ),
     )
 
 

@@ -28,7 +28,9 @@ from vastrpc._secrets import unseal
 from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.config import ENV_TLS
+from vastrpc.serve.fetch import fetch_bundle, public_part
 from vastrpc.serve.install import ensure_apt, ensure_pip_env, run_startup_commands, safe_extract, verify_digest
+from vastrpc.serve.metrics import CallStatsReader
 from vastrpc.serve.serving import ServingProcess
 
 log = logging.getLogger("vastrpc.worker")
@@ -36,6 +38,8 @@ log = logging.getLogger("vastrpc.worker")
 # The agent gives up on an unreachable control service after this long, so that no
 # worker outlives its control service for good.
 _CONTROL_LOST_AFTER = 60.0
+# The address the worker serves calls on, set by a provider that places it on another machine.
+ENV_WORKER_HOST = "VASTRPC_WORKER_HOST"
 _STOP_GRACE = 10.0
 
 _STATES = {
@@ -76,6 +80,10 @@ class Agent:
         self._serving: set[ServingProcess] = set()
         # Calls started by serving processes already stopped: the heartbeat's count never goes back.
         self._retired_calls = 0
+        # Set by the control service at registration: serve and report Prometheus metrics.
+        self._serve_metrics = False
+        self._metrics_address = ""  # of the serving process that serves now
+        self._call_stats = CallStatsReader()
         self._assignments: asyncio.Queue[control_pb2.WatchWorkerResponse] = asyncio.Queue()
 
     async def _report(self, state: common_pb2.WorkerState, revision_id: str, **fields: Any) -> None:
@@ -113,6 +121,7 @@ class Agent:
             problem = tls_failure(exc, self._control_address, self.tls)
             log.error("cannot register with the control service: %s", problem or f"{exc.code().name} {exc.details()}")
             return 1
+        self._serve_metrics = reg.serve_metrics
         background = [
             loop.create_task(self._heartbeat(reg.heartbeat_interval or 2.0)),
             loop.create_task(self._watch_assignments()),
@@ -203,7 +212,7 @@ class Agent:
             await self._report(_STATES[name], revision_id)
 
         await on_state("downloading")
-        bundle_dir = await self._download(revision_id, spec.digests.bundle)
+        bundle_dir = await self._download(revision_id, spec.digests.bundle, spec.bundle_size)
         await on_state("installing")
         env = await self._install(spec, bundle_dir)
         if self._stop.is_set():
@@ -221,6 +230,7 @@ class Agent:
             "bind_host": self.bind_host,
             "advertise_host": self.bind_host,
             "grace": _STOP_GRACE,
+            "metrics": self._serve_metrics,
         }
         serving = await ServingProcess.start(config, env, bundle_dir, tls=self.tls)
         self._serving.add(serving)
@@ -236,20 +246,29 @@ class Agent:
             address=serving.address,
             score=serving.score,
             capacity=serving.capacity,
+            metrics_address=serving.metrics_address,
         )
+        self._metrics_address = serving.metrics_address
         return serving
 
-    async def _download(self, revision_id: str, digest: str) -> Path:
+    async def _download(self, revision_id: str, digest: str, size: int = 0) -> Path:
         parts = []
+        url = ""
         try:
             async for resp in self._stub.DownloadBundle(
                 control_pb2.DownloadBundleRequest(digest=digest), metadata=self._metadata, timeout=600
             ):
+                url = url or resp.url
                 parts.append(resp.chunk)
         except grpc.aio.AioRpcError as exc:
             raise BundleError(f"cannot download bundle {digest[:12]}: {exc.code().name} {exc.details()}") from None
-        data = b"".join(parts)
-        verify_digest(data, digest)
+        if url:
+            # The bundle store's presigned URL: no credentials here, and the digest is checked.
+            log.info("download: bundle %.12s by URL from %s", digest, public_part(url))
+            data = await asyncio.to_thread(fetch_bundle, url, digest, size)
+        else:
+            data = b"".join(parts)
+            verify_digest(data, digest)
         dest = self._workdir / f"{revision_id}-{uuid.uuid4().hex[:8]}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         files = await asyncio.to_thread(safe_extract, data, dest)
@@ -306,6 +325,11 @@ class Agent:
                 log.debug("assignment watch ended (%s); retrying", exc.code().name)
             await asyncio.sleep(1.0)
 
+    async def _read_call_stats(self, interval: float) -> list[control_pb2.CallStats]:
+        # One source per serving process of this agent process: a restarted worker starts afresh.
+        sources = [(f"{os.getpid()}.{p.proc.pid}", p.metrics_address) for p in self._serving if p.metrics_address]
+        return await self._call_stats.read(sources, timeout=min(2.0, interval))
+
     async def _heartbeat(self, interval: float) -> None:
         lost_since: float | None = None
         loop = asyncio.get_running_loop()
@@ -319,6 +343,8 @@ class Agent:
                         calls_in_flight=sum(n for n, _, _ in loads),
                         calls_queued=sum(q for _, q, _ in loads),
                         calls_started=self._retired_calls + sum(s for _, _, s in loads),
+                        call_stats=await self._read_call_stats(interval),
+                        metrics_address=self._metrics_address,
                     ),
                     metadata=self._metadata,
                     timeout=interval * 2,
@@ -336,7 +362,12 @@ class Agent:
 
 
 def main(
-    control_address: str, worker_id: str, token: str, home: Path | None = None, tls: TlsFiles | None = None
+    control_address: str,
+    worker_id: str,
+    token: str,
+    home: Path | None = None,
+    tls: TlsFiles | None = None,
+    bind_host: str | None = None,
 ) -> int:
     """Run a worker agent until it is stopped; returns the process exit code.
 
@@ -348,8 +379,15 @@ def main(
         tls: TLS to the control service (``ca_file`` to trust it, the certificate presented
             under mutual TLS); the serving process serves calls with the same certificate.
             None: plaintext everywhere.
+        bind_host: The address the serving process listens on and registers for clients;
+            defaults to ``VASTRPC_WORKER_HOST`` (a cluster provider sets the node's address),
+            else loopback.
     """
     from vastrpc.config import default_home
+
+    host = bind_host or os.environ.get(ENV_WORKER_HOST) or "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address, as host:port needs it
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s", stream=sys.stderr)
     if not token:
@@ -358,6 +396,6 @@ def main(
 
     async def run() -> int:
         # The agent's channel and events belong to the loop that runs it.
-        return await Agent(control_address, worker_id, token, home or default_home(), tls=tls).run()
+        return await Agent(control_address, worker_id, token, home or default_home(), bind_host=host, tls=tls).run()
 
     return asyncio.run(run())

@@ -73,6 +73,8 @@ class ServedFunction:
         self.generator = generator
         self.semaphore = asyncio.Semaphore(limit)
         self.queued = 0
+        # Wraps each call from its request for a slot to its answer: serve/metrics.py counts and times them.
+        self.track: Callable[[], contextlib.AbstractAsyncContextManager[Any]] = contextlib.nullcontext
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -266,7 +268,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             output = _output_for(stream, call_id) if start.stream_logs else None
             try:
                 try:
-                    async with asyncio.timeout(start.timeout or None), served.slot():
+                    async with served.track(), asyncio.timeout(start.timeout or None), served.slot():
                         with capturing_call(output) if output is not None else contextlib.nullcontext():
                             if served.generator:
                                 async for value in served.fn(*args, **kwargs):

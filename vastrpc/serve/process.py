@@ -28,6 +28,7 @@ from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import worker_pb2_grpc
 from vastrpc.deployment import Deployment, RemoteFunction
 from vastrpc.serve.invoke import ServedFunction, WorkerIdentity, WorkerServicer
+from vastrpc.serve.metrics import serve_worker_metrics
 from vastrpc.serve.output import capture_output
 
 log = logging.getLogger("vastrpc.serve")
@@ -229,19 +230,48 @@ async def serve(config: dict[str, Any], emit: Emit) -> int:
         tls=_tls(config),
     )
     address = f"{config.get('advertise_host', '127.0.0.1')}:{port}"
+    # Prometheus metrics when the agent asks (its control service serves metrics).
+    metrics = await serve_worker_metrics(servicer, config) if config.get("metrics") else None
+    metrics_address = metrics.address if metrics is not None else ""
     log.info("ready: serving %s on %s (score %.1f calls/s)", ", ".join(sorted(app.functions)), address, score)
-    emit("ready", address=address, score=score, capacity=servicer.capacity, scores=per_function)
+    emit(
+        "ready",
+        address=address,
+        score=score,
+        capacity=servicer.capacity,
+        scores=per_function,
+        metrics_address=metrics_address,
+    )
     await stop.wait()
     log.info("stopping: draining %d call(s) in flight", servicer.calls_in_flight)
     await servicer.drain()
     await health.enter_graceful_shutdown()
     await server.stop(config.get("grace", 10.0))
+    if metrics is not None:  # served through the drain: the agent reads the last counts
+        await metrics.close()
     await exit_contexts(entered)
     return 0
 
 
+def _exit_with_agent() -> None:
+    """Have the kernel SIGTERM this process (it drains and exits) when its agent dies (Linux).
+
+    An agent stopped in order stops its serving process first; one that is killed outright
+    (a cluster engine kills an actor's children with SIGKILL) would otherwise leave it serving.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``python -m vastrpc.serve.process EVENT_FD`` with the JSON config on stdin."""
+    _exit_with_agent()
     args = sys.argv[1:] if argv is None else argv
     events = os.fdopen(int(args[0]), "w", buffering=1)
     config = json.loads(sys.stdin.read())

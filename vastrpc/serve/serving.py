@@ -40,6 +40,7 @@ class ServingProcess:
         self.address = ""
         self.score = 0.0
         self.capacity = 0
+        self.metrics_address = ""  # host:port of its Prometheus metrics, when it serves them
         self.calls_started = 0  # as of the last load()
         self.exited = asyncio.get_running_loop().create_task(proc.wait())
         self._channel: grpc.aio.Channel | None = None
@@ -100,6 +101,7 @@ class ServingProcess:
                 await on_state(event["state"])
             elif kind == "ready":
                 self.address, self.score, self.capacity = event["address"], event["score"], event["capacity"]
+                self.metrics_address = event.get("metrics_address", "")
                 return
             elif kind == "failed":
                 await self.exited

@@ -172,10 +172,12 @@ class DownloadBundleRequest(_message.Message):
     def __init__(self, digest: _Optional[str] = ...) -> None: ...
 
 class DownloadBundleResponse(_message.Message):
-    __slots__ = ("chunk",)
+    __slots__ = ("chunk", "url")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
     chunk: bytes
-    def __init__(self, chunk: _Optional[bytes] = ...) -> None: ...
+    url: str
+    def __init__(self, chunk: _Optional[bytes] = ..., url: _Optional[str] = ...) -> None: ...
 
 class ProvisionRequest(_message.Message):
     __slots__ = ("endpoint_id", "revision_id")
@@ -226,21 +228,23 @@ class RegisterWorkerRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., pid: _Optional[int] = ..., hostname: _Optional[str] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
-    __slots__ = ("endpoint_id", "revision_id", "spec", "endpoint_token", "heartbeat_interval")
+    __slots__ = ("endpoint_id", "revision_id", "spec", "endpoint_token", "heartbeat_interval", "serve_metrics")
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    SERVE_METRICS_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
     revision_id: str
     spec: DeploymentSpec
     endpoint_token: str
     heartbeat_interval: float
-    def __init__(self, endpoint_id: _Optional[str] = ..., revision_id: _Optional[str] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., endpoint_token: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
+    serve_metrics: bool
+    def __init__(self, endpoint_id: _Optional[str] = ..., revision_id: _Optional[str] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., endpoint_token: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., serve_metrics: _Optional[bool] = ...) -> None: ...
 
 class UpdateWorkerRequest(_message.Message):
-    __slots__ = ("worker_id", "state", "revision_id", "address", "score", "capacity", "failure")
+    __slots__ = ("worker_id", "state", "revision_id", "address", "score", "capacity", "failure", "metrics_address")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REVISION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +252,7 @@ class UpdateWorkerRequest(_message.Message):
     SCORE_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     state: _common_pb2.WorkerState
     revision_id: str
@@ -255,23 +260,57 @@ class UpdateWorkerRequest(_message.Message):
     score: float
     capacity: int
     failure: _common_pb2.Failure
-    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.WorkerState, str]] = ..., revision_id: _Optional[str] = ..., address: _Optional[str] = ..., score: _Optional[float] = ..., capacity: _Optional[int] = ..., failure: _Optional[_Union[_common_pb2.Failure, _Mapping]] = ...) -> None: ...
+    metrics_address: str
+    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.WorkerState, str]] = ..., revision_id: _Optional[str] = ..., address: _Optional[str] = ..., score: _Optional[float] = ..., capacity: _Optional[int] = ..., failure: _Optional[_Union[_common_pb2.Failure, _Mapping]] = ..., metrics_address: _Optional[str] = ...) -> None: ...
 
 class UpdateWorkerResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("worker_id", "calls_in_flight", "calls_queued", "calls_started")
+    __slots__ = ("worker_id", "calls_in_flight", "calls_queued", "calls_started", "call_stats", "metrics_address")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CALLS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     CALLS_QUEUED_FIELD_NUMBER: _ClassVar[int]
     CALLS_STARTED_FIELD_NUMBER: _ClassVar[int]
+    CALL_STATS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     calls_in_flight: int
     calls_queued: int
     calls_started: int
-    def __init__(self, worker_id: _Optional[str] = ..., calls_in_flight: _Optional[int] = ..., calls_queued: _Optional[int] = ..., calls_started: _Optional[int] = ...) -> None: ...
+    call_stats: _containers.RepeatedCompositeFieldContainer[CallStats]
+    metrics_address: str
+    def __init__(self, worker_id: _Optional[str] = ..., calls_in_flight: _Optional[int] = ..., calls_queued: _Optional[int] = ..., calls_started: _Optional[int] = ..., call_stats: _Optional[_Iterable[_Union[CallStats, _Mapping]]] = ..., metrics_address: _Optional[str] = ...) -> None: ...
+
+class CallStats(_message.Message):
+    __slots__ = ("source", "functions")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    functions: _containers.RepeatedCompositeFieldContainer[FunctionCallStats]
+    def __init__(self, source: _Optional[str] = ..., functions: _Optional[_Iterable[_Union[FunctionCallStats, _Mapping]]] = ...) -> None: ...
+
+class FunctionCallStats(_message.Message):
+    __slots__ = ("function", "calls", "duration_bounds", "duration_buckets", "duration_sum")
+    class CallsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SUM_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    calls: _containers.ScalarMap[str, int]
+    duration_bounds: _containers.RepeatedScalarFieldContainer[float]
+    duration_buckets: _containers.RepeatedScalarFieldContainer[int]
+    duration_sum: float
+    def __init__(self, function: _Optional[str] = ..., calls: _Optional[_Mapping[str, int]] = ..., duration_bounds: _Optional[_Iterable[float]] = ..., duration_buckets: _Optional[_Iterable[int]] = ..., duration_sum: _Optional[float] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("stop",)
@@ -316,7 +355,14 @@ class ListDeploymentsRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("endpoint_id", "tag", "state", "revision_id", "workers", "autoscaling", "failure")
+    __slots__ = ("endpoint_id", "tag", "state", "revision_id", "workers", "autoscaling", "failure", "live_revision_tier", "ttl", "desired_workers", "last_client_seen", "worker_activity", "version_label")
+    class WorkerActivityEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: WorkerActivity
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[WorkerActivity, _Mapping]] = ...) -> None: ...
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     TAG_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -324,6 +370,12 @@ class Endpoint(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
+    LIVE_REVISION_TIER_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    LAST_CLIENT_SEEN_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_LABEL_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
     tag: str
     state: _common_pb2.EndpointState
@@ -331,7 +383,25 @@ class Endpoint(_message.Message):
     workers: _containers.RepeatedCompositeFieldContainer[_common_pb2.Worker]
     autoscaling: AutoscalingSpec
     failure: _common_pb2.Failure
-    def __init__(self, endpoint_id: _Optional[str] = ..., tag: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.EndpointState, str]] = ..., revision_id: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[_common_pb2.Worker, _Mapping]]] = ..., autoscaling: _Optional[_Union[AutoscalingSpec, _Mapping]] = ..., failure: _Optional[_Union[_common_pb2.Failure, _Mapping]] = ...) -> None: ...
+    live_revision_tier: _common_pb2.UpdateTier
+    ttl: float
+    desired_workers: int
+    last_client_seen: float
+    worker_activity: _containers.MessageMap[str, WorkerActivity]
+    version_label: str
+    def __init__(self, endpoint_id: _Optional[str] = ..., tag: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.EndpointState, str]] = ..., revision_id: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[_common_pb2.Worker, _Mapping]]] = ..., autoscaling: _Optional[_Union[AutoscalingSpec, _Mapping]] = ..., failure: _Optional[_Union[_common_pb2.Failure, _Mapping]] = ..., live_revision_tier: _Optional[_Union[_common_pb2.UpdateTier, str]] = ..., ttl: _Optional[float] = ..., desired_workers: _Optional[int] = ..., last_client_seen: _Optional[float] = ..., worker_activity: _Optional[_Mapping[str, WorkerActivity]] = ..., version_label: _Optional[str] = ...) -> None: ...
+
+class WorkerActivity(_message.Message):
+    __slots__ = ("calls_in_flight", "calls_queued", "calls_started", "started_at")
+    CALLS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    CALLS_QUEUED_FIELD_NUMBER: _ClassVar[int]
+    CALLS_STARTED_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    calls_in_flight: int
+    calls_queued: int
+    calls_started: int
+    started_at: float
+    def __init__(self, calls_in_flight: _Optional[int] = ..., calls_queued: _Optional[int] = ..., calls_started: _Optional[int] = ..., started_at: _Optional[float] = ...) -> None: ...
 
 class Deployment(_message.Message):
     __slots__ = ("deployment_id", "name", "endpoints", "created_at")
@@ -364,6 +434,28 @@ class GetWorkerLogsResponse(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     text: str
     def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class FollowLogsRequest(_message.Message):
+    __slots__ = ("worker_id", "name", "tag", "tail_lines", "follow")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    TAIL_LINES_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    name: str
+    tag: str
+    tail_lines: int
+    follow: bool
+    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., tag: _Optional[str] = ..., tail_lines: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class FollowLogsResponse(_message.Message):
+    __slots__ = ("worker_id", "text")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    text: str
+    def __init__(self, worker_id: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class TeardownRequest(_message.Message):
     __slots__ = ("name", "tag")

@@ -100,6 +100,11 @@ class ControlServiceStub:
                 request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.GetWorkerLogsRequest.SerializeToString,
                 response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.GetWorkerLogsResponse.FromString,
                 _registered_method=True)
+        self.FollowLogs = channel.unary_stream(
+                '/vastrpc.api.v1.ControlService/FollowLogs',
+                request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.FollowLogsRequest.SerializeToString,
+                response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.FollowLogsResponse.FromString,
+                _registered_method=True)
         self.Teardown = channel.unary_unary(
                 '/vastrpc.api.v1.ControlService/Teardown',
                 request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.TeardownRequest.SerializeToString,
@@ -132,7 +137,8 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DownloadBundle(self, request, context):
-        """Streams a stored bundle to a worker in chunks.
+        """Streams a stored bundle to a worker in chunks; a bundle store that hands out
+        download URLs (S3) answers with one message that carries a URL instead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,6 +204,14 @@ class ControlServiceServicer:
 
     def GetWorkerLogs(self, request, context):
         """The log of a worker (its install steps, and what its functions print).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FollowLogs(self, request, context):
+        """The logs of a worker, or of every worker of a deployment, in complete lines; with
+        follow, the stream stays open and sends lines as they are written.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -272,6 +286,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.GetWorkerLogs,
                     request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.GetWorkerLogsRequest.FromString,
                     response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.GetWorkerLogsResponse.SerializeToString,
+            ),
+            'FollowLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.FollowLogs,
+                    request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.FollowLogsRequest.FromString,
+                    response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.FollowLogsResponse.SerializeToString,
             ),
             'Teardown': grpc.unary_unary_rpc_method_handler(
                     servicer.Teardown,
@@ -609,6 +628,33 @@ class ControlService:
             '/vastrpc.api.v1.ControlService/GetWorkerLogs',
             vastrpc_dot_api_dot_v1_dot_control__pb2.GetWorkerLogsRequest.SerializeToString,
             vastrpc_dot_api_dot_v1_dot_control__pb2.GetWorkerLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FollowLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vastrpc.api.v1.ControlService/FollowLogs',
+            vastrpc_dot_api_dot_v1_dot_control__pb2.FollowLogsRequest.SerializeToString,
+            vastrpc_dot_api_dot_v1_dot_control__pb2.FollowLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,
