@@ -204,9 +204,27 @@ def _parser(home: Path) -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
 
-    worker = sub.add_parser("worker", help="run a worker agent (started by a provider, not by hand)")
+    worker = sub.add_parser(
+        "worker", help="run a worker agent: by hand with --join (e.g. on another host), or as a provider starts it"
+    )
     worker.add_argument("--control", required=True, help="host:port of the control service")
-    worker.add_argument("--worker-id", required=True, help="the id the control service gave this worker")
+    identity = worker.add_mutually_exclusive_group(required=True)
+    identity.add_argument(
+        "--join",
+        metavar="NAME[:TAG]",
+        help="join this deployment's endpoint as one more worker (needs the API key; counts toward max_workers)",
+    )
+    identity.add_argument(
+        "--worker-id", help="the id the control service gave this worker (providers pass it, with its token)"
+    )
+    worker.add_argument(
+        "--api-key", default=os.environ.get("VASTRPC_API_KEY"), help="the control service's API key (for --join)"
+    )
+    worker.add_argument(
+        "--host",
+        default=os.environ.get("VASTRPC_WORKER_HOST"),
+        help="the address this worker serves calls on, which clients must reach (default 127.0.0.1)",
+    )
     worker.set_defaults(func=_worker, home=home)
 
     def client_flags(p: argparse.ArgumentParser) -> None:
@@ -454,9 +472,30 @@ def _worker(args: argparse.Namespace) -> int:
     from vastrpc.config import tls_from_env
     from vastrpc.serve.agent import main as agent_main
 
-    token = os.environ.get(ENV_WORKER_TOKEN, "")
     # The provider that started this worker sets VASTRPC_TLS_* when the control service uses TLS.
-    return _call(agent_main, args.control, args.worker_id, token, home=args.home, tls=tls_from_env())
+    tls = tls_from_env()
+    worker_id, token = args.worker_id, os.environ.get(ENV_WORKER_TOKEN, "")
+    if args.join:
+        worker_id, token = asyncio.run(_join(args, tls))
+        print(f"joined {args.join} as worker {worker_id}", file=sys.stderr, flush=True)
+    return _call(agent_main, args.control, worker_id, token, home=args.home, tls=tls, bind_host=args.host)
+
+
+async def _join(args: argparse.Namespace, tls: Any) -> tuple[str, str]:
+    """Ask the control service to admit this worker to ``--join NAME[:TAG]``: its id and token."""
+    from vastrpc.client.control import ControlClient
+    from vastrpc.config import ClientConfig
+
+    if not args.api_key:
+        raise _Failure("--join needs the control service's API key: pass --api-key or set VASTRPC_API_KEY")
+    name, _, tag = args.join.partition(":")
+    config = ClientConfig(control_address=args.control, api_key=args.api_key, home=args.home, tls=tls)
+    client = await ControlClient.connect(config)
+    try:
+        joined = await client.join(name, tag)
+    finally:
+        await client.close()
+    return joined.worker_id, joined.worker_token
 
 
 def _deploy(args: argparse.Namespace) -> int:

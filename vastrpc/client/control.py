@@ -159,6 +159,10 @@ class ControlClient:
         )
         return resp.text
 
+    async def join(self, name: str, tag: str = "") -> control_pb2.JoinEndpointResponse:
+        """Admit a worker started by hand to the endpoint ``name:tag``; returns its id and token."""
+        return await self._unary(self.stub.JoinEndpoint, control_pb2.JoinEndpointRequest(name=name, tag=tag))
+
     async def teardown(self, name: str, tag: str = "") -> control_pb2.TeardownResponse:
         return await self._unary(self.stub.Teardown, control_pb2.TeardownRequest(name=name, tag=tag))
 

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from vastrpc._errors import DeploymentError, NotFoundError
 from vastrpc.api.v1 import control_pb2
+from vastrpc.control.leader import JOINED
 from vastrpc.control.rules import wake_workers
 from vastrpc.control.store import ACTIVE_WORKER_STATES, EndpointRow, Store, WorkerRow
 
@@ -312,7 +313,12 @@ class Autoscaler:
     def _plan(self, endpoint: EndpointRow, now: float) -> tuple[int, int] | None:
         """(desired, active workers) for the endpoint, or None to leave it alone this time."""
         live = endpoint.live_revision_id or ""
-        workers = self.store.list_workers(endpoint_id=endpoint.id, states=ACTIVE_WORKER_STATES)
+        # Workers joined by hand are outside autoscaling: their calls are load they take off the rest.
+        workers = [
+            w
+            for w in self.store.list_workers(endpoint_id=endpoint.id, states=ACTIVE_WORKER_STATES)
+            if w.owner != JOINED
+        ]
         load = sum(w.calls_in_flight for w in workers if now - w.last_heartbeat <= self.heartbeat_timeout)
         # Calls shorter than a heartbeat interval may never be seen in flight; a worker whose
         # count of started calls grew since the last look was in use all the same.

@@ -31,6 +31,11 @@ def _start_time(pid: int) -> str:
     return stat.rpartition(")")[2].split()[19]
 
 
+# The owner of a worker started by hand (`vastrpc worker --join`), maybe on another host: no
+# control service process owns it, and only its heartbeats tell whether it lives.
+JOINED = "joined"
+
+
 def process_owner() -> str:
     """This process as the owner of the workers it starts: ``host:pid:start``."""
     pid = os.getpid()

@@ -14,8 +14,8 @@ from typing import Any
 from vastrpc._errors import DefinitionError, DeploymentError, NotFoundError
 from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.control.blobs import BlobStore
-from vastrpc.control.leader import on_this_host, orphan_loss, owner_is_gone, process_owner
-from vastrpc.control.provider import Provider, pid_alive, start_options
+from vastrpc.control.leader import JOINED, on_this_host, orphan_loss, process_owner
+from vastrpc.control.provider import Provider, start_options
 from vastrpc.control.rollout import Rollouts
 from vastrpc.control.rules import (
     DEFAULT_TAG,
@@ -27,6 +27,7 @@ from vastrpc.control.rules import (
     read_log_tail,
     validate_spec,
 )
+from vastrpc.control.stopping import Stopping
 from vastrpc.control.store import ACTIVE_WORKER_STATES, EndpointRow, RevisionRow, Store, WorkerRow, new_id
 
 __all__ = ["Lifecycle", "Registration"]
@@ -45,7 +46,7 @@ class Registration:
     upload_required: bool
 
 
-class Lifecycle(Rollouts):
+class Lifecycle(Rollouts, Stopping):
     """The control service's decisions about endpoints and workers, on top of a store, blobs and a provider.
 
     Everything runs on the service's event loop. Changes to an endpoint or its workers
@@ -200,6 +201,7 @@ class Lifecycle(Rollouts):
         is cold at zero); a deploying one becomes ready once ``desired`` workers are.
         """
         active = self.store.list_workers(endpoint_id=endpoint_id, revision_id=revision.id, states=ACTIVE_WORKER_STATES)
+        active = [w for w in active if w.owner != JOINED]  # not this service's to count, start or stop
         ready = sum(1 for w in active if w.state == "ready")
         endpoint = self.store.get_endpoint(endpoint_id)
         serving = endpoint is not None and endpoint.state == "ready"
@@ -280,6 +282,48 @@ class Lifecycle(Rollouts):
                 self.store.update_worker(worker_id, pid=pid)
             started += 1
         return started
+
+    # -- workers joined by hand ---------------------------------------------------------
+
+    def join(self, name: str, tag: str = "") -> tuple[WorkerRow, str]:
+        """Admit a worker started by hand (``vastrpc worker --join``): returns its row and token.
+
+        It serves the endpoint's live revision beside the workers the control service runs,
+        and takes tier 1 and 2 updates in place like them. The control service never starts,
+        counts or signals it (it may run on another host): the autoscaler sizes the endpoint
+        without it, a teardown or a tier 3 update stops it through its WatchWorker stream, and
+        heartbeats tell whether it lives.
+
+        Raises:
+            NotFoundError: No such deployment or tag.
+            DeploymentError: The endpoint is not running.
+        """
+        tag = tag or DEFAULT_TAG
+        deployment = self.store.get_deployment_by_name(name)
+        endpoint = (
+            next((e for e in self.store.list_endpoints(deployment.id) if e.tag == tag), None) if deployment else None
+        )
+        if endpoint is None:
+            raise NotFoundError(f"no deployment {name}:{tag}: deploy it first (vastrpc deploy FILE)")
+        revision = self.store.get_revision(endpoint.live_revision_id) if endpoint.live_revision_id else None
+        if revision is None or endpoint.state not in ("ready", "deploying"):
+            raise DeploymentError(
+                f"{name}:{tag} is {endpoint.state}: deploy it again before a worker joins", step="join"
+            )
+        token = secrets.token_urlsafe(32)
+        worker = self.store.add_worker(
+            WorkerRow(
+                id=new_id("w"),
+                endpoint_id=endpoint.id,
+                revision_id=revision.id,
+                state="starting",
+                token_hash=hash_token(token),
+                owner=JOINED,
+            )
+        )
+        log.info("worker %s joined %s:%s by hand", worker.id, name, tag)
+        self.changed(endpoint.id)
+        return worker, token
 
     # -- worker reports ---------------------------------------------------------------
 
@@ -511,103 +555,6 @@ class Lifecycle(Rollouts):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
-
-    async def teardown(self, name: str, tag: str = "") -> tuple[int, int]:
-        """Stop a deployment's endpoints (one tag, or all) and their workers; returns (endpoints, workers)."""
-        deployment = self.store.get_deployment_by_name(name)
-        if deployment is None:
-            raise NotFoundError(f"no deployment named {name!r}")
-        endpoints = [e for e in self.store.list_endpoints(deployment.id) if not tag or e.tag == tag]
-        if tag and not endpoints:
-            raise NotFoundError(f"deployment {name!r} has no tag {tag!r}")
-        removed = stopped = 0
-        tasks: list[asyncio.Task[None]] = []
-        for endpoint in endpoints:
-            async with self._locks[endpoint.id], self.store.endpoint_lock(endpoint.id):
-                workers = self.store.list_workers(endpoint_id=endpoint.id)
-                # Also workers already marked stopped whose processes are still on their way out.
-                doomed = [w for w in workers if w.state != "stopped" or self.provider.is_running(w.id)]
-                with self.store.transaction():
-                    if endpoint.state != "stopped":
-                        removed += 1
-                        self.store.update_endpoint(endpoint.id, state="stopped")
-                    stopped += sum(1 for w in workers if w.state != "stopped")
-                    tasks += self._retire(doomed, wait=True)
-                    self._forget_secrets(endpoint.id)
-                self.changed(endpoint.id)
-        if tasks:
-            await asyncio.gather(*tasks)
-        log.info("tore down %s%s: %d endpoint(s), %d worker(s)", name, f":{tag}" if tag else "", removed, stopped)
-        return removed, stopped
-
-    def _forget_secrets(self, endpoint_id: str) -> None:
-        """A torn-down endpoint keeps no secret, even sealed: a redeploy sends them again."""
-        for revision in self.store.list_revisions(endpoint_id):
-            spec = control_pb2.DeploymentSpec.FromString(revision.spec)
-            if spec.image.sealed_secrets:
-                spec.image.ClearField("sealed_secrets")
-                self.store.set_revision_spec(revision.id, spec.SerializeToString(deterministic=True))
-
-    # -- startup and shutdown ---------------------------------------------------------
-
-    def recover(self) -> None:
-        """After a restart: workers of an earlier run whose process is gone are stopped.
-
-        On a shared store, only the workers of this host's control service processes that
-        are gone: other services' are theirs, and other hosts' the leader judges by heartbeats.
-        """
-        gone = []
-        for worker in self.store.list_workers(exclude_states=("stopped",)):
-            if self.store.shared and owner_is_gone(worker.owner, me=self.owner) is not True:
-                continue
-            unregistered = worker.state == "starting" and worker.last_heartbeat <= 0
-            if pid_alive(worker.pid) and not unregistered:
-                self._foreign[worker.id] = worker.pid
-            else:
-                gone.append(worker)
-                if unregistered and worker.pid:
-                    # It may have found the service down and be on its way out: a retry starts another.
-                    self._foreign[worker.id] = worker.pid
-                    self._spawn(self._stop_process(worker))
-        with self.store.transaction():
-            for worker in gone:
-                self.store.update_worker(worker.id, state="stopped")
-            for endpoint in self.store.list_endpoints():
-                if endpoint.state != "ready" or not endpoint.live_revision_id:
-                    continue
-                if self.store.shared and all(w.endpoint_id != endpoint.id for w in gone):
-                    continue  # another service may be scaling it
-                ready = self.store.list_workers(
-                    endpoint_id=endpoint.id, revision_id=endpoint.live_revision_id, states=("ready",)
-                )
-                if len(ready) < endpoint.desired_workers:
-                    # The next Provision starts the missing workers (it counts live ones).
-                    self.store.update_endpoint(endpoint.id, state="deploying")
-        if gone:
-            log.info("recovered: %d worker(s) of an earlier run are gone", len(gone))
-
-    async def shutdown(self) -> None:
-        """Stop every worker this service runs (the service is stopping)."""
-        self._shutting_down = True
-        # Watchers see the flag and end their streams instead of holding up the server's stop.
-        for endpoint_id in list(self._events):
-            self.changed(endpoint_id)
-        running = [w for w in self.store.list_workers() if self.provider.is_running(w.id) or w.id in self._foreign]
-        with self.store.transaction():
-            for worker in running:
-                if worker.state != "stopped":
-                    self.store.update_worker(worker.id, state="stopped")
-                    self.changed(worker.endpoint_id)
-        # Workers adopted from an earlier run of the service are not our children: stop them by pid.
-        foreign, self._foreign = self._foreign, {}
-        await asyncio.gather(
-            self.provider.stop_all(self.stop_grace),
-            *(self.provider.stop_worker(wid, self.stop_grace, pid=pid) for wid, pid in foreign.items()),
-        )
-        for task in list(self._background):
-            task.cancel()
-        if self._background:
-            await asyncio.wait(list(self._background), timeout=1)
 
 
 def _same_workload(live: RevisionRow, revision: RevisionRow) -> bool:

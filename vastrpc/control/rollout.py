@@ -9,6 +9,7 @@ from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from vastrpc._errors import DeploymentError
+from vastrpc.control.leader import JOINED
 from vastrpc.control.provider import Provider, start_options
 from vastrpc.control.rules import hash_token
 from vastrpc.control.store import ACTIVE_WORKER_STATES, RevisionRow, Store, WorkerRow
@@ -69,8 +70,9 @@ class Rollouts:
         self.changed(endpoint_id)
 
     def _ready_workers(self, endpoint_id: str, desired: int) -> list[WorkerRow]:
+        """Up to ``desired`` of the ready workers this service runs (joined ones are not in its count)."""
         ready = self.store.list_workers(endpoint_id=endpoint_id, states=("ready",))
-        return sorted(ready, key=lambda w: w.created_at)[:desired]
+        return sorted((w for w in ready if w.owner != JOINED), key=lambda w: w.created_at)[:desired]
 
     async def _update_in_place(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:
         """Tier 2: ready workers load the new revision beside the old one and switch over; ids stay.
@@ -80,7 +82,9 @@ class Rollouts:
         and benchmarked, then drains the old one. Workers not ready yet are replaced.
         """
         keep = self._ready_workers(endpoint_id, desired)
-        self._go_live(endpoint_id, revision, desired, keep)
+        # Workers joined by hand switch in place too; a tier 3 update (below) stops them instead.
+        joined = [w for w in self.store.list_workers(endpoint_id=endpoint_id, states=("ready",)) if w.owner == JOINED]
+        self._go_live(endpoint_id, revision, desired, keep + joined)
         return await self._start_workers(endpoint_id, revision, desired - len(keep))
 
     async def _restart_in_place(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:

@@ -464,6 +464,15 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         removed, stopped = await self.lifecycle.teardown(request.name, request.tag)
         return control_pb2.TeardownResponse(endpoints_removed=removed, workers_stopped=stopped)
 
+    @_unary
+    async def JoinEndpoint(
+        self, request: control_pb2.JoinEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.JoinEndpointResponse:
+        if not request.name:
+            raise DefinitionError("JoinEndpoint needs the deployment name")
+        worker, token = self.lifecycle.join(request.name, request.tag)
+        return control_pb2.JoinEndpointResponse(worker_id=worker.id, worker_token=token, endpoint_id=worker.endpoint_id)
+
 
 def _endpoint_failure(endpoint: EndpointRow) -> common_pb2.Failure | None:
     if not (endpoint.failure_step or endpoint.failure_message):

@@ -457,6 +457,24 @@ class FollowLogsResponse(_message.Message):
     text: str
     def __init__(self, worker_id: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
+class JoinEndpointRequest(_message.Message):
+    __slots__ = ("name", "tag")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tag: str
+    def __init__(self, name: _Optional[str] = ..., tag: _Optional[str] = ...) -> None: ...
+
+class JoinEndpointResponse(_message.Message):
+    __slots__ = ("worker_id", "worker_token", "endpoint_id")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    worker_token: str
+    endpoint_id: str
+    def __init__(self, worker_id: _Optional[str] = ..., worker_token: _Optional[str] = ..., endpoint_id: _Optional[str] = ...) -> None: ...
+
 class TeardownRequest(_message.Message):
     __slots__ = ("name", "tag")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -110,6 +110,11 @@ class ControlServiceStub:
                 request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.TeardownRequest.SerializeToString,
                 response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.TeardownResponse.FromString,
                 _registered_method=True)
+        self.JoinEndpoint = channel.unary_unary(
+                '/vastrpc.api.v1.ControlService/JoinEndpoint',
+                request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.JoinEndpointRequest.SerializeToString,
+                response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.JoinEndpointResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -224,6 +229,15 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JoinEndpoint(self, request, context):
+        """Admits a worker started by hand (`vastrpc worker --join`, e.g. on another host) to an
+        endpoint: returns its id and worker token. It counts toward the endpoint's max_workers;
+        the control service never starts or signals its process.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -296,6 +310,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.Teardown,
                     request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.TeardownRequest.FromString,
                     response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.TeardownResponse.SerializeToString,
+            ),
+            'JoinEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinEndpoint,
+                    request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.JoinEndpointRequest.FromString,
+                    response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.JoinEndpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -682,6 +701,33 @@ class ControlService:
             '/vastrpc.api.v1.ControlService/Teardown',
             vastrpc_dot_api_dot_v1_dot_control__pb2.TeardownRequest.SerializeToString,
             vastrpc_dot_api_dot_v1_dot_control__pb2.TeardownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vastrpc.api.v1.ControlService/JoinEndpoint',
+            vastrpc_dot_api_dot_v1_dot_control__pb2.JoinEndpointRequest.SerializeToString,
+            vastrpc_dot_api_dot_v1_dot_control__pb2.JoinEndpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,84 @@
+"""End to end: a worker started by hand (`vastrpc worker --join`) serves an endpoint beside the provider's."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+SOURCE = """
+import asyncio, os
+from vastrpc import Deployment
+
+app = Deployment(name="{name}")
+app.configure_autoscaling(min_workers=1, max_workers=1)
+
+@app.remote(max_concurrency=2, benchmark_dataset=[{{}}])
+async def where() -> str:
+    await asyncio.sleep(0.05)
+    return os.environ.get("VASTRPC_HOME", "")
+"""
+
+
+def _join(control_service, target: str, home, **extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "VASTRPC_HOME": str(home), "VASTRPC_API_KEY": control_service.api_key, **extra}
+    argv = [sys.executable, "-m", "vastrpc", "worker", "--control", control_service.address, "--join", target]
+    return subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+
+
+async def _ready_workers(project, app, count: int, timeout: float = 60) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = [w for w in (await project.endpoint(app))["workers"] if w["state"] == "READY"]
+        if len(workers) >= count or time.monotonic() > deadline:
+            return workers
+        await asyncio.sleep(0.2)
+
+
+async def test_a_joined_worker_serves_calls_and_stops_at_teardown(project, control_service, tmp_path) -> None:
+    mod = project(SOURCE)
+    await mod.app.ensure_ready()
+    elsewhere = tmp_path / "other-host-home"
+    joined = _join(control_service, mod.app.name, elsewhere)
+    try:
+        workers = await _ready_workers(project, mod.app, 2)
+        assert len(workers) == 2, joined.stderr.read() if joined.poll() is not None else workers
+        # The autoscaler leaves it alone (it sizes the endpoint without joined workers)...
+        await asyncio.sleep(2.5)
+        assert len(await _ready_workers(project, mod.app, 2)) == 2
+        # ... and calls reach both: the joined one runs with its own home.
+        homes = {info.value for info in await asyncio.gather(*(mod.where.call_with_info() for _ in range(40)))}
+        assert homes == {str(control_service.home), str(elsewhere)}
+
+        down = subprocess.run(
+            [sys.executable, "-m", "vastrpc", "teardown", mod.app.name, "--control", control_service.address],
+            env={**os.environ, "VASTRPC_API_KEY": control_service.api_key},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert down.returncode == 0, down.stderr
+        # Told to stop over its watch: the joined agent and its serving process exit by themselves.
+        assert joined.wait(timeout=30) == 0
+        # A torn-down endpoint takes no new worker.
+        refused = _join(control_service, mod.app.name, tmp_path / "late")
+        assert refused.wait(timeout=30) == 1
+        assert "stopped: deploy it again" in refused.stderr.read()
+    finally:
+        if joined.poll() is None:
+            joined.kill()
+            joined.wait()
+
+
+async def test_joining_what_does_not_exist_says_so(control_service, tmp_path) -> None:
+    missing = _join(control_service, "no-such-deployment", tmp_path / "h")
+    assert missing.wait(timeout=30) == 4  # not found
+    assert "no-such-deployment" in missing.stderr.read()
+    unauthorised = _join(control_service, "x", tmp_path / "h", VASTRPC_API_KEY="vk_wrong")
+    assert unauthorised.wait(timeout=30) == 3
