@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+ENTRYPOINT = Path(__file__).resolve().parents[2] / "worker" / "entrypoint.sh"
 
 SOURCE = """
 import asyncio, os
@@ -27,8 +30,17 @@ async def where() -> str:
 
 
 def _join(control_service, target: str, home, **extra: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "VASTRPC_HOME": str(home), "VASTRPC_API_KEY": control_service.api_key, **extra}
-    argv = [sys.executable, "-m", "vastrpc", "worker", "--control", control_service.address, "--join", target]
+    """``vastrpc worker --join`` started through worker/entrypoint.sh, as the worker image does."""
+    env = {
+        **os.environ,
+        "VASTRPC_HOME": str(home),
+        "VASTRPC_API_KEY": control_service.api_key,
+        "VASTRPC_CONTROL_ADDRESS": control_service.address,
+        "VASTRPC_JOIN": target,
+        "PYTHON": sys.executable,
+        **extra,
+    }
+    argv = ["sh", str(ENTRYPOINT)]
     return subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
 
 
@@ -82,3 +94,5 @@ async def test_joining_what_does_not_exist_says_so(control_service, tmp_path) ->
     assert "no-such-deployment" in missing.stderr.read()
     unauthorised = _join(control_service, "x", tmp_path / "h", VASTRPC_API_KEY="vk_wrong")
     assert unauthorised.wait(timeout=30) == 3
+    unset = _join(control_service, "x", tmp_path / "h", VASTRPC_JOIN="")
+    assert unset.wait(timeout=30) == 2 and "set VASTRPC_JOIN" in unset.stderr.read()
