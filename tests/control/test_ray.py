@@ -511,3 +511,53 @@ async def test_tls_files_travel_to_workers_on_ray_and_calls_use_tls(ray_cluster:
 
 async def _missing(path: Path) -> bool:
     return not path.exists()
+
+
+SCALING_SOURCE = """
+import asyncio
+from vastrpc import Deployment
+
+app = Deployment(name="{name}")
+app.configure_autoscaling(min_workers=1, max_workers=2, target_util=0.5)
+
+@app.remote(max_concurrency=1, benchmark_dataset=[{{"seconds": 0}}])
+async def busy(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+"""
+
+
+def _ray_scaling_flags(tmp_path: Path) -> list[str]:
+    return [*_ray_flags(tmp_path), "--scale-down-delay", "2", "--heartbeat-interval", "0.5"]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("control_service", [{"setup": _ray_scaling_flags, "env": RAY_ENV}], indirect=True)
+async def test_the_autoscaler_adds_and_removes_ray_actors_with_the_load(ray_cluster: RayCluster, project) -> None:
+    mod = project(SCALING_SOURCE)
+    await mod.app.ensure_ready()
+    assert len(await asyncio.to_thread(_actors, ray_cluster)) == 1
+
+    async def load(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await mod.busy(0.3)
+
+    stop = asyncio.Event()
+    callers = [asyncio.ensure_future(load(stop)) for _ in range(6)]
+    try:
+        # Six callers on one slot: the autoscaler places a second worker on the cluster.
+        await _until(lambda: _count_actors(ray_cluster, 2), 90, "scaling up to 2 Ray actors")
+        await _until(lambda: _ready_count(project, mod.app, 2), 90, "the second worker getting ready")
+    finally:
+        stop.set()
+        await asyncio.gather(*callers)
+    # Idle for longer than the scale-down delay: back to min_workers, the extra actor gone.
+    await _until(lambda: _count_actors(ray_cluster, 1), 90, "scaling back down to 1 Ray actor")
+
+
+async def _count_actors(cluster: RayCluster, count: int) -> bool:
+    return len(await asyncio.to_thread(_actors, cluster)) == count
+
+
+async def _ready_count(project, app, count: int) -> bool:
+    return sum(w["state"] == "READY" for w in (await project.endpoint(app))["workers"]) == count
