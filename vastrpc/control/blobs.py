@@ -84,21 +84,24 @@ class BlobStore(Protocol):
         """
 
 
-class _LocalWriter:
-    """Writes to a temporary file next to the bundles; renames it into place once verified."""
+class VerifyingWriter:
+    """What every store's writer checks: the bytes received are the announced size and digest.
 
-    def __init__(self, root: Path, digest: str, size: int) -> None:
-        self._final = root / digest
+    Subclasses call ``_accept`` with each chunk before storing it and ``_verify`` before
+    making the bundle visible; both abort the upload (``abort``) on a violation.
+    """
+
+    def __init__(self, digest: str, size: int) -> None:
         self._digest = digest
         self._size = size
         self._hash = hashlib.sha256()
         self._written = 0
-        fd, name = tempfile.mkstemp(prefix=f".{digest[:16]}.", suffix=".part", dir=root)
-        self._tmp = Path(name)
-        self._file = os.fdopen(fd, "wb")
         self._done = False
 
-    def write(self, chunk: bytes) -> None:
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def _accept(self, chunk: bytes) -> None:
         if self._done:
             raise BundleError("bundle writer already closed")
         self._written += len(chunk)
@@ -106,9 +109,8 @@ class _LocalWriter:
             self.abort()
             raise BundleError(f"bundle {self._digest[:12]} is larger than its announced {self._size} bytes")
         self._hash.update(chunk)
-        self._file.write(chunk)
 
-    def commit(self) -> bool:
+    def _verify(self) -> None:
         if self._done:
             raise BundleError("bundle writer already closed")
         if self._written != self._size:
@@ -120,6 +122,24 @@ class _LocalWriter:
         if actual != self._digest:
             self.abort()
             raise BundleError(f"bundle digest mismatch: announced {self._digest}, received data hashes to {actual}")
+
+
+class _LocalWriter(VerifyingWriter):
+    """Writes to a temporary file next to the bundles; renames it into place once verified."""
+
+    def __init__(self, root: Path, digest: str, size: int) -> None:
+        super().__init__(digest, size)
+        self._final = root / digest
+        fd, name = tempfile.mkstemp(prefix=f".{digest[:16]}.", suffix=".part", dir=root)
+        self._tmp = Path(name)
+        self._file = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        self._accept(chunk)
+        self._file.write(chunk)
+
+    def commit(self) -> bool:
+        self._verify()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()

@@ -9,7 +9,6 @@ to fix.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -21,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from vastrpc._errors import BundleError, ControlServiceError, DefinitionError, NotFoundError
-from vastrpc.control.blobs import check_digest, is_digest
+from vastrpc.control.blobs import VerifyingWriter, check_digest, is_digest
 
 __all__ = ["S3BlobStore", "S3Error", "is_transient"]
 
@@ -416,7 +415,7 @@ class S3BlobStore:
                 self._listing[1][digest] = stored_at
 
 
-class _S3Writer:
+class _S3Writer(VerifyingWriter):
     """Streams an upload into S3: one PutObject when small, else a multipart upload in ``part_size`` parts.
 
     The digest is computed as the bytes go by and checked before the object is completed:
@@ -424,16 +423,12 @@ class _S3Writer:
     """
 
     def __init__(self, store: S3BlobStore, digest: str, size: int) -> None:
+        super().__init__(digest, size)
         self._store = store
-        self._digest = digest
-        self._size = size
         self._key = store.key(digest)
-        self._hash = hashlib.sha256()
-        self._written = 0
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
-        self._done = False
         # The service runs each call in a thread: an abort (a cancelled upload) waits for the
         # part in flight, so that no multipart upload is started after it.
         self._lock = threading.RLock()
@@ -449,13 +444,7 @@ class _S3Writer:
             self._write(chunk)
 
     def _write(self, chunk: bytes) -> None:
-        if self._done:
-            raise BundleError("bundle writer already closed")
-        self._written += len(chunk)
-        if self._written > self._size:
-            self.abort()
-            raise BundleError(f"bundle {self._digest[:12]} is larger than its announced {self._size} bytes")
-        self._hash.update(chunk)
+        self._accept(chunk)
         self._buffer += chunk
         part_size = self._store.part_size
         try:
@@ -499,17 +488,7 @@ class _S3Writer:
             return self._commit()
 
     def _commit(self) -> bool:
-        if self._done:
-            raise BundleError("bundle writer already closed")
-        if self._written != self._size:
-            self.abort()
-            raise BundleError(
-                f"bundle {self._digest[:12]} is incomplete: received {self._written} of {self._size} announced bytes"
-            )
-        actual = self._hash.hexdigest()
-        if actual != self._digest:
-            self.abort()
-            raise BundleError(f"bundle digest mismatch: announced {self._digest}, received data hashes to {actual}")
+        self._verify()
         store = self._store
         try:
             if store.has(self._digest):
