@@ -203,6 +203,15 @@ def _parser(home: Path) -> argparse.ArgumentParser:
         p.add_argument("--home", type=Path, default=home, help=f"state folder (default {home})")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
+    cert = control_sub.add_parser(
+        "issue-cert", help="sign a certificate for a worker on another host with the home's CA (--tls auto)"
+    )
+    cert.add_argument("--home", type=Path, default=home, help=f"state folder (default {home})")
+    cert.add_argument(
+        "--host", action="append", required=True, metavar="ADDRESS", help="an address the worker serves on (repeatable)"
+    )
+    cert.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to write cert.pem, key.pem, ca.pem")
+    cert.set_defaults(func=_control_issue_cert)
 
     worker = sub.add_parser(
         "worker", help="run a worker agent: by hand with --join (e.g. on another host), or as a provider starts it"
@@ -458,6 +467,35 @@ def _control_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _control_issue_cert(args: argparse.Namespace) -> int:
+    """A server-and-client certificate for ``--host`` addresses, signed by the CA ``--tls auto`` made."""
+    import shutil
+
+    from vastrpc._tls import issue_certificate
+
+    folder = args.home.expanduser() / "tls"
+    ca, ca_key = folder / "ca.pem", folder / "ca.key"
+    if not (ca.exists() and ca_key.exists()):
+        raise _Failure(
+            f"no CA in {folder}: it is made by `vastrpc control serve --tls auto` (with your own CA, sign there)"
+        )
+    out = args.out.expanduser()
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cert, key = issue_certificate(
+        ca,
+        ca_key,
+        out / "cert.pem",
+        out / "key.pem",
+        common_name="vastrpc worker",
+        hosts=args.host,
+        client=True,
+        server=True,
+    )
+    shutil.copyfile(ca, out / "ca.pem")
+    print(f"export VASTRPC_TLS_CA={out / 'ca.pem'} VASTRPC_TLS_CERT={cert} VASTRPC_TLS_KEY={key}")
+    return EXIT_OK
+
+
 # -- worker and deploy -----------------------------------------------------------------------------
 
 
@@ -476,6 +514,12 @@ def _worker(args: argparse.Namespace) -> int:
     tls = tls_from_env()
     worker_id, token = args.worker_id, os.environ.get(ENV_WORKER_TOKEN, "")
     if args.join:
+        if tls is not None and tls.cert_file is None:
+            raise _Failure(
+                "the control service uses TLS, so this worker serves its calls with TLS too: it needs a certificate "
+                "for --host signed by the CA clients trust (VASTRPC_TLS_CERT, VASTRPC_TLS_KEY); "
+                "`vastrpc control issue-cert --host ADDRESS --out DIR` on the control service's machine makes one"
+            )
         worker_id, token = asyncio.run(_join(args, tls))
         print(f"joined {args.join} as worker {worker_id}", file=sys.stderr, flush=True)
     return _call(agent_main, args.control, worker_id, token, home=args.home, tls=tls, bind_host=args.host)

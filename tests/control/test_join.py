@@ -96,3 +96,35 @@ async def test_joining_what_does_not_exist_says_so(control_service, tmp_path) ->
     assert unauthorised.wait(timeout=30) == 3
     unset = _join(control_service, "x", tmp_path / "h", VASTRPC_JOIN="")
     assert unset.wait(timeout=30) == 2 and "set VASTRPC_JOIN" in unset.stderr.read()
+
+
+@pytest.mark.parametrize("control_service", [{"args": ["--tls", "auto"]}], indirect=True)
+async def test_a_joined_worker_under_tls_serves_with_a_certificate_the_ca_signed(project, control_service, tmp_path):
+    mod = project(SOURCE)
+    await mod.app.ensure_ready()
+    ca = control_service.home / "tls" / "ca.pem"
+    # With only the CA it could reach the control service but not serve TLS itself: refused before joining.
+    bare = _join(control_service, mod.app.name, tmp_path / "h", VASTRPC_TLS_CA=str(ca))
+    assert bare.wait(timeout=30) == 1
+    assert "vastrpc control issue-cert" in bare.stderr.read()
+    assert len((await project.endpoint(mod.app))["workers"]) == 1
+
+    issued = subprocess.run(
+        [sys.executable, "-m", "vastrpc", "control", "issue-cert", "--home", str(control_service.home)]
+        + ["--host", "127.0.0.1", "--out", str(tmp_path / "worker-tls")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert issued.returncode == 0, issued.stderr
+    env = dict(item.split("=", 1) for item in issued.stdout.split()[1:])  # "export A=... B=... C=..."
+    assert set(env) == {"VASTRPC_TLS_CA", "VASTRPC_TLS_CERT", "VASTRPC_TLS_KEY"}
+    elsewhere = tmp_path / "other-host-home"
+    joined = _join(control_service, mod.app.name, elsewhere, **env)
+    try:
+        assert len(await _ready_workers(project, mod.app, 2)) == 2
+        homes = {info.value for info in await asyncio.gather(*(mod.where.call_with_info() for _ in range(40)))}
+        assert str(elsewhere) in homes  # the client reached it over TLS, trusting the same CA
+    finally:
+        joined.terminate()
+        assert joined.wait(timeout=30) == 0  # SIGTERM: drains and leaves
