@@ -22,6 +22,16 @@ from vastrpc import Deployment
 app = Deployment(name="{name}")
 app.configure_autoscaling(min_workers=1, max_workers=1)
 
+@app.context
+class Host:
+    async def __aenter__(self):
+        if os.environ.get("BROKEN_HOST"):
+            raise RuntimeError("this host is broken")
+        return self
+
+    async def __aexit__(self, *exc):
+        pass
+
 @app.remote(max_concurrency=2, benchmark_dataset=[{{}}])
 async def where() -> str:
     await asyncio.sleep(0.05)
@@ -128,3 +138,16 @@ async def test_a_joined_worker_under_tls_serves_with_a_certificate_the_ca_signed
     finally:
         joined.terminate()
         assert joined.wait(timeout=30) == 0  # SIGTERM: drains and leaves
+
+
+async def test_a_joined_worker_that_fails_fails_alone(project, control_service, tmp_path) -> None:
+    mod = project(SOURCE)
+    await mod.app.ensure_ready()
+    broken = _join(control_service, mod.app.name, tmp_path / "broken-host", BROKEN_HOST="1")
+    assert broken.wait(timeout=60) != 0
+    assert "this host is broken" in broken.stderr.read()
+    endpoint = await project.endpoint(mod.app)
+    # The endpoint and the worker the service runs are untouched; only the joined one failed.
+    assert endpoint["state"] == "READY"
+    assert sorted(w["state"] for w in endpoint["workers"]) == ["FAILED", "READY"]
+    assert await mod.where() == str(control_service.home)

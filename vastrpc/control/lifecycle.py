@@ -474,6 +474,8 @@ class Lifecycle(Rollouts, Stopping):
         endpoint = self.store.get_endpoint(worker.endpoint_id)
         if endpoint is None or endpoint.live_revision_id != worker.revision_id or endpoint.state != "ready":
             return
+        if worker.owner == JOINED:
+            return  # not one the endpoint counts on: the workers the service runs are as they were
         ready = self.store.list_workers(endpoint_id=endpoint.id, revision_id=worker.revision_id, states=("ready",))
         if not ready and replace:
             self.store.update_endpoint(endpoint.id, state="deploying")
@@ -488,7 +490,8 @@ class Lifecycle(Rollouts, Stopping):
             worker.id, state="failed", failure_step=step, failure_message=message, failure_log_tail=log_tail
         )
         log.warning("worker %s failed at %s: %s", worker.id, step, message)
-        if fail_endpoint:
+        # A worker joined by hand fails alone: its host or setup is not the deployment's fault.
+        if fail_endpoint and worker.owner != JOINED:
             self._fail_endpoint(worker.endpoint_id, worker.revision_id, step, message, log_tail)
         self.changed(worker.endpoint_id)
 
