@@ -7,6 +7,8 @@ import contextlib
 import gzip
 import json
 import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -119,6 +121,15 @@ async def wait_until(condition: Any, timeout: float, what: str) -> Any:
 async def test_control_and_worker_metrics_count_every_call(project, control_service) -> None:
     info = json.loads((control_service.home / "control.json").read_text())
     metrics = info["metrics_address"]
+    # `vastrpc control status` says where the metrics are, and that this (sole) service leads.
+    status = subprocess.run(
+        [sys.executable, "-m", "vastrpc", "control", "status", "--json", "--home", str(control_service.home)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert status.returncode == 0, status.stderr
+    assert (json.loads(status.stdout)["metrics_address"], json.loads(status.stdout)["leader"]) == (metrics, True)
     assert listening_ports(control_service.process.pid) == {port(info["address"]), port(metrics)}
 
     mod = project(source(1))

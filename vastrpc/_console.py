@@ -400,4 +400,8 @@ def print_status(status: dict[str, Any], home: Path) -> None:
     print(f"  security  {tls}")
     print(f"  pid       {status['pid']}")
     print(f"  started   {started} (up {duration(time.time() - started_at)})")
+    if "leader" in status:
+        print(f"  role      {'leader' if status['leader'] else 'follower (another service leads)'}")
+    if status.get("metrics_address"):
+        print(f"  metrics   http://{status['metrics_address']}/metrics")
     print(f"  home      {home}")

@@ -460,7 +460,7 @@ def _control_status(args: argparse.Namespace) -> int:
             print(f"not running (home {home})")
         return EXIT_UNREACHABLE
     if args.json:
-        keys = ("address", "pid", "tls", "tls_ca", "tls_client_cert", "started_at", "home")
+        keys = ("address", "pid", "tls", "tls_ca", "tls_client_cert", "leader", "metrics_address", "started_at", "home")
         print_json({"running": True, **{k: status.get(k) for k in keys}})
         return EXIT_OK
     print_status(status, home)
