@@ -73,6 +73,75 @@ async def square(x: int) -> int:
 """
 
 
+STREAMS = """
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from vastrpc import Deployment
+
+app = Deployment(name="{name}")
+app.configure_autoscaling(min_workers=2, max_workers=2)
+
+@app.remote()
+async def ticks(n: int, delay: float, record: str = ""):
+    # How it ended goes to the file `record`: the workers share this machine's disk.
+    produced, how = 0, "running"
+    try:
+        for i in range(n):
+            if i:
+                await asyncio.sleep(delay)
+            print(f"tick {{i}}")
+            produced += 1
+            yield {{"i": i, "at": time.time()}}
+        how = "finished"
+    except asyncio.CancelledError:
+        how = "cancelled"
+        raise
+    finally:
+        if record:  # written whole, then renamed: record_of never reads half a file
+            Path(record + ".tmp").write_text(json.dumps({{"produced": produced, "how": how, "at": time.time()}}))
+            os.replace(record + ".tmp", record)
+
+@app.remote()
+async def record_of(path: str, wait: float):
+    deadline = time.monotonic() + wait
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return json.loads(Path(path).read_text()) if os.path.exists(path) else None
+
+@app.remote()
+async def raising(n: int):
+    for i in range(n):
+        yield i
+    raise ValueError(f"stopped after {{n}} values")
+
+@app.remote()
+async def empty():
+    return
+    yield
+
+@app.remote(benchmark_dataset=[{{"x": 1}}])
+async def plain(x: int) -> int:
+    return x + 1
+
+@app.remote()
+async def shout(text: str) -> str:
+    print(text)
+    print("careful", file=sys.stderr)
+    return text.upper()
+
+@app.remote(max_concurrency=1, max_queue=0)
+async def exclusive(n: int, delay: float):
+    # One call at a time per worker, none queued: a second is refused (OVERLOADED) before it runs.
+    for _ in range(n):
+        yield os.getppid()  # the worker agent's pid, as the control service lists it
+        await asyncio.sleep(delay)
+"""
+
+
 def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=CLIENT, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
@@ -124,6 +193,24 @@ async def _node(node: str, script: str, args: list[str], env: dict[str, str], st
     return process.returncode, out.decode(), err.decode()
 
 
+async def _two_ready_workers(project: Any, app: Any) -> list[dict[str, Any]]:
+    """Both workers of ``app``, ready: ensure_ready returns once the endpoint is, so wait for the second."""
+    for _ in range(100):
+        workers = await project.workers(app)
+        if len(workers) == 2 and all(w["state"] == "READY" for w in workers):
+            break
+        await asyncio.sleep(0.1)
+    assert len(workers) == 2 and all(w["state"] == "READY" for w in workers), workers
+    return workers
+
+
+async def _stream(node: str, env: dict[str, str], *args: str) -> tuple[int, list[dict[str, Any]]]:
+    """The exit status of ``stream.js`` and its JSON lines."""
+    code, out, err = await _node(node, "stream.js", list(args), env)
+    assert err == "", err
+    return code, [json.loads(line) for line in out.splitlines()]
+
+
 async def _run_calls(
     node: str, env: dict[str, str], deployment: str, calls: list[dict[str, Any]], *flags: str
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -139,13 +226,7 @@ async def _run_calls(
 async def test_json_calls_errors_and_both_workers(node, project, control_service) -> None:
     mod = project(FUNCTIONS)
     await mod.app.ensure_ready()
-    for _ in range(100):  # ensure_ready returns once the endpoint is ready: wait for the second worker too
-        workers = await project.workers(mod.app)
-        if len(workers) == 2 and all(w["state"] == "READY" for w in workers):
-            break
-        await asyncio.sleep(0.1)
-    worker_ids = {w["worker_id"] for w in workers}
-    assert len(worker_ids) == 2
+    worker_ids = {w["worker_id"] for w in await _two_ready_workers(project, mod.app)}
     env = _env(control_service)
     nested = {"list": [1, 2.5, "three", None, True, {"deep": ["x"]}], "unicode": "héllo ✓", "empty": {}}
     big = "x" * (3 << 20)  # three 1 MiB chunks and a bit: CallStart plus CallData messages
@@ -198,6 +279,7 @@ async def test_json_calls_errors_and_both_workers(node, project, control_service
     assert errors[11]["name"] == "RemoteError" and errors[11]["type"] == "TypeError"  # add(1): a missing argument
     assert errors[12]["name"] == "CallTimeoutError"
     assert errors[13]["name"] == "CallError" and "async generator" in errors[13]["message"]
+    assert "endpoint.stream()" in errors[13]["message"]  # says what to use instead
     assert time.monotonic() - started < 30  # the timed-out call did not wait its 30 s
 
     # Sixteen calls with eight in flight: fewest-in-flight routing spreads them over both workers.
@@ -262,3 +344,112 @@ async def test_mutual_tls_to_control_service_and_worker(node, project, control_s
     # Plaintext to a TLS service: refused with a clear error, not a hang.
     code, out, err = await _node(node, "example.js", [mod.app.name, "square", "[12]"], _env(control_service, tls=False))
     assert code == 1 and out == "" and "ControlUnavailableError" in err, err
+
+
+@pytest.mark.timeout(300)
+async def test_streaming_async_generators(node, project, control_service, tmp_path) -> None:
+    mod = project(STREAMS)
+    await mod.app.ensure_ready()
+    workers = await _two_ready_workers(project, mod.app)
+    env = _env(control_service)
+    name = mod.app.name
+
+    # Values in order, each one as the generator yields it (0.5 s apart), its output before it.
+    code, lines = await _stream(node, env, name, "ticks", "[4, 0.5]", "--logs")
+    assert code == 0, lines
+    values = [line for line in lines if "value" in line]
+    assert [v["value"]["i"] for v in values] == [0, 1, 2, 3]
+    produced = [v["value"]["at"] for v in values]
+    received = [v["received_at"] for v in values]
+    assert received[0] < produced[3] and received[1] < produced[3], (received, produced)  # not all at the end
+    assert received[3] - received[0] >= 1.2
+    assert lines[-2:-1] == [{"end": "done", "values": 4}] and "workers" in lines[-1]
+    logged = ""
+    for line in lines:
+        if "log" in line:
+            assert line["log"] == "stdout"
+            logged += line["text"]
+        elif "value" in line:
+            assert logged.endswith(f"tick {line['value']['i']}\n"), logged
+    assert logged == "tick 0\ntick 1\ntick 2\ntick 3\n"
+
+    # Leaving the loop early cancels the generator on the worker (its finally runs), over the stream
+    # that stays open: --then calls record_of on the same connections before the client closes.
+    record = str(tmp_path / "ticks.json")
+    code, lines = await _stream(
+        node,
+        env,
+        name,
+        "ticks",
+        json.dumps([40, 0.5, record]),
+        "--take",
+        "2",
+        "--then",
+        "record_of",
+        f'["{record}", 15]',
+    )
+    assert code == 0, lines
+    assert [line["value"]["i"] for line in lines if "value" in line] == [0, 1]
+    (stopped,) = [line for line in lines if "end" in line]
+    (then,) = [line["then"] for line in lines if "then" in line]
+    assert stopped["end"] == "stopped" and stopped["values"] == 2
+    assert then is not None, "the generator was not stopped: it would have run for 20 s"
+    assert then["how"] == "cancelled" and then["produced"] <= 3, then
+    assert then["at"] - stopped["at"] < 5, (then, stopped)
+
+    # A generator that raises: its values, then RemoteError from the iterator.
+    code, lines = await _stream(node, env, name, "raising", "[3]")
+    assert code == 1
+    assert [line["value"] for line in lines if "value" in line] == [0, 1, 2]
+    (failed,) = [line for line in lines if "error" in line]
+    error = failed["error"]
+    assert failed["values"] == 3 and error["name"] == "RemoteError" and error["type"] == "ValueError"
+    assert error["remote_message"] == "stopped after 3 values"
+    assert 'raise ValueError(f"stopped after {n} values")' in error["traceback"]
+
+    # An empty generator ends at once; a plain function is refused, pointing to call().
+    code, lines = await _stream(node, env, name, "empty")
+    assert code == 0 and lines[0] == {"end": "done", "values": 0}
+    code, lines = await _stream(node, env, name, "plain", "[1]")
+    assert code == 1 and lines[0]["error"]["name"] == "CallError"
+    assert "not an async generator" in lines[0]["error"]["message"] and "call()" in lines[0]["error"]["message"]
+
+    # A plain call's output reaches onLog too, and only when asked for.
+    results, _ = await _run_calls(
+        node, env, name, [{"function": "shout", "args": ["hi"], "logs": True}, {"function": "shout", "args": ["x"]}]
+    )
+    assert results[0]["value"] == "HI" and results[0]["logs"] == [["stdout", "hi\n"], ["stderr", "careful\n"]]
+    assert results[1]["value"] == "X" and "logs" not in results[1]
+
+    # The timeout bounds the whole call, values included.
+    started = time.monotonic()
+    code, lines = await _stream(node, env, name, "ticks", "[40, 0.5]", "--timeout", "1.2")
+    assert code == 1 and lines[-1]["error"]["name"] == "CallTimeoutError", lines
+    assert 1 <= lines[-1]["values"] <= 4
+    assert time.monotonic() - started < 15
+
+    # A call refused before its first value goes to the other worker. The Python client holds the only
+    # slot of the worker this client tries first (the lowest id), so that worker refuses it (OVERLOADED).
+    first, second = workers
+    held = []
+    try:
+        for _ in range(2):
+            values_iter = mod.exclusive.stream(1000, 0.2)
+            held.append(values_iter)
+            if await anext(values_iter) == first["pid"]:
+                break
+        else:
+            pytest.fail(f"neither Python stream ran on {first['worker_id']}")
+        if len(held) == 2:  # the first ran on the second worker: free that worker again
+            await held[0].aclose()
+            await asyncio.sleep(1)  # its CallCancel reaches the worker, which releases the slot
+        code, lines = await _stream(node, env, name, "exclusive", "[3, 0.05]")
+    finally:
+        for values_iter in held:
+            await values_iter.aclose()
+    assert code == 0, lines
+    assert [line["value"] for line in lines if "value" in line] == [second["pid"]] * 3
+    assert {w["worker_id"]: w["calls"] for w in lines[-1]["workers"]} == {
+        first["worker_id"]: 1,
+        second["worker_id"]: 1,
+    }

@@ -15,6 +15,7 @@ import {
 } from './errors';
 import type { WatchEndpointResponse } from './messages';
 import { CallNotDelivered, WorkerConnection } from './worker';
+import type { LogHandler } from './worker';
 
 /** A call's result and where it ran. */
 export interface CallInfo<T> {
@@ -34,6 +35,12 @@ export interface CallOptions {
   timeout?: number;
   /** Seconds to wait for a ready worker; the endpoint's default when unset. */
   readyTimeout?: number;
+  /**
+   * Takes what the function prints or logs during the call (`'stdout'` or `'stderr'`, then the text, in order
+   * but not split at line ends). When set, the worker sends the call's output back (it logs it either way);
+   * unset, none is sent. An error it throws ends the call.
+   */
+  onLog?: LogHandler;
 }
 
 /** A ready worker as the router sees it. */
@@ -329,7 +336,7 @@ export class Endpoint {
       const conn = await this.pick(deadline, overloaded, waitSeconds);
       let received;
       try {
-        received = await conn.invoke(fn, payload, options.timeout);
+        received = await conn.invoke(fn, payload, options.timeout, options.onLog);
       } catch (err) {
         // A call that never ran (draining, at its limits, unreachable) goes to another worker.
         if (!(err instanceof CallNotDelivered) || Date.now() >= deadline) {
@@ -347,6 +354,66 @@ export class Endpoint {
         revisionId: received.revisionId,
         seconds: (Date.now() - started) / 1000,
       };
+    }
+  }
+
+  /**
+   * Call a deployed async generator function and iterate its values, decoded from JSON, as the worker yields them.
+   *
+   * The call starts on the first `next()` (the first turn of a `for await` loop). Leaving the loop early
+   * (`break`, `return` or an exception) cancels the call: the generator stops on the worker and its `finally`
+   * blocks run there. A call a worker refused before running it (draining, at its limits) goes to another
+   * worker; once a value has arrived, a failure ends the iteration with its error. Values the consumer has not
+   * asked for yet wait in memory.
+   *
+   * @example
+   * for await (const token of endpoint.stream<string>('generate', ['a prompt'])) {
+   *   process.stdout.write(token);
+   * }
+   *
+   * @param fn The generator function's name.
+   * @param args Positional arguments.
+   * @param kwargs Keyword arguments.
+   * @param options `timeout` bounds the whole call (every value); `readyTimeout` the wait for a ready worker.
+   * @throws (from the iterator) RemoteError when the generator raised (after the values it yielded);
+   *   CallError when `fn` is a plain async function (use `call`); the others as for `call`.
+   */
+  async *stream<T = unknown>(
+    fn: string,
+    args: unknown[] = [],
+    kwargs: Record<string, unknown> = {},
+    options: CallOptions = {},
+  ): AsyncGenerator<T, void, undefined> {
+    const payload = encodeArguments(args, kwargs);
+    const waitSeconds = options.readyTimeout ?? this.readyTimeout;
+    const deadline = Date.now() + waitSeconds * 1000;
+    const overloaded = new Set<string>();
+    for (let attempt = 1; ; attempt++) {
+      const conn = await this.pick(deadline, overloaded, waitSeconds);
+      const values = conn.stream(fn, payload, options.timeout, options.onLog);
+      let first: IteratorResult<Buffer, void>;
+      try {
+        first = await values.next();
+      } catch (err) {
+        // Refused before it ran: another worker may take it. Past the first value it may have run: never repeated.
+        if (!(err instanceof CallNotDelivered) || Date.now() >= deadline) {
+          throw err;
+        }
+        if (err.overloaded) {
+          overloaded.add(conn.workerId);
+        }
+        await sleep(Math.min(10 * attempt, 200));
+        continue;
+      }
+      try {
+        for (let item = first; !item.done; item = await values.next()) {
+          yield decodeResult<T>(item.value, fn);
+        }
+      } finally {
+        // A no-op once the call has ended; otherwise it runs the inner finally, which sends CallCancel.
+        await values.return(undefined);
+      }
+      return;
     }
   }
 

@@ -7,6 +7,7 @@ export type { ClientOptions } from './client';
 export type { TlsOptions } from './control';
 export { Endpoint, decodeResult, encodeArguments } from './endpoint';
 export type { CallInfo, CallOptions, WorkerStatus } from './endpoint';
+export type { LogHandler, OutputStream } from './worker';
 export {
   AuthenticationError,
   CallError,

@@ -129,6 +129,8 @@ export interface CallStart {
   more: boolean;
   /** Seconds the caller waits; 0 for no limit. */
   timeout: number;
+  /** Send the function's output back as CallLog messages (unset: false). */
+  stream_logs?: boolean;
 }
 
 /** worker.proto `CallData`: a further chunk of a call's arguments. */
@@ -169,10 +171,22 @@ export interface CallErrorMessage {
   pickled: Buffer;
 }
 
+/** Which output a CallLog comes from (worker.proto `LogStream`). */
+export type LogStream = 'LOG_STREAM_UNSPECIFIED' | 'LOG_STREAM_STDOUT' | 'LOG_STREAM_STDERR';
+
+/** worker.proto `CallLog`: output the function wrote during a call that asked for `stream_logs`. */
+export interface CallLog {
+  call_id: number;
+  stream: LogStream;
+  /** In order, but not split at line ends. */
+  text: string;
+}
+
 /** worker.proto `InvokeResponse`; `message` names the member that is set. */
 export interface InvokeResponse {
-  message?: 'result' | 'error' | 'drain';
+  message?: 'result' | 'error' | 'drain' | 'log';
   result?: CallResult | null;
   error?: CallErrorMessage | null;
   drain?: Record<string, never> | null;
+  log?: CallLog | null;
 }

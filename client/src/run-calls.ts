@@ -3,15 +3,16 @@
  *
  *   node dist/run-calls.js DEPLOYMENT [--tag TAG] [--concurrency N] [--ready-timeout SECONDS] < calls.json
  *
- * stdin: `[{"function": "add", "args": [1, 2], "kwargs": {}, "timeout": 5}, ...]`.
+ * stdin: `[{"function": "add", "args": [1, 2], "kwargs": {}, "timeout": 5, "logs": false}, ...]`.
  * stdout: per call `{"index": 0, "ok": true, "value": 3, "worker_id": "...", "revision_id": "...", "seconds": 0.01}`
+ * (with `"logs": [["stdout", "text"], ...]`, the function's output, when the call asked for it)
  * or `{"index": 1, "ok": false, "error": {"name": "RemoteError", "type": "ValueError", "message": "...", ...}}`;
  * then `{"workers": [{"worker_id": "...", "calls": 4}, ...]}`, the router's view of the ready workers.
  * Connection and usage errors go to stderr with exit status 1 (2 for usage).
  */
 
 import { VastrpcClient } from './index';
-import type { Endpoint } from './index';
+import type { CallOptions, Endpoint } from './index';
 import { describeError, optionsFromEnv } from './env';
 
 interface CallSpec {
@@ -19,6 +20,8 @@ interface CallSpec {
   args?: unknown[];
   kwargs?: Record<string, unknown>;
   timeout?: number;
+  /** Collect what the function prints or logs during the call. */
+  logs?: boolean;
 }
 
 function readStdin(): Promise<string> {
@@ -31,8 +34,12 @@ function readStdin(): Promise<string> {
 }
 
 async function runOne(endpoint: Endpoint, spec: CallSpec, index: number): Promise<Record<string, unknown>> {
+  const logs: [string, string][] = [];
   try {
-    const options = spec.timeout === undefined ? {} : { timeout: spec.timeout };
+    const options: CallOptions = spec.timeout === undefined ? {} : { timeout: spec.timeout };
+    if (spec.logs) {
+      options.onLog = (stream, text) => logs.push([stream, text]);
+    }
     const info = await endpoint.callWithInfo(spec.function, spec.args ?? [], spec.kwargs ?? {}, options);
     return {
       index,
@@ -41,6 +48,7 @@ async function runOne(endpoint: Endpoint, spec: CallSpec, index: number): Promis
       worker_id: info.workerId,
       revision_id: info.revisionId,
       seconds: info.seconds,
+      ...(spec.logs ? { logs } : {}),
     };
   } catch (err) {
     return { index, ok: false, error: describeError(err) };

@@ -58,11 +58,61 @@ function callError(err: CallErrorMessage): Error {
   }
 }
 
-interface Pending {
-  function: string;
-  parts: Buffer[];
-  resolve: (data: Buffer) => void;
-  reject: (err: Error) => void;
+/** Which of the function's outputs a piece of captured text comes from. */
+export type OutputStream = 'stdout' | 'stderr';
+
+/**
+ * Takes what a function prints or logs while it runs a call: text in order, not split at line ends.
+ * It runs on the client's event loop, so it should return quickly.
+ */
+export type LogHandler = (stream: OutputStream, text: string) => void;
+
+/** What a call's queue holds: a whole value (and whether it ends the call), or the error that ended it. */
+type Item = { data: Buffer; done: boolean } | { error: Error };
+
+/** A call waiting for its answers: the values and errors the read side hands over, kept in order. */
+class Pending {
+  /** The chunks of the value being received. */
+  parts: Buffer[] = [];
+  private readonly items: Item[] = [];
+  private waiter: ((item: Item) => void) | null = null;
+
+  constructor(private onLog: LogHandler | undefined) {}
+
+  push(item: Item): void {
+    const waiter = this.waiter;
+    if (waiter !== null) {
+      this.waiter = null;
+      waiter(item);
+    } else {
+      // A generator may run ahead of a slow consumer: its values wait here.
+      this.items.push(item);
+    }
+  }
+
+  /** The next item; one caller at a time (a call has one consumer). */
+  next(): Promise<Item> {
+    const item = this.items.shift();
+    if (item !== undefined) {
+      return Promise.resolve(item);
+    }
+    return new Promise((resolve) => {
+      this.waiter = resolve;
+    });
+  }
+
+  log(stream: OutputStream, text: string): void {
+    if (this.onLog === undefined) {
+      return;
+    }
+    try {
+      this.onLog(stream, text);
+    } catch (err) {
+      // The caller's own handler failed: end the call with its error (and call it no more).
+      this.onLog = undefined;
+      this.push({ error: err instanceof Error ? err : new CallError(`the onLog handler threw ${String(err)}`) });
+    }
+  }
 }
 
 /**
@@ -73,6 +123,7 @@ interface Pending {
  */
 class InvokeStream {
   private readonly call: grpc.ClientDuplexStream<InvokeRequest, InvokeResponse>;
+  // Calls not yet answered in full: a call leaves on its final value or its error.
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
   // Writes queue here so that one call's chunks go out together.
@@ -129,11 +180,15 @@ class InvokeStream {
     } else {
       error = errorFromStatus(status, this.label, WorkerUnavailableError);
     }
+    this.failAll(error);
+    return error;
+  }
+
+  private failAll(error: Error): void {
     for (const pending of this.pending.values()) {
-      pending.reject(error);
+      pending.push({ error });
     }
     this.pending.clear();
-    return error;
   }
 
   private onResponse(response: InvokeResponse): void {
@@ -143,8 +198,11 @@ class InvokeStream {
       const pending = this.pending.get(response.error.call_id);
       if (pending !== undefined) {
         this.pending.delete(response.error.call_id);
-        pending.reject(callError(response.error));
+        pending.push({ error: callError(response.error) });
       }
+    } else if (response.message === 'log' && response.log) {
+      const stream = response.log.stream === 'LOG_STREAM_STDERR' ? 'stderr' : 'stdout';
+      this.pending.get(response.log.call_id)?.log(stream, response.log.text);
     } else if (response.message === 'drain') {
       this.draining = true;
       if (this.pending.size === 0) {
@@ -162,55 +220,116 @@ class InvokeStream {
     if (result.more) {
       return;
     }
-    this.pending.delete(result.call_id);
-    if (!result.done) {
-      // A value that does not end the call: the function is an async generator.
-      void this.cancel(result.call_id);
-      pending.reject(
-        new CallError(
-          `${pending.function} is an async generator function; this client calls plain async functions only`,
-        ),
-      );
-      return;
+    const data = pending.parts.length === 1 ? pending.parts[0]! : Buffer.concat(pending.parts);
+    pending.parts = [];
+    if (result.done) {
+      // Answered in full: nothing to cancel when the caller is done with it.
+      this.pending.delete(result.call_id);
     }
-    pending.resolve(pending.parts.length === 1 ? pending.parts[0]! : Buffer.concat(pending.parts));
+    pending.push({ data, done: result.done });
   }
 
-  /** Run one call on this stream and resolve to its encoded result. */
-  async invoke(fn: string, payload: Buffer, timeoutSeconds: number | undefined): Promise<Buffer> {
+  private open(onLog: LogHandler | undefined): [number, Pending] {
     if (this.closed || this.draining) {
       throw new CallNotDelivered(`the stream to ${this.label} takes no more calls`);
     }
     const callId = this.nextId++;
-    const answer = new Promise<Buffer>((resolve, reject) => {
-      this.pending.set(callId, { function: fn, parts: [], resolve, reject });
-    });
-    answer.catch(() => undefined); // awaited below; a call that fails before it is sent is told otherwise
-    let sent = false;
+    const pending = new Pending(onLog);
+    this.pending.set(callId, pending);
+    return [callId, pending];
+  }
+
+  private finish(callId: number, sent: boolean): void {
+    if (this.pending.delete(callId) && sent) {
+      // The caller gave up before the call ended (timed out, stopped iterating, an error): stop it on the worker.
+      void this.cancel(callId);
+    }
+    if (this.draining && this.pending.size === 0) {
+      this.closeSending();
+    }
+  }
+
+  /** The call's next item, or CallTimeoutError once `deadline` (ms since the epoch) has passed. */
+  private async next(pending: Pending, deadline: number | null, fn: string, timeoutSeconds?: number): Promise<Item> {
+    const item = pending.next();
+    if (deadline === null) {
+      return item;
+    }
     let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new CallTimeoutError(`${fn} did not finish within ${timeoutSeconds}s`)),
+        Math.max(0, deadline - Date.now()),
+      );
+    });
     try {
-      await this.opened;
-      await this.send(callId, fn, payload, timeoutSeconds);
-      sent = true;
-      if (!timeoutSeconds) {
-        return await answer;
-      }
-      const timedOut = new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(new CallTimeoutError(`${fn} did not finish within ${timeoutSeconds}s`)),
-          timeoutSeconds * 1000,
-        );
-      });
-      return await Promise.race([answer, timedOut]);
+      return await Promise.race([item, timedOut]);
     } finally {
       clearTimeout(timer);
-      if (this.pending.delete(callId) && sent) {
-        // The caller gave up (timed out): stop it on the worker.
-        void this.cancel(callId);
+    }
+  }
+
+  /** Run one call on this stream and resolve to its encoded result. */
+  async invoke(fn: string, payload: Buffer, timeoutSeconds: number | undefined, onLog?: LogHandler): Promise<Buffer> {
+    const [callId, pending] = this.open(onLog);
+    let sent = false;
+    try {
+      await this.opened;
+      await this.send(callId, fn, payload, timeoutSeconds, onLog !== undefined);
+      sent = true;
+      const deadline = timeoutSeconds ? Date.now() + timeoutSeconds * 1000 : null;
+      const item = await this.next(pending, deadline, fn, timeoutSeconds);
+      if ('error' in item) {
+        throw item.error;
       }
-      if (this.draining && this.pending.size === 0) {
-        this.closeSending();
+      if (!item.done) {
+        // A value that does not end the call: the function is an async generator (finish() cancels it).
+        throw new CallError(
+          `${fn} is an async generator function: iterate its values with endpoint.stream() instead of call()`,
+        );
       }
+      return item.data;
+    } finally {
+      this.finish(callId, sent);
+    }
+  }
+
+  /**
+   * Run a generator call on this stream, yielding each encoded value as the worker sends it.
+   *
+   * Leaving early (the consumer's return() or throw()) cancels the call on the worker.
+   */
+  async *stream(
+    fn: string,
+    payload: Buffer,
+    timeoutSeconds: number | undefined,
+    onLog?: LogHandler,
+  ): AsyncGenerator<Buffer, void, undefined> {
+    const [callId, pending] = this.open(onLog);
+    let sent = false;
+    try {
+      await this.opened;
+      await this.send(callId, fn, payload, timeoutSeconds, onLog !== undefined);
+      sent = true;
+      const deadline = timeoutSeconds ? Date.now() + timeoutSeconds * 1000 : null;
+      for (;;) {
+        const item = await this.next(pending, deadline, fn, timeoutSeconds);
+        if ('error' in item) {
+          throw item.error;
+        }
+        if (item.done) {
+          // A generator ends with an empty done message; a plain function's one value carries done.
+          if (item.data.length > 0) {
+            throw new CallError(
+              `${fn} is a plain async function, not an async generator: await endpoint.call() instead of stream()`,
+            );
+          }
+          return;
+        }
+        yield item.data;
+      }
+    } finally {
+      this.finish(callId, sent);
     }
   }
 
@@ -234,7 +353,13 @@ class InvokeStream {
     return job;
   }
 
-  private async send(callId: number, fn: string, payload: Buffer, timeoutSeconds: number | undefined): Promise<void> {
+  private async send(
+    callId: number,
+    fn: string,
+    payload: Buffer,
+    timeoutSeconds: number | undefined,
+    streamLogs: boolean,
+  ): Promise<void> {
     const messages: InvokeRequest[] = [
       {
         start: {
@@ -244,6 +369,7 @@ class InvokeStream {
           data: payload.subarray(0, CHUNK_SIZE),
           more: payload.length > CHUNK_SIZE,
           timeout: timeoutSeconds ?? 0,
+          stream_logs: streamLogs,
         },
       },
     ];
@@ -286,11 +412,7 @@ class InvokeStream {
       return;
     }
     this.closed = true;
-    const error = new WorkerUnavailableError(`the connection to ${this.label} was closed during the call`);
-    for (const pending of this.pending.values()) {
-      pending.reject(error);
-    }
-    this.pending.clear();
+    this.failAll(new WorkerUnavailableError(`the connection to ${this.label} was closed during the call`));
     this.call.cancel();
   }
 }
@@ -298,7 +420,7 @@ class InvokeStream {
 /** A channel to one worker's serving process and its Invoke stream, with the figures the router balances on. */
 export class WorkerConnection {
   private readonly client: grpc.Client;
-  private stream: InvokeStream | null = null;
+  private invokeStream: InvokeStream | null = null;
   private closing: NodeJS.Timeout | null = null;
   /** Calls sent and not yet answered. */
   inFlight = 0;
@@ -321,20 +443,41 @@ export class WorkerConnection {
 
   /** The worker's serving process is stopping or switching revisions: route no new calls here. */
   get draining(): boolean {
-    return this.stream !== null && this.stream.draining && !this.stream.closed;
+    return this.invokeStream !== null && this.invokeStream.draining && !this.invokeStream.closed;
+  }
+
+  private live(): InvokeStream {
+    if (this.invokeStream === null || this.invokeStream.closed) {
+      this.invokeStream = new InvokeStream(this.client, this.method, this.token, this.label);
+    }
+    return this.invokeStream;
   }
 
   /** Run a call; resolves to its encoded result and the worker and revision that served it. */
-  async invoke(fn: string, payload: Buffer, timeoutSeconds: number | undefined): Promise<Received> {
-    if (this.stream === null || this.stream.closed) {
-      this.stream = new InvokeStream(this.client, this.method, this.token, this.label);
-    }
-    const stream = this.stream;
+  async invoke(fn: string, payload: Buffer, timeoutSeconds: number | undefined, onLog?: LogHandler): Promise<Received> {
+    const stream = this.live();
     this.inFlight += 1;
     this.calls += 1;
     try {
-      const data = await stream.invoke(fn, payload, timeoutSeconds);
+      const data = await stream.invoke(fn, payload, timeoutSeconds, onLog);
       return { data, workerId: stream.workerId || this.workerId, revisionId: stream.revisionId };
+    } finally {
+      this.inFlight -= 1;
+    }
+  }
+
+  /** Run a generator call, yielding its encoded values as they come; it counts as in flight until it ends. */
+  async *stream(
+    fn: string,
+    payload: Buffer,
+    timeoutSeconds: number | undefined,
+    onLog?: LogHandler,
+  ): AsyncGenerator<Buffer, void, undefined> {
+    const stream = this.live();
+    this.inFlight += 1;
+    this.calls += 1;
+    try {
+      yield* stream.stream(fn, payload, timeoutSeconds, onLog);
     } finally {
       this.inFlight -= 1;
     }
@@ -346,7 +489,7 @@ export class WorkerConnection {
       clearInterval(this.closing);
       this.closing = null;
     }
-    this.stream?.close();
+    this.invokeStream?.close();
     this.client.close();
   }
 

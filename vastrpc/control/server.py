@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -199,27 +200,21 @@ async def serve(
     # After a crash, take the port the previous process had (its control.json is still
     # there): workers that outlived it reconnect to the same address and re-register.
     previous = _previous_port(home / "control.json") if config.port == 0 else 0
+    listen = functools.partial(
+        start_server,
+        register=register,
+        authorize=service.authorize,
+        enable_reflection=config.enable_reflection,
+        tls=config.tls,
+        interceptors=interceptors,
+    )
     try:
-        server, port, health = await start_server(
-            bind(previous or config.port),
-            register,
-            authorize=service.authorize,
-            enable_reflection=config.enable_reflection,
-            tls=config.tls,
-            interceptors=interceptors,
-        )
+        server, port, health = await listen(bind(previous or config.port))
     except OSError:
         if not previous:
             raise
         log.info("the previous port %d is taken; listening on another", previous)
-        server, port, health = await start_server(
-            bind(config.port),
-            register,
-            authorize=service.authorize,
-            enable_reflection=config.enable_reflection,
-            tls=config.tls,
-            interceptors=interceptors,
-        )
+        server, port, health = await listen(bind(config.port))
     address = f"{_client_host(config.host)}:{port}"
     lifecycle.control_address = address
     info_path = home / "control.json"
