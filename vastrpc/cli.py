@@ -189,6 +189,13 @@ def _parser(home: Path) -> argparse.ArgumentParser:
         "--provider", choices=["local", "ray"], default="local", help="where workers run (default local)"
     )
     backends.add_argument("--ray-address", metavar="HOST:PORT", help="the Ray cluster for --provider ray")
+    backends.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="another control service on the same --store; its workers fail over to it (repeatable)",
+    )
     serve.add_argument(
         "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics over HTTP on this port (0: any)"
     )
@@ -216,7 +223,9 @@ def _parser(home: Path) -> argparse.ArgumentParser:
     worker = sub.add_parser(
         "worker", help="run a worker agent: by hand with --join (e.g. on another host), or as a provider starts it"
     )
-    worker.add_argument("--control", required=True, help="host:port of the control service")
+    worker.add_argument(
+        "--control", required=True, help="host:port of the control service (a comma-separated list to fail over)"
+    )
     identity = worker.add_mutually_exclusive_group(required=True)
     identity.add_argument(
         "--join",
@@ -373,6 +382,8 @@ def _control_serve(args: argparse.Namespace) -> int:
         raise _Failure(
             "--autoscale-interval and --heartbeat-interval must be positive, --scale-down-delay not negative"
         )
+    if args.peer and not (args.store or "").startswith(("postgresql:", "postgres:")):
+        raise _Failure("--peer names control services that share this one's state: give --store postgresql://...")
     home = args.home.expanduser().resolve()
     config = ControlConfig(
         home=home,
@@ -391,6 +402,7 @@ def _control_serve(args: argparse.Namespace) -> int:
         provider=args.provider,
         ray_address=args.ray_address,
         metrics_port=args.metrics_port,
+        peers=tuple(args.peer),
     )
     command = shlex.split(args.worker_command) if args.worker_command else None
     try:
@@ -533,7 +545,8 @@ async def _join(args: argparse.Namespace, tls: Any) -> tuple[str, str]:
     if not args.api_key:
         raise _Failure("--join needs the control service's API key: pass --api-key or set VASTRPC_API_KEY")
     name, _, tag = args.join.partition(":")
-    config = ClientConfig(control_address=args.control, api_key=args.api_key, home=args.home, tls=tls)
+    first = args.control.split(",")[0]  # the others (--control A,B) are for failing over
+    config = ClientConfig(control_address=first, api_key=args.api_key, home=args.home, tls=tls)
     client = await ControlClient.connect(config)
     try:
         joined = await client.join(name, tag)

@@ -128,6 +128,9 @@ class ControlConfig:
         ray_address: The Ray cluster's address (``host:port`` of its GCS), for ``provider="ray"``.
         metrics_port: Serve Prometheus metrics over HTTP on this port (0 picks a free one);
             None serves none.
+        peers: ``host:port`` of the other control services on the same (PostgreSQL) store:
+            workers this one starts turn to them, in order, when it stops answering, and keep
+            serving without a restart.
     """
 
     home: Path
@@ -148,3 +151,4 @@ class ControlConfig:
     provider: str = "local"
     ray_address: str | None = None
     metrics_port: int | None = None
+    peers: tuple[str, ...] = ()

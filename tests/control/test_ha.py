@@ -66,6 +66,45 @@ def _ready_ids(endpoint: control_pb2.DeploymentEndpoint | control_pb2.WatchEndpo
     return sorted(w.worker_id for w in endpoint.workers if w.state == WORKER_READY)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.e2e
+async def test_with_peers_a_lost_services_workers_turn_to_the_survivor_and_keep_serving(
+    pg_url: str, tmp_path: Path, control_processes, load_app
+) -> None:
+    home = tmp_path / "home"
+    port_a, port_b = _free_port(), _free_port()
+    a = control_processes(home, "a", "--store", pg_url, "--port", str(port_a), "--peer", f"127.0.0.1:{port_b}", *FAST)
+    await until(lambda: a.leads, 10, "a leading")
+    b = control_processes(home, "b", "--store", pg_url, "--port", str(port_b), "--peer", f"127.0.0.1:{port_a}", *FAST)
+    module = load_app(SOURCE, "peers", a)
+    await module.app.ensure_ready()
+    serving_pid = await module.whoami()
+    await module.app.close()
+    configure(module.app, b)
+    async with Client(b.address, b.api_key) as client:
+        (worker_id,) = _ready_ids(await _endpoint(client, "peers"))
+
+    a.kill()
+    await until(lambda: b.leads, 15, "b taking over")
+    # The worker A started turns to B within a few heartbeats and reports there from then on ...
+    worker_log = home / "logs" / "workers" / f"{worker_id}.log"
+    took = await until(lambda: f"reporting to 127.0.0.1:{port_b}" in worker_log.read_text(), 20, "turning to b")
+    print(f"the worker turned to b {took:.2f}s after a died")
+    # ... so past the heartbeat timeout (10 s) it is still the endpoint's ready worker: nothing lost, nothing started.
+    await asyncio.sleep(12)
+    async with Client(b.address, b.api_key) as client:
+        endpoint = await _endpoint(client, "peers")
+        assert _ready_ids(endpoint) == [worker_id], endpoint
+        assert [w.state for w in endpoint.workers] == [WORKER_READY]
+    assert await module.whoami() == serving_pid  # the same serving process, never restarted
+    assert "started worker" not in b.log_text()
+
+
 @pytest.mark.e2e
 async def test_two_services_serve_the_same_deployment_and_the_survivor_replaces_lost_workers(
     pg_url: str, tmp_path: Path, control_processes, load_app

@@ -302,11 +302,15 @@ class RayProvider:
         return [NodeInfo.from_ray(n) for n in ray.nodes() if n.get("Alive")]
 
     def _worker_control_address(self, control_address: str) -> str:
-        """Where workers dial the control service: this machine's cluster address when it listens on all."""
-        host, _, port = control_address.rpartition(":")
+        """Where workers dial the control service (and its peers, comma-separated): this machine's
+        cluster address for a service that listens on all interfaces."""
+        return ",".join(self._dialable(address) for address in control_address.split(","))
+
+    def _dialable(self, address: str) -> str:
+        host, _, port = address.rpartition(":")
         if self.control_host in _WILDCARD and host in _LOOPBACK and self._node_ip:
             return f"{self._node_ip}:{port}"
-        return control_address
+        return address
 
     # -- workers --------------------------------------------------------------------------
 

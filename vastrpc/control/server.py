@@ -216,7 +216,8 @@ async def serve(
         log.info("the previous port %d is taken; listening on another", previous)
         server, port, health = await listen(bind(config.port))
     address = f"{_client_host(config.host)}:{port}"
-    lifecycle.control_address = address
+    # Workers report here, and to the peers (in order) should this service go away.
+    lifecycle.control_address = ",".join([address, *config.peers])
     info_path = home / "control.json"
     # What local clients trust (paths only; never a key): the CA of a generated certificate, or
     # the one given with --tls-ca (None: a CA the system trusts signed the certificate).

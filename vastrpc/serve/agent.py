@@ -70,10 +70,13 @@ class Agent:
         self.home = home
         self.bind_host = bind_host
         self.tls = tls
-        self._control_address = control_address
+        # Several control services may share one state store: the first is the one that started
+        # this worker, the others are where it turns when that one goes away.
+        self._addresses = [a.strip() for a in control_address.split(",") if a.strip()]
+        self._control_address = self._addresses[0]
         self._token = token
         self._metadata = bearer(token)
-        self._channel = channel(control_address, tls.channel_credentials() if tls is not None else None)
+        self._channel = channel(self._control_address, tls.channel_credentials() if tls is not None else None)
         self._stub = control_pb2_grpc.ControlServiceStub(self._channel)
         self._stop = asyncio.Event()
         self._workdir = home / "work" / worker_id
@@ -109,18 +112,22 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        try:
-            reg = await self._stub.RegisterWorker(
-                control_pb2.RegisterWorkerRequest(
-                    worker_id=self.worker_id, pid=os.getpid(), hostname=socket.gethostname()
-                ),
-                metadata=self._metadata,
-                timeout=30,
-            )
-        except grpc.aio.AioRpcError as exc:
-            problem = tls_failure(exc, self._control_address, self.tls)
-            log.error("cannot register with the control service: %s", problem or f"{exc.code().name} {exc.details()}")
-            return 1
+        request = control_pb2.RegisterWorkerRequest(
+            worker_id=self.worker_id, pid=os.getpid(), hostname=socket.gethostname()
+        )
+        for attempt in range(1, len(self._addresses) + 1):
+            try:
+                reg = await self._stub.RegisterWorker(request, metadata=self._metadata, timeout=30)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < len(self._addresses):
+                    await self._switch_control()
+                    continue
+                problem = tls_failure(exc, self._control_address, self.tls)
+                log.error(
+                    "cannot register with the control service: %s", problem or f"{exc.code().name} {exc.details()}"
+                )
+                return 1
         self._serve_metrics = reg.serve_metrics
         background = [
             loop.create_task(self._heartbeat(reg.heartbeat_interval or 2.0)),
@@ -330,8 +337,24 @@ class Agent:
         sources = [(f"{os.getpid()}.{p.proc.pid}", p.metrics_address) for p in self._serving if p.metrics_address]
         return await self._call_stats.read(sources, timeout=min(2.0, interval))
 
+    async def _switch_control(self) -> None:
+        """Turn to the next control service of the list (they share the state: it knows this worker)."""
+        old = self._control_address
+        self._control_address = self._addresses[(self._addresses.index(old) + 1) % len(self._addresses)]
+        previous, self._channel = (
+            self._channel,
+            channel(self._control_address, self.tls.channel_credentials() if self.tls is not None else None),
+        )
+        self._stub = control_pb2_grpc.ControlServiceStub(self._channel)
+        # The assignment watch, on the old channel, breaks and reconnects through the new stub.
+        await previous.close()
+        log.warning("control service %s unreachable: reporting to %s from now on", old, self._control_address)
+
     async def _heartbeat(self, interval: float) -> None:
         lost_since: float | None = None
+        # Unanswered heartbeats to one control service before turning to the next, if there is one.
+        failover_after = max(3.0, 3 * interval)
+        switched_at: float | None = None
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
@@ -359,6 +382,11 @@ class Agent:
                 if now - lost_since > _CONTROL_LOST_AFTER:
                     log.error("control service unreachable for %.0fs (%s); stopping", now - lost_since, exc.code().name)
                     self._stop.set()
+                elif len(self._addresses) > 1 and now - (switched_at or lost_since) > failover_after:
+                    switched_at = now
+                    await self._switch_control()
+                continue
+            switched_at = None
 
 
 def main(
@@ -372,7 +400,8 @@ def main(
     """Run a worker agent until it is stopped; returns the process exit code.
 
     Args:
-        control_address: ``host:port`` of the control service.
+        control_address: ``host:port`` of the control service; a comma-separated list names
+            other control services sharing its state, which the worker turns to when it goes away.
         worker_id: The id the control service gave this worker.
         token: The worker's token (``VASTRPC_WORKER_TOKEN``).
         home: The vastrpc home (caches); defaults to ``VASTRPC_HOME`` or ``~/.vastrpc``.
