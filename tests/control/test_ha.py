@@ -104,6 +104,15 @@ async def test_with_peers_a_lost_services_workers_turn_to_the_survivor_and_keep_
     assert await module.whoami() == serving_pid  # the same serving process, never restarted
     assert "started worker" not in b.log_text()
 
+    # Its assignment watch follows it to B too: a code update through B reaches it in place (tier 2).
+    source_file = Path(module.__file__)
+    source_file.write_text(source_file.read_text() + "\n# a change of code\n")
+    update = await module.app.ensure_ready()
+    assert (update.tier, update.workers_started) == (2, 0)
+    async with Client(b.address, b.api_key) as client:
+        assert _ready_ids(await _endpoint(client, "peers")) == [worker_id]
+    assert await module.whoami() != serving_pid  # a new serving process of the same worker
+
 
 @pytest.mark.e2e
 async def test_two_services_serve_the_same_deployment_and_the_survivor_replaces_lost_workers(

@@ -78,6 +78,7 @@ class Agent:
         self._metadata = bearer(token)
         self._channel = channel(self._control_address, tls.channel_credentials() if tls is not None else None)
         self._stub = control_pb2_grpc.ControlServiceStub(self._channel)
+        self._old_channels: list[grpc.aio.Channel] = []
         self._stop = asyncio.Event()
         self._workdir = home / "work" / worker_id
         self._serving: set[ServingProcess] = set()
@@ -121,7 +122,7 @@ class Agent:
                 break
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < len(self._addresses):
-                    await self._switch_control()
+                    self._switch_control()
                     continue
                 problem = tls_failure(exc, self._control_address, self.tls)
                 log.error(
@@ -141,7 +142,8 @@ class Agent:
             await asyncio.gather(*background, return_exceptions=True)
             await asyncio.gather(*(p.stop(_STOP_GRACE) for p in list(self._serving)), return_exceptions=True)
             shutil.rmtree(self._workdir, ignore_errors=True)
-            await self._channel.close()
+            for old_channel in (self._channel, *self._old_channels):
+                await old_channel.close()
 
     async def _serve(self, reg: control_pb2.RegisterWorkerResponse) -> int:
         revision_id, spec = reg.revision_id, reg.spec
@@ -337,17 +339,15 @@ class Agent:
         sources = [(f"{os.getpid()}.{p.proc.pid}", p.metrics_address) for p in self._serving if p.metrics_address]
         return await self._call_stats.read(sources, timeout=min(2.0, interval))
 
-    async def _switch_control(self) -> None:
+    def _switch_control(self) -> None:
         """Turn to the next control service of the list (they share the state: it knows this worker)."""
         old = self._control_address
         self._control_address = self._addresses[(self._addresses.index(old) + 1) % len(self._addresses)]
-        previous, self._channel = (
-            self._channel,
-            channel(self._control_address, self.tls.channel_credentials() if self.tls is not None else None),
-        )
+        # The old channel stays open until the agent exits: closing it would cancel (not fail)
+        # the assignment watch on it, which reconnects through the new stub once it breaks.
+        self._old_channels.append(self._channel)
+        self._channel = channel(self._control_address, self.tls.channel_credentials() if self.tls else None)
         self._stub = control_pb2_grpc.ControlServiceStub(self._channel)
-        # The assignment watch, on the old channel, breaks and reconnects through the new stub.
-        await previous.close()
         log.warning("control service %s unreachable: reporting to %s from now on", old, self._control_address)
 
     async def _heartbeat(self, interval: float) -> None:
@@ -384,7 +384,7 @@ class Agent:
                     self._stop.set()
                 elif len(self._addresses) > 1 and now - (switched_at or lost_since) > failover_after:
                     switched_at = now
-                    await self._switch_control()
+                    self._switch_control()
                 continue
             switched_at = None
 
