@@ -23,6 +23,7 @@ from vastrpc.control.store import (
     check_columns,
     new_id,
     new_token,
+    worker_filter,
 )
 
 if TYPE_CHECKING:
@@ -418,16 +419,7 @@ class PgStore:
 
     def add_revision(self, endpoint_id: str, spec: bytes, digests: dict[str, str]) -> RevisionRow:
         """Record a revision; ``digests`` maps bundle/code/environment/autoscaling to hex digests."""
-        row = RevisionRow(
-            id=new_id("r"),
-            endpoint_id=endpoint_id,
-            spec=spec,
-            bundle_digest=digests.get("bundle", ""),
-            code_digest=digests.get("code", ""),
-            environment_digest=digests.get("environment", ""),
-            autoscaling_digest=digests.get("autoscaling", ""),
-            created_at=time.time(),
-        )
+        row = RevisionRow.new(endpoint_id, spec, digests)
         values = [getattr(row, f.name) for f in fields(RevisionRow)]
         self._run(f"INSERT INTO revisions ({_REVISION}) VALUES ({', '.join('%s' for _ in values)})", values)
         return row
@@ -497,21 +489,9 @@ class PgStore:
         exclude_states: Sequence[str] | None = None,
     ) -> list[WorkerRow]:
         """Workers matching every given filter, oldest first."""
-        where: list[str] = []
-        params: list[Any] = []
-        if endpoint_id is not None:
-            where.append("endpoint_id = %s")
-            params.append(endpoint_id)
-        if revision_id is not None:
-            where.append("revision_id = %s")
-            params.append(revision_id)
-        if states is not None:
-            where.append("state = ANY(%s)")
-            params.append(list(states))
-        if exclude_states:
-            where.append("NOT (state = ANY(%s))")
-            params.append(list(exclude_states))
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        clause, params = worker_filter(
+            "%s", endpoint_id=endpoint_id, revision_id=revision_id, states=states, exclude_states=exclude_states
+        )
         rows = self._all(f"SELECT {_WORKER} FROM workers{clause} ORDER BY created_at, id", params)
         return [WorkerRow(**r) for r in rows]
 

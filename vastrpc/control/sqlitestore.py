@@ -21,6 +21,7 @@ from vastrpc.control.store import (
     check_columns,
     new_id,
     new_token,
+    worker_filter,
 )
 
 __all__ = ["SoleLeaderLock", "SqliteStore"]
@@ -285,16 +286,7 @@ class SqliteStore:
 
     def add_revision(self, endpoint_id: str, spec: bytes, digests: dict[str, str]) -> RevisionRow:
         """Record a revision; ``digests`` maps bundle/code/environment/autoscaling to hex digests."""
-        row = RevisionRow(
-            id=new_id("r"),
-            endpoint_id=endpoint_id,
-            spec=spec,
-            bundle_digest=digests.get("bundle", ""),
-            code_digest=digests.get("code", ""),
-            environment_digest=digests.get("environment", ""),
-            autoscaling_digest=digests.get("autoscaling", ""),
-            created_at=time.time(),
-        )
+        row = RevisionRow.new(endpoint_id, spec, digests)
         self._exec(
             "INSERT INTO revisions (id, endpoint_id, spec, bundle_digest, code_digest, environment_digest,"
             " autoscaling_digest, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -374,21 +366,9 @@ class SqliteStore:
         exclude_states: Sequence[str] | None = None,
     ) -> list[WorkerRow]:
         """Workers matching every given filter, oldest first."""
-        where: list[str] = []
-        params: list[Any] = []
-        if endpoint_id is not None:
-            where.append("endpoint_id = ?")
-            params.append(endpoint_id)
-        if revision_id is not None:
-            where.append("revision_id = ?")
-            params.append(revision_id)
-        if states is not None:
-            where.append(f"state IN ({', '.join('?' for _ in states) or 'NULL'})")
-            params.extend(states)
-        if exclude_states:
-            where.append(f"state NOT IN ({', '.join('?' for _ in exclude_states)})")
-            params.extend(exclude_states)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        clause, params = worker_filter(
+            "?", endpoint_id=endpoint_id, revision_id=revision_id, states=states, exclude_states=exclude_states
+        )
         rows = self._all(f"SELECT * FROM workers{clause} ORDER BY created_at, id", params)
         return [WorkerRow(**dict(r)) for r in rows]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, fields
@@ -25,6 +26,7 @@ __all__ = [
     "StoreError",
     "WorkerRow",
     "new_id",
+    "worker_filter",
 ]
 
 # Worker states as stored (lower-case names of vastrpc.api.v1.WorkerState without the prefix).
@@ -84,6 +86,50 @@ class RevisionRow:
     environment_digest: str
     autoscaling_digest: str
     created_at: float
+
+    @classmethod
+    def new(cls, endpoint_id: str, spec: bytes, digests: dict[str, str]) -> RevisionRow:
+        """A new revision; ``digests`` maps bundle/code/environment/autoscaling to hex digests."""
+        return cls(
+            id=new_id("r"),
+            endpoint_id=endpoint_id,
+            spec=spec,
+            bundle_digest=digests.get("bundle", ""),
+            code_digest=digests.get("code", ""),
+            environment_digest=digests.get("environment", ""),
+            autoscaling_digest=digests.get("autoscaling", ""),
+            created_at=time.time(),
+        )
+
+
+def worker_filter(
+    placeholder: str,
+    *,
+    endpoint_id: str | None = None,
+    revision_id: str | None = None,
+    states: Sequence[str] | None = None,
+    exclude_states: Sequence[str] | None = None,
+) -> tuple[str, list[Any]]:
+    """The ``WHERE`` clause (or "") and its parameters for ``Store.list_workers``, in either SQL dialect.
+
+    Args:
+        placeholder: The driver's parameter marker: ``"?"`` (sqlite3) or ``"%s"`` (psycopg).
+    """
+    where: list[str] = []
+    params: list[Any] = []
+    if endpoint_id is not None:
+        where.append(f"endpoint_id = {placeholder}")
+        params.append(endpoint_id)
+    if revision_id is not None:
+        where.append(f"revision_id = {placeholder}")
+        params.append(revision_id)
+    if states is not None:
+        where.append(f"state IN ({', '.join(placeholder for _ in states) or 'NULL'})")
+        params.extend(states)
+    if exclude_states:
+        where.append(f"state NOT IN ({', '.join(placeholder for _ in exclude_states)})")
+        params.extend(exclude_states)
+    return (f" WHERE {' AND '.join(where)}" if where else ""), params
 
 
 @dataclass(frozen=True)
