@@ -265,6 +265,27 @@ export class Endpoint {
     }
   }
 
+  /**
+   * After a failed attempt: rethrows unless the call never ran (the worker was draining, at its
+   * limits, or unreachable) and time is left; then notes an overloaded worker and backs off, so the
+   * caller can try another worker.
+   */
+  private async retryElsewhereOrThrow(
+    err: unknown,
+    conn: WorkerConnection,
+    overloaded: Set<string>,
+    deadline: number,
+    attempt: number,
+  ): Promise<void> {
+    if (!(err instanceof CallNotDelivered) || Date.now() >= deadline) {
+      throw err;
+    }
+    if (err.overloaded) {
+      overloaded.add(conn.workerId);
+    }
+    await sleep(Math.min(10 * attempt, 200));
+  }
+
   private async pick(deadline: number, overloaded: Set<string>, waitSeconds: number): Promise<WorkerConnection> {
     for (;;) {
       if (this.closed) {
@@ -338,14 +359,7 @@ export class Endpoint {
       try {
         received = await conn.invoke(fn, payload, options.timeout, options.onLog);
       } catch (err) {
-        // A call that never ran (draining, at its limits, unreachable) goes to another worker.
-        if (!(err instanceof CallNotDelivered) || Date.now() >= deadline) {
-          throw err;
-        }
-        if (err.overloaded) {
-          overloaded.add(conn.workerId);
-        }
-        await sleep(Math.min(10 * attempt, 200));
+        await this.retryElsewhereOrThrow(err, conn, overloaded, deadline, attempt);
         continue;
       }
       return {
@@ -395,14 +409,8 @@ export class Endpoint {
       try {
         first = await values.next();
       } catch (err) {
-        // Refused before it ran: another worker may take it. Past the first value it may have run: never repeated.
-        if (!(err instanceof CallNotDelivered) || Date.now() >= deadline) {
-          throw err;
-        }
-        if (err.overloaded) {
-          overloaded.add(conn.workerId);
-        }
-        await sleep(Math.min(10 * attempt, 200));
+        // Refused before its first value: another worker may take it. Past it, it may have run: never repeated.
+        await this.retryElsewhereOrThrow(err, conn, overloaded, deadline, attempt);
         continue;
       }
       try {
