@@ -265,6 +265,7 @@ class Router:
         overloaded: set[str] = set()
         attempt = 0
         while True:
+            attempt += 1
             conn = await self._pick(deadline, overloaded)
             lines = LineSplitter(function, conn.worker_id, logs) if logs is not None else None
             try:
@@ -272,12 +273,7 @@ class Router:
                     function, payload, CLOUDPICKLE, timeout, lines.feed if lines is not None else None
                 )
             except CallNotDelivered as exc:
-                if exc.overloaded:
-                    overloaded.add(conn.worker_id)
-                attempt += 1
-                if time.monotonic() >= deadline:
-                    raise
-                await asyncio.sleep(min(0.01 * attempt, 0.2))
+                await _retry_elsewhere_or_raise(exc, conn, overloaded, deadline, attempt)
                 continue
             finally:
                 if lines is not None:
@@ -300,7 +296,9 @@ class Router:
         payload = encode_args(args, kwargs, CLOUDPICKLE)
         deadline = time.monotonic() + _NO_WORKER_WAIT
         overloaded: set[str] = set()
+        attempt = 0
         while True:
+            attempt += 1
             conn = await self._pick(deadline, overloaded)
             lines = LineSplitter(function, conn.worker_id, logs) if logs is not None else None
             values = conn.stream(function, payload, CLOUDPICKLE, timeout, lines.feed if lines is not None else None)
@@ -311,11 +309,7 @@ class Router:
                     lines.close()
                 return
             except CallNotDelivered as exc:
-                if exc.overloaded:
-                    overloaded.add(conn.worker_id)
-                if time.monotonic() >= deadline:
-                    raise
-                await asyncio.sleep(0.01)
+                await _retry_elsewhere_or_raise(exc, conn, overloaded, deadline, attempt)
                 continue
             try:
                 yield decode_result(first[0], CLOUDPICKLE, first[1])
@@ -334,6 +328,17 @@ class Router:
         await asyncio.gather(*tasks, return_exceptions=True)
         conns, self.workers = list(self.workers.values()), {}
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+
+
+async def _retry_elsewhere_or_raise(
+    exc: CallNotDelivered, conn: WorkerConnection, overloaded: set[str], deadline: float, attempt: int
+) -> None:
+    """A call that never ran: note a worker at its limits and back off, or raise once out of time."""
+    if exc.overloaded:
+        overloaded.add(conn.worker_id)
+    if time.monotonic() >= deadline:
+        raise exc
+    await asyncio.sleep(min(0.01 * attempt, 0.2))
 
 
 def _worker_lost(exc: BaseException) -> bool:
