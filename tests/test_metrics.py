@@ -25,7 +25,8 @@ from vastrpc._grpc import bearer, channel
 from vastrpc._metrics import DURATION_BUCKETS, start_metrics_server
 from vastrpc.api.v1 import control_pb2, control_pb2_grpc
 from vastrpc.control.metrics import CallTotals, ControlMetrics
-from vastrpc.control.store import SqliteStore, WorkerRow
+from vastrpc.control.stores.base import WorkerRow
+from vastrpc.control.stores.sqlite import SqliteStore
 from vastrpc.serve.invoke import Overloaded, ServedFunction
 from vastrpc.serve.metrics import WorkerMetrics, parse_call_stats
 

@@ -17,7 +17,7 @@ from vastrpc._errors import DefinitionError
 from vastrpc._grpc import start_server
 from vastrpc._tls import TlsFiles, certificate_problems, ensure_local_ca, ensure_local_tls, issue_certificate
 from vastrpc.config import ClientConfig, tls_from_env
-from vastrpc.control.provider import LocalProcessProvider
+from vastrpc.control.providers.local import LocalProcessProvider
 
 
 def _pki(folder: Path, name: str) -> dict[str, Path]:

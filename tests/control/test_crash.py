@@ -18,9 +18,9 @@ import grpc
 import pytest
 
 from vastrpc.api.v1 import control_pb2
-from vastrpc.control.blobs import LocalBlobStore
-from vastrpc.control.sqlitestore import SqliteStore
-from vastrpc.control.store import ACTIVE_WORKER_STATES, Store
+from vastrpc.control.bundles.local import LocalBlobStore
+from vastrpc.control.stores.base import ACTIVE_WORKER_STATES, Store
+from vastrpc.control.stores.sqlite import SqliteStore
 
 from .conftest import configure, wait_listening
 from .helpers import Client, make_spec, pid_gone
@@ -51,7 +51,7 @@ def store_kind(request: pytest.FixtureRequest) -> tuple[str, list[str]]:
 def _inspect(home: Path, args: list[str]) -> Store:
     """A store of our own on the service's state, to check its rows."""
     if args:
-        from vastrpc.control.pgstore import PgStore
+        from vastrpc.control.stores.postgres import PgStore
 
         return PgStore(args[1])
     return SqliteStore(home / "state.db")

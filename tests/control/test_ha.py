@@ -18,8 +18,8 @@ import psycopg
 import pytest
 
 from vastrpc.api.v1 import common_pb2, control_pb2
-from vastrpc.control.leader import Leadership, on_this_host, orphan_loss, owner_is_gone, process_owner
-from vastrpc.control.store import WorkerRow
+from vastrpc.control.lifecycle.leadership import Leadership, on_this_host, orphan_loss, owner_is_gone, process_owner
+from vastrpc.control.stores.base import WorkerRow
 
 from .conftest import configure, wait_listening
 from .helpers import FAKE_WORKER, READY, Client, bundle, make_spec, pid_gone

@@ -13,8 +13,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vastrpc._errors import ControlUnavailableError
+from vastrpc._process import pid_alive
 from vastrpc._tls import TlsFiles
-from vastrpc.control.provider import pid_alive
 from vastrpc.deploy.embedded import control_status, ensure_control, read_control_info, stop_control
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,18 +1,52 @@
-"""Opens the control service's backends (state store, bundle store, worker provider) named by its ControlConfig."""
+"""Chooses the control service's backends (state store, bundle store, worker provider) from its ControlConfig.
+
+Each port (``stores/``, ``bundles/``, ``providers/``) has one table below: a name (a URL
+scheme, or a provider name) → the class that implements it, as ``module:Class``. A new
+backend is one new module whose class has ``from_config(config, ...)``, and one line here.
+Modules are imported only when chosen, so an optional dependency (psycopg, boto3, ray) is
+needed only where its backend is used.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 from vastrpc._errors import DefinitionError
 from vastrpc.config import ControlConfig
-from vastrpc.control.blobs import BlobStore, LocalBlobStore
-from vastrpc.control.provider import LocalProcessProvider, Provider
-from vastrpc.control.sqlitestore import SqliteStore
-from vastrpc.control.store import Store
+from vastrpc.control.bundles.base import BlobStore
+from vastrpc.control.providers.base import Provider
+from vastrpc.control.stores.base import Store
 
-__all__ = ["open_blobs", "open_provider", "open_store"]
+__all__ = ["BUNDLE_STORES", "PROVIDERS", "STATE_STORES", "open_blobs", "open_provider", "open_store"]
+
+# The URL scheme of --store ("" when unset) → its store.
+STATE_STORES = {
+    "": "vastrpc.control.stores.sqlite:SqliteStore",
+    "postgresql": "vastrpc.control.stores.postgres:PgStore",
+    "postgres": "vastrpc.control.stores.postgres:PgStore",
+}
+# The URL scheme of --blobs ("" when unset) → its bundle store.
+BUNDLE_STORES = {
+    "": "vastrpc.control.bundles.local:LocalBlobStore",
+    "s3": "vastrpc.control.bundles.s3:S3BlobStore",
+}
+# --provider → its provider.
+PROVIDERS = {
+    "local": "vastrpc.control.providers.local:LocalProcessProvider",
+    "ray": "vastrpc.control.providers.ray:RayProvider",
+}
+
+
+def _chosen(table: dict[str, str], key: str) -> Any:
+    module, _, name = table[key].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _scheme(url: str) -> str:
+    scheme, sep, _ = url.partition("://")
+    return scheme if sep else url
 
 
 def open_store(config: ControlConfig) -> Store:
@@ -25,17 +59,14 @@ def open_store(config: ControlConfig) -> Store:
         DefinitionError: The URL's scheme is not one vastrpc knows.
         StoreError: The PostgreSQL database cannot be reached, or psycopg is not installed.
     """
-    url = config.store_url
-    if not url:
-        return SqliteStore(Path(config.home) / "state.db")
-    if url.startswith(("postgresql://", "postgres://")):
-        from vastrpc.control.pgstore import PgStore  # psycopg only where PostgreSQL is used
-
-        return PgStore(url)
-    raise DefinitionError(
-        f"unsupported state store {url!r}: use postgresql://user@host/dbname, "
-        "or leave it unset for SQLite under the home folder"
-    )
+    scheme = _scheme(config.store_url or "")
+    if scheme not in STATE_STORES:
+        raise DefinitionError(
+            f"unsupported state store {config.store_url!r}: use postgresql://user@host/dbname, "
+            "or leave it unset for SQLite under the home folder"
+        )
+    store: Store = _chosen(STATE_STORES, scheme).from_config(config)
+    return store
 
 
 def open_blobs(config: ControlConfig) -> BlobStore:
@@ -47,20 +78,16 @@ def open_blobs(config: ControlConfig) -> BlobStore:
     Raises:
         DefinitionError: The URL's scheme is not one vastrpc knows, or its bucket cannot be used.
     """
-    url = config.blob_url
-    if url and url.startswith("s3://"):
-        from vastrpc.control.s3blobs import S3BlobStore  # boto3 only where S3 is used
-
-        s3 = S3BlobStore.from_url(url, endpoint_url=config.s3_endpoint_url)
-        s3.check()
-        return s3
-    if config.s3_endpoint_url:
+    scheme = _scheme(config.blob_url or "")
+    if scheme not in BUNDLE_STORES:
+        raise DefinitionError(
+            f"unsupported bundle store {config.blob_url!r}: use s3://bucket/prefix, "
+            "or leave it unset for the home folder's bundles/"
+        )
+    if config.s3_endpoint_url and scheme != "s3":
         raise DefinitionError("--s3-endpoint-url applies to an S3 bundle store: add --blobs s3://bucket/prefix")
-    if not url:
-        return LocalBlobStore(Path(config.home) / "bundles")
-    raise DefinitionError(
-        f"unsupported bundle store {url!r}: use s3://bucket/prefix, or leave it unset for the home folder's bundles/"
-    )
+    blobs: BlobStore = _chosen(BUNDLE_STORES, scheme).from_config(config)
+    return blobs
 
 
 def open_provider(config: ControlConfig, *, worker_command: Sequence[str] | None = None) -> Provider:
@@ -73,22 +100,10 @@ def open_provider(config: ControlConfig, *, worker_command: Sequence[str] | None
         DefinitionError: The provider is not one vastrpc knows, ``ray`` lacks its address,
             or Ray is not installed.
     """
-    if config.provider == "local":
-        if config.ray_address:
-            raise DefinitionError("--ray-address applies to the Ray provider: add --provider ray")
-        return LocalProcessProvider(Path(config.home), argv_prefix=worker_command, worker_tls=config.tls)
-    if config.provider == "ray":
-        if not config.ray_address:
-            raise DefinitionError(
-                "--provider ray needs --ray-address HOST:PORT: the address `ray start --head` printed"
-            )
-        from vastrpc.control.ray_provider import RayProvider  # ray only where it is used
-
-        return RayProvider(
-            config.ray_address,
-            Path(config.home),
-            control_host=config.host,
-            argv_prefix=worker_command,
-            worker_tls=config.tls,
-        )
-    raise DefinitionError(f"unknown provider {config.provider!r}: use 'local' or 'ray'")
+    if config.provider not in PROVIDERS:
+        known = " or ".join(repr(name) for name in PROVIDERS)
+        raise DefinitionError(f"unknown provider {config.provider!r}: use {known}")
+    if config.ray_address and config.provider != "ray":
+        raise DefinitionError("--ray-address applies to the Ray provider: add --provider ray")
+    provider: Provider = _chosen(PROVIDERS, config.provider).from_config(config, worker_command=worker_command)
+    return provider

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 from vastrpc._errors import DefinitionError, NotFoundError
-from vastrpc.control.store import Store, WorkerRow
+from vastrpc.control.stores.base import Store, WorkerRow
 
 __all__ = [
     "MAX_LINE",

@@ -18,8 +18,8 @@ from prometheus_client.utils import floatToGoString
 
 from vastrpc._metrics import DURATION_BUCKETS
 from vastrpc.api.v1 import common_pb2, control_pb2
-from vastrpc.control.rules import ENDPOINT_STATE_VALUES, WORKER_STATE_NAMES
-from vastrpc.control.store import Store
+from vastrpc.control.lifecycle.rules import ENDPOINT_STATE_VALUES, WORKER_STATE_NAMES
+from vastrpc.control.stores.base import Store
 
 __all__ = ["ControlMetrics", "RpcMetricsInterceptor"]
 

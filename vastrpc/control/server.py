@@ -20,12 +20,12 @@ from vastrpc._metrics import MetricsServer, start_metrics_server
 from vastrpc._tls import TlsFiles, certificate_problems
 from vastrpc.api.v1 import control_pb2, control_pb2_grpc
 from vastrpc.config import ControlConfig
-from vastrpc.control.autoscaler import Autoscaler
 from vastrpc.control.backends import open_blobs, open_provider, open_store
-from vastrpc.control.leader import Leadership
-from vastrpc.control.lifecycle import Lifecycle
+from vastrpc.control.lifecycle.autoscaler import Autoscaler
+from vastrpc.control.lifecycle.endpoints import Lifecycle
+from vastrpc.control.lifecycle.leadership import Leadership
+from vastrpc.control.lifecycle.reaper import Reaper
 from vastrpc.control.metrics import ControlMetrics
-from vastrpc.control.reaper import Reaper
 from vastrpc.control.service import ControlService
 
 __all__ = ["resolve_api_key", "serve"]

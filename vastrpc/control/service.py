@@ -25,14 +25,14 @@ from vastrpc._errors import (
 from vastrpc._grpc import CHUNK_SIZE, token_from_metadata, tokens_equal
 from vastrpc._secrets import reseal
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
-from vastrpc.control.autoscaler import Autoscaler, wake
-from vastrpc.control.blobs import check_digest
-from vastrpc.control.lifecycle import Lifecycle
+from vastrpc.control.bundles.base import check_digest
+from vastrpc.control.lifecycle.autoscaler import Autoscaler, wake
+from vastrpc.control.lifecycle.endpoints import Lifecycle
+from vastrpc.control.lifecycle.reaper import Reaper
+from vastrpc.control.lifecycle.rules import ENDPOINT_STATE_VALUES, WORKER_STATE_VALUES
 from vastrpc.control.logtail import LogFollower
 from vastrpc.control.metrics import ControlMetrics
-from vastrpc.control.reaper import Reaper
-from vastrpc.control.rules import ENDPOINT_STATE_VALUES, WORKER_STATE_VALUES
-from vastrpc.control.store import EndpointRow, RevisionRow, WorkerRow
+from vastrpc.control.stores.base import EndpointRow, RevisionRow, WorkerRow
 
 __all__ = ["WORKER_METHODS", "ControlService"]
 

@@ -19,8 +19,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vastrpc._errors import ControlUnavailableError
+from vastrpc._process import package_pythonpath, pid_alive
 from vastrpc._tls import TlsFiles
-from vastrpc.control.provider import package_pythonpath, pid_alive
 
 __all__ = ["LocalControl", "control_status", "control_tls", "ensure_control", "read_control_info", "stop_control"]
 

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from vastrpc.control.provider import LocalProcessProvider
+from vastrpc.control.providers.local import LocalProcessProvider
 
-from .helpers import eventually, pid_gone
+from ..helpers import eventually, pid_gone
 
 pytestmark = pytest.mark.timeout(20)
 

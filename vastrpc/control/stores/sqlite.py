@@ -11,7 +11,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vastrpc.control.store import (
+from vastrpc.config import ControlConfig
+from vastrpc.control.stores.base import (
     ENDPOINT_COLUMNS,
     WORKER_COLUMNS,
     DeploymentRow,
@@ -117,6 +118,11 @@ class SqliteStore:
     """
 
     shared = False
+
+    @classmethod
+    def from_config(cls, config: ControlConfig) -> SqliteStore:
+        """The store in ``state.db`` under the service's home."""
+        return cls(Path(config.home) / "state.db")
 
     def __init__(self, path: Path | str) -> None:
         """Open (creating and migrating when needed) the database at ``path``."""

@@ -10,8 +10,8 @@ import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from vastrpc.control.provider import pid_alive
-from vastrpc.control.store import LeaderLock, WorkerRow
+from vastrpc._process import pid_alive
+from vastrpc.control.stores.base import LeaderLock, WorkerRow
 
 __all__ = ["Leadership", "on_this_host", "orphan_loss", "owner_is_gone", "process_owner"]
 

@@ -1,4 +1,4 @@
-"""The control service's state store: its interface and rows (SQLite in sqlitestore.py, PostgreSQL in pgstore.py)."""
+"""The state store port: the Store interface and the rows it keeps (SQLite in sqlite.py, PostgreSQL in postgres.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,9 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from vastrpc._errors import VastrpcError
-
-if TYPE_CHECKING:
-    # Provided at run time by __getattr__ below (sqlitestore imports this module).
-    from vastrpc.control.sqlitestore import SqliteStore
 
 __all__ = [
     "ACTIVE_WORKER_STATES",
@@ -21,7 +17,6 @@ __all__ = [
     "EndpointRow",
     "RevisionRow",
     "LeaderLock",
-    "SqliteStore",
     "Store",
     "StoreError",
     "WorkerRow",
@@ -137,7 +132,7 @@ class WorkerRow:
     """A worker as the control service tracks it. Only the sha256 of its token is kept.
 
     ``owner`` names the control service process that started it (``host:pid:start``, see
-    ``vastrpc.control.leader.process_owner``); empty in rows older than the column.
+    ``vastrpc.control.lifecycle.leadership.process_owner``); empty in rows older than the column.
     """
 
     id: str
@@ -290,13 +285,3 @@ def check_columns(table: str, allowed: frozenset[str], values: dict[str, Any]) -
 def new_token() -> str:
     """A new endpoint token nonce."""
     return secrets.token_urlsafe(32)
-
-
-def __getattr__(name: str) -> Any:
-    # SqliteStore lived here before the PostgreSQL store came; it is still importable from here
-    # (lazily: sqlitestore imports this module).
-    if name == "SqliteStore":
-        from vastrpc.control.sqlitestore import SqliteStore  # noqa: PLC0415
-
-        return SqliteStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from vastrpc._errors import BundleError, NotFoundError
-from vastrpc.control.blobs import LocalBlobStore
+from vastrpc.control.bundles.local import LocalBlobStore
 
 pytestmark = pytest.mark.timeout(10)
 DATA = b"bundle bytes " * 1000

@@ -13,13 +13,13 @@ import pytest
 
 from vastrpc._errors import DeploymentError, NotFoundError
 from vastrpc.api.v1 import control_pb2
-from vastrpc.control.autoscaler import Autoscaler, Policy, ScaleState, decide, workers_for
-from vastrpc.control.blobs import LocalBlobStore
-from vastrpc.control.lifecycle import Lifecycle
-from vastrpc.control.sqlitestore import SqliteStore
-from vastrpc.control.store import WorkerRow
+from vastrpc.control.bundles.local import LocalBlobStore
+from vastrpc.control.lifecycle.autoscaler import Autoscaler, Policy, ScaleState, decide, workers_for
+from vastrpc.control.lifecycle.endpoints import Lifecycle
+from vastrpc.control.stores.base import WorkerRow
+from vastrpc.control.stores.sqlite import SqliteStore
 
-from .helpers import Client, make_spec
+from ..helpers import Client, make_spec
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -236,7 +236,7 @@ def setup(tmp_path):
 
 
 async def test_load_scales_up_and_the_endpoint_stays_ready(setup, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="vastrpc.control.autoscaler")
+    caplog.set_level(logging.INFO, logger="vastrpc.control.lifecycle.autoscaler")
     endpoint_id = setup.endpoint()
     setup.lifecycle.heartbeat("w-0", calls_in_flight=12, calls_queued=10)
     assert setup.store.get_worker("w-0").calls_queued == 10

@@ -9,12 +9,12 @@ from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from vastrpc._errors import DeploymentError
-from vastrpc.control.leader import JOINED
-from vastrpc.control.provider import Provider, start_options
-from vastrpc.control.rules import hash_token
-from vastrpc.control.store import ACTIVE_WORKER_STATES, RevisionRow, Store, WorkerRow
+from vastrpc.control.lifecycle.leadership import JOINED
+from vastrpc.control.lifecycle.rules import hash_token
+from vastrpc.control.providers.base import Provider, start_options
+from vastrpc.control.stores.base import ACTIVE_WORKER_STATES, RevisionRow, Store, WorkerRow
 
-log = logging.getLogger("vastrpc.control.lifecycle")
+log = logging.getLogger(__name__)
 
 
 class Rollouts:

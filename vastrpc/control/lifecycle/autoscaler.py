@@ -11,9 +11,9 @@ from typing import Protocol
 
 from vastrpc._errors import DeploymentError, NotFoundError
 from vastrpc.api.v1 import control_pb2
-from vastrpc.control.leader import JOINED
-from vastrpc.control.rules import wake_workers
-from vastrpc.control.store import ACTIVE_WORKER_STATES, EndpointRow, Store, WorkerRow
+from vastrpc.control.lifecycle.leadership import JOINED
+from vastrpc.control.lifecycle.rules import wake_workers
+from vastrpc.control.stores.base import ACTIVE_WORKER_STATES, EndpointRow, Store, WorkerRow
 
 __all__ = ["Autoscaler", "Decision", "Policy", "ScaleState", "ScaleTarget", "decide", "wake", "workers_for"]
 

@@ -1,4 +1,4 @@
-"""Providers start and stop workers: an interface, and LocalProcessProvider (a worker is a local process)."""
+"""The local process provider: each worker is a process on this host (the embedded default)."""
 
 from __future__ import annotations
 
@@ -9,61 +9,20 @@ import logging
 import os
 import signal
 import sys
-import sysconfig
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
 
+from vastrpc._process import package_pythonpath, pid_alive
 from vastrpc._tls import TlsFiles
-from vastrpc.api.v1 import control_pb2
-from vastrpc.config import ENV_TLS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT
+from vastrpc.config import ENV_TLS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT, ControlConfig
+from vastrpc.control.providers.base import ENV_HOME, ENV_WORKER_TOKEN, ExitCallback
 
-__all__ = ["ExitCallback", "LocalProcessProvider", "Provider", "pid_alive", "start_options"]
+__all__ = ["LocalProcessProvider"]
 
 log = logging.getLogger(__name__)
 
-ENV_WORKER_TOKEN = "VASTRPC_WORKER_TOKEN"
-ENV_HOME = "VASTRPC_HOME"
 
-# Called with (worker_id, returncode) when a worker's process ends, whoever ended it.
-ExitCallback = Callable[[str, int, int], Awaitable[None] | None]
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with that pid exists (and is not a zombie of ours)."""
-    if pid <= 0:
-        return False
-    try:
-        # Reap it if it is our exited child: a zombie still answers kill(pid, 0).
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # Someone else's exited child (e.g. a service that the SDK process started) stays a
-    # zombie until its parent reaps it; it is gone all the same.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
-
-
-def start_options(spec: bytes) -> dict[str, Any]:
-    """The keyword arguments of ``Provider.start_worker`` for a revision's stored spec.
-
-    The search filters only when the revision has some: providers that place nothing need
-    not take them.
-    """
-    requirements = dict(control_pb2.DeploymentSpec.FromString(spec).image.requirements)
-    return {"requirements": requirements} if requirements else {}
 
 
 def _control_credential(name: str) -> bool:
@@ -73,54 +32,6 @@ def _control_credential(name: str) -> bool:
     URLs); its PostgreSQL password. A function that needs any of these gets it through secrets.
     """
     return name.startswith("AWS_") or name in ("VASTRPC_API_KEY", "PGPASSWORD", "PGPASSFILE")
-
-
-def package_pythonpath(environ: Mapping[str, str]) -> str | None:
-    """PYTHONPATH that lets ``python -m vastrpc`` find this very vastrpc, or None when it is installed.
-
-    A checkout used without ``pip install`` is importable here only through the caller's
-    sys.path; a child started elsewhere would not find it.
-    """
-    root = str(Path(__file__).resolve().parents[2])
-    installed = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
-    if root in installed:
-        return None
-    current = environ.get("PYTHONPATH", "")
-    if root in current.split(os.pathsep):
-        return None
-    return os.pathsep.join(p for p in (root, current) if p)
-
-
-class Provider(Protocol):
-    """Places workers somewhere (local processes now, a cluster engine later).
-
-    ``on_exit`` is called with ``(worker_id, pid, returncode)`` whenever a worker process
-    the provider started ends, whether it crashed, exited or was stopped.
-    """
-
-    on_exit: ExitCallback | None
-
-    async def start_worker(
-        self, worker_id: str, token: str, control_address: str, *, requirements: Mapping[str, str] | None = None
-    ) -> int:
-        """Start a worker agent that reports to ``control_address``; returns its pid.
-
-        ``requirements`` are the revision's search filters (``Image.require``); the caller
-        passes them only when there are some (``start_options``). A provider that cannot
-        meet them raises DeploymentError, its ``step`` saying where (e.g. ``placement``).
-        """
-
-    async def stop_worker(self, worker_id: str, grace: float, *, pid: int = 0) -> bool:
-        """Stop a worker (TERM, then KILL after ``grace`` seconds); False when it was not running."""
-
-    async def stop_all(self, grace: float) -> None:
-        """Stop every worker this provider runs."""
-
-    def is_running(self, worker_id: str) -> bool:
-        """Whether the provider runs that worker now."""
-
-    def log_path(self, worker_id: str) -> Path:
-        """Where the worker's output goes."""
 
 
 class LocalProcessProvider:
@@ -137,6 +48,11 @@ class LocalProcessProvider:
             calls with ``cert_file`` and ``key_file`` and presents them under mutual TLS.
             None: workers speak plaintext.
     """
+
+    @classmethod
+    def from_config(cls, config: ControlConfig, *, worker_command: Sequence[str] | None = None) -> LocalProcessProvider:
+        """Workers under the service's home; ``worker_command`` replaces ``argv_prefix`` (tests' fake workers)."""
+        return cls(Path(config.home), argv_prefix=worker_command, worker_tls=config.tls)
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 The control service joins the cluster as a driver (lazily, off its event loop). Each
 worker is an actor owned by it, holding the CPUs, GPUs and memory the revision's search
-filters ask for (vastrpc/control/placement.py), spread across the nodes. The actor
+filters ask for (placement.py beside this module), spread across the nodes. The actor
 launches ``python -m vastrpc worker`` on its node with ``CUDA_VISIBLE_DEVICES`` set to the
 GPUs Ray gave it and ``VASTRPC_WORKER_HOST`` set to the node's address, which the worker
 serves calls on and registers with the control service; clients then call it directly.
@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from vastrpc._errors import DefinitionError, DeploymentError
+from vastrpc._process import package_pythonpath
 from vastrpc._tls import TlsFiles, certificate_problems
-from vastrpc.config import ENV_TLS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT
-from vastrpc.control.placement import NodeInfo, Placement
-from vastrpc.control.provider import ENV_HOME, ENV_WORKER_TOKEN, ExitCallback, package_pythonpath
+from vastrpc.config import ENV_TLS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT, ControlConfig
+from vastrpc.control.providers.base import ENV_HOME, ENV_WORKER_TOKEN, ExitCallback
+from vastrpc.control.providers.placement import NodeInfo, Placement
 from vastrpc.serve.agent import ENV_WORKER_HOST
 
 __all__ = ["ENV_RAY_NODE_ID", "RayProvider", "WorkerHost"]
@@ -219,6 +220,19 @@ class RayProvider:
     Raises:
         DefinitionError: Ray is not installed (``pip install 'vastrpc[ray]'``).
     """
+
+    @classmethod
+    def from_config(cls, config: ControlConfig, *, worker_command: Sequence[str] | None = None) -> RayProvider:
+        """Workers on the cluster at ``config.ray_address``, which is required."""
+        if not config.ray_address:
+            raise DefinitionError("--provider ray needs --ray-address HOST:PORT: the address `ray start --head` printed")
+        return cls(
+            config.ray_address,
+            Path(config.home),
+            control_host=config.host,
+            argv_prefix=worker_command,
+            worker_tls=config.tls,
+        )
 
     def __init__(
         self,

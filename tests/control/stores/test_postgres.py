@@ -14,8 +14,8 @@ import pytest
 from vastrpc._errors import DefinitionError
 from vastrpc.config import ControlConfig
 from vastrpc.control.backends import open_store
-from vastrpc.control.pgstore import _MIGRATIONS, PgLeaderLock, PgStore
-from vastrpc.control.store import StoreError, WorkerRow
+from vastrpc.control.stores.base import StoreError, WorkerRow
+from vastrpc.control.stores.postgres import _MIGRATIONS, PgLeaderLock, PgStore
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from vastrpc.control.sqlitestore import _MIGRATIONS, SqliteStore
-from vastrpc.control.store import Store, WorkerRow
+from vastrpc.control.stores.base import Store, WorkerRow
+from vastrpc.control.stores.sqlite import _MIGRATIONS, SqliteStore
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -19,7 +19,7 @@ def store(request, tmp_path):
     if request.param == "sqlite":
         s = SqliteStore(tmp_path / "state.db")
     else:
-        from vastrpc.control.pgstore import PgStore
+        from vastrpc.control.stores.postgres import PgStore
 
         s = PgStore(request.getfixturevalue("pg_url"))
     yield s

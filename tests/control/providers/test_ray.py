@@ -24,10 +24,10 @@ from vastrpc._tls import ensure_local_ca, issue_certificate
 from vastrpc.client.control import ControlClient
 from vastrpc.config import ControlConfig
 from vastrpc.control.backends import open_provider
-from vastrpc.control.placement import GPU_RAM_LABEL, NodeInfo, Placement
-from vastrpc.control.ray_provider import RayProvider, _Worker
+from vastrpc.control.providers.placement import GPU_RAM_LABEL, NodeInfo, Placement
+from vastrpc.control.providers.ray import RayProvider, _Worker
 
-from .ray_cluster import GPU_NODE_ACCELERATOR, RAY_ENV, RayCluster, ray_binary, start_cluster
+from ..ray_cluster import GPU_NODE_ACCELERATOR, RAY_ENV, RayCluster, ray_binary, start_cluster
 
 # -- search filters (unit) ----------------------------------------------------------------
 

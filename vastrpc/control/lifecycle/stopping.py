@@ -9,12 +9,13 @@ from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from vastrpc._errors import NotFoundError
+from vastrpc._process import pid_alive
 from vastrpc.api.v1 import control_pb2
-from vastrpc.control.leader import JOINED, owner_is_gone
-from vastrpc.control.provider import Provider, pid_alive
-from vastrpc.control.store import Store, WorkerRow
+from vastrpc.control.lifecycle.leadership import JOINED, owner_is_gone
+from vastrpc.control.providers.base import Provider
+from vastrpc.control.stores.base import Store, WorkerRow
 
-log = logging.getLogger("vastrpc.control.lifecycle")
+log = logging.getLogger(__name__)
 
 
 class Stopping:

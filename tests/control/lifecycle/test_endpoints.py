@@ -6,14 +6,14 @@ import os
 
 import pytest
 
-from vastrpc.control.blobs import LocalBlobStore
-from vastrpc.control.lifecycle import Lifecycle
-from vastrpc.control.provider import LocalProcessProvider
-from vastrpc.control.rules import desired_workers
-from vastrpc.control.sqlitestore import SqliteStore
-from vastrpc.control.store import WorkerRow
+from vastrpc.control.bundles.local import LocalBlobStore
+from vastrpc.control.lifecycle.endpoints import Lifecycle
+from vastrpc.control.lifecycle.rules import desired_workers
+from vastrpc.control.providers.local import LocalProcessProvider
+from vastrpc.control.stores.base import WorkerRow
+from vastrpc.control.stores.sqlite import SqliteStore
 
-from .helpers import make_spec
+from ..helpers import make_spec
 
 pytestmark = pytest.mark.timeout(10)
 

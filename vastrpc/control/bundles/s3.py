@@ -20,7 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from vastrpc._errors import BundleError, ControlServiceError, DefinitionError, NotFoundError
-from vastrpc.control.blobs import VerifyingWriter, check_digest, is_digest
+from vastrpc.config import ControlConfig
+from vastrpc.control.bundles.base import VerifyingWriter, check_digest, is_digest
 
 __all__ = ["S3BlobStore", "S3Error", "is_transient"]
 
@@ -158,6 +159,14 @@ class S3BlobStore:
         self._client = client if client is not None else self._new_client(region)
         self._listing: tuple[float, dict[str, float]] | None = None
         self._listing_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: ControlConfig) -> S3BlobStore:
+        """The store at ``config.blob_url`` (``s3://bucket/prefix``), checked at once: a missing bucket or
+        refused credentials raise DefinitionError here, when the service starts."""
+        store = cls.from_url(config.blob_url or "", endpoint_url=config.s3_endpoint_url)
+        store.check()
+        return store
 
     @classmethod
     def from_url(cls, url: str, *, endpoint_url: str | None = None, **kwargs: Any) -> S3BlobStore:

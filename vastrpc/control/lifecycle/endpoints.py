@@ -1,4 +1,4 @@
-"""Endpoint and worker lifecycle: update tiers, provisioning, worker state changes, teardown and recovery."""
+"""Endpoints and their workers: registration of revisions, provisioning, worker state changes and recovery."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ from typing import Any
 
 from vastrpc._errors import DefinitionError, DeploymentError, NotFoundError
 from vastrpc.api.v1 import common_pb2, control_pb2
-from vastrpc.control.blobs import BlobStore
-from vastrpc.control.leader import JOINED, on_this_host, orphan_loss, process_owner
-from vastrpc.control.provider import Provider, start_options
-from vastrpc.control.rollout import Rollouts
-from vastrpc.control.rules import (
+from vastrpc.control.bundles.base import BlobStore
+from vastrpc.control.lifecycle.leadership import JOINED, on_this_host, orphan_loss, process_owner
+from vastrpc.control.lifecycle.rollout import Rollouts
+from vastrpc.control.lifecycle.rules import (
     DEFAULT_TAG,
     WORKER_STATE_NAMES,
     desired_workers,
@@ -27,8 +26,10 @@ from vastrpc.control.rules import (
     read_log_tail,
     validate_spec,
 )
-from vastrpc.control.stopping import Stopping
-from vastrpc.control.store import ACTIVE_WORKER_STATES, EndpointRow, RevisionRow, Store, WorkerRow, new_id
+from vastrpc.control.lifecycle.stopping import Stopping
+from vastrpc.control.lifecycle.tiers import classify, same_spec, same_workload
+from vastrpc.control.providers.base import Provider, start_options
+from vastrpc.control.stores.base import ACTIVE_WORKER_STATES, EndpointRow, RevisionRow, Store, WorkerRow, new_id
 
 __all__ = ["Lifecycle", "Registration"]
 
@@ -118,22 +119,13 @@ class Lifecycle(Rollouts, Stopping):
             deployment = self.store.get_or_create_deployment(spec.name)
             endpoint, created = self.store.get_or_create_endpoint(deployment.id, spec.tag)
             live = self.store.get_revision(endpoint.live_revision_id) if endpoint.live_revision_id else None
-            if created or live is None or endpoint.state == "stopped":
-                tier = common_pb2.UPDATE_TIER_NEW_ENDPOINT
-            elif live.environment_digest != digests.environment:
-                tier = common_pb2.UPDATE_TIER_ENVIRONMENT
-            elif live.code_digest != digests.code or live.bundle_digest != digests.bundle:
-                tier = common_pb2.UPDATE_TIER_CODE
-            elif live.autoscaling_digest != digests.autoscaling:
-                tier = common_pb2.UPDATE_TIER_SETTINGS
-            else:
-                tier = common_pb2.UPDATE_TIER_NONE
+            tier = classify(None if created or endpoint.state == "stopped" else live, digests)
             data = spec.SerializeToString(deterministic=True)
             latest = self.store.latest_revision(endpoint.id)
             if tier == common_pb2.UPDATE_TIER_NONE:
                 assert live is not None
                 revision_id = live.id
-            elif latest is not None and (live is None or latest.id != live.id) and _same_spec(latest.spec, spec):
+            elif latest is not None and (live is None or latest.id != live.id) and same_spec(latest.spec, spec):
                 # The same deploy again before it went live (a retry, or two clients at once):
                 # one revision, so both Provisions converge on the same workers.
                 revision_id = latest.id
@@ -183,7 +175,7 @@ class Lifecycle(Rollouts, Stopping):
             desired = desired_workers(spec, current)
             if healthy and live is not None and live.id == revision_id:
                 started = await self._scale(endpoint_id, revision, kept_workers(spec, current))
-            elif healthy and live is not None and _same_workload(live, revision):
+            elif healthy and live is not None and same_workload(live, revision):
                 started = await self._switch_settings(endpoint_id, revision, kept_workers(spec, current))
             elif healthy and live is not None and live.environment_digest == revision.environment_digest:
                 started = await self._update_in_place(endpoint_id, revision, desired)
@@ -558,23 +550,3 @@ class Lifecycle(Rollouts, Stopping):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
-
-
-def _same_workload(live: RevisionRow, revision: RevisionRow) -> bool:
-    """Whether two revisions run the same bundle, code and environment (so only settings differ)."""
-    return (
-        live.bundle_digest == revision.bundle_digest
-        and live.code_digest == revision.code_digest
-        and live.environment_digest == revision.environment_digest
-    )
-
-
-def _same_spec(stored: bytes, spec: control_pb2.DeploymentSpec) -> bool:
-    """Whether two specs ask for the same thing (sealed secrets differ by their random nonces; their digests do not)."""
-    a, b = control_pb2.DeploymentSpec.FromString(stored), control_pb2.DeploymentSpec()
-    b.CopyFrom(spec)
-    if set(a.image.sealed_secrets) != set(b.image.sealed_secrets):
-        return False  # e.g. a torn-down revision whose secrets were forgotten
-    for message in (a, b):
-        message.image.ClearField("sealed_secrets")
-    return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)

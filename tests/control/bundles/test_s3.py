@@ -23,7 +23,7 @@ import pytest
 from vastrpc._errors import BundleError, DefinitionError, DeploymentError, NotFoundError
 from vastrpc.config import ControlConfig
 from vastrpc.control.backends import open_blobs
-from vastrpc.control.s3blobs import DIGEST_METADATA, S3BlobStore, S3Error, is_transient
+from vastrpc.control.bundles.s3 import DIGEST_METADATA, S3BlobStore, S3Error, is_transient
 from vastrpc.serve.fetch import fetch_bundle
 
 BUCKET = "vastrpc-test"

@@ -10,8 +10,8 @@ from typing import Protocol
 
 from vastrpc._errors import NotFoundError
 from vastrpc.api.v1 import control_pb2
-from vastrpc.control.blobs import BlobStore
-from vastrpc.control.store import ACTIVE_WORKER_STATES, EndpointRow, Store
+from vastrpc.control.bundles.base import BlobStore
+from vastrpc.control.stores.base import ACTIVE_WORKER_STATES, EndpointRow, Store
 
 __all__ = ["Reaper", "TeardownTarget"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vastrpc._errors import DefinitionError
 from vastrpc.api.v1 import common_pb2, control_pb2
-from vastrpc.control.blobs import check_digest
+from vastrpc.control.bundles.base import check_digest
 
 WORKER_STATE_NAMES: dict[int, str] = {
     common_pb2.WORKER_STATE_STARTING: "starting",

@@ -12,7 +12,8 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from vastrpc.control.store import (
+from vastrpc.config import ControlConfig
+from vastrpc.control.stores.base import (
     ENDPOINT_COLUMNS,
     WORKER_COLUMNS,
     DeploymentRow,
@@ -209,6 +210,11 @@ class PgStore:
     """
 
     shared = True
+
+    @classmethod
+    def from_config(cls, config: ControlConfig) -> PgStore:
+        """The store at ``config.store_url``."""
+        return cls(config.store_url or "")
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -11,14 +11,14 @@ import time
 import pytest
 
 from vastrpc.api.v1 import control_pb2
-from vastrpc.control.blobs import LocalBlobStore
-from vastrpc.control.lifecycle import Lifecycle
-from vastrpc.control.provider import LocalProcessProvider
-from vastrpc.control.reaper import Reaper
-from vastrpc.control.sqlitestore import SqliteStore
-from vastrpc.control.store import WorkerRow
+from vastrpc.control.bundles.local import LocalBlobStore
+from vastrpc.control.lifecycle.endpoints import Lifecycle
+from vastrpc.control.lifecycle.reaper import Reaper
+from vastrpc.control.providers.local import LocalProcessProvider
+from vastrpc.control.stores.base import WorkerRow
+from vastrpc.control.stores.sqlite import SqliteStore
 
-from .helpers import eventually, pid_gone
+from ..helpers import eventually, pid_gone
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -85,7 +85,7 @@ def setup(tmp_path):
 
 
 async def test_idle_past_ttl_is_torn_down_and_its_bundle_deleted(setup, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="vastrpc.control.reaper")
+    caplog.set_level(logging.INFO, logger="vastrpc.control.lifecycle.reaper")
     endpoint_id = setup.endpoint("hello", ttl=30, seen=LATER - 29)
     digest = setup.store.get_revision(setup.store.get_endpoint(endpoint_id).live_revision_id).bundle_digest
     assert await setup.reaper.sweep(LATER) == []

@@ -1,0 +1,45 @@
+"""Where update tiers are decided: a new revision's digests against the live revision's."""
+
+from __future__ import annotations
+
+from vastrpc.api.v1 import common_pb2, control_pb2
+from vastrpc.control.stores.base import RevisionRow
+
+__all__ = ["classify", "same_spec", "same_workload"]
+
+
+def classify(live: RevisionRow | None, digests: control_pb2.RevisionDigests) -> int:
+    """The UpdateTier of a revision with ``digests`` over ``live`` (None: no live revision, or torn down).
+
+    The digests are computed by the client (``vastrpc.deploy.spec``); the first that differs,
+    in this order, decides: environment (tier 3), bundle or code (tier 2), settings (tier 1).
+    """
+    if live is None:
+        return common_pb2.UPDATE_TIER_NEW_ENDPOINT
+    if live.environment_digest != digests.environment:
+        return common_pb2.UPDATE_TIER_ENVIRONMENT
+    if live.code_digest != digests.code or live.bundle_digest != digests.bundle:
+        return common_pb2.UPDATE_TIER_CODE
+    if live.autoscaling_digest != digests.autoscaling:
+        return common_pb2.UPDATE_TIER_SETTINGS
+    return common_pb2.UPDATE_TIER_NONE
+
+
+def same_workload(live: RevisionRow, revision: RevisionRow) -> bool:
+    """Whether two revisions run the same bundle, code and environment (so only settings differ)."""
+    return (
+        live.bundle_digest == revision.bundle_digest
+        and live.code_digest == revision.code_digest
+        and live.environment_digest == revision.environment_digest
+    )
+
+
+def same_spec(stored: bytes, spec: control_pb2.DeploymentSpec) -> bool:
+    """Whether two specs ask for the same thing (sealed secrets differ by their random nonces; their digests do not)."""
+    a, b = control_pb2.DeploymentSpec.FromString(stored), control_pb2.DeploymentSpec()
+    b.CopyFrom(spec)
+    if set(a.image.sealed_secrets) != set(b.image.sealed_secrets):
+        return False  # e.g. a torn-down revision whose secrets were forgotten
+    for message in (a, b):
+        message.image.ClearField("sealed_secrets")
+    return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)

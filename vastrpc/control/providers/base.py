@@ -1,0 +1,59 @@
+"""The worker provider port: the interface every provider implements (where a worker's processes run)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from vastrpc.api.v1 import control_pb2
+
+__all__ = ["ENV_HOME", "ENV_WORKER_TOKEN", "ExitCallback", "Provider", "start_options"]
+
+ENV_WORKER_TOKEN = "VASTRPC_WORKER_TOKEN"
+ENV_HOME = "VASTRPC_HOME"
+
+# Called with (worker_id, returncode) when a worker's process ends, whoever ended it.
+ExitCallback = Callable[[str, int, int], Awaitable[None] | None]
+
+
+def start_options(spec: bytes) -> dict[str, Any]:
+    """The keyword arguments of ``Provider.start_worker`` for a revision's stored spec.
+
+    The search filters only when the revision has some: providers that place nothing need
+    not take them.
+    """
+    requirements = dict(control_pb2.DeploymentSpec.FromString(spec).image.requirements)
+    return {"requirements": requirements} if requirements else {}
+
+
+class Provider(Protocol):
+    """Places workers somewhere (local processes now, a cluster engine later).
+
+    ``on_exit`` is called with ``(worker_id, pid, returncode)`` whenever a worker process
+    the provider started ends, whether it crashed, exited or was stopped.
+    """
+
+    on_exit: ExitCallback | None
+
+    async def start_worker(
+        self, worker_id: str, token: str, control_address: str, *, requirements: Mapping[str, str] | None = None
+    ) -> int:
+        """Start a worker agent that reports to ``control_address``; returns its pid.
+
+        ``requirements`` are the revision's search filters (``Image.require``); the caller
+        passes them only when there are some (``start_options``). A provider that cannot
+        meet them raises DeploymentError, its ``step`` saying where (e.g. ``placement``).
+        """
+
+    async def stop_worker(self, worker_id: str, grace: float, *, pid: int = 0) -> bool:
+        """Stop a worker (TERM, then KILL after ``grace`` seconds); False when it was not running."""
+
+    async def stop_all(self, grace: float) -> None:
+        """Stop every worker this provider runs."""
+
+    def is_running(self, worker_id: str) -> bool:
+        """Whether the provider runs that worker now."""
+
+    def log_path(self, worker_id: str) -> Path:
+        """Where the worker's output goes."""
