@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from vastrpc.api.v1 import worker_pb2
 from vastrpc.config import ClientConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,6 +146,21 @@ def echo_server() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+def echo_call(channel: grpc.aio.Channel) -> Call:
+    """The bare baseline: one unary call to bench/echo_server.py on ``channel``, carrying a no-op's argument."""
+    rpc = channel.unary_unary(
+        "/bench.Echo/Echo",
+        request_serializer=worker_pb2.CallData.SerializeToString,
+        response_deserializer=worker_pb2.CallData.FromString,
+    )
+    msg = worker_pb2.CallData(call_id=1, data=b"\x80\x05K\x01.")  # pickle of 1, the no-op's argument
+
+    async def bare() -> None:
+        await rpc(msg)
+
+    return bare
 
 
 def machine() -> str:

@@ -19,10 +19,8 @@ import uuid
 from pathlib import Path
 
 import grpc
-from _common import control_service, echo_server, latency, machine, percentile, throughput
+from _common import control_service, echo_call, echo_server, latency, machine, percentile, throughput
 from _common import load_module as _load_module
-
-from vastrpc.api.v1 import worker_pb2
 
 NOOP = textwrap.dedent(
     """
@@ -47,16 +45,7 @@ async def bench(n: int, cold_runs: int, home: Path) -> dict:
         results: dict = {}
         with echo_server() as address:
             async with grpc.aio.insecure_channel(address) as channel:
-                rpc = channel.unary_unary(
-                    "/bench.Echo/Echo",
-                    request_serializer=worker_pb2.CallData.SerializeToString,
-                    response_deserializer=worker_pb2.CallData.FromString,
-                )
-                msg = worker_pb2.CallData(call_id=1, data=b"\x80\x05K\x01.")
-
-                async def bare() -> None:
-                    await rpc(msg)
-
+                bare = echo_call(channel)
                 lat = await latency(bare, n)
                 results["bare_p50_ms"] = percentile(lat, 0.5) * 1e3
                 results["bare_p99_ms"] = percentile(lat, 0.99) * 1e3

@@ -374,7 +374,7 @@ def test_call_totals_put_worker_buckets_into_their_own(totals: CallTotals) -> No
 
 async def test_metrics_server_answers_get_head_gzip_and_refuses_the_rest(tmp_path: Path) -> None:
     metrics = ControlMetrics(SqliteStore(tmp_path / "state.db"))
-    metrics.update_registered(3)  # UPDATE_TIER_CODE: DESIGN.md's tier 2
+    metrics.update_registered(3)  # UPDATE_TIER_CODE: tier 2 in docs/tiers.md
     server = await start_metrics_server(metrics.registry, "127.0.0.1", 0, routes={"/targets": metrics.targets})
     try:
         address = server.address

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from vastrpc._errors import ContextError
 
 if TYPE_CHECKING:
-    from vastrpc.deployment import Deployment
+    from vastrpc.definition import Describable
 
 __all__ = ["ServeRuntime", "enter_serve_mode", "get_context", "serve_runtime"]
 
@@ -16,7 +16,7 @@ class ServeRuntime:
     """What a worker's serving process knows while it imports and runs a deployment module."""
 
     def __init__(self) -> None:
-        self.deployments: list[Deployment] = []
+        self.deployments: list[Describable] = []
         self.contexts: dict[type, Any] = {}
 
 

@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import inspect
 import re
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from vastrpc._errors import DefinitionError
 from vastrpc._mode import serve_runtime
 from vastrpc.config import ClientConfig
-from vastrpc.function import (
+from vastrpc.definition import (
     DEFAULT_MAX_ARGUMENT_BYTES,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_QUEUE_TIME,
+    DeploymentDefinition,
+    FunctionDefinition,
     FunctionOptions,
-    RemoteFunction,
 )
+from vastrpc.deploy.flow import DeployResult
+from vastrpc.deploy.handle import DeploymentHandle
+from vastrpc.function import RemoteFunction
 from vastrpc.image import Autoscaling, Image
-
-if TYPE_CHECKING:
-    from vastrpc.client.router import CallInfo
-    from vastrpc.deploy.flow import DeployResult, Session
 
 __all__ = ["Deployment", "RemoteFunction"]
 
@@ -91,8 +90,7 @@ class Deployment:
         self.autoscaling = Autoscaling()
         self.functions: dict[str, RemoteFunction[Any, Any]] = {}
         self.contexts: list[type] = []
-        self._session: Session | None = None
-        self._session_lock: asyncio.Lock | None = None
+        self._handle = DeploymentHandle(name, self.describe, self.client_config)
         runtime = serve_runtime()
         if runtime is not None:
             runtime.deployments.append(self)
@@ -225,7 +223,7 @@ class Deployment:
                 retries=retries,
                 max_argument_bytes=max_argument_bytes,
             )
-            remote_fn: RemoteFunction[P, R] = RemoteFunction(self, func, options)
+            remote_fn: RemoteFunction[P, R] = RemoteFunction(self._handle, func, options)
             self.functions[name] = remote_fn
             return remote_fn
 
@@ -253,6 +251,21 @@ class Deployment:
             api_key=self._api_key or base.api_key,
         )
 
+    def describe(self) -> DeploymentDefinition:
+        """What this deployment declares now, as the deploy steps and workers read it."""
+        return DeploymentDefinition(
+            name=self.name,
+            tag=self.tag,
+            version_label=self.version_label,
+            ttl=self.ttl,
+            module_file=self.module_file,
+            module_name=self.module_name,
+            image=self._image,
+            autoscaling=self.autoscaling,
+            functions={name: FunctionDefinition(f.fn, f.options) for name, f in self.functions.items()},
+            contexts=tuple(self.contexts),
+        )
+
     async def ensure_ready(self) -> DeployResult:
         """Package, upload if needed, provision, and wait until workers serve the current code.
 
@@ -265,66 +278,13 @@ class Deployment:
             ControlUnavailableError: The control service cannot be reached.
             DeploymentError: Workers could not be brought up (with the failed step and log tail).
         """
-        from vastrpc.deploy.flow import ensure_ready
-
         if serve_runtime() is not None:
             raise DefinitionError("ensure_ready() cannot run on a worker (serve mode)")
-        async with self._lock():
-            self._session = await ensure_ready(self, self._live_session())
-            return self._session.result
-
-    async def _call(
-        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: FunctionOptions
-    ) -> Any:
-        return (await self._invoke(function, args, kwargs, options)).value
-
-    async def _invoke(
-        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: FunctionOptions
-    ) -> CallInfo:
-        session = await self._ready_session()
-        return await session.router.call(
-            function, args, kwargs, options.timeout, options.retries, options.output_handler()
-        )
-
-    async def _stream(
-        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: FunctionOptions
-    ) -> AsyncIterator[Any]:
-        session = await self._ready_session()
-        async for value in session.router.stream(function, args, kwargs, options.timeout, options.output_handler()):
-            yield value
-
-    async def _ready_session(self) -> Session:
-        session = self._live_session()
-        if session is None or session.router.torn_down:
-            async with self._lock():
-                session = self._live_session()
-                if session is None or session.router.torn_down:
-                    # Never deployed from here, or torn down since (TTL): bring it (back) up.
-                    from vastrpc.deploy.flow import ensure_ready
-
-                    self._session = session = await ensure_ready(self, session)
-        return session
+        return await self._handle.ensure_ready()
 
     async def close(self) -> None:
         """Close this client's connections (workers keep running)."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    def _live_session(self) -> Session | None:
-        # Channels belong to the event loop that made them: a new loop (a second
-        # asyncio.run) starts a new session.
-        session = self._session
-        if session is not None and session.loop is not asyncio.get_running_loop():
-            self._session = session = None
-        return session
-
-    def _lock(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        if self._session_lock is None or getattr(self._session_lock, "_vastrpc_loop", None) is not loop:
-            self._session_lock = asyncio.Lock()
-            self._session_lock._vastrpc_loop = loop  # type: ignore[attr-defined]
-        return self._session_lock
+        await self._handle.close()
 
     def __repr__(self) -> str:
         return f"<Deployment {self.name}:{self.tag} functions={list(self.functions)}>"

@@ -5,58 +5,20 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from dataclasses import replace
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from vastrpc._errors import DefinitionError
 from vastrpc._mode import serve_runtime
+from vastrpc.client.output import RemoteOutput
+from vastrpc.client.router import CallInfo
+from vastrpc.definition import FunctionOptions
+from vastrpc.deploy.handle import DeploymentHandle
 
-if TYPE_CHECKING:
-    from vastrpc.client.output import RemoteOutput
-    from vastrpc.client.router import CallInfo
-    from vastrpc.deployment import Deployment
-
-__all__ = ["FunctionOptions", "RemoteFunction"]
+__all__ = ["RemoteFunction"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-DEFAULT_MAX_CONCURRENCY = 64
-DEFAULT_MAX_QUEUE = 1000
-DEFAULT_MAX_QUEUE_TIME = 30.0
-DEFAULT_MAX_ARGUMENT_BYTES = 2 << 30
-
-
-@dataclass(frozen=True)
-class FunctionOptions:
-    """What ``@app.remote`` recorded about one function."""
-
-    name: str
-    benchmark_dataset: tuple[Any, ...] | None
-    benchmark_generator: Callable[[], Any] | None
-    benchmark_runs: int
-    max_concurrency: int
-    timeout: float | None
-    max_queue: int = DEFAULT_MAX_QUEUE
-    max_queue_time: float = DEFAULT_MAX_QUEUE_TIME
-    generator: bool = False
-    retries: int = 0
-    max_argument_bytes: int = DEFAULT_MAX_ARGUMENT_BYTES
-    # A call option only (never part of the deployment): where the function's output goes.
-    logs: bool | Callable[[RemoteOutput], None] = False
-
-    @property
-    def has_benchmark(self) -> bool:
-        return self.benchmark_dataset is not None or self.benchmark_generator is not None
-
-    def output_handler(self) -> Callable[[RemoteOutput], None] | None:
-        """What takes the lines a call prints or logs on its worker; None: they stay in the worker's log."""
-        if self.logs is True:
-            from vastrpc.client.output import print_remote_output
-
-            return print_remote_output
-        return self.logs or None
-
 
 class _Unset:
     """The type of an option not given to with_options (None is a value there)."""
@@ -73,8 +35,8 @@ class RemoteFunction(Generic[P, R]):
     generator, ``fn(...)`` (or ``fn.stream(...)``) is iterated with ``async for``.
     """
 
-    def __init__(self, app: Deployment, fn: Callable[P, Any], options: FunctionOptions) -> None:
-        self.app = app
+    def __init__(self, handle: DeploymentHandle, fn: Callable[P, Any], options: FunctionOptions) -> None:
+        self._handle = handle
         self.fn = fn
         self.options = options
         functools.update_wrapper(self, fn)
@@ -88,12 +50,12 @@ class RemoteFunction(Generic[P, R]):
             return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
         if self.options.generator:
             return self.stream(*args, **kwargs)  # type: ignore[return-value]
-        return self.app._call(self.options.name, args, kwargs, self.options)
+        return self._handle.call(self.options.name, args, kwargs, self.options)
 
     async def call_with_info(self, *args: P.args, **kwargs: P.kwargs) -> CallInfo:
         """Call on a worker and return the result with where it ran (worker id, revision id)."""
         self._not_generator("call_with_info")
-        return await self.app._invoke(self.options.name, args, kwargs, self.options)
+        return await self._handle.invoke(self.options.name, args, kwargs, self.options)
 
     def stream(self, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[Any]:
         """Iterate an async generator's values as the worker produces them.
@@ -105,7 +67,7 @@ class RemoteFunction(Generic[P, R]):
             raise DefinitionError(f"{self.name} is not an async generator: await it instead of streaming it")
         if serve_runtime() is not None:
             return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
-        return self.app._stream(self.options.name, args, kwargs, self.options)
+        return self._handle.stream(self.options.name, args, kwargs, self.options)
 
     async def map(self, *iterables: Iterable[Any], concurrency: int = 64, return_exceptions: bool = False) -> list[Any]:
         """Call the function once per item (``fn(a, b)`` for items of two iterables), results in input order.
@@ -165,7 +127,7 @@ class RemoteFunction(Generic[P, R]):
             if not (isinstance(logs, bool) or callable(logs)):
                 raise DefinitionError(f"with_options: logs must be True, False or a callable, got {logs!r}")
             changes["logs"] = logs
-        return RemoteFunction(self.app, self.fn, replace(self.options, **changes))
+        return RemoteFunction(self._handle, self.fn, replace(self.options, **changes))
 
     def local(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Run the function in this process, without a worker."""
@@ -176,4 +138,4 @@ class RemoteFunction(Generic[P, R]):
             raise DefinitionError(f"{self.name} is an async generator: use `async for v in {self.name}.stream(...)`")
 
     def __repr__(self) -> str:
-        return f"<RemoteFunction {self.app.name}.{self.name}>"
+        return f"<RemoteFunction {self._handle.name}.{self.name}>"

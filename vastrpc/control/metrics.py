@@ -23,7 +23,7 @@ from vastrpc.control.stores.base import Store
 
 __all__ = ["ControlMetrics", "RpcMetricsInterceptor"]
 
-# The tiers as DESIGN.md numbers them (the enum's values are one higher, after UNSPECIFIED).
+# The tiers as docs/tiers.md numbers them (the enum's values are one higher, after UNSPECIFIED).
 TIER_LABELS: dict[int, str] = {
     common_pb2.UPDATE_TIER_NONE: "0",
     common_pb2.UPDATE_TIER_SETTINGS: "1",
@@ -235,7 +235,7 @@ class ControlMetrics:
         self.registry.register(_StateCollector(store))
         self._updates = Counter(
             "vastrpc_updates",
-            "Deployments registered, by the update tier they were classified as (DESIGN.md: 0 nothing "
+            "Deployments registered, by the update tier they were classified as (0 nothing "
             "changed, 1 settings, 2 code, 3 environment, 4 new endpoint)",
             ["tier"],
             registry=self.registry,

@@ -7,18 +7,15 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from vastrpc._errors import DefinitionError
 from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.client.control import ControlClient
 from vastrpc.client.router import Router
 from vastrpc.config import ClientConfig
+from vastrpc.definition import DeploymentDefinition
 from vastrpc.deploy.spec import build_spec
 from vastrpc.deploy.statcache import cached_bundle
-
-if TYPE_CHECKING:
-    from vastrpc.deployment import Deployment
 
 __all__ = ["DeployProgress", "DeployResult", "Session", "describe_tier", "ensure_ready"]
 
@@ -103,7 +100,7 @@ class Session:
             await self.control.close()
 
 
-def validate(app: Deployment) -> None:
+def validate(app: DeploymentDefinition) -> None:
     """Check what can only be checked once the whole module is defined."""
     if app.module_file is None:
         raise DefinitionError(f"deployment {app.name!r} was not defined in a module file; vastrpc bundles that file")
@@ -147,23 +144,22 @@ async def _report_workers(control: ControlClient, endpoint_id: str, revision_id:
 
 
 async def ensure_ready(
-    app: Deployment,
-    session: Session | None,
+    app: DeploymentDefinition,
+    config: ClientConfig,
+    session: Session | None = None,
     *,
     progress: DeployProgress | None = None,
-    config: ClientConfig | None = None,
 ) -> Session:
     """Bring ``app`` up on the control service and return a session connected to its ready workers.
 
     Args:
-        app: The deployment.
+        app: The deployment, as described.
+        config: Where the control service is and how to talk to it.
         session: Its live session, reused when it serves the same endpoint.
         progress: Told about each step as it happens; None (the SDK's default) costs nothing.
-        config: Use this instead of ``app.client_config()`` (the command line's flags).
     """
     started = time.perf_counter()
     validate(app)
-    config = config or app.client_config()
     if session is not None and session.control is None:
         return session  # served in-process by vastrpc.testing: nothing to deploy
     control = session.control if session is not None and session.control is not None else None
@@ -178,7 +174,7 @@ async def ensure_ready(
         bundle = await asyncio.to_thread(
             cached_bundle,
             app.module_file,
-            copies=app.image_spec.copies,
+            copies=app.image.copies,
             cache_dir=config.home / "cache" / "bundles",
         )
         cached = " (unchanged, from stat cache)" if bundle.from_cache else ""

@@ -1,31 +1,29 @@
-"""Turns a Deployment and its bundle into the DeploymentSpec the control service stores, with its digests."""
+"""Turns a deployment's definition and its bundle into the DeploymentSpec the control service stores, with its digests."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vastrpc._secrets import seal, secret_digest
 from vastrpc.api.v1 import control_pb2
+from vastrpc.definition import DeploymentDefinition
 from vastrpc.deploy.bundle import Bundle
-
-if TYPE_CHECKING:
-    from vastrpc.deployment import Deployment
 
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def revision_digests(app: Deployment, bundle_digest: str, secret_key: str) -> control_pb2.RevisionDigests:
+def revision_digests(app: DeploymentDefinition, bundle_digest: str, secret_key: str) -> control_pb2.RevisionDigests:
     """The digests the control service compares to pick an update tier.
 
     Secrets enter the environment digest only as an HMAC keyed with ``secret_key`` (the
     API key), so a changed secret changes the digest without its value being readable
     from it (see vastrpc/_secrets.py for the whole rule).
     """
-    image = app.image_spec
+    image = app.image
     secrets = {k: secret_digest(secret_key, k, v) for k, v in image.secret_vars.items()}
     a = app.autoscaling
     return control_pb2.RevisionDigests(
@@ -56,7 +54,7 @@ def revision_digests(app: Deployment, bundle_digest: str, secret_key: str) -> co
     )
 
 
-def _function_options(app: Deployment) -> list[Any]:
+def _function_options(app: DeploymentDefinition) -> list[Any]:
     return [
         [
             f.name,
@@ -72,9 +70,9 @@ def _function_options(app: Deployment) -> list[Any]:
     ]
 
 
-def build_spec(app: Deployment, bundle: Bundle, secret_key: str) -> control_pb2.DeploymentSpec:
+def build_spec(app: DeploymentDefinition, bundle: Bundle, secret_key: str) -> control_pb2.DeploymentSpec:
     """The full spec of this revision of ``app``."""
-    image = app.image_spec
+    image = app.image
     a = app.autoscaling
     return control_pb2.DeploymentSpec(
         name=app.name,

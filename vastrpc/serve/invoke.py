@@ -15,7 +15,7 @@ import grpc
 from vastrpc._errors import SerializationError
 from vastrpc._payload import assemble, decode_args, describe_exception, encode_result
 from vastrpc.api.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from vastrpc.function import DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_TIME
+from vastrpc.definition import DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_TIME
 from vastrpc.serve.output import CallOutput, capturing_call
 
 log = logging.getLogger("vastrpc.serve")

@@ -26,7 +26,7 @@ from vastrpc._grpc import start_server, tokens_equal
 from vastrpc._mode import ServeRuntime, enter_serve_mode
 from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import worker_pb2_grpc
-from vastrpc.deployment import Deployment, RemoteFunction
+from vastrpc.definition import DeploymentDefinition, FunctionDefinition
 from vastrpc.serve.invoke import ServedFunction, WorkerIdentity, WorkerServicer
 from vastrpc.serve.metrics import serve_worker_metrics
 from vastrpc.serve.output import capture_output
@@ -48,7 +48,7 @@ def _formatted(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc)).rstrip()
 
 
-def load_deployment(module: str, name: str, tag: str, runtime: ServeRuntime) -> Deployment:
+def load_deployment(module: str, name: str, tag: str, runtime: ServeRuntime) -> DeploymentDefinition:
     """Import the deployment module in serve mode and find the deployment to serve."""
     try:
         importlib.import_module(module)
@@ -60,10 +60,10 @@ def load_deployment(module: str, name: str, tag: str, runtime: ServeRuntime) -> 
     if not matches:
         found = ", ".join(f"{d.name}:{d.tag}" for d in runtime.deployments) or "none"
         raise StepFailed("import", f"module {module} defines no Deployment named {name!r} (found: {found})")
-    return matches[0]
+    return matches[0].describe()
 
 
-async def enter_contexts(app: Deployment, runtime: ServeRuntime) -> list[Any]:
+async def enter_contexts(app: DeploymentDefinition, runtime: ServeRuntime) -> list[Any]:
     """Enter every ``@context`` concurrently; returns the entered objects, for exit_contexts."""
     objects = [cls() for cls in app.contexts]
     results = await asyncio.gather(*(obj.__aenter__() for obj in objects), return_exceptions=True)
@@ -89,7 +89,7 @@ async def exit_contexts(entered: list[Any]) -> None:
             log.exception("%s.__aexit__ raised", type(obj).__name__)
 
 
-def _benchmark_inputs(fn: RemoteFunction[Any, Any]) -> list[Any]:
+def _benchmark_inputs(fn: FunctionDefinition) -> list[Any]:
     o = fn.options
     if o.benchmark_generator is not None:
         return [o.benchmark_generator() for _ in range(o.benchmark_runs)]
@@ -97,7 +97,7 @@ def _benchmark_inputs(fn: RemoteFunction[Any, Any]) -> list[Any]:
     return list(itertools.islice(itertools.cycle(o.benchmark_dataset), o.benchmark_runs))
 
 
-async def _apply(fn: RemoteFunction[Any, Any], item: Any) -> None:
+async def _apply(fn: FunctionDefinition, item: Any) -> None:
     args: tuple[Any, ...]
     if isinstance(item, dict):
         args, kwargs = (), item
@@ -112,7 +112,7 @@ async def _apply(fn: RemoteFunction[Any, Any], item: Any) -> None:
         await fn.fn(*args, **kwargs)
 
 
-async def run_benchmark(app: Deployment) -> tuple[float, dict[str, float]]:
+async def run_benchmark(app: DeploymentDefinition) -> tuple[float, dict[str, float]]:
     """Throughput (calls per second at each function's concurrency) of every benchmarked function.
 
     The worker's score is the lowest of them: the rate it sustains whichever function is called.
@@ -128,7 +128,7 @@ async def run_benchmark(app: Deployment) -> tuple[float, dict[str, float]]:
         semaphore = asyncio.Semaphore(fn.options.max_concurrency)
 
         async def one(
-            index: int, item: Any, fn: RemoteFunction[Any, Any] = fn, semaphore: asyncio.Semaphore = semaphore
+            index: int, item: Any, fn: FunctionDefinition = fn, semaphore: asyncio.Semaphore = semaphore
         ) -> None:
             async with semaphore:
                 try:
@@ -161,7 +161,7 @@ def _tls(config: dict[str, Any]) -> TlsFiles | None:
 
 
 async def start_worker_service(
-    app: Deployment,
+    app: DeploymentDefinition,
     identity: WorkerIdentity,
     score: float,
     token: str,

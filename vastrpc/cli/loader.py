@@ -55,7 +55,7 @@ async def deploy_app(
 
     config = dataclasses.replace(app.client_config(), **dict(overrides or {}))
     # No app session is kept: the command exits once the workers are ready.
-    session = await ensure_ready(app, None, progress=progress, config=config)
+    session = await ensure_ready(app.describe(), config, progress=progress)
     await session.close()
     return session.result
 

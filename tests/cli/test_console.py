@@ -1,4 +1,4 @@
-"""What the ``vastrpc`` command draws and prints (vastrpc._console), without a control service."""
+"""What the ``vastrpc`` command draws and prints (vastrpc.cli.console), without a control service."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import time
 import pytest
 
 from vastrpc import DeploymentError, NotFoundError
-from vastrpc._console import (
+from vastrpc.api.v1 import common_pb2, control_pb2
+from vastrpc.cli.console import (
     PlainProgress,
     RichProgress,
     console,
@@ -22,7 +23,6 @@ from vastrpc._console import (
     wants_terminal,
     write_log,
 )
-from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.deploy.flow import DeployResult
 
 NOW = 1_700_000_000.0

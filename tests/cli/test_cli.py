@@ -24,7 +24,7 @@ from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 pytestmark = pytest.mark.timeout(60)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FAKE_WORKER = [sys.executable, str(REPO_ROOT / "tests" / "control" / "fake_worker.py")]
 
 

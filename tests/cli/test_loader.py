@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vastrpc import DefinitionError
-from vastrpc.deploy import load_deployments
+from vastrpc.cli.loader import load_deployments
 
 ROOT = Path(__file__).resolve().parents[2]
 

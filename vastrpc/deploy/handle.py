@@ -1,0 +1,91 @@
+"""A deployment's handle in deploy mode: deploys it when needed and routes its calls over a live session."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from vastrpc.client.router import CallInfo
+from vastrpc.config import ClientConfig
+from vastrpc.definition import DeploymentDefinition, FunctionOptions
+from vastrpc.deploy.flow import DeployResult, Session, ensure_ready
+
+__all__ = ["DeploymentHandle"]
+
+
+class DeploymentHandle:
+    """Keeps one deployment's session (control client, router) and sends its calls through it.
+
+    A session belongs to the event loop that made it: a new loop (a second ``asyncio.run``)
+    starts a new one. A session whose endpoint was torn down (TTL) is brought back up by
+    the next call.
+
+    Args:
+        name: The deployment's name (for messages).
+        describe: Returns the deployment's definition as it stands (read at each deploy).
+        config: Returns the client configuration to deploy and call with.
+    """
+
+    def __init__(
+        self, name: str, describe: Callable[[], DeploymentDefinition], config: Callable[[], ClientConfig]
+    ) -> None:
+        self.name = name
+        self._describe = describe
+        self._config = config
+        self.session: Session | None = None
+        self._session_lock: asyncio.Lock | None = None
+
+    async def ensure_ready(self) -> DeployResult:
+        """Deploy (or reconnect) and return what the deploy did."""
+        async with self._lock():
+            self.session = await ensure_ready(self._describe(), self._config(), self.live_session())
+            return self.session.result
+
+    async def call(self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: FunctionOptions) -> Any:
+        return (await self.invoke(function, args, kwargs, options)).value
+
+    async def invoke(
+        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: FunctionOptions
+    ) -> CallInfo:
+        session = await self._ready_session()
+        return await session.router.call(
+            function, args, kwargs, options.timeout, options.retries, options.output_handler()
+        )
+
+    async def stream(
+        self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: FunctionOptions
+    ) -> AsyncIterator[Any]:
+        session = await self._ready_session()
+        async for value in session.router.stream(function, args, kwargs, options.timeout, options.output_handler()):
+            yield value
+
+    async def close(self) -> None:
+        """Close the session's connections (workers keep running)."""
+        session, self.session = self.session, None
+        if session is not None:
+            await session.close()
+
+    def live_session(self) -> Session | None:
+        """The session of the running event loop, if there is one."""
+        session = self.session
+        if session is not None and session.loop is not asyncio.get_running_loop():
+            self.session = session = None
+        return session
+
+    async def _ready_session(self) -> Session:
+        session = self.live_session()
+        if session is None or session.router.torn_down:
+            async with self._lock():
+                session = self.live_session()
+                if session is None or session.router.torn_down:
+                    # Never deployed from here, or torn down since (TTL): bring it (back) up.
+                    self.session = session = await ensure_ready(self._describe(), self._config(), session)
+        return session
+
+    def _lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._session_lock is None or getattr(self._session_lock, "_vastrpc_loop", None) is not loop:
+            self._session_lock = asyncio.Lock()
+            self._session_lock._vastrpc_loop = loop  # type: ignore[attr-defined]
+        return self._session_lock
