@@ -116,11 +116,11 @@ async def test_tier3_environment_change_restarts_the_worker_in_its_slot(project)
 
 def test_secret_changes_environment_digest_without_revealing_it(project) -> None:
     mod = project(source(secret="hunter2-secret-value"))
-    d1 = revision_digests(mod.app, "0" * 64, "api-key")
+    d1 = revision_digests(mod.app.describe(), "0" * 64, "api-key")
     mod.app.image_spec.secrets(TOKEN="another-secret-value")
-    d2 = revision_digests(mod.app, "0" * 64, "api-key")
+    d2 = revision_digests(mod.app.describe(), "0" * 64, "api-key")
     assert d1.environment != d2.environment and d1.code == d2.code
-    assert d1.environment != revision_digests(mod.app, "0" * 64, "other-key").environment
+    assert d1.environment != revision_digests(mod.app.describe(), "0" * 64, "other-key").environment
     for digests in (d1, d2):
         raw = control_pb2.RevisionDigests.SerializeToString(digests)
         assert b"secret-value" not in raw
