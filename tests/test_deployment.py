@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
-from vastrpc import ContextError, DefinitionError, Deployment, RemoteFunction, get_context
+from vastrpc import ContextError, DefinitionError, Deployment, DeployResult, RemoteFunction, get_context
 from vastrpc.deploy.flow import validate
 
 
@@ -122,9 +123,9 @@ def test_no_benchmark_anywhere_fails_at_ensure_ready() -> None:
     async def f() -> None: ...
 
     with pytest.raises(DefinitionError, match="no function has a benchmark"):
-        validate(app)
+        validate(app.describe())
     with pytest.raises(DefinitionError, match="no function has a benchmark"):
-        asyncio.run(app.ensure_ready())
+        app.ensure_ready()  # no event loop runs here: it blocks, and raises before connecting
 
 
 @pytest.mark.parametrize("bad", [{"name": "has space"}, {"name": "x", "tag": ""}, {"name": "x", "ttl": 0}])
@@ -169,7 +170,7 @@ def test_image_chain_records_everything() -> None:
 )
 def test_image_rejects_bad_input(call, match: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(DefinitionError, match=match):
-        call(Deployment(name="x").image())
+        call(Deployment(name="x").image("python:3.11-slim"))
 
 
 @pytest.mark.parametrize(
@@ -183,3 +184,100 @@ def test_image_rejects_bad_input(call, match: str) -> None:  # type: ignore[no-u
 def test_autoscaling_validated(kwargs: dict, match: str) -> None:
     with pytest.raises(DefinitionError, match=match):
         Deployment(name="x").configure_autoscaling(**kwargs)
+
+
+def test_deployment_takes_vasts_arguments_in_vasts_order() -> None:
+    app = Deployment("vast", "canary", "1.2", "vk_key", 900)
+    assert (app.name, app.tag, app.version_label, app._api_key, app.ttl) == ("vast", "canary", "1.2", "vk_key", 900)
+    with pytest.raises(TypeError):
+        Deployment("x", "default", None, None, None, "127.0.0.1:1")  # the rest is keyword-only
+
+
+def test_image_takes_vasts_from_image_and_storage_in_gb() -> None:
+    app = Deployment(name="x")
+    assert app.image("pytorch/pytorch", 32).storage == 32.0
+    assert app.image("pytorch/pytorch").storage == 50.0
+    assert app.image("pytorch/pytorch", "16GB").storage == 16.0
+    for bad in (0, -1, "lots", True, float("nan")):
+        with pytest.raises(DefinitionError, match="storage is GB of disk"):
+            app.image("pytorch/pytorch", bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        app.image()  # type: ignore[call-arg]
+    spec_storage = app.image("pytorch/pytorch", 32).storage
+    assert f"{spec_storage:g}GB" == "32GB"
+
+
+def test_context_in_all_three_spellings_records_constructor_arguments() -> None:
+    app = Deployment(name="x")
+
+    @app.context
+    class Bare:
+        async def __aenter__(self):  # type: ignore[no-untyped-def]
+            return self
+
+        async def __aexit__(self, *exc): ...  # type: ignore[no-untyped-def]
+
+    @app.context()
+    class Empty(Bare):
+        pass
+
+    @app.context("Qwen/Qwen3-0.6B", max_len=512)
+    class Engine(Bare):
+        def __init__(self, model_name: str, max_len: int = 1024) -> None:
+            self.model_name, self.max_len = model_name, max_len
+
+    assert [Bare, Empty, Engine] == app.contexts
+    contexts = app.describe().contexts
+    assert [(c.cls, c.args, dict(c.kwargs)) for c in contexts] == [
+        (Bare, (), {}),
+        (Empty, (), {}),
+        (Engine, ("Qwen/Qwen3-0.6B",), {"max_len": 512}),
+    ]
+    with pytest.raises(DefinitionError, match=r"Engine\(1, 2, 3\) does not fit its __init__"):
+        app.context(1, 2, 3)(Engine)
+
+
+def test_app_get_context_raises_key_error_for_unknown_or_unentered_contexts() -> None:
+    app = Deployment(name="x")
+
+    @app.context()
+    class Known:
+        async def __aenter__(self):  # type: ignore[no-untyped-def]
+            return self
+
+        async def __aexit__(self, *exc): ...  # type: ignore[no-untyped-def]
+
+    class Unknown:
+        pass
+
+    with pytest.raises(KeyError, match="not a context of 'x'"):
+        app.get_context(Unknown)
+    with pytest.raises(KeyError, match="only works inside a remote function"):
+        app.get_context(Known)
+    with pytest.raises(ContextError):
+        app.get_context(Unknown)
+
+
+def test_ensure_ready_in_a_running_loop_must_be_awaited_and_says_so() -> None:
+    app = Deployment(name="x")
+
+    async def forgotten() -> None:
+        app.ensure_ready()  # never awaited: nothing is deployed, and a warning says what to write
+
+    with pytest.warns(RuntimeWarning, match="await app.ensure_ready"):
+        asyncio.run(forgotten())
+        gc.collect()
+
+
+def test_ensure_ready_deploys_nothing_while_a_command_loads_the_file() -> None:
+    from vastrpc._mode import deferring_deploys
+
+    app = Deployment(name="x")
+    with deferring_deploys():
+        result = app.ensure_ready()
+    assert isinstance(result, DeployResult) and result.tier == 0 and "nothing deployed" in result.description
+    assert asyncio.run(_awaited(result)) is result
+
+
+async def _awaited(result: DeployResult) -> DeployResult:
+    return await result

@@ -308,7 +308,7 @@ async def test_unknown_deployment_and_no_ready_worker_are_clear_errors(node, pro
     assert code == 1 and "AuthenticationError" in err
 
     # A worker stuck in its startup script: the endpoint exists, no worker is ready.
-    mod = project(SQUARE + '\napp.image(startup_timeout=8).run_script("sleep 600")\n')
+    mod = project(SQUARE + '\napp.image("python:3.11-slim", startup_timeout=8).run_script("sleep 600")\n')
     deploying = asyncio.create_task(mod.app.ensure_ready())
     try:
         for _ in range(200):

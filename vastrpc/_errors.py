@@ -10,7 +10,7 @@
     ├── DeploymentError          a deployment could not be brought up (.step, .log_tail)
     ├── NotFoundError            no such deployment, endpoint, worker or bundle
     ├── BundleError              a bundle is invalid (digest mismatch, unsafe member, too large)
-    ├── ContextError             get_context used outside a worker, or for an unknown context
+    ├── ContextError             get_context used outside a worker, or for an unknown context (also a KeyError)
     └── CallError                a call did not produce its result
         ├── FunctionNotFoundError      the worker has no function of that name
         ├── WorkerUnavailableError     no worker could take the call, or one went away mid-call
@@ -75,8 +75,15 @@ class BundleError(VastrpcError):
     """A bundle is invalid: digest mismatch, unsafe member, or over a limit."""
 
 
-class ContextError(VastrpcError):
-    """``get_context`` was used outside a worker or for a context that was not declared."""
+class ContextError(VastrpcError, KeyError):
+    """``get_context`` was used outside a worker or for a context that was not declared.
+
+    Also a ``KeyError``, as Vast documents for ``app.get_context``.
+    """
+
+    def __str__(self) -> str:
+        # KeyError's own str() quotes its argument, as it would a missing key.
+        return str(self.args[0]) if self.args else ""
 
 
 class DeploymentError(VastrpcError):

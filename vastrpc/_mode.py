@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from vastrpc._errors import ContextError
@@ -9,7 +11,7 @@ from vastrpc._errors import ContextError
 if TYPE_CHECKING:
     from vastrpc.definition import Describable
 
-__all__ = ["ServeRuntime", "enter_serve_mode", "get_context", "serve_runtime"]
+__all__ = ["ServeRuntime", "deploys_deferred", "deferring_deploys", "enter_serve_mode", "get_context", "serve_runtime"]
 
 
 class ServeRuntime:
@@ -29,6 +31,30 @@ def use_local_contexts(contexts: dict[type, Any] | None) -> None:
     """Let ``get_context`` answer from ``contexts`` in deploy mode (vastrpc.testing); None stops it."""
     global _local_contexts
     _local_contexts = contexts
+
+
+_deferred = 0
+
+
+@contextmanager
+def deferring_deploys() -> Iterator[None]:
+    """While a command imports a deployment file: its own ``app.ensure_ready()`` lines deploy nothing.
+
+    ``vastrpc deploy FILE`` deploys what the file defines itself, with the command's flags;
+    the file's module-level ``app.ensure_ready()`` (Vast's style) must not deploy first
+    with the file's own settings.
+    """
+    global _deferred
+    _deferred += 1
+    try:
+        yield
+    finally:
+        _deferred -= 1
+
+
+def deploys_deferred() -> bool:
+    """Whether ``ensure_ready`` should deploy nothing now (serve mode, or a command importing a file)."""
+    return _runtime is not None or _deferred > 0
 
 
 def enter_serve_mode() -> ServeRuntime:

@@ -9,7 +9,7 @@ and the serving process (contexts, benchmark, Invoke) take that description, nev
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_MAX_QUEUE",
     "DEFAULT_MAX_QUEUE_TIME",
+    "ContextDefinition",
     "DeploymentDefinition",
     "Describable",
     "FunctionDefinition",
@@ -79,6 +80,15 @@ class FunctionDefinition:
 
 
 @dataclass(frozen=True)
+class ContextDefinition:
+    """One ``@app.context`` class and the arguments its constructor gets on the worker."""
+
+    cls: type
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class DeploymentDefinition:
     """Everything a deployment declares, at the moment it was described.
 
@@ -92,7 +102,7 @@ class DeploymentDefinition:
         image: The worker image and its setup.
         autoscaling: How many workers the endpoint runs.
         functions: The ``@app.remote`` functions by name, in declaration order.
-        contexts: The ``@app.context`` classes, in declaration order.
+        contexts: The ``@app.context`` classes with their constructor arguments, in declaration order.
     """
 
     name: str
@@ -104,7 +114,7 @@ class DeploymentDefinition:
     image: Image
     autoscaling: Autoscaling
     functions: Mapping[str, FunctionDefinition]
-    contexts: tuple[type, ...]
+    contexts: tuple[ContextDefinition, ...]
 
 
 class Describable(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import re
@@ -10,20 +11,21 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, overload
 
-from vastrpc._errors import DefinitionError
-from vastrpc._mode import serve_runtime
+from vastrpc._errors import ContextError, DefinitionError
+from vastrpc._mode import deploys_deferred, get_context, serve_runtime
 from vastrpc.config import ClientConfig
 from vastrpc.definition import (
     DEFAULT_MAX_ARGUMENT_BYTES,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_QUEUE_TIME,
+    ContextDefinition,
     DeploymentDefinition,
     FunctionDefinition,
     FunctionOptions,
 )
 from vastrpc.deploy.flow import DeployResult
-from vastrpc.deploy.handle import DeploymentHandle
+from vastrpc.deploy.handle import Deploying, DeploymentHandle
 from vastrpc.function import RemoteFunction
 from vastrpc.image import Autoscaling, Image
 
@@ -34,12 +36,28 @@ R = TypeVar("R")
 C = TypeVar("C", bound=type)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_STORAGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:GB)?\s*$", re.IGNORECASE)
 
 
 def _caller_module(depth: int) -> tuple[Path | None, str]:
     frame = sys._getframe(depth)
     module_file = frame.f_globals.get("__file__")
     return (Path(module_file).resolve() if module_file else None), frame.f_globals.get("__name__", "")
+
+
+def _gigabytes(storage: object) -> float:
+    """``storage`` as a positive number of GB: a number, or text such as ``"32"`` or ``"32GB"``."""
+    value: object = storage
+    if isinstance(storage, str):
+        match = _STORAGE.match(storage)
+        value = float(match.group(1)) if match else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise DefinitionError(f"image(): storage is GB of disk as a positive number, e.g. 32; got {storage!r}")
+    return float(value)
+
+
+def _arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    return "(" + ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())]) + ")"
 
 
 class Deployment:
@@ -61,8 +79,8 @@ class Deployment:
         name: str | None = None,
         tag: str = "default",
         version_label: str | None = None,
-        ttl: float | None = None,
         api_key: str | None = None,
+        ttl: float | None = None,
         *,
         control_address: str | None = None,
         config: ClientConfig | None = None,
@@ -90,6 +108,7 @@ class Deployment:
         self.autoscaling = Autoscaling()
         self.functions: dict[str, RemoteFunction[Any, Any]] = {}
         self.contexts: list[type] = []
+        self._context_arguments: dict[type, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         self._handle = DeploymentHandle(name, self.describe, self.client_config)
         runtime = serve_runtime()
         if runtime is not None:
@@ -102,15 +121,20 @@ class Deployment:
         """The image recorded so far (``app.image(...)`` replaces it)."""
         return self._image
 
-    def image(
-        self, from_image: str = "python:3.11-slim", storage: str | None = None, startup_timeout: float = 600.0
-    ) -> Image:
-        """Start the worker image from a base image; chain ``pip_install``, ``env``, ... on the result."""
+    def image(self, from_image: str, storage: float = 50, *, startup_timeout: float = 600.0) -> Image:
+        """Start the worker image from a base image; chain ``pip_install``, ``env``, ... on the result.
+
+        Args:
+            from_image: The base image, e.g. ``"python:3.11-slim"`` or ``"pytorch/pytorch:2.5.1-cuda12.4"``.
+            storage: GB of disk each worker asks for (default 50), as in Vast's ``image(from_image, storage)``;
+                ``"32GB"`` is read as 32.
+            startup_timeout: Seconds the startup commands may take together.
+        """
         if not isinstance(from_image, str) or not from_image.strip():
             raise DefinitionError("image(): from_image must be an image reference such as 'python:3.11-slim'")
         if not startup_timeout > 0:
             raise DefinitionError(f"image(): startup_timeout must be positive seconds, got {startup_timeout!r}")
-        self._image = Image(from_image=from_image.strip(), storage=storage, startup_timeout=startup_timeout)
+        self._image = Image(from_image=from_image.strip(), storage=_gigabytes(storage), startup_timeout=startup_timeout)
         return self._image
 
     def configure_autoscaling(
@@ -229,16 +253,57 @@ class Deployment:
 
         return decorate if fn is None else decorate(fn)
 
-    def context(self, cls: C) -> C:
-        """Declare a class whose ``__aenter__`` runs once per worker before it serves; returns the class unchanged."""
+    @overload
+    def context(self, cls: C, /) -> C: ...
+
+    @overload
+    def context(self, *args: Any, **kwargs: Any) -> Callable[[C], C]: ...
+
+    def context(self, *args: Any, **kwargs: Any) -> Any:
+        """Declare a class whose ``__aenter__`` runs once per worker before it serves; returns the class unchanged.
+
+        Three spellings: ``@app.context``, ``@app.context()``, and ``@app.context(*args, **kwargs)``, whose
+        arguments go to the class's constructor on the worker (``@app.context("Qwen/Qwen3-0.6B", max_len=512)``).
+        Every context is entered concurrently before the worker serves, and exited concurrently at shutdown.
+        """
+        # Bare ``@app.context`` passes the class itself; a class as the only constructor argument
+        # would read the same, so pass it by keyword.
+        if len(args) == 1 and not kwargs and isinstance(args[0], type):
+            return self._add_context(args[0], (), {})
+        return lambda cls: self._add_context(cls, args, kwargs)
+
+    def _add_context(self, cls: C, args: tuple[Any, ...], kwargs: dict[str, Any]) -> C:
         if not isinstance(cls, type):
             raise DefinitionError("@context decorates a class with async __aenter__ and __aexit__")
         for method in ("__aenter__", "__aexit__"):
             if not inspect.iscoroutinefunction(getattr(cls, method, None)):
                 raise DefinitionError(f"@context: {cls.__name__} needs 'async def {method}'")
+        try:
+            inspect.signature(cls).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise DefinitionError(
+                f"@context: {cls.__name__}{_arguments(args, kwargs)} does not fit its __init__: {exc}"
+            ) from None
+        except ValueError:
+            pass  # no signature to check (a C-implemented __init__): the worker will say
         if cls not in self.contexts:
             self.contexts.append(cls)
+        self._context_arguments[cls] = (args, dict(kwargs))
         return cls
+
+    def get_context(self, cls: type) -> Any:
+        """What ``cls.__aenter__`` returned on this worker (Vast's ``app.get_context``).
+
+        Raises:
+            KeyError: ``cls`` was never declared with ``@app.context``, or is not entered here
+                (outside a worker, or before the worker entered it). The error is a
+                ``ContextError``, which is both a ``KeyError`` and a ``VastrpcError``.
+        """
+        if cls not in self.contexts:
+            raise ContextError(
+                f"{getattr(cls, '__name__', cls)} is not a context of {self.name!r}: decorate it with @app.context"
+            )
+        return get_context(cls)
 
     # ----- deploy mode ------------------------------------------------------------------
 
@@ -263,11 +328,16 @@ class Deployment:
             image=self._image,
             autoscaling=self.autoscaling,
             functions={name: FunctionDefinition(f.fn, f.options) for name, f in self.functions.items()},
-            contexts=tuple(self.contexts),
+            contexts=tuple(ContextDefinition(cls, *self._context_arguments[cls]) for cls in self.contexts),
         )
 
-    async def ensure_ready(self) -> DeployResult:
+    def ensure_ready(self) -> DeployResult | Deploying:
         """Package, upload if needed, provision, and wait until workers serve the current code.
+
+        Called where no event loop runs (a deployment file's last line, as in Vast's examples),
+        it blocks and returns the result. Inside a running loop it returns an awaitable:
+        ``await app.ensure_ready()``. On a worker (serve mode) it does nothing. Either way
+        ``await`` works on what it returns.
 
         Returns:
             What happened: the update tier applied, endpoint and revision ids, whether a
@@ -278,9 +348,21 @@ class Deployment:
             ControlUnavailableError: The control service cannot be reached.
             DeploymentError: Workers could not be brought up (with the failed step and log tail).
         """
-        if serve_runtime() is not None:
-            raise DefinitionError("ensure_ready() cannot run on a worker (serve mode)")
-        return await self._handle.ensure_ready()
+        if deploys_deferred():
+            return DeployResult.nothing("nothing deployed here (serve mode, or a command loading the file)")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._deploy_and_disconnect())
+        return Deploying(self.name, self._handle.ensure_ready)
+
+    async def _deploy_and_disconnect(self) -> DeployResult:
+        # The session belongs to this short-lived loop: close it before the loop goes. The
+        # caller's own loop connects again at its first call (tier 0, a few milliseconds).
+        try:
+            return await self._handle.ensure_ready()
+        finally:
+            await self._handle.close()
 
     async def close(self) -> None:
         """Close this client's connections (workers keep running)."""

@@ -88,13 +88,13 @@ class Image:
 
     Attributes:
         from_image: The base image. The local provider runs on the host's own interpreter.
-        storage: Persistent storage a worker asks for, e.g. ``"10GB"``.
+        storage: GB of disk a worker asks for (Vast's ``storage``; default 50).
         startup_timeout: Seconds the startup commands (``run_script``, ``run_cmd``) may take
             together; past it they are killed and the deployment fails with their log tail.
     """
 
     from_image: str = "python:3.11-slim"
-    storage: str | None = None
+    storage: float = 50.0
     startup_timeout: float = 600.0
     pip_packages: list[str] = field(default_factory=list)
     apt_packages: list[str] = field(default_factory=list)

@@ -311,7 +311,7 @@ def test_deploy_whose_install_fails_exits_1_with_the_reason(control_service, tmp
         from vastrpc import Deployment
 
         app = Deployment(name="{name}")
-        app.image().run_script("echo the-startup-script-broke; exit 7")
+        app.image("python:3.11-slim").run_script("echo the-startup-script-broke; exit 7")
 
         @app.remote(benchmark_dataset=[{{}}])
         async def f() -> int:

@@ -53,7 +53,7 @@ def test_two_clients_deploying_at_once_get_one_endpoint_and_one_worker(control_s
     (project / "twice.py").write_text(
         "from vastrpc import Deployment\n"
         "app = Deployment(name='twice')\n"
-        "app.image().secrets(TOKEN='same-secret')\n"
+        "app.image('python:3.11-slim').secrets(TOKEN='same-secret')\n"
         "@app.remote(benchmark_dataset=[{}])\n"
         "async def f() -> int:\n"
         "    return 1\n"

@@ -34,7 +34,7 @@ import asyncio, os
 from vastrpc import Deployment, get_context
 
 app = Deployment(name="{name}")
-app.image().env(CLAIM_DIR={claims!r})
+app.image("python:3.11-slim").env(CLAIM_DIR={claims!r})
 app.configure_autoscaling(min_workers=2, max_workers=2)
 
 @app.context

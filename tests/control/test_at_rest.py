@@ -15,7 +15,7 @@ import os
 from vastrpc import Deployment
 
 app = Deployment(name="{name}")
-app.image().secrets(DB_PASSWORD=os.environ["DB_PASSWORD"])
+app.image("python:3.11-slim").secrets(DB_PASSWORD=os.environ["DB_PASSWORD"])
 
 @app.remote(benchmark_dataset=[{{}}])
 async def password() -> str:
@@ -45,7 +45,7 @@ import os
 from vastrpc import Deployment
 
 app = Deployment(name="{name}")
-app.image().secrets(API_TOKEN=os.environ["API_TOKEN"])
+app.image("python:3.11-slim").secrets(API_TOKEN=os.environ["API_TOKEN"])
 
 @app.remote(benchmark_dataset=[{{}}])
 async def token() -> str:

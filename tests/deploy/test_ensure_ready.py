@@ -95,7 +95,7 @@ async def spans() -> list:
 
 
 async def test_failed_pip_install_fails_promptly_with_step_and_log_tail(project) -> None:
-    mod = project(SQUARE + '\napp.image().pip_install("vastrpc-no-such-package-e2e==0.0.1")\n')
+    mod = project(SQUARE + '\napp.image("python:3.11-slim").pip_install("vastrpc-no-such-package-e2e==0.0.1")\n')
     started = time.monotonic()
     with pytest.raises(DeploymentError) as info:
         await mod.app.ensure_ready()

@@ -25,7 +25,7 @@ import numpy as np
 from vastrpc import Deployment
 
 app = Deployment(name="{name}")
-app.image().env(GREETING="hello").secrets(API_TOKEN="s3cr3t-value")
+app.image("python:3.11-slim").env(GREETING="hello").secrets(API_TOKEN="s3cr3t-value")
 
 @dataclasses.dataclass
 class Point:
@@ -184,7 +184,7 @@ async def test_pip_env_cached_by_requirements_across_workers(project) -> None:
 from vastrpc import Deployment
 
 app = Deployment(name="{name}")
-app.image().pip_install("six==1.16.0")
+app.image("python:3.11-slim").pip_install("six==1.16.0")
 
 @app.remote(benchmark_dataset=[{{}}])
 async def version() -> str:
@@ -209,7 +209,7 @@ from pathlib import Path
 from vastrpc import Deployment
 
 app = Deployment(name="{name}")
-(app.image().apt_get("coreutils").env(STAGE="prod").secrets(KEY="k-123")
+(app.image("python:3.11-slim").apt_get("coreutils").env(STAGE="prod").secrets(KEY="k-123")
     .run_script("echo \\"$STAGE:$KEY\\" > startup.txt").run_cmd("touch", "from cmd.txt"))
 
 @app.remote(benchmark_dataset=[{{}}])
@@ -220,14 +220,14 @@ async def read() -> list:
 
 
 async def test_missing_apt_package_fails_naming_it(project) -> None:
-    mod = project(SQUARE_MIN + '\napp.image().apt_get("vastrpc-no-such-apt-package")\n')
+    mod = project(SQUARE_MIN + '\napp.image("python:3.11-slim").apt_get("vastrpc-no-such-apt-package")\n')
     with pytest.raises(DeploymentError, match="vastrpc-no-such-apt-package") as info:
         await mod.app.ensure_ready()
     assert info.value.step == "install"
 
 
 async def test_failing_startup_script_fails_the_deployment(project) -> None:
-    mod = project(SQUARE_MIN + '\napp.image().run_script("echo about to fail; exit 3")\n')
+    mod = project(SQUARE_MIN + '\napp.image("python:3.11-slim").run_script("echo about to fail; exit 3")\n')
     with pytest.raises(DeploymentError, match="exit") as info:
         await mod.app.ensure_ready()
     assert info.value.step == "startup"
@@ -235,7 +235,9 @@ async def test_failing_startup_script_fails_the_deployment(project) -> None:
 
 
 async def test_hanging_startup_script_is_bounded_by_its_timeout(project) -> None:
-    mod = project(SQUARE_MIN + '\napp.image(startup_timeout=1).run_script("echo starting up; sleep 600")\n')
+    mod = project(
+        SQUARE_MIN + '\napp.image("python:3.11-slim", startup_timeout=1).run_script("echo starting up; sleep 600")\n'
+    )
     started = time.monotonic()
     with pytest.raises(DeploymentError, match="timed out") as info:
         await mod.app.ensure_ready()

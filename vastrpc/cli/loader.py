@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vastrpc._errors import DefinitionError
+from vastrpc._mode import deferring_deploys
 from vastrpc.deployment import Deployment
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ def load_deployments(path: Path) -> list[Deployment]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        with deferring_deploys():  # the command deploys with its own flags, below
+            spec.loader.exec_module(module)
     except Exception as exc:
         raise DefinitionError(f"importing {path} raised {type(exc).__name__}: {exc}") from exc
     apps = [value for value in vars(module).values() if isinstance(value, Deployment)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import io
+import json
 import os
 import stat
 import tarfile
@@ -12,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from vastrpc._errors import BundleError, DefinitionError
+from vastrpc.deploy.settings import blank_settings
 
 __all__ = ["Bundle", "Observer", "build_bundle"]
 
@@ -35,6 +37,9 @@ class Bundle:
 
     Attributes:
         digest: Hex SHA-256 of the tar archive.
+        content_digest: Hex SHA-256 of the files' paths and contents, the deployment
+            module's in-place settings blanked (``vastrpc.deploy.settings``): what the code
+            digest is made of, so that editing only those settings is not a code change.
         files: Archive paths of the stored files, sorted.
         module: Dotted name of the deployment module to import on the worker
             with the bundle root on ``sys.path`` (e.g. ``"deploy"`` or ``"pkg.deploy"``).
@@ -47,6 +52,7 @@ class Bundle:
         self,
         *,
         digest: str,
+        content_digest: str,
         files: tuple[str, ...],
         module: str,
         size: int,
@@ -55,6 +61,7 @@ class Bundle:
         from_cache: bool = False,
     ) -> None:
         self.digest = digest
+        self.content_digest = content_digest
         self.files = files
         self.module = module
         self.size = size
@@ -71,7 +78,7 @@ class Bundle:
                 would not match it; the next ``ensure_ready`` sees the change and rebuilds.
         """
         if self._data is None:
-            data = _write_tar(self.members)
+            data, _ = _write_tar(self.members)
             if len(data) != self.size or hashlib.sha256(data).hexdigest() != self.digest:
                 raise BundleError(
                     f"the bundle's files changed after it was hashed (sha256 {self.digest:.12}); "
@@ -185,9 +192,10 @@ def build_bundle(
             _add_member(members, arcname, path)
     _check_no_file_dir_clash(members)
 
-    data = _write_tar(members, obs)
+    data, hashes = _write_tar(members, obs, settings_in=module_file.relative_to(root).as_posix())
     return Bundle(
         digest=hashlib.sha256(data).hexdigest(),
+        content_digest=content_digest(hashes),
         files=tuple(sorted(members)),
         module=module,
         size=len(data),
@@ -410,7 +418,16 @@ def _check_no_file_dir_clash(members: dict[str, Path]) -> None:
                 )
 
 
-def _write_tar(members: Mapping[str, str | Path], obs: Observer = _IGNORE) -> bytes:
+def content_digest(hashes: Mapping[str, str]) -> str:
+    """One SHA-256 over every member's path and content digest."""
+    return hashlib.sha256(json.dumps(sorted(hashes.items()), separators=(",", ":")).encode()).hexdigest()
+
+
+def _write_tar(
+    members: Mapping[str, str | Path], obs: Observer = _IGNORE, *, settings_in: str = ""
+) -> tuple[bytes, dict[str, str]]:
+    """The tar of ``members``, and each member's content SHA-256 (``settings_in``'s with its settings blanked)."""
+    hashes: dict[str, str] = {}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=_TAR_FORMAT) as tar:
         for arcname in sorted(members):
@@ -429,5 +446,8 @@ def _write_tar(members: Mapping[str, str | Path], obs: Observer = _IGNORE) -> by
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
                 info.type = tarfile.REGTYPE
-                tar.addfile(info, fh)
-    return buf.getvalue()
+                content = fh.read(st.st_size)
+                tar.addfile(info, io.BytesIO(content))
+                hashed = blank_settings(content) if arcname == settings_in else content
+                hashes[arcname] = hashlib.sha256(hashed).hexdigest()
+    return buf.getvalue(), hashes

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from vastrpc._errors import DefinitionError
 from vastrpc.api.v1 import common_pb2, control_pb2
@@ -62,6 +63,16 @@ class DeployResult:
     workers_started: int
     ready_workers: int
     seconds: float
+
+    @classmethod
+    def nothing(cls, description: str) -> DeployResult:
+        """The result of an ``ensure_ready`` that deployed nothing, saying why."""
+        return cls(0, description, "", "", "", "", False, 0, 0, 0.0)
+
+    def __await__(self) -> Generator[Any, None, DeployResult]:
+        """Awaiting a result gives it back: ``await app.ensure_ready()`` works wherever it already finished."""
+        return self
+        yield  # a generator that finishes at once
 
 
 class DeployProgress:

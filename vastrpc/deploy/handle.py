@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any
 
 from vastrpc.client.router import CallInfo
@@ -11,7 +12,7 @@ from vastrpc.config import ClientConfig
 from vastrpc.definition import DeploymentDefinition, FunctionOptions
 from vastrpc.deploy.flow import DeployResult, Session, ensure_ready
 
-__all__ = ["DeploymentHandle"]
+__all__ = ["Deploying", "DeploymentHandle"]
 
 
 class DeploymentHandle:
@@ -89,3 +90,31 @@ class DeploymentHandle:
             self._session_lock = asyncio.Lock()
             self._session_lock._vastrpc_loop = loop  # type: ignore[attr-defined]
         return self._session_lock
+
+
+class Deploying:
+    """What ``app.ensure_ready()`` returns inside a running event loop: the deploy, run when awaited.
+
+    A deploy that is never awaited never runs; instead of Python's silent "coroutine was
+    never awaited", a RuntimeWarning says so and what to write.
+    """
+
+    def __init__(self, name: str, run: Callable[[], Awaitable[DeployResult]]) -> None:
+        self._name = name
+        self._run: Callable[[], Awaitable[DeployResult]] | None = run
+
+    def __await__(self) -> Generator[Any, None, DeployResult]:
+        run, self._run = self._run, None
+        if run is None:
+            raise RuntimeError(f"app.ensure_ready() of {self._name!r} was already awaited; call it again to redeploy")
+        return (yield from run().__await__())
+
+    def __del__(self) -> None:
+        if self._run is not None:
+            warnings.warn(
+                f"app.ensure_ready() of deployment {self._name!r} was called inside a running event loop and "
+                "never awaited, so nothing was deployed: write `await app.ensure_ready()` there, or call "
+                "app.ensure_ready() where no event loop runs (at the module level of the deployment file)",
+                RuntimeWarning,
+                stacklevel=2,
+            )

@@ -1,4 +1,4 @@
-"""Turns a deployment's definition and its bundle into the DeploymentSpec the control service stores, with its digests."""
+"""Turns a deployment's definition and its bundle into the DeploymentSpec the control service stores, with digests."""
 
 from __future__ import annotations
 
@@ -16,8 +16,15 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def revision_digests(app: DeploymentDefinition, bundle_digest: str, secret_key: str) -> control_pb2.RevisionDigests:
+def revision_digests(
+    app: DeploymentDefinition, bundle_digest: str, secret_key: str, *, content_digest: str = ""
+) -> control_pb2.RevisionDigests:
     """The digests the control service compares to pick an update tier.
+
+    The code digest is made of ``content_digest`` (the bundle's files with the deployment
+    file's in-place settings blanked, ``Bundle.content_digest``), so an edit of only
+    ``configure_autoscaling(...)``, ``ttl`` or ``version_label`` in the file is a settings
+    change (tier 1), not a code change; without it, of the bundle's digest.
 
     Secrets enter the environment digest only as an HMAC keyed with ``secret_key`` (the
     API key), so a changed secret changes the digest without its value being readable
@@ -30,7 +37,7 @@ def revision_digests(app: DeploymentDefinition, bundle_digest: str, secret_key: 
         bundle=bundle_digest,
         code=_digest(
             [
-                bundle_digest,
+                content_digest or bundle_digest,
                 image.pip_packages,
                 image.apt_packages,
                 image.startup_commands,
@@ -87,7 +94,7 @@ def build_spec(app: DeploymentDefinition, bundle: Bundle, secret_key: str) -> co
             sealed_secrets=seal(secret_key, image.secret_vars),
             startup_commands=image.startup_commands,
             requirements=image.requirements,
-            storage=image.storage or "",
+            storage=f"{image.storage:g}GB",
             startup_timeout=image.startup_timeout,
         ),
         autoscaling=control_pb2.AutoscalingSpec(
@@ -111,6 +118,6 @@ def build_spec(app: DeploymentDefinition, bundle: Bundle, secret_key: str) -> co
             for f in app.functions.values()
         ],
         ttl=app.ttl or 0.0,
-        digests=revision_digests(app, bundle.digest, secret_key),
+        digests=revision_digests(app, bundle.digest, secret_key, content_digest=bundle.content_digest),
         bundle_size=bundle.size,
     )

@@ -21,7 +21,7 @@ log = logging.getLogger("vastrpc.deploy")
 
 # Bump when what build_bundle discovers or how it writes the tar changes, so that
 # caches written by an older vastrpc are rebuilt rather than trusted.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 # A file modified this close to (or after) the moment a build started may be
 # modified again later within the same timestamp tick, leaving its stat data
@@ -92,6 +92,7 @@ def cached_bundle(
         "inputs": inputs,
         "resolved": _resolved(module_file, project_root),
         "digest": bundle.digest,
+        "content_digest": bundle.content_digest,
         "module": bundle.module,
         "size": bundle.size,
         "members": {arcname: str(p) for arcname, p in bundle.members.items()},
@@ -209,14 +210,24 @@ def _load(path: Path, inputs: Any, module_file: Path, project_root: Path | None)
         members: dict[str, str | Path] = record["members"]
         if not all(isinstance(a, str) and isinstance(p, str) for a, p in members.items()):
             raise TypeError("members must map strings to strings")
-        digest, module, size = record["digest"], record["module"], record["size"]
-        if not (isinstance(digest, str) and len(digest) == 64 and isinstance(module, str) and isinstance(size, int)):
-            raise TypeError("digest, module or size has the wrong type")
+        digest, content, module, size = record["digest"], record["content_digest"], record["module"], record["size"]
+        if not (
+            all(isinstance(d, str) and len(d) == 64 for d in (digest, content))
+            and isinstance(module, str)
+            and isinstance(size, int)
+        ):
+            raise TypeError("digest, content_digest, module or size has the wrong type")
     except (KeyError, TypeError, AttributeError) as exc:
         log.debug("stat cache: ignoring malformed %s: %s", path, exc)
         return None
     return Bundle(
-        digest=digest, files=tuple(sorted(members)), module=module, size=size, members=members, from_cache=True
+        digest=digest,
+        content_digest=content,
+        files=tuple(sorted(members)),
+        module=module,
+        size=size,
+        members=members,
+        from_cache=True,
     )
 
 

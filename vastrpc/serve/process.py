@@ -64,15 +64,22 @@ def load_deployment(module: str, name: str, tag: str, runtime: ServeRuntime) -> 
 
 
 async def enter_contexts(app: DeploymentDefinition, runtime: ServeRuntime) -> list[Any]:
-    """Enter every ``@context`` concurrently; returns the entered objects, for exit_contexts."""
-    objects = [cls() for cls in app.contexts]
+    """Make and enter every ``@context`` concurrently; returns the entered objects, for exit_contexts."""
+    objects, failures = [], []
+    for context in app.contexts:
+        try:
+            objects.append(context.cls(*context.args, **context.kwargs))
+        except Exception as exc:
+            failures.append(f"{context.cls.__name__}(...) raised:\n{_formatted(exc)}")
+    if failures:
+        raise StepFailed("contexts", "\n".join(failures))
     results = await asyncio.gather(*(obj.__aenter__() for obj in objects), return_exceptions=True)
-    entered, failures = [], []
-    for cls, obj, result in zip(app.contexts, objects, results, strict=True):
+    entered = []
+    for context, obj, result in zip(app.contexts, objects, results, strict=True):
         if isinstance(result, BaseException):
-            failures.append(f"{cls.__name__}.__aenter__ raised:\n{_formatted(result)}")
+            failures.append(f"{context.cls.__name__}.__aenter__ raised:\n{_formatted(result)}")
         else:
-            runtime.contexts[cls] = result
+            runtime.contexts[context.cls] = result
             entered.append(obj)
     if failures:
         await exit_contexts(entered)
@@ -81,12 +88,11 @@ async def enter_contexts(app: DeploymentDefinition, runtime: ServeRuntime) -> li
 
 
 async def exit_contexts(entered: list[Any]) -> None:
-    """Exit entered contexts, in reverse order, logging (not raising) their errors."""
-    for obj in reversed(entered):
-        try:
-            await obj.__aexit__(None, None, None)
-        except Exception:
-            log.exception("%s.__aexit__ raised", type(obj).__name__)
+    """Exit entered contexts concurrently (as Vast does), logging (not raising) their errors."""
+    results = await asyncio.gather(*(obj.__aexit__(None, None, None) for obj in entered), return_exceptions=True)
+    for obj, result in zip(entered, results, strict=True):
+        if isinstance(result, Exception):
+            log.error("%s.__aexit__ raised", type(obj).__name__, exc_info=result)
 
 
 def _benchmark_inputs(fn: FunctionDefinition) -> list[Any]:

@@ -16,7 +16,7 @@ import asyncio, os
 from vastrpc import Deployment
 
 app = Deployment(name="{name}"{tag})
-app.image().env(STAGE="{stage}").secrets(TOKEN="{secret}")
+app.image("python:3.11-slim").env(STAGE="{stage}").secrets(TOKEN="{secret}")
 app.configure_autoscaling(min_workers={workers}, max_workers=4)
 
 @app.remote(benchmark_dataset=[{{"seconds": 0}}])

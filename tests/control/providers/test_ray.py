@@ -33,7 +33,7 @@ from ..ray_cluster import GPU_NODE_ACCELERATOR, RAY_ENV, RayCluster, ray_binary,
 
 
 def test_require_stores_known_filters_and_labels() -> None:
-    image = Deployment(name="x").image()
+    image = Deployment(name="x").image("python:3.11-slim")
     image.require(gpus=1, accelerator="A100", gpu_ram_gb=40.5, cpus=2, ram_gb=16, labels={"zone": "us-east"})
     assert image.requirements == {
         "gpus": "1",
@@ -60,7 +60,7 @@ def test_require_stores_known_filters_and_labels() -> None:
 )
 def test_require_rejects_unknown_filters_and_bad_values(filters: dict[str, Any], match: str) -> None:
     with pytest.raises(DefinitionError, match=match):
-        Deployment(name="x").image().require(**filters)
+        Deployment(name="x").image("python:3.11-slim").require(**filters)
 
 
 HEAD = NodeInfo("a" * 56, "10.0.0.1", {"CPU": 4.0, "memory": 32e9}, {"zone": "head"})
@@ -197,7 +197,7 @@ import os
 from vastrpc import Deployment
 
 app = Deployment(name="{name}"{tag})
-app.image().env(STAGE="{stage}"){require}
+app.image("python:3.11-slim").env(STAGE="{stage}"){require}
 app.configure_autoscaling(min_workers={workers}, max_workers={workers})
 
 @app.remote(benchmark_dataset=[{{}}])

@@ -27,7 +27,7 @@ from vastrpc.control.lifecycle.rules import (
     validate_spec,
 )
 from vastrpc.control.lifecycle.stopping import Stopping
-from vastrpc.control.lifecycle.tiers import classify, same_spec, same_workload
+from vastrpc.control.lifecycle.tiers import classify, keep_bundle, same_spec, same_workload
 from vastrpc.control.providers.base import Provider, start_options
 from vastrpc.control.stores.base import ACTIVE_WORKER_STATES, EndpointRow, RevisionRow, Store, WorkerRow, new_id
 
@@ -120,6 +120,10 @@ class Lifecycle(Rollouts, Stopping):
             endpoint, created = self.store.get_or_create_endpoint(deployment.id, spec.tag)
             live = self.store.get_revision(endpoint.live_revision_id) if endpoint.live_revision_id else None
             tier = classify(None if created or endpoint.state == "stopped" else live, digests)
+            if live is not None and tier in (common_pb2.UPDATE_TIER_NONE, common_pb2.UPDATE_TIER_SETTINGS):
+                # Same code: the file may differ only in its in-place settings (their values are
+                # not in the code digest). The workers keep the bundle they run; nothing is uploaded.
+                keep_bundle(spec, live)
             data = spec.SerializeToString(deterministic=True)
             latest = self.store.latest_revision(endpoint.id)
             if tier == common_pb2.UPDATE_TIER_NONE:

@@ -5,24 +5,33 @@ from __future__ import annotations
 from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.control.stores.base import RevisionRow
 
-__all__ = ["classify", "same_spec", "same_workload"]
+__all__ = ["classify", "keep_bundle", "same_spec", "same_workload"]
 
 
 def classify(live: RevisionRow | None, digests: control_pb2.RevisionDigests) -> int:
     """The UpdateTier of a revision with ``digests`` over ``live`` (None: no live revision, or torn down).
 
     The digests are computed by the client (``vastrpc.deploy.spec``); the first that differs,
-    in this order, decides: environment (tier 3), bundle or code (tier 2), settings (tier 1).
+    in this order, decides: environment (tier 3), code (tier 2), settings (tier 1). The bundle
+    digest itself is not compared: the code digest covers the bundle's files, except the
+    values of the deployment file's in-place settings (``vastrpc.deploy.settings``), so a
+    file that differs only there is a settings change.
     """
     if live is None:
         return common_pb2.UPDATE_TIER_NEW_ENDPOINT
     if live.environment_digest != digests.environment:
         return common_pb2.UPDATE_TIER_ENVIRONMENT
-    if live.code_digest != digests.code or live.bundle_digest != digests.bundle:
+    if live.code_digest != digests.code:
         return common_pb2.UPDATE_TIER_CODE
     if live.autoscaling_digest != digests.autoscaling:
         return common_pb2.UPDATE_TIER_SETTINGS
     return common_pb2.UPDATE_TIER_NONE
+
+
+def keep_bundle(spec: control_pb2.DeploymentSpec, live: RevisionRow) -> None:
+    """Point ``spec`` at the live revision's bundle (a tier 0 or 1 registration keeps what workers run)."""
+    spec.digests.bundle = live.bundle_digest
+    spec.bundle_size = control_pb2.DeploymentSpec.FromString(live.spec).bundle_size
 
 
 def same_workload(live: RevisionRow, revision: RevisionRow) -> bool:

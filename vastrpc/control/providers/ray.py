@@ -225,7 +225,9 @@ class RayProvider:
     def from_config(cls, config: ControlConfig, *, worker_command: Sequence[str] | None = None) -> RayProvider:
         """Workers on the cluster at ``config.ray_address``, which is required."""
         if not config.ray_address:
-            raise DefinitionError("--provider ray needs --ray-address HOST:PORT: the address `ray start --head` printed")
+            raise DefinitionError(
+                "--provider ray needs --ray-address HOST:PORT: the address `ray start --head` printed"
+            )
         return cls(
             config.ray_address,
             Path(config.home),
