@@ -121,7 +121,7 @@ async def test_unknown_function_is_a_clear_error(calls) -> None:
     with pytest.raises(FunctionNotFoundError, match="no function 'nope'.*it serves: "):
         # A function the worker does not have, as when the client's code is newer than the deployment.
         known = calls.environment
-        await RemoteFunction(calls.app, known.fn, dataclasses.replace(known.options, name="nope"))()
+        await RemoteFunction(calls.app._handle, known.fn, dataclasses.replace(known.options, name="nope"))()
 
 
 async def test_worker_refuses_calls_without_the_endpoint_token_before_unpickling(calls, project, tmp_path) -> None:
