@@ -20,7 +20,7 @@ HETERO = textwrap.dedent(
     from vastrpc import Deployment, get_context
 
     app = Deployment(name="{name}")
-    app.image().env(CLAIM_DIR={claims!r})
+    app.image("python:3.11-slim").env(CLAIM_DIR={claims!r})
     app.configure_autoscaling(min_workers=2, max_workers=2)
 
     @app.context

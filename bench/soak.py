@@ -32,7 +32,7 @@ import asyncio, os
 from vastrpc import Deployment
 
 app = Deployment(name="{name}")
-app.image().env(RUNS={runs!r})
+app.image("python:3.11-slim").env(RUNS={runs!r})
 app.configure_autoscaling(min_workers={workers}, max_workers={workers})
 
 def record(kind, key):

@@ -77,7 +77,7 @@ class Project:
             data.mkdir()
             for i in range(files):
                 (data / f"f{i:04d}.bin").write_bytes(os.urandom(file_bytes))
-            self.image = 'app.image().copy("data")'
+            self.image = 'app.image("python:3.11-slim").copy("data")'
         self.path = self.folder / f"{self.name}.py"
         self.version = 0
         self.write()
