@@ -100,7 +100,11 @@ async def test_register_classifies_tiers_against_the_live_revision(client) -> No
     settings = await client.register(variant(autoscaling="auto-2"))
     assert settings.tier == common_pb2.UPDATE_TIER_SETTINGS and settings.revision_id != first.revision_id
     assert (await client.register(variant(code="code-2", autoscaling="auto-2"))).tier == common_pb2.UPDATE_TIER_CODE
-    new_bundle = await client.register(variant(bundle="1" * 64))
+    # A new bundle with the same code digest (the file differs only in its in-place settings'
+    # values): no code change, and the workers keep the live bundle — nothing to upload.
+    same_code = await client.register(variant(bundle="1" * 64))
+    assert (same_code.tier, same_code.upload_required) == (common_pb2.UPDATE_TIER_NONE, False)
+    new_bundle = await client.register(variant(bundle="1" * 64, code="code-3"))
     assert new_bundle.tier == common_pb2.UPDATE_TIER_CODE and new_bundle.upload_required
     assert (
         await client.register(variant(environment="env-2", code="code-2"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from typing import Any
 
 from vastrpc.client.router import CallInfo
@@ -92,22 +92,40 @@ class DeploymentHandle:
         return self._session_lock
 
 
-class Deploying:
+class Deploying(Coroutine[Any, Any, DeployResult]):
     """What ``app.ensure_ready()`` returns inside a running event loop: the deploy, run when awaited.
 
-    A deploy that is never awaited never runs; instead of Python's silent "coroutine was
-    never awaited", a RuntimeWarning says so and what to write.
+    A coroutine (``await`` it, or hand it to ``asyncio.create_task``) that starts the deploy
+    only when first run. One that is never run deploys nothing; instead of Python's "coroutine
+    was never awaited", a RuntimeWarning says so and what to write.
     """
 
-    def __init__(self, name: str, run: Callable[[], Awaitable[DeployResult]]) -> None:
+    def __init__(self, name: str, run: Callable[[], Coroutine[Any, Any, DeployResult]]) -> None:
         self._name = name
-        self._run: Callable[[], Awaitable[DeployResult]] | None = run
+        self._run: Callable[[], Coroutine[Any, Any, DeployResult]] | None = run
+        self._coro: Coroutine[Any, Any, DeployResult] | None = None
+
+    def _started(self) -> Coroutine[Any, Any, DeployResult]:
+        if self._coro is None:
+            run, self._run = self._run, None
+            if run is None:
+                raise RuntimeError(f"app.ensure_ready() of {self._name!r} was closed; call it again to deploy")
+            self._coro = run()
+        return self._coro
+
+    def send(self, value: Any) -> Any:
+        return self._started().send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        return self._started().throw(typ, val, tb)
+
+    def close(self) -> None:
+        self._run = None  # closed before it ran: nothing to warn about
+        if self._coro is not None:
+            self._coro.close()
 
     def __await__(self) -> Generator[Any, None, DeployResult]:
-        run, self._run = self._run, None
-        if run is None:
-            raise RuntimeError(f"app.ensure_ready() of {self._name!r} was already awaited; call it again to redeploy")
-        return (yield from run().__await__())
+        return self._started().__await__()
 
     def __del__(self) -> None:
         if self._run is not None:
