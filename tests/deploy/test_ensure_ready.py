@@ -182,7 +182,7 @@ async def test_unmet_requirements_on_the_local_provider_still_deploy_and_are_nam
     mod = project(
         SQUARE.replace(
             'app = Deployment(name="{name}")',
-            'from vastrpc.query import H100_SXM, cpu_cores, dph_total, gpu_name\n'
+            "from vastrpc.query import H100_SXM, cpu_cores, dph_total, gpu_name\n"
             'app = Deployment(name="{name}")\n'
             "app.image().require(gpu_name == H100_SXM, cpu_cores >= 2, dph_total < 2)",
         )

@@ -101,12 +101,16 @@ class LocalProcessProvider:
 
     async def requirement_warnings(self, requirements: Sequence[Query]) -> list[str]:
         """Each query this machine does not meet (its worker runs here anyway), then each not applicable."""
+        unmet, not_applicable = await self._requirement_notes(requirements)
+        return unmet + not_applicable
+
+    async def _requirement_notes(self, requirements: Sequence[Query]) -> tuple[list[str], list[str]]:
+        """(the unmet queries, the not applicable ones), each in words."""
         if not requirements:
-            return []
+            return [], []
         evaluation = evaluate(requirements, await self.inventory())
         unmet = [f"requirement not met on this machine, running anyway: {o.reason()}" for o in evaluation.unmet]
-        na = [f"requirement not checked: {o.reason()}" for o in evaluation.not_applicable]
-        return unmet + na
+        return unmet, [f"requirement not checked: {o.reason()}" for o in evaluation.not_applicable]
 
     async def start_worker(
         self, worker_id: str, token: str, control_address: str, *, requirements: Sequence[Query] | None = None
@@ -118,14 +122,12 @@ class LocalProcessProvider:
         no provider can check at INFO.
         """
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        notes = await self.requirement_warnings(requirements or ())
-        for note in notes:
-            log.log(
-                logging.INFO if note.startswith("requirement not checked") else logging.WARNING,
-                "worker %s: %s",
-                worker_id,
-                note,
-            )
+        unmet, not_applicable = await self._requirement_notes(requirements or ())
+        for note in unmet:
+            log.warning("worker %s: %s", worker_id, note)
+        for note in not_applicable:
+            log.info("worker %s: %s", worker_id, note)
+        notes = unmet + not_applicable
         argv = [*self.argv_prefix, "--control", control_address, "--worker-id", worker_id]
         env = {name: value for name, value in self._environ.items() if not _control_credential(name)}
         env[ENV_WORKER_TOKEN] = token
