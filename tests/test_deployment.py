@@ -9,6 +9,7 @@ import pytest
 
 from vastrpc import ContextError, DefinitionError, Deployment, DeployResult, RemoteFunction, get_context
 from vastrpc.deploy.flow import validate
+from vastrpc.query import num_gpus
 
 
 def test_name_defaults_to_module_file_name() -> None:
@@ -155,7 +156,7 @@ def test_image_chain_records_everything() -> None:
     assert "s3cret" not in repr(image)
     assert image.startup_commands == ["echo hi", "touch 'a file'"]
     assert image.copies == [("data", "assets/data")]
-    assert image.requirements == {"gpus": "1"}
+    assert image.requirements == [num_gpus >= 1]  # the keyword shorthand is a query
 
 
 @pytest.mark.parametrize(

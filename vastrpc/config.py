@@ -131,6 +131,9 @@ class ControlConfig:
         peers: ``host:port`` of the other control services on the same (PostgreSQL) store:
             workers this one starts turn to them, in order, when it stops answering, and keep
             serving without a restart.
+        inventory_file: A JSON file declaring what this machine offers (CPUs, RAM, disk,
+            GPUs), against which the local provider evaluates requirements instead of probing
+            the machine; None probes it.
     """
 
     home: Path
@@ -152,3 +155,4 @@ class ControlConfig:
     ray_address: str | None = None
     metrics_port: int | None = None
     peers: tuple[str, ...] = ()
+    inventory_file: Path | None = None

@@ -1,4 +1,4 @@
-"""The image a deployment's workers run in, and its autoscaling settings."""
+"""The image a deployment's workers run in, its requirements (and their keyword shorthand), and its autoscaling."""
 
 from __future__ import annotations
 
@@ -8,54 +8,84 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vastrpc._errors import DefinitionError
+from vastrpc.query import COLUMNS, LABEL_PREFIX, Query, gpu_name, label
 
-__all__ = ["LABEL_PREFIX", "REQUIREMENT_FILTERS", "Autoscaling", "Image"]
+__all__ = ["LABEL_PREFIX", "REQUIREMENT_FILTERS", "Autoscaling", "Image", "keyword_queries", "stored_keyword_queries"]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-# The search filters ``Image.require`` accepts, with what each means.
+# The keyword filters ``Image.require`` also accepts, with the query each stands for.
 REQUIREMENT_FILTERS: dict[str, str] = {
-    "gpus": "GPUs per worker, e.g. 1",
-    "gpu_name": "GPU model, e.g. 'A100'; alias accelerator",
-    "gpu_ram_gb": "GB of memory per GPU, at least",
-    "cpus": "CPU cores per worker, 1 by default on a cluster",
-    "ram_gb": "GB of RAM per worker",
-    "labels": "node labels that must match, e.g. {'zone': 'us-east'}",
+    "gpus": "GPUs per worker, e.g. 1: num_gpus >= N",
+    "gpu_name": "GPU model, e.g. 'A100' (alias accelerator): gpu_name == NAME",
+    "gpu_ram_gb": "GB of memory per GPU, at least: gpu_ram >= N",
+    "cpus": "CPU cores per worker: cpu_cores_effective >= N",
+    "ram_gb": "GB of RAM per worker: cpu_ram >= N",
+    "labels": "node labels that must match, e.g. {'zone': 'us-east'}: label(KEY) == VALUE",
 }
-_FILTER_ALIASES = {"accelerator": "gpu_name"}
-# How a node label is stored among the requirements: ``label:<key>`` → value.
-LABEL_PREFIX = "label:"
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
+_KEYWORD_COLUMNS = {"gpus": "num_gpus", "gpu_ram_gb": "gpu_ram", "cpus": "cpu_cores_effective", "ram_gb": "cpu_ram"}
+_ALIASES = {"accelerator": "gpu_name"}
 
 
-def _check_amount(name: str, value: object) -> str:
-    """A filter's amount as stored: a non-negative number (``gpus`` may be 0), in its shortest text."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
-        raise DefinitionError(f"require: {name} must be a number, got {value!r}")
-    if value < 0 or (value == 0 and name != "gpus"):
-        raise DefinitionError(f"require: {name} must be {'at least 0' if name == 'gpus' else 'above 0'}, got {value!r}")
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+def keyword_queries(filters: Mapping[str, Any]) -> list[Query]:
+    """The queries the keyword filters of ``Image.require`` stand for (``gpus=2`` → ``num_gpus >= 2``).
 
-
-def _check_labels(labels: object) -> dict[str, str]:
-    if not isinstance(labels, Mapping) or not labels:
-        raise DefinitionError(
-            "require: labels must be a non-empty dict of node labels, e.g. labels={'zone': 'us-east'}"
-        )
-    out = {}
-    for key, value in labels.items():
-        if not isinstance(key, str) or not _LABEL_KEY.match(key):
-            raise DefinitionError(f"require: label name {key!r} is invalid: use letters, digits, '.', '_', '-' and '/'")
-        if not isinstance(value, str) or not _LABEL_VALUE.match(value) or len(value) > 63:
+    Raises:
+        DefinitionError: An unknown filter, or a value of the wrong kind.
+    """
+    out: list[Query] = []
+    for key, value in filters.items():
+        name = _ALIASES.get(key, key)
+        if name not in REQUIREMENT_FILTERS:
+            accepted = ", ".join(f"{n}= ({text})" for n, text in REQUIREMENT_FILTERS.items())
             raise DefinitionError(
-                f"require: the value of label {key!r} must be a string of letters, digits, '.', '_', '-' "
-                f"(at most 63), got {value!r}"
+                f"require: unknown filter {key!r}; accepted filters: {accepted}; "
+                "or pass queries, e.g. require(gpu_ram >= 48) with columns from vastrpc.query"
             )
-        out[LABEL_PREFIX + key] = value
+        if name == "labels":
+            if not isinstance(value, Mapping) or not value:
+                raise DefinitionError(
+                    "require: labels must be a non-empty dict of node labels, e.g. labels={'zone': 'us-east'}"
+                )
+            out += [label(k) == v for k, v in value.items()]
+        elif name == "gpu_name":
+            if not isinstance(value, str) or not value.strip():
+                raise DefinitionError(f"require: {key} must be a GPU model name such as 'A100', got {value!r}")
+            out.append(gpu_name == value)
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise DefinitionError(f"require: {name} must be a number, got {value!r}")
+            if value < 0 or (value == 0 and name != "gpus"):
+                least = "at least 0" if name == "gpus" else "above 0"
+                raise DefinitionError(f"require: {name} must be {least}, got {value!r}")
+            out.append(COLUMNS[_KEYWORD_COLUMNS[name]] >= value)
     return out
+
+
+def stored_keyword_queries(filters: Mapping[str, str]) -> list[Query]:
+    """The queries of keyword filters as the contract's old ``requirements`` map stored them (all text).
+
+    Raises:
+        DefinitionError: An unknown filter, or a value that is not a number where one is needed.
+    """
+    parsed: dict[str, Any] = {}
+    labels = {k.removeprefix(LABEL_PREFIX): v for k, v in filters.items() if k.startswith(LABEL_PREFIX)}
+    for key, text in filters.items():
+        if key.startswith(LABEL_PREFIX):
+            continue
+        if key in ("gpu_name", "accelerator"):
+            parsed[key] = text
+            continue
+        try:
+            parsed[key] = float(text)
+        except ValueError:
+            raise DefinitionError(f"require: the filter {key}={text!r} is not a number") from None
+    if labels:
+        parsed["labels"] = labels
+    return keyword_queries(parsed)
 
 
 def _check_names(kind: str, names: tuple[str, ...]) -> list[str]:
@@ -102,7 +132,7 @@ class Image:
     secret_vars: dict[str, str] = field(default_factory=dict, repr=False)
     startup_commands: list[str] = field(default_factory=list)
     copies: list[tuple[str, str]] = field(default_factory=list)
-    requirements: dict[str, str] = field(default_factory=dict)
+    requirements: list[Query] = field(default_factory=list)
 
     def pip_install(self, *packages: str) -> Image:
         """Install pip packages (requirement specifiers, e.g. ``"numpy>=2"``) into the worker's environment."""
@@ -149,33 +179,40 @@ class Image:
         self.copies.append((str(src_path), str(Path(target))))
         return self
 
-    def require(self, **filters: object) -> Image:
-        """Search filters a worker host must meet, e.g. ``require(gpus=1, gpu_name="A100")``.
+    def require(self, *queries: Query, **filters: object) -> Image:
+        """Hardware a worker's host must offer, as queries: ``require(gpu_ram >= 48, gpu_name == H100_SXM)``.
 
-        Accepted filters (see ``REQUIREMENT_FILTERS``): ``gpus``, ``gpu_name`` (alias
-        ``accelerator``), ``gpu_ram_gb``, ``cpus``, ``ram_gb`` and ``labels``, a dict of
-        node labels that must all match. A cluster provider places each worker on a node
-        that meets every filter and gives it exactly the GPUs it asked for; a filter no
-        node meets fails the deploy. The local provider runs workers on this machine
-        whatever they require. Calling again adds filters and replaces those named again.
+        Queries are built from the columns of ``vastrpc.query`` (Vast's ``vastai.data.query``
+        with the same names: ``gpu_name.in_([RTX_4090, RTX_5090])``, ``cpu_cores >= 16``).
+        Keyword filters are shorthand for queries (see ``REQUIREMENT_FILTERS``): ``gpus=N`` is
+        ``num_gpus >= N``, ``gpu_name="A100"`` (alias ``accelerator``) ``gpu_name == "A100"``,
+        ``gpu_ram_gb=N`` ``gpu_ram >= N``, ``cpus=N`` ``cpu_cores_effective >= N``,
+        ``ram_gb=N`` ``cpu_ram >= N`` and ``labels={"zone": "us-east"}``
+        ``label("zone") == "us-east"``. Calling again adds queries; a keyword filter replaces
+        the earlier queries on its column with the same operator.
+
+        A cluster provider places each worker on a node that meets every query and fails the
+        deploy, naming the query, when none does; the local provider runs the worker on this
+        machine anyway and warns about each query the machine does not meet. Columns no
+        provider can know (prices, bandwidth, reliability...) are accepted and reported as
+        not applicable.
 
         Raises:
-            DefinitionError: An unknown filter, or a value of the wrong kind.
+            DefinitionError: A positional argument that is not a query, an unknown filter, or a
+                value of the wrong kind.
         """
-        for key, value in filters.items():
-            if key == "labels":
-                self.requirements.update(_check_labels(value))
-                continue
-            name = _FILTER_ALIASES.get(key, key)
-            if name not in REQUIREMENT_FILTERS:
-                accepted = ", ".join(f"{n}= ({text})" for n, text in REQUIREMENT_FILTERS.items())
-                raise DefinitionError(f"require: unknown filter {key!r}; accepted filters: {accepted}")
-            if name == "gpu_name":
-                if not isinstance(value, str) or not value.strip():
-                    raise DefinitionError(f"require: {key} must be a GPU model name such as 'A100', got {value!r}")
-                self.requirements[name] = value.strip()
-            else:
-                self.requirements[name] = _check_amount(name, value)
+        for query in queries:
+            if not isinstance(query, Query):
+                raise DefinitionError(
+                    f"require: {query!r} is not a query; build one from a column of vastrpc.query, "
+                    "e.g. require(gpu_ram >= 48) or require(gpu_name.in_([RTX_4090, RTX_5090]))"
+                )
+        for query in keyword_queries(filters):
+            self.requirements[:] = [q for q in self.requirements if (q.column, q.op) != (query.column, query.op)]
+            self.requirements.append(query)
+        for query in queries:
+            if query not in self.requirements:
+                self.requirements.append(query)
         return self
 
 

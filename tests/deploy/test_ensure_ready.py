@@ -166,3 +166,41 @@ async def test_wrong_api_key_is_refused(project, control_service) -> None:
     mod = project(SQUARE, api_key="not-the-key")
     with pytest.raises(AuthenticationError):
         await mod.app.ensure_ready()
+
+
+def _gpu_less_inventory(tmp_path) -> list[str]:
+    """A declared inventory without GPUs, so the test never depends on this machine's hardware."""
+    path = tmp_path / "inventory.json"
+    path.write_text('{"cpu_cores": 4, "cpu_cores_effective": 4, "ram_gb": 16, "disk_gb": 100, "cpu_arch": "amd64"}')
+    return ["--inventory", str(path)]
+
+
+@pytest.mark.parametrize("control_service", [{"setup": _gpu_less_inventory}], indirect=True)
+async def test_unmet_requirements_on_the_local_provider_still_deploy_and_are_named_in_warnings(
+    project, control_service, caplog
+) -> None:
+    mod = project(
+        SQUARE.replace(
+            'app = Deployment(name="{name}")',
+            "from vastrpc.query import H100_SXM, cpu_cores, dph_total, gpu_name\n"
+            'app = Deployment(name="{name}")\n'
+            "app.image('python:3.11-slim').require(gpu_name == H100_SXM, cpu_cores >= 2, dph_total < 2)",
+        )
+    )
+    caplog.set_level(logging.WARNING, logger="vastrpc.deploy")
+    result = await mod.app.ensure_ready()
+    assert result.ready_workers == 1 and await mod.square(4) == 16
+    unmet = 'requirement not met on this machine, running anyway: gpu_name == "H100 SXM" (this machine: 0 GPUs)'
+    assert result.warnings == (
+        unmet,
+        "requirement not checked: dph_total < 2 (not applicable here: dph_total is Vast's marketplace's to know)",
+    )
+    assert any(unmet in r.getMessage() for r in caplog.records)
+    # The control service's log and the worker's own log name it too; the met query is not mentioned.
+    assert unmet in control_service.log_text()
+    (worker,) = await project.workers(mod.app)
+    logs = await project.logs(worker["worker_id"])
+    assert unmet in logs and "cpu_cores" not in logs
+    # Same requirements again: nothing to do, and the same warnings.
+    again = await mod.app.ensure_ready()
+    assert again.tier == 0 and again.warnings == result.warnings

@@ -16,6 +16,8 @@ from vastrpc.cli.exit_codes import EXIT_OK, EXIT_UNREACHABLE, Failure
 __all__ = ["add_commands"]
 
 ENV_WORKER_COMMAND = "VASTRPC_WORKER_COMMAND"
+# What this machine offers, declared (JSON): the local provider evaluates requirements against it.
+ENV_INVENTORY = "VASTRPC_INVENTORY"
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], home: Path) -> None:
@@ -101,6 +103,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
         metavar="HOST:PORT",
         help="another control service on the same --store; its workers fail over to it (repeatable)",
     )
+    backends.add_argument(
+        "--inventory",
+        type=Path,
+        default=os.environ.get(ENV_INVENTORY) or None,
+        metavar="FILE",
+        help="local provider: what this machine offers, as JSON, instead of probing it (CPUs, RAM, disk, GPUs)",
+    )
     serve.add_argument(
         "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics over HTTP on this port (0: any)"
     )
@@ -158,6 +167,7 @@ def _serve(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         metrics_port=args.metrics_port,
         peers=tuple(args.peer),
+        inventory_file=Path(args.inventory).expanduser().resolve() if args.inventory else None,
     )
     command = shlex.split(args.worker_command) if args.worker_command else None
     try:

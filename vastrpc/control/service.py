@@ -213,7 +213,8 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.ProvisionRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.ProvisionResponse:
         started = await self.lifecycle.provision(request.endpoint_id, request.revision_id)
-        return control_pb2.ProvisionResponse(workers_started=started)
+        warnings = await self.lifecycle.requirement_warnings(request.revision_id)
+        return control_pb2.ProvisionResponse(workers_started=started, warnings=warnings)
 
     async def WatchEndpoint(
         self, request: control_pb2.WatchEndpointRequest, context: grpc.aio.ServicerContext

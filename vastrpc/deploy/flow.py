@@ -51,6 +51,9 @@ class DeployResult:
         workers_started: Workers the control service started for this revision.
         ready_workers: Workers ready when ``ensure_ready`` returned.
         seconds: How long ``ensure_ready`` took.
+        warnings: What the control service's provider runs despite the requirements
+            (``Image.require``), naming each query: those this machine does not meet (the
+            local provider runs the worker anyway) and those no provider can check.
     """
 
     tier: int
@@ -63,6 +66,7 @@ class DeployResult:
     workers_started: int
     ready_workers: int
     seconds: float
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def nothing(cls, description: str) -> DeployResult:
@@ -214,7 +218,10 @@ async def ensure_ready(
         if progress is not None:
             progress.step_started("provision")
         prov = await control.provision(reg.endpoint_id, reg.revision_id)
-        _done(progress, "provision", f"endpoint {reg.endpoint_id}, {prov.workers_started} worker(s) started")
+        for warning in prov.warnings:
+            log.warning("%s: %s", app.name, warning)
+        noted = "".join(f"; {w}" for w in prov.warnings)
+        _done(progress, "provision", f"endpoint {reg.endpoint_id}, {prov.workers_started} worker(s) started{noted}")
         if session is not None and session.router.endpoint_id == reg.endpoint_id:
             router = session.router
         else:
@@ -255,5 +262,6 @@ async def ensure_ready(
         workers_started=prov.workers_started,
         ready_workers=ready,
         seconds=seconds,
+        warnings=tuple(prov.warnings),
     )
     return Session(asyncio.get_running_loop(), control, router, result)

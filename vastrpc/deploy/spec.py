@@ -1,15 +1,17 @@
-"""Turns a deployment's definition and its bundle into the DeploymentSpec the control service stores, with digests."""
+"""Turns a deployment's definition and bundle into the DeploymentSpec the control service stores, with its digests."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from vastrpc._secrets import seal, secret_digest
 from vastrpc.api.v1 import control_pb2
 from vastrpc.definition import DeploymentDefinition
 from vastrpc.deploy.bundle import Bundle
+from vastrpc.query import Query
 
 
 def _digest(obj: Any) -> str:
@@ -45,7 +47,7 @@ def revision_digests(
                 _function_options(app),
             ]
         ),
-        environment=_digest([image.from_image, image.env_vars, image.requirements, secrets, image.storage]),
+        environment=_digest([image.from_image, image.env_vars, _queries_digested(app), secrets, image.storage]),
         # Every setting applied in place, without touching a worker (tier 1): autoscaling, ttl, label.
         autoscaling=_digest(
             [
@@ -59,6 +61,23 @@ def revision_digests(
             ]
         ),
     )
+
+
+def _queries_digested(app: DeploymentDefinition) -> Any:
+    """The requirements as the environment digest takes them (``{}`` with none, as before queries existed)."""
+    return [[q.column, q.op.name, q.texts()] for q in app.image.requirements] or {}
+
+
+def requirement_messages(queries: Sequence[Query]) -> list[control_pb2.Requirement]:
+    """The queries as the contract carries them."""
+    return [
+        control_pb2.Requirement(
+            column=q.column,
+            op=f"REQUIREMENT_OPERATOR_{q.op.name}",
+            values=q.texts(),
+        )
+        for q in queries
+    ]
 
 
 def _function_options(app: DeploymentDefinition) -> list[Any]:
@@ -93,7 +112,7 @@ def build_spec(app: DeploymentDefinition, bundle: Bundle, secret_key: str) -> co
             env=image.env_vars,
             sealed_secrets=seal(secret_key, image.secret_vars),
             startup_commands=image.startup_commands,
-            requirements=image.requirements,
+            queries=requirement_messages(image.requirements),
             storage=f"{image.storage:g}GB",
             startup_timeout=image.startup_timeout,
         ),

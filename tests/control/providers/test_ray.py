@@ -1,4 +1,4 @@
-"""The Ray provider: workers placed as actors on a real two-node Ray cluster on this machine, and its filter rules.
+"""The Ray provider: workers placed as actors on a real two-node Ray cluster on this machine, and its placement rules.
 
 The cluster (tests/control/ray_cluster.py) is a head node without GPUs and a second node
 declaring two fake GPUs of type FAKEGPU with 24 GB each; one cluster serves the module.
@@ -24,25 +24,46 @@ from vastrpc._tls import ensure_local_ca, issue_certificate
 from vastrpc.client.control import ControlClient
 from vastrpc.config import ControlConfig
 from vastrpc.control.backends import open_provider
-from vastrpc.control.providers.placement import GPU_RAM_LABEL, NodeInfo, Placement
+from vastrpc.control.providers.placement import (
+    COMPUTE_CAP_LABEL,
+    CUDA_LABEL,
+    DRIVER_LABEL,
+    GPU_RAM_LABEL,
+    NodeInfo,
+    Placement,
+)
 from vastrpc.control.providers.ray import RayProvider, _Worker
+from vastrpc.image import keyword_queries
+from vastrpc.query import (
+    A100_SXM4,
+    compute_cap,
+    cpu_cores_effective,
+    cpu_ram,
+    cuda_max_good,
+    dph_total,
+    driver_vers,
+    gpu_name,
+    gpu_ram,
+    label,
+    num_gpus,
+)
 
 from ..ray_cluster import GPU_NODE_ACCELERATOR, RAY_ENV, RayCluster, ray_binary, start_cluster
 
 # -- search filters (unit) ----------------------------------------------------------------
 
 
-def test_require_stores_known_filters_and_labels() -> None:
+def test_require_turns_keyword_filters_and_labels_into_queries() -> None:
     image = Deployment(name="x").image("python:3.11-slim")
     image.require(gpus=1, accelerator="A100", gpu_ram_gb=40.5, cpus=2, ram_gb=16, labels={"zone": "us-east"})
-    assert image.requirements == {
-        "gpus": "1",
-        "gpu_name": "A100",
-        "gpu_ram_gb": "40.5",
-        "cpus": "2",
-        "ram_gb": "16",
-        "label:zone": "us-east",
-    }
+    assert image.requirements == [
+        num_gpus >= 1,
+        gpu_name == "A100",
+        gpu_ram >= 40.5,
+        cpu_cores_effective >= 2,
+        cpu_ram >= 16,
+        label("zone") == "us-east",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -72,8 +93,12 @@ GPU = NodeInfo(
 )
 
 
+def _placement(**filters: Any) -> Placement:
+    return Placement.from_queries(keyword_queries(filters))
+
+
 def test_placement_maps_amounts_to_resources_and_properties_to_eligible_nodes() -> None:
-    placement = Placement.from_requirements({"gpus": "2", "gpu_name": "a100", "ram_gb": "8"})
+    placement = _placement(gpus=2, gpu_name="a100", ram_gb=8)
     assert placement.unmet([HEAD, GPU]) is None
     options = placement.ray_options([HEAD, GPU])
     assert options == {
@@ -84,38 +109,55 @@ def test_placement_maps_amounts_to_resources_and_properties_to_eligible_nodes() 
         "label_selector": {"ray.io/node-id": f"in({GPU.node_id})"},
     }
     # Nothing about the node itself: any node, with the default CPU.
-    assert Placement.from_requirements({}).ray_options([HEAD, GPU]) == {
+    assert Placement.from_queries([]).ray_options([HEAD, GPU]) == {
         "num_cpus": 1.0,
         "num_gpus": 0.0,
         "scheduling_strategy": "SPREAD",
     }
-    # A GPU model implies a GPU.
-    assert Placement.from_requirements({"gpu_name": "A100"}).gpus == 1.0
+    # A GPU model implies a GPU; Vast's spelling of the model matches Ray's.
+    assert _placement(gpu_name="A100").gpus == 1.0
+    assert Placement.from_queries([gpu_name == A100_SXM4]).unmet([HEAD, GPU]) is None
     # Labels are Ray's to select; GPU properties add the nodes that have them.
-    labelled = Placement.from_requirements({"label:zone": "gpu", "gpu_ram_gb": "24"}).ray_options([HEAD, GPU])
+    labelled = _placement(labels={"zone": "gpu"}, gpu_ram_gb=24).ray_options([HEAD, GPU])
     assert labelled["label_selector"] == {"zone": "gpu", "ray.io/node-id": f"in({GPU.node_id})"}
+    # The worker's share is the least the queries allow.
+    share = Placement.from_queries([num_gpus > 1, cpu_cores_effective >= 2.5, cpu_ram.in_([16, 12])])
+    assert (share.gpus, share.cpus, share.ram_gb) == (2.0, 2.5, 12.0)
+    notin = Placement.from_queries([label("zone").notin_(["head", "moon"])]).ray_options([HEAD, GPU])
+    assert notin["label_selector"] == {"zone": "!in(head,moon)"}
 
 
 @pytest.mark.parametrize(
     "requirements, expected",
     [
-        ({"gpus": "8"}, "no node in the Ray cluster has gpus=8: its 2 node(s) offer 0, 2"),
-        ({"gpu_name": "H100"}, "has gpu_name=H100: its 2 node(s) offer A100, none"),
-        ({"gpu_ram_gb": "80"}, "has gpu_ram_gb=80: its 2 node(s) offer 40, unknown"),
-        ({"label:zone": "moon"}, "has labels[zone]=moon: its 2 node(s) offer gpu, head"),
-        ({"ram_gb": "100"}, "has ram_gb=100: its 2 node(s) offer 32.0, 64.0"),
-        ({"gpus": "1", "label:zone": "head"}, "meets gpus=1, cpus=1, labels[zone]=head together"),
+        ({"gpus": 8}, "no node in the Ray cluster meets num_gpus >= 8: its 2 node(s) offer 0 GPUs, 2 GPUs"),
+        ({"gpu_name": "H100"}, 'meets gpu_name == "H100": its 2 node(s) offer 0 GPUs, A100'),
+        ({"gpu_ram_gb": 80}, "meets gpu_ram >= 80: its 2 node(s) offer 0 GPUs, 40"),
+        ({"labels": {"zone": "moon"}}, 'meets label("zone") == "moon": its 2 node(s) offer gpu, head'),
+        ({"ram_gb": 100}, "meets cpu_ram >= 100: its 2 node(s) offer 32, 64"),
+        ({"gpus": 1, "labels": {"zone": "head"}}, 'meets num_gpus >= 1, label("zone") == "head" together'),
     ],
 )
-def test_placement_names_the_filter_no_node_meets(requirements: dict[str, str], expected: str) -> None:
-    problem = Placement.from_requirements(requirements).unmet([HEAD, GPU])
+def test_placement_names_the_query_no_node_meets(requirements: dict[str, Any], expected: str) -> None:
+    problem = _placement(**requirements).unmet([HEAD, GPU])
     assert problem is not None and expected in problem, problem
 
 
-def test_placement_refuses_filters_it_does_not_know() -> None:
-    with pytest.raises(DeploymentError, match="unknown search filter 'disk'"):
-        Placement.from_requirements({"disk": "10"})
-    assert Placement.from_requirements({}).unmet([]) == "the Ray cluster has no live node: start one with `ray start`"
+def test_placement_checks_node_properties_declared_in_labels_and_reports_columns_it_cannot_know() -> None:
+    declared = NodeInfo(
+        "c" * 56,
+        "10.0.0.3",
+        {"CPU": 8.0, "GPU": 1.0, "memory": 64e9, "accelerator_type:H100": 1.0},
+        {COMPUTE_CAP_LABEL: "9.0", DRIVER_LABEL: "550.54.15", CUDA_LABEL: "12.4"},
+    )
+    placement = Placement.from_queries([compute_cap >= 8.9, driver_vers >= "535", cuda_max_good >= 12.2, dph_total < 2])
+    assert placement.unmet([declared]) is None
+    assert placement.unmet([GPU]) == (
+        "no node in the Ray cluster meets compute_cap >= 890: its 1 node(s) offer compute_cap unknown; "
+        "add a node that offers it (ray start --num-gpus/--resources/--labels) or change image().require(...)"
+    )
+    assert placement.not_applicable == [dph_total < 2]
+    assert Placement.from_queries([]).unmet([]) == "the Ray cluster has no live node: start one with `ray start`"
 
 
 def test_open_provider_checks_the_ray_flags(tmp_path: Path) -> None:
@@ -284,13 +326,13 @@ async def _serving_parent(pid: int) -> int:
 @on_ray
 async def test_requirements_no_node_meets_fail_promptly_naming_the_filter(ray_cluster: RayCluster, project) -> None:
     cases = [
-        ("gpus=8", "no node in the Ray cluster has gpus=8: its 2 node(s) offer 0, 2"),
+        ("gpus=8", "no node in the Ray cluster meets num_gpus >= 8: its 2 node(s) offer 0 GPUs, 2 GPUs"),
         (
             'gpu_name="H100"',
-            f"no node in the Ray cluster has gpu_name=H100: its 2 node(s) offer {GPU_NODE_ACCELERATOR}, none",
+            f'no node in the Ray cluster meets gpu_name == "H100": its 2 node(s) offer 0 GPUs, {GPU_NODE_ACCELERATOR}',
         ),
-        ("gpu_ram_gb=80", "no node in the Ray cluster has gpu_ram_gb=80: its 2 node(s) offer 24, unknown"),
-        ('labels={"zone": "moon"}', "no node in the Ray cluster has labels[zone]=moon"),
+        ("gpu_ram_gb=80", "no node in the Ray cluster meets gpu_ram >= 80: its 2 node(s) offer 0 GPUs, 24"),
+        ('labels={"zone": "moon"}', 'no node in the Ray cluster meets label("zone") == "moon"'),
     ]
     for require, expected in cases:
         mod = project(source(require))

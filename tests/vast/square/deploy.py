@@ -1,7 +1,6 @@
 # Vast's "Square Function" example (guides/serverless/deployments/examples/square), the import lines changed.
-from vastrpc.query import RTX_4090, RTX_5090, gpu_name
-
 from vastrpc import Deployment
+from vastrpc.query import RTX_4090, RTX_5090, gpu_name
 
 app = Deployment(name="square")
 

@@ -1,11 +1,33 @@
 from vastrpc.api.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class RequirementOperator(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REQUIREMENT_OPERATOR_UNSPECIFIED: _ClassVar[RequirementOperator]
+    REQUIREMENT_OPERATOR_EQ: _ClassVar[RequirementOperator]
+    REQUIREMENT_OPERATOR_NE: _ClassVar[RequirementOperator]
+    REQUIREMENT_OPERATOR_LT: _ClassVar[RequirementOperator]
+    REQUIREMENT_OPERATOR_LE: _ClassVar[RequirementOperator]
+    REQUIREMENT_OPERATOR_GT: _ClassVar[RequirementOperator]
+    REQUIREMENT_OPERATOR_GE: _ClassVar[RequirementOperator]
+    REQUIREMENT_OPERATOR_IN: _ClassVar[RequirementOperator]
+    REQUIREMENT_OPERATOR_NOT_IN: _ClassVar[RequirementOperator]
+REQUIREMENT_OPERATOR_UNSPECIFIED: RequirementOperator
+REQUIREMENT_OPERATOR_EQ: RequirementOperator
+REQUIREMENT_OPERATOR_NE: RequirementOperator
+REQUIREMENT_OPERATOR_LT: RequirementOperator
+REQUIREMENT_OPERATOR_LE: RequirementOperator
+REQUIREMENT_OPERATOR_GT: RequirementOperator
+REQUIREMENT_OPERATOR_GE: RequirementOperator
+REQUIREMENT_OPERATOR_IN: RequirementOperator
+REQUIREMENT_OPERATOR_NOT_IN: RequirementOperator
 
 class AutoscalingSpec(_message.Message):
     __slots__ = ("min_workers", "max_workers", "cold_workers", "target_util", "inactivity_timeout")
@@ -22,7 +44,7 @@ class AutoscalingSpec(_message.Message):
     def __init__(self, min_workers: _Optional[int] = ..., max_workers: _Optional[int] = ..., cold_workers: _Optional[int] = ..., target_util: _Optional[float] = ..., inactivity_timeout: _Optional[float] = ...) -> None: ...
 
 class ImageSpec(_message.Message):
-    __slots__ = ("from_image", "pip_packages", "apt_packages", "env", "sealed_secrets", "startup_commands", "requirements", "storage", "startup_timeout")
+    __slots__ = ("from_image", "pip_packages", "apt_packages", "env", "sealed_secrets", "startup_commands", "requirements", "storage", "startup_timeout", "queries")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +75,7 @@ class ImageSpec(_message.Message):
     REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
     STORAGE_FIELD_NUMBER: _ClassVar[int]
     STARTUP_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
     from_image: str
     pip_packages: _containers.RepeatedScalarFieldContainer[str]
     apt_packages: _containers.RepeatedScalarFieldContainer[str]
@@ -62,7 +85,18 @@ class ImageSpec(_message.Message):
     requirements: _containers.ScalarMap[str, str]
     storage: str
     startup_timeout: float
-    def __init__(self, from_image: _Optional[str] = ..., pip_packages: _Optional[_Iterable[str]] = ..., apt_packages: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., sealed_secrets: _Optional[_Mapping[str, bytes]] = ..., startup_commands: _Optional[_Iterable[str]] = ..., requirements: _Optional[_Mapping[str, str]] = ..., storage: _Optional[str] = ..., startup_timeout: _Optional[float] = ...) -> None: ...
+    queries: _containers.RepeatedCompositeFieldContainer[Requirement]
+    def __init__(self, from_image: _Optional[str] = ..., pip_packages: _Optional[_Iterable[str]] = ..., apt_packages: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., sealed_secrets: _Optional[_Mapping[str, bytes]] = ..., startup_commands: _Optional[_Iterable[str]] = ..., requirements: _Optional[_Mapping[str, str]] = ..., storage: _Optional[str] = ..., startup_timeout: _Optional[float] = ..., queries: _Optional[_Iterable[_Union[Requirement, _Mapping]]] = ...) -> None: ...
+
+class Requirement(_message.Message):
+    __slots__ = ("column", "op", "values")
+    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    column: str
+    op: RequirementOperator
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, column: _Optional[str] = ..., op: _Optional[_Union[RequirementOperator, str]] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FunctionSpec(_message.Message):
     __slots__ = ("name", "max_concurrency", "has_benchmark", "timeout", "is_generator", "max_queue_time", "max_queue", "max_argument_bytes")
@@ -188,10 +222,12 @@ class ProvisionRequest(_message.Message):
     def __init__(self, endpoint_id: _Optional[str] = ..., revision_id: _Optional[str] = ...) -> None: ...
 
 class ProvisionResponse(_message.Message):
-    __slots__ = ("workers_started",)
+    __slots__ = ("workers_started", "warnings")
     WORKERS_STARTED_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     workers_started: int
-    def __init__(self, workers_started: _Optional[int] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, workers_started: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WatchEndpointRequest(_message.Message):
     __slots__ = ("endpoint_id",)

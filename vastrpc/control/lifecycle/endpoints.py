@@ -190,6 +190,14 @@ class Lifecycle(Rollouts, Stopping):
         log.info("provisioned endpoint %s revision %s: %d worker(s) started", endpoint_id, revision_id, started)
         return started
 
+    async def requirement_warnings(self, revision_id: str) -> list[str]:
+        """What the provider runs despite the revision's requirements (see ``Provider.requirement_warnings``)."""
+        revision = self.store.get_revision(revision_id)
+        if revision is None:
+            return []
+        requirements = start_options(revision.spec).get("requirements")
+        return await self.provider.requirement_warnings(requirements) if requirements else []
+
     async def _scale(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:
         """Start or stop workers of the live revision until ``desired`` are active.
 

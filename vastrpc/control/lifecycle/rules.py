@@ -10,6 +10,7 @@ from pathlib import Path
 from vastrpc._errors import DefinitionError
 from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.control.bundles.base import check_digest
+from vastrpc.control.providers.requirements import spec_queries
 
 WORKER_STATE_NAMES: dict[int, str] = {
     common_pb2.WORKER_STATE_STARTING: "starting",
@@ -119,6 +120,7 @@ def validate_spec(spec: control_pb2.DeploymentSpec) -> None:
         raise DefinitionError(f"function names must be Python identifiers, got {names}")
     if len(set(names)) != len(names):
         raise DefinitionError(f"function names must be unique, got {names}")
+    spec_queries(spec.image)  # every requirement readable, or DefinitionError naming it
     if not any(f.has_benchmark for f in spec.functions):
         raise DefinitionError(
             f"deployment {spec.name!r}: no function has a benchmark; give at least one "

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from vastrpc.api.v1 import control_pb2
+from vastrpc.control.providers.requirements import spec_queries
+from vastrpc.query import Query
 
 __all__ = ["ENV_HOME", "ENV_WORKER_TOKEN", "ExitCallback", "Provider", "start_options"]
 
@@ -20,10 +22,10 @@ ExitCallback = Callable[[str, int, int], Awaitable[None] | None]
 def start_options(spec: bytes) -> dict[str, Any]:
     """The keyword arguments of ``Provider.start_worker`` for a revision's stored spec.
 
-    The search filters only when the revision has some: providers that place nothing need
+    The requirements only when the revision has some: providers that place nothing need
     not take them.
     """
-    requirements = dict(control_pb2.DeploymentSpec.FromString(spec).image.requirements)
+    requirements = spec_queries(control_pb2.DeploymentSpec.FromString(spec).image)
     return {"requirements": requirements} if requirements else {}
 
 
@@ -37,13 +39,21 @@ class Provider(Protocol):
     on_exit: ExitCallback | None
 
     async def start_worker(
-        self, worker_id: str, token: str, control_address: str, *, requirements: Mapping[str, str] | None = None
+        self, worker_id: str, token: str, control_address: str, *, requirements: Sequence[Query] | None = None
     ) -> int:
         """Start a worker agent that reports to ``control_address``; returns its pid.
 
-        ``requirements`` are the revision's search filters (``Image.require``); the caller
-        passes them only when there are some (``start_options``). A provider that cannot
-        meet them raises DeploymentError, its ``step`` saying where (e.g. ``placement``).
+        ``requirements`` are the revision's queries (``Image.require``); the caller passes
+        them only when there are some (``start_options``). A provider that places workers
+        and cannot meet them raises DeploymentError, its ``step`` saying where (e.g.
+        ``placement``); one that runs them anyway warns (``requirement_warnings``).
+        """
+
+    async def requirement_warnings(self, requirements: Sequence[Query]) -> list[str]:
+        """What this provider runs despite ``requirements``, in words naming each query.
+
+        The queries it does not meet but runs workers anyway (the local provider), and those
+        it cannot check at all (not applicable); empty when every query is checked and met.
         """
 
     async def stop_worker(self, worker_id: str, grace: float, *, pid: int = 0) -> bool:

@@ -17,12 +17,13 @@ from vastrpc._process import package_pythonpath, pid_alive
 from vastrpc._tls import TlsFiles
 from vastrpc.config import ENV_TLS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT, ControlConfig
 from vastrpc.control.providers.base import ENV_HOME, ENV_WORKER_TOKEN, ExitCallback
+from vastrpc.control.providers.inventory import Inventory, probe_machine
+from vastrpc.control.providers.requirements import evaluate
+from vastrpc.query import Query
 
 __all__ = ["LocalProcessProvider"]
 
 log = logging.getLogger(__name__)
-
-
 
 
 def _control_credential(name: str) -> bool:
@@ -47,12 +48,20 @@ class LocalProcessProvider:
             ``VASTRPC_TLS_*``: the worker trusts ``ca_file`` for the control service, serves
             calls with ``cert_file`` and ``key_file`` and presents them under mutual TLS.
             None: workers speak plaintext.
+        inventory: What this machine offers, against which requirements are evaluated; None
+            probes it once, at the first worker with requirements (CPUs, RAM, free disk under
+            ``home``, GPUs through NVML or nvidia-smi).
     """
 
     @classmethod
     def from_config(cls, config: ControlConfig, *, worker_command: Sequence[str] | None = None) -> LocalProcessProvider:
-        """Workers under the service's home; ``worker_command`` replaces ``argv_prefix`` (tests' fake workers)."""
-        return cls(Path(config.home), argv_prefix=worker_command, worker_tls=config.tls)
+        """Workers under the service's home; ``worker_command`` replaces ``argv_prefix`` (tests' fake workers).
+
+        Raises:
+            InventoryError: ``config.inventory_file`` cannot be read.
+        """
+        inventory = Inventory.load(config.inventory_file) if config.inventory_file is not None else None
+        return cls(Path(config.home), argv_prefix=worker_command, worker_tls=config.tls, inventory=inventory)
 
     def __init__(
         self,
@@ -62,8 +71,10 @@ class LocalProcessProvider:
         environ: Mapping[str, str] | None = None,
         on_exit: ExitCallback | None = None,
         worker_tls: TlsFiles | None = None,
+        inventory: Inventory | None = None,
     ) -> None:
         self.home = Path(home)
+        self._inventory = inventory
         self.worker_tls = worker_tls
         self.argv_prefix = list(argv_prefix) if argv_prefix else [sys.executable, "-m", "vastrpc", "worker"]
         self._environ = dict(os.environ if environ is None else environ)
@@ -81,14 +92,42 @@ class LocalProcessProvider:
         proc = self._procs.get(worker_id)
         return proc is not None and proc.returncode is None
 
+    async def inventory(self) -> Inventory:
+        """What this machine offers: the declared inventory, else probed once (off the event loop)."""
+        if self._inventory is None:
+            self._inventory = await asyncio.to_thread(probe_machine, self.home)
+            log.info("this machine's inventory: %s", self._inventory)
+        return self._inventory
+
+    async def requirement_warnings(self, requirements: Sequence[Query]) -> list[str]:
+        """Each query this machine does not meet (its worker runs here anyway), then each not applicable."""
+        unmet, not_applicable = await self._requirement_notes(requirements)
+        return unmet + not_applicable
+
+    async def _requirement_notes(self, requirements: Sequence[Query]) -> tuple[list[str], list[str]]:
+        """(the unmet queries, the not applicable ones), each in words."""
+        if not requirements:
+            return [], []
+        evaluation = evaluate(requirements, await self.inventory())
+        unmet = [f"requirement not met on this machine, running anyway: {o.reason()}" for o in evaluation.unmet]
+        return unmet, [f"requirement not checked: {o.reason()}" for o in evaluation.not_applicable]
+
     async def start_worker(
-        self, worker_id: str, token: str, control_address: str, *, requirements: Mapping[str, str] | None = None
+        self, worker_id: str, token: str, control_address: str, *, requirements: Sequence[Query] | None = None
     ) -> int:
         """Spawn the worker agent in a new session, its output appended to its log file; returns its pid.
 
-        ``requirements`` are not checked: every worker runs on this machine.
+        Every worker runs on this machine: ``requirements`` it does not meet are logged as a
+        WARNING (in the control service's log and at the top of the worker's log), the ones
+        no provider can check at INFO.
         """
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        unmet, not_applicable = await self._requirement_notes(requirements or ())
+        for note in unmet:
+            log.warning("worker %s: %s", worker_id, note)
+        for note in not_applicable:
+            log.info("worker %s: %s", worker_id, note)
+        notes = unmet + not_applicable
         argv = [*self.argv_prefix, "--control", control_address, "--worker-id", worker_id]
         env = {name: value for name, value in self._environ.items() if not _control_credential(name)}
         env[ENV_WORKER_TOKEN] = token
@@ -100,6 +139,8 @@ class LocalProcessProvider:
         with self.log_path(worker_id).open("ab") as out:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             out.write(f"[vastrpc {stamp}] starting worker {worker_id}: {' '.join(argv)}\n".encode())
+            for note in notes:
+                out.write(f"[vastrpc {stamp}] {note}\n".encode())
             out.flush()
             # A session of its own: stopping the worker signals its whole process group, and a
             # Ctrl-C meant for the control service's terminal does not reach it directly.

@@ -1,26 +1,35 @@
-"""A deployment's search filters as a cluster placement: Ray resources, eligible nodes, and why none is eligible.
+"""A deployment's requirements (queries) as a Ray placement: resources, eligible nodes, and why none is eligible.
 
-Amounts (``gpus``, ``cpus``, ``ram_gb``) become Ray resources, so Ray's own accounting
-gives each worker exactly what it asked for and queues it while the nodes are busy.
-Properties of a node (``gpu_name``, ``gpu_ram_gb``, ``labels``) are matched here against
-the nodes the cluster reports, and the worker is restricted to the matching nodes through
-a label selector on their node ids. Before a worker is placed, ``unmet`` checks that some
-node could ever hold it, so a filter no node meets fails the deploy at once, named.
+The worker's share of a node — GPUs (``num_gpus``), CPU cores (``cpu_cores_effective``) and
+RAM (``cpu_ram``) — becomes Ray resources: the least amounts the queries allow, so Ray's own
+accounting gives each worker exactly that and queues it while the nodes are busy. Every
+query is then decided by the shared evaluator (``requirements.py``) against each node's
+inventory as that share of it; labels are left to Ray's label selector, and the other
+node properties (GPU model and memory, ...) restrict the worker to the nodes that meet
+them through a selector on their node ids. Before a worker is placed, ``unmet`` checks that
+some node could ever hold it, so a query no node meets fails the deploy at once, named.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vastrpc._errors import DeploymentError
-from vastrpc.image import LABEL_PREFIX, REQUIREMENT_FILTERS
+from vastrpc.control.providers.inventory import GpuInfo, Inventory
+from vastrpc.control.providers.requirements import Status, applicable, describe, evaluate
+from vastrpc.query import LABEL_PREFIX, Operator, Query
 
 __all__ = ["GPU_RAM_LABEL", "NodeInfo", "Placement"]
 
 # The label a node declares its GPUs' memory with (GB per GPU): ``ray start --labels vastrpc.io/gpu-ram-gb=80``.
 GPU_RAM_LABEL = "vastrpc.io/gpu-ram-gb"
+# Labels a node declares what Ray does not report with (``ray start --labels vastrpc.io/compute-cap=890``).
+COMPUTE_CAP_LABEL = "vastrpc.io/compute-cap"
+DRIVER_LABEL = "vastrpc.io/driver-version"
+CUDA_LABEL = "vastrpc.io/cuda-version"
+CPU_ARCH_LABEL = "vastrpc.io/cpu-arch"
+DISK_LABEL = "vastrpc.io/disk-gb"
 # Set by Ray on every node: how a worker is pinned to a set of nodes.
 NODE_ID_LABEL = "ray.io/node-id"
 # Set by Ray on nodes whose GPUs it recognises (a resource, and on recent versions also a label).
@@ -42,11 +51,6 @@ _GB = 10**9
 
 def _norm(name: str) -> str:
     return "-".join(name.replace("_", " ").split()).upper()
-
-
-def _number(text: str) -> str:
-    value = float(text)
-    return str(int(value)) if value.is_integer() else f"{value:g}"
 
 
 @dataclass(frozen=True)
@@ -99,166 +103,170 @@ class NodeInfo:
         """The node's total of a resource (0 when it has none)."""
         return self.resources.get(resource, 0.0)
 
+    def _label_number(self, name: str) -> float | None:
+        try:
+            return float(self.labels[name]) if self.labels.get(name) else None
+        except ValueError:
+            return None
+
+    def inventory(self, gpus: float, cpus: float) -> Inventory:
+        """The node as a worker holding ``gpus`` GPUs and ``cpus`` cores of it would see it.
+
+        A node with fewer GPUs or cores than that offers what it has.
+        """
+        count = int(min(self.amount("GPU"), max(gpus, 0.0)) if gpus else 0)
+        name = "/".join(self.accelerators)
+        cap = self._label_number(COMPUTE_CAP_LABEL)
+        gpu = GpuInfo(
+            name=name,
+            memory_gb=self.gpu_ram_gb,
+            compute_cap=cap * 100 if cap is not None and cap < 100 else cap,
+            driver_version=self.labels.get(DRIVER_LABEL) or None,
+            cuda_version=self._label_number(CUDA_LABEL),
+        )
+        return Inventory(
+            cpu_cores=self.amount("CPU"),
+            cpu_cores_effective=min(self.amount("CPU"), cpus),
+            ram_gb=self.amount("memory") / _GB,
+            disk_gb=self._label_number(DISK_LABEL),
+            cpu_arch=self.labels.get(CPU_ARCH_LABEL) or None,
+            gpus=(gpu,) * count,
+            labels=dict(self.labels),
+        )
+
+
+# The columns that size a worker's share of a node (Ray resources), not the node itself.
+_SHARE = {"num_gpus", "cpu_cores_effective", "cpu_ram"}
+
+
+def _least(queries: Sequence[Query], column: str, floor: float) -> float | None:
+    """The least amount of ``column``, at least ``floor``, that every query on it allows; None when none asks."""
+    own = [q for q in queries if q.column == column]
+    if not own:
+        return None
+    candidates = {floor}
+    for q in own:
+        for v in q.values:
+            assert isinstance(v, float)
+            candidates |= {v, v + 1}
+    for amount in sorted(c for c in candidates if c >= floor):
+        if all(_allows(q, amount) for q in own):
+            return amount
+    return floor  # contradictory queries: the node check names them
+
+
+def _allows(query: Query, amount: float) -> bool:
+    values = [float(v) for v in query.values]  # type: ignore[arg-type]
+    return {
+        Operator.EQ: amount == values[0],
+        Operator.NE: amount != values[0],
+        Operator.LT: amount < values[0],
+        Operator.LE: amount <= values[0],
+        Operator.GT: amount > values[0],
+        Operator.GE: amount >= values[0],
+        Operator.IN: amount in values,
+        Operator.NOT_IN: amount not in values,
+    }[query.op]
+
 
 @dataclass(frozen=True)
 class Placement:
     """Where a worker may run and what it holds there, from a revision's requirements.
 
     Attributes:
-        requirements: The filters as stored in the revision (``Image.require``).
-        cpus: CPU cores the worker holds (1 when not asked).
-        gpus: GPUs the worker holds; 1 when only ``gpu_name`` or ``gpu_ram_gb`` is asked.
-        ram_gb: GB of RAM the worker holds (None: not accounted).
-        gpu_name: The GPU model its node must have.
-        gpu_ram_gb: The least memory per GPU its node's GPUs must have.
-        labels: Node labels its node must carry.
+        queries: The requirements (``Image.require``).
+        cpus: CPU cores the worker holds: the least ``cpu_cores_effective`` allows, 1 when not asked.
+        gpus: GPUs the worker holds: the least ``num_gpus`` allows; 1 when only GPU properties
+            (``gpu_name``, ``gpu_ram``, ...) are asked, 0 when nothing about GPUs is.
+        ram_gb: GB of RAM the worker holds: the least ``cpu_ram`` allows (None: not accounted).
     """
 
-    requirements: Mapping[str, str] = field(default_factory=dict)
+    queries: tuple[Query, ...] = ()
     cpus: float = 1.0
     gpus: float = 0.0
     ram_gb: float | None = None
-    gpu_name: str | None = None
-    gpu_ram_gb: float | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_requirements(cls, requirements: Mapping[str, str]) -> Placement:
-        """Read stored filters.
-
-        Raises:
-            DeploymentError: (step ``placement``) a filter this service does not know, or
-                a value that is not a number where one is needed.
-        """
-        amounts: dict[str, float] = {}
-        labels: dict[str, str] = {}
-        gpu_name = None
-        for key, value in requirements.items():
-            if key.startswith(LABEL_PREFIX):
-                labels[key.removeprefix(LABEL_PREFIX)] = value
-            elif key == "gpu_name":
-                gpu_name = value
-            elif key in REQUIREMENT_FILTERS and key != "labels":
-                try:
-                    amounts[key] = float(value)
-                except ValueError:
-                    raise DeploymentError(f"the filter {key}={value!r} is not a number", step="placement") from None
-            else:
-                accepted = ", ".join(REQUIREMENT_FILTERS)
-                raise DeploymentError(f"unknown search filter {key!r}; accepted: {accepted}", step="placement")
-        gpu_ram = amounts.get("gpu_ram_gb")
-        wants_gpu = gpu_name is not None or gpu_ram is not None
+    def from_queries(cls, queries: Iterable[Query]) -> Placement:
+        """The placement of a worker with these requirements."""
+        queries = tuple(queries)
+        gpu_property = any(
+            q.column.startswith("gpu_") or q.column in ("compute_cap", "cuda_max_good", "driver_vers")
+            for q in queries
+            if applicable(q)
+        )
+        gpus = _least(queries, "num_gpus", 1.0 if gpu_property else 0.0)
         return cls(
-            requirements=dict(requirements),
-            cpus=amounts.get("cpus", 1.0),
-            gpus=amounts.get("gpus", 1.0 if wants_gpu else 0.0),
-            ram_gb=amounts.get("ram_gb"),
-            gpu_name=gpu_name,
-            gpu_ram_gb=gpu_ram,
-            labels=labels,
+            queries=queries,
+            cpus=_least(queries, "cpu_cores_effective", 0.0) or 1.0,
+            gpus=(1.0 if gpu_property else 0.0) if gpus is None else gpus,
+            ram_gb=_least(queries, "cpu_ram", 0.0),
         )
 
     def describe(self) -> str:
-        """The filters as the user wrote them, e.g. ``gpus=1, gpu_name=A100``."""
-        parts = [
-            f"{key}={_number(value) if key in REQUIREMENT_FILTERS and key != 'gpu_name' else value}"
-            for key, value in sorted(self.requirements.items())
-            if not key.startswith(LABEL_PREFIX)
-        ]
-        parts += [f"labels[{k}]={v}" for k, v in sorted(self.labels.items())]
-        return ", ".join(parts) or "no filter"
+        """The requirements as the user wrote them, e.g. ``num_gpus >= 1, gpu_name == "A100"``."""
+        return describe(self.queries)
 
-    # -- per-node checks ------------------------------------------------------------------
+    @property
+    def not_applicable(self) -> list[Query]:
+        """The queries no node can be checked for (Vast's marketplace's columns)."""
+        return [q for q in self.queries if not applicable(q)]
 
-    def _checks(self) -> list[tuple[str, Any, Any]]:
-        """(filter as text, does a node meet it, what a node offers for it) for every filter asked."""
-        checks: list[tuple[str, Any, Any]] = []
-        if self.gpus:
-            checks.append((f"gpus={_number(str(self.gpus))}", lambda n: n.amount("GPU") >= self.gpus, _gpus_offered))
-        if self.gpu_name is not None:
-            want = _norm(self.gpu_name)
-            checks.append(
-                (
-                    f"gpu_name={self.gpu_name}",
-                    lambda n: any(_norm(a) == want for a in n.accelerators),
-                    lambda n: "/".join(n.accelerators) or "none",
-                )
-            )
-        if self.gpu_ram_gb is not None:
-            need = self.gpu_ram_gb
-            checks.append(
-                (
-                    f"gpu_ram_gb={_number(str(need))}",
-                    lambda n: n.gpu_ram_gb is not None and n.gpu_ram_gb >= need,
-                    lambda n: "unknown" if n.gpu_ram_gb is None else _number(str(n.gpu_ram_gb)),
-                )
-            )
-        checks.append(
-            (
-                f"cpus={_number(str(self.cpus))}",
-                lambda n: n.amount("CPU") >= self.cpus,
-                lambda n: _number(str(n.amount("CPU"))),
-            )
-        )
-        if self.ram_gb is not None:
-            need_bytes = self.ram_gb * _GB
-            checks.append(
-                (
-                    f"ram_gb={_number(str(self.ram_gb))}",
-                    lambda n: n.amount("memory") >= need_bytes,
-                    lambda n: f"{n.amount('memory') / _GB:.1f}",
-                )
-            )
-        for key, value in sorted(self.labels.items()):
-            checks.append(
-                (
-                    f"labels[{key}]={value}",
-                    lambda n, k=key, v=value: n.labels.get(k) == v,
-                    lambda n, k=key: n.labels.get(k) or "none",
-                )
-            )
-        return checks
+    def _checked(self) -> list[Query]:
+        return [q for q in self.queries if applicable(q)]
 
-    def _gpu_matches(self, node: NodeInfo) -> bool:
-        """Whether the node's GPUs are the model and have the memory asked; amounts are Ray's to check."""
-        if self.gpu_name is not None and not any(_norm(a) == _norm(self.gpu_name) for a in node.accelerators):
-            return False
-        return self.gpu_ram_gb is None or (node.gpu_ram_gb is not None and node.gpu_ram_gb >= self.gpu_ram_gb)
+    def _outcomes(self, node: NodeInfo, queries: Sequence[Query]) -> list[Any]:
+        return list(evaluate(queries, node.inventory(self.gpus, self.cpus)).outcomes)
 
     def unmet(self, nodes: Iterable[NodeInfo]) -> str | None:
         """Why no node could ever hold such a worker (its totals, not what is free now); None when one could."""
         nodes = list(nodes)
         if not nodes:
             return "the Ray cluster has no live node: start one with `ray start`"
-        checks = self._checks()
-        if any(all(ok(n) for _, ok, _ in checks) for n in nodes):
+        checked = self._checked()
+        per_node = {n.node_id: self._outcomes(n, checked) for n in nodes}
+        if any(all(o.status is Status.MET for o in outcomes) for outcomes in per_node.values()):
             return None
         advice = "add a node that offers it (ray start --num-gpus/--resources/--labels) or change image().require(...)"
-        for text, ok, offered in checks:
-            if not any(ok(n) for n in nodes):
-                offers = ", ".join(sorted({offered(n) for n in nodes}))  # each distinct offer once
-                return f"no node in the Ray cluster has {text}: its {len(nodes)} node(s) offer {offers}; {advice}"
-        summary = "; ".join(f"{n.address} {n.node_id[:8]}: " + ", ".join(o(n) for _, _, o in checks) for n in nodes)
-        together = ", ".join(text for text, _, _ in checks)
-        return f"no node in the Ray cluster meets {together} together (per node: {summary}); {advice}"
+        for index, query in enumerate(checked):
+            if not any(per_node[n.node_id][index].status is Status.MET for n in nodes):
+                offers = ", ".join(sorted({per_node[n.node_id][index].offered for n in nodes}))
+                return f"no node in the Ray cluster meets {query}: its {len(nodes)} node(s) offer {offers}; {advice}"
+        summary = "; ".join(
+            f"{n.address} {n.node_id[:8]}: " + ", ".join(o.offered for o in per_node[n.node_id]) for n in nodes
+        )
+        return f"no node in the Ray cluster meets {describe(checked)} together (per node: {summary}); {advice}"
 
     def ray_options(self, nodes: Iterable[NodeInfo]) -> dict[str, Any]:
         """Options for ``ActorClass.options``: resources, SPREAD, and a label selector for node properties.
 
-        Labels are selected by Ray itself (a node that joins later qualifies); the GPU model
-        and memory, which Ray cannot compare, pin the worker to the nodes that have them now.
+        Labels are selected by Ray itself (a node that joins later qualifies); the other
+        node properties, which Ray cannot compare, pin the worker to the nodes that have them now.
         """
         options: dict[str, Any] = {"num_cpus": self.cpus, "num_gpus": self.gpus, "scheduling_strategy": "SPREAD"}
         if self.ram_gb is not None:
             options["memory"] = int(self.ram_gb * _GB)
-        selector = dict(self.labels)
-        if self.gpu_name is not None or self.gpu_ram_gb is not None:
-            eligible = sorted(n.node_id for n in nodes if self._gpu_matches(n))
+        selector: dict[str, str] = {}
+        for q in self.queries:
+            if q.column.startswith(LABEL_PREFIX):
+                selector[q.column.removeprefix(LABEL_PREFIX)] = _label_selector(q)
+        properties = [q for q in self._checked() if q.column not in _SHARE and not q.column.startswith(LABEL_PREFIX)]
+        if properties:
+            eligible = sorted(
+                n.node_id for n in nodes if all(o.status is Status.MET for o in self._outcomes(n, properties))
+            )
             selector[NODE_ID_LABEL] = f"in({','.join(eligible)})"
         if selector:
             options["label_selector"] = selector
         return options
 
 
-def _gpus_offered(node: NodeInfo) -> str:
-    return _number(str(node.amount("GPU")))
+def _label_selector(query: Query) -> str:
+    """A label query in Ray's label selector syntax: ``value``, ``!value``, ``in(a,b)``, ``!in(a,b)``."""
+    values = [str(v) for v in query.values]
+    return {
+        Operator.EQ: values[0],
+        Operator.NE: f"!{values[0]}",
+        Operator.IN: f"in({','.join(values)})",
+        Operator.NOT_IN: f"!in({','.join(values)})",
+    }[query.op]

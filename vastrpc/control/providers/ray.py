@@ -1,8 +1,8 @@
 """RayProvider: each worker is a Ray actor on a cluster node that runs the worker agent there as a subprocess.
 
 The control service joins the cluster as a driver (lazily, off its event loop). Each
-worker is an actor owned by it, holding the CPUs, GPUs and memory the revision's search
-filters ask for (placement.py beside this module), spread across the nodes. The actor
+worker is an actor owned by it, holding the CPUs, GPUs and memory the revision's
+requirements ask for (placement.py beside this module), spread across the nodes. The actor
 launches ``python -m vastrpc worker`` on its node with ``CUDA_VISIBLE_DEVICES`` set to the
 GPUs Ray gave it and ``VASTRPC_WORKER_HOST`` set to the node's address, which the worker
 serves calls on and registers with the control service; clients then call it directly.
@@ -34,6 +34,7 @@ from vastrpc._tls import TlsFiles, certificate_problems
 from vastrpc.config import ENV_TLS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT, ControlConfig
 from vastrpc.control.providers.base import ENV_HOME, ENV_WORKER_TOKEN, ExitCallback
 from vastrpc.control.providers.placement import NodeInfo, Placement
+from vastrpc.query import Query
 from vastrpc.serve.agent import ENV_WORKER_HOST
 
 __all__ = ["ENV_RAY_NODE_ID", "RayProvider", "WorkerHost"]
@@ -330,20 +331,30 @@ class RayProvider:
 
     # -- workers --------------------------------------------------------------------------
 
+    async def requirement_warnings(self, requirements: Sequence[Query]) -> list[str]:
+        """The requirements no node can be checked for (Vast's marketplace's columns): placed without them.
+
+        Unmet ones are no warning here: they fail the worker's placement.
+        """
+        return [
+            f"not applicable on a Ray cluster, so not checked: {q} ({q.column} is Vast's marketplace's to know)"
+            for q in Placement.from_queries(requirements).not_applicable
+        ]
+
     async def start_worker(
-        self, worker_id: str, token: str, control_address: str, *, requirements: Mapping[str, str] | None = None
+        self, worker_id: str, token: str, control_address: str, *, requirements: Sequence[Query] | None = None
     ) -> int:
         """Place the worker's actor and launch its agent; returns the agent's pid on its node.
 
         Raises:
-            DeploymentError: (step ``placement``) no node could ever meet the filters, none
+            DeploymentError: (step ``placement``) no node could ever meet the requirements, none
                 had free resources within ``placement_timeout``, or the cluster is unreachable;
                 (step ``starting``) the agent could not be launched on its node.
         """
         import ray
 
         await self._connect()
-        placement = Placement.from_requirements(requirements or {})
+        placement = Placement.from_queries(requirements or ())
         nodes = await asyncio.to_thread(self._nodes)
         problem = placement.unmet(nodes)
         if problem is not None:
