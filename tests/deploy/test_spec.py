@@ -12,7 +12,7 @@ from vastrpc.deploy.bundle import Bundle
 from vastrpc.deploy.spec import build_spec, revision_digests
 from vastrpc.query import H100_SXM, RTX_4090, RTX_5090, gpu_name, gpu_ram, num_gpus
 
-BUNDLE = Bundle(digest="0" * 64, files=("deploy.py",), module="deploy", size=1, members={})
+BUNDLE = Bundle(digest="0" * 64, content_digest="1" * 64, files=("deploy.py",), module="deploy", size=1, members={})
 
 
 def _app() -> Deployment:
