@@ -8,18 +8,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AutoscalingSpec(_message.Message):
-    __slots__ = ("min_workers", "max_workers", "cold_workers", "target_util", "inactivity_timeout")
+    __slots__ = ("min_workers", "max_workers", "cold_workers", "target_util", "inactivity_timeout", "min_load", "min_cold_load", "cold_mult", "max_queue_time", "target_queue_time")
     MIN_WORKERS_FIELD_NUMBER: _ClassVar[int]
     MAX_WORKERS_FIELD_NUMBER: _ClassVar[int]
     COLD_WORKERS_FIELD_NUMBER: _ClassVar[int]
     TARGET_UTIL_FIELD_NUMBER: _ClassVar[int]
     INACTIVITY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MIN_LOAD_FIELD_NUMBER: _ClassVar[int]
+    MIN_COLD_LOAD_FIELD_NUMBER: _ClassVar[int]
+    COLD_MULT_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_QUEUE_TIME_FIELD_NUMBER: _ClassVar[int]
     min_workers: int
     max_workers: int
     cold_workers: int
     target_util: float
     inactivity_timeout: float
-    def __init__(self, min_workers: _Optional[int] = ..., max_workers: _Optional[int] = ..., cold_workers: _Optional[int] = ..., target_util: _Optional[float] = ..., inactivity_timeout: _Optional[float] = ...) -> None: ...
+    min_load: float
+    min_cold_load: float
+    cold_mult: float
+    max_queue_time: float
+    target_queue_time: float
+    def __init__(self, min_workers: _Optional[int] = ..., max_workers: _Optional[int] = ..., cold_workers: _Optional[int] = ..., target_util: _Optional[float] = ..., inactivity_timeout: _Optional[float] = ..., min_load: _Optional[float] = ..., min_cold_load: _Optional[float] = ..., cold_mult: _Optional[float] = ..., max_queue_time: _Optional[float] = ..., target_queue_time: _Optional[float] = ...) -> None: ...
 
 class ImageSpec(_message.Message):
     __slots__ = ("from_image", "pip_packages", "apt_packages", "env", "sealed_secrets", "startup_commands", "requirements", "storage", "startup_timeout")
