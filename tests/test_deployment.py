@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from vastrpc.image import Autoscaling
 from vastrpc import ContextError, DefinitionError, Deployment, RemoteFunction, get_context
 from vastrpc.deploy.flow import validate
+from vastrpc.image import Autoscaling
 
 
 def test_name_defaults_to_module_file_name() -> None:

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 from vastrpc import Deployment
+from vastrpc.definition import DeploymentDefinition
 from vastrpc.deploy.bundle import Bundle
 from vastrpc.deploy.spec import build_spec, revision_digests
-from vastrpc.definition import DeploymentDefinition
 
 pytestmark = pytest.mark.timeout(10)
 
