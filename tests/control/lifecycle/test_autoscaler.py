@@ -595,3 +595,58 @@ async def test_scales_to_zero_stays_ready_and_wake_endpoint_brings_a_worker(proj
         with pytest.raises(grpc.aio.AioRpcError) as stopped:
             await client.stub.WakeEndpoint(wake, metadata=client.metadata, timeout=10)
         assert stopped.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+QUEUE_SOURCE = """
+import asyncio
+from vastrpc import Deployment
+
+app = Deployment(name="{name}")
+app.configure_autoscaling(max_workers=3, target_util=1.0, inactivity_timeout=60, target_queue_time=TARGET)
+
+# A representative benchmark: the score (about 4 calls/s on 2 slots) is the worker's perf.
+@app.remote(benchmark_dataset=[{{"seconds": 0.5}}], benchmark_runs=2, max_concurrency=2)
+async def nap(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+"""
+
+
+async def most_workers_under_load(project, mod, callers: int, seconds: float) -> int:
+    """The most workers the app had while ``callers`` callers kept calling ``nap(0.5)`` for ``seconds``."""
+    stop = asyncio.Event()
+
+    async def caller() -> None:
+        while not stop.is_set():
+            await mod.nap(0.5)
+
+    tasks = [asyncio.create_task(caller()) for _ in range(callers)]
+    most = 0
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            most = max(most, len(await project.workers(mod.app)))
+            await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    return most
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@fast_autoscaling
+async def test_a_queue_above_target_queue_time_scales_up_beyond_what_the_load_wants(project, control_service) -> None:
+    # 3 callers of nap(0.5) on one worker of 2 slots: the load (3 in flight / 2 slots × 4 calls/s
+    # = 6 calls/s) wants 2 workers of 4 calls/s; the queue (1 call / 4 calls/s = 0.25 s) is
+    # above a 0.05 s target_queue_time, which wants 5: max_workers (3).
+    queued = project(QUEUE_SOURCE.replace("TARGET", "0.05"))
+    await queued.app.ensure_ready()
+    assert await most_workers_under_load(project, queued, callers=3, seconds=8) == 3
+    assert "over target_queue_time 0.05 s" in control_service.log_text()
+    assert f"autoscale: {queued.app.name}:default 1 → 3 workers" in control_service.log_text()
+
+    # The same load with the queue rule off: the load alone, 2 workers.
+    plain = project(QUEUE_SOURCE.replace("TARGET", "0"))
+    await plain.app.ensure_ready()
+    assert await most_workers_under_load(project, plain, callers=3, seconds=8) == 2
