@@ -184,6 +184,7 @@ class Project:
             "revision_id": endpoint.revision_id,
             "ttl": endpoint.ttl,
             "version_label": endpoint.version_label,
+            "autoscaling": endpoint.autoscaling,
             "workers": [
                 {
                     "worker_id": w.worker_id,

@@ -9,6 +9,7 @@ import pytest
 
 from vastrpc import ContextError, DefinitionError, Deployment, DeployResult, RemoteFunction, get_context
 from vastrpc.deploy.flow import validate
+from vastrpc.image import Autoscaling
 from vastrpc.query import num_gpus
 
 
@@ -180,6 +181,17 @@ def test_image_rejects_bad_input(call, match: str) -> None:  # type: ignore[no-u
         ({"min_workers": 3, "max_workers": 2}, "above max_workers"),
         ({"max_workers": 0}, "at least 1"),
         ({"target_util": 0}, "target_util"),
+        ({"target_util": 1.5}, "target_util"),
+        ({"min_load": -1}, "min_load must be >= 0"),
+        ({"min_cold_load": -0.5}, "min_cold_load must be >= 0"),
+        ({"cold_mult": -2}, "cold_mult must be >= 0"),
+        ({"max_queue_time": -1}, "max_queue_time must be >= 0"),
+        ({"target_queue_time": -1}, "target_queue_time must be >= 0"),
+        ({"min_load": float("nan")}, "min_load must be a finite number"),
+        ({"inactivity_timeout": float("inf")}, "inactivity_timeout must be a finite number"),
+        ({"cold_workers": 1.5}, "cold_workers must be a non-negative integer"),
+        ({"max_workers": True}, "max_workers must be a non-negative integer"),
+        ({"target_queue_time": "5"}, "target_queue_time must be a finite number"),
     ],
 )
 def test_autoscaling_validated(kwargs: dict, match: str) -> None:
@@ -282,3 +294,52 @@ def test_ensure_ready_deploys_nothing_while_a_command_loads_the_file() -> None:
 
 async def _awaited(result: DeployResult) -> DeployResult:
     return await result
+def test_configure_autoscaling_updates_rather_than_replaces() -> None:
+    app = Deployment(name="x")
+    app.configure_autoscaling(max_workers=10, cold_workers=2, min_load=100)
+    app.configure_autoscaling(target_util=0.5, max_queue_time=12.5)
+    app.configure_autoscaling(min_cold_load=50, cold_mult=2, target_queue_time=3.0, inactivity_timeout=-1)
+    assert app.autoscaling == Autoscaling(
+        min_workers=1,
+        max_workers=10,
+        cold_workers=2,
+        target_util=0.5,
+        inactivity_timeout=-1,
+        min_load=100,
+        min_cold_load=50,
+        cold_mult=2,
+        max_queue_time=12.5,
+        target_queue_time=3.0,
+    )
+    # A call that names nothing changes nothing; one that names a setting again overrides it.
+    before = app.autoscaling
+    app.configure_autoscaling()
+    assert app.autoscaling == before
+    app.configure_autoscaling(max_workers=4)
+    assert app.autoscaling.max_workers == 4 and app.autoscaling.cold_workers == 2
+
+
+def test_configure_autoscaling_checks_the_settings_together_and_keeps_the_last_good_ones() -> None:
+    app = Deployment(name="x")
+    app.configure_autoscaling(max_workers=4)
+    app.configure_autoscaling(min_workers=3)  # valid with the max_workers of the earlier call
+    with pytest.raises(DefinitionError, match=r"min_workers \(3\) is above max_workers \(2\): raise max_workers"):
+        app.configure_autoscaling(max_workers=2)
+    assert (app.autoscaling.min_workers, app.autoscaling.max_workers) == (3, 4)
+
+
+def test_vast_autoscaling_example_is_accepted_unchanged() -> None:
+    """The call in Vast's Deployments SDK configuration guide, as written there."""
+    app = Deployment(name="x")
+    app.configure_autoscaling(
+        cold_workers=2,
+        max_workers=10,
+        min_load=100,
+        min_cold_load=50,
+        target_util=0.8,
+        cold_mult=2,
+        max_queue_time=30.0,
+        target_queue_time=5.0,
+        inactivity_timeout=300,
+    )
+    assert app.autoscaling.min_load == 100 and app.autoscaling.min_workers == 1

@@ -139,14 +139,42 @@ class Deployment:
 
     def configure_autoscaling(
         self,
-        min_workers: int = 1,
-        max_workers: int = 1,
-        cold_workers: int = 0,
-        target_util: float = 0.8,
-        inactivity_timeout: float = 300.0,
+        min_workers: int | None = None,
+        max_workers: int | None = None,
+        cold_workers: int | None = None,
+        target_util: float | None = None,
+        inactivity_timeout: float | None = None,
+        *,
+        min_load: float | None = None,
+        min_cold_load: float | None = None,
+        cold_mult: float | None = None,
+        max_queue_time: float | None = None,
+        target_queue_time: float | None = None,
     ) -> None:
-        """Set how many workers the endpoint runs; see ``Autoscaling`` for each setting."""
-        self.autoscaling = Autoscaling(min_workers, max_workers, cold_workers, target_util, inactivity_timeout)
+        """Set how many workers the endpoint runs; see ``Autoscaling`` for each setting.
+
+        Every setting is optional, and a call updates only those it names: the others keep
+        what an earlier call set (or their default), as with Vast's ``configure_autoscaling``.
+
+        Raises:
+            DefinitionError: A value is out of range, or the settings together are
+                inconsistent (``min_workers`` above ``max_workers``).
+        """
+        given: dict[str, Any] = {
+            "min_workers": min_workers,
+            "max_workers": max_workers,
+            "cold_workers": cold_workers,
+            "target_util": target_util,
+            "inactivity_timeout": inactivity_timeout,
+            "min_load": min_load,
+            "min_cold_load": min_cold_load,
+            "cold_mult": cold_mult,
+            "max_queue_time": max_queue_time,
+            "target_queue_time": target_queue_time,
+        }
+        self.autoscaling = dataclasses.replace(
+            self.autoscaling, **{name: value for name, value in given.items() if value is not None}
+        )
 
     @overload
     def remote(self, fn: Callable[P, Awaitable[R]], /) -> RemoteFunction[P, R]: ...

@@ -218,29 +218,40 @@ class Image:
 
 @dataclass(frozen=True)
 class Autoscaling:
-    """How many workers an endpoint runs: the control service's autoscaler sizes it from its load.
+    """How many workers an endpoint runs, and how full routing lets each one get: Vast's endpoint parameters.
 
-    The load is the calls in flight (running and queued) the workers report in their
-    heartbeats; a worker's capacity is the calls it runs at once (the sum of its functions'
-    ``max_concurrency``). The endpoint wants ``ceil(load / (capacity * target_util)) +
-    cold_workers`` workers, within ``min_workers`` and ``max_workers``. More start at once;
-    fewer only once fewer have sufficed for the control service's scale-down delay (10 s by
-    default, ``--scale-down-delay``). The first deploy starts ``max(min_workers, cold_workers,
-    1)`` workers; an update keeps the current count within the new bounds.
+    The control service's autoscaler measures the endpoint's *load* in calls per second:
+    each worker's calls in flight (running and queued, from its heartbeats) as a share of
+    its slots, times its *perf* (its benchmark score, calls per second with every slot
+    busy): ``load = sum(in_flight / slots * perf)``. It then runs enough workers for
+    ``max(load / target_util, min_load)`` calls per second of active capacity, plus the
+    largest inactive capacity of ``cold_mult``, ``min_cold_load`` and ``cold_workers``, and
+    more while the endpoint's queue time is above ``target_queue_time``; all within
+    ``min_workers`` and ``max_workers``. docs/configuration.md has the formulas and how each
+    default compares with Vast's. Every field is tier 1 (applied in place).
 
     Attributes:
         min_workers: Never fewer workers (default 1). ``0`` lets the endpoint scale to zero
-            after ``inactivity_timeout``: it stays deployed and ready, and a call that finds no
-            worker starts one and waits for it (a cold start).
-        max_workers: Never more workers, whatever the load (default 1).
-        cold_workers: Workers kept beyond what the load needs while the endpoint is in use
-            (a call within ``inactivity_timeout``), ready for a burst; waking from zero starts
-            this many, at least one (default 0).
-        target_util: The fraction of the workers' capacity the load should fill, in (0, 1];
+            once ``inactivity_timeout`` allows it.
+        max_workers: Never more workers, active and inactive together (default 1).
+        cold_workers: Inactive (idle, ready) workers kept beyond what the load needs; they
+            stay after the inactivity timeout too; waking from zero starts this many, at
+            least one (default 0).
+        target_util: The fraction of the active capacity the load should fill, in (0, 1];
             lower keeps more headroom (default 0.8).
-        inactivity_timeout: Seconds without any call in flight after which the endpoint goes
-            down to ``min_workers`` at once, cold workers included; until then it keeps at
-            least one worker (default 300).
+        inactivity_timeout: Seconds without any call after which the endpoint may go to
+            zero active workers (default 300). ``0`` turns that gate off (the load alone
+            decides); a negative value never lets it go below one worker.
+        min_load: The least active capacity to keep, in calls per second (default 0: none).
+        min_cold_load: The least total capacity (active and inactive) to keep, in calls per
+            second (default 0: none).
+        cold_mult: Total capacity as a multiple of the load; what it adds beyond the load is
+            kept as inactive workers (default 1: none).
+        max_queue_time: Seconds of expected queue (queued calls / perf) a worker may hold
+            before routing treats it as full and calls wait in the client for room
+            (default 30; 0: no limit but the functions' ``max_queue``).
+        target_queue_time: Seconds of queue across the endpoint (queued calls / total perf)
+            above which workers are added (default 5; 0: off).
     """
 
     min_workers: int = 1
@@ -248,19 +259,49 @@ class Autoscaling:
     cold_workers: int = 0
     target_util: float = 0.8
     inactivity_timeout: float = 300.0
+    min_load: float = 0.0
+    min_cold_load: float = 0.0
+    cold_mult: float = 1.0
+    max_queue_time: float = 30.0
+    target_queue_time: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("min_workers", "max_workers", "cold_workers"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise DefinitionError(f"configure_autoscaling: {name} must be a non-negative integer, got {value!r}")
+        for name in (
+            "target_util",
+            "inactivity_timeout",
+            "min_load",
+            "min_cold_load",
+            "cold_mult",
+            "max_queue_time",
+            "target_queue_time",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise DefinitionError(f"configure_autoscaling: {name} must be a finite number, got {value!r}")
         if self.max_workers < 1:
             raise DefinitionError("configure_autoscaling: max_workers must be at least 1")
         if self.min_workers > self.max_workers:
             raise DefinitionError(
-                f"configure_autoscaling: min_workers ({self.min_workers}) is above max_workers ({self.max_workers})"
+                f"configure_autoscaling: min_workers ({self.min_workers}) is above max_workers ({self.max_workers}): "
+                "raise max_workers or lower min_workers"
             )
-        if not (0 < self.target_util <= 1) or math.isnan(self.target_util):
-            raise DefinitionError(f"configure_autoscaling: target_util must be in (0, 1], got {self.target_util!r}")
-        if self.inactivity_timeout < 0:
-            raise DefinitionError("configure_autoscaling: inactivity_timeout must be >= 0 seconds")
+        if not 0 < self.target_util <= 1:
+            raise DefinitionError(
+                f"configure_autoscaling: target_util must be in (0, 1], got {self.target_util!r} "
+                "(0.8 keeps 25% headroom)"
+            )
+        for name, unit in (
+            ("min_load", "calls per second"),
+            ("min_cold_load", "calls per second"),
+            ("cold_mult", "a multiple of the load"),
+            ("max_queue_time", "seconds; 0 for no limit"),
+            ("target_queue_time", "seconds; 0 for off"),
+        ):
+            if getattr(self, name) < 0:
+                raise DefinitionError(
+                    f"configure_autoscaling: {name} must be >= 0 ({unit}), got {getattr(self, name)!r}"
+                )

@@ -114,11 +114,15 @@ async def test_200_mb_array_round_trips(mod) -> None:
     back[0] = -1.0  # a writable array, not a view of a read-only message
 
 
-async def test_full_queue_is_refused_as_overloaded_and_the_worker_keeps_serving(mod) -> None:
-    results = await asyncio.gather(*(mod.narrow(0.5) for _ in range(5)), return_exceptions=True)
-    served = [r for r in results if r == 0.5]
-    refused = [r for r in results if isinstance(r, OverloadedError)]
-    assert len(served) >= 1 and refused, results
-    assert len(served) + len(refused) == 5
-    assert "at its limits" in str(refused[0])
+async def test_calls_wait_for_room_on_a_full_worker_and_a_timeout_ends_the_wait(mod) -> None:
+    # One slot and a queue of one: the worker refuses the rest, which wait in the client for room.
+    results = await asyncio.gather(*(mod.narrow(0.2) for _ in range(5)))
+    assert results == [0.2] * 5
+    blockers = [asyncio.create_task(mod.narrow(1.0)) for _ in range(2)]
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    with pytest.raises(OverloadedError, match="stayed full for .* until the call's timeout"):
+        await mod.narrow.with_options(timeout=0.3)(0.01)
+    assert time.monotonic() - started < 1.5
+    assert await asyncio.gather(*blockers) == [1.0, 1.0]
     assert await mod.narrow(0.01) == 0.01

@@ -1,13 +1,17 @@
-"""The DeploymentSpec built from a deployment: its requirements travel as queries and enter the environment digest."""
+"""The DeploymentSpec: queries enter the environment digest, autoscaling settings the autoscaling digest."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+
+import pytest
 
 from vastrpc import Deployment
 from vastrpc.api.v1 import control_pb2
 from vastrpc.control.lifecycle.rules import validate_spec
 from vastrpc.control.providers.requirements import spec_queries
+from vastrpc.definition import DeploymentDefinition
 from vastrpc.deploy.bundle import Bundle
 from vastrpc.deploy.spec import build_spec, revision_digests
 from vastrpc.query import H100_SXM, RTX_4090, RTX_5090, gpu_name, gpu_ram, num_gpus
@@ -50,3 +54,46 @@ def test_a_changed_query_changes_the_environment_digest_only() -> None:
     rtx = revision_digests(app.describe(), BUNDLE.digest, "k")
     assert len({plain.environment, h100.environment, rtx.environment}) == 3  # tier 3 each time
     assert plain.code == h100.code == rtx.code and plain.autoscaling == h100.autoscaling == rtx.autoscaling
+
+
+VAST = {
+    "min_load": 100.0,
+    "min_cold_load": 50.0,
+    "cold_mult": 2.0,
+    "max_queue_time": 12.0,
+    "target_queue_time": 3.0,
+    "inactivity_timeout": -1.0,
+    "cold_workers": 2,
+    "max_workers": 10,
+    "target_util": 0.5,
+}
+
+
+def _autoscaled(**autoscaling: float) -> DeploymentDefinition:
+    app = Deployment(name="spec-test")
+
+    @app.remote(benchmark_dataset=[{"x": 1}])
+    async def square(x: int) -> int:
+        return x * x
+
+    app.configure_autoscaling(**autoscaling)  # type: ignore[arg-type]
+    return app.describe()
+
+
+def test_every_autoscaling_setting_is_in_the_spec() -> None:
+    d = _autoscaled(**VAST)
+    bundle = BUNDLE
+    spec = build_spec(d, bundle, "api-key").autoscaling
+    for name, value in VAST.items():
+        assert getattr(spec, name) == value, name
+
+
+@pytest.mark.parametrize("name", sorted(VAST))
+def test_a_change_of_any_autoscaling_setting_changes_only_the_autoscaling_digest(name: str) -> None:
+    base = _autoscaled()
+    changed = dataclasses.replace(base, autoscaling=dataclasses.replace(base.autoscaling, **{name: VAST[name]}))
+    d1 = revision_digests(base, "0" * 64, "api-key")
+    d2 = revision_digests(changed, "0" * 64, "api-key")
+    # Tier 1 (the control service's classify): bundle, code and environment the same.
+    assert (d1.bundle, d1.code, d1.environment) == (d2.bundle, d2.code, d2.environment)
+    assert d1.autoscaling != d2.autoscaling

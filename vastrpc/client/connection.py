@@ -24,6 +24,9 @@ from vastrpc.api.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 _MAX_STREAMS = 4
 _CALLS_PER_STREAM = 16
 
+# Seconds a worker that refused a call for being full counts as full, unless a call of ours on it ends sooner.
+FULL_HOLD = 0.5
+
 # A received value: its bytes and the sizes of its out-of-band buffers.
 Received = tuple[bytes | bytearray, list[int]]
 # Takes a call's output as the worker sends it: (LogStream value, text).
@@ -336,6 +339,26 @@ class WorkerConnection:
         # (calls per second with every slot busy) gives the first estimate.
         self.service_time = self.capacity / score if score > 0 else 0.01
         self.failures = 0
+        # Until then (time.monotonic()) the worker counts as full: it refused a call for being at its limits.
+        self.full_until = 0.0
+        # Called when a call here ends (a slot freed): the router wakes a call waiting for room.
+        self.on_room: Callable[[], None] | None = None
+
+    def expected_queue_time(self) -> float:
+        """Seconds a new call would wait here for a slot: this client's calls beyond the slots / the throughput.
+
+        The throughput is ``capacity / service_time`` calls per second: the benchmark score
+        at first, then as measured.
+        """
+        return max(0, self.in_flight - self.capacity) * self.service_time / self.capacity
+
+    def _ended(self, refused: bool) -> None:
+        if refused:
+            self.full_until = time.monotonic() + FULL_HOLD
+            return
+        self.full_until = 0.0
+        if self.on_room is not None:
+            self.on_room()
 
     def expected_wait(self) -> float:
         """Expected seconds until a new call here completes: the balancer picks the lowest.
@@ -380,13 +403,16 @@ class WorkerConnection:
         self.in_flight += 1
         self.calls += 1
         started = time.perf_counter()
+        refused = False
         try:
             result = await stream.invoke(function, payload, encoding, timeout, on_log)
-        except WorkerUnavailableError:
+        except WorkerUnavailableError as exc:
             self.failures += 1
+            refused = isinstance(exc, CallNotDelivered) and exc.overloaded
             raise
         finally:
             self.in_flight -= 1
+            self._ended(refused)
         self.failures = 0
         self.service_time += 0.2 * ((time.perf_counter() - started) / rounds - self.service_time)
         return result, stream.revision_id
@@ -403,11 +429,16 @@ class WorkerConnection:
         stream = self._live_stream()
         self.in_flight += 1
         self.calls += 1
+        refused = False
         try:
             async for item in stream.stream(function, payload, encoding, timeout, on_log):
                 yield item
+        except CallNotDelivered as exc:
+            refused = exc.overloaded
+            raise
         finally:
             self.in_flight -= 1
+            self._ended(refused)
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self._streams), return_exceptions=True)

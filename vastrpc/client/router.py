@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,10 @@ log = logging.getLogger("vastrpc.client")
 
 # How long a call waits for a ready worker before it fails.
 _NO_WORKER_WAIT = 60.0
+# At most this many calls wait in one client for a worker with room (Vast's global queue); more fail at once.
+MAX_WAITING = 100_000
+# Seconds between two looks for room of the call at the head of the queue, when no call of ours ends.
+_ROOM_POLL = 0.25
 
 
 # Takes each line a function prints or logs during a call.
@@ -63,9 +69,12 @@ class Router:
         balancer: str = "least_expected_time",
         *,
         workers: list[WorkerConnection] | None = None,
+        max_queue_time: float = 0.0,
     ) -> None:
         """Follow ``endpoint_id`` through the control service's watch; or, with no control
-        service, route to a fixed list of ``workers`` (``vastrpc.testing``)."""
+        service, route to a fixed list of ``workers`` (``vastrpc.testing``), each counting as
+        full beyond ``max_queue_time`` seconds of expected queue (0: no limit; with a control
+        service the endpoint's ``max_queue_time`` applies)."""
         self.control = control
         self.endpoint_id = endpoint_id
         try:
@@ -75,6 +84,11 @@ class Router:
         self._waking: asyncio.Task[None] | None = None
         self.state: control_pb2.WatchEndpointResponse | None = None
         self.workers: dict[str, WorkerConnection] = {c.worker_id: c for c in workers or ()}
+        for conn in self.workers.values():
+            conn.on_room = self._wake_waiting
+        self._max_queue_time = max_queue_time
+        # Calls waiting for a worker with room, first come first served: each one's wake-up.
+        self._waiting: deque[asyncio.Event] = deque()
         self._changed = asyncio.Condition()
         self._watch_error: BaseException | None = None
         self._task = asyncio.get_running_loop().create_task(self._watch()) if control is not None else None
@@ -117,15 +131,17 @@ class Router:
                 if conn is not None:
                     asyncio.get_running_loop().create_task(_close_when_idle(conn))
                 credentials = self.control.credentials if self.control is not None else None
-                self.workers[worker_id] = WorkerConnection(
+                conn = self.workers[worker_id] = WorkerConnection(
                     worker_id, w.address, update.endpoint_token, w.score, w.capacity or 1, credentials
                 )
+                conn.on_room = self._wake_waiting
             else:
                 conn.score = w.score
         async with self._changed:
             self.state = update
             self._watch_error = None
             self._changed.notify_all()
+        self._wake_waiting()  # a new worker, or the endpoint's max_queue_time changed
 
     async def wait_ready(self, revision_id: str, timeout: float) -> control_pb2.WatchEndpointResponse:
         """Wait until the endpoint serves ``revision_id`` with enough ready workers.
@@ -184,18 +200,55 @@ class Router:
     def _candidates(self) -> list[WorkerConnection]:
         return [c for c in self.workers.values() if not c.draining]
 
-    async def _pick(self, deadline: float, overloaded: set[str]) -> WorkerConnection:
+    @property
+    def max_queue_time(self) -> float:
+        """Seconds of expected queue beyond which a worker counts as full (the endpoint's setting; 0: no limit)."""
+        return self.state.autoscaling.max_queue_time if self.state is not None else self._max_queue_time
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting in this client for a worker with room."""
+        return len(self._waiting)
+
+    def _roomy(self, candidates: list[WorkerConnection]) -> WorkerConnection | None:
+        """The balancer's pick among the workers with room, or None when every one is full.
+
+        A worker is full while it refused a call for being at its limits (until a call of
+        ours there ends, or ``FULL_HOLD`` seconds), and while its expected queue time (calls
+        of ours beyond its slots / its throughput) is above ``max_queue_time``.
+        """
+        now = time.monotonic()
+        limit = self.max_queue_time
+        roomy = [c for c in candidates if c.full_until <= now and (limit <= 0 or c.expected_queue_time() <= limit)]
+        return self.balancer.pick(roomy) if roomy else None
+
+    def _wake_waiting(self) -> None:
+        """Room may have freed (a call ended, the workers changed): the call at the head of the queue looks."""
+        if self._waiting:
+            self._waiting[0].set()
+
+    async def _pick(
+        self, deadline: float, call_deadline: float | None, timeout: float | None, *, front: bool = False
+    ) -> WorkerConnection:
+        """A worker for the next call: one with room, waiting for room in the client's queue when all are full.
+
+        Args:
+            deadline: When to give up waiting for any ready worker at all.
+            call_deadline: When the call's own timeout ends (time.monotonic()); None for no timeout.
+            timeout: The call's timeout, for the message.
+            front: Wait at the head of the queue (a call a full worker just refused keeps its turn).
+        """
         while True:
             candidates = self._candidates()
-            fresh = [c for c in candidates if c.worker_id not in overloaded]
-            if fresh:
-                return self.balancer.pick(fresh)
             if candidates:
-                raise OverloadedError(
-                    f"every worker of endpoint {self.endpoint_id} ({len(candidates)}) is at its limits: the call "
-                    "waited past max_queue_time or found a full queue. Raise max_workers in "
-                    "configure_autoscaling, max_concurrency, or max_queue_time"
-                )
+                if not self._waiting:
+                    conn = self._roomy(candidates)
+                    if conn is not None:
+                        return conn
+                found = await self._wait_for_room(call_deadline, timeout, front)
+                if found is not None:
+                    return found
+                continue  # every worker went away while the call waited
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise WorkerUnavailableError(
@@ -209,6 +262,59 @@ class Router:
                     await asyncio.wait_for(self._changed.wait_for(self._candidates), min(remaining, 0.5))
                 except TimeoutError:
                     pass
+
+    async def _wait_for_room(
+        self, call_deadline: float | None, timeout: float | None, front: bool
+    ) -> WorkerConnection | None:
+        """Wait in the queue (first come, first served) until a worker has room; None if none is left.
+
+        Raises:
+            OverloadedError: The call's timeout passed while every worker stayed full, or
+                ``MAX_WAITING`` calls already wait.
+        """
+        if len(self._waiting) >= MAX_WAITING:
+            raise OverloadedError(
+                f"every worker of endpoint {self.endpoint_id} is full and {MAX_WAITING} calls already wait in "
+                "this client: send fewer at once (fn.map(..., concurrency=N)), or raise max_workers in "
+                "configure_autoscaling, max_concurrency or max_queue"
+            )
+        waiter = asyncio.Event()
+        if front:
+            self._waiting.appendleft(waiter)
+        else:
+            self._waiting.append(waiter)
+        started = time.monotonic()
+        try:
+            while True:
+                head = self._waiting[0] is waiter
+                if head:
+                    candidates = self._candidates()
+                    if not candidates:
+                        return None
+                    conn = self._roomy(candidates)
+                    if conn is not None:
+                        return conn
+                remaining = math.inf if call_deadline is None else call_deadline - time.monotonic()
+                if remaining <= 0:
+                    raise OverloadedError(
+                        f"every worker of endpoint {self.endpoint_id} ({len(self._candidates())}) stayed full for "
+                        f"{time.monotonic() - started:.1f}s, until the call's timeout ({timeout:g}s) passed, with "
+                        f"{len(self._waiting) - 1} other calls waiting in this client: raise the call's timeout, "
+                        "max_workers in configure_autoscaling (or lower target_queue_time to scale up sooner), "
+                        "max_concurrency or max_queue"
+                    )
+                waiter.clear()
+                bound = min(remaining, _ROOM_POLL) if head else remaining
+                try:
+                    await asyncio.wait_for(waiter.wait(), None if math.isinf(bound) else bound)
+                except TimeoutError:
+                    pass
+        finally:
+            if self._waiting and self._waiting[0] is waiter:
+                self._waiting.popleft()
+            else:
+                self._waiting.remove(waiter)
+            self._wake_waiting()  # the next call in line looks for room too
 
     def _wake(self) -> None:
         """Ask the control service for a worker (the endpoint may have scaled to zero): once at a time."""
@@ -262,18 +368,20 @@ class Router:
     ) -> CallInfo:
         started = time.monotonic()
         deadline = started + _NO_WORKER_WAIT
-        overloaded: set[str] = set()
+        call_deadline = None if timeout is None else started + timeout
         attempt = 0
+        refused = False
         while True:
             attempt += 1
-            conn = await self._pick(deadline, overloaded)
+            conn = await self._pick(deadline, call_deadline, timeout, front=refused)
             lines = LineSplitter(function, conn.worker_id, logs) if logs is not None else None
             try:
                 (data, buffer_sizes), revision_id = await conn.invoke(
-                    function, payload, CLOUDPICKLE, timeout, lines.feed if lines is not None else None
+                    function, payload, CLOUDPICKLE, _left(call_deadline), lines.feed if lines is not None else None
                 )
             except CallNotDelivered as exc:
-                await _retry_elsewhere_or_raise(exc, conn, overloaded, deadline, attempt)
+                refused = exc.overloaded
+                await _retry_elsewhere_or_raise(exc, deadline, attempt)
                 continue
             finally:
                 if lines is not None:
@@ -294,14 +402,18 @@ class Router:
         Only a call that never reached a worker is retried elsewhere.
         """
         payload = encode_args(args, kwargs, CLOUDPICKLE)
-        deadline = time.monotonic() + _NO_WORKER_WAIT
-        overloaded: set[str] = set()
+        started = time.monotonic()
+        deadline = started + _NO_WORKER_WAIT
+        call_deadline = None if timeout is None else started + timeout
         attempt = 0
+        refused = False
         while True:
             attempt += 1
-            conn = await self._pick(deadline, overloaded)
+            conn = await self._pick(deadline, call_deadline, timeout, front=refused)
             lines = LineSplitter(function, conn.worker_id, logs) if logs is not None else None
-            values = conn.stream(function, payload, CLOUDPICKLE, timeout, lines.feed if lines is not None else None)
+            values = conn.stream(
+                function, payload, CLOUDPICKLE, _left(call_deadline), lines.feed if lines is not None else None
+            )
             try:
                 first = await anext(values)
             except StopAsyncIteration:
@@ -309,7 +421,8 @@ class Router:
                     lines.close()
                 return
             except CallNotDelivered as exc:
-                await _retry_elsewhere_or_raise(exc, conn, overloaded, deadline, attempt)
+                refused = exc.overloaded
+                await _retry_elsewhere_or_raise(exc, deadline, attempt)
                 continue
             try:
                 yield decode_result(first[0], CLOUDPICKLE, first[1])
@@ -330,15 +443,19 @@ class Router:
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
 
 
-async def _retry_elsewhere_or_raise(
-    exc: CallNotDelivered, conn: WorkerConnection, overloaded: set[str], deadline: float, attempt: int
-) -> None:
-    """A call that never ran: note a worker at its limits and back off, or raise once out of time."""
+async def _retry_elsewhere_or_raise(exc: CallNotDelivered, deadline: float, attempt: int) -> None:
+    """A call that never ran: a worker at its limits is now full (the call waits for room in the
+    queue, within its timeout); otherwise back off, or raise once out of time."""
     if exc.overloaded:
-        overloaded.add(conn.worker_id)
+        return
     if time.monotonic() >= deadline:
         raise exc
     await asyncio.sleep(min(0.01 * attempt, 0.2))
+
+
+def _left(call_deadline: float | None) -> float | None:
+    """What is left of a call's timeout for the worker (the wait for room counts against it)."""
+    return None if call_deadline is None else max(call_deadline - time.monotonic(), 0.001)
 
 
 def _worker_lost(exc: BaseException) -> bool:

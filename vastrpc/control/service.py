@@ -114,6 +114,8 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self.store = lifecycle.store
         self.blobs = lifecycle.blobs
         self._api_key = api_key
+        # The autoscaling settings of each revision a watch reported, by revision id.
+        self._autoscaling: dict[str, control_pb2.AutoscalingSpec] = {}
 
     # -- auth -------------------------------------------------------------------------
 
@@ -265,7 +267,20 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             endpoint_token=self._endpoint_token(endpoint),
             failure=_endpoint_failure(endpoint),
             desired_workers=endpoint.desired_workers,
+            autoscaling=self._live_autoscaling(endpoint),
         )
+
+    def _live_autoscaling(self, endpoint: EndpointRow) -> control_pb2.AutoscalingSpec:
+        """The live revision's autoscaling settings (a revision's spec never changes: parsed once)."""
+        revision_id = endpoint.live_revision_id or ""
+        cached = self._autoscaling.get(revision_id)
+        if cached is None:
+            revision = self.store.get_revision(revision_id) if revision_id else None
+            spec = control_pb2.DeploymentSpec.FromString(revision.spec) if revision else control_pb2.DeploymentSpec()
+            if len(self._autoscaling) >= 1024:
+                self._autoscaling.clear()
+            cached = self._autoscaling[revision_id] = spec.autoscaling
+        return cached
 
     def _workers(self, endpoint_id: str) -> list[common_pb2.Worker]:
         return [_worker_pb(w) for w in self.store.list_workers(endpoint_id=endpoint_id, exclude_states=("stopped",))]

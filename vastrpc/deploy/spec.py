@@ -56,6 +56,11 @@ def revision_digests(
                 a.cold_workers,
                 a.target_util,
                 a.inactivity_timeout,
+                a.min_load,
+                a.min_cold_load,
+                a.cold_mult,
+                a.max_queue_time,
+                a.target_queue_time,
                 app.ttl,
                 app.version_label,
             ]
@@ -122,6 +127,11 @@ def build_spec(app: DeploymentDefinition, bundle: Bundle, secret_key: str) -> co
             cold_workers=a.cold_workers,
             target_util=a.target_util,
             inactivity_timeout=a.inactivity_timeout,
+            min_load=a.min_load,
+            min_cold_load=a.min_cold_load,
+            cold_mult=a.cold_mult,
+            max_queue_time=a.max_queue_time,
+            target_queue_time=a.target_queue_time,
         ),
         functions=[
             control_pb2.FunctionSpec(

@@ -14,7 +14,15 @@ import pytest
 from vastrpc._errors import DeploymentError, NotFoundError
 from vastrpc.api.v1 import control_pb2
 from vastrpc.control.bundles.local import LocalBlobStore
-from vastrpc.control.lifecycle.autoscaler import Autoscaler, Policy, ScaleState, decide, workers_for
+from vastrpc.control.lifecycle.autoscaler import (
+    Autoscaler,
+    Observed,
+    Policy,
+    ScaleState,
+    decide,
+    measure,
+    workers_for,
+)
 from vastrpc.control.lifecycle.endpoints import Lifecycle
 from vastrpc.control.stores.base import WorkerRow
 from vastrpc.control.stores.sqlite import SqliteStore
@@ -32,35 +40,93 @@ def policy(**values: float) -> Policy:
     return Policy(**settings)  # type: ignore[arg-type]
 
 
-def look(p: Policy, state: ScaleState, *, load: int, current: int, now: float, capacity: float = 2, delay: float = 10):
-    return decide(p, state, load=load, capacity=capacity, current=current, now=now, scale_down_delay=delay)
+def look(
+    p: Policy,
+    state: ScaleState,
+    *,
+    load: float,
+    current: int,
+    now: float,
+    perf: float = 2,
+    delay: float = 10,
+    queue_time: float = 0.0,
+    used: bool = False,
+    starting: int = 0,
+):
+    observed = Observed(load=load, perf=perf, queue_time=queue_time, workers=current, used=used, starting=starting)
+    return decide(p, state, observed, current=current, now=now, scale_down_delay=delay)
 
 
 # -- the decision -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("settings", "load", "capacity", "wanted"),
+    ("settings", "load", "perf", "wanted"),
     [
         ({}, 12, 2, 3),  # 6 workers' worth, clamped to max_workers
         ({"max_workers": 10}, 12, 2, 6),  # an exact fit does not round up
         ({"max_workers": 10}, 13, 2, 7),
-        ({"max_workers": 10, "target_util": 0.8}, 4, 4, 2),  # 4 calls over 3.2 slots
+        ({"max_workers": 10, "target_util": 0.8}, 4, 4, 2),  # 4 calls/s over 3.2 calls/s of capacity
         ({"max_workers": 10, "cold_workers": 1}, 4, 4, 2),  # one worker of load, one cold
         ({"min_workers": 2}, 0, 2, 2),
         ({"min_workers": 0}, 0, 2, 0),
         ({"min_workers": 0, "cold_workers": 5}, 0, 2, 3),  # cold workers stay within max_workers
+        ({"min_workers": 0}, 3, 0, 3),  # perf unknown: the load is in workers' worth
     ],
 )
-def test_workers_for_the_load(settings, load, capacity, wanted) -> None:
-    assert workers_for(policy(**settings), load, capacity) == wanted
+def test_workers_for_the_load(settings, load, perf, wanted) -> None:
+    assert workers_for(policy(**settings), load, perf) == wanted
+
+
+@pytest.mark.parametrize(
+    ("settings", "load", "wanted"),
+    [
+        # min_load: the least active capacity, in calls/s (perf 2/s per worker).
+        ({"min_workers": 0, "min_load": 5}, 0, 3),
+        ({"min_workers": 0, "min_load": 5}, 8, 4),  # the load above it decides
+        ({"min_workers": 0, "min_load": 0}, 0, 0),
+        # target_util: headroom over the load.
+        ({"target_util": 0.5}, 4, 4),
+        ({"target_util": 0.9}, 4, 3),
+        # cold_mult: total capacity = load × cold_mult, the rest kept inactive.
+        ({"cold_mult": 3}, 4, 6),
+        ({"cold_mult": 1}, 4, 2),
+        # min_cold_load: total capacity, whatever the load.
+        ({"min_cold_load": 8}, 2, 4),
+        ({"min_cold_load": 8}, 10, 5),  # the load is above it: no inactive capacity left
+        # The largest inactive capacity of cold_mult, min_cold_load and cold_workers.
+        ({"cold_mult": 2, "min_cold_load": 6, "cold_workers": 1}, 4, 4),  # cold_mult: 2 inactive
+        ({"cold_mult": 2, "min_cold_load": 16, "cold_workers": 1}, 4, 8),  # min_cold_load: 6 inactive
+        ({"cold_mult": 2, "min_cold_load": 6, "cold_workers": 5}, 4, 7),  # cold_workers: 5 inactive
+        # max_workers bounds active and inactive together.
+        ({"cold_mult": 3, "max_workers": 5}, 4, 5),
+    ],
+)
+def test_each_vast_parameter_sizes_the_workers(settings, load, wanted) -> None:
+    assert workers_for(policy(**{"max_workers": 10, **settings}), load, 2) == wanted
 
 
 def test_scales_up_at_once() -> None:
     decision = look(policy(), ScaleState(last_busy=T0), load=12, current=1, now=T0 + 1)
     assert decision.desired == 3
-    assert decision.reason == "load 12 calls, capacity 2/worker, target 1"
+    assert decision.reason == "load 12/s, perf 2/s per worker, target_util 1"
     assert decision.state == ScaleState(last_busy=T0 + 1)
+
+
+def test_a_queue_above_target_queue_time_adds_workers() -> None:
+    p = policy(max_workers=10, target_queue_time=1.0)
+    state = ScaleState(last_busy=T0)
+    # The load wants 2 workers; 3 s of queue against a 1 s target wants three times the 2 serving.
+    decision = look(p, state, load=4, current=2, now=T0, queue_time=3.0)
+    assert decision.desired == 6
+    assert "queue 3 s over target_queue_time 1 s" in decision.reason
+    # Just above the target: one more at least.
+    assert look(p, state, load=4, current=2, now=T0, queue_time=1.01).desired == 3
+    # At or under the target, or with the rule off (0), the load alone decides.
+    assert look(p, state, load=4, current=2, now=T0, queue_time=1.0).desired == 2
+    assert look(policy(max_workers=10), state, load=4, current=2, now=T0, queue_time=30).desired == 2
+    # Never above max_workers.
+    assert look(policy(max_workers=4, target_queue_time=1), state, load=4, current=2, now=T0, queue_time=9).desired == 4
 
 
 def test_scales_down_only_after_the_delay_to_the_most_the_quiet_period_wanted() -> None:
@@ -125,28 +191,75 @@ def test_from_several_workers_the_delay_goes_to_one_and_the_timeout_to_zero() ->
     assert look(p, to_one.state, load=0, current=1, now=T0 + 30).desired == 0
 
 
-def test_inactivity_goes_down_to_min_workers_cold_workers_included() -> None:
-    p = policy(min_workers=1, max_workers=5, cold_workers=2, inactivity_timeout=30)
-    assert look(p, ScaleState(last_busy=T0), load=0, current=3, now=T0 + 30).desired == 1
+def test_after_the_inactivity_timeout_cold_workers_and_min_load_still_hold() -> None:
+    # As Vast: cold_workers is a floor of total workers and min_load one of active capacity,
+    # whatever the inactivity; only what the load wanted goes.
+    p = policy(min_workers=0, max_workers=5, cold_workers=2, inactivity_timeout=30)
+    assert look(p, ScaleState(last_busy=T0), load=0, current=4, now=T0 + 30).desired == 2
+    p = policy(min_workers=0, max_workers=5, min_load=3, inactivity_timeout=30)
+    assert look(p, ScaleState(last_busy=T0), load=0, current=4, now=T0 + 30).desired == 2
+    p = policy(min_workers=1, max_workers=5, inactivity_timeout=30)
+    assert look(p, ScaleState(last_busy=T0), load=0, current=4, now=T0 + 30).desired == 1
 
 
 def test_a_worker_coming_up_counts_as_activity() -> None:
     p = policy(min_workers=0, inactivity_timeout=5)
-    decision = decide(
-        p, ScaleState(last_busy=T0), load=0, capacity=2, current=1, now=T0 + 100, scale_down_delay=0, starting=1
-    )
+    decision = look(p, ScaleState(last_busy=T0), load=0, current=1, now=T0 + 100, delay=0, starting=1)
     assert decision.desired == 1 and decision.state.last_busy == T0 + 100
 
 
-def test_a_zero_inactivity_timeout_still_serves_the_load() -> None:
+def test_calls_started_between_looks_count_as_activity() -> None:
+    p = policy(min_workers=0, inactivity_timeout=5)
+    decision = look(p, ScaleState(last_busy=T0), load=0, current=1, now=T0 + 100, delay=0, used=True)
+    assert decision.desired == 1 and decision.state.last_busy == T0 + 100
+
+
+def test_a_zero_inactivity_timeout_turns_the_gate_off() -> None:
+    # Vast's 0: no inactivity gating, the load alone decides (after the scale-down delay).
     p = policy(min_workers=0, inactivity_timeout=0)
     assert look(p, ScaleState(last_busy=T0), load=1, current=1, now=T0 + 5).desired == 1
-    assert look(p, ScaleState(last_busy=T0), load=0, current=1, now=T0 + 5).desired == 0
+    assert look(p, ScaleState(last_busy=T0), load=0, current=1, now=T0 + 5, delay=10).desired == 1
+    assert look(p, ScaleState(last_busy=T0), load=0, current=1, now=T0 + 5, delay=0).desired == 0
+
+
+def test_a_negative_inactivity_timeout_never_goes_to_zero() -> None:
+    # Vast's negative value: never to zero, even with min_workers, min_load and cold_workers at 0.
+    p = policy(min_workers=0, inactivity_timeout=-1)
+    state = ScaleState(last_busy=T0)
+    assert look(p, state, load=0, current=1, now=T0 + 1e6, delay=0).desired == 1
+    assert look(p, state, load=0, current=3, now=T0 + 1e6, delay=0).desired == 1
+    assert look(p, state, load=0, current=0, now=T0 + 1e6).desired == 1
 
 
 def test_policy_from_spec_defaults_an_unset_target_util() -> None:
     spec = control_pb2.AutoscalingSpec(min_workers=0, max_workers=2, cold_workers=1, inactivity_timeout=9)
     assert Policy.from_spec(spec) == Policy(0, 2, 1, 0.8, 9)
+    full = control_pb2.AutoscalingSpec(
+        max_workers=4, inactivity_timeout=-1, min_load=2, min_cold_load=3, cold_mult=2.5, target_queue_time=4
+    )
+    assert Policy.from_spec(full) == Policy(0, 4, 0, 0.8, -1, 2, 3, 2.5, 4)
+
+
+def worker(worker_id: str, **values: object) -> WorkerRow:
+    return WorkerRow(id=worker_id, endpoint_id="e", revision_id="r", state="ready", token_hash="", **values)  # type: ignore[arg-type]
+
+
+def test_measure_weighs_each_workers_calls_by_its_score() -> None:
+    fast = worker("fast", score=100.0, capacity=10, calls_in_flight=10, calls_queued=0)
+    slow = worker("slow", score=20.0, capacity=4, calls_in_flight=6, calls_queued=2)
+    observed = measure([fast, slow], spec_capacity=8)
+    # 10/10 × 100 + 6/4 × 20 calls/s; perf the mean score; 2 queued over 120 calls/s.
+    assert observed.load == pytest.approx(130.0)
+    assert observed.perf == pytest.approx(60.0)
+    assert observed.queue_time == pytest.approx(2 / 120)
+    assert observed.workers == 2
+
+
+def test_measure_without_scores_counts_in_workers_worth() -> None:
+    unscored = worker("w", capacity=0, calls_in_flight=4, calls_queued=2)
+    assert measure([unscored], spec_capacity=2) == Observed(load=2.0, perf=1.0, queue_time=2.0, workers=1)
+    assert measure([unscored], spec_capacity=2, known_perf=5).load == pytest.approx(10.0)
+    assert measure([], spec_capacity=2, known_perf=5) == Observed(load=0.0, perf=5.0, queue_time=0.0, workers=0)
 
 
 # -- the autoscaler on a real store and Lifecycle -------------------------------------------------
@@ -245,7 +358,7 @@ async def test_load_scales_up_and_the_endpoint_stays_ready(setup, caplog) -> Non
     assert setup.endpoint_row(endpoint_id).desired_workers == 3
     assert [w.state for w in setup.active(endpoint_id)] == ["ready", "starting", "starting"]
     assert len(setup.provider.started) == 2
-    assert "autoscale: hello:default 1 → 3 workers (load 12 calls, capacity 2/worker, target 1)" in caplog.text
+    assert "autoscale: hello:default 1 → 3 workers (load 6/s, perf 1/s per worker, target_util 1)" in caplog.text
     # The same load again changes nothing.
     assert await setup.autoscaler.tick() == {}
     assert len(setup.provider.started) == 2
@@ -305,15 +418,31 @@ async def test_an_update_in_progress_is_left_alone(setup) -> None:
     assert setup.provider.started == [] and setup.endpoint_row(endpoint_id).desired_workers == 1
 
 
-async def test_scale_to_zero_stays_ready_and_a_wake_starts_cold_workers(tmp_path) -> None:
+async def test_cold_workers_outlast_the_inactivity_timeout(tmp_path) -> None:
     made = Setup(tmp_path, scale_down_delay=0)
     endpoint_id = made.endpoint(min_workers=0, cold_workers=2, inactivity_timeout=5)
     now = time.time()
-    assert await made.autoscaler.tick(now) == {endpoint_id: 2}  # in use: the cold worker joins
+    assert await made.autoscaler.tick(now) == {endpoint_id: 2}  # the cold worker joins
     made.store.update_worker(made.active(endpoint_id)[1].id, state="ready")
+    assert await made.autoscaler.tick(now + 10) == {}  # Vast's cold_workers: a floor, inactive or not
+    assert len(made.active(endpoint_id)) == 2
+    made.store.close()
+
+
+async def test_scale_to_zero_stays_ready_and_a_wake_starts_cold_workers(tmp_path) -> None:
+    made = Setup(tmp_path, scale_down_delay=0)
+    endpoint_id = made.endpoint(min_workers=0, inactivity_timeout=5)
+    now = time.time()
+    assert await made.autoscaler.tick(now) == {}  # in use within the timeout: one worker stays
     assert await made.autoscaler.tick(now + 4) == {}
     assert await made.autoscaler.tick(now + 10) == {endpoint_id: 0}
     assert made.active(endpoint_id) == []
+    # A wake starts cold_workers (at least one): from a revision that asks for two.
+    revision = made.store.get_revision(made.endpoint_row(endpoint_id).live_revision_id)
+    spec = control_pb2.DeploymentSpec.FromString(revision.spec)
+    spec.autoscaling.cold_workers = 2
+    made.store.set_revision_spec(revision.id, spec.SerializeToString())
+    made.autoscaler._specs.clear()  # the autoscaler reads a revision's spec once: as if it were new
     endpoint = made.endpoint_row(endpoint_id)
     assert (endpoint.state, endpoint.desired_workers) == ("ready", 0)
     # Provisioning the live revision again (tier 0) wakes nothing.
@@ -423,7 +552,7 @@ async def test_workers_follow_the_load_up_to_max_and_back_to_min(project, contro
     assert time.monotonic() - stopped_load >= 2.5
     assert f"autoscale: {mod.app.name}:default 1 → 3 workers" in control_service.log_text()
     # Down in one step, or through 2 when the last calls were still seen by a heartbeat.
-    assert "→ 1 workers (load 0 calls, capacity 2/worker, target 1; 1 sufficed for" in control_service.log_text()
+    assert "→ 1 workers (load 0/s, perf " in control_service.log_text()
     assert (await project.endpoint(mod.app))["state"] == "READY"
     assert await mod.nap(0) == 0
 
@@ -466,3 +595,58 @@ async def test_scales_to_zero_stays_ready_and_wake_endpoint_brings_a_worker(proj
         with pytest.raises(grpc.aio.AioRpcError) as stopped:
             await client.stub.WakeEndpoint(wake, metadata=client.metadata, timeout=10)
         assert stopped.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+QUEUE_SOURCE = """
+import asyncio
+from vastrpc import Deployment
+
+app = Deployment(name="{name}")
+app.configure_autoscaling(max_workers=3, target_util=1.0, inactivity_timeout=60, target_queue_time=TARGET)
+
+# A representative benchmark: the score (about 4 calls/s on 2 slots) is the worker's perf.
+@app.remote(benchmark_dataset=[{{"seconds": 0.5}}], benchmark_runs=2, max_concurrency=2)
+async def nap(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+"""
+
+
+async def most_workers_under_load(project, mod, callers: int, seconds: float) -> int:
+    """The most workers the app had while ``callers`` callers kept calling ``nap(0.5)`` for ``seconds``."""
+    stop = asyncio.Event()
+
+    async def caller() -> None:
+        while not stop.is_set():
+            await mod.nap(0.5)
+
+    tasks = [asyncio.create_task(caller()) for _ in range(callers)]
+    most = 0
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            most = max(most, len(await project.workers(mod.app)))
+            await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    return most
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@fast_autoscaling
+async def test_a_queue_above_target_queue_time_scales_up_beyond_what_the_load_wants(project, control_service) -> None:
+    # 3 callers of nap(0.5) on one worker of 2 slots: the load (3 in flight / 2 slots × 4 calls/s
+    # = 6 calls/s) wants 2 workers of 4 calls/s; the queue (1 call / 4 calls/s = 0.25 s) is
+    # above a 0.05 s target_queue_time, which wants 5: max_workers (3).
+    queued = project(QUEUE_SOURCE.replace("TARGET", "0.05"))
+    await queued.app.ensure_ready()
+    assert await most_workers_under_load(project, queued, callers=3, seconds=8) == 3
+    assert "over target_queue_time 0.05 s" in control_service.log_text()
+    assert f"autoscale: {queued.app.name}:default 1 → 3 workers" in control_service.log_text()
+
+    # The same load with the queue rule off: the load alone, 2 workers.
+    plain = project(QUEUE_SOURCE.replace("TARGET", "0"))
+    await plain.app.ensure_ready()
+    assert await most_workers_under_load(project, plain, callers=3, seconds=8) == 2

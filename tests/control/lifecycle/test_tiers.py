@@ -58,6 +58,31 @@ async def test_tier1_settings_change_in_place_without_upload(project) -> None:
     assert (endpoint["ttl"], endpoint["version_label"]) == (3600, "release-7")
 
 
+async def test_tier1_vast_autoscaling_settings_change_in_place(project) -> None:
+    """Each of Vast's configure_autoscaling parameters is a setting: applied in place, no restart."""
+    mod = project(source())
+    await mod.app.ensure_ready()
+    before = await project.workers(mod.app)
+    changes = [
+        {"min_load": 0.5},
+        {"min_cold_load": 2.0},
+        {"cold_mult": 2.0},
+        {"max_queue_time": 12.0},
+        {"target_queue_time": 3.0},
+        {"inactivity_timeout": -1},
+        {"cold_workers": 0, "target_util": 0.9},
+    ]
+    for change in changes:
+        mod.app.configure_autoscaling(**change)
+        result = await mod.app.ensure_ready()
+        assert (result.tier, result.uploaded, result.workers_started) == (1, False, 0), change
+        live = (await project.endpoint(mod.app))["autoscaling"]
+        assert all(getattr(live, name) == value for name, value in change.items()), (change, live)
+    after = await project.workers(mod.app)
+    assert [(w["worker_id"], w["pid"]) for w in after] == [(w["worker_id"], w["pid"]) for w in before]
+    assert await mod.version() == "v1"
+
+
 async def test_tier2_code_change_switches_in_place_and_calls_in_flight_finish_on_old(project) -> None:
     mod = project(source())
     first = await mod.app.ensure_ready()

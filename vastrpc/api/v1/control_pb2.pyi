@@ -30,18 +30,28 @@ REQUIREMENT_OPERATOR_IN: RequirementOperator
 REQUIREMENT_OPERATOR_NOT_IN: RequirementOperator
 
 class AutoscalingSpec(_message.Message):
-    __slots__ = ("min_workers", "max_workers", "cold_workers", "target_util", "inactivity_timeout")
+    __slots__ = ("min_workers", "max_workers", "cold_workers", "target_util", "inactivity_timeout", "min_load", "min_cold_load", "cold_mult", "max_queue_time", "target_queue_time")
     MIN_WORKERS_FIELD_NUMBER: _ClassVar[int]
     MAX_WORKERS_FIELD_NUMBER: _ClassVar[int]
     COLD_WORKERS_FIELD_NUMBER: _ClassVar[int]
     TARGET_UTIL_FIELD_NUMBER: _ClassVar[int]
     INACTIVITY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MIN_LOAD_FIELD_NUMBER: _ClassVar[int]
+    MIN_COLD_LOAD_FIELD_NUMBER: _ClassVar[int]
+    COLD_MULT_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_QUEUE_TIME_FIELD_NUMBER: _ClassVar[int]
     min_workers: int
     max_workers: int
     cold_workers: int
     target_util: float
     inactivity_timeout: float
-    def __init__(self, min_workers: _Optional[int] = ..., max_workers: _Optional[int] = ..., cold_workers: _Optional[int] = ..., target_util: _Optional[float] = ..., inactivity_timeout: _Optional[float] = ...) -> None: ...
+    min_load: float
+    min_cold_load: float
+    cold_mult: float
+    max_queue_time: float
+    target_queue_time: float
+    def __init__(self, min_workers: _Optional[int] = ..., max_workers: _Optional[int] = ..., cold_workers: _Optional[int] = ..., target_util: _Optional[float] = ..., inactivity_timeout: _Optional[float] = ..., min_load: _Optional[float] = ..., min_cold_load: _Optional[float] = ..., cold_mult: _Optional[float] = ..., max_queue_time: _Optional[float] = ..., target_queue_time: _Optional[float] = ...) -> None: ...
 
 class ImageSpec(_message.Message):
     __slots__ = ("from_image", "pip_packages", "apt_packages", "env", "sealed_secrets", "startup_commands", "requirements", "storage", "startup_timeout", "queries")
@@ -236,7 +246,7 @@ class WatchEndpointRequest(_message.Message):
     def __init__(self, endpoint_id: _Optional[str] = ...) -> None: ...
 
 class WatchEndpointResponse(_message.Message):
-    __slots__ = ("endpoint_id", "state", "revision_id", "workers", "endpoint_token", "failure", "desired_workers")
+    __slots__ = ("endpoint_id", "state", "revision_id", "workers", "endpoint_token", "failure", "desired_workers", "autoscaling")
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REVISION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -244,6 +254,7 @@ class WatchEndpointResponse(_message.Message):
     ENDPOINT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     DESIRED_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
     state: _common_pb2.EndpointState
     revision_id: str
@@ -251,7 +262,8 @@ class WatchEndpointResponse(_message.Message):
     endpoint_token: str
     failure: _common_pb2.Failure
     desired_workers: int
-    def __init__(self, endpoint_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.EndpointState, str]] = ..., revision_id: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[_common_pb2.Worker, _Mapping]]] = ..., endpoint_token: _Optional[str] = ..., failure: _Optional[_Union[_common_pb2.Failure, _Mapping]] = ..., desired_workers: _Optional[int] = ...) -> None: ...
+    autoscaling: AutoscalingSpec
+    def __init__(self, endpoint_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.EndpointState, str]] = ..., revision_id: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[_common_pb2.Worker, _Mapping]]] = ..., endpoint_token: _Optional[str] = ..., failure: _Optional[_Union[_common_pb2.Failure, _Mapping]] = ..., desired_workers: _Optional[int] = ..., autoscaling: _Optional[_Union[AutoscalingSpec, _Mapping]] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
     __slots__ = ("worker_id", "pid", "hostname")

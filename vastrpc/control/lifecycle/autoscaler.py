@@ -1,26 +1,34 @@
-"""The autoscaler: sizes each endpoint's workers between min_workers and max_workers from the calls they carry."""
+"""The autoscaler: measures each endpoint's load from its workers' heartbeats and applies ``decide``'s worker count."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Protocol
 
 from vastrpc._errors import DeploymentError, NotFoundError
 from vastrpc.api.v1 import control_pb2
 from vastrpc.control.lifecycle.leadership import JOINED
 from vastrpc.control.lifecycle.rules import wake_workers
+from vastrpc.control.lifecycle.scaling import Decision, Observed, Policy, ScaleState, decide, workers_for
 from vastrpc.control.stores.base import ACTIVE_WORKER_STATES, EndpointRow, Store, WorkerRow
 
-__all__ = ["Autoscaler", "Decision", "Policy", "ScaleState", "ScaleTarget", "decide", "wake", "workers_for"]
+__all__ = [
+    "Autoscaler",
+    "Decision",
+    "Observed",
+    "Policy",
+    "ScaleState",
+    "ScaleTarget",
+    "decide",
+    "measure",
+    "wake",
+    "workers_for",
+]
 
 log = logging.getLogger(__name__)
-
-# An AutoscalingSpec that leaves target_util unset (0) gets the SDK's default.
-DEFAULT_TARGET_UTIL = 0.8
 
 
 class ScaleTarget(Protocol):
@@ -35,138 +43,6 @@ class ScaleTarget(Protocol):
 
     def check_heartbeats(self, now: float) -> list[str]:
         """Declare lost the workers whose heartbeats stopped; returns their ids."""
-
-
-@dataclass(frozen=True)
-class Policy:
-    """An endpoint's autoscaling settings, as its live revision's AutoscalingSpec gives them.
-
-    Attributes:
-        min_workers: Never fewer workers (0 allows scaling to zero).
-        max_workers: Never more workers.
-        cold_workers: Workers kept beyond the load while the endpoint is in use.
-        target_util: Fraction of the workers' capacity the load should fill.
-        inactivity_timeout: Seconds without a call before the endpoint goes down to ``min_workers``.
-    """
-
-    min_workers: int = 1
-    max_workers: int = 1
-    cold_workers: int = 0
-    target_util: float = DEFAULT_TARGET_UTIL
-    inactivity_timeout: float = 300.0
-
-    @classmethod
-    def from_spec(cls, spec: control_pb2.AutoscalingSpec) -> Policy:
-        """The policy of an AutoscalingSpec (validated at registration: 1 <= max, min <= max)."""
-        return cls(
-            min_workers=spec.min_workers,
-            max_workers=max(spec.max_workers, spec.min_workers, 1),
-            cold_workers=spec.cold_workers,
-            target_util=spec.target_util if spec.target_util > 0 else DEFAULT_TARGET_UTIL,
-            inactivity_timeout=max(spec.inactivity_timeout, 0.0),
-        )
-
-
-@dataclass(frozen=True)
-class ScaleState:
-    """What the autoscaler remembers of one endpoint between two looks.
-
-    Attributes:
-        last_busy: When a call was last seen in flight, a worker last coming up, or the
-            endpoint was woken or first looked at (Unix seconds): inactivity counts from it.
-        low_since: Since when fewer workers than the current count would have done; None
-            when that is not the case now.
-        low_peak: The most workers wanted since ``low_since``: what a scale-down goes to.
-    """
-
-    last_busy: float
-    low_since: float | None = None
-    low_peak: int = 0
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What ``decide`` concluded.
-
-    Attributes:
-        desired: The workers the endpoint should run.
-        state: What to remember for the next look.
-        reason: Why, in words, for the log.
-    """
-
-    desired: int
-    state: ScaleState
-    reason: str
-
-
-def workers_for(policy: Policy, load: int, capacity: float) -> int:
-    """``ceil(load / (capacity × target_util)) + cold_workers``, within ``min_workers`` and ``max_workers``.
-
-    Args:
-        policy: The endpoint's settings.
-        load: Calls in flight (running and queued) over the endpoint's workers.
-        capacity: Calls one worker runs at once.
-    """
-    per_worker = max(capacity, 1.0) * policy.target_util
-    # The epsilon keeps an exact fit (12 calls on 6 × 2 slots) from rounding up to one more.
-    busy = math.ceil(load / per_worker - 1e-9) if load > 0 else 0
-    return min(max(busy + policy.cold_workers, policy.min_workers), policy.max_workers)
-
-
-def decide(
-    policy: Policy,
-    state: ScaleState,
-    *,
-    load: int,
-    capacity: float,
-    current: int,
-    now: float,
-    scale_down_delay: float,
-    starting: int = 0,
-) -> Decision:
-    """How many workers an endpoint should run now: a pure function of its load, settings and history.
-
-    Up is prompt: as soon as the load wants more workers than ``current``, that many
-    (``workers_for``). Down waits: only once fewer workers would have done for
-    ``scale_down_delay`` seconds in a row, and then to the most that period wanted
-    (hysteresis, so a lull between bursts does not stop workers the next burst needs).
-    While the endpoint was busy within ``inactivity_timeout`` it keeps at least one worker;
-    after ``inactivity_timeout`` seconds without any call it goes down to ``min_workers``
-    at once (zero when ``min_workers`` is 0). Bounds changed by an update apply at once.
-
-    Args:
-        policy: The endpoint's settings.
-        state: What the previous look remembered.
-        load: Calls in flight (running and queued) over the endpoint's workers.
-        capacity: Calls one worker runs at once.
-        current: The workers the endpoint runs now (its desired count).
-        now: The time of this look (Unix seconds).
-        scale_down_delay: Seconds fewer workers must have sufficed before a scale-down.
-        starting: Workers still coming up; a worker starting (after a wake, say) counts as
-            activity, so the endpoint is not scaled away under a caller waiting for it.
-
-    Returns:
-        The desired count, the state for the next look, and the reason.
-    """
-    busy = load > 0 or starting > 0
-    if busy:
-        state = replace(state, last_busy=now)
-    idle = now - state.last_busy
-    settled = replace(state, low_since=None, low_peak=0)
-    if not busy and idle >= policy.inactivity_timeout:
-        reason = f"no call for {idle:.0f} s, inactivity_timeout {policy.inactivity_timeout:g} s"
-        return Decision(policy.min_workers, settled, reason)
-    basis = f"load {load} calls, capacity {capacity:g}/worker, target {policy.target_util:g}"
-    # In use within the inactivity timeout: one worker at least, whatever min_workers allows.
-    wanted = max(workers_for(policy, load, capacity), 1)
-    bounded = min(max(current, policy.min_workers), policy.max_workers)
-    if wanted >= bounded:
-        return Decision(wanted, settled, basis)
-    low_since = now if state.low_since is None else state.low_since
-    low_peak = wanted if state.low_since is None else max(state.low_peak, wanted)
-    if now - low_since >= scale_down_delay:
-        return Decision(low_peak, settled, f"{basis}; {low_peak} sufficed for {now - low_since:.0f} s")
-    return Decision(bounded, replace(state, low_since=low_since, low_peak=low_peak), "")
 
 
 def _spec_capacity(spec: control_pb2.DeploymentSpec) -> int:
@@ -200,10 +76,10 @@ async def wake(store: Store, lifecycle: ScaleTarget, endpoint_id: str) -> int:
 class Autoscaler:
     """Sizes every ready endpoint's workers from its load, every ``interval`` seconds.
 
-    The load of an endpoint is the calls in flight (running and queued) its workers
-    reported in their last heartbeats; a worker runs ``capacity`` calls at once (reported
-    at READY; the spec's sum of ``max_concurrency`` until one is ready). ``decide`` turns
-    load, settings and history into a worker count, which ``Lifecycle.scale`` applies. A
+    ``measure`` turns the workers' last heartbeats into the endpoint's load, perf and queue
+    time (Vast's units: calls per second, each worker's benchmark score its perf);
+    ``decide`` turns them, the settings and the history into a worker count, which
+    ``Lifecycle.scale`` applies. A
     worker lost while the endpoint serves is replaced the same way (fewer active workers
     than desired).
 
@@ -244,6 +120,8 @@ class Autoscaler:
         self.heartbeat_timeout = heartbeat_timeout
         self._states: dict[str, ScaleState] = {}
         self._started: dict[str, int] = {}
+        # The last perf measured per endpoint: what min_load is counted in while no worker is ready.
+        self._perf: dict[str, float] = {}
         # Revision specs never change: parse each one's settings once.
         self._specs: dict[str, tuple[Policy, int]] = {}
         # One look or wake at a time: a wake's activity is seen by the next look's decision,
@@ -306,6 +184,7 @@ class Autoscaler:
             # Forget endpoints torn down or failed: a new deploy starts with a fresh history.
             for endpoint_id in set(self._states) - looked:
                 del self._states[endpoint_id]
+                self._perf.pop(endpoint_id, None)
             for revision_id in set(self._specs) - live:
                 del self._specs[revision_id]
             return changed
@@ -319,31 +198,27 @@ class Autoscaler:
             for w in self.store.list_workers(endpoint_id=endpoint.id, states=ACTIVE_WORKER_STATES)
             if w.owner != JOINED
         ]
-        load = sum(w.calls_in_flight for w in workers if now - w.last_heartbeat <= self.heartbeat_timeout)
         # Calls shorter than a heartbeat interval may never be seen in flight; a worker whose
         # count of started calls grew since the last look was in use all the same.
         started = {w.id: w.calls_started for w in workers}
-        if any(count > self._started.get(worker_id, count) for worker_id, count in started.items()):
-            load = max(load, 1)
+        used = any(count > self._started.get(worker_id, count) for worker_id, count in started.items())
         self._started.update(started)
         state = self._states.get(endpoint.id) or ScaleState(last_busy=now)
         updating = any(w.revision_id != live for w in workers)
         starting = sum(1 for w in workers if w.state != "ready")
+        policy, spec_capacity = self._policy(live)
+        fresh = [w for w in workers if now - w.last_heartbeat <= self.heartbeat_timeout]
+        observed = measure(fresh, spec_capacity, self._perf.get(endpoint.id, 0.0))
+        observed = replace(observed, used=used, starting=starting)
+        if observed.workers:
+            self._perf[endpoint.id] = observed.perf
         if updating or (endpoint.state == "deploying" and starting):
             # Provision owns the endpoint until its update settles; the load still counts as use.
-            self._states[endpoint.id] = replace(state, last_busy=now) if load or starting else state
+            in_use = observed.load > 0 or used or starting
+            self._states[endpoint.id] = replace(state, last_busy=now) if in_use else state
             return None
-        policy, spec_capacity = self._policy(live)
-        capacity = _mean_capacity(workers) or spec_capacity
         decision = decide(
-            policy,
-            state,
-            load=load,
-            capacity=capacity,
-            current=endpoint.desired_workers,
-            now=now,
-            scale_down_delay=self.scale_down_delay,
-            starting=starting,
+            policy, state, observed, current=endpoint.desired_workers, now=now, scale_down_delay=self.scale_down_delay
         )
         self._states[endpoint.id] = decision.state
         if decision.desired != endpoint.desired_workers:
@@ -379,7 +254,31 @@ def _name(store: Store, endpoint: EndpointRow) -> str:
     return f"{deployment.name}:{endpoint.tag}" if deployment else endpoint.id
 
 
-def _mean_capacity(workers: list[WorkerRow]) -> float:
-    """The mean capacity the ready workers reported (0 when none did)."""
-    reported = [w.capacity for w in workers if w.state == "ready" and w.capacity > 0]
-    return sum(reported) / len(reported) if reported else 0.0
+def measure(workers: list[WorkerRow], spec_capacity: int, known_perf: float = 0.0) -> Observed:
+    """An endpoint's load, perf and queue time from its workers' last heartbeats (Vast's units).
+
+    A worker's perf is its benchmark score (calls per second with every slot busy) and its
+    slots are the calls it runs at once (``capacity``; ``spec_capacity`` until reported).
+    ``load = sum(calls_in_flight / slots × perf)`` (calls per second: running and queued
+    calls as a share of the slots, weighted by how fast the worker turns them over);
+    ``perf`` is the mean over the ready workers; ``queue_time = sum(calls_queued) /
+    sum(perf)``. A worker without a score counts as ``known_perf`` (the endpoint's last
+    measured perf), or 1 when there is none: the load is then in workers' worth.
+
+    Args:
+        workers: The endpoint's workers whose heartbeats are fresh.
+        spec_capacity: Slots of a worker of the live revision, from its spec.
+        known_perf: Perf to assume for a worker that reported no score.
+    """
+    ready = [w for w in workers if w.state == "ready"]
+    scores = [w.score for w in ready if w.score > 0]
+    default = sum(scores) / len(scores) if scores else (known_perf if known_perf > 0 else 1.0)
+
+    def perf(w: WorkerRow) -> float:
+        return w.score if w.score > 0 else default
+
+    load = sum(w.calls_in_flight / (w.capacity or spec_capacity or 1) * perf(w) for w in workers)
+    total = sum(perf(w) for w in ready)
+    queued = sum(w.calls_queued for w in workers)
+    queue_time = queued / total if total > 0 else 0.0
+    return Observed(load=load, perf=default, queue_time=queue_time, workers=len(ready))

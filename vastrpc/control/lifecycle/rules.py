@@ -135,8 +135,15 @@ def validate_spec(spec: control_pb2.DeploymentSpec) -> None:
         )
     if not 0 <= a.target_util <= 1:
         raise DefinitionError(f"autoscaling target_util must be between 0 and 1, got {a.target_util}")
-    if a.inactivity_timeout < 0 or spec.ttl < 0:
-        raise DefinitionError("ttl and inactivity_timeout must not be negative")
+    if spec.ttl < 0:
+        raise DefinitionError("ttl must not be negative")
+    negative = [
+        name
+        for name in ("min_load", "min_cold_load", "cold_mult", "max_queue_time", "target_queue_time")
+        if getattr(a, name) < 0
+    ]
+    if negative:
+        raise DefinitionError(f"autoscaling {', '.join(negative)} must not be negative")
     d = spec.digests
     try:
         check_digest(d.bundle)
