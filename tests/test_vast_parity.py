@@ -64,6 +64,23 @@ def test_vasts_context_guide_runs_with_constructor_arguments_and_parallel_contex
     assert tok_start < model_ready and model_start < tok_ready
 
 
+def test_vasts_mnist_example_sized_for_a_cpu(home: dict[str, str], tmp_path: Path) -> None:
+    folder = shutil.copytree(EXAMPLES / "mnist", tmp_path / "mnist")
+    for _ in range(3):  # a random digit each run, as in Vast's client
+        lines = _run(folder, home).stdout.splitlines()
+        truth, predicted = (int(line.split(":")[1]) for line in lines[:2])
+        assert predicted == truth, lines
+        assert float(lines[2].split(":")[1]) > 0.5
+
+
+def test_vasts_vllm_example_shape_with_a_stand_in_engine(home: dict[str, str], tmp_path: Path) -> None:
+    folder = shutil.copytree(EXAMPLES / "vllm", tmp_path / "vllm")
+    run = _run(folder, home)
+    assert run.stdout.splitlines() == ["Response: sentence. one in computing quantum Explain"]
+    # The image's own Python is for providers that run the image; here the deploy says so.
+    assert "use_system_python" in run.stderr
+
+
 TIERS_DEPLOY = """\
 import os
 
