@@ -283,7 +283,8 @@ class Router:
             self._waiting.appendleft(waiter)
         else:
             self._waiting.append(waiter)
-        started = time.monotonic()
+        # When the call began: refused calls come back here, and the whole wait is what counts.
+        called = time.monotonic() if call_deadline is None or timeout is None else call_deadline - timeout
         try:
             while True:
                 head = self._waiting[0] is waiter
@@ -298,7 +299,7 @@ class Router:
                 if remaining <= 0:
                     raise OverloadedError(
                         f"every worker of endpoint {self.endpoint_id} ({len(self._candidates())}) stayed full for "
-                        f"{time.monotonic() - started:.1f}s, until the call's timeout ({timeout:g}s) passed, with "
+                        f"{time.monotonic() - called:.1f}s, until the call's timeout ({timeout:g}s) passed, with "
                         f"{len(self._waiting) - 1} other calls waiting in this client: raise the call's timeout, "
                         "max_workers in configure_autoscaling (or lower target_queue_time to scale up sooner), "
                         "max_concurrency or max_queue"
