@@ -22,6 +22,9 @@ __all__ = ["DeployProgress", "DeployResult", "Session", "describe_tier", "ensure
 
 log = logging.getLogger("vastrpc.deploy")
 
+# (endpoint id, warning) pairs already logged by this process.
+_WARNED: set[tuple[str, str]] = set()
+
 _TIERS: dict[int, tuple[int, str]] = {
     common_pb2.UPDATE_TIER_NONE: (0, "nothing changed — connected to the running workers"),
     common_pb2.UPDATE_TIER_SETTINGS: (1, "autoscaling settings changed — applied in place"),
@@ -219,7 +222,11 @@ async def ensure_ready(
             progress.step_started("provision")
         prov = await control.provision(reg.endpoint_id, reg.revision_id)
         for warning in prov.warnings:
-            log.warning("%s: %s", app.name, warning)
+            # Once per process: a Vast-style file deploys at import, and the client's own
+            # event loop connects again; the same warning twice would read as two problems.
+            if (reg.endpoint_id, warning) not in _WARNED:
+                _WARNED.add((reg.endpoint_id, warning))
+                log.warning("%s: %s", app.name, warning)
         noted = "".join(f"; {w}" for w in prov.warnings)
         _done(progress, "provision", f"endpoint {reg.endpoint_id}, {prov.workers_started} worker(s) started{noted}")
         if session is not None and session.router.endpoint_id == reg.endpoint_id:
