@@ -216,7 +216,9 @@ def test_copies_files_and_directories(tmp_path: Path) -> None:
     assert read_member(bundle, "conf/config.yaml") == b"a: 1\n"
 
 
-@pytest.mark.parametrize("dest", ["/etc/passwd", "../outside", "a/../../b", "C:/x"])
+@pytest.mark.parametrize(
+    "dest", ["../outside", "a/../../b", "C:/x", "/../etc/x", "/app/../../etc/x", "/", ".vastrpc-absolute/etc/x"]
+)
 def test_bad_copy_dest_rejected(tmp_path: Path, dest: str) -> None:
     write(tmp_path / "deploy.py", "")
     write(tmp_path / "f.txt", "")
