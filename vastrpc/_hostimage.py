@@ -94,14 +94,18 @@ def allocate_ports(host: str, ports: Sequence[common_pb2.PublishedPort]) -> list
 
 
 def port_environment(ports: Sequence[HostPort]) -> dict[str, str]:
-    """The variables that tell a deployment where it listens: ``VASTRPC_PORT_<port>``, ``VAST_TCP_PORT_<port>``...
+    """The variables that tell a deployment where it listens, for each published port ``N``.
 
-    ``VASTRPC_PORT_<port>`` is the TCP port when ``port`` is published for both protocols.
+    ``VASTRPC_PORT_N`` (the TCP port when ``N`` is published for both protocols) and Vast's
+    ``VAST_TCP_PORT_N`` / ``VAST_UDP_PORT_N``: the host port to listen on, which is also
+    the one clients reach (no mapping in between); ``VASTRPC_PORTS_HOST`` and Vast's
+    ``PUBLIC_IPADDR``: the address the ports were picked on, to listen on. Nothing without ports.
     """
     env: dict[str, str] = {}
     for p in sorted(ports, key=lambda p: p.protocol != "tcp"):
         env.setdefault(f"VASTRPC_PORT_{p.port}", str(p.host_port))
         env[f"VAST_{p.protocol.upper()}_PORT_{p.port}"] = str(p.host_port)
+        env["VASTRPC_PORTS_HOST"] = env["PUBLIC_IPADDR"] = p.host.strip("[]")
     return env
 
 
