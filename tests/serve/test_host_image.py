@@ -26,6 +26,8 @@ image = app.image("vastai/base-image:@vastai-automatic-tag")
 image.copy("./cfg.json", "/app/config.json")
 image.venv("/venv/main")
 image.publish_port(8080, "tcp")
+image.run_script('cat "$VASTRPC_COPY_ROOT/app/config.json" > seen_by_script.txt')
+image.run_script('echo "$VASTRPC_PORT_8080" >> seen_by_script.txt')
 
 _servers = []
 
@@ -47,6 +49,11 @@ async def serve_port() -> dict:
     if not _servers:
         _servers.append(await asyncio.start_server(answer, os.environ["VASTRPC_PORTS_HOST"], port))
     return {{k: os.environ.get(k) for k in ("VASTRPC_PORT_8080", "VAST_TCP_PORT_8080", "VASTRPC_PORTS_HOST")}}
+
+@app.remote
+async def seen_by_script() -> str:
+    with open("seen_by_script.txt") as f:
+        return f.read()
 """
 
 
@@ -91,6 +98,8 @@ async def test_vasts_copy_venv_and_publish_port_work_on_the_local_provider_and_s
     (port,) = await _listed_ports(control_service, mod.app.name)
     assert (port.port, port.protocol) == (8080, common_pb2.PORT_PROTOCOL_TCP)
     assert port.address == f"127.0.0.1:{env['VASTRPC_PORT_8080']}"
+    # The startup commands see the same mapping and ports.
+    assert await mod.seen_by_script() == f'{{"model": "tiny"}}{env["VASTRPC_PORT_8080"]}\n'
     host, _, number = port.address.rpartition(":")
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(number)), 10)
     writer.write(b"ping\n")

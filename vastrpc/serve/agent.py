@@ -232,8 +232,7 @@ class Agent:
         await on_state("downloading")
         bundle_dir = await self._download(revision_id, spec.digests.bundle, spec.bundle_size)
         await on_state("installing")
-        env = await self._install(spec, bundle_dir)
-        python, ports = await self._host_runtime(spec.image, bundle_dir, env)
+        env, python, ports = await self._install(spec, bundle_dir)
         if self._stop.is_set():
             return None
         await on_state("loading")
@@ -321,7 +320,15 @@ class Agent:
         log.info("download: bundle %.12s verified, %d files extracted", digest, len(files))
         return dest
 
-    async def _install(self, spec: control_pb2.DeploymentSpec, bundle_dir: Path) -> dict[str, str]:
+    async def _install(
+        self, spec: control_pb2.DeploymentSpec, bundle_dir: Path
+    ) -> tuple[dict[str, str], str, list[HostPort]]:
+        """Install the revision's packages, apply its image on this host, then run its startup commands.
+
+        Returns:
+            The serving process's environment, its interpreter and the published ports
+            (``_host_runtime``; the startup commands see the same environment).
+        """
         image = spec.image
         # The worker's token and TLS files are the agent's: the serving process gets its own in its config.
         env = {k: v for k, v in os.environ.items() if k != "VASTRPC_WORKER_TOKEN" and k not in ENV_TLS}
@@ -342,6 +349,7 @@ class Agent:
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(paths)
+        python, ports = await self._host_runtime(image, bundle_dir, env)
         if image.startup_commands:
             await asyncio.to_thread(
                 run_startup_commands,
@@ -357,7 +365,7 @@ class Agent:
             len(image.apt_packages),
             len(image.startup_commands),
         )
-        return env
+        return env, python, ports
 
     async def _watch_assignments(self) -> None:
         """Queue what the control service says this worker should serve; reconnect when the stream breaks."""
