@@ -294,6 +294,8 @@ def test_ensure_ready_deploys_nothing_while_a_command_loads_the_file() -> None:
 
 async def _awaited(result: DeployResult) -> DeployResult:
     return await result
+
+
 def test_configure_autoscaling_updates_rather_than_replaces() -> None:
     app = Deployment(name="x")
     app.configure_autoscaling(max_workers=10, cold_workers=2, min_load=100)
@@ -343,3 +345,50 @@ def test_vast_autoscaling_example_is_accepted_unchanged() -> None:
         inactivity_timeout=300,
     )
     assert app.autoscaling.min_load == 100 and app.autoscaling.min_workers == 1
+
+
+def test_vasts_remaining_image_methods_record_and_chain() -> None:
+    app = Deployment(name="img")
+    image = app.image("vastai/base-image:@vastai-automatic-tag")
+    same = (
+        image.copy("./local_config.json", "/app/config.json")
+        .copy("data", "static/data")
+        .venv("/venv/main")
+        .publish_port(8080, "tcp")
+        .publish_port(8443, "tcp")
+        .publish_port(8080, "TCP")  # the same port again: recorded once
+        .publish_port(8080, "udp")  # another protocol: a port of its own
+    )
+    assert same is image
+    assert image.copies == [("local_config.json", "/app/config.json"), ("data", "static/data")]
+    assert (image.venv_path, image.system_python) == ("/venv/main", False)
+    assert image.published_ports == [(8080, "tcp"), (8443, "tcp"), (8080, "udp")]
+    assert image.venv("/opt/env//other/").venv_path == "/opt/env/other"  # again: replaces, normalised
+    system = app.image("python:3.11-slim").use_system_python().use_system_python()
+    assert (system.system_python, system.venv_path) == (True, None)
+    # A relative destination keeps meaning a path inside the bundle, as before.
+    assert app.image("python:3.11-slim").copy("conf/a.yaml").copies == [("conf/a.yaml", "conf/a.yaml")]
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda i: i.copy("a", "/../etc/x"), r"must not contain '\.\.'"),
+        (lambda i: i.copy("a", "/app/../../etc/x"), r"must not contain '\.\.'"),
+        (lambda i: i.copy("a", "/"), "names no file"),
+        (lambda i: i.copy("a", ".vastrpc-absolute/etc/x"), "reserves for absolute destinations"),
+        (lambda i: i.copy("a", ""), "non-empty path"),
+        (lambda i: i.venv("venv/main"), "absolute path"),
+        (lambda i: i.venv("/venv/../main"), "absolute path"),
+        (lambda i: i.venv("/venv/main").use_system_python(), "exclusive"),
+        (lambda i: i.use_system_python().venv("/venv/main"), "exclusive"),
+        (lambda i: i.publish_port(0, "tcp"), "1 to 65535"),
+        (lambda i: i.publish_port(65536, "tcp"), "1 to 65535"),
+        (lambda i: i.publish_port("8080", "tcp"), "integer"),
+        (lambda i: i.publish_port(True, "tcp"), "integer"),
+        (lambda i: i.publish_port(8080, "http"), "'tcp' or 'udp'"),
+    ],
+)
+def test_vasts_remaining_image_methods_reject_bad_input_saying_what_to_write(call, match: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(DefinitionError, match=match):
+        call(Deployment(name="img").image("python:3.11-slim"))

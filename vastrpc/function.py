@@ -20,6 +20,7 @@ __all__ = ["RemoteFunction"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
+
 class _Unset:
     """The type of an option not given to with_options (None is a value there)."""
 

@@ -7,15 +7,60 @@ import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from vastrpc._errors import DefinitionError
 from vastrpc.query import COLUMNS, LABEL_PREFIX, Query, gpu_name, label
 
-__all__ = ["LABEL_PREFIX", "REQUIREMENT_FILTERS", "Autoscaling", "Image", "keyword_queries", "stored_keyword_queries"]
+__all__ = [
+    "ABSOLUTE_COPY_FOLDER",
+    "LABEL_PREFIX",
+    "PORT_PROTOCOLS",
+    "REQUIREMENT_FILTERS",
+    "Autoscaling",
+    "Image",
+    "absolute_copy_bundle_path",
+    "keyword_queries",
+    "stored_keyword_queries",
+]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# The bundle folder that holds the copies with absolute destinations (``copy(src, "/app/x")``
+# is stored at ``.vastrpc-absolute/app/x``). The bundle builder never walks or imports a name
+# starting with a dot, and refuses relative copy destinations inside it, so nothing else lands there.
+ABSOLUTE_COPY_FOLDER = ".vastrpc-absolute"
+# The transports ``publish_port`` accepts.
+PORT_PROTOCOLS = ("tcp", "udp")
+
+
+def absolute_copy_bundle_path(dest: str) -> str:
+    """Where the bundle stores a copy whose destination is the absolute path ``dest`` (already checked)."""
+    return "/".join((ABSOLUTE_COPY_FOLDER, *PurePosixPath(dest).parts[1:]))
+
+
+def _copy_destination(target: str) -> str:
+    """``target`` checked and normalised: absolute (a path on the worker) or relative (in the bundle)."""
+    posix = PurePosixPath(target.replace("\\", "/"))
+    if ".." in posix.parts:
+        raise DefinitionError(
+            f"copy: destination {target!r} must not contain '..': give a relative path inside the bundle "
+            "(e.g. 'data/config.json') or an absolute path on the worker (e.g. '/app/config.json')"
+        )
+    if posix.is_absolute():
+        if len(posix.parts) < 2:
+            raise DefinitionError(f"copy: destination {target!r} names no file or folder: e.g. '/app/config.json'")
+        return str(posix)
+    if len(target) > 1 and target[1] == ":":
+        raise DefinitionError(f"copy: destination {target!r} must be a POSIX path, e.g. '/app/config.json'")
+    if posix.parts and posix.parts[0] == ABSOLUTE_COPY_FOLDER:
+        raise DefinitionError(
+            f"copy: destination {target!r} is inside {ABSOLUTE_COPY_FOLDER}/, which vastrpc reserves for "
+            "absolute destinations: pass the absolute path instead, e.g. '/app/config.json'"
+        )
+    return str(Path(target))
+
 
 # The keyword filters ``Image.require`` also accepts, with the query each stands for.
 REQUIREMENT_FILTERS: dict[str, str] = {
@@ -133,6 +178,9 @@ class Image:
     startup_commands: list[str] = field(default_factory=list)
     copies: list[tuple[str, str]] = field(default_factory=list)
     requirements: list[Query] = field(default_factory=list)
+    venv_path: str | None = None
+    system_python: bool = False
+    published_ports: list[tuple[int, str]] = field(default_factory=list)
 
     def pip_install(self, *packages: str) -> Image:
         """Install pip packages (requirement specifiers, e.g. ``"numpy>=2"``) into the worker's environment."""
@@ -169,14 +217,93 @@ class Image:
         return self
 
     def copy(self, src: str | Path, dest: str | None = None) -> Image:
-        """Copy a local file or directory (relative to the deployment's folder) into the bundle at ``dest``."""
+        """Copy a local file or folder (relative to the deployment's folder) to ``dest`` on the workers.
+
+        A relative ``dest`` is a path inside the bundle (the worker's import root and working
+        folder). An absolute one, as in Vast's ``copy("./local_config.json", "/app/config.json")``,
+        is a path on the worker: the bundle carries the files (under ``.vastrpc-absolute/``)
+        and a provider that gives each worker its own filesystem places them there. The local
+        and Ray providers run workers on a shared host, where writing absolute paths could
+        overwrite any file of the user running the service: they leave the files in the
+        worker's own folder, at ``$VASTRPC_COPY_ROOT`` followed by ``dest``, and the deploy
+        warns saying so (``os.environ.get("VASTRPC_COPY_ROOT", "") + dest`` reads it on every
+        provider: a provider that places the files sets none). Omitted, ``dest`` is ``src``
+        itself (its name, for an absolute ``src``).
+
+        Raises:
+            DefinitionError: ``dest`` holds ``..``, is ``/`` alone, or lies in the reserved folder.
+        """
         src_path = Path(src)
         target = dest if dest is not None else (src_path.name if src_path.is_absolute() else str(src_path))
-        if Path(target).is_absolute() or ".." in Path(target).parts:
+        if not isinstance(target, str) or not target.strip():
+            raise DefinitionError(f"copy: destination {target!r} must be a non-empty path, e.g. '/app/config.json'")
+        self.copies.append((str(src_path), _copy_destination(target)))
+        return self
+
+    def venv(self, path: str) -> Image:
+        """Run on an existing virtual environment of the image, e.g. ``venv("/venv/main")`` (Vast's ``venv``).
+
+        A provider that runs the image uses that environment's Python. The local and Ray
+        providers run workers on the host: they use ``path`` when it is a virtual environment
+        on that host whose Python is the host's version and imports vastrpc, and otherwise
+        keep the host's interpreter, the deploy warning that they did. Calling again replaces
+        the path.
+
+        Raises:
+            DefinitionError: ``path`` is not an absolute path, or ``use_system_python()`` was called.
+        """
+        if not isinstance(path, str) or not PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
             raise DefinitionError(
-                f"copy: destination {target!r} must be a relative path inside the bundle, without '..'"
+                f"venv: {path!r} must be the absolute path of a virtual environment in the image, "
+                "without '..', e.g. venv('/venv/main')"
             )
-        self.copies.append((str(src_path), str(Path(target))))
+        if self.system_python:
+            raise DefinitionError(
+                "venv: use_system_python() was called already; the two are exclusive: keep venv(path) "
+                "to run on that environment, or use_system_python() for the image's system Python"
+            )
+        self.venv_path = str(PurePosixPath(path))
+        return self
+
+    def use_system_python(self) -> Image:
+        """Run on the image's system Python instead of a managed virtual environment (Vast's ``use_system_python``).
+
+        A provider that runs the image uses its ``python3`` (pip packages installed into it).
+        The local and Ray providers always run workers on the host's interpreter, pip
+        packages in vastrpc's cached environment on top; the deploy warns that the setting
+        waits for a provider that runs the image. Calling again changes nothing.
+
+        Raises:
+            DefinitionError: ``venv(path)`` was called.
+        """
+        if self.venv_path is not None:
+            raise DefinitionError(
+                f"use_system_python: venv({self.venv_path!r}) was called already; the two are exclusive: keep "
+                "one of them"
+            )
+        self.system_python = True
+        return self
+
+    def publish_port(self, number: int, type_: str = "tcp") -> Image:
+        """Publish a port of the worker, e.g. ``publish_port(8080, "tcp")`` (Vast's ``publish_port``).
+
+        Each worker makes it reachable at a ``host:port`` shown in its listing (``vastrpc ls``,
+        ``Worker.published_ports``). On the local and Ray providers the host port is a free
+        one the worker picks on the address it serves on: the deployment's processes find it
+        in ``VASTRPC_PORT_<number>`` (and Vast's ``VAST_TCP_PORT_<number>`` or
+        ``VAST_UDP_PORT_<number>``) and listen on it. Publishing the same port and type again
+        changes nothing.
+
+        Raises:
+            DefinitionError: ``number`` is not an integer in 1–65535, or ``type_`` not "tcp" or "udp".
+        """
+        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 65535:
+            raise DefinitionError(f"publish_port: the port must be an integer from 1 to 65535, got {number!r}")
+        protocol = type_.lower() if isinstance(type_, str) else type_
+        if protocol not in PORT_PROTOCOLS:
+            raise DefinitionError(f"publish_port: type_ must be 'tcp' or 'udp', got {type_!r}")
+        if (number, protocol) not in self.published_ports:
+            self.published_ports.append((number, protocol))
         return self
 
     def require(self, *queries: Query, **filters: object) -> Image:

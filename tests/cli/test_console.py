@@ -112,6 +112,27 @@ def test_ls_tables_show_every_column_on_one_line_per_row() -> None:
     assert "w-b failed at install: no such package" in text
 
 
+def test_ls_shows_each_workers_published_ports_in_json_and_a_ports_column() -> None:
+    listing = _listing()
+    worker = listing.deployments[0].endpoints[0].workers[0]
+    worker.published_ports.add(port=8080, protocol=common_pb2.PORT_PROTOCOL_TCP, address="10.0.0.1:41234")
+    worker.published_ports.add(port=53, protocol=common_pb2.PORT_PROTOCOL_UDP, address="10.0.0.1:41235")
+    (hello, _) = ls_document(listing, now=NOW)
+    ready, failed = hello["endpoints"][0]["workers"]
+    assert ready["published_ports"] == [
+        {"port": 8080, "protocol": "tcp", "address": "10.0.0.1:41234"},
+        {"port": 53, "protocol": "udp", "address": "10.0.0.1:41235"},
+    ]
+    assert failed["published_ports"] == []
+    out = io.StringIO()
+    render_ls(console(out, terminal=False), [hello])
+    header = next(line for line in out.getvalue().splitlines() if line.split()[:1] == ["WORKER"])
+    assert header.split()[-1] == "PORTS"
+    row = next(line for line in out.getvalue().splitlines() if line.split()[:1] == ["w-a"])
+    assert row.split()[-4:] == ["8080/tcp", "10.0.0.1:41234,", "53/udp", "10.0.0.1:41235"]
+    # No worker publishes a port: no PORTS column (test_ls_tables_show_every_column_on_one_line_per_row).
+
+
 def test_duration() -> None:
     assert [duration(s) for s in (None, -1, 0, 59.9, 61, 3600 * 5 + 120, 86400 * 2 + 3600 * 4)] == [
         "-",

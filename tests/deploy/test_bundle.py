@@ -216,7 +216,9 @@ def test_copies_files_and_directories(tmp_path: Path) -> None:
     assert read_member(bundle, "conf/config.yaml") == b"a: 1\n"
 
 
-@pytest.mark.parametrize("dest", ["/etc/passwd", "../outside", "a/../../b", "C:/x"])
+@pytest.mark.parametrize(
+    "dest", ["../outside", "a/../../b", "C:/x", "/../etc/x", "/app/../../etc/x", "/", ".vastrpc-absolute/etc/x"]
+)
 def test_bad_copy_dest_rejected(tmp_path: Path, dest: str) -> None:
     write(tmp_path / "deploy.py", "")
     write(tmp_path / "f.txt", "")
@@ -302,3 +304,37 @@ def test_observer_is_told_every_member_and_folder(tmp_path: Path) -> None:
     # "import numpy" looked for a local numpy: its absence is part of the result.
     assert {tmp_path / "numpy.py", tmp_path / "numpy" / "__init__.py"} <= seen.probed_paths
     assert bundle.size == len(bundle.data) and bundle.members["helpers.py"] == tmp_path / "helpers.py"
+
+
+def test_copies_to_absolute_paths_are_stored_under_the_reserved_folder(tmp_path: Path) -> None:
+    write(tmp_path / "deploy.py", "")
+    write(tmp_path / "local_config.json", '{"a": 1}')
+    write(tmp_path / "models" / "m.bin", "weights")
+    write(tmp_path / "models" / "sub" / "n.bin", "more")
+    write(tmp_path / ".vastrpc-absolute" / "sneaky.py", "")  # a dot folder of the project is never walked
+    bundle = build_bundle(
+        tmp_path / "deploy.py",
+        copies=[("local_config.json", "/app/config.json"), ("models", "/data/models/"), ("local_config.json", "c")],
+    )
+    assert bundle.files == (
+        ".vastrpc-absolute/app/config.json",
+        ".vastrpc-absolute/data/models/m.bin",
+        ".vastrpc-absolute/data/models/sub/n.bin",
+        "c",
+        "deploy.py",
+    )
+    assert read_member(bundle, ".vastrpc-absolute/app/config.json") == b'{"a": 1}'
+    # Moving the file to another absolute destination is a change of the bundle.
+    moved = build_bundle(tmp_path / "deploy.py", copies=[("local_config.json", "/etc/config.json")])
+    assert moved.files == (".vastrpc-absolute/etc/config.json", "deploy.py") and moved.digest != bundle.digest
+
+
+def test_absolute_copies_extract_inside_the_workers_folder_only(tmp_path: Path) -> None:
+    from vastrpc.serve.install import safe_extract
+
+    write(tmp_path / "p" / "deploy.py", "")
+    write(tmp_path / "p" / "cfg.json", "{}")
+    bundle = build_bundle(tmp_path / "p" / "deploy.py", copies=[("cfg.json", "/etc/passwd")])
+    files = safe_extract(bundle.data, tmp_path / "out")
+    assert files == [".vastrpc-absolute/etc/passwd", "deploy.py"]
+    assert (tmp_path / "out" / ".vastrpc-absolute" / "etc" / "passwd").read_text() == "{}"

@@ -18,6 +18,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from vastrpc._errors import DeploymentError, VastrpcError
+from vastrpc._hostimage import protocol_name
 from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.deploy.flow import DeployProgress, DeployResult, describe_tier
 
@@ -256,6 +257,10 @@ def ls_document(response: control_pb2.ListDeploymentsResponse, now: float | None
                         "uptime_seconds": round(now - started, 3) if started else None,
                         "last_heartbeat": w.last_heartbeat or None,
                         "failure": _failure(w.failure if w.HasField("failure") else None),
+                        "published_ports": [
+                            {"port": p.port, "protocol": protocol_name(p.protocol), "address": p.address}
+                            for p in w.published_ports
+                        ],
                     }
                 )
             tier, words = describe_tier(e.live_revision_tier)
@@ -311,7 +316,10 @@ def render_ls(out: Console, document: list[dict[str, Any]]) -> None:
     for name in ("ENDPOINT", "STATE", "REVISION", "LAST UPDATE", "WORKERS", "TTL", "IDLE", "ID"):
         endpoints.add_column(name, no_wrap=True)
     workers = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for name in ("WORKER", "ENDPOINT", "STATE", "REVISION", "ADDRESS", "SCORE", "IN FLIGHT", "UPTIME"):
+    # The PORTS column only where some worker publishes ports (Image.publish_port).
+    with_ports = any(w.get("published_ports") for d in document for e in d["endpoints"] for w in e["workers"])
+    columns = ("WORKER", "ENDPOINT", "STATE", "REVISION", "ADDRESS", "SCORE", "IN FLIGHT", "UPTIME")
+    for name in (*columns, "PORTS") if with_ports else columns:
         workers.add_column(name, no_wrap=True, justify="right" if name in ("SCORE", "IN FLIGHT") else "left")
     failures: list[str] = []
     for d in document:
@@ -334,7 +342,7 @@ def render_ls(out: Console, document: list[dict[str, Any]]) -> None:
                 failures.append(f"{label} failed at {e['failure']['step']}: {e['failure']['message']}")
             for w in e["workers"]:
                 in_flight = str(w["calls_in_flight"]) + (f" ({w['calls_queued']} queued)" if w["calls_queued"] else "")
-                workers.add_row(
+                cells = [
                     w["worker_id"],
                     label,
                     _short(w["state"]),
@@ -343,7 +351,11 @@ def render_ls(out: Console, document: list[dict[str, Any]]) -> None:
                     f"{w['score']:.1f}/s" if w["score"] else "-",
                     in_flight,
                     duration(w["uptime_seconds"]),
-                )
+                ]
+                if with_ports:
+                    ports = w.get("published_ports") or []
+                    cells.append(", ".join(f"{p['port']}/{p['protocol']} {p['address'] or '-'}" for p in ports) or "-")
+                workers.add_row(*cells)
                 if w["failure"]:
                     failures.append(f"{w['worker_id']} failed at {w['failure']['step']}: {w['failure']['message']}")
     out.print(endpoints)

@@ -25,7 +25,7 @@ _WORKER_ID = re.compile(r"w-[0-9a-f]{12}")
 _LS_HELP = """\
 Lists deployments, their endpoints (state, live revision, what its last update changed, workers
 ready/total, TTL, idle time) and their workers (state, revision, address, benchmark score, calls in
-flight, uptime). Stopped workers are not listed.
+flight, uptime, and the host:port of each published port). Stopped workers are not listed.
 
 --json prints a JSON array, one object per deployment:
   {"name", "deployment_id", "created_at": unix seconds,
@@ -38,7 +38,8 @@ flight, uptime). Stopped workers are not listed.
      "failure": null or {"step", "message", "log_tail"},
      "workers": [{"worker_id", "state": "WORKER_STATE_READY", "revision_id", "address", "score",
        "capacity", "calls_in_flight", "calls_queued", "calls_started", "pid", "started_at",
-       "uptime_seconds", "last_heartbeat", "failure"}]}]}
+       "uptime_seconds", "last_heartbeat", "failure",
+       "published_ports": [{"port": as published, "protocol": "tcp" or "udp", "address": "host:port"}]}]}]}
 Fields are only ever added.
 """
 

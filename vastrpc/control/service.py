@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from functools import wraps
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -23,6 +24,7 @@ from vastrpc._errors import (
     VastrpcError,
 )
 from vastrpc._grpc import CHUNK_SIZE, token_from_metadata, tokens_equal
+from vastrpc._hostimage import PORT_PROTOCOL_VALUES, protocol_name
 from vastrpc._secrets import reseal
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.control.bundles.base import check_digest
@@ -215,7 +217,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.ProvisionRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.ProvisionResponse:
         started = await self.lifecycle.provision(request.endpoint_id, request.revision_id)
-        warnings = await self.lifecycle.requirement_warnings(request.revision_id)
+        warnings = await self.lifecycle.provision_warnings(request.revision_id)
         return control_pb2.ProvisionResponse(workers_started=started, warnings=warnings)
 
     async def WatchEndpoint(
@@ -351,6 +353,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             score=request.score,
             capacity=request.capacity,
             failure=request.failure if request.HasField("failure") else None,
+            published_ports=_ports_json(request.published_ports),
         )
         if self.metrics is not None:
             self.metrics.worker_metrics_address(request.worker_id, request.metrics_address)
@@ -532,4 +535,21 @@ def _worker_pb(worker: WorkerRow) -> common_pb2.Worker:
         pid=worker.pid,
         failure=failure,
         last_heartbeat=worker.last_heartbeat,
+        published_ports=_ports_pb(worker.published_ports),
     )
+
+
+def _ports_json(ports: Iterable[common_pb2.PublishedPort]) -> str:
+    """A worker's reported published ports as its row keeps them (``WorkerRow.published_ports``)."""
+    items = [{"port": p.port, "protocol": protocol_name(p.protocol), "address": p.address} for p in ports]
+    return json.dumps(items, separators=(",", ":")) if items else ""
+
+
+def _ports_pb(text: str) -> list[common_pb2.PublishedPort]:
+    """The published ports of a worker row, as the contract carries them."""
+    if not text:
+        return []
+    return [
+        common_pb2.PublishedPort(port=p["port"], protocol=PORT_PROTOCOL_VALUES[p["protocol"]], address=p["address"])
+        for p in json.loads(text)
+    ]

@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from vastrpc._errors import BundleError, DefinitionError
 from vastrpc.deploy.settings import blank_settings
+from vastrpc.image import ABSOLUTE_COPY_FOLDER, absolute_copy_bundle_path
 
 __all__ = ["Bundle", "Observer", "build_bundle"]
 
@@ -131,7 +132,8 @@ def build_bundle(
       package is imported, all ``.py`` files of its top-level package directory
       are included (and scanned), so submodules loaded dynamically still work;
     * ``copies`` from ``Image.copy``: files or whole directories, stored at their
-      destination path.
+      destination path; one with an absolute destination (a path on the worker) under
+      ``.vastrpc-absolute/`` at the same layout (``/app/x`` → ``.vastrpc-absolute/app/x``).
 
     Never stored: ``__pycache__``, ``*.pyc``, names starting with a dot (``.git``,
     ``.venv``, ``.env``...), ``venv``, ``node_modules``, and symlinks (none are
@@ -147,7 +149,8 @@ def build_bundle(
     Args:
         module_file: The deployment's Python file.
         copies: ``(local_path, dest_path)`` pairs; relative local paths are
-            relative to ``project_root``; ``dest_path`` must be relative, without ``..``.
+            relative to ``project_root``; ``dest_path`` is relative (in the bundle) or
+            absolute (on the worker), never with ``..``.
         project_root: The folder that becomes the bundle root (and the worker's
             import root). Defaults to the module's folder, or, when that folder is
             a package (has ``__init__.py``), the folder above its top-level package.
@@ -365,14 +368,28 @@ def _is_import_module_call(node: ast.Call) -> bool:
 
 
 def _normalise_dest(dest: str) -> str:
-    """Validate a bundle destination; returns it as a clean relative POSIX path ("" = bundle root)."""
+    """Validate a copy destination; returns its archive path as a clean relative POSIX path ("" = bundle root).
+
+    An absolute destination (a path on the worker) is stored under ``ABSOLUTE_COPY_FOLDER``
+    at the same layout: ``/app/config.json`` → ``.vastrpc-absolute/app/config.json``.
+    """
     text = str(dest).replace("\\", "/")
     posix = PurePosixPath(text)
-    if posix.is_absolute() or (len(text) > 1 and text[1] == ":"):
-        raise DefinitionError(f"copy destination {dest!r} must be a relative path inside the bundle")
     if ".." in posix.parts:
-        raise DefinitionError(f"copy destination {dest!r} must not contain '..': keep it inside the bundle")
-    return "/".join(p for p in posix.parts if p not in ("", "."))
+        raise DefinitionError(f"copy destination {dest!r} must not contain '..': write the path it means")
+    if posix.is_absolute():
+        if len(posix.parts) < 2:
+            raise DefinitionError(f"copy destination {dest!r} names no file or folder: e.g. '/app/config.json'")
+        return absolute_copy_bundle_path(str(posix))
+    if len(text) > 1 and text[1] == ":":
+        raise DefinitionError(f"copy destination {dest!r} must be a POSIX path inside the bundle or on the worker")
+    parts = [p for p in posix.parts if p not in ("", ".")]
+    if parts and parts[0] == ABSOLUTE_COPY_FOLDER:
+        raise DefinitionError(
+            f"copy destination {dest!r} is inside {ABSOLUTE_COPY_FOLDER}/, reserved for absolute destinations: "
+            "pass the absolute path instead, e.g. '/app/config.json'"
+        )
+    return "/".join(parts)
 
 
 def _expand_copy(root: Path, local: str, dest: str, obs: Observer) -> list[tuple[str, Path]]:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from pathlib import PurePosixPath
 from typing import Any
 
+from vastrpc._hostimage import PORT_PROTOCOL_VALUES
 from vastrpc._secrets import seal, secret_digest
-from vastrpc.api.v1 import control_pb2
+from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.definition import DeploymentDefinition
 from vastrpc.deploy.bundle import Bundle
+from vastrpc.image import Image, absolute_copy_bundle_path
 from vastrpc.query import Query
 
 
@@ -47,7 +50,9 @@ def revision_digests(
                 _function_options(app),
             ]
         ),
-        environment=_digest([image.from_image, image.env_vars, _queries_digested(app), secrets, image.storage]),
+        environment=_digest(
+            [image.from_image, image.env_vars, _queries_digested(app), secrets, image.storage, *_runtime_digested(app)]
+        ),
         # Every setting applied in place, without touching a worker (tier 1): autoscaling, ttl, label.
         autoscaling=_digest(
             [
@@ -71,6 +76,35 @@ def revision_digests(
 def _queries_digested(app: DeploymentDefinition) -> Any:
     """The requirements as the environment digest takes them (``{}`` with none, as before queries existed)."""
     return [[q.column, q.op.name, q.texts()] for q in app.image.requirements] or {}
+
+
+def _runtime_digested(app: DeploymentDefinition) -> list[Any]:
+    """The Python environment and published ports as the environment digest takes them (nothing when unset)."""
+    image = app.image
+    if image.venv_path is None and not image.system_python and not image.published_ports:
+        return []  # the digest of an image without them stays what it was before they existed
+    return [[image.venv_path or "", image.system_python], sorted([n, p] for n, p in image.published_ports)]
+
+
+def python_environment(image: Image) -> control_pb2.PythonEnvironment | None:
+    """``Image.venv`` / ``Image.use_system_python`` as the contract carries them; None when neither was called."""
+    if image.venv_path is None and not image.system_python:
+        return None
+    return control_pb2.PythonEnvironment(venv_path=image.venv_path or "", system_python=image.system_python)
+
+
+def published_port_messages(image: Image) -> list[common_pb2.PublishedPort]:
+    """``Image.publish_port`` as the contract carries it (no address: each worker has its own)."""
+    return [common_pb2.PublishedPort(port=n, protocol=PORT_PROTOCOL_VALUES[p]) for n, p in image.published_ports]
+
+
+def absolute_copy_messages(image: Image) -> list[control_pb2.AbsoluteCopy]:
+    """Each ``Image.copy`` with an absolute destination: where the bundle holds it, and that destination."""
+    out: dict[str, control_pb2.AbsoluteCopy] = {}
+    for _, dest in image.copies:
+        if PurePosixPath(dest).is_absolute() and dest not in out:
+            out[dest] = control_pb2.AbsoluteCopy(bundle_path=absolute_copy_bundle_path(dest), destination=dest)
+    return list(out.values())
 
 
 def requirement_messages(queries: Sequence[Query]) -> list[control_pb2.Requirement]:
@@ -120,6 +154,9 @@ def build_spec(app: DeploymentDefinition, bundle: Bundle, secret_key: str) -> co
             queries=requirement_messages(image.requirements),
             storage=f"{image.storage:g}GB",
             startup_timeout=image.startup_timeout,
+            python_environment=python_environment(image),
+            published_ports=published_port_messages(image),
+            absolute_copies=absolute_copy_messages(image),
         ),
         autoscaling=control_pb2.AutoscalingSpec(
             min_workers=a.min_workers,

@@ -24,6 +24,15 @@ import grpc
 
 from vastrpc._errors import BundleError, DeploymentError, VastrpcError
 from vastrpc._grpc import bearer, channel, tls_failure
+from vastrpc._hostimage import (
+    ENV_COPY_ROOT,
+    PORT_PROTOCOL_VALUES,
+    HostPort,
+    allocate_ports,
+    copy_root,
+    port_environment,
+    python_for,
+)
 from vastrpc._secrets import unseal
 from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
@@ -223,7 +232,7 @@ class Agent:
         await on_state("downloading")
         bundle_dir = await self._download(revision_id, spec.digests.bundle, spec.bundle_size)
         await on_state("installing")
-        env = await self._install(spec, bundle_dir)
+        env, python, ports = await self._install(spec, bundle_dir)
         if self._stop.is_set():
             return None
         await on_state("loading")
@@ -241,7 +250,7 @@ class Agent:
             "grace": _STOP_GRACE,
             "metrics": self._serve_metrics,
         }
-        serving = await ServingProcess.start(config, env, bundle_dir, tls=self.tls)
+        serving = await ServingProcess.start(config, env, bundle_dir, tls=self.tls, python=python)
         self._serving.add(serving)
         try:
             await serving.wait_ready(on_state)
@@ -256,9 +265,36 @@ class Agent:
             score=serving.score,
             capacity=serving.capacity,
             metrics_address=serving.metrics_address,
+            published_ports=[
+                common_pb2.PublishedPort(port=p.port, protocol=PORT_PROTOCOL_VALUES[p.protocol], address=p.address)
+                for p in ports
+            ],
         )
         self._metrics_address = serving.metrics_address
         return serving
+
+    async def _host_runtime(
+        self, image: control_pb2.ImageSpec, bundle_dir: Path, env: dict[str, str]
+    ) -> tuple[str, list[HostPort]]:
+        """The image's absolute copies, Python and published ports as this worker, on its host, applies them.
+
+        Copies to absolute paths stay in the bundle folder (``VASTRPC_COPY_ROOT`` says where);
+        ``Image.venv`` serves when usable on this host; each published port gets a free port
+        of the address the worker serves on, in ``env`` (see ``vastrpc._hostimage``).
+        Returns the interpreter to serve with and the ports.
+        """
+        if image.absolute_copies:
+            env[ENV_COPY_ROOT] = str(copy_root(bundle_dir))
+            for copied in image.absolute_copies:
+                _print(f"copy to {copied.destination}: at ${ENV_COPY_ROOT}{copied.destination} on this host")
+        ports = await asyncio.to_thread(allocate_ports, self.bind_host, list(image.published_ports))
+        env.update(port_environment(ports))
+        for port in ports:
+            _print(f"publish_port {port.port}/{port.protocol}: {port.address}")
+        python, note = await asyncio.to_thread(python_for, image, env)
+        if note:
+            _print(note)
+        return python, ports
 
     async def _download(self, revision_id: str, digest: str, size: int = 0) -> Path:
         parts = []
@@ -284,7 +320,15 @@ class Agent:
         log.info("download: bundle %.12s verified, %d files extracted", digest, len(files))
         return dest
 
-    async def _install(self, spec: control_pb2.DeploymentSpec, bundle_dir: Path) -> dict[str, str]:
+    async def _install(
+        self, spec: control_pb2.DeploymentSpec, bundle_dir: Path
+    ) -> tuple[dict[str, str], str, list[HostPort]]:
+        """Install the revision's packages, apply its image on this host, then run its startup commands.
+
+        Returns:
+            The serving process's environment, its interpreter and the published ports
+            (``_host_runtime``; the startup commands see the same environment).
+        """
         image = spec.image
         # The worker's token and TLS files are the agent's: the serving process gets its own in its config.
         env = {k: v for k, v in os.environ.items() if k != "VASTRPC_WORKER_TOKEN" and k not in ENV_TLS}
@@ -305,6 +349,7 @@ class Agent:
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(paths)
+        python, ports = await self._host_runtime(image, bundle_dir, env)
         if image.startup_commands:
             await asyncio.to_thread(
                 run_startup_commands,
@@ -320,7 +365,7 @@ class Agent:
             len(image.apt_packages),
             len(image.startup_commands),
         )
-        return env
+        return env, python, ports
 
     async def _watch_assignments(self) -> None:
         """Queue what the control service says this worker should serve; reconnect when the stream breaks."""

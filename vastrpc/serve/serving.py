@@ -47,9 +47,16 @@ class ServingProcess:
 
     @classmethod
     async def start(
-        cls, config: dict[str, Any], env: dict[str, str], cwd: Path, tls: TlsFiles | None = None
+        cls,
+        config: dict[str, Any],
+        env: dict[str, str],
+        cwd: Path,
+        tls: TlsFiles | None = None,
+        python: str = sys.executable,
     ) -> ServingProcess:
         """Spawn the process with ``config`` on its stdin and a pipe for its events.
+
+        ``python`` is the interpreter it runs on (the agent's own, or the image's ``venv``).
 
         With ``tls``, the process serves calls over TLS with its certificate (requiring client
         certificates signed by its CA when it says so), and the agent's channel to it uses TLS.
@@ -65,7 +72,7 @@ class ServingProcess:
         read_fd, write_fd = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable,
+                python,
                 "-m",
                 "vastrpc.serve.process",
                 str(write_fd),

@@ -42,15 +42,15 @@ def _worker(store: Store, worker_id: str, state: str = "starting") -> WorkerRow:
 def test_schema_is_versioned_wal_and_reopens(tmp_path) -> None:
     path = tmp_path / "state.db"
     store = SqliteStore(path)
-    assert store.schema_version == 4 and not store.shared
+    assert store.schema_version == 5 and not store.shared
     deployment = store.get_or_create_deployment("hello")
     store.close()
     again = SqliteStore(path)  # migrations already applied: nothing re-runs
-    assert again.schema_version == 4 and again.get_deployment_by_name("hello") == deployment
+    assert again.schema_version == 5 and again.get_deployment_by_name("hello") == deployment
     again.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 4
+        assert db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 5
 
 
 def test_a_version_1_database_gains_calls_queued(tmp_path) -> None:
@@ -72,9 +72,9 @@ def test_a_version_1_database_gains_calls_queued(tmp_path) -> None:
             " VALUES ('w-1', 'e-1', 'r-1', 'ready', 'h', 3, 0)"
         )
     store = SqliteStore(path)
-    assert store.schema_version == 4
+    assert store.schema_version == 5
     worker = store.get_worker("w-1")
-    assert (worker.calls_in_flight, worker.calls_queued, worker.owner) == (3, 0, "")
+    assert (worker.calls_in_flight, worker.calls_queued, worker.owner, worker.published_ports) == (3, 0, "", "")
     assert store.update_worker("w-1", calls_queued=2).calls_queued == 2
     assert store.update_worker("w-1", calls_started=5).calls_started == 5
     store.close()
@@ -153,6 +153,8 @@ def test_referenced_bundles_are_those_of_live_endpoints_or_recent_revisions(stor
 
 def test_worker_rows_keep_their_owner_and_every_column(store) -> None:
     worker = _worker(store, "w-a")
+    assert worker.published_ports == ""
+    ports = '[{"port":8080,"protocol":"tcp","address":"127.0.0.1:41234"}]'  # migration 5
     full = store.update_worker(
         "w-a",
         owner="host:1:2",
@@ -161,9 +163,11 @@ def test_worker_rows_keep_their_owner_and_every_column(store) -> None:
         calls_started=2**40,  # a long-lived worker's count outgrows 32 bits
         last_heartbeat=1234.5,
         failure_log_tail="tail\n",
+        published_ports=ports,
     )
     assert store.get_worker("w-a") == full
     assert (full.owner, full.calls_started, full.last_heartbeat) == ("host:1:2", 2**40, 1234.5)
+    assert full.published_ports == ports
     assert full.created_at == pytest.approx(worker.created_at) and full.created_at > 0
     assert store.update_worker("w-a") == full  # nothing to set: the row as it is
 

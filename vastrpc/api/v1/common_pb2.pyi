@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -41,6 +42,12 @@ class UpdateTier(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UPDATE_TIER_CODE: _ClassVar[UpdateTier]
     UPDATE_TIER_ENVIRONMENT: _ClassVar[UpdateTier]
     UPDATE_TIER_NEW_ENDPOINT: _ClassVar[UpdateTier]
+
+class PortProtocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PORT_PROTOCOL_UNSPECIFIED: _ClassVar[PortProtocol]
+    PORT_PROTOCOL_TCP: _ClassVar[PortProtocol]
+    PORT_PROTOCOL_UDP: _ClassVar[PortProtocol]
 ENCODING_UNSPECIFIED: Encoding
 ENCODING_CLOUDPICKLE: Encoding
 ENCODING_JSON: Encoding
@@ -65,6 +72,9 @@ UPDATE_TIER_SETTINGS: UpdateTier
 UPDATE_TIER_CODE: UpdateTier
 UPDATE_TIER_ENVIRONMENT: UpdateTier
 UPDATE_TIER_NEW_ENDPOINT: UpdateTier
+PORT_PROTOCOL_UNSPECIFIED: PortProtocol
+PORT_PROTOCOL_TCP: PortProtocol
+PORT_PROTOCOL_UDP: PortProtocol
 
 class Failure(_message.Message):
     __slots__ = ("step", "message", "log_tail")
@@ -76,8 +86,18 @@ class Failure(_message.Message):
     log_tail: str
     def __init__(self, step: _Optional[str] = ..., message: _Optional[str] = ..., log_tail: _Optional[str] = ...) -> None: ...
 
+class PublishedPort(_message.Message):
+    __slots__ = ("port", "protocol", "address")
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    port: int
+    protocol: PortProtocol
+    address: str
+    def __init__(self, port: _Optional[int] = ..., protocol: _Optional[_Union[PortProtocol, str]] = ..., address: _Optional[str] = ...) -> None: ...
+
 class Worker(_message.Message):
-    __slots__ = ("worker_id", "endpoint_id", "revision_id", "state", "address", "score", "capacity", "pid", "failure", "last_heartbeat")
+    __slots__ = ("worker_id", "endpoint_id", "revision_id", "state", "address", "score", "capacity", "pid", "failure", "last_heartbeat", "published_ports")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +108,7 @@ class Worker(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_PORTS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     endpoint_id: str
     revision_id: str
@@ -98,4 +119,5 @@ class Worker(_message.Message):
     pid: int
     failure: Failure
     last_heartbeat: float
-    def __init__(self, worker_id: _Optional[str] = ..., endpoint_id: _Optional[str] = ..., revision_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., address: _Optional[str] = ..., score: _Optional[float] = ..., capacity: _Optional[int] = ..., pid: _Optional[int] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., last_heartbeat: _Optional[float] = ...) -> None: ...
+    published_ports: _containers.RepeatedCompositeFieldContainer[PublishedPort]
+    def __init__(self, worker_id: _Optional[str] = ..., endpoint_id: _Optional[str] = ..., revision_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., address: _Optional[str] = ..., score: _Optional[float] = ..., capacity: _Optional[int] = ..., pid: _Optional[int] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., last_heartbeat: _Optional[float] = ..., published_ports: _Optional[_Iterable[_Union[PublishedPort, _Mapping]]] = ...) -> None: ...

@@ -54,7 +54,7 @@ class AutoscalingSpec(_message.Message):
     def __init__(self, min_workers: _Optional[int] = ..., max_workers: _Optional[int] = ..., cold_workers: _Optional[int] = ..., target_util: _Optional[float] = ..., inactivity_timeout: _Optional[float] = ..., min_load: _Optional[float] = ..., min_cold_load: _Optional[float] = ..., cold_mult: _Optional[float] = ..., max_queue_time: _Optional[float] = ..., target_queue_time: _Optional[float] = ...) -> None: ...
 
 class ImageSpec(_message.Message):
-    __slots__ = ("from_image", "pip_packages", "apt_packages", "env", "sealed_secrets", "startup_commands", "requirements", "storage", "startup_timeout", "queries")
+    __slots__ = ("from_image", "pip_packages", "apt_packages", "env", "sealed_secrets", "startup_commands", "requirements", "storage", "startup_timeout", "queries", "python_environment", "published_ports", "absolute_copies")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,9 @@ class ImageSpec(_message.Message):
     STORAGE_FIELD_NUMBER: _ClassVar[int]
     STARTUP_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_PORTS_FIELD_NUMBER: _ClassVar[int]
+    ABSOLUTE_COPIES_FIELD_NUMBER: _ClassVar[int]
     from_image: str
     pip_packages: _containers.RepeatedScalarFieldContainer[str]
     apt_packages: _containers.RepeatedScalarFieldContainer[str]
@@ -96,7 +99,26 @@ class ImageSpec(_message.Message):
     storage: str
     startup_timeout: float
     queries: _containers.RepeatedCompositeFieldContainer[Requirement]
-    def __init__(self, from_image: _Optional[str] = ..., pip_packages: _Optional[_Iterable[str]] = ..., apt_packages: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., sealed_secrets: _Optional[_Mapping[str, bytes]] = ..., startup_commands: _Optional[_Iterable[str]] = ..., requirements: _Optional[_Mapping[str, str]] = ..., storage: _Optional[str] = ..., startup_timeout: _Optional[float] = ..., queries: _Optional[_Iterable[_Union[Requirement, _Mapping]]] = ...) -> None: ...
+    python_environment: PythonEnvironment
+    published_ports: _containers.RepeatedCompositeFieldContainer[_common_pb2.PublishedPort]
+    absolute_copies: _containers.RepeatedCompositeFieldContainer[AbsoluteCopy]
+    def __init__(self, from_image: _Optional[str] = ..., pip_packages: _Optional[_Iterable[str]] = ..., apt_packages: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., sealed_secrets: _Optional[_Mapping[str, bytes]] = ..., startup_commands: _Optional[_Iterable[str]] = ..., requirements: _Optional[_Mapping[str, str]] = ..., storage: _Optional[str] = ..., startup_timeout: _Optional[float] = ..., queries: _Optional[_Iterable[_Union[Requirement, _Mapping]]] = ..., python_environment: _Optional[_Union[PythonEnvironment, _Mapping]] = ..., published_ports: _Optional[_Iterable[_Union[_common_pb2.PublishedPort, _Mapping]]] = ..., absolute_copies: _Optional[_Iterable[_Union[AbsoluteCopy, _Mapping]]] = ...) -> None: ...
+
+class PythonEnvironment(_message.Message):
+    __slots__ = ("venv_path", "system_python")
+    VENV_PATH_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_PYTHON_FIELD_NUMBER: _ClassVar[int]
+    venv_path: str
+    system_python: bool
+    def __init__(self, venv_path: _Optional[str] = ..., system_python: _Optional[bool] = ...) -> None: ...
+
+class AbsoluteCopy(_message.Message):
+    __slots__ = ("bundle_path", "destination")
+    BUNDLE_PATH_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    bundle_path: str
+    destination: str
+    def __init__(self, bundle_path: _Optional[str] = ..., destination: _Optional[str] = ...) -> None: ...
 
 class Requirement(_message.Message):
     __slots__ = ("column", "op", "values")
@@ -292,7 +314,7 @@ class RegisterWorkerResponse(_message.Message):
     def __init__(self, endpoint_id: _Optional[str] = ..., revision_id: _Optional[str] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., endpoint_token: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ..., serve_metrics: _Optional[bool] = ...) -> None: ...
 
 class UpdateWorkerRequest(_message.Message):
-    __slots__ = ("worker_id", "state", "revision_id", "address", "score", "capacity", "failure", "metrics_address")
+    __slots__ = ("worker_id", "state", "revision_id", "address", "score", "capacity", "failure", "metrics_address", "published_ports")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REVISION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -301,6 +323,7 @@ class UpdateWorkerRequest(_message.Message):
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_PORTS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     state: _common_pb2.WorkerState
     revision_id: str
@@ -309,7 +332,8 @@ class UpdateWorkerRequest(_message.Message):
     capacity: int
     failure: _common_pb2.Failure
     metrics_address: str
-    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.WorkerState, str]] = ..., revision_id: _Optional[str] = ..., address: _Optional[str] = ..., score: _Optional[float] = ..., capacity: _Optional[int] = ..., failure: _Optional[_Union[_common_pb2.Failure, _Mapping]] = ..., metrics_address: _Optional[str] = ...) -> None: ...
+    published_ports: _containers.RepeatedCompositeFieldContainer[_common_pb2.PublishedPort]
+    def __init__(self, worker_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.WorkerState, str]] = ..., revision_id: _Optional[str] = ..., address: _Optional[str] = ..., score: _Optional[float] = ..., capacity: _Optional[int] = ..., failure: _Optional[_Union[_common_pb2.Failure, _Mapping]] = ..., metrics_address: _Optional[str] = ..., published_ports: _Optional[_Iterable[_Union[_common_pb2.PublishedPort, _Mapping]]] = ...) -> None: ...
 
 class UpdateWorkerResponse(_message.Message):
     __slots__ = ()

@@ -28,7 +28,7 @@ from vastrpc.control.lifecycle.rules import (
 )
 from vastrpc.control.lifecycle.stopping import Stopping
 from vastrpc.control.lifecycle.tiers import classify, keep_bundle, same_spec, same_workload
-from vastrpc.control.providers.base import Provider, start_options
+from vastrpc.control.providers.base import Provider, has_image_settings, start_options
 from vastrpc.control.stores.base import ACTIVE_WORKER_STATES, EndpointRow, RevisionRow, Store, WorkerRow, new_id
 
 __all__ = ["Lifecycle", "Registration"]
@@ -190,13 +190,22 @@ class Lifecycle(Rollouts, Stopping):
         log.info("provisioned endpoint %s revision %s: %d worker(s) started", endpoint_id, revision_id, started)
         return started
 
-    async def requirement_warnings(self, revision_id: str) -> list[str]:
-        """What the provider runs despite the revision's requirements (see ``Provider.requirement_warnings``)."""
+    async def provision_warnings(self, revision_id: str) -> list[str]:
+        """What the deploy of a revision should say about where its workers run.
+
+        What the provider runs despite the revision's requirements, then what it does instead
+        of its image's absolute copies, Python and published ports
+        (``Provider.requirement_warnings``, ``Provider.image_warnings``).
+        """
         revision = self.store.get_revision(revision_id)
         if revision is None:
             return []
         requirements = start_options(revision.spec).get("requirements")
-        return await self.provider.requirement_warnings(requirements) if requirements else []
+        notes = await self.provider.requirement_warnings(requirements) if requirements else []
+        image = control_pb2.DeploymentSpec.FromString(revision.spec).image
+        if has_image_settings(image):
+            notes += await self.provider.image_warnings(image)
+        return notes
 
     async def _scale(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:
         """Start or stop workers of the live revision until ``desired`` are active.
@@ -357,8 +366,11 @@ class Lifecycle(Rollouts, Stopping):
         score: float = 0.0,
         capacity: int = 0,
         failure: common_pb2.Failure | None = None,
+        published_ports: str = "",
     ) -> None:
         """Record a state change a worker reports, and what it means for its endpoint.
+
+        ``published_ports`` is the JSON of the worker's published ports (``WorkerRow.published_ports``).
 
         A report about another revision than the one the worker serves is an update in
         place (tier 2): its progress leaves the worker ready on the old revision; ``ready``
@@ -407,6 +419,8 @@ class Lifecycle(Rollouts, Stopping):
             values["score"] = score
         if capacity:
             values["capacity"] = capacity
+        if published_ports:
+            values["published_ports"] = published_ports
         worker = self.store.update_worker(worker_id, **values)
         if name == "ready":
             self._check_ready(worker.endpoint_id)

@@ -110,7 +110,13 @@ class Rollouts:
             token = secrets.token_urlsafe(32)
             # pid 0 first: the old process's exit is then not taken for a crash of the new one.
             self.store.update_worker(
-                worker.id, state="starting", revision_id=revision.id, pid=0, address="", token_hash=hash_token(token)
+                worker.id,
+                state="starting",
+                revision_id=revision.id,
+                pid=0,
+                address="",
+                published_ports="",
+                token_hash=hash_token(token),
             )
             self.changed(endpoint_id)
             await self.provider.stop_worker(worker.id, self.stop_grace)

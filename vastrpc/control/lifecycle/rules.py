@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import re
 import signal
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from vastrpc._errors import DefinitionError
 from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.control.bundles.base import check_digest
 from vastrpc.control.providers.requirements import spec_queries
+from vastrpc.image import absolute_copy_bundle_path
 
 WORKER_STATE_NAMES: dict[int, str] = {
     common_pb2.WORKER_STATE_STARTING: "starting",
@@ -121,6 +122,7 @@ def validate_spec(spec: control_pb2.DeploymentSpec) -> None:
     if len(set(names)) != len(names):
         raise DefinitionError(f"function names must be unique, got {names}")
     spec_queries(spec.image)  # every requirement readable, or DefinitionError naming it
+    _validate_image_settings(spec.image)
     if not any(f.has_benchmark for f in spec.functions):
         raise DefinitionError(
             f"deployment {spec.name!r}: no function has a benchmark; give at least one "
@@ -152,3 +154,25 @@ def validate_spec(spec: control_pb2.DeploymentSpec) -> None:
     missing = [k for k in ("code", "environment", "autoscaling") if not getattr(d, k)]
     if missing:
         raise DefinitionError(f"spec.digests lacks {', '.join(missing)}: the service needs them to classify updates")
+
+
+def _validate_image_settings(image: control_pb2.ImageSpec) -> None:
+    """The image's Python environment, published ports and absolute copies as ``Image`` records them."""
+    python_env = image.python_environment
+    if python_env.venv_path and python_env.system_python:
+        raise DefinitionError("the image sets both venv and use_system_python: keep one of them")
+    venv = PurePosixPath(python_env.venv_path)
+    if python_env.venv_path and (not venv.is_absolute() or ".." in venv.parts):
+        raise DefinitionError(f"venv {python_env.venv_path[:200]!r} must be an absolute path without '..'")
+    for port in image.published_ports:
+        if not 1 <= port.port <= 65535 or port.protocol == common_pb2.PORT_PROTOCOL_UNSPECIFIED:
+            raise DefinitionError(f"published port {port.port} needs a number from 1 to 65535 and tcp or udp")
+    for copied in image.absolute_copies:
+        dest = PurePosixPath(copied.destination)
+        if not dest.is_absolute() or ".." in dest.parts or len(dest.parts) < 2:
+            raise DefinitionError(f"copy destination {copied.destination[:200]!r} must be absolute, without '..'")
+        if copied.bundle_path != absolute_copy_bundle_path(copied.destination):
+            raise DefinitionError(
+                f"copy to {copied.destination[:200]!r}: the bundle must hold it at "
+                f"{absolute_copy_bundle_path(copied.destination)!r}, not {copied.bundle_path[:200]!r}"
+            )

@@ -13,8 +13,10 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from vastrpc._hostimage import image_warnings
 from vastrpc._process import package_pythonpath, pid_alive
 from vastrpc._tls import TlsFiles
+from vastrpc.api.v1 import control_pb2
 from vastrpc.config import ENV_TLS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT, ControlConfig
 from vastrpc.control.providers.base import ENV_HOME, ENV_WORKER_TOKEN, ExitCallback
 from vastrpc.control.providers.inventory import Inventory, probe_machine
@@ -111,6 +113,25 @@ class LocalProcessProvider:
         evaluation = evaluate(requirements, await self.inventory())
         unmet = [f"requirement not met on this machine, running anyway: {o.reason()}" for o in evaluation.unmet]
         return unmet, [f"requirement not checked: {o.reason()}" for o in evaluation.not_applicable]
+
+    async def image_warnings(self, image: control_pb2.ImageSpec) -> list[str]:
+        """What workers here do instead of the image's copies, Python and ports (see ``vastrpc._hostimage``).
+
+        ``Image.venv`` is checked on this machine, with the environment workers get.
+        """
+        return await asyncio.to_thread(
+            image_warnings,
+            image,
+            provider="the local provider runs workers as processes on this host",
+            environ=self._worker_environ(),
+        )
+
+    def _worker_environ(self) -> dict[str, str]:
+        """The environment a worker starts with, its token and TLS files aside."""
+        env = {name: value for name, value in self._environ.items() if not _control_credential(name)}
+        if (pythonpath := package_pythonpath(env)) is not None:
+            env["PYTHONPATH"] = pythonpath
+        return env
 
     async def start_worker(
         self, worker_id: str, token: str, control_address: str, *, requirements: Sequence[Query] | None = None

@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from vastrpc._errors import DefinitionError, DeploymentError
+from vastrpc._hostimage import image_warnings
 from vastrpc._process import package_pythonpath
 from vastrpc._tls import TlsFiles, certificate_problems
+from vastrpc.api.v1 import control_pb2
 from vastrpc.config import ENV_TLS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT, ControlConfig
 from vastrpc.control.providers.base import ENV_HOME, ENV_WORKER_TOKEN, ExitCallback
 from vastrpc.control.providers.placement import NodeInfo, Placement
@@ -340,6 +342,12 @@ class RayProvider:
             f"not applicable on a Ray cluster, so not checked: {q} ({q.column} is Vast's marketplace's to know)"
             for q in Placement.from_queries(requirements).not_applicable
         ]
+
+    async def image_warnings(self, image: control_pb2.ImageSpec) -> list[str]:
+        """What workers on Ray nodes do instead of the image's copies, Python and ports (see ``vastrpc._hostimage``)."""
+        return image_warnings(
+            image, provider="the Ray provider runs workers as processes on each node's host", environ=None
+        )
 
     async def start_worker(
         self, worker_id: str, token: str, control_address: str, *, requirements: Sequence[Query] | None = None

@@ -133,6 +133,8 @@ class WorkerRow:
 
     ``owner`` names the control service process that started it (``host:pid:start``, see
     ``vastrpc.control.lifecycle.leadership.process_owner``); empty in rows older than the column.
+    ``published_ports`` is the JSON list of the ports it publishes, each
+    ``{"port": 8080, "protocol": "tcp", "address": "host:41234"}``; empty when none.
     """
 
     id: str
@@ -154,6 +156,7 @@ class WorkerRow:
     log_path: str = ""
     created_at: float = 0.0
     owner: str = ""
+    published_ports: str = ""
 
 
 class LeaderLock(Protocol):

@@ -106,6 +106,8 @@ _MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE workers ADD COLUMN calls_started INTEGER NOT NULL DEFAULT 0",
     # 4: the control service process that started the worker (several services may share a store).
     "ALTER TABLE workers ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+    # 5: the ports a worker publishes (Image.publish_port) and where, as JSON (WorkerRow.published_ports).
+    "ALTER TABLE workers ADD COLUMN published_ports TEXT NOT NULL DEFAULT ''",
 )
 
 
