@@ -35,9 +35,7 @@ def home(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 def _run(folder: Path, env: dict[str, str], script: str = "client.py") -> subprocess.CompletedProcess[str]:
-    run = subprocess.run(
-        [sys.executable, script], cwd=folder, env=env, capture_output=True, text=True, timeout=180
-    )
+    run = subprocess.run([sys.executable, script], cwd=folder, env=env, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stdout + run.stderr
     return run
 

@@ -27,7 +27,7 @@ def test_the_values_of_settings_are_blanked_and_nothing_else() -> None:
     assert 'Deployment("demo", "default", …, None, …)  # positional, in Vast\'s order' in out
     assert 'Deployment(name="b", ttl=…, version_label=…)' in out
     assert "app.configure_autoscaling(max_workers=…,\n                          min_load=…)" in out
-    assert "return x * x" in out and "benchmark_dataset=[{\"x\": 2}]" in out
+    assert "return x * x" in out and 'benchmark_dataset=[{"x": 2}]' in out
 
 
 def test_a_file_that_does_not_parse_is_hashed_as_it_is() -> None:
