@@ -205,7 +205,7 @@ async def test_services_started_together_elect_one_leader_and_the_survivor_runs_
     (follower,) = [s for s in starting if s is not leader]
     assert "following" in follower.log_text()
     with psycopg.connect(pg_url) as db:  # both migrated the new database at once: each version once
-        assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3, 4, 5]
+        assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3, 4, 5, 6]
 
     data, digest = bundle("ttl")
     spec = make_spec("ttl-app", digest=digest, api_key=leader.api_key)

@@ -261,6 +261,7 @@ def ls_document(response: control_pb2.ListDeploymentsResponse, now: float | None
                             {"port": p.port, "protocol": protocol_name(p.protocol), "address": p.address}
                             for p in w.published_ports
                         ],
+                        "gpus": list(w.gpus),
                     }
                 )
             tier, words = describe_tier(e.live_revision_tier)
@@ -318,7 +319,10 @@ def render_ls(out: Console, document: list[dict[str, Any]]) -> None:
     workers = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     # The PORTS column only where some worker publishes ports (Image.publish_port).
     with_ports = any(w.get("published_ports") for d in document for e in d["endpoints"] for w in e["workers"])
-    columns = ("WORKER", "ENDPOINT", "STATE", "REVISION", "ADDRESS", "SCORE", "IN FLIGHT", "UPTIME")
+    # The GPUS column only where some worker holds GPUs (the local provider's CUDA_VISIBLE_DEVICES).
+    with_gpus = any(w.get("gpus") for d in document for e in d["endpoints"] for w in e["workers"])
+    columns: tuple[str, ...] = ("WORKER", "ENDPOINT", "STATE", "REVISION", "ADDRESS", "SCORE", "IN FLIGHT", "UPTIME")
+    columns += ("GPUS",) if with_gpus else ()
     for name in (*columns, "PORTS") if with_ports else columns:
         workers.add_column(name, no_wrap=True, justify="right" if name in ("SCORE", "IN FLIGHT") else "left")
     failures: list[str] = []
@@ -352,6 +356,8 @@ def render_ls(out: Console, document: list[dict[str, Any]]) -> None:
                     in_flight,
                     duration(w["uptime_seconds"]),
                 ]
+                if with_gpus:
+                    cells.append(",".join(map(str, w.get("gpus") or [])) or "-")
                 if with_ports:
                     ports = w.get("published_ports") or []
                     cells.append(", ".join(f"{p['port']}/{p['protocol']} {p['address'] or '-'}" for p in ports) or "-")

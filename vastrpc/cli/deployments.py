@@ -39,7 +39,8 @@ flight, uptime, and the host:port of each published port). Stopped workers are n
      "workers": [{"worker_id", "state": "WORKER_STATE_READY", "revision_id", "address", "score",
        "capacity", "calls_in_flight", "calls_queued", "calls_started", "pid", "started_at",
        "uptime_seconds", "last_heartbeat", "failure",
-       "published_ports": [{"port": as published, "protocol": "tcp" or "udp", "address": "host:port"}]}]}]}
+       "published_ports": [{"port": as published, "protocol": "tcp" or "udp", "address": "host:port"}],
+       "gpus": [the indices of its host's GPUs it holds, as in its CUDA_VISIBLE_DEVICES]}]}]}
 Fields are only ever added.
 """
 

@@ -536,6 +536,7 @@ def _worker_pb(worker: WorkerRow) -> common_pb2.Worker:
         failure=failure,
         last_heartbeat=worker.last_heartbeat,
         published_ports=_ports_pb(worker.published_ports),
+        gpus=worker.gpu_indices(),
     )
 
 

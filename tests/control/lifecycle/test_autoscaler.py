@@ -278,6 +278,12 @@ class FakeProvider:
         self.started.append(worker_id)
         return 100_000 + len(self.started)
 
+    def worker_gpus(self, worker_id: str) -> tuple[int, ...]:
+        return ()
+
+    def adopt_worker(self, worker_id: str, pid: int, gpus: object) -> None:
+        pass
+
     async def stop_worker(self, worker_id: str, grace: float, *, pid: int = 0) -> bool:
         self.stopped.append(worker_id)
         return True

@@ -97,7 +97,7 @@ class PublishedPort(_message.Message):
     def __init__(self, port: _Optional[int] = ..., protocol: _Optional[_Union[PortProtocol, str]] = ..., address: _Optional[str] = ...) -> None: ...
 
 class Worker(_message.Message):
-    __slots__ = ("worker_id", "endpoint_id", "revision_id", "state", "address", "score", "capacity", "pid", "failure", "last_heartbeat", "published_ports")
+    __slots__ = ("worker_id", "endpoint_id", "revision_id", "state", "address", "score", "capacity", "pid", "failure", "last_heartbeat", "published_ports", "gpus")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,7 @@ class Worker(_message.Message):
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_PORTS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     endpoint_id: str
     revision_id: str
@@ -120,4 +121,5 @@ class Worker(_message.Message):
     failure: Failure
     last_heartbeat: float
     published_ports: _containers.RepeatedCompositeFieldContainer[PublishedPort]
-    def __init__(self, worker_id: _Optional[str] = ..., endpoint_id: _Optional[str] = ..., revision_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., address: _Optional[str] = ..., score: _Optional[float] = ..., capacity: _Optional[int] = ..., pid: _Optional[int] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., last_heartbeat: _Optional[float] = ..., published_ports: _Optional[_Iterable[_Union[PublishedPort, _Mapping]]] = ...) -> None: ...
+    gpus: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, worker_id: _Optional[str] = ..., endpoint_id: _Optional[str] = ..., revision_id: _Optional[str] = ..., state: _Optional[_Union[WorkerState, str]] = ..., address: _Optional[str] = ..., score: _Optional[float] = ..., capacity: _Optional[int] = ..., pid: _Optional[int] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., last_heartbeat: _Optional[float] = ..., published_ports: _Optional[_Iterable[_Union[PublishedPort, _Mapping]]] = ..., gpus: _Optional[_Iterable[int]] = ...) -> None: ...

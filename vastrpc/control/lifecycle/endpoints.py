@@ -285,14 +285,22 @@ class Lifecycle(Rollouts, Stopping):
                 )
                 break
             except DeploymentError as exc:
-                # The provider cannot place it, e.g. no node of its cluster meets the search filters.
+                # The provider cannot place it, e.g. no node of its cluster meets the search filters,
+                # or the GPUs it needs are held by other workers. A serving endpoint serves on with
+                # the workers it has (the autoscaler tries again at its next look); a deploying one fails.
                 log.error("cannot start worker %s: %s", worker_id, exc)
                 self._fail_worker(
-                    self.store.update_worker(worker_id, state="failed"), exc.step or "starting", exc.reason
+                    self.store.update_worker(worker_id, state="failed"),
+                    exc.step or "starting",
+                    exc.reason,
+                    fail_endpoint=endpoint.state != "ready",
                 )
                 break
+            gpus = ",".join(map(str, self.provider.worker_gpus(worker_id)))
             if (worker := self.store.get_worker(worker_id)) is not None and not worker.pid:
-                self.store.update_worker(worker_id, pid=pid)
+                self.store.update_worker(worker_id, pid=pid, gpus=gpus)
+            elif worker is not None:
+                self.store.update_worker(worker_id, gpus=gpus)
             started += 1
         return started
 

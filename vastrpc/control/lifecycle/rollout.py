@@ -132,8 +132,11 @@ class Rollouts:
             except DeploymentError as exc:  # e.g. no node meets the new search filters
                 self._fail_worker(self.worker(worker.id), exc.step or "starting", exc.reason)
                 return
+            gpus = ",".join(map(str, self.provider.worker_gpus(worker.id)))
             if not self.worker(worker.id).pid:
-                self.store.update_worker(worker.id, pid=pid)
+                self.store.update_worker(worker.id, pid=pid, gpus=gpus)
+            else:
+                self.store.update_worker(worker.id, gpus=gpus)
             log.info("restarted worker %s into revision %s (pid %d)", worker.id, revision.id, pid)
             await self._wait_worker_settled(endpoint_id, worker.id, revision.id)
 

@@ -88,6 +88,8 @@ class Stopping:
             unregistered = worker.state == "starting" and worker.last_heartbeat <= 0
             if pid_alive(worker.pid) and not unregistered:
                 self._foreign[worker.id] = worker.pid
+                # Its GPUs stay its own: the provider gives them to no worker it starts.
+                self.provider.adopt_worker(worker.id, worker.pid, worker.gpu_indices())
             else:
                 gone.append(worker)
                 if unregistered and worker.pid:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -78,6 +78,15 @@ class Provider(Protocol):
 
     def is_running(self, worker_id: str) -> bool:
         """Whether the provider runs that worker now."""
+
+    def worker_gpus(self, worker_id: str) -> tuple[int, ...]:
+        """The indices of its host's GPUs the worker holds (``CUDA_VISIBLE_DEVICES``); empty: none or unknown."""
+
+    def adopt_worker(self, worker_id: str, pid: int, gpus: Iterable[int]) -> None:
+        """A worker started by an earlier control service runs on with ``gpus``: give them to no other worker.
+
+        Called at the service's start for each worker it adopts, with the GPUs its row records.
+        """
 
     def log_path(self, worker_id: str) -> Path:
         """Where the worker's output goes."""

@@ -10,7 +10,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from vastrpc._hostimage import image_warnings
@@ -19,6 +20,7 @@ from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import control_pb2
 from vastrpc.config import ENV_TLS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT, ControlConfig
 from vastrpc.control.providers.base import ENV_HOME, ENV_WORKER_TOKEN, ExitCallback
+from vastrpc.control.providers.gpus import GpuPlacementError, GpuSlots, visible_devices
 from vastrpc.control.providers.inventory import Inventory, probe_machine
 from vastrpc.control.providers.requirements import evaluate
 from vastrpc.query import Query
@@ -53,6 +55,16 @@ class LocalProcessProvider:
         inventory: What this machine offers, against which requirements are evaluated; None
             probes it once, at the first worker with requirements (CPUs, RAM, free disk under
             ``home``, GPUs through NVML or nvidia-smi).
+
+    GPUs: a worker of a deployment with requirements gets GPUs of its own (``GpuSlots``:
+    its ``num_gpus``, GPUs meeting its per-GPU queries, never one another worker holds) in
+    ``CUDA_VISIBLE_DEVICES`` and ``NVIDIA_VISIBLE_DEVICES`` (empty: none), and its
+    requirements are evaluated against those GPUs. When the machine's GPUs could meet them
+    but other workers hold them, ``start_worker`` raises ``GpuPlacementError`` (step
+    ``placement``). A deployment without requirements, and any worker on a machine without
+    GPUs, keeps the environment as it is (every GPU visible, none held). GPUs are given back
+    when the worker's process ends; restarted in its slot (same worker id), it gets the same
+    ones back when they are still free.
     """
 
     @classmethod
@@ -84,6 +96,9 @@ class LocalProcessProvider:
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self.log_dir = self.home / "logs" / "workers"
+        self._slots: GpuSlots | None = None
+        # Workers of an earlier control service (not our children) holding GPUs: worker -> (pid, GPUs).
+        self._adopted: dict[str, tuple[int, tuple[int, ...]]] = {}
 
     def log_path(self, worker_id: str) -> Path:
         """Where the worker's stdout and stderr go."""
@@ -101,16 +116,61 @@ class LocalProcessProvider:
             log.info("this machine's inventory: %s", self._inventory)
         return self._inventory
 
+    async def gpu_slots(self) -> GpuSlots:
+        """Which of this machine's GPUs each worker holds (from the inventory, once)."""
+        if self._slots is None:
+            inventory = await self.inventory()
+            if self._slots is None:
+                self._slots = GpuSlots(inventory.gpus)
+                for worker_id, (_, gpus) in self._adopted.items():
+                    self._slots.adopt(worker_id, gpus)
+        return self._slots
+
+    def worker_gpus(self, worker_id: str) -> tuple[int, ...]:
+        """The indices of the GPUs the worker holds on this machine; empty when none."""
+        return self._slots.held(worker_id) if self._slots is not None else ()
+
+    def adopt_worker(self, worker_id: str, pid: int, gpus: Iterable[int]) -> None:
+        """A worker of an earlier control service still runs with ``gpus``: no other worker gets them.
+
+        They are given back when it is stopped through ``stop_worker``, or found gone (its
+        ``pid`` no longer alive) when another worker needs GPUs.
+        """
+        gpus = tuple(gpus)
+        if not gpus:
+            return
+        self._adopted[worker_id] = (pid, gpus)
+        if self._slots is not None:
+            self._slots.adopt(worker_id, gpus)
+
     async def requirement_warnings(self, requirements: Sequence[Query]) -> list[str]:
-        """Each query this machine does not meet (its worker runs here anyway), then each not applicable."""
-        unmet, not_applicable = await self._requirement_notes(requirements)
+        """Each query a worker here would not meet (it runs anyway), then each not applicable.
+
+        Evaluated against the GPUs a worker would get on this machine with no other worker.
+        """
+        unmet, not_applicable = await self._requirement_notes(requirements, await self._gpus_alone(requirements))
         return unmet + not_applicable
 
-    async def _requirement_notes(self, requirements: Sequence[Query]) -> tuple[list[str], list[str]]:
-        """(the unmet queries, the not applicable ones), each in words."""
+    async def _gpus_alone(self, requirements: Sequence[Query]) -> tuple[int, ...] | None:
+        """The GPUs a worker with ``requirements`` would get on this machine alone; None: not decided by GPUs."""
+        gpus = (await self.inventory()).gpus if requirements else ()
+        if not gpus:
+            return None
+        try:
+            return GpuSlots(gpus).take("-", requirements)
+        except GpuPlacementError:
+            return None
+
+    async def _requirement_notes(
+        self, requirements: Sequence[Query], gpus: tuple[int, ...] | None = None
+    ) -> tuple[list[str], list[str]]:
+        """(the unmet queries, the not applicable ones), each in words; against ``gpus`` when given."""
         if not requirements:
             return [], []
-        evaluation = evaluate(requirements, await self.inventory())
+        inventory = await self.inventory()
+        if gpus is not None:
+            inventory = replace(inventory, gpus=tuple(inventory.gpus[i] for i in gpus))
+        evaluation = evaluate(requirements, inventory)
         unmet = [f"requirement not met on this machine, running anyway: {o.reason()}" for o in evaluation.unmet]
         return unmet, [f"requirement not checked: {o.reason()}" for o in evaluation.not_applicable]
 
@@ -138,12 +198,45 @@ class LocalProcessProvider:
     ) -> int:
         """Spawn the worker agent in a new session, its output appended to its log file; returns its pid.
 
-        Every worker runs on this machine: ``requirements`` it does not meet are logged as a
-        WARNING (in the control service's log and at the top of the worker's log), the ones
-        no provider can check at INFO.
+        Every worker runs on this machine: ``requirements`` it does not meet (with the GPUs
+        it gets) are logged as a WARNING (in the control service's log and at the top of the
+        worker's log), the ones no provider can check at INFO.
+
+        Raises:
+            GpuPlacementError: This machine's GPUs could meet ``requirements`` but too few
+                are free; the message names the query and the workers holding them.
         """
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        unmet, not_applicable = await self._requirement_notes(requirements or ())
+        gpus = await self._take_gpus(worker_id, requirements or ())
+        try:
+            return await self._spawn(worker_id, token, control_address, requirements or (), gpus)
+        except BaseException:
+            if self._slots is not None and not self.is_running(worker_id):
+                self._slots.give_back(worker_id)
+            raise
+
+    async def _take_gpus(self, worker_id: str, requirements: Sequence[Query]) -> tuple[int, ...] | None:
+        """The GPUs the worker gets; None when the environment keeps every GPU visible (no requirement, no GPU)."""
+        if not requirements or not (await self.inventory()).gpus:
+            return None
+        slots = await self.gpu_slots()
+        for adopted, (pid, _) in list(self._adopted.items()):
+            if not pid_alive(pid):  # gone while this service was not watching it
+                del self._adopted[adopted]
+                slots.forget(adopted)
+        gpus = slots.take(worker_id, requirements)
+        log.info("worker %s holds GPU(s) %s", worker_id, visible_devices(gpus) or "none")
+        return gpus
+
+    async def _spawn(
+        self,
+        worker_id: str,
+        token: str,
+        control_address: str,
+        requirements: Sequence[Query],
+        gpus: tuple[int, ...] | None,
+    ) -> int:
+        unmet, not_applicable = await self._requirement_notes(requirements, gpus)
         for note in unmet:
             log.warning("worker %s: %s", worker_id, note)
         for note in not_applicable:
@@ -157,6 +250,10 @@ class LocalProcessProvider:
         env.update(self._tls_env(env))
         if (pythonpath := package_pythonpath(env)) is not None:
             env["PYTHONPATH"] = pythonpath
+        if gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = visible_devices(gpus)
+            env["NVIDIA_VISIBLE_DEVICES"] = visible_devices(gpus) or "none"
+            notes.insert(0, f"GPUs: CUDA_VISIBLE_DEVICES={visible_devices(gpus)!r}")
         with self.log_path(worker_id).open("ab") as out:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             out.write(f"[vastrpc {stamp}] starting worker {worker_id}: {' '.join(argv)}\n".encode())
@@ -200,6 +297,8 @@ class LocalProcessProvider:
             os.killpg(proc.pid, signal.SIGKILL)
         if self._procs.get(worker_id) is proc:
             del self._procs[worker_id]
+            if self._slots is not None:  # not restarted in its slot meanwhile: its GPUs are free
+                self._slots.give_back(worker_id)
         log.info("worker %s (pid %d) exited with code %d", worker_id, proc.pid, returncode)
         if self.on_exit is None:
             return
@@ -218,7 +317,10 @@ class LocalProcessProvider:
         """
         proc = self._procs.get(worker_id)
         if proc is None:
-            return await self._stop_foreign(pid, grace) if pid else False
+            stopped = await self._stop_foreign(pid, grace) if pid else False
+            if self._adopted.pop(worker_id, None) is not None and self._slots is not None:
+                self._slots.forget(worker_id)
+            return stopped
         if proc.returncode is not None:
             return False
         _signal_group(proc.pid, signal.SIGTERM)

@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,6 +276,13 @@ class RayProvider:
         """Whether that worker's actor is being placed or runs its agent."""
         worker = self._workers.get(worker_id)
         return worker is not None and worker.running
+
+    def worker_gpus(self, worker_id: str) -> tuple[int, ...]:
+        """Nothing: Ray chooses a worker's GPUs on its node (``CUDA_VISIBLE_DEVICES``); not tracked here."""
+        return ()
+
+    def adopt_worker(self, worker_id: str, pid: int, gpus: Iterable[int]) -> None:
+        """Nothing: Ray keeps an actor's GPUs for as long as it lives."""
 
     # -- the cluster ----------------------------------------------------------------------
 

@@ -135,6 +135,8 @@ class WorkerRow:
     ``vastrpc.control.lifecycle.leadership.process_owner``); empty in rows older than the column.
     ``published_ports`` is the JSON list of the ports it publishes, each
     ``{"port": 8080, "protocol": "tcp", "address": "host:41234"}``; empty when none.
+    ``gpus`` is the indices of its host's GPUs it holds, comma-separated (``"0,1"``, as in
+    its ``CUDA_VISIBLE_DEVICES``); empty when none or not known (``gpu_indices`` parses it).
     """
 
     id: str
@@ -157,6 +159,11 @@ class WorkerRow:
     created_at: float = 0.0
     owner: str = ""
     published_ports: str = ""
+    gpus: str = ""
+
+    def gpu_indices(self) -> tuple[int, ...]:
+        """``gpus`` as indices; empty when none."""
+        return tuple(int(i) for i in self.gpus.split(",") if i.strip().isdigit())
 
 
 class LeaderLock(Protocol):

@@ -108,6 +108,8 @@ _MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE workers ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
     # 5: the ports a worker publishes (Image.publish_port) and where, as JSON (WorkerRow.published_ports).
     "ALTER TABLE workers ADD COLUMN published_ports TEXT NOT NULL DEFAULT ''",
+    # 6: the indices of the host's GPUs the worker holds, comma-separated (WorkerRow.gpus).
+    "ALTER TABLE workers ADD COLUMN gpus TEXT NOT NULL DEFAULT ''",
 )
 
 
