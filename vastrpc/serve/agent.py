@@ -238,10 +238,18 @@ class Agent:
             await self._report(_STATES[name], revision_id)
 
         await on_state("downloading")
+        # Whether the engine holds the image, asked while the bundle downloads (about 40 ms with podman).
+        present = (
+            asyncio.ensure_future(self.container.has_image(spec.image.from_image, os.environ))
+            if self.container is not None
+            else None
+        )
+        if present is not None:  # a failed download leaves it unawaited: its outcome is not an error
+            present.add_done_callback(lambda f: f.cancelled() or f.exception())
         bundle_dir = await self._download(revision_id, spec.digests.bundle, spec.bundle_size)
-        if self.container is not None:
+        if self.container is not None and present is not None:
             await asyncio.to_thread(check_storage, spec.image.storage, self._workdir)
-            if not await self.container.has_image(spec.image.from_image, os.environ):
+            if not await present:
                 await on_state("pulling")
                 await self.container.pull(spec.image.from_image, os.environ, _print)
         await on_state("installing")
