@@ -123,8 +123,10 @@ class ControlConfig:
         blob_url: Where bundles are kept: ``None`` is ``home/bundles``; ``s3://bucket/prefix``
             is an S3 (or S3-compatible) bucket.
         s3_endpoint_url: The endpoint of an S3-compatible store (None: AWS S3 itself).
-        provider: How workers are started: ``"local"`` (processes on this machine) or
-            ``"ray"`` (actors on the Ray cluster at ``ray_address``).
+        provider: How workers are started: ``"local"`` (processes on this machine),
+            ``"ray"`` (actors on the Ray cluster at ``ray_address``), ``"podman"`` or
+            ``"docker"`` (agents on this machine, each serving process in a container of the
+            deployment's image).
         ray_address: The Ray cluster's address (``host:port`` of its GCS), for ``provider="ray"``.
         metrics_port: Serve Prometheus metrics over HTTP on this port (0 picks a free one);
             None serves none.
@@ -134,6 +136,8 @@ class ControlConfig:
         inventory_file: A JSON file declaring what this machine offers (CPUs, RAM, disk,
             GPUs), against which the local provider evaluates requirements instead of probing
             the machine; None probes it.
+        container_runtime: The OCI runtime ``--provider podman`` runs containers with;
+            None: ``runc`` where installed, else podman's default.
     """
 
     home: Path
@@ -156,3 +160,4 @@ class ControlConfig:
     metrics_port: int | None = None
     peers: tuple[str, ...] = ()
     inventory_file: Path | None = None
+    container_runtime: str | None = None

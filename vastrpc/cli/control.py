@@ -93,7 +93,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
     backends.add_argument("--blobs", metavar="URL", help="bundle store, e.g. s3://bucket/prefix (default HOME/bundles)")
     backends.add_argument("--s3-endpoint-url", metavar="URL", help="endpoint of an S3-compatible store")
     backends.add_argument(
-        "--provider", choices=["local", "ray"], default="local", help="where workers run (default local)"
+        "--provider",
+        choices=["local", "ray", "podman", "docker"],
+        default="local",
+        help="where workers run (default local; podman/docker: serving processes in containers of the image)",
+    )
+    backends.add_argument(
+        "--container-runtime",
+        metavar="NAME",
+        help="--provider podman: the OCI runtime for containers (default runc where installed)",
     )
     backends.add_argument("--ray-address", metavar="HOST:PORT", help="the Ray cluster for --provider ray")
     backends.add_argument(
@@ -168,6 +176,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         peers=tuple(args.peer),
         inventory_file=Path(args.inventory).expanduser().resolve() if args.inventory else None,
+        container_runtime=args.container_runtime or None,
     )
     command = shlex.split(args.worker_command) if args.worker_command else None
     try:

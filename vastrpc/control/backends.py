@@ -36,6 +36,8 @@ BUNDLE_STORES = {
 PROVIDERS = {
     "local": "vastrpc.control.providers.local:LocalProcessProvider",
     "ray": "vastrpc.control.providers.ray:RayProvider",
+    "podman": "vastrpc.control.providers.containers:PodmanProvider",
+    "docker": "vastrpc.control.providers.containers:DockerProvider",
 }
 
 
@@ -94,16 +96,19 @@ def open_provider(config: ControlConfig, *, worker_command: Sequence[str] | None
     """The worker provider named by ``config.provider``.
 
     ``"ray"`` places workers on the Ray cluster at ``config.ray_address``; the service joins
-    it at the first worker it starts.
+    it at the first worker it starts. ``"podman"`` and ``"docker"`` run each serving process in
+    a container of the deployment's image.
 
     Raises:
         DefinitionError: The provider is not one vastrpc knows, ``ray`` lacks its address,
-            or Ray is not installed.
+            Ray is not installed, or the container engine's command is missing.
     """
     if config.provider not in PROVIDERS:
         known = " or ".join(repr(name) for name in PROVIDERS)
         raise DefinitionError(f"unknown provider {config.provider!r}: use {known}")
     if config.ray_address and config.provider != "ray":
         raise DefinitionError("--ray-address applies to the Ray provider: add --provider ray")
+    if config.container_runtime and config.provider != "podman":
+        raise DefinitionError("--container-runtime applies to the Podman provider: add --provider podman")
     provider: Provider = _chosen(PROVIDERS, config.provider).from_config(config, worker_command=worker_command)
     return provider

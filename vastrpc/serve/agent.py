@@ -31,12 +31,15 @@ from vastrpc._hostimage import (
     allocate_ports,
     copy_root,
     port_environment,
+    protocol_name,
     python_for,
 )
 from vastrpc._secrets import unseal
 from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.config import ENV_TLS
+from vastrpc.image import absolute_copy_bundle_path
+from vastrpc.serve.container import ContainerEngine, ContainerLaunch, check_storage, runtime_mounts
 from vastrpc.serve.fetch import fetch_bundle, public_part
 from vastrpc.serve.install import ensure_apt, ensure_pip_env, run_startup_commands, safe_extract, verify_digest
 from vastrpc.serve.metrics import CallStatsReader
@@ -53,6 +56,7 @@ _STOP_GRACE = 10.0
 
 _STATES = {
     "downloading": common_pb2.WORKER_STATE_DOWNLOADING,
+    "pulling": common_pb2.WORKER_STATE_PULLING,
     "installing": common_pb2.WORKER_STATE_INSTALLING,
     "loading": common_pb2.WORKER_STATE_LOADING,
     "benchmarking": common_pb2.WORKER_STATE_BENCHMARKING,
@@ -74,8 +78,11 @@ class Agent:
         home: Path,
         bind_host: str = "127.0.0.1",
         tls: TlsFiles | None = None,
+        container: ContainerEngine | None = None,
     ):
         self.worker_id = worker_id
+        # Set by a container provider: each serving process runs in a container of the image.
+        self.container = container
         self.home = home
         self.bind_host = bind_host
         self.tls = tls
@@ -98,6 +105,7 @@ class Agent:
         self._metrics_address = ""  # of the serving process that serves now
         self._call_stats = CallStatsReader()
         self._assignments: asyncio.Queue[control_pb2.WatchWorkerResponse] = asyncio.Queue()
+        self._secret_names: set[str] = set()  # of the revision being installed
 
     async def _report(self, state: common_pb2.WorkerState, revision_id: str, **fields: Any) -> None:
         await self._stub.UpdateWorker(
@@ -230,9 +238,23 @@ class Agent:
             await self._report(_STATES[name], revision_id)
 
         await on_state("downloading")
+        # Whether the engine holds the image, asked while the bundle downloads (about 40 ms with podman).
+        present = (
+            asyncio.ensure_future(self.container.has_image(spec.image.from_image, os.environ))
+            if self.container is not None
+            else None
+        )
+        if present is not None:  # a failed download leaves it unawaited: its outcome is not an error
+            present.add_done_callback(lambda f: f.cancelled() or f.exception())
         bundle_dir = await self._download(revision_id, spec.digests.bundle, spec.bundle_size)
+        if self.container is not None and present is not None:
+            await asyncio.to_thread(check_storage, spec.image.storage, self._workdir)
+            if not await present:
+                await on_state("pulling")
+                await self.container.pull(spec.image.from_image, os.environ, _print)
         await on_state("installing")
         env, python, ports = await self._install(spec, bundle_dir)
+        launch = self._container_launch(spec.image, bundle_dir, env, python, ports)
         if self._stop.is_set():
             return None
         await on_state("loading")
@@ -250,7 +272,7 @@ class Agent:
             "grace": _STOP_GRACE,
             "metrics": self._serve_metrics,
         }
-        serving = await ServingProcess.start(config, env, bundle_dir, tls=self.tls, python=python)
+        serving = await ServingProcess.start(config, env, bundle_dir, tls=self.tls, python=python, container=launch)
         self._serving.add(serving)
         try:
             await serving.wait_ready(on_state)
@@ -273,6 +295,46 @@ class Agent:
         self._metrics_address = serving.metrics_address
         return serving
 
+    def _container_launch(
+        self, image: control_pb2.ImageSpec, bundle_dir: Path, env: dict[str, str], python: str, ports: list[HostPort]
+    ) -> ContainerLaunch | None:
+        """The container that serves the revision, on a container provider; None on others.
+
+        It gets the deployment's env vars and secrets, the published ports' variables and
+        what vastrpc needs (its runtime's PYTHONPATH), nothing else of the agent's environment;
+        the bundle (its working directory), the pip environment and the TLS files are mounted
+        at their paths on this host, each absolute copy at its destination.
+        """
+        if self.container is None:
+            return None
+        runtime, runtime_paths = runtime_mounts()
+        mounts = [(str(bundle_dir), str(bundle_dir), False)]
+        mounts += [(host, inside, True) for host, inside in runtime]
+        host_paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        site = [p for p in host_paths if p.startswith(str(self.home / "envs"))]
+        mounts += [(p, p, True) for p in site]
+        if self.tls is not None:
+            files = (self.tls.cert_file, self.tls.key_file, self.tls.ca_file)
+            mounts += [(str(f), str(f), True) for f in files if f is not None]
+        for copied in image.absolute_copies:
+            mounts.append((str(bundle_dir / absolute_copy_bundle_path(copied.destination)), copied.destination, False))
+        inside = {"PYTHONUNBUFFERED": "1", **{k: v for k, v in env.items() if k.startswith("MALLOC_")}}
+        inside.update(image.env)
+        inside.update({k: env[k] for k in self._secret_names if k in env})
+        inside.update(port_environment(ports))
+        inside["PYTHONPATH"] = os.pathsep.join([*site, str(bundle_dir), *runtime_paths])
+        return self.container.launch(
+            worker_id=self.worker_id,
+            image=image.from_image,
+            python=python,
+            workdir=bundle_dir,
+            mounts=mounts,
+            env=inside,
+            client_env={
+                k: v for k, v in os.environ.items() if k in ("PATH", "CONTAINERS_CONF", "HOME", "XDG_RUNTIME_DIR")
+            },
+        )
+
     async def _host_runtime(
         self, image: control_pb2.ImageSpec, bundle_dir: Path, env: dict[str, str]
     ) -> tuple[str, list[HostPort]]:
@@ -283,6 +345,8 @@ class Agent:
         of the address the worker serves on, in ``env`` (see ``vastrpc._hostimage``).
         Returns the interpreter to serve with and the ports.
         """
+        if self.container is not None:
+            return self._container_runtime(image)
         if image.absolute_copies:
             env[ENV_COPY_ROOT] = str(copy_root(bundle_dir))
             for copied in image.absolute_copies:
@@ -294,6 +358,23 @@ class Agent:
         python, note = await asyncio.to_thread(python_for, image, env)
         if note:
             _print(note)
+        return python, ports
+
+    def _container_runtime(self, image: control_pb2.ImageSpec) -> tuple[str, list[HostPort]]:
+        """The image's Python and published ports in a container on the host's network: each port is itself."""
+        for copied in image.absolute_copies:
+            _print(f"copy to {copied.destination}: mounted there in the container")
+        ports = [
+            HostPort(int(p.port), protocol_name(p.protocol), int(p.port), self.bind_host) for p in image.published_ports
+        ]
+        for port in ports:
+            _print(
+                f"publish_port {port.port}/{port.protocol}: {port.address} (the container shares the host's network)"
+            )
+        python_env = image.python_environment
+        python = f"{python_env.venv_path.rstrip('/')}/bin/python" if python_env.venv_path else "python3"
+        if python_env.venv_path or python_env.system_python:
+            _print(f"serving with the image's {python}")
         return python, ports
 
     async def _download(self, revision_id: str, digest: str, size: int = 0) -> Path:
@@ -339,7 +420,9 @@ class Agent:
         env.setdefault("MALLOC_TRIM_THRESHOLD_", str(128 << 20))
         env.update(image.env)
         try:
-            env.update(unseal(self._token, image.sealed_secrets))
+            secrets = unseal(self._token, image.sealed_secrets)
+            self._secret_names = set(secrets)
+            env.update(secrets)
         except VastrpcError as exc:
             raise DeploymentError(str(exc), step="secrets") from None
         await asyncio.to_thread(ensure_apt, list(image.apt_packages), log=_print)
@@ -456,6 +539,9 @@ def main(
         bind_host: The address the serving process listens on and registers for clients;
             defaults to ``VASTRPC_WORKER_HOST`` (a cluster provider sets the node's address),
             else loopback.
+
+    ``VASTRPC_CONTAINER_ENGINE`` (set by a container provider) runs each serving process in a
+    container of the deployment's image (``vastrpc.serve.container``).
     """
     from vastrpc.config import default_home
 
@@ -464,12 +550,16 @@ def main(
         host = f"[{host}]"  # an IPv6 address, as host:port needs it
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s", stream=sys.stderr)
+    container = ContainerEngine.from_env(os.environ)
     if not token:
         log.error("no worker token: set VASTRPC_WORKER_TOKEN (the control service does this for workers it starts)")
         return 2
 
     async def run() -> int:
         # The agent's channel and events belong to the loop that runs it.
-        return await Agent(control_address, worker_id, token, home or default_home(), bind_host=host, tls=tls).run()
+        agent = Agent(
+            control_address, worker_id, token, home or default_home(), bind_host=host, tls=tls, container=container
+        )
+        return await agent.run()
 
     return asyncio.run(run())

@@ -17,6 +17,7 @@ from vastrpc._errors import DeploymentError
 from vastrpc._grpc import bearer, channel
 from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import worker_pb2, worker_pb2_grpc
+from vastrpc.serve.container import ContainerLaunch
 
 OnState = Callable[[str], Awaitable[None]]
 
@@ -31,8 +32,10 @@ class ServingProcess:
         transport: Any,
         token: str,
         tls: TlsFiles | None = None,
+        container: ContainerLaunch | None = None,
     ):
         self.proc = proc
+        self.container = container
         self._events = events
         self._transport = transport
         self._token = token
@@ -53,10 +56,13 @@ class ServingProcess:
         cwd: Path,
         tls: TlsFiles | None = None,
         python: str = sys.executable,
+        container: ContainerLaunch | None = None,
     ) -> ServingProcess:
         """Spawn the process with ``config`` on its stdin and a pipe for its events.
 
         ``python`` is the interpreter it runs on (the agent's own, or the image's ``venv``).
+        With ``container``, the process runs in that container instead (``env``, ``cwd`` and
+        ``python`` are then the launch's), its events on the container's stdout.
 
         With ``tls``, the process serves calls over TLS with its certificate (requiring client
         certificates signed by its CA when it says so), and the agent's channel to it uses TLS.
@@ -69,6 +75,8 @@ class ServingProcess:
                 "tls_ca": str(tls.ca_file) if tls.ca_file else None,
                 "tls_require_client_cert": tls.require_client_cert,
             }
+        if container is not None:
+            return await cls._start_in(container, config, tls)
         read_fd, write_fd = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -92,6 +100,22 @@ class ServingProcess:
             lambda: asyncio.StreamReaderProtocol(events), os.fdopen(read_fd, "rb")
         )
         return cls(proc, events, transport, config["endpoint_token"], tls)
+
+    @classmethod
+    async def _start_in(
+        cls, container: ContainerLaunch, config: dict[str, Any], tls: TlsFiles | None
+    ) -> ServingProcess:
+        proc = await asyncio.create_subprocess_exec(
+            *container.argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=container.env,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(config).encode())
+        await proc.stdin.drain()
+        proc.stdin.close()
+        return cls(proc, proc.stdout, None, config["endpoint_token"], tls, container)
 
     async def wait_ready(self, on_state: OnState) -> None:
         """Follow the events until the process serves.
@@ -139,8 +163,11 @@ class ServingProcess:
                 await asyncio.wait_for(asyncio.shield(self.exited), grace)
             except TimeoutError:
                 self.proc.kill()
+                if self.container is not None:
+                    await self.container.remove()  # killing the engine command does not stop it
         code = await self.exited
-        self._transport.close()
+        if self._transport is not None:
+            self._transport.close()
         if self._channel is not None:
             await self._channel.close()
         return code

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bvastrpc/api/v1/common.proto\x12\x0evastrpc.api.v1\":\n\x07\x46\x61ilure\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08log_tail\x18\x03 \x01(\t\"^\n\rPublishedPort\x12\x0c\n\x04port\x18\x01 \x01(\r\x12.\n\x08protocol\x18\x02 \x01(\x0e\x32\x1c.vastrpc.api.v1.PortProtocol\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"\xb8\x02\n\x06Worker\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65ndpoint_id\x18\x02 \x01(\t\x12\x13\n\x0brevision_id\x18\x03 \x01(\t\x12*\n\x05state\x18\x04 \x01(\x0e\x32\x1b.vastrpc.api.v1.WorkerState\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\r\n\x05score\x18\x06 \x01(\x01\x12\x10\n\x08\x63\x61pacity\x18\x07 \x01(\r\x12\x0b\n\x03pid\x18\x08 \x01(\x05\x12(\n\x07\x66\x61ilure\x18\t \x01(\x0b\x32\x17.vastrpc.api.v1.Failure\x12\x16\n\x0elast_heartbeat\x18\n \x01(\x01\x12\x36\n\x0fpublished_ports\x18\x0b \x03(\x0b\x32\x1d.vastrpc.api.v1.PublishedPort\x12\x0c\n\x04gpus\x18\x0c \x03(\r*Q\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45NCODING_CLOUDPICKLE\x10\x01\x12\x11\n\rENCODING_JSON\x10\x02*\xa0\x02\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKER_STATE_STARTING\x10\x01\x12\x1c\n\x18WORKER_STATE_DOWNLOADING\x10\x02\x12\x1b\n\x17WORKER_STATE_INSTALLING\x10\x03\x12\x18\n\x14WORKER_STATE_LOADING\x10\x04\x12\x1d\n\x19WORKER_STATE_BENCHMARKING\x10\x05\x12\x16\n\x12WORKER_STATE_READY\x10\x06\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x07\x12\x18\n\x14WORKER_STATE_STOPPED\x10\x08\x12\x17\n\x13WORKER_STATE_FAILED\x10\t*\x9e\x01\n\rEndpointState\x12\x1e\n\x1a\x45NDPOINT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45NDPOINT_STATE_DEPLOYING\x10\x01\x12\x18\n\x14\x45NDPOINT_STATE_READY\x10\x02\x12\x19\n\x15\x45NDPOINT_STATE_FAILED\x10\x03\x12\x1a\n\x16\x45NDPOINT_STATE_STOPPED\x10\x04*\xaa\x01\n\nUpdateTier\x12\x1b\n\x17UPDATE_TIER_UNSPECIFIED\x10\x00\x12\x14\n\x10UPDATE_TIER_NONE\x10\x01\x12\x18\n\x14UPDATE_TIER_SETTINGS\x10\x02\x12\x14\n\x10UPDATE_TIER_CODE\x10\x03\x12\x1b\n\x17UPDATE_TIER_ENVIRONMENT\x10\x04\x12\x1c\n\x18UPDATE_TIER_NEW_ENDPOINT\x10\x05*[\n\x0cPortProtocol\x12\x1d\n\x19PORT_PROTOCOL_UNSPECIFIED\x10\x00\x12\x15\n\x11PORT_PROTOCOL_TCP\x10\x01\x12\x15\n\x11PORT_PROTOCOL_UDP\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bvastrpc/api/v1/common.proto\x12\x0evastrpc.api.v1\":\n\x07\x46\x61ilure\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08log_tail\x18\x03 \x01(\t\"^\n\rPublishedPort\x12\x0c\n\x04port\x18\x01 \x01(\r\x12.\n\x08protocol\x18\x02 \x01(\x0e\x32\x1c.vastrpc.api.v1.PortProtocol\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"\xb8\x02\n\x06Worker\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65ndpoint_id\x18\x02 \x01(\t\x12\x13\n\x0brevision_id\x18\x03 \x01(\t\x12*\n\x05state\x18\x04 \x01(\x0e\x32\x1b.vastrpc.api.v1.WorkerState\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\r\n\x05score\x18\x06 \x01(\x01\x12\x10\n\x08\x63\x61pacity\x18\x07 \x01(\r\x12\x0b\n\x03pid\x18\x08 \x01(\x05\x12(\n\x07\x66\x61ilure\x18\t \x01(\x0b\x32\x17.vastrpc.api.v1.Failure\x12\x16\n\x0elast_heartbeat\x18\n \x01(\x01\x12\x36\n\x0fpublished_ports\x18\x0b \x03(\x0b\x32\x1d.vastrpc.api.v1.PublishedPort\x12\x0c\n\x04gpus\x18\x0c \x03(\r*Q\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45NCODING_CLOUDPICKLE\x10\x01\x12\x11\n\rENCODING_JSON\x10\x02*\xba\x02\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKER_STATE_STARTING\x10\x01\x12\x1c\n\x18WORKER_STATE_DOWNLOADING\x10\x02\x12\x1b\n\x17WORKER_STATE_INSTALLING\x10\x03\x12\x18\n\x14WORKER_STATE_LOADING\x10\x04\x12\x1d\n\x19WORKER_STATE_BENCHMARKING\x10\x05\x12\x16\n\x12WORKER_STATE_READY\x10\x06\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x07\x12\x18\n\x14WORKER_STATE_STOPPED\x10\x08\x12\x17\n\x13WORKER_STATE_FAILED\x10\t\x12\x18\n\x14WORKER_STATE_PULLING\x10\n*\x9e\x01\n\rEndpointState\x12\x1e\n\x1a\x45NDPOINT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45NDPOINT_STATE_DEPLOYING\x10\x01\x12\x18\n\x14\x45NDPOINT_STATE_READY\x10\x02\x12\x19\n\x15\x45NDPOINT_STATE_FAILED\x10\x03\x12\x1a\n\x16\x45NDPOINT_STATE_STOPPED\x10\x04*\xaa\x01\n\nUpdateTier\x12\x1b\n\x17UPDATE_TIER_UNSPECIFIED\x10\x00\x12\x14\n\x10UPDATE_TIER_NONE\x10\x01\x12\x18\n\x14UPDATE_TIER_SETTINGS\x10\x02\x12\x14\n\x10UPDATE_TIER_CODE\x10\x03\x12\x1b\n\x17UPDATE_TIER_ENVIRONMENT\x10\x04\x12\x1c\n\x18UPDATE_TIER_NEW_ENDPOINT\x10\x05*[\n\x0cPortProtocol\x12\x1d\n\x19PORT_PROTOCOL_UNSPECIFIED\x10\x00\x12\x15\n\x11PORT_PROTOCOL_TCP\x10\x01\x12\x15\n\x11PORT_PROTOCOL_UDP\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENCODING']._serialized_start=518
   _globals['_ENCODING']._serialized_end=599
   _globals['_WORKERSTATE']._serialized_start=602
-  _globals['_WORKERSTATE']._serialized_end=890
-  _globals['_ENDPOINTSTATE']._serialized_start=893
-  _globals['_ENDPOINTSTATE']._serialized_end=1051
-  _globals['_UPDATETIER']._serialized_start=1054
-  _globals['_UPDATETIER']._serialized_end=1224
-  _globals['_PORTPROTOCOL']._serialized_start=1226
-  _globals['_PORTPROTOCOL']._serialized_end=1317
+  _globals['_WORKERSTATE']._serialized_end=916
+  _globals['_ENDPOINTSTATE']._serialized_start=919
+  _globals['_ENDPOINTSTATE']._serialized_end=1077
+  _globals['_UPDATETIER']._serialized_start=1080
+  _globals['_UPDATETIER']._serialized_end=1250
+  _globals['_PORTPROTOCOL']._serialized_start=1252
+  _globals['_PORTPROTOCOL']._serialized_end=1343
   _globals['_FAILURE']._serialized_start=47
   _globals['_FAILURE']._serialized_end=105
   _globals['_PUBLISHEDPORT']._serialized_start=107

@@ -25,6 +25,7 @@ class WorkerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WORKER_STATE_DRAINING: _ClassVar[WorkerState]
     WORKER_STATE_STOPPED: _ClassVar[WorkerState]
     WORKER_STATE_FAILED: _ClassVar[WorkerState]
+    WORKER_STATE_PULLING: _ClassVar[WorkerState]
 
 class EndpointState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -61,6 +62,7 @@ WORKER_STATE_READY: WorkerState
 WORKER_STATE_DRAINING: WorkerState
 WORKER_STATE_STOPPED: WorkerState
 WORKER_STATE_FAILED: WorkerState
+WORKER_STATE_PULLING: WorkerState
 ENDPOINT_STATE_UNSPECIFIED: EndpointState
 ENDPOINT_STATE_DEPLOYING: EndpointState
 ENDPOINT_STATE_READY: EndpointState

@@ -16,6 +16,7 @@ from vastrpc.image import absolute_copy_bundle_path
 WORKER_STATE_NAMES: dict[int, str] = {
     common_pb2.WORKER_STATE_STARTING: "starting",
     common_pb2.WORKER_STATE_DOWNLOADING: "downloading",
+    common_pb2.WORKER_STATE_PULLING: "pulling",
     common_pb2.WORKER_STATE_INSTALLING: "installing",
     common_pb2.WORKER_STATE_LOADING: "loading",
     common_pb2.WORKER_STATE_BENCHMARKING: "benchmarking",

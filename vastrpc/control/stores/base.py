@@ -26,7 +26,7 @@ __all__ = [
 
 # Worker states as stored (lower-case names of vastrpc.api.v1.WorkerState without the prefix).
 # A worker in one of these states counts towards its endpoint's workers: it serves or will.
-ACTIVE_WORKER_STATES = ("starting", "downloading", "installing", "loading", "benchmarking", "ready")
+ACTIVE_WORKER_STATES = ("starting", "downloading", "pulling", "installing", "loading", "benchmarking", "ready")
 
 
 class StoreError(VastrpcError):
