@@ -21,6 +21,7 @@ import pytest
 from vastrpc import Deployment, DeploymentError
 from vastrpc._errors import DefinitionError
 from vastrpc._tls import ensure_local_ca, issue_certificate
+from vastrpc.api.v1 import control_pb2
 from vastrpc.client.control import ControlClient
 from vastrpc.config import ControlConfig
 from vastrpc.control.backends import open_provider
@@ -167,6 +168,17 @@ def test_open_provider_checks_the_ray_flags(tmp_path: Path) -> None:
         open_provider(ControlConfig(home=tmp_path, ray_address="127.0.0.1:6379"))
     with pytest.raises(DefinitionError, match="use 'local' or 'ray'"):
         open_provider(ControlConfig(home=tmp_path, provider="k8s"))
+
+
+async def test_the_ray_provider_says_it_does_not_run_the_image(tmp_path: Path) -> None:
+    provider = RayProvider("127.0.0.1:1", tmp_path)  # joins the cluster only when it starts a worker
+    image = control_pb2.ImageSpec(
+        from_image="pytorch/pytorch:2.5.1-cuda12.4",
+        python_environment=control_pb2.PythonEnvironment(venv_path="/venv/main"),
+    )
+    notes = await provider.image_warnings(image)
+    assert "image 'pytorch/pytorch:2.5.1-cuda12.4' is not run" in notes[0] and "--provider podman" in notes[0]
+    assert any("venv /venv/main" in note for note in notes[1:])
 
 
 class _Remote:

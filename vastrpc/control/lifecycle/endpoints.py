@@ -28,7 +28,7 @@ from vastrpc.control.lifecycle.rules import (
 )
 from vastrpc.control.lifecycle.stopping import Stopping
 from vastrpc.control.lifecycle.tiers import classify, keep_bundle, same_spec, same_workload
-from vastrpc.control.providers.base import Provider, has_image_settings, start_options
+from vastrpc.control.providers.base import Provider, start_options
 from vastrpc.control.stores.base import ACTIVE_WORKER_STATES, EndpointRow, RevisionRow, Store, WorkerRow, new_id
 
 __all__ = ["Lifecycle", "Registration"]
@@ -202,9 +202,7 @@ class Lifecycle(Rollouts, Stopping):
             return []
         requirements = start_options(revision.spec).get("requirements")
         notes = await self.provider.requirement_warnings(requirements) if requirements else []
-        image = control_pb2.DeploymentSpec.FromString(revision.spec).image
-        if has_image_settings(image):
-            notes += await self.provider.image_warnings(image)
+        notes += await self.provider.image_warnings(control_pb2.DeploymentSpec.FromString(revision.spec).image)
         return notes
 
     async def _scale(self, endpoint_id: str, revision: RevisionRow, desired: int) -> int:

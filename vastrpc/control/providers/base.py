@@ -10,7 +10,7 @@ from vastrpc.api.v1 import control_pb2
 from vastrpc.control.providers.requirements import spec_queries
 from vastrpc.query import Query
 
-__all__ = ["ENV_HOME", "ENV_WORKER_TOKEN", "ExitCallback", "Provider", "has_image_settings", "start_options"]
+__all__ = ["ENV_HOME", "ENV_WORKER_TOKEN", "ExitCallback", "Provider", "start_options"]
 
 ENV_WORKER_TOKEN = "VASTRPC_WORKER_TOKEN"
 ENV_HOME = "VASTRPC_HOME"
@@ -27,11 +27,6 @@ def start_options(spec: bytes) -> dict[str, Any]:
     """
     requirements = spec_queries(control_pb2.DeploymentSpec.FromString(spec).image)
     return {"requirements": requirements} if requirements else {}
-
-
-def has_image_settings(image: control_pb2.ImageSpec) -> bool:
-    """Whether ``image`` copies to absolute paths, picks its Python or publishes ports (``Provider.image_warnings``)."""
-    return bool(image.absolute_copies or image.published_ports or image.HasField("python_environment"))
 
 
 class Provider(Protocol):
@@ -62,12 +57,12 @@ class Provider(Protocol):
         """
 
     async def image_warnings(self, image: control_pb2.ImageSpec) -> list[str]:
-        """What this provider does instead of the image's absolute copies, Python choice and published ports.
+        """What this provider does instead of what the image asks: the image itself, absolute copies, Python, ports.
 
         A provider that runs the image on a worker of its own honours all of them and says
         nothing; one that runs workers on a shared host's interpreter (local, Ray) says for
-        each what it does instead (``vastrpc._hostimage.image_warnings``). Called only for an
-        image with one of them set (``has_image_settings``).
+        each what it does instead (``vastrpc._hostimage.image_warnings``). Called at every
+        provision.
         """
 
     async def stop_worker(self, worker_id: str, grace: float, *, pid: int = 0) -> bool:

@@ -351,8 +351,19 @@ class RayProvider:
         ]
 
     async def image_warnings(self, image: control_pb2.ImageSpec) -> list[str]:
-        """What workers on Ray nodes do instead of the image's copies, Python and ports (see ``vastrpc._hostimage``)."""
-        return image_warnings(
+        """What workers on Ray nodes do instead of the image, its copies, Python and ports (``vastrpc._hostimage``).
+
+        The image itself is not run: workers are processes on each node's Python (Ray's own
+        container support is not used), and the deploy says so rather than ignoring it.
+        """
+        notes = []
+        if image.from_image:
+            notes.append(
+                f"image {image.from_image!r} is not run: the Ray provider runs workers as processes on each "
+                "node's own Python, which must have what the image would (packages, CUDA); to run the image, "
+                "use a container provider (control serve --provider podman or docker)"
+            )
+        return notes + image_warnings(
             image, provider="the Ray provider runs workers as processes on each node's host", environ=None
         )
 
