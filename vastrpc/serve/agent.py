@@ -351,11 +351,19 @@ class Agent:
             env[ENV_COPY_ROOT] = str(copy_root(bundle_dir))
             for copied in image.absolute_copies:
                 _print(f"copy to {copied.destination}: at ${ENV_COPY_ROOT}{copied.destination} on this host")
-        ports = await asyncio.to_thread(allocate_ports, self.bind_host, list(image.published_ports))
+        # Both touch the system (sockets; a venv's interpreter) only when the image asks: no thread hop otherwise.
+        ports = (
+            await asyncio.to_thread(allocate_ports, self.bind_host, list(image.published_ports))
+            if image.published_ports
+            else []
+        )
         env.update(port_environment(ports))
         for port in ports:
             _print(f"publish_port {port.port}/{port.protocol}: {port.address}")
-        python, note = await asyncio.to_thread(python_for, image, env)
+        if image.python_environment.venv_path:
+            python, note = await asyncio.to_thread(python_for, image, env)
+        else:
+            python, note = python_for(image, env)
         if note:
             _print(note)
         return python, ports
