@@ -8,6 +8,7 @@ the receiver rebuilds it over one writable buffer that every chunk was copied in
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import traceback
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,8 @@ JSON = common_pb2.ENCODING_JSON
 
 # Buffers smaller than this stay in the pickle: out of band only pays for large ones.
 _OUT_OF_BAND_MIN = 64 << 10
+# Frames under this folder are vastrpc's own: a remote traceback starts after them.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class Payload:
@@ -158,13 +161,23 @@ def describe_exception(exc: BaseException) -> tuple[str, str, str, bytes]:
     """``(type name, message, formatted traceback, pickled exception or b"")`` for the wire."""
     cls = type(exc)
     type_name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    tb = "".join(traceback.format_exception(exc))
+    tb = _user_traceback(exc)
     try:
         pickled = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
         pickle.loads(pickled)  # an exception whose __init__ takes other arguments pickles but cannot be rebuilt
     except Exception:
         pickled = b""
     return type_name, str(exc), tb, pickled
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The formatted traceback without its leading frames in vastrpc: the caller sees where *their* code raised."""
+    summary = traceback.TracebackException.from_exception(exc)
+    frames = list(summary.stack)
+    while len(frames) > 1 and frames[0].filename.startswith(_PACKAGE_DIR):
+        frames.pop(0)
+    summary.stack = traceback.StackSummary.from_list(frames)
+    return "".join(summary.format())
 
 
 def rebuild_exception(type_name: str, message: str, tb: str, pickled: bytes) -> BaseException:
@@ -175,8 +188,8 @@ def rebuild_exception(type_name: str, message: str, tb: str, pickled: bytes) -> 
         except Exception:
             exc = None
         if isinstance(exc, BaseException):
+            # The remote traceback shows once, as the cause (as multiprocessing does).
             exc.__cause__ = RemoteTraceback(tb)
-            exc.add_note(f"Remote traceback:\n{tb}")
             exc.remote_traceback = tb  # type: ignore[attr-defined]
             return exc
     return RemoteError(type_name, message, tb)

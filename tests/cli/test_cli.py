@@ -182,7 +182,7 @@ def test_ls_logs_teardown_against_the_embedded_service(control_service) -> None:
     assert down.returncode == 0 and "1 endpoint(s) removed, 1 worker(s) stopped" in down.stdout
     again = vastrpc("teardown", "hello", "--json", home=home)
     assert again.returncode == 0
-    assert json.loads(again.stdout) == {"name": "hello", "tag": "", "endpoints_removed": 0, "workers_stopped": 0}
+    assert json.loads(again.stdout) == {"name": "hello", "tag": None, "endpoints_removed": 0, "workers_stopped": 0}
     # A torn-down deployment's logs stay readable: its stopped workers' logs are shown.
     after = vastrpc("logs", "hello", "--tail", "1", home=home)
     assert after.returncode == 0 and after.stdout.startswith(f"{worker_id} | "), after.stdout

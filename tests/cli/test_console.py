@@ -112,6 +112,33 @@ def test_ls_tables_show_every_column_on_one_line_per_row() -> None:
     assert "w-b failed at install: no such package" in text
 
 
+def test_ls_prints_each_failure_once_in_one_line_and_none_after_teardown() -> None:
+    listing = _listing()
+    endpoint = listing.deployments[0].endpoints[0]
+    trace = 'Traceback (most recent call last):\n  File "app.py", line 3\nOSError: gone'
+    failure = common_pb2.Failure(step="contexts", message=f"W.__aenter__ raised OSError: gone\n{trace}")
+    endpoint.state = common_pb2.ENDPOINT_STATE_FAILED
+    endpoint.failure.CopyFrom(failure)
+    endpoint.workers[1].failure.CopyFrom(failure)
+
+    def rendered() -> str:
+        out = io.StringIO()
+        render_ls(console(out, terminal=False), ls_document(listing, now=NOW))
+        return out.getvalue()
+
+    text = rendered()
+    assert "hello:default failed at contexts: W.__aenter__ raised OSError: gone" in text
+    assert text.count("raised OSError") == 1  # the worker's identical failure is not repeated
+    assert "Traceback" not in text  # tracebacks are in `vastrpc logs`
+
+    endpoint.state = common_pb2.ENDPOINT_STATE_STOPPED
+    endpoint.desired_workers = 1
+    del endpoint.workers[:]
+    text = rendered()
+    assert "failed at" not in text  # a torn-down endpoint's old failure is history
+    assert "0/0 ready" in text and "want" not in text
+
+
 def test_ls_shows_each_workers_published_ports_in_json_and_a_ports_column() -> None:
     listing = _listing()
     worker = listing.deployments[0].endpoints[0].workers[0]

@@ -268,11 +268,15 @@ async def test_provision_to_ready_worker_tokens_logs_list_teardown(control_servi
     for secret in ("s3cret-value", first["token"], state.endpoint_token, control_service.api_key):
         assert secret not in control_service.log_text()
 
-    # Torn down, the next deploy brings it back as a new endpoint with fresh workers.
+    # Torn down, the next deploy (here with new code) brings it back as a new endpoint with fresh
+    # workers, and the listing says the tier the deploy said.
+    spec.digests.code = "code-after-teardown"
     back = await client.register(spec)
     assert back.tier == common_pb2.UPDATE_TIER_NEW_ENDPOINT and back.endpoint_id == reg.endpoint_id
     assert await client.provision(back.endpoint_id, back.revision_id) == 2
     await client.wait_ready(back.endpoint_id, workers=2)
+    (listed,) = (await client.list("hello")).deployments[0].endpoints
+    assert listed.live_revision_tier == common_pb2.UPDATE_TIER_NEW_ENDPOINT
 
 
 @with_fake_worker

@@ -126,8 +126,15 @@ async def f() -> int:
 """)
     with pytest.raises(DeploymentError, match="model file is missing") as info:
         await mod.app.ensure_ready()
-    assert info.value.step == "contexts"
-    assert "Broken.__aenter__" in str(info.value)
+    err = info.value
+    assert err.step == "contexts"
+    # The first line names the step, the exception type, its message and what to do.
+    headline = "Broken.__aenter__ raised RuntimeError: model file is missing — fix the context and deploy again"
+    assert err.reason == headline
+    assert str(err).splitlines()[0] == f"contexts failed: {err.reason}"
+    # The traceback appears once, in the log tail below.
+    assert str(err).count("Traceback (most recent call last)") == 1
+    assert str(err).count('raise RuntimeError("model file is missing")') == 1
 
 
 async def test_benchmark_that_raises_fails_the_deployment(project) -> None:
@@ -143,6 +150,9 @@ async def f(x: int) -> int:
     with pytest.raises(DeploymentError, match="cannot handle 1") as info:
         await mod.app.ensure_ready()
     assert info.value.step == "benchmark"
+    assert "raised ValueError: cannot handle 1 — fix the function" in info.value.reason
+    assert "\n" not in info.value.reason
+    assert str(info.value).count("Traceback (most recent call last)") == 1
 
 
 async def test_unreachable_control_address_fails_fast(tmp_path) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import time
+import traceback
 
 import grpc
 import numpy as np
@@ -96,7 +97,13 @@ async def test_remote_exception_reraised_with_type_message_and_traceback(calls) 
     cause = info.value.__cause__
     assert isinstance(cause, RemoteTraceback)
     assert "in fail" in cause.tb and "raise KeyError(message)" in cause.tb
-    assert any("Remote traceback" in note for note in info.value.__notes__)
+    # The remote traceback shows once (as the cause), starting at the user's code, not vastrpc's.
+    assert not getattr(info.value, "__notes__", None)
+    assert "vastrpc/serve" not in cause.tb
+    printed = "".join(traceback.format_exception(info.value))
+    assert printed.count("raise KeyError(message)") == 1
+    # Nor does the caller's side list the router's frames.
+    assert "vastrpc/client" not in printed
 
 
 async def test_exception_that_cannot_be_rebuilt_becomes_remote_error(calls) -> None:

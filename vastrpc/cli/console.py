@@ -332,8 +332,9 @@ def render_ls(out: Console, document: list[dict[str, Any]]) -> None:
         for e in d["endpoints"]:
             label = f"{d['name']}:{e['tag']}"
             update = f"{e['update_tier']} {e['update'].split(' — ')[0]}" if e["update_tier"] is not None else "-"
+            stopped = e["state"].endswith("_STOPPED")
             count = f"{e['workers_ready']}/{e['workers_total']} ready"
-            if e["workers_desired"] != e["workers_total"]:
+            if e["workers_desired"] != e["workers_total"] and not stopped:
                 count += f" (want {e['workers_desired']})"
             ttl = duration(e["ttl_seconds"]) if e["ttl_seconds"] else "never"
             idle = duration(e["idle_seconds"])
@@ -342,8 +343,9 @@ def render_ls(out: Console, document: list[dict[str, Any]]) -> None:
                 revision += f" ({e['version_label']})"
             row = (label, _short(e["state"]), revision, update, count, ttl, idle, e["endpoint_id"])
             endpoints.add_row(*row)
-            if e["failure"]:
-                failures.append(f"{label} failed at {e['failure']['step']}: {e['failure']['message']}")
+            # A torn-down endpoint's old failure is history: `vastrpc logs` still has it.
+            if e["failure"] and not stopped:
+                failures.append(_failure_line(label, e["failure"]))
             for w in e["workers"]:
                 in_flight = str(w["calls_in_flight"]) + (f" ({w['calls_queued']} queued)" if w["calls_queued"] else "")
                 cells = [
@@ -362,13 +364,19 @@ def render_ls(out: Console, document: list[dict[str, Any]]) -> None:
                     ports = w.get("published_ports") or []
                     cells.append(", ".join(f"{p['port']}/{p['protocol']} {p['address'] or '-'}" for p in ports) or "-")
                 workers.add_row(*cells)
-                if w["failure"]:
-                    failures.append(f"{w['worker_id']} failed at {w['failure']['step']}: {w['failure']['message']}")
+                if w["failure"] and w["failure"] != e["failure"]:  # not the endpoint's line again
+                    failures.append(_failure_line(w["worker_id"], w["failure"]))
     out.print(endpoints)
     if workers.row_count:
         out.print(workers)
     for line in failures:
         out.print(Text(line, style="red"))
+
+
+def _failure_line(label: str, failure: dict[str, str]) -> str:
+    """One line per failure; the traceback is in the worker's log (``vastrpc logs``)."""
+    message = failure["message"].strip().splitlines()
+    return f"{label} failed at {failure['step']}: {message[0] if message else 'no message'}"
 
 
 def print_error(exc: Exception, code: int, *, json_output: bool) -> None:

@@ -205,7 +205,8 @@ def _teardown(args: argparse.Namespace) -> int:
         response = stub.Teardown(request, metadata=metadata, timeout=_TEARDOWN_TIMEOUT)
     removed, stopped = response.endpoints_removed, response.workers_stopped
     if args.json:
-        print_json({"name": args.name, "tag": args.tag, "endpoints_removed": removed, "workers_stopped": stopped})
+        tag = args.tag or None  # every tag
+        print_json({"name": args.name, "tag": tag, "endpoints_removed": removed, "workers_stopped": stopped})
         return EXIT_OK
     target = f"{args.name}:{args.tag}" if args.tag else args.name
     print(f"tore down {target}: {removed} endpoint(s) removed, {stopped} worker(s) stopped")

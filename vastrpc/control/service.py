@@ -502,7 +502,9 @@ def _endpoint_failure(endpoint: EndpointRow) -> common_pb2.Failure | None:
 
 
 def _live_revision_tier(revisions: list[RevisionRow], live: RevisionRow) -> int:
-    """What ``live`` changed against the revision registered before it (the stored digests tell)."""
+    """The tier ``live`` was registered with; for revisions stored before tiers were, what the digests tell."""
+    if live.tier:
+        return live.tier
     ids = [r.id for r in revisions]
     index = ids.index(live.id) if live.id in ids else -1
     if index <= 0:

@@ -50,16 +50,22 @@ class DeploymentHandle:
         self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: FunctionOptions
     ) -> CallInfo:
         session = await self._ready_session()
-        return await session.router.call(
-            function, args, kwargs, options.timeout, options.retries, options.output_handler()
-        )
+        try:
+            return await session.router.call(
+                function, args, kwargs, options.timeout, options.retries, options.output_handler()
+            )
+        except Exception as exc:
+            raise _without_our_frames(exc) from exc.__cause__
 
     async def stream(
         self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: FunctionOptions
     ) -> AsyncIterator[Any]:
         session = await self._ready_session()
-        async for value in session.router.stream(function, args, kwargs, options.timeout, options.output_handler()):
-            yield value
+        try:
+            async for value in session.router.stream(function, args, kwargs, options.timeout, options.output_handler()):
+                yield value
+        except Exception as exc:
+            raise _without_our_frames(exc) from exc.__cause__
 
     async def close(self) -> None:
         """Close the session's connections (workers keep running)."""
@@ -136,3 +142,8 @@ class Deploying(Coroutine[Any, Any, DeployResult]):
                 RuntimeWarning,
                 stacklevel=2,
             )
+
+
+def _without_our_frames(exc: Exception) -> Exception:
+    """A remote function's exception without the router's frames: its remote traceback says where it raised."""
+    return exc.with_traceback(None) if hasattr(exc, "remote_traceback") else exc

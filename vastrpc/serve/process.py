@@ -37,15 +37,24 @@ Emit = Callable[..., None]
 
 
 class StepFailed(Exception):
-    """A serving step failed; ``step`` names it for the deployment's failure record."""
+    """A serving step failed: ``step`` names it, the message is one line, ``detail`` holds the traceback.
 
-    def __init__(self, step: str, message: str) -> None:
+    The one line goes into the deployment's failure record (the CLI's ``error:`` line, ``vastrpc ls``);
+    the traceback goes to the worker log once, where the log tail shows it below that line.
+    """
+
+    def __init__(self, step: str, message: str, detail: str = "") -> None:
         self.step = step
+        self.detail = detail
         super().__init__(message)
 
 
-def _formatted(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc)).rstrip()
+def _raised(what: str, exc: BaseException, todo: str) -> tuple[str, str]:
+    """(one line naming ``what``, the exception's type and message and what to do; the traceback)."""
+    message = str(exc).strip().replace("\n", " ")
+    kind = type(exc).__name__
+    headline = f"{what} raised {kind}: {message}" if message else f"{what} raised {kind}"
+    return f"{headline} — {todo}", "".join(traceback.format_exception(exc)).rstrip()
 
 
 def load_deployment(module: str, name: str, tag: str, runtime: ServeRuntime) -> DeploymentDefinition:
@@ -53,7 +62,7 @@ def load_deployment(module: str, name: str, tag: str, runtime: ServeRuntime) -> 
     try:
         importlib.import_module(module)
     except BaseException as exc:
-        raise StepFailed("import", f"importing {module} raised:\n{_formatted(exc)}") from exc
+        raise StepFailed("import", *_raised(f"importing {module}", exc, "fix the import and deploy again")) from exc
     matches = [d for d in runtime.deployments if d.name == name and d.tag == tag] or [
         d for d in runtime.deployments if d.name == name
     ]
@@ -65,26 +74,33 @@ def load_deployment(module: str, name: str, tag: str, runtime: ServeRuntime) -> 
 
 async def enter_contexts(app: DeploymentDefinition, runtime: ServeRuntime) -> list[Any]:
     """Make and enter every ``@context`` concurrently; returns the entered objects, for exit_contexts."""
-    objects, failures = [], []
+    objects: list[Any] = []
+    failures: list[tuple[str, str]] = []
+    todo = "fix the context and deploy again"
     for context in app.contexts:
         try:
             objects.append(context.cls(*context.args, **context.kwargs))
         except Exception as exc:
-            failures.append(f"{context.cls.__name__}(...) raised:\n{_formatted(exc)}")
+            failures.append(_raised(f"{context.cls.__name__}(...)", exc, todo))
     if failures:
-        raise StepFailed("contexts", "\n".join(failures))
+        raise _contexts_failed(failures)
     results = await asyncio.gather(*(obj.__aenter__() for obj in objects), return_exceptions=True)
     entered = []
     for context, obj, result in zip(app.contexts, objects, results, strict=True):
         if isinstance(result, BaseException):
-            failures.append(f"{context.cls.__name__}.__aenter__ raised:\n{_formatted(result)}")
+            failures.append(_raised(f"{context.cls.__name__}.__aenter__", result, todo))
         else:
             runtime.contexts[context.cls] = result
             entered.append(obj)
     if failures:
         await exit_contexts(entered)
-        raise StepFailed("contexts", "\n".join(failures))
+        raise _contexts_failed(failures)
     return entered
+
+
+def _contexts_failed(failures: list[tuple[str, str]]) -> StepFailed:
+    headline = failures[0][0] if len(failures) == 1 else f"{failures[0][0]} (and {len(failures) - 1} more contexts)"
+    return StepFailed("contexts", headline, "\n\n".join(detail for _, detail in failures))
 
 
 async def exit_contexts(entered: list[Any]) -> None:
@@ -130,7 +146,9 @@ async def run_benchmark(app: DeploymentDefinition) -> tuple[float, dict[str, flo
         try:
             inputs = _benchmark_inputs(fn)
         except Exception as exc:
-            raise StepFailed("benchmark", f"benchmark_generator of {fn.name} raised:\n{_formatted(exc)}") from exc
+            raise StepFailed(
+                "benchmark", *_raised(f"benchmark_generator of {fn.name}", exc, "fix it and deploy again")
+            ) from exc
         semaphore = asyncio.Semaphore(fn.options.max_concurrency)
 
         async def one(
@@ -140,10 +158,9 @@ async def run_benchmark(app: DeploymentDefinition) -> tuple[float, dict[str, flo
                 try:
                     await _apply(fn, item)
                 except Exception as exc:
-                    raise StepFailed(
-                        "benchmark",
-                        f"{fn.name}({item!r}) raised during the benchmark (run {index}):\n{_formatted(exc)}",
-                    ) from exc
+                    what = f"{fn.name}({item!r}) in benchmark run {index}"
+                    todo = "fix the function or its benchmark inputs and deploy again"
+                    raise StepFailed("benchmark", *_raised(what, exc, todo)) from exc
 
         await one(0, inputs[0])  # warm-up, not timed: first calls pay for lazy imports and caches
         started = time.perf_counter()
@@ -221,7 +238,8 @@ async def serve(config: dict[str, Any], emit: Emit) -> int:
         emit("state", state="benchmarking")
         score, per_function = await run_benchmark(app)
     except StepFailed as exc:
-        print(f"vastrpc: {exc.step} failed: {exc}", file=sys.stderr, flush=True)
+        # The traceback goes to the worker log once; the failure record keeps the one line.
+        print(f"vastrpc: {exc.step} failed: {exc}\n{exc.detail}".rstrip(), file=sys.stderr, flush=True)
         emit("failed", step=exc.step, message=str(exc))
         await exit_contexts(entered)
         return 1

@@ -45,8 +45,8 @@ def test_concurrent_starts_migrate_once(pg_url: str) -> None:
     assert all(isinstance(s, PgStore) for s in stores), stores
     with psycopg.connect(pg_url) as db:
         versions = [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")]
-    assert versions == [1, 2, 3, 4, 5, 6]
-    assert all(s.schema_version == 6 for s in stores)
+    assert versions == [1, 2, 3, 4, 5, 6, 7]
+    assert all(s.schema_version == 7 for s in stores)
     for s in stores:
         s.close()
 
@@ -67,7 +67,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(pg_url: str) -> Non
             " VALUES ('w-1', 'e-1', 'r-1', 'ready', 'h', 3, 0)"
         )
     store = PgStore(pg_url)
-    assert store.schema_version == 6
+    assert store.schema_version == 7
     worker = store.get_worker("w-1")
     assert (worker.calls_in_flight, worker.calls_queued, worker.calls_started, worker.owner) == (3, 0, 0, "")
     assert worker.published_ports == ""  # migration 5: no ports published until the worker reports some

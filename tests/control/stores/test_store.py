@@ -42,15 +42,15 @@ def _worker(store: Store, worker_id: str, state: str = "starting") -> WorkerRow:
 def test_schema_is_versioned_wal_and_reopens(tmp_path) -> None:
     path = tmp_path / "state.db"
     store = SqliteStore(path)
-    assert store.schema_version == 6 and not store.shared
+    assert store.schema_version == 7 and not store.shared
     deployment = store.get_or_create_deployment("hello")
     store.close()
     again = SqliteStore(path)  # migrations already applied: nothing re-runs
-    assert again.schema_version == 6 and again.get_deployment_by_name("hello") == deployment
+    assert again.schema_version == 7 and again.get_deployment_by_name("hello") == deployment
     again.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 6
+        assert db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 7
 
 
 def test_a_version_1_database_gains_calls_queued(tmp_path) -> None:
@@ -72,12 +72,13 @@ def test_a_version_1_database_gains_calls_queued(tmp_path) -> None:
             " VALUES ('w-1', 'e-1', 'r-1', 'ready', 'h', 3, 0)"
         )
     store = SqliteStore(path)
-    assert store.schema_version == 6
+    assert store.schema_version == 7
     worker = store.get_worker("w-1")
     assert (worker.calls_in_flight, worker.calls_queued, worker.owner, worker.published_ports) == (3, 0, "", "")
     assert worker.gpus == "" and worker.gpu_indices() == ()  # migration 6: no GPUs recorded
     assert store.update_worker("w-1", gpus="2,3").gpu_indices() == (2, 3)
     assert store.update_worker("w-1", calls_queued=2).calls_queued == 2
+    assert store.get_revision("r-1").tier == 0  # migration 7: registered before tiers were stored
     assert store.update_worker("w-1", calls_started=5).calls_started == 5
     store.close()
 

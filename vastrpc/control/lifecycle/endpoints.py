@@ -135,7 +135,9 @@ class Lifecycle(Rollouts, Stopping):
                 revision_id = latest.id
             else:
                 kinds = ("bundle", "code", "environment", "autoscaling")
-                revision_id = self.store.add_revision(endpoint.id, data, {k: getattr(digests, k) for k in kinds}).id
+                revision_id = self.store.add_revision(
+                    endpoint.id, data, {k: getattr(digests, k) for k in kinds}, tier
+                ).id
             self.store.update_endpoint(endpoint.id, last_client_seen=time.time())
         log.info(
             "registered %s:%s revision %s (%s)", spec.name, spec.tag, revision_id, common_pb2.UpdateTier.Name(tier)

@@ -81,9 +81,11 @@ class RevisionRow:
     environment_digest: str
     autoscaling_digest: str
     created_at: float
+    # The UpdateTier it was registered with (0: unknown, a revision stored before version 7).
+    tier: int = 0
 
     @classmethod
-    def new(cls, endpoint_id: str, spec: bytes, digests: dict[str, str]) -> RevisionRow:
+    def new(cls, endpoint_id: str, spec: bytes, digests: dict[str, str], tier: int = 0) -> RevisionRow:
         """A new revision; ``digests`` maps bundle/code/environment/autoscaling to hex digests."""
         return cls(
             id=new_id("r"),
@@ -94,6 +96,7 @@ class RevisionRow:
             environment_digest=digests.get("environment", ""),
             autoscaling_digest=digests.get("autoscaling", ""),
             created_at=time.time(),
+            tier=tier,
         )
 
 
@@ -234,8 +237,8 @@ class Store(Protocol):
     def update_endpoint(self, endpoint_id: str, **values: Any) -> EndpointRow:
         """Set columns of an endpoint and return the new row."""
 
-    def add_revision(self, endpoint_id: str, spec: bytes, digests: dict[str, str]) -> RevisionRow:
-        """Record a revision; ``digests`` maps bundle/code/environment/autoscaling to hex digests."""
+    def add_revision(self, endpoint_id: str, spec: bytes, digests: dict[str, str], tier: int = 0) -> RevisionRow:
+        """Record a revision registered as ``tier``; ``digests`` maps bundle/code/environment/autoscaling to hex."""
 
     def get_revision(self, revision_id: str) -> RevisionRow | None:
         """The revision with that id, if any."""

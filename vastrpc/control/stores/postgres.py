@@ -146,6 +146,8 @@ _MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE workers ADD COLUMN published_ports TEXT NOT NULL DEFAULT ''",
     # 6: the indices of the host's GPUs the worker holds, comma-separated (WorkerRow.gpus).
     "ALTER TABLE workers ADD COLUMN gpus TEXT NOT NULL DEFAULT ''",
+    # 7: the UpdateTier a revision was registered with (RevisionRow.tier; 0 before this version).
+    "ALTER TABLE revisions ADD COLUMN tier INTEGER NOT NULL DEFAULT 0",
 )
 
 
@@ -427,9 +429,9 @@ class PgStore:
 
     # -- revisions ----------------------------------------------------------------
 
-    def add_revision(self, endpoint_id: str, spec: bytes, digests: dict[str, str]) -> RevisionRow:
-        """Record a revision; ``digests`` maps bundle/code/environment/autoscaling to hex digests."""
-        row = RevisionRow.new(endpoint_id, spec, digests)
+    def add_revision(self, endpoint_id: str, spec: bytes, digests: dict[str, str], tier: int = 0) -> RevisionRow:
+        """Record a revision registered as ``tier``; ``digests`` maps bundle/code/environment/autoscaling to hex."""
+        row = RevisionRow.new(endpoint_id, spec, digests, tier)
         values = [getattr(row, f.name) for f in fields(RevisionRow)]
         self._run(f"INSERT INTO revisions ({_REVISION}) VALUES ({', '.join('%s' for _ in values)})", values)
         return row

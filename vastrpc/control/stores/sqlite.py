@@ -110,6 +110,8 @@ _MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE workers ADD COLUMN published_ports TEXT NOT NULL DEFAULT ''",
     # 6: the indices of the host's GPUs the worker holds, comma-separated (WorkerRow.gpus).
     "ALTER TABLE workers ADD COLUMN gpus TEXT NOT NULL DEFAULT ''",
+    # 7: the UpdateTier a revision was registered with (RevisionRow.tier; 0 before this version).
+    "ALTER TABLE revisions ADD COLUMN tier INTEGER NOT NULL DEFAULT 0",
 )
 
 
@@ -294,12 +296,12 @@ class SqliteStore:
 
     # -- revisions ----------------------------------------------------------------
 
-    def add_revision(self, endpoint_id: str, spec: bytes, digests: dict[str, str]) -> RevisionRow:
-        """Record a revision; ``digests`` maps bundle/code/environment/autoscaling to hex digests."""
-        row = RevisionRow.new(endpoint_id, spec, digests)
+    def add_revision(self, endpoint_id: str, spec: bytes, digests: dict[str, str], tier: int = 0) -> RevisionRow:
+        """Record a revision registered as ``tier``; ``digests`` maps bundle/code/environment/autoscaling to hex."""
+        row = RevisionRow.new(endpoint_id, spec, digests, tier)
         self._exec(
             "INSERT INTO revisions (id, endpoint_id, spec, bundle_digest, code_digest, environment_digest,"
-            " autoscaling_digest, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " autoscaling_digest, created_at, tier) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 row.id,
                 row.endpoint_id,
@@ -309,6 +311,7 @@ class SqliteStore:
                 row.environment_digest,
                 row.autoscaling_digest,
                 row.created_at,
+                row.tier,
             ),
         )
         return row
