@@ -15,6 +15,8 @@ __all__ = ["ClientConfig", "ControlConfig", "default_home", "tls_from_env"]
 ENV_HOME = "VASTRPC_HOME"
 ENV_CONTROL_ADDRESS = "VASTRPC_CONTROL_ADDRESS"
 ENV_API_KEY = "VASTRPC_API_KEY"
+ENV_PROGRESS = "VASTRPC_PROGRESS"
+_PROGRESS_MODES = ("auto", "live", "plain", "off")
 # TLS files of a client (the CA to trust; a certificate and key for mutual TLS). The local
 # provider sets them for the workers it starts, with VASTRPC_TLS_REQUIRE_CLIENT_CERT.
 ENV_TLS_CA = "VASTRPC_TLS_CA"
@@ -73,6 +75,8 @@ class ClientConfig:
             their certificates (None: the system's roots), ``cert_file`` and ``key_file`` this
             client's certificate for mutual TLS. ``None`` is plaintext, except for the embedded
             control service, which says what to trust itself (``home/tls/ca.pem``).
+        progress: What a deploy shows on stderr: ``"auto"`` (live progress when stderr is a
+            terminal, otherwise a line per step), ``"live"``, ``"plain"``, or ``"off"``.
     """
 
     control_address: str | None = None
@@ -82,6 +86,13 @@ class ClientConfig:
     ready_timeout: float = 600.0
     balancer: str = "least_expected_time"
     tls: TlsFiles | None = None
+    progress: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.progress not in _PROGRESS_MODES:
+            raise DefinitionError(
+                f"progress={self.progress!r} (or {ENV_PROGRESS}): use one of {', '.join(_PROGRESS_MODES)}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientConfig:
@@ -92,6 +103,7 @@ class ClientConfig:
             api_key=env.get(ENV_API_KEY) or None,
             home=default_home(env),
             tls=tls_from_env(env),
+            progress=env.get(ENV_PROGRESS) or "auto",
         )
 
 

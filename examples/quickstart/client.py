@@ -1,13 +1,11 @@
 """Calls the quick-start deployment: deploys it on first use, then awaits remote results."""
 
 import asyncio
-import logging
 
 from deploy import app, square
 
 
 async def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     result = await app.ensure_ready()
     print(f"ready: tier {result.tier} ({result.description}), {result.ready_workers} worker(s)")
     print("square(5) =", await square(5))

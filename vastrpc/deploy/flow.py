@@ -132,7 +132,8 @@ def validate(app: DeploymentDefinition) -> None:
 
 
 def _done(progress: DeployProgress | None, step: str, summary: str) -> None:
-    log.info("%s: %s", step, summary)
+    # Shown by the progress when there is one; a configured log then need not repeat it.
+    log.log(logging.DEBUG if progress is not None else logging.INFO, "%s: %s", step, summary)
     if progress is not None:
         progress.step_done(step, summary)
 

@@ -40,7 +40,7 @@ class DeploymentHandle:
     async def ensure_ready(self) -> DeployResult:
         """Deploy (or reconnect) and return what the deploy did."""
         async with self._lock():
-            self.session = await ensure_ready(self._describe(), self._config(), self.live_session())
+            self.session = await self._deploy(self.live_session())
             return self.session.result
 
     async def call(self, function: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: FunctionOptions) -> Any:
@@ -87,8 +87,17 @@ class DeploymentHandle:
                 session = self.live_session()
                 if session is None or session.router.torn_down:
                     # Never deployed from here, or torn down since (TTL): bring it (back) up.
-                    self.session = session = await ensure_ready(self._describe(), self._config(), session)
+                    self.session = session = await self._deploy(session)
         return session
+
+    async def _deploy(self, session: Session | None) -> Session:
+        app, config = self._describe(), self._config()
+        if config.progress == "off" or (session is not None and session.control is None):  # off, or in-process
+            return await ensure_ready(app, config, session)
+        from vastrpc.deploy.progress import deploy_progress  # rich: imported only when shown
+
+        with deploy_progress(config.progress, f"{app.name}:{app.tag}") as progress:
+            return await ensure_ready(app, config, session, progress=progress)
 
     def _lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
