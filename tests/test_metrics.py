@@ -403,3 +403,28 @@ async def test_metrics_server_answers_get_head_gzip_and_refuses_the_rest(tmp_pat
         await server.close()
     with pytest.raises(OSError):
         await asyncio.to_thread(fetch, address)
+
+
+def test_the_embedded_default_serves_metrics_when_asked(tmp_path: Path) -> None:
+    """VASTRPC_METRICS_PORT turns metrics on for the control service the CLI or SDK starts itself."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VASTRPC_")}
+    env.update(VASTRPC_HOME=str(tmp_path / "home"), VASTRPC_METRICS_PORT="0")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "app.py").write_text(
+        source(1).replace("{name}", "embedded-metrics").replace("{{", "{").replace("}}", "}")
+    )
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "vastrpc", *argv], cwd=project, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    try:
+        deployed = run("deploy", "app.py")
+        assert deployed.returncode == 0, deployed.stderr
+        status = json.loads(run("control", "status", "--json").stdout)
+        code, _, body = fetch(status["metrics_address"])
+        assert code == 200 and b"vastrpc_" in body
+    finally:
+        run("control", "stop")

@@ -71,9 +71,16 @@ def error_from_rpc(
     """Translate a failed RPC into the matching vastrpc exception."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = (err.details() if hasattr(err, "details") else None) or str(code)
+    where = f" at {target}" if target else ""
     if code == grpc.StatusCode.UNAVAILABLE:
-        where = f" at {target}" if target else ""
         return unavailable(f"cannot reach the service{where}: {details}")
+    if code == grpc.StatusCode.UNAUTHENTICATED and unavailable is ControlUnavailableError:
+        # The control service refused the API key: say where a client takes it from.
+        details = (
+            f"the control service{where} refused this client's API key ({details}): pass its key with --api-key "
+            "or VASTRPC_API_KEY (Deployment(api_key=...) in Python); the embedded service keeps its key in "
+            "HOME/api_key"
+        )
     return _STATUS_ERRORS.get(code, ControlServiceError)(details)
 
 

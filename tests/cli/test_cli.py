@@ -203,6 +203,8 @@ def test_explicit_address_and_key(control_service, tmp_path) -> None:
     assert by_env.returncode == 0
     wrong = vastrpc("ls", "--control", control_service.address, "--api-key", "wrong", home=elsewhere)
     assert wrong.returncode == 3 and wrong.stderr.startswith("error:") and len(wrong.stderr.strip().splitlines()) == 1
+    assert "refused this client's API key" in wrong.stderr and "VASTRPC_API_KEY" in wrong.stderr
+    assert "--api-key" in wrong.stderr and "HOME/api_key" in wrong.stderr
     no_key = vastrpc("ls", "--control", control_service.address, home=elsewhere)
     assert no_key.returncode == 3 and "no API key" in no_key.stderr
 
@@ -326,6 +328,51 @@ def test_deploy_whose_install_fails_exits_1_with_the_reason(control_service, tmp
     assert "Traceback" not in result.stderr and result.stdout == ""
     missing = vastrpc("deploy", str(tmp_path / "missing.py"), home=tmp_path / "home")
     assert missing.returncode == 1 and "no such file" in missing.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_ctrl_c_during_deploy_says_the_deploy_goes_on(control_service, tmp_path) -> None:
+    path = _write(
+        tmp_path / "proj",
+        "slowapp",
+        """
+        import asyncio
+        from vastrpc import Deployment
+
+        app = Deployment(name="{name}")
+
+        @app.context
+        class Slow:
+            async def __aenter__(self):
+                await asyncio.sleep(60)
+            async def __aexit__(self, *exc):
+                pass
+
+        @app.remote(benchmark_dataset=[{{}}])
+        async def f() -> int:
+            return 1
+        """,
+    )
+    env = _target(control_service)
+    deploy = subprocess.Popen(
+        [sys.executable, "-m", "vastrpc", "deploy", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(tmp_path / "home", env),
+    )
+    lines = _Lines(deploy)
+    asyncio.run(lines.wait_for("loading", timeout=60))  # the worker is entering the slow context
+    deploy.send_signal(signal.SIGINT)
+    assert deploy.wait(timeout=20) == 130
+    time.sleep(0.5)  # let the reader thread take the last lines
+    rest = "".join(lines.seen) + "".join(lines.lines.queue)
+    assert "interrupted: the control service goes on deploying slowapp:default" in rest, rest
+    assert "vastrpc teardown slowapp" in rest and "Traceback" not in rest
+    (deployment,) = json.loads(vastrpc("ls", "slowapp", "--json", home=tmp_path / "home", env=env).stdout)
+    assert deployment["endpoints"][0]["workers"], "the deploy went on at the service"
+    assert vastrpc("teardown", "slowapp", home=tmp_path / "home", env=env).returncode == 0
 
 
 class _Lines:

@@ -174,7 +174,7 @@ async def test_wrong_api_key_is_refused(project, control_service) -> None:
     from vastrpc import AuthenticationError
 
     mod = project(SQUARE, api_key="not-the-key")
-    with pytest.raises(AuthenticationError):
+    with pytest.raises(AuthenticationError, match=r"refused this client's API key .*VASTRPC_API_KEY"):
         await mod.app.ensure_ready()
 
 

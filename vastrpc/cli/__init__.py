@@ -69,6 +69,9 @@ def _parser(home: Path) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from vastrpc import __version__
+
+    parser.add_argument("--version", action="version", version=f"vastrpc {__version__}")
     # The commands' parsers are _Parsers too: argparse makes them of the class of the one they belong to.
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True

@@ -18,6 +18,8 @@ __all__ = ["add_commands"]
 ENV_WORKER_COMMAND = "VASTRPC_WORKER_COMMAND"
 # What this machine offers, declared (JSON): the local provider evaluates requirements against it.
 ENV_INVENTORY = "VASTRPC_INVENTORY"
+# Also how the embedded default (started by the SDK or CLI with the caller's environment) turns metrics on.
+ENV_METRICS_PORT = "VASTRPC_METRICS_PORT"
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], home: Path) -> None:
@@ -119,7 +121,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
         help="local provider: what this machine offers, as JSON, instead of probing it (CPUs, RAM, disk, GPUs)",
     )
     serve.add_argument(
-        "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics over HTTP on this port (0: any)"
+        "--metrics-port",
+        type=int,
+        default=os.environ.get(ENV_METRICS_PORT) or None,
+        metavar="PORT",
+        help=f"serve Prometheus metrics over HTTP on this port (0: any; default ${ENV_METRICS_PORT}, which also "
+        "turns them on for the embedded service)",
     )
     # For tests: the command that starts a worker agent, instead of `python -m vastrpc worker`.
     serve.add_argument("--worker-command", default=os.environ.get(ENV_WORKER_COMMAND), help=argparse.SUPPRESS)

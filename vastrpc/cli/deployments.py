@@ -129,8 +129,11 @@ def _deploy(args: argparse.Namespace) -> int:
     apps = load_deployments(args.file)
     documents = []
 
+    current: list[str] = []
+
     async def run() -> None:
         for app in apps:
+            current[:] = [app.name, app.tag]
             with ExitStack() as stack:
                 if terminal:
                     err.print(f"deploying [bold]{app.name}:{app.tag}[/] from {args.file}")
@@ -144,7 +147,18 @@ def _deploy(args: argparse.Namespace) -> int:
             else:
                 console.deploy_summary(out, app.name, app.tag, result)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        if current:
+            # The service carries on with what it was asked; leaving silently would hide that.
+            name, tag = current
+            print(
+                f"\ninterrupted: the control service goes on deploying {name}:{tag} — `vastrpc ls {name}` shows it, "
+                f"`vastrpc teardown {name}` stops it",
+                file=sys.stderr,
+            )
+        raise
     if args.json:
         console.print_json(documents)
     return EXIT_OK

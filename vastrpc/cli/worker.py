@@ -29,7 +29,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
     identity.add_argument(
         "--join",
         metavar="NAME[:TAG]",
-        help="join this deployment's endpoint as one more worker (needs the API key; counts toward max_workers)",
+        help="join this deployment's endpoint as one more worker (needs the API key; not counted in max_workers)",
     )
     identity.add_argument(
         "--worker-id", help="the id the control service gave this worker (providers pass it, with its token)"
