@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vastrpc.cli import control, deployments, worker
+from vastrpc.cli import control, deployments, endpoint, worker
 from vastrpc.cli.exit_codes import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -78,6 +78,7 @@ def _parser(home: Path) -> argparse.ArgumentParser:
     control.add_commands(commands, home)
     worker.add_commands(commands, home)
     deployments.add_commands(commands, home)
+    endpoint.add_commands(commands, home)
     return parser
 
 
