@@ -59,14 +59,16 @@ def test_ls_document_has_the_documented_shape() -> None:
     (endpoint,) = hello["endpoints"]
     assert endpoint["state"] == "ENDPOINT_STATE_READY"
     assert (endpoint["update_tier"], endpoint["update"]) == (2, "code changed — workers load the new bundle")
-    assert (endpoint["workers_ready"], endpoint["workers_total"], endpoint["workers_desired"]) == (1, 2, 2)
+    # The failed worker serves nothing: not counted in the total, counted on its own.
+    assert (endpoint["workers_ready"], endpoint["workers_total"], endpoint["workers_desired"]) == (1, 1, 2)
+    assert endpoint["workers_failed"] == 1
     assert (endpoint["ttl_seconds"], endpoint["idle_seconds"]) == (600, 30)
     ready, failed = endpoint["workers"]
     assert ready["state"] == "WORKER_STATE_READY" and ready["score"] == 41.5
     assert (ready["calls_in_flight"], ready["calls_queued"], ready["calls_started"]) == (3, 1, 9)
     assert ready["uptime_seconds"] == 3725 and ready["failure"] is None
     assert failed["failure"] == {"step": "install", "message": "no such package", "log_tail": ""}
-    assert failed["uptime_seconds"] is None  # never heard of: not a made-up zero
+    assert failed["uptime_seconds"] is None  # failed: no uptime (and never a made-up zero)
     json.dumps(hello)  # plain JSON types only
 
 
@@ -85,8 +87,12 @@ def test_ls_tables_show_every_column_on_one_line_per_row() -> None:
         "2",
         "code",
         "changed",
-        "1/2",
+        "1/1",
         "ready",
+        "(want",
+        "2),",
+        "1",
+        "failed",
         "10m00s",
         "30s",
         "e-1",

@@ -122,6 +122,7 @@ def ls_document(response: control_pb2.ListDeploymentsResponse, now: float | None
             for w in e.workers:
                 activity = e.worker_activity.get(w.worker_id)
                 started = activity.started_at if activity is not None and activity.started_at else None
+                failed = w.state == common_pb2.WORKER_STATE_FAILED
                 workers.append(
                     {
                         "worker_id": w.worker_id,
@@ -135,7 +136,8 @@ def ls_document(response: control_pb2.ListDeploymentsResponse, now: float | None
                         "calls_started": activity.calls_started if activity is not None else 0,
                         "pid": w.pid,
                         "started_at": started,
-                        "uptime_seconds": round(now - started, 3) if started else None,
+                        # A failed worker runs no more: no uptime growing after its end.
+                        "uptime_seconds": round(now - started, 3) if started and not failed else None,
                         "last_heartbeat": w.last_heartbeat or None,
                         "failure": _failure(w.failure if w.HasField("failure") else None),
                         "published_ports": [
@@ -147,6 +149,7 @@ def ls_document(response: control_pb2.ListDeploymentsResponse, now: float | None
                 )
             tier, words = describe_tier(e.live_revision_tier)
             ready = sum(1 for w in e.workers if w.state == common_pb2.WORKER_STATE_READY)
+            failed_count = sum(1 for w in e.workers if w.state == common_pb2.WORKER_STATE_FAILED)
             a = e.autoscaling
             endpoints.append(
                 {
@@ -158,7 +161,8 @@ def ls_document(response: control_pb2.ListDeploymentsResponse, now: float | None
                     "update_tier": tier if tier >= 0 else None,
                     "update": words if tier >= 0 else None,
                     "workers_ready": ready,
-                    "workers_total": len(e.workers),
+                    "workers_total": len(e.workers) - failed_count,  # the failed ones serve nothing
+                    "workers_failed": failed_count,
                     "workers_desired": e.desired_workers,
                     "ttl_seconds": e.ttl or None,
                     "idle_seconds": round(now - e.last_client_seen, 3) if e.last_client_seen else None,
@@ -217,6 +221,8 @@ def render_ls(out: Console, document: list[dict[str, Any]]) -> None:
             count = f"{e['workers_ready']}/{e['workers_total']} ready"
             if e["workers_desired"] != e["workers_total"] and not stopped:
                 count += f" (want {e['workers_desired']})"
+            if e["workers_failed"]:
+                count += f", {e['workers_failed']} failed"
             ttl = duration(e["ttl_seconds"]) if e["ttl_seconds"] else "never"
             idle = duration(e["idle_seconds"])
             revision = e["revision_id"] or "-"
