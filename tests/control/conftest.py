@@ -224,9 +224,11 @@ def wait_listening(service: ServiceProcess, timeout: float = 30.0) -> ServicePro
     while time.monotonic() < deadline:
         if service.process.poll() is not None:
             raise AssertionError(f"control service exited with {service.process.returncode}:\n{service.log_text()}")
-        found = re.findall(r"control service listening on (\S+) ", service.log_text())
+        # "listening on HOST:PORT (...)" or, on a wildcard host, "... (local clients dial ADDRESS)".
+        found = re.findall(r"control service listening on (\S+) (?:\(local clients dial (\S+)\))?", service.log_text())
         if found:
-            service.address = found[-1]
+            bound, dialled = found[-1]
+            service.address = dialled or bound
             service.api_key = (service.home / "api_key").read_text().strip()
             return service
         time.sleep(0.05)

@@ -246,7 +246,12 @@ async def serve(
             info["metrics_address"] = metrics_server.address
         info["leader"] = leadership.is_leader
         _write_json_atomically(info_path, info)
-        log.info("control service listening on %s (%s, home %s)", address, _describe_tls(config), home)
+        port = address.rsplit(":", 1)[1]
+        bound = f"{config.host or '0.0.0.0'}:{port}"
+        # Under a wildcard host the service listens on every interface; the address written to
+        # control.json is only the one local clients dial.
+        where = bound if bound == address else f"{bound} (local clients dial {address})"
+        log.info("control service listening on %s (%s, home %s)", where, _describe_tls(config), home)
         if ready is not None:
             ready(address)
         await stop.wait()
