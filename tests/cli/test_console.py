@@ -133,6 +133,10 @@ def test_ls_prints_each_failure_once_in_one_line_and_none_after_teardown() -> No
     assert text.count("raised OSError") == 1  # the worker's identical failure is not repeated
     assert "Traceback" not in text  # tracebacks are in `vastrpc logs`
 
+    endpoint.state = common_pb2.ENDPOINT_STATE_WAITING
+    endpoint.failure.CopyFrom(common_pb2.Failure(step="placement", message="no node meets gpu_name == 'H200'"))
+    assert "hello:default waits for capacity since placement: no node meets gpu_name == 'H200'" in rendered()
+
     endpoint.state = common_pb2.ENDPOINT_STATE_STOPPED
     endpoint.desired_workers = 1
     del endpoint.workers[:]

@@ -300,9 +300,9 @@ async def test_worker_exiting_early_fails_with_its_log_tail(client) -> None:
     assert failed.failure.message == "worker process exited with code 3"
     assert "fatal: something broke during install" in failed.failure.log_tail
 
-    # A retry of the failed revision starts a fresh worker.
+    # A retry of the failed endpoint starts a fresh worker, and says so: tier 4, whatever changed.
     fixed = await client.register(make_spec(digest=digest, environment="env-2"))
-    assert fixed.tier == common_pb2.UPDATE_TIER_ENVIRONMENT
+    assert fixed.tier == common_pb2.UPDATE_TIER_NEW_ENDPOINT
     assert await client.provision(fixed.endpoint_id, fixed.revision_id) == 1
     ready = await client.wait_ready(fixed.endpoint_id)
     assert not ready.HasField("failure") and ready.revision_id == fixed.revision_id
@@ -365,7 +365,7 @@ async def test_settings_change_keeps_workers_code_change_is_taken_in_place(clien
 
 
 @with_fake_worker
-async def test_ready_worker_that_dies_is_replaced_and_fails_only_when_none_is_left(client) -> None:
+async def test_ready_worker_that_dies_is_replaced_and_losing_all_waits_for_capacity_then_recovers(client) -> None:
     data, digest = bundle()
     reg, _ = await client.deploy(make_spec(digest=digest, min_workers=2, max_workers=2), data)
     first, second = (await client.wait_ready(reg.endpoint_id, workers=2)).workers
@@ -385,14 +385,18 @@ async def test_ready_worker_that_dies_is_replaced_and_fails_only_when_none_is_le
     ]
     assert replacement.worker_id != first.worker_id
 
-    # Both at once: none is left before a replacement could be ready.
+    # Both at once: none is left before a replacement could be ready. The endpoint does not
+    # fail for good: it waits for capacity, says why, and comes back by itself.
     os.kill(second.pid, signal.SIGKILL)
     os.kill(replacement.pid, signal.SIGKILL)
-    state = await client.watch_until(reg.endpoint_id, lambda u: u.state == FAILED)
+    state = await client.watch_until(reg.endpoint_id, lambda u: u.state == common_pb2.ENDPOINT_STATE_WAITING)
     assert state.failure.step == "serving"
-    # The next provision of the same revision starts afresh.
-    assert await client.provision(reg.endpoint_id, reg.revision_id) == 2
-    await client.wait_ready(reg.endpoint_id, workers=2)
+    assert state.failure.message == "its last worker was lost: worker process was killed by signal SIGKILL"
+    state = await client.wait_ready(reg.endpoint_id, workers=2)
+    assert not state.HasField("failure")
+    assert {second.worker_id, replacement.worker_id}.isdisjoint(
+        w.worker_id for w in state.workers if w.state == common_pb2.WORKER_STATE_READY
+    )
 
 
 @with_fake_worker

@@ -188,7 +188,14 @@ def ls_document(response: control_pb2.ListDeploymentsResponse, now: float | None
     return deployments
 
 
-_STYLES = {"ready": "green", "failed": "red", "stopped": "dim", "draining": "yellow", "deploying": "yellow"}
+_STYLES = {
+    "ready": "green",
+    "failed": "red",
+    "stopped": "dim",
+    "draining": "yellow",
+    "deploying": "yellow",
+    "waiting": "yellow",
+}
 
 
 def _short(state: str) -> Text:
@@ -231,7 +238,10 @@ def render_ls(out: Console, document: list[dict[str, Any]]) -> None:
             row = (label, _short(e["state"]), revision, update, count, ttl, idle, e["endpoint_id"])
             endpoints.add_row(*row)
             # A torn-down endpoint's old failure is history: `vastrpc logs` still has it.
-            if e["failure"] and not stopped:
+            if e["failure"] and e["state"].endswith("_WAITING"):
+                # Not a failure: it lost its workers and places new ones as capacity allows.
+                failures.append(_failure_line(label, e["failure"], "waits for capacity since"))
+            elif e["failure"] and not stopped:
                 failures.append(_failure_line(label, e["failure"]))
             for w in e["workers"]:
                 in_flight = str(w["calls_in_flight"]) + (f" ({w['calls_queued']} queued)" if w["calls_queued"] else "")
@@ -260,10 +270,10 @@ def render_ls(out: Console, document: list[dict[str, Any]]) -> None:
         out.print(Text(line, style="red"))
 
 
-def _failure_line(label: str, failure: dict[str, str]) -> str:
+def _failure_line(label: str, failure: dict[str, str], what: str = "failed at") -> str:
     """One line per failure; the traceback is in the worker's log (``vastrpc logs``)."""
     message = failure["message"].strip().splitlines()
-    return f"{label} failed at {failure['step']}: {message[0] if message else 'no message'}"
+    return f"{label} {what} {failure['step']}: {message[0] if message else 'no message'}"
 
 
 def print_error(exc: Exception, code: int, *, json_output: bool) -> None:

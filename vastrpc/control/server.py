@@ -246,8 +246,7 @@ async def serve(
             info["metrics_address"] = metrics_server.address
         info["leader"] = leadership.is_leader
         _write_json_atomically(info_path, info)
-        port = address.rsplit(":", 1)[1]
-        bound = f"{config.host or '0.0.0.0'}:{port}"
+        bound = f"{config.host or '0.0.0.0'}:{address.rsplit(':', 1)[1]}"
         # Under a wildcard host the service listens on every interface; the address written to
         # control.json is only the one local clients dial.
         where = bound if bound == address else f"{bound} (local clients dial {address})"

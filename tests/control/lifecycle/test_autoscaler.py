@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ import grpc
 import pytest
 
 from vastrpc._errors import DeploymentError, NotFoundError
-from vastrpc.api.v1 import control_pb2
+from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.control.bundles.local import LocalBlobStore
 from vastrpc.control.lifecycle.autoscaler import (
     Autoscaler,
@@ -656,3 +657,42 @@ async def test_a_queue_above_target_queue_time_scales_up_beyond_what_the_load_wa
     plain = project(QUEUE_SOURCE.replace("TARGET", "0"))
     await plain.app.ensure_ready()
     assert await most_workers_under_load(project, plain, callers=3, seconds=8) == 2
+
+
+async def test_an_endpoint_that_lost_its_workers_waits_retries_with_backoff_and_serves_when_capacity_returns(
+    setup,
+) -> None:
+    endpoint_id = setup.endpoint(workers=1)
+    # Its only worker's node goes away: not a failure of the deployment, a loss of capacity.
+    await setup.lifecycle.worker_exited("w-0", 0, -9)
+    row = setup.endpoint_row(endpoint_id)
+    assert row.state == "waiting" and row.failure_step == "serving"
+    assert row.failure_message == "its last worker was lost: worker process was killed by signal SIGKILL"
+
+    tries: list[float] = []
+
+    async def no_node(worker_id: str, token: str, control_address: str) -> int:
+        tries.append(now)
+        raise DeploymentError("no node meets gpu_name == 'H200' (lost: node-2)", step="placement")
+
+    setup.provider.start_worker = no_node  # type: ignore[method-assign]
+    now = time.time()
+    for _ in range(40):  # looks every second for 40 s
+        now += 1
+        await setup.autoscaler.tick(now)
+    row = setup.endpoint_row(endpoint_id)
+    assert row.state == "waiting" and row.failure_step == "placement"
+    assert row.failure_message == "no node meets gpu_name == 'H200' (lost: node-2)"
+    gaps = [round(b - a) for a, b in itertools.pairwise(tries)]
+    assert gaps[:4] == [1, 2, 4, 8] and max(gaps) <= 30  # doubling, bounded
+    assert not setup.store.list_workers(endpoint_id=endpoint_id, states=("failed",))[1:]  # no failed row per try
+
+    # The node is back: the next try places a worker, and the endpoint serves as soon as it is ready.
+    del setup.provider.start_worker
+    for _ in range(31):
+        now += 1
+        await setup.autoscaler.tick(now)
+    (worker,) = setup.active(endpoint_id)
+    setup.lifecycle.update_worker(worker.id, common_pb2.WORKER_STATE_READY, address="127.0.0.1:9", score=1)
+    row = setup.endpoint_row(endpoint_id)
+    assert (row.state, row.failure_message) == ("ready", "")

@@ -34,6 +34,7 @@ class EndpointState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENDPOINT_STATE_READY: _ClassVar[EndpointState]
     ENDPOINT_STATE_FAILED: _ClassVar[EndpointState]
     ENDPOINT_STATE_STOPPED: _ClassVar[EndpointState]
+    ENDPOINT_STATE_WAITING: _ClassVar[EndpointState]
 
 class UpdateTier(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -68,6 +69,7 @@ ENDPOINT_STATE_DEPLOYING: EndpointState
 ENDPOINT_STATE_READY: EndpointState
 ENDPOINT_STATE_FAILED: EndpointState
 ENDPOINT_STATE_STOPPED: EndpointState
+ENDPOINT_STATE_WAITING: EndpointState
 UPDATE_TIER_UNSPECIFIED: UpdateTier
 UPDATE_TIER_NONE: UpdateTier
 UPDATE_TIER_SETTINGS: UpdateTier

@@ -11,7 +11,7 @@ from typing import Protocol
 from vastrpc._errors import DeploymentError, NotFoundError
 from vastrpc.api.v1 import control_pb2
 from vastrpc.control.lifecycle.leadership import JOINED
-from vastrpc.control.lifecycle.rules import wake_workers
+from vastrpc.control.lifecycle.rules import SCALABLE_STATES, wake_workers
 from vastrpc.control.lifecycle.scaling import Decision, Observed, Policy, ScaleState, decide, workers_for
 from vastrpc.control.stores.base import ACTIVE_WORKER_STATES, EndpointRow, Store, WorkerRow
 
@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# The longest an endpoint waiting for capacity waits between two placement tries.
+MAX_RETRY_DELAY = 30.0
 
 
 class ScaleTarget(Protocol):
@@ -64,7 +66,7 @@ async def wake(store: Store, lifecycle: ScaleTarget, endpoint_id: str) -> int:
     if endpoint is None:
         raise NotFoundError(f"no endpoint {endpoint_id!r}")
     revision = store.get_revision(endpoint.live_revision_id or "")
-    if endpoint.state not in ("ready", "deploying") or revision is None:
+    if endpoint.state not in SCALABLE_STATES or revision is None:
         raise DeploymentError(f"endpoint {endpoint_id} is {endpoint.state}: deploy it again", step="provision")
     count = wake_workers(control_pb2.DeploymentSpec.FromString(revision.spec))
     started = await lifecycle.scale(endpoint_id, count, wake=True)
@@ -90,6 +92,10 @@ class Autoscaler:
 
     The history is in memory: after a restart of the service, every endpoint has its whole
     ``inactivity_timeout`` again before it scales to zero.
+
+    An endpoint waiting for capacity (it lost every worker) gets new workers placed with
+    backoff: after a look that could place none, the next try waits twice as long, from
+    ``interval`` up to ``MAX_RETRY_DELAY`` seconds, until a worker starts.
 
     Args:
         store: The state store.
@@ -127,6 +133,8 @@ class Autoscaler:
         # One look or wake at a time: a wake's activity is seen by the next look's decision,
         # never overtaken by a scale-down decided just before it.
         self._lock = asyncio.Lock()
+        # Endpoints waiting for capacity: (time of the next placement try, the delay before it).
+        self._retry: dict[str, tuple[float, float]] = {}
 
     async def run(self) -> None:
         """Look every ``interval`` seconds until cancelled; a failed look is logged and the next one runs."""
@@ -165,10 +173,14 @@ class Autoscaler:
             looked: set[str] = set()
             live: set[str] = set()
             for endpoint in self.store.list_endpoints():
-                if endpoint.state not in ("ready", "deploying") or not endpoint.live_revision_id:
+                if endpoint.state not in SCALABLE_STATES or not endpoint.live_revision_id:
                     continue
                 looked.add(endpoint.id)
                 live.add(endpoint.live_revision_id)
+                if endpoint.state != "waiting":
+                    self._retry.pop(endpoint.id, None)
+                elif now < self._retry.get(endpoint.id, (0.0, 0.0))[0]:
+                    continue  # backing off: capacity was not there at the last try
                 plan = self._plan(endpoint, now)
                 if plan is None:
                     continue
@@ -176,7 +188,12 @@ class Autoscaler:
                 if desired == endpoint.desired_workers and active == desired:
                     continue
                 # Applied only if no update made another revision live meanwhile.
-                await self.lifecycle.scale(endpoint.id, desired, revision_id=endpoint.live_revision_id)
+                started = await self.lifecycle.scale(endpoint.id, desired, revision_id=endpoint.live_revision_id)
+                if endpoint.state == "waiting" and not started:
+                    delay = min(2 * self._retry.get(endpoint.id, (0.0, self.interval / 2))[1], MAX_RETRY_DELAY)
+                    self._retry[endpoint.id] = (now + delay, delay)
+                    name = _name(self.store, endpoint)
+                    log.info("autoscale: %s still waits for capacity; next try in %.0fs", name, delay)
                 if desired != endpoint.desired_workers:
                     changed[endpoint.id] = desired
                 if self.lifecycle.shutting_down:
@@ -185,6 +202,8 @@ class Autoscaler:
             for endpoint_id in set(self._states) - looked:
                 del self._states[endpoint_id]
                 self._perf.pop(endpoint_id, None)
+            for endpoint_id in set(self._retry) - looked:
+                del self._retry[endpoint_id]
             for revision_id in set(self._specs) - live:
                 del self._specs[revision_id]
             return changed
@@ -212,7 +231,7 @@ class Autoscaler:
         observed = replace(observed, used=used, starting=starting)
         if observed.workers:
             self._perf[endpoint.id] = observed.perf
-        if updating or (endpoint.state == "deploying" and starting):
+        if updating or (endpoint.state in ("deploying", "waiting") and starting):
             # Provision owns the endpoint until its update settles; the load still counts as use.
             in_use = observed.load > 0 or used or starting
             self._states[endpoint.id] = replace(state, last_busy=now) if in_use else state

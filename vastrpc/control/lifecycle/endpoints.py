@@ -18,6 +18,7 @@ from vastrpc.control.lifecycle.leadership import JOINED, on_this_host, orphan_lo
 from vastrpc.control.lifecycle.rollout import Rollouts
 from vastrpc.control.lifecycle.rules import (
     DEFAULT_TAG,
+    SCALABLE_STATES,
     WORKER_STATE_NAMES,
     desired_workers,
     exit_message,
@@ -119,7 +120,8 @@ class Lifecycle(Rollouts, Stopping):
             deployment = self.store.get_or_create_deployment(spec.name)
             endpoint, created = self.store.get_or_create_endpoint(deployment.id, spec.tag)
             live = self.store.get_revision(endpoint.live_revision_id) if endpoint.live_revision_id else None
-            tier = classify(None if created or endpoint.state == "stopped" else live, digests)
+            # Torn down or failed: whatever the code, the deploy brings fresh workers (tier 4).
+            tier = classify(None if created or endpoint.state in ("stopped", "failed") else live, digests)
             if live is not None and tier in (common_pb2.UPDATE_TIER_NONE, common_pb2.UPDATE_TIER_SETTINGS):
                 # Same code: the file may differ only in its in-place settings (their values are
                 # not in the code digest). The workers keep the bundle they run; nothing is uploaded.
@@ -172,8 +174,10 @@ class Lifecycle(Rollouts, Stopping):
                     "upload the bundle first"
                 )
             spec = control_pb2.DeploymentSpec.FromString(revision.spec)
-            healthy = endpoint.state not in ("failed", "stopped", "new")
             live = self.store.get_revision(endpoint.live_revision_id) if endpoint.live_revision_id else None
+            healthy = endpoint.state not in ("failed", "stopped", "new")
+            if endpoint.state == "waiting" and (live is None or live.id != revision_id):
+                healthy = False  # no worker to update in place: a new revision starts afresh
             self.store.update_endpoint(endpoint_id, last_client_seen=time.time())
             # An update keeps the autoscaler's count (within the new bounds); the same workload
             # keeps it exactly, zero included.
@@ -218,9 +222,13 @@ class Lifecycle(Rollouts, Stopping):
         ready = sum(1 for w in active if w.state == "ready")
         endpoint = self.store.get_endpoint(endpoint_id)
         serving = endpoint is not None and endpoint.state == "ready"
-        self.store.update_endpoint(
-            endpoint_id, desired_workers=desired, state="ready" if serving or ready >= desired else "deploying"
-        )
+        if serving or ready >= desired:
+            state = "ready"
+        elif endpoint is not None and endpoint.state == "waiting":
+            state = "ready" if ready else "waiting"  # serves again as soon as one worker does
+        else:
+            state = "deploying"
+        self.store.update_endpoint(endpoint_id, desired_workers=desired, state=state)
         self.changed(endpoint_id)
         if len(active) > desired:
             # Keep the ready ones; of the rest, the newest go first.
@@ -239,7 +247,7 @@ class Lifecycle(Rollouts, Stopping):
         """
         async with self._locks[endpoint_id], self.store.endpoint_lock(endpoint_id):
             endpoint = self.store.get_endpoint(endpoint_id)
-            if endpoint is None or endpoint.state not in ("ready", "deploying") or self._shutting_down:
+            if endpoint is None or endpoint.state not in SCALABLE_STATES or self._shutting_down:
                 return 0
             revision = self.store.get_revision(endpoint.live_revision_id or "")
             if revision is None or revision_id not in ("", revision.id):
@@ -287,8 +295,13 @@ class Lifecycle(Rollouts, Stopping):
             except DeploymentError as exc:
                 # The provider cannot place it, e.g. no node of its cluster meets the search filters,
                 # or the GPUs it needs are held by other workers. A serving endpoint serves on with
-                # the workers it has (the autoscaler tries again at its next look); a deploying one fails.
+                # the workers it has (the autoscaler tries again at its next look); one waiting for
+                # capacity waits on, saying for what; a deploying one fails.
                 log.error("cannot start worker %s: %s", worker_id, exc)
+                if endpoint.state == "waiting":
+                    self.store.update_worker(worker_id, state="stopped")  # never ran: no failed row per retry
+                    self._wait_for_capacity(endpoint_id, exc.step or "placement", exc.reason)
+                    break
                 self._fail_worker(
                     self.store.update_worker(worker_id, state="failed"),
                     exc.step or "starting",
@@ -466,7 +479,7 @@ class Lifecycle(Rollouts, Stopping):
                 # On a shared store silence is mostly the death of the worker's control service.
                 self._worker_lost(worker, message, replace=self.store.shared)
             else:
-                self._fail_worker(worker, "heartbeat", message)
+                self._fail_worker(worker, "heartbeat", message, lost=True)
             self._spawn(self._stop_process(worker))
             lost.append(worker.id)
         return lost
@@ -487,15 +500,15 @@ class Lifecycle(Rollouts, Stopping):
             self._fail_worker(worker, "serving", message, fail_endpoint=False)
             self._worker_lost(worker, message)
         else:
-            self._fail_worker(worker, worker.state, message)
+            self._fail_worker(worker, worker.state, message, lost=True)
 
     def _worker_lost(self, worker: WorkerRow, message: str, *, replace: bool = False) -> None:
         """A ready worker went away; the autoscaler starts a replacement at its next look.
 
         The endpoint stays ready while another worker of its revision is; with none left it
-        fails, so the next ensure_ready provisions it afresh. With ``replace`` (workers lost
-        with the control service that ran them, not by a fault of theirs) it goes back to
-        deploying instead, and the autoscaler brings it back up.
+        waits for capacity (a node gone, processes killed): the autoscaler places workers
+        again, with backoff, until one serves. With ``replace`` (workers lost with the control
+        service that ran them, not by a fault of theirs) it goes back to deploying instead.
         """
         endpoint = self.store.get_endpoint(worker.endpoint_id)
         if endpoint is None or endpoint.live_revision_id != worker.revision_id or endpoint.state != "ready":
@@ -506,11 +519,35 @@ class Lifecycle(Rollouts, Stopping):
         if not ready and replace:
             self.store.update_endpoint(endpoint.id, state="deploying")
         elif not ready:
-            self._fail_endpoint(endpoint.id, worker.revision_id, "serving", message, read_log_tail(worker.log_path))
+            self._wait_for_capacity(endpoint.id, "serving", f"its last worker was lost: {message}")
+
+    def _wait_for_capacity(self, endpoint_id: str, step: str, reason: str) -> None:
+        """The endpoint lost its workers and waits to place new ones; ``reason`` says for what."""
+        endpoint = self.store.get_endpoint(endpoint_id)
+        if endpoint is None or endpoint.state in ("stopped", "failed"):
+            return
+        if endpoint.state != "waiting" or endpoint.failure_message != reason:
+            log.warning("endpoint %s waits for capacity (%s): %s", endpoint_id, step, reason)
+        self.store.update_endpoint(
+            endpoint_id, state="waiting", failure_step=step, failure_message=reason, failure_log_tail=""
+        )
+        self.changed(endpoint_id)
 
     def _fail_worker(
-        self, worker: WorkerRow, step: str, message: str, *, log_tail: str = "", fail_endpoint: bool = True
+        self,
+        worker: WorkerRow,
+        step: str,
+        message: str,
+        *,
+        log_tail: str = "",
+        fail_endpoint: bool = True,
+        lost: bool = False,
     ) -> None:
+        """Mark the worker failed and (``fail_endpoint``) its endpoint too.
+
+        With ``lost`` (its process went away rather than reporting a failed step) an endpoint
+        waiting for capacity waits on: its node may have gone again.
+        """
         log_tail = log_tail or read_log_tail(worker.log_path)
         self.store.update_worker(
             worker.id, state="failed", failure_step=step, failure_message=message, failure_log_tail=log_tail
@@ -518,7 +555,11 @@ class Lifecycle(Rollouts, Stopping):
         log.warning("worker %s failed at %s: %s", worker.id, step, message)
         # A worker joined by hand fails alone: its host or setup is not the deployment's fault.
         if fail_endpoint and worker.owner != JOINED:
-            self._fail_endpoint(worker.endpoint_id, worker.revision_id, step, message, log_tail)
+            endpoint = self.store.get_endpoint(worker.endpoint_id)
+            if lost and endpoint is not None and endpoint.state == "waiting":
+                self._wait_for_capacity(endpoint.id, step, f"a worker starting in its place was lost: {message}")
+            else:
+                self._fail_endpoint(worker.endpoint_id, worker.revision_id, step, message, log_tail)
         self.changed(worker.endpoint_id)
 
     def _fail_endpoint(self, endpoint_id: str, revision_id: str, step: str, message: str, log_tail: str) -> None:
@@ -539,12 +580,18 @@ class Lifecycle(Rollouts, Stopping):
 
     def _check_ready(self, endpoint_id: str) -> None:
         endpoint = self.store.get_endpoint(endpoint_id)
-        if endpoint is None or endpoint.state != "deploying" or not endpoint.live_revision_id:
+        if endpoint is None or endpoint.state not in ("deploying", "waiting") or not endpoint.live_revision_id:
             return
         ready = self.store.list_workers(
             endpoint_id=endpoint_id, revision_id=endpoint.live_revision_id, states=("ready",)
         )
-        if len(ready) >= endpoint.desired_workers:
+        if endpoint.state == "waiting" and ready:
+            # Capacity is back: it serves again with what it has; the autoscaler tops it up.
+            self.store.update_endpoint(
+                endpoint_id, state="ready", failure_step="", failure_message="", failure_log_tail=""
+            )
+            log.info("endpoint %s serves again with %d worker(s)", endpoint_id, len(ready))
+        elif len(ready) >= endpoint.desired_workers:
             self.store.update_endpoint(endpoint_id, state="ready")
             log.info("endpoint %s is ready with %d worker(s)", endpoint_id, len(ready))
 

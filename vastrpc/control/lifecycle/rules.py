@@ -32,7 +32,10 @@ ENDPOINT_STATE_VALUES: dict[str, int] = {
     "ready": common_pb2.ENDPOINT_STATE_READY,
     "failed": common_pb2.ENDPOINT_STATE_FAILED,
     "stopped": common_pb2.ENDPOINT_STATE_STOPPED,
+    "waiting": common_pb2.ENDPOINT_STATE_WAITING,
 }
+# Endpoints whose workers the autoscaler sizes (waiting: it lost them, and places new ones).
+SCALABLE_STATES = ("ready", "deploying", "waiting")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
