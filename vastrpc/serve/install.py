@@ -25,11 +25,13 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from vastrpc._errors import BundleError, DeploymentError
 
 __all__ = [
+    "PythonTarget",
     "ensure_apt",
     "ensure_pip_env",
     "requirements_key",
@@ -306,40 +308,76 @@ def _clean_specs(packages: Sequence[str]) -> list[str]:
     return sorted({p.strip() for p in packages if p and p.strip()})
 
 
-def requirements_key(packages: Sequence[str]) -> str:
+@dataclass(frozen=True)
+class PythonTarget:
+    """A CPython other than the agent's that packages are installed for: an image's.
+
+    Attributes:
+        version: ``(major, minor)``, e.g. ``(3, 13)``.
+        machine: The image's machine, e.g. ``"x86_64"``.
+        manylinux: The newest manylinux tag its glibc runs, e.g. ``"manylinux_2_28"``.
+    """
+
+    version: tuple[int, int]
+    machine: str
+    manylinux: str
+
+    @property
+    def label(self) -> str:
+        """``"3.13"``."""
+        return "{}.{}".format(*self.version)
+
+    @property
+    def uv_platform(self) -> str:
+        """uv's ``--python-platform``, e.g. ``"x86_64-manylinux_2_28"``."""
+        return f"{self.machine}-{self.manylinux}"
+
+
+def requirements_key(packages: Sequence[str], target: PythonTarget | None = None) -> str:
     """Cache key of a pip environment: what is installed, for which Python and machine.
 
     Args:
         packages: Package specs; order, duplicates, surrounding spaces and empty
             entries do not change the key.
+        target: The Python installed for, when not the agent's own.
 
     Returns:
         A hex SHA-256.
     """
-    payload = {
+    payload: dict[str, object] = {
         "packages": _clean_specs(packages),
         "python": list(sys.version_info[:2]),
         "machine": platform.machine(),
     }
+    if target is not None:
+        payload.update(python=list(target.version), machine=target.machine, platform=target.manylinux)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _installer(target: Path, specs: list[str]) -> tuple[list[str], str]:
+def _installer(target: Path, specs: list[str], python: PythonTarget | None) -> tuple[list[str], str]:
+    # For another Python only wheels will do: an sdist would be built by this host's Python, for it.
     try:
         import uv
 
         uv_bin = uv.find_uv_bin()
     except (ImportError, FileNotFoundError):
         argv = [sys.executable, "-m", "pip", "install", "--no-input", "--disable-pip-version-check"]
+        if python is not None:
+            tag = f"{python.manylinux}_{python.machine}"
+            argv += ["--python-version", python.label, "--platform", tag, "--only-binary=:all:"]
         return [*argv, "--target", str(target), *specs], "pip"
-    argv = [os.fspath(uv_bin), "pip", "install", "--color", "never", "--no-progress"]
-    return [*argv, "--target", str(target), "--python", sys.executable, *specs], "uv"
+    argv = [os.fspath(uv_bin), "pip", "install", "--color", "never", "--no-progress", "--target", str(target)]
+    if python is None:
+        return [*argv, "--python", sys.executable, *specs], "uv"
+    argv += ["--python-version", python.label, "--python-platform", python.uv_platform, "--only-binary", ":all:"]
+    return [*argv, *specs], "uv"
 
 
 def ensure_pip_env(
     packages: Sequence[str],
     cache_dir: Path,
     *,
+    target: PythonTarget | None = None,
     log: Log = print,
     timeout: float = 600,
 ) -> Path | None:
@@ -355,6 +393,8 @@ def ensure_pip_env(
     Args:
         packages: Package specs, e.g. ``["numpy==2.1", "requests"]``.
         cache_dir: Root of the environment cache.
+        target: The Python to install for when not the agent's own (an image's): wheels
+            only, for its version and platform.
         log: Receives the installer's output, line by line.
         timeout: Seconds allowed for waiting on another install plus installing.
 
@@ -367,7 +407,7 @@ def ensure_pip_env(
     specs = _clean_specs(packages)
     if not specs:
         return None
-    key = requirements_key(specs)
+    key = requirements_key(specs, target)
     env_dir = Path(cache_dir) / key
     site = env_dir / "site"
     if site.is_dir():
@@ -384,8 +424,9 @@ def ensure_pip_env(
                 return site
             tmp = Path(tempfile.mkdtemp(prefix="site.tmp-", dir=env_dir))
             try:
-                argv, tool = _installer(tmp, specs)
-                log(f"installing pip packages with {tool}: {' '.join(specs)}")
+                argv, tool = _installer(tmp, specs, target)
+                where = f" for Python {target.label} ({target.uv_platform})" if target is not None else ""
+                log(f"installing pip packages{where} with {tool}: {' '.join(specs)}")
                 code, tail = _run_streaming(argv, log=log, timeout=deadline - time.monotonic())
                 if code is None:
                     raise DeploymentError(
@@ -397,7 +438,8 @@ def ensure_pip_env(
                 if code != 0:
                     raise DeploymentError(
                         f"could not install pip packages {', '.join(specs)} ({tool} exited with code {code}): "
-                        "check that these names and versions exist for this Python and platform",
+                        "check that these names and versions exist for this Python and platform"
+                        + (f" (Python {target.label}: wheels only)" if target is not None else ""),
                         step="install",
                         log_tail=tail,
                     )
