@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,9 +89,17 @@ def _derived_tags(log: str) -> list[str]:
     return [line.split("deriving ")[1].split()[0] for line in log.splitlines() if "build steps: deriving " in line]
 
 
-def _remove(tags: list[str]) -> None:
-    for tag in tags:
-        subprocess.run(["podman", "rmi", "-f", tag], env=_env(), capture_output=True, check=False)
+def _derived_images() -> set[str]:
+    return set(_podman("images", "-q", "--filter", f"reference={REPOSITORY}").split())
+
+
+@pytest.fixture
+def built() -> Iterator[None]:
+    """Removes the derived images a test built, after its control service (and so its containers) stopped."""
+    before = _derived_images() if podman_problem() is None else set()
+    yield
+    for image_id in _derived_images() - before:
+        subprocess.run(["podman", "rmi", "-f", image_id], env=_env(), capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -111,34 +120,32 @@ def _deployment(project, image: str, nonce: str, extra: str = ""):  # noqa: ANN0
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("control_service", [PODMAN], indirect=True)
 async def test_run_script_runs_in_the_image_once_and_the_next_deployment_reuses_it(
-    image, project, control_service
+    built, image, project, control_service
 ) -> None:
     assert not Path("/opt/marker").exists(), "this test needs a host without /opt/marker"
     nonce = uuid.uuid4().hex[:12]
-    first = _deployment(project, image, nonce)
-    tags: list[str] = []
-    try:
-        await first.app.ensure_ready()
-        assert await first.marker() == f"built-{nonce}-builder-from-bundle-cr3t"
-        assert not Path("/opt/marker").exists()  # ran in the container, not on the host
-        (worker,) = await project.workers(first.app)
-        log = await project.logs(worker["worker_id"])
-        assert "build: build step 1 of 1: startup command 1 of 1" in log and " built in " in log
-        tags += _derived_tags(log)
-        (tag,) = tags
-        created = _podman("image", "inspect", "--format", "{{.Created}}", tag)
-        config = json.loads(_podman("image", "inspect", "--format", "{{json .Config}}", tag))
-        assert "s3cr3t" not in json.dumps(config) and "builder" not in json.dumps(config)  # env never in the image
+    two_workers = "app.configure_autoscaling(min_workers=2, max_workers=2)"
+    first = _deployment(project, image, nonce, extra=two_workers)
+    await first.app.ensure_ready()
+    assert await first.marker() == f"built-{nonce}-builder-from-bundle-cr3t"
+    assert not Path("/opt/marker").exists()  # ran in the container, not on the host
+    logs = [await project.logs(w["worker_id"]) for w in await project.workers(first.app)]
+    builder = [log for log in logs if "build steps: deriving " in log]
+    assert len(logs) == 2 and len(builder) == 1, "two workers on one host build the derived image once"
+    assert "build: build step 1 of 1: startup command 1 of 1" in builder[0] and " built in " in builder[0]
+    (tag,) = _derived_tags(builder[0])
+    assert any(f"build steps: reusing {tag}" in log for log in logs)
+    created = _podman("image", "inspect", "--format", "{{.Created}}", tag)
+    config = json.loads(_podman("image", "inspect", "--format", "{{json .Config}}", tag))
+    assert "s3cr3t" not in json.dumps(config) and "builder" not in json.dumps(config)  # env never in the image
 
-        second = _deployment(project, image, nonce)
-        await second.app.ensure_ready()
-        assert await second.marker() == f"built-{nonce}-builder-from-bundle-cr3t"
-        (worker,) = await project.workers(second.app)
-        log = await project.logs(worker["worker_id"])
-        assert f"build steps: reusing {tag}" in log and "deriving" not in log
-        assert _podman("image", "inspect", "--format", "{{.Created}}", tag) == created  # not rebuilt
-    finally:
-        _remove(tags)
+    second = _deployment(project, image, nonce)
+    await second.app.ensure_ready()
+    assert await second.marker() == f"built-{nonce}-builder-from-bundle-cr3t"
+    (worker,) = await project.workers(second.app)
+    log = await project.logs(worker["worker_id"])
+    assert f"build steps: reusing {tag}" in log and "deriving" not in log
+    assert _podman("image", "inspect", "--format", "{{.Created}}", tag) == created  # not rebuilt
 
 
 @pytest.mark.e2e
@@ -162,13 +169,9 @@ async def test_a_failing_step_names_itself_its_exit_code_and_its_output(image, p
 @pytest.mark.e2e
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("control_service", [PODMAN], indirect=True)
-async def test_apt_get_installs_into_the_image_from_its_distribution(image, project, control_service) -> None:
+async def test_apt_get_installs_into_the_image_from_its_distribution(built, image, project, control_service) -> None:
     nonce = uuid.uuid4().hex[:12]
     mod = _deployment(project, image, nonce, extra='image.apt_get("tree")')
-    try:
-        await mod.app.ensure_ready()
-        assert await mod.marker() == f"built-{nonce}-builder-from-bundle-cr3t tree v2.1.0"
-        assert not Path("/usr/bin/tree").exists() or _host_had_tree  # installed in the image, not on the host
-    finally:
-        (worker,) = await project.workers(mod.app)
-        _remove(_derived_tags(await project.logs(worker["worker_id"])))
+    await mod.app.ensure_ready()
+    assert await mod.marker() == f"built-{nonce}-builder-from-bundle-cr3t tree v2.1.0"
+    assert not Path("/usr/bin/tree").exists() or _host_had_tree  # installed in the image, not on the host
