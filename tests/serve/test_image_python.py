@@ -86,7 +86,7 @@ async def test_a_trixie_image_serves_on_its_own_python_313_with_pip_packages_bui
     (worker,) = await project.workers(mod.app)
     log = await project.logs(worker["worker_id"])
     assert "vastrpc's runtime for Python 3.13 (x86_64-manylinux_2_28)" in log
-    assert "installing pip packages for Python 3.13 (x86_64-manylinux_2_28) with uv: markupsafe six" in log
+    assert "installing pip packages for Python 3.13 (x86_64-manylinux_2_28, wheels only) with uv: markupsafe six" in log
     # A second deployment on the same host finds the runtime and the pip environment built.
     again = project(TRIXIE.replace("@IMAGE@", image))
     started = time.monotonic()

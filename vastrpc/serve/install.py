@@ -344,12 +344,10 @@ def requirements_key(packages: Sequence[str], target: PythonTarget | None = None
     Returns:
         A hex SHA-256.
     """
-    payload: dict[str, object] = {
-        "packages": _clean_specs(packages),
-        "python": list(sys.version_info[:2]),
-        "machine": platform.machine(),
-    }
-    if target is not None:
+    payload: dict[str, object] = {"packages": _clean_specs(packages)}
+    if target is None:
+        payload.update(python=list(sys.version_info[:2]), machine=platform.machine())
+    else:
         payload.update(python=list(target.version), machine=target.machine, platform=target.manylinux)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -425,7 +423,7 @@ def ensure_pip_env(
             tmp = Path(tempfile.mkdtemp(prefix="site.tmp-", dir=env_dir))
             try:
                 argv, tool = _installer(tmp, specs, target)
-                where = f" for Python {target.label} ({target.uv_platform})" if target is not None else ""
+                where = f" for Python {target.label} ({target.uv_platform}, wheels only)" if target is not None else ""
                 log(f"installing pip packages{where} with {tool}: {' '.join(specs)}")
                 code, tail = _run_streaming(argv, log=log, timeout=deadline - time.monotonic())
                 if code is None:
@@ -437,9 +435,8 @@ def ensure_pip_env(
                     )
                 if code != 0:
                     raise DeploymentError(
-                        f"could not install pip packages {', '.join(specs)} ({tool} exited with code {code}): "
-                        "check that these names and versions exist for this Python and platform"
-                        + (f" (Python {target.label}: wheels only)" if target is not None else ""),
+                        f"could not install pip packages {', '.join(specs)}{where} ({tool} exited with code {code}): "
+                        "check that these names and versions exist for this Python and platform",
                         step="install",
                         log_tail=tail,
                     )
