@@ -170,7 +170,8 @@ def test_requirements_key() -> None:
 def test_another_python_gets_its_own_environment_of_wheels_for_its_version_and_platform(tmp_path: Path) -> None:
     target = PythonTarget(version=(3, 13), machine="x86_64", manylinux="manylinux_2_28")
     assert requirements_key(["six"], target) != requirements_key(["six"])
-    assert requirements_key(["six"], target) != requirements_key(["six"], PythonTarget((3, 12), "x86_64", "manylinux_2_28"))
+    other = PythonTarget(version=(3, 12), machine="x86_64", manylinux="manylinux_2_28")
+    assert requirements_key(["six"], target) != requirements_key(["six"], other)
     argv, tool = _installer(tmp_path, ["six"], target)
     assert tool == "uv" and argv[-1] == "six" and "--python" not in argv
     joined = " ".join(argv)
