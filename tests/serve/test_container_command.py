@@ -59,6 +59,11 @@ def test_vastrpc_itself_is_mounted_first_on_the_containers_path() -> None:
     assert (Path(mounts[0][0]) / "serve" / "process.py").exists()
 
 
+def test_a_runtime_built_for_the_images_python_replaces_the_hosts_site_directories(tmp_path: Path) -> None:
+    mounts, paths = runtime_mounts(tmp_path)
+    assert mounts[1:] == [(str(tmp_path), "/opt/vastrpc/site0")] and paths == ["/opt/vastrpc/pkg", "/opt/vastrpc/site0"]
+
+
 def test_storage_beyond_the_free_disk_says_both(tmp_path: Path) -> None:
     check_storage("1GB", tmp_path)
     check_storage("", tmp_path)
