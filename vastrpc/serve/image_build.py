@@ -17,7 +17,6 @@ import collections
 import contextlib
 import fcntl
 import hashlib
-import io
 import json
 import shlex
 import time
@@ -29,7 +28,7 @@ from typing import Any
 
 from vastrpc._errors import DeploymentError
 from vastrpc.serve.container import WORKER_LABEL, ContainerEngine
-from vastrpc.serve.install import Log
+from vastrpc.serve.install import Log, lock_until
 
 __all__ = ["BUILD_BOOTSTRAP", "BuildJob", "build_steps", "derived_image"]
 
@@ -147,7 +146,11 @@ async def derived_image(
     deadline = time.monotonic() + job.timeout
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / f"{tag.rpartition(':')[2]}.lock", "a+b") as lock:
-        await _lock(lock, deadline, job)
+        waited = (
+            f"timed out after {job.timeout:g} s waiting for another worker on this host to build the image "
+            f"derived from {job.base}: raise image(..., startup_timeout=...)"
+        )
+        await asyncio.to_thread(lock_until, lock, deadline, DeploymentError(waited, step="build"))
         try:
             if await engine.image_id(tag, env):
                 log(f"build steps: reusing {tag} (another worker on this host built it meanwhile)")
@@ -159,22 +162,6 @@ async def derived_image(
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
     return tag
-
-
-async def _lock(lock: io.BufferedRandom, deadline: float, job: BuildJob) -> None:
-    # Polling instead of a blocking flock keeps the event loop free and the wait bounded.
-    while True:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise DeploymentError(
-                    f"timed out after {job.timeout:g} s waiting for another worker on this host to build the image "
-                    f"derived from {job.base}: raise image(..., startup_timeout=...)",
-                    step="build",
-                ) from None
-            await asyncio.sleep(0.2)
 
 
 async def _build(

@@ -34,6 +34,7 @@ __all__ = [
     "PythonTarget",
     "ensure_apt",
     "ensure_pip_env",
+    "lock_until",
     "requirements_key",
     "run_startup_commands",
     "safe_extract",
@@ -415,7 +416,8 @@ def ensure_pip_env(
     deadline = time.monotonic() + timeout
     env_dir.mkdir(parents=True, exist_ok=True)
     with open(env_dir / ".lock", "a+b") as lock:
-        _lock_until(lock, deadline, specs, timeout)
+        waited = f"timed out after {timeout:g} s waiting for another worker to install pip packages {', '.join(specs)}"
+        lock_until(lock, deadline, DeploymentError(waited, step="install"))
         try:
             if site.is_dir():  # another worker installed it while we waited
                 log(f"pip packages installed by another worker (cached at {site}): {' '.join(specs)}")
@@ -449,7 +451,8 @@ def ensure_pip_env(
     return site
 
 
-def _lock_until(lock: io.BufferedRandom, deadline: float, specs: list[str], timeout: float) -> None:
+def lock_until(lock: io.BufferedRandom, deadline: float, timed_out: DeploymentError) -> None:
+    """Take an exclusive flock on ``lock``, waiting until ``deadline`` at most; past it, raise ``timed_out``."""
     # Polling instead of a blocking flock keeps the wait bounded by the timeout.
     while True:
         try:
@@ -457,11 +460,7 @@ def _lock_until(lock: io.BufferedRandom, deadline: float, specs: list[str], time
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                raise DeploymentError(
-                    f"timed out after {timeout:g} s waiting for another worker to install pip packages "
-                    f"{', '.join(specs)}",
-                    step="install",
-                ) from None
+                raise timed_out from None
             time.sleep(0.1)
 
 
