@@ -18,6 +18,7 @@ def test_the_container_gets_its_env_by_name_its_mounts_and_the_runtime() -> None
         worker_id="w-1",
         image="localhost/img:1",
         python="python3",
+        version="3.13",
         workdir=Path("/h/work/w-1/r"),
         mounts=[("/h/work/w-1/r", "/h/work/w-1/r", False), ("/site", "/opt/vastrpc/site0", True)],
         env={"SECRET": "s3cr3t", "PYTHONPATH": "/x"},
@@ -29,7 +30,7 @@ def test_the_container_gets_its_env_by_name_its_mounts_and_the_runtime() -> None
     assert "/site:/opt/vastrpc/site0:ro" in argv and "/h/work/w-1/r:/h/work/w-1/r" in argv
     assert "s3cr3t" not in " ".join(argv)  # values travel in the engine command's environment
     assert launch.env["SECRET"] == "s3cr3t" and launch.env["PATH"] == "/usr/bin"
-    assert argv[argv.index("localhost/img:1") + 1] == "python3"
+    assert argv[argv.index("localhost/img:1") + 1] == "python3" and argv[-1] == "3.13"
     assert "vastrpc.worker=w-1" in argv
 
 
@@ -56,6 +57,11 @@ def test_vastrpc_itself_is_mounted_first_on_the_containers_path() -> None:
     mounts, paths = runtime_mounts()
     assert mounts[0][0].endswith("vastrpc") and paths[0] == "/opt/vastrpc/pkg"
     assert (Path(mounts[0][0]) / "serve" / "process.py").exists()
+
+
+def test_a_runtime_built_for_the_images_python_replaces_the_hosts_site_directories(tmp_path: Path) -> None:
+    mounts, paths = runtime_mounts(tmp_path)
+    assert mounts[1:] == [(str(tmp_path), "/opt/vastrpc/site0")] and paths == ["/opt/vastrpc/pkg", "/opt/vastrpc/site0"]
 
 
 def test_storage_beyond_the_free_disk_says_both(tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ import pytest
 
 from vastrpc._errors import BundleError, DeploymentError
 from vastrpc.serve.install import (
+    PythonTarget,
+    _installer,
     ensure_apt,
     ensure_pip_env,
     requirements_key,
@@ -163,6 +165,17 @@ def test_requirements_key() -> None:
     assert requirements_key(["a"]) != requirements_key(["a==1"])
     assert requirements_key([]) == requirements_key([""]) == requirements_key(["  "])
     assert len(requirements_key([])) == 64
+
+
+def test_another_python_gets_its_own_environment_of_wheels_for_its_version_and_platform(tmp_path: Path) -> None:
+    target = PythonTarget(version=(3, 13), machine="x86_64", manylinux="manylinux_2_28")
+    assert requirements_key(["six"], target) != requirements_key(["six"])
+    other = PythonTarget(version=(3, 12), machine="x86_64", manylinux="manylinux_2_28")
+    assert requirements_key(["six"], target) != requirements_key(["six"], other)
+    argv, tool = _installer(tmp_path, ["six"], target)
+    assert tool == "uv" and argv[-1] == "six" and "--python" not in argv
+    joined = " ".join(argv)
+    assert "--python-version 3.13 --python-platform x86_64-manylinux_2_28 --only-binary :all:" in joined
 
 
 def test_pip_env_empty_is_none(tmp_path: Path) -> None:

@@ -31,15 +31,14 @@ from vastrpc._hostimage import (
     allocate_ports,
     copy_root,
     port_environment,
-    protocol_name,
     python_for,
 )
 from vastrpc._secrets import unseal
 from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.config import ENV_TLS
-from vastrpc.image import absolute_copy_bundle_path
-from vastrpc.serve.container import ContainerEngine, ContainerLaunch, check_storage, runtime_mounts
+from vastrpc.serve.container import ContainerEngine
+from vastrpc.serve.container_worker import ContainerWorker, Prepared
 from vastrpc.serve.fetch import fetch_bundle, public_part
 from vastrpc.serve.install import ensure_apt, ensure_pip_env, run_startup_commands, safe_extract, verify_digest
 from vastrpc.serve.metrics import CallStatsReader
@@ -82,7 +81,7 @@ class Agent:
     ):
         self.worker_id = worker_id
         # Set by a container provider: each serving process runs in a container of the image.
-        self.container = container
+        self.container = ContainerWorker(container, home, worker_id, bind_host, tls, _print) if container else None
         self.home = home
         self.bind_host = bind_host
         self.tls = tls
@@ -238,23 +237,24 @@ class Agent:
             await self._report(_STATES[name], revision_id)
 
         await on_state("downloading")
-        # Whether the engine holds the image, asked while the bundle downloads (about 40 ms with podman).
+        # The image's id in the engine (empty: missing), asked while the bundle downloads (about 40 ms with podman).
         present = (
-            asyncio.ensure_future(self.container.has_image(spec.image.from_image, os.environ))
+            asyncio.ensure_future(self.container.engine.image_id(spec.image.from_image, self.container.env))
             if self.container is not None
             else None
         )
         if present is not None:  # a failed download leaves it unawaited: its outcome is not an error
             present.add_done_callback(lambda f: f.cancelled() or f.exception())
         bundle_dir = await self._download(revision_id, spec.digests.bundle, spec.bundle_size)
+        image_id = ""
         if self.container is not None and present is not None:
-            await asyncio.to_thread(check_storage, spec.image.storage, self._workdir)
-            if not await present:
-                await on_state("pulling")
-                await self.container.pull(spec.image.from_image, os.environ, _print)
+            image_id = await self.container.ensure_image(spec.image, present, self._workdir, on_state)
         await on_state("installing")
-        env, python, ports = await self._install(spec, bundle_dir)
-        launch = self._container_launch(spec.image, bundle_dir, env, python, ports)
+        env, python, ports, prepared = await self._install(spec, bundle_dir, image_id)
+        launch = None
+        if self.container is not None and prepared is not None:
+            secrets = {k: env[k] for k in self._secret_names if k in env}
+            launch = self.container.launch(prepared, spec.image, bundle_dir, env, secrets, ports)
         if self._stop.is_set():
             return None
         await on_state("loading")
@@ -295,46 +295,6 @@ class Agent:
         self._metrics_address = serving.metrics_address
         return serving
 
-    def _container_launch(
-        self, image: control_pb2.ImageSpec, bundle_dir: Path, env: dict[str, str], python: str, ports: list[HostPort]
-    ) -> ContainerLaunch | None:
-        """The container that serves the revision, on a container provider; None on others.
-
-        It gets the deployment's env vars and secrets, the published ports' variables and
-        what vastrpc needs (its runtime's PYTHONPATH), nothing else of the agent's environment;
-        the bundle (its working directory), the pip environment and the TLS files are mounted
-        at their paths on this host, each absolute copy at its destination.
-        """
-        if self.container is None:
-            return None
-        runtime, runtime_paths = runtime_mounts()
-        mounts = [(str(bundle_dir), str(bundle_dir), False)]
-        mounts += [(host, inside, True) for host, inside in runtime]
-        host_paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        site = [p for p in host_paths if p.startswith(str(self.home / "envs"))]
-        mounts += [(p, p, True) for p in site]
-        if self.tls is not None:
-            files = (self.tls.cert_file, self.tls.key_file, self.tls.ca_file)
-            mounts += [(str(f), str(f), True) for f in files if f is not None]
-        for copied in image.absolute_copies:
-            mounts.append((str(bundle_dir / absolute_copy_bundle_path(copied.destination)), copied.destination, False))
-        inside = {"PYTHONUNBUFFERED": "1", **{k: v for k, v in env.items() if k.startswith("MALLOC_")}}
-        inside.update(image.env)
-        inside.update({k: env[k] for k in self._secret_names if k in env})
-        inside.update(port_environment(ports))
-        inside["PYTHONPATH"] = os.pathsep.join([*site, str(bundle_dir), *runtime_paths])
-        return self.container.launch(
-            worker_id=self.worker_id,
-            image=image.from_image,
-            python=python,
-            workdir=bundle_dir,
-            mounts=mounts,
-            env=inside,
-            client_env={
-                k: v for k, v in os.environ.items() if k in ("PATH", "CONTAINERS_CONF", "HOME", "XDG_RUNTIME_DIR")
-            },
-        )
-
     async def _host_runtime(
         self, image: control_pb2.ImageSpec, bundle_dir: Path, env: dict[str, str]
     ) -> tuple[str, list[HostPort]]:
@@ -345,8 +305,6 @@ class Agent:
         of the address the worker serves on, in ``env`` (see ``vastrpc._hostimage``).
         Returns the interpreter to serve with and the ports.
         """
-        if self.container is not None:
-            return self._container_runtime(image)
         if image.absolute_copies:
             env[ENV_COPY_ROOT] = str(copy_root(bundle_dir))
             for copied in image.absolute_copies:
@@ -366,23 +324,6 @@ class Agent:
             python, note = python_for(image, env)
         if note:
             _print(note)
-        return python, ports
-
-    def _container_runtime(self, image: control_pb2.ImageSpec) -> tuple[str, list[HostPort]]:
-        """The image's Python and published ports in a container on the host's network: each port is itself."""
-        for copied in image.absolute_copies:
-            _print(f"copy to {copied.destination}: mounted there in the container")
-        ports = [
-            HostPort(int(p.port), protocol_name(p.protocol), int(p.port), self.bind_host) for p in image.published_ports
-        ]
-        for port in ports:
-            _print(
-                f"publish_port {port.port}/{port.protocol}: {port.address} (the container shares the host's network)"
-            )
-        python_env = image.python_environment
-        python = f"{python_env.venv_path.rstrip('/')}/bin/python" if python_env.venv_path else "python3"
-        if python_env.venv_path or python_env.system_python:
-            _print(f"serving with the image's {python}")
         return python, ports
 
     async def _download(self, revision_id: str, digest: str, size: int = 0) -> Path:
@@ -410,13 +351,17 @@ class Agent:
         return dest
 
     async def _install(
-        self, spec: control_pb2.DeploymentSpec, bundle_dir: Path
-    ) -> tuple[dict[str, str], str, list[HostPort]]:
+        self, spec: control_pb2.DeploymentSpec, bundle_dir: Path, image_id: str = ""
+    ) -> tuple[dict[str, str], str, list[HostPort], Prepared | None]:
         """Install the revision's packages, apply its image on this host, then run its startup commands.
 
+        On a container provider the pip packages are installed for the image's Python, and the
+        apt packages and startup commands run inside the image instead (``ContainerWorker``).
+
         Returns:
-            The serving process's environment, its interpreter and the published ports
-            (``_host_runtime``; the startup commands see the same environment).
+            The serving process's environment, its interpreter, the published ports
+            (``_host_runtime``; the startup commands see the same environment) and, on a
+            container provider, what its container runs.
         """
         image = spec.image
         # The worker's token and TLS files are the agent's: the serving process gets its own in its config.
@@ -433,13 +378,25 @@ class Agent:
             env.update(secrets)
         except VastrpcError as exc:
             raise DeploymentError(str(exc), step="secrets") from None
-        await asyncio.to_thread(ensure_apt, list(image.apt_packages), log=_print)
-        site = await asyncio.to_thread(ensure_pip_env, list(image.pip_packages), self.home / "envs", log=_print)
+        target = None
+        if self.container is not None:
+            python, target, ports = await self.container.python_of(image, image_id)
+        else:
+            await asyncio.to_thread(ensure_apt, list(image.apt_packages), log=_print)
+        site = await asyncio.to_thread(
+            ensure_pip_env, list(image.pip_packages), self.home / "envs", target=target, log=_print
+        )
         paths = [str(site)] if site is not None else []
         paths.append(str(bundle_dir))
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(paths)
+        if self.container is not None:
+            secrets = {k: env[k] for k in self._secret_names if k in env}
+            prepared = await self.container.prepare(
+                image, image_id, python, target, bundle_dir=bundle_dir, site=site, secrets=secrets
+            )
+            return env, python, ports, prepared
         python, ports = await self._host_runtime(image, bundle_dir, env)
         if image.startup_commands:
             await asyncio.to_thread(
@@ -456,7 +413,7 @@ class Agent:
             len(image.apt_packages),
             len(image.startup_commands),
         )
-        return env, python, ports
+        return env, python, ports, None
 
     async def _watch_assignments(self) -> None:
         """Queue what the control service says this worker should serve; reconnect when the stream breaks."""

@@ -2,19 +2,21 @@
 
 A container provider (``--provider podman`` or ``docker``) starts worker agents on its host,
 as the local provider does, with ``VASTRPC_CONTAINER_ENGINE`` set; the agent then runs each
-revision's serving process inside a container of the deployment's image (``from_image``).
-The image needs only a Python of the host's version: vastrpc and its dependencies are
-mounted read-only from the host (``runtime_mounts``), the bundle, the pip environment and
-the TLS files too, and the container shares the host's network, so a published port is the
-port itself. The serving process's configuration goes on the container's stdin and its
-events come back on its stdout (``BOOTSTRAP`` moves print output to stderr, the worker log).
+revision's serving process inside a container of the deployment's image (``from_image``, or
+the image derived from it by its build steps: ``vastrpc.serve.image_build``). The image
+needs only a CPython >= 3.11: vastrpc is mounted read-only from the host, with its
+dependencies — the host's own site directories for the host's Python version, else a
+folder built for the image's version (``vastrpc.serve.image_python``) — ``runtime_mounts``;
+the bundle, the pip environment and the TLS files are mounted too, and the container shares
+the host's network, so a published port is the port itself. The serving process's
+configuration goes on the container's stdin and its events come back on its stdout
+(``BOOTSTRAP`` moves print output to stderr, the worker log).
 """
 
 from __future__ import annotations
 
 import asyncio
 import shutil
-import sys
 import sysconfig
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -45,8 +47,9 @@ _SITE_MOUNT = "/opt/vastrpc/site"
 # Label on every container an agent starts: its provider removes what an agent killed outright leaves.
 WORKER_LABEL = "vastrpc.worker"
 
-# Run as ``python -c BOOTSTRAP MAJOR.MINOR``: checks the image's Python can load the mounted
-# runtime, keeps stdout for the events (prints go to stderr), then runs the serving process.
+# Run as ``python -c BOOTSTRAP MAJOR.MINOR``: checks the image's Python is the one the mounted
+# runtime was prepared for (the agent probed it; a build step may have replaced it since),
+# keeps stdout for the events (prints go to stderr), then runs the serving process.
 BOOTSTRAP = """\
 import json, os, sys
 events = os.dup(1)
@@ -55,9 +58,9 @@ want = sys.argv[1]
 have = "{}.{}".format(*sys.version_info[:2])
 if have != want:
     message = (
-        f"the image's {sys.executable} is Python {have}; vastrpc's runtime (grpcio, protobuf, cryptography) is "
-        f"mounted from the worker's host, built for Python {want}: use an image whose python3 (or venv) is "
-        f"Python {want}, e.g. python:{want}-slim or Debian bookworm"
+        f"the image's {sys.executable} is Python {have}, but vastrpc's runtime (grpcio, protobuf, cryptography) "
+        f"was prepared for Python {want}, the version the image's interpreter had before its build steps: "
+        "keep the image's python3 (or venv) at one version"
     )
     os.write(events, (json.dumps({"event": "failed", "step": "image", "message": message}) + "\\n").encode())
     sys.exit(3)
@@ -67,8 +70,13 @@ runpy.run_module("vastrpc.serve.process", run_name="__main__", alter_sys=True)
 """
 
 
-def runtime_mounts() -> tuple[list[tuple[str, str]], list[str]]:
-    """The host's vastrpc package and its dependencies' site directories, as (host path, container path) mounts.
+def runtime_mounts(site: Path | None = None) -> tuple[list[tuple[str, str]], list[str]]:
+    """vastrpc's package and its dependencies' site directories, as (host path, container path) mounts.
+
+    Args:
+        site: A folder of vastrpc's dependencies built for the image's Python
+            (``vastrpc.serve.image_python``); None: the host's own site directories,
+            for an image whose Python is the host's version.
 
     Returns:
         The mounts (read-only) and the container's PYTHONPATH entries for them, vastrpc first.
@@ -76,9 +84,12 @@ def runtime_mounts() -> tuple[list[tuple[str, str]], list[str]]:
     package = Path(__file__).resolve().parents[1]
     mounts = [(str(package), f"{_PACKAGE_MOUNT}/vastrpc")]
     paths = [_PACKAGE_MOUNT]
-    sites = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
-    for index, site in enumerate(s for s in sites if Path(s).is_dir()):
-        mounts.append((site, f"{_SITE_MOUNT}{index}"))
+    if site is not None:
+        sites: Sequence[str] = [str(site)]
+    else:
+        sites = list(dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib")))
+    for index, path in enumerate(s for s in sites if Path(s).is_dir()):
+        mounts.append((path, f"{_SITE_MOUNT}{index}"))
         paths.append(f"{_SITE_MOUNT}{index}")
     return mounts, paths
 
@@ -144,7 +155,8 @@ class ContainerEngine:
             return ["--gpus", "device=" + ",".join(str(g) for g in self.gpus)]
         return [option for g in self.gpus for option in ("--device", f"nvidia.com/gpu={g}")]
 
-    async def _run(self, *args: str, env: Mapping[str, str]) -> tuple[int, str]:
+    async def run_command(self, *args: str, env: Mapping[str, str]) -> tuple[int, str]:
+        """Run the engine with ``args``; returns its exit code and its output (stdout and stderr merged)."""
         proc = await asyncio.create_subprocess_exec(
             self.engine,
             *args,
@@ -156,13 +168,18 @@ class ContainerEngine:
         out, _ = await proc.communicate()
         return proc.returncode or 0, out.decode(errors="replace")
 
-    async def has_image(self, image: str, env: Mapping[str, str]) -> bool:
-        """Whether the engine holds ``image`` already."""
-        if self.engine == "docker":
-            code, _ = await self._run("image", "inspect", "--format", "{{.Id}}", image, env=env)
-        else:
-            code, _ = await self._run("image", "exists", image, env=env)
-        return code == 0
+    async def image_id(self, image: str, env: Mapping[str, str]) -> str:
+        """The id of ``image`` in the engine; empty when the engine lacks it."""
+        code, out = await self.run_command("image", "inspect", "--format", "{{.Id}}", image, env=env)
+        return out.strip() if code == 0 else ""
+
+    def run_options(self, name: str, worker_id: str, *, remove: bool = True) -> list[str]:
+        """``ENGINE run`` with what every container of a worker gets: name, label, runtime, the host's network."""
+        argv = [self.engine, "run", *(["--rm"] if remove else []), "-i", "--name", name]
+        argv += ["--label", f"{WORKER_LABEL}={worker_id}"]
+        if self.engine == "podman" and self.runtime:
+            argv += ["--runtime", self.runtime]
+        return [*argv, "--network", "host"]
 
     async def pull(self, image: str, env: Mapping[str, str], log: Callable[[str], None]) -> None:
         """Pull ``image``, its progress lines to ``log``.
@@ -199,7 +216,7 @@ class ContainerEngine:
     async def remove(self, name: str, env: Mapping[str, str]) -> None:
         """Remove the container ``name`` (killing it if it runs); nothing when there is none."""
         options = ["--time", "0"] if self.engine == "podman" else []
-        await self._run("rm", "-f", *options, name, env=env)
+        await self.run_command("rm", "-f", *options, name, env=env)
 
     def launch(
         self,
@@ -207,6 +224,7 @@ class ContainerEngine:
         worker_id: str,
         image: str,
         python: str,
+        version: str,
         workdir: Path,
         mounts: Sequence[tuple[str, str, bool]],
         env: Mapping[str, str],
@@ -218,21 +236,19 @@ class ContainerEngine:
             worker_id: Labels the container (``vastrpc.worker``) and names it.
             image: The deployment's image.
             python: The interpreter inside the image (``python3``, or a venv's).
+            version: Its ``MAJOR.MINOR``, which the mounted runtime was prepared for.
             workdir: The bundle folder, mounted at its own path: the working directory.
             mounts: (host path, container path, read-only) for each mount.
             env: The container's whole environment (only these variables reach it).
             client_env: The engine command's own environment (PATH, CONTAINERS_CONF).
         """
         name = f"vastrpc-{worker_id}-{uuid.uuid4().hex[:8]}"
-        argv = [self.engine, "run", "--rm", "-i", "--name", name, "--label", f"{WORKER_LABEL}={worker_id}"]
-        if self.engine == "podman" and self.runtime:
-            argv += ["--runtime", self.runtime]
-        argv += ["--network", "host", "--workdir", str(workdir), *self.gpu_options()]
+        argv = self.run_options(name, worker_id)
+        argv += ["--workdir", str(workdir), *self.gpu_options()]
         for host, inside, read_only in mounts:
             argv += ["--volume", f"{host}:{inside}" + (":ro" if read_only else "")]
         for key in sorted(env):
             argv += ["--env", key]  # the value comes from the engine command's environment, off its argv
-        version = "{}.{}".format(*sys.version_info[:2])
         argv += [image, python, "-c", BOOTSTRAP, version]
         return ContainerLaunch(self, name, argv, {**client_env, **env})
 

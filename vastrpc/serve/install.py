@@ -25,13 +25,16 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from vastrpc._errors import BundleError, DeploymentError
 
 __all__ = [
+    "PythonTarget",
     "ensure_apt",
     "ensure_pip_env",
+    "lock_until",
     "requirements_key",
     "run_startup_commands",
     "safe_extract",
@@ -306,40 +309,74 @@ def _clean_specs(packages: Sequence[str]) -> list[str]:
     return sorted({p.strip() for p in packages if p and p.strip()})
 
 
-def requirements_key(packages: Sequence[str]) -> str:
+@dataclass(frozen=True)
+class PythonTarget:
+    """A CPython other than the agent's that packages are installed for: an image's.
+
+    Attributes:
+        version: ``(major, minor)``, e.g. ``(3, 13)``.
+        machine: The image's machine, e.g. ``"x86_64"``.
+        manylinux: The newest manylinux tag its glibc runs, e.g. ``"manylinux_2_28"``.
+    """
+
+    version: tuple[int, int]
+    machine: str
+    manylinux: str
+
+    @property
+    def label(self) -> str:
+        """``"3.13"``."""
+        return "{}.{}".format(*self.version)
+
+    @property
+    def uv_platform(self) -> str:
+        """uv's ``--python-platform``, e.g. ``"x86_64-manylinux_2_28"``."""
+        return f"{self.machine}-{self.manylinux}"
+
+
+def requirements_key(packages: Sequence[str], target: PythonTarget | None = None) -> str:
     """Cache key of a pip environment: what is installed, for which Python and machine.
 
     Args:
         packages: Package specs; order, duplicates, surrounding spaces and empty
             entries do not change the key.
+        target: The Python installed for, when not the agent's own.
 
     Returns:
         A hex SHA-256.
     """
-    payload = {
-        "packages": _clean_specs(packages),
-        "python": list(sys.version_info[:2]),
-        "machine": platform.machine(),
-    }
+    payload: dict[str, object] = {"packages": _clean_specs(packages)}
+    if target is None:
+        payload.update(python=list(sys.version_info[:2]), machine=platform.machine())
+    else:
+        payload.update(python=list(target.version), machine=target.machine, platform=target.manylinux)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _installer(target: Path, specs: list[str]) -> tuple[list[str], str]:
+def _installer(target: Path, specs: list[str], python: PythonTarget | None) -> tuple[list[str], str]:
+    # For another Python only wheels will do: an sdist would be built by this host's Python, for it.
     try:
         import uv
 
         uv_bin = uv.find_uv_bin()
     except (ImportError, FileNotFoundError):
         argv = [sys.executable, "-m", "pip", "install", "--no-input", "--disable-pip-version-check"]
+        if python is not None:
+            tag = f"{python.manylinux}_{python.machine}"
+            argv += ["--python-version", python.label, "--platform", tag, "--only-binary=:all:"]
         return [*argv, "--target", str(target), *specs], "pip"
-    argv = [os.fspath(uv_bin), "pip", "install", "--color", "never", "--no-progress"]
-    return [*argv, "--target", str(target), "--python", sys.executable, *specs], "uv"
+    argv = [os.fspath(uv_bin), "pip", "install", "--color", "never", "--no-progress", "--target", str(target)]
+    if python is None:
+        return [*argv, "--python", sys.executable, *specs], "uv"
+    argv += ["--python-version", python.label, "--python-platform", python.uv_platform, "--only-binary", ":all:"]
+    return [*argv, *specs], "uv"
 
 
 def ensure_pip_env(
     packages: Sequence[str],
     cache_dir: Path,
     *,
+    target: PythonTarget | None = None,
     log: Log = print,
     timeout: float = 600,
 ) -> Path | None:
@@ -355,6 +392,8 @@ def ensure_pip_env(
     Args:
         packages: Package specs, e.g. ``["numpy==2.1", "requests"]``.
         cache_dir: Root of the environment cache.
+        target: The Python to install for when not the agent's own (an image's): wheels
+            only, for its version and platform.
         log: Receives the installer's output, line by line.
         timeout: Seconds allowed for waiting on another install plus installing.
 
@@ -367,7 +406,7 @@ def ensure_pip_env(
     specs = _clean_specs(packages)
     if not specs:
         return None
-    key = requirements_key(specs)
+    key = requirements_key(specs, target)
     env_dir = Path(cache_dir) / key
     site = env_dir / "site"
     if site.is_dir():
@@ -377,15 +416,17 @@ def ensure_pip_env(
     deadline = time.monotonic() + timeout
     env_dir.mkdir(parents=True, exist_ok=True)
     with open(env_dir / ".lock", "a+b") as lock:
-        _lock_until(lock, deadline, specs, timeout)
+        waited = f"timed out after {timeout:g} s waiting for another worker to install pip packages {', '.join(specs)}"
+        lock_until(lock, deadline, DeploymentError(waited, step="install"))
         try:
             if site.is_dir():  # another worker installed it while we waited
                 log(f"pip packages installed by another worker (cached at {site}): {' '.join(specs)}")
                 return site
             tmp = Path(tempfile.mkdtemp(prefix="site.tmp-", dir=env_dir))
             try:
-                argv, tool = _installer(tmp, specs)
-                log(f"installing pip packages with {tool}: {' '.join(specs)}")
+                argv, tool = _installer(tmp, specs, target)
+                where = f" for Python {target.label} ({target.uv_platform}, wheels only)" if target is not None else ""
+                log(f"installing pip packages{where} with {tool}: {' '.join(specs)}")
                 code, tail = _run_streaming(argv, log=log, timeout=deadline - time.monotonic())
                 if code is None:
                     raise DeploymentError(
@@ -396,7 +437,7 @@ def ensure_pip_env(
                     )
                 if code != 0:
                     raise DeploymentError(
-                        f"could not install pip packages {', '.join(specs)} ({tool} exited with code {code}): "
+                        f"could not install pip packages {', '.join(specs)}{where} ({tool} exited with code {code}): "
                         "check that these names and versions exist for this Python and platform",
                         step="install",
                         log_tail=tail,
@@ -410,7 +451,8 @@ def ensure_pip_env(
     return site
 
 
-def _lock_until(lock: io.BufferedRandom, deadline: float, specs: list[str], timeout: float) -> None:
+def lock_until(lock: io.BufferedRandom, deadline: float, timed_out: DeploymentError) -> None:
+    """Take an exclusive flock on ``lock``, waiting until ``deadline`` at most; past it, raise ``timed_out``."""
     # Polling instead of a blocking flock keeps the wait bounded by the timeout.
     while True:
         try:
@@ -418,11 +460,7 @@ def _lock_until(lock: io.BufferedRandom, deadline: float, specs: list[str], time
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                raise DeploymentError(
-                    f"timed out after {timeout:g} s waiting for another worker to install pip packages "
-                    f"{', '.join(specs)}",
-                    step="install",
-                ) from None
+                raise timed_out from None
             time.sleep(0.1)
 
 

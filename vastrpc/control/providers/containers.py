@@ -3,7 +3,8 @@
 The agent stays on the host, as with the local provider: it talks to the control service,
 downloads and installs, keeps the caches. Each revision's serving process runs in a
 container of the deployment's ``from_image`` (``vastrpc.serve.container``), which the
-engine pulls first when it lacks it (the worker's state ``pulling``). Tier 3 updates (a new
+engine pulls first when it lacks it (the worker's state ``pulling``), or of the image its
+build steps derive from it (``vastrpc.serve.image_build``). Tier 3 updates (a new
 image, env or secrets) restart each worker in its slot, so it re-images in place.
 """
 
