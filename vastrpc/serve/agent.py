@@ -36,10 +36,10 @@ from vastrpc._hostimage import (
 )
 from vastrpc._secrets import unseal
 from vastrpc._tls import TlsFiles
+from vastrpc._workerenv import SERVING_EXTRA, inherited_environ
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
-from vastrpc.config import ENV_TLS
 from vastrpc.image import absolute_copy_bundle_path
-from vastrpc.serve.container import ContainerEngine, ContainerLaunch, check_storage, runtime_mounts
+from vastrpc.serve.container import ENGINE_CLIENT_ENV, ContainerEngine, ContainerLaunch, check_storage, runtime_mounts
 from vastrpc.serve.fetch import fetch_bundle, public_part
 from vastrpc.serve.install import ensure_apt, ensure_pip_env, run_startup_commands, safe_extract, verify_digest
 from vastrpc.serve.metrics import CallStatsReader
@@ -255,6 +255,9 @@ class Agent:
         await on_state("installing")
         env, python, ports = await self._install(spec, bundle_dir)
         launch = self._container_launch(spec.image, bundle_dir, env, python, ports)
+        # The secrets reach the serving process in its config, never in the environment it
+        # starts with (its /proc/<pid>/environ).
+        secrets = {k: env.pop(k) for k in self._secret_names if k in env}
         if self._stop.is_set():
             return None
         await on_state("loading")
@@ -271,6 +274,7 @@ class Agent:
             "advertise_host": self.bind_host,
             "grace": _STOP_GRACE,
             "metrics": self._serve_metrics,
+            "secrets": secrets,
         }
         serving = await ServingProcess.start(config, env, bundle_dir, tls=self.tls, python=python, container=launch)
         self._serving.add(serving)
@@ -330,9 +334,7 @@ class Agent:
             workdir=bundle_dir,
             mounts=mounts,
             env=inside,
-            client_env={
-                k: v for k, v in os.environ.items() if k in ("PATH", "CONTAINERS_CONF", "HOME", "XDG_RUNTIME_DIR")
-            },
+            client_env={k: v for k, v in os.environ.items() if k in ENGINE_CLIENT_ENV},
         )
 
     async def _host_runtime(
@@ -419,8 +421,9 @@ class Agent:
             (``_host_runtime``; the startup commands see the same environment).
         """
         image = spec.image
-        # The worker's token and TLS files are the agent's: the serving process gets its own in its config.
-        env = {k: v for k, v in os.environ.items() if k != "VASTRPC_WORKER_TOKEN" and k not in ENV_TLS}
+        # The allow-list of the agent's own environment and vastrpc's path, nothing else: not the
+        # token, the TLS files (the serving process gets its own in its config) or VASTRPC_HOME.
+        env = inherited_environ(os.environ, SERVING_EXTRA)
         # glibc gives every allocation over 32 MiB fresh pages and returns freed ones at once, so
         # each large argument or result pays page faults again (PERFORMANCE-NOTES: 66 ms → 12 ms
         # for 100 MB with these). A deployment's own env vars override them.
