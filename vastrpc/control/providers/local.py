@@ -289,14 +289,15 @@ class LocalProcessProvider:
             out.flush()
             # A session of its own: stopping the worker signals its whole process group, and a
             # Ctrl-C meant for the control service's terminal does not reach it directly.
+            command, options = self._as_worker_user(argv)
             proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *command,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                **self._as_worker_user(),
+                **options,
             )
         await _send_token(proc, token)
         self._procs[worker_id] = proc
@@ -306,13 +307,13 @@ class LocalProcessProvider:
         log.info("started worker %s (pid %d)", worker_id, proc.pid)
         return proc.pid
 
-    def _as_worker_user(self) -> dict[str, Any]:
-        """The keyword arguments that start a process as the worker user (none: as this process's user)."""
+    def _as_worker_user(self, argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+        """``argv`` and the keyword arguments that start it as the worker user (unchanged: as this process's user)."""
         user = self.worker_user
         if user is None:
-            return {}
+            return argv, {}
         # In its own home: this service's working directory may be closed to it.
-        return {"user": user.uid, "group": user.gid, "extra_groups": [], "cwd": user.home}
+        return user.command(argv), {"cwd": user.home}
 
     def _tls_env(self) -> dict[str, str]:
         # Only the service's own TLS reaches a worker (ENV_TLS are never inherited).

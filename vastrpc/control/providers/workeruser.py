@@ -17,7 +17,8 @@ import os
 import pwd
 import shutil
 import subprocess
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,12 @@ __all__ = ["DEFAULT_WORKER_USER", "WorkerUser", "choose_worker_user"]
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKER_USER = "vastrpc-worker"
+
+# Becomes the user (argv[1], argv[2]) and execs the rest: setpriv's work, where there is none.
+_SWITCH = (
+    "import os, sys; os.setgroups([]); os.setgid(int(sys.argv[2])); os.setuid(int(sys.argv[1])); "
+    "os.execvp(sys.argv[3], sys.argv[3:])"
+)
 
 _RISK = (
     "a deployment's code can read this service's home (API key, CA key, state), its worker's token and "
@@ -53,6 +60,19 @@ class WorkerUser:
     gid: int
     home: Path
     root: Path
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` run as this user, without supplementary groups (started by root).
+
+        The switch happens in a program exec'd for it (``setpriv``, else this Python), not
+        in the forked child of this process: a child that changes its user cannot be spawned
+        with vfork, and a plain fork of the control service runs gRPC's fork handlers, which
+        crash now and then in a process whose threads are inside gRPC.
+        """
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None:
+            return [setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--", *argv]
+        return [sys.executable, "-c", _SWITCH, str(self.uid), str(self.gid), *argv]
 
     def environ(self) -> dict[str, str]:
         """The variables that name this user to its processes."""
@@ -172,15 +192,12 @@ def _cannot_run(user: WorkerUser, python: str, environ: Mapping[str, str]) -> st
     env = {k: v for k, v in environ.items() if k in ("PATH", "PYTHONPATH")} | user.environ()
     try:
         done = subprocess.run(
-            [python, "-c", "import vastrpc.serve.agent"],
+            user.command([python, "-c", "import vastrpc.serve.agent"]),
             capture_output=True,
             text=True,
             timeout=60,
             env=env,
             cwd=user.home,
-            user=user.uid,
-            group=user.gid,
-            extra_groups=[],
         )
     except OSError as exc:
         return exc.strerror or str(exc)
