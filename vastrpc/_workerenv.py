@@ -42,8 +42,8 @@ INHERITED = frozenset(
 )
 INHERITED_PREFIXES = ("LC_",)
 # What a serving process takes from its agent besides: vastrpc's path and unbuffered output,
-# and which Ray node it runs on (VASTRPC_RAY_NODE_ID, for the deployment's own code).
-SERVING_EXTRA = ("PYTHONPATH", "PYTHONUNBUFFERED", "VASTRPC_RAY_NODE_ID")
+# and where it runs (the address it serves on, its Ray node), for the deployment's own code.
+SERVING_EXTRA = ("PYTHONPATH", "PYTHONUNBUFFERED", "VASTRPC_WORKER_HOST", "VASTRPC_RAY_NODE_ID")
 
 _PR_SET_DUMPABLE = 4
 
