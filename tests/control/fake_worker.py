@@ -1,8 +1,8 @@
 """A stand-in for the worker agent in control service tests: plays the agent's side over real gRPC.
 
-It registers with the worker token its provider writes to its stdin (``--token-stdin``), then behaves as the spec's ``image.env``
-says: ``FAKE_MODE`` ready (default: report READY, heartbeat until told to stop), fail
-(report FAILED at install), exit (exit with code 3 while installing), hang (stay in
+It registers with the worker token its provider writes to its stdin (``--token-stdin``), then
+behaves as the spec's ``image.env`` says: ``FAKE_MODE`` ready (default: report READY, heartbeat
+until told to stop), fail (report FAILED at install), exit (exit with code 3 while installing), hang (stay in
 INSTALLING); ``FAKE_DUMP_DIR`` (write the token and the RegisterWorker answer there);
 ``FAKE_READY_DELAY`` (seconds before READY).
 """
