@@ -67,7 +67,10 @@ def control_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     ``worker_command`` (argv prefix that starts a worker instead of ``python -m vastrpc worker``),
     ``args`` (more ``control serve`` flags, e.g. ``["--bundle-grace", "0"]``), ``setup`` (called
     with ``tmp_path`` before the start; returns more flags, e.g. for files it wrote there) and
-    ``env`` (extra environment variables).
+    ``env`` (extra environment variables), ``worker_user`` (True: run workers as the
+    default separate user, as a service run as root does unless told otherwise; by default
+    they run as this user, ``--no-worker-user``, so that tests may hand them files under
+    ``tmp_path``).
     """
     options = getattr(request, "param", None) or {}
     home = tmp_path / "home"
@@ -76,6 +79,8 @@ def control_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     if options.get("worker_command"):
         argv += ["--worker-command", shlex.join(options["worker_command"])]
     argv += list(options.get("args", ()))
+    if not options.get("worker_user"):
+        argv.append("--no-worker-user")
     if options.get("setup"):
         argv += list(options["setup"](tmp_path))
     env = dict(os.environ)

@@ -150,6 +150,10 @@ class ControlConfig:
             the machine; None probes it.
         container_runtime: The OCI runtime ``--provider podman`` runs containers with;
             None: ``runc`` where installed, else podman's default.
+        worker_user: The unprivileged user the local provider runs workers as when this
+            service runs as root (created on first use); None runs them as the service's own
+            user, which ``control serve`` warns about (a deployment's code could then read the
+            service's home). See docs/security.md.
     """
 
     home: Path
@@ -173,3 +177,4 @@ class ControlConfig:
     peers: tuple[str, ...] = ()
     inventory_file: Path | None = None
     container_runtime: str | None = None
+    worker_user: str | None = "vastrpc-worker"

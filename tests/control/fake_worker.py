@@ -1,8 +1,8 @@
 """A stand-in for the worker agent in control service tests: plays the agent's side over real gRPC.
 
-It registers with its VASTRPC_WORKER_TOKEN, then behaves as the spec's ``image.env``
-says: ``FAKE_MODE`` ready (default: report READY, heartbeat until told to stop), fail
-(report FAILED at install), exit (exit with code 3 while installing), hang (stay in
+It registers with the worker token its provider writes to its stdin (``--token-stdin``), then
+behaves as the spec's ``image.env`` says: ``FAKE_MODE`` ready (default: report READY, heartbeat
+until told to stop), fail (report FAILED at install), exit (exit with code 3 while installing), hang (stay in
 INSTALLING); ``FAKE_DUMP_DIR`` (write the token and the RegisterWorker answer there);
 ``FAKE_READY_DELAY`` (seconds before READY).
 """
@@ -26,8 +26,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--control", required=True)
     parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--token-stdin", action="store_true", required=True)
     args = parser.parse_args()
-    token = os.environ["VASTRPC_WORKER_TOKEN"]
+    token = sys.stdin.readline().strip()
     metadata = (("authorization", f"Bearer {token}"),)
     stub = control_pb2_grpc.ControlServiceStub(grpc.insecure_channel(args.control))
     reg = stub.RegisterWorker(

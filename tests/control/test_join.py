@@ -25,7 +25,7 @@ app.configure_autoscaling(min_workers=1, max_workers=1)
 @app.context
 class Host:
     async def __aenter__(self):
-        if os.environ.get("BROKEN_HOST"):
+        if "broken-host" in os.getcwd():  # the joined worker's home (a host's own variables do not reach it)
             raise RuntimeError("this host is broken")
         return self
 
@@ -35,8 +35,13 @@ class Host:
 @app.remote(max_concurrency=2, benchmark_dataset=[{{}}])
 async def where() -> str:
     await asyncio.sleep(0.05)
-    return os.environ.get("VASTRPC_HOME", "")
+    return os.getcwd()  # the bundle's folder, under the agent's home: HOME/work/WORKER/REVISION
 """
+
+
+def _home(bundle_dir: str) -> Path:
+    """The home of the agent that serves from ``bundle_dir``."""
+    return Path(bundle_dir).parents[2]
 
 
 def _join(control_service, target: str, home, **extra: str) -> subprocess.Popen[str]:
@@ -75,8 +80,8 @@ async def test_a_joined_worker_serves_calls_and_stops_at_teardown(project, contr
         await asyncio.sleep(2.5)
         assert len(await _ready_workers(project, mod.app, 2)) == 2
         # ... and calls reach both: the joined one runs with its own home.
-        homes = {info.value for info in await asyncio.gather(*(mod.where.call_with_info() for _ in range(40)))}
-        assert homes == {str(control_service.home), str(elsewhere)}
+        homes = {_home(info.value) for info in await asyncio.gather(*(mod.where.call_with_info() for _ in range(40)))}
+        assert homes == {control_service.home, elsewhere}
 
         down = subprocess.run(
             [sys.executable, "-m", "vastrpc", "teardown", mod.app.name, "--control", control_service.address],
@@ -133,8 +138,8 @@ async def test_a_joined_worker_under_tls_serves_with_a_certificate_the_ca_signed
     joined = _join(control_service, mod.app.name, elsewhere, **env)
     try:
         assert len(await _ready_workers(project, mod.app, 2)) == 2
-        homes = {info.value for info in await asyncio.gather(*(mod.where.call_with_info() for _ in range(40)))}
-        assert str(elsewhere) in homes  # the client reached it over TLS, trusting the same CA
+        homes = {_home(info.value) for info in await asyncio.gather(*(mod.where.call_with_info() for _ in range(40)))}
+        assert elsewhere in homes  # the client reached it over TLS, trusting the same CA
     finally:
         joined.terminate()
         assert joined.wait(timeout=30) == 0  # SIGTERM: drains and leaves
@@ -143,11 +148,11 @@ async def test_a_joined_worker_under_tls_serves_with_a_certificate_the_ca_signed
 async def test_a_joined_worker_that_fails_fails_alone(project, control_service, tmp_path) -> None:
     mod = project(SOURCE)
     await mod.app.ensure_ready()
-    broken = _join(control_service, mod.app.name, tmp_path / "broken-host", BROKEN_HOST="1")
+    broken = _join(control_service, mod.app.name, tmp_path / "broken-host")
     assert broken.wait(timeout=60) != 0
     assert "this host is broken" in broken.stderr.read()
     endpoint = await project.endpoint(mod.app)
     # The endpoint and the worker the service runs are untouched; only the joined one failed.
     assert endpoint["state"] == "READY"
     assert sorted(w["state"] for w in endpoint["workers"]) == ["FAILED", "READY"]
-    assert await mod.where() == str(control_service.home)
+    assert _home(await mod.where()) == control_service.home

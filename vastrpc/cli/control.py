@@ -120,6 +120,19 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
         metavar="FILE",
         help="local provider: what this machine offers, as JSON, instead of probing it (CPUs, RAM, disk, GPUs)",
     )
+    users = serve.add_mutually_exclusive_group()
+    users.add_argument(
+        "--worker-user",
+        default="vastrpc-worker",
+        metavar="NAME",
+        help="local provider, run as root: run workers as this unprivileged user, created if missing "
+        "(default vastrpc-worker)",
+    )
+    users.add_argument(
+        "--no-worker-user",
+        action="store_true",
+        help="run workers as this service's user (it warns: their code can read this service's home)",
+    )
     serve.add_argument(
         "--metrics-port",
         type=int,
@@ -184,6 +197,7 @@ def _serve(args: argparse.Namespace) -> int:
         peers=tuple(args.peer),
         inventory_file=Path(args.inventory).expanduser().resolve() if args.inventory else None,
         container_runtime=args.container_runtime or None,
+        worker_user=None if args.no_worker_user else args.worker_user,
     )
     command = shlex.split(args.worker_command) if args.worker_command else None
     try:

@@ -35,6 +35,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
         "--worker-id", help="the id the control service gave this worker (providers pass it, with its token)"
     )
     worker.add_argument(
+        "--token-stdin",
+        action="store_true",
+        help="read the worker token from the first line of stdin (providers pass it so, off the environment)",
+    )
+    worker.add_argument(
         "--api-key", default=os.environ.get("VASTRPC_API_KEY"), help="the control service's API key (for --join)"
     )
     worker.add_argument(
@@ -53,12 +58,20 @@ def _call(func: Any, *args: Any, **kwargs: Any) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from vastrpc._workerenv import make_undumpable
     from vastrpc.config import tls_from_env
     from vastrpc.serve.agent import main as agent_main
 
+    # Before it holds a token: the deployments' code may run as this user, and must not read it
+    # from this process's /proc files.
+    make_undumpable()
     # The provider that started this worker sets VASTRPC_TLS_* when the control service uses TLS.
     tls = tls_from_env()
-    worker_id, token = args.worker_id, os.environ.get(ENV_WORKER_TOKEN, "")
+    # The token never stays in the environment, where the serving processes would inherit it.
+    token = os.environ.pop(ENV_WORKER_TOKEN, "")
+    if args.token_stdin:
+        token = sys.stdin.readline().strip()
+    worker_id = args.worker_id
     if args.join:
         if tls is not None and tls.cert_file is None:
             raise Failure(

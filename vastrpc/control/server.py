@@ -173,6 +173,8 @@ async def serve(
             config.host,
         )
     provider = open_provider(config, worker_command=worker_command)
+    for warning in provider.isolation_warnings():
+        log.warning("workers are not isolated: %s", warning)
     lifecycle = Lifecycle(
         store,
         blobs,

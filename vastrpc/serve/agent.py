@@ -35,8 +35,8 @@ from vastrpc._hostimage import (
 )
 from vastrpc._secrets import unseal
 from vastrpc._tls import TlsFiles
+from vastrpc._workerenv import SERVING_EXTRA, inherited_environ
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
-from vastrpc.config import ENV_TLS
 from vastrpc.serve.container import ContainerEngine
 from vastrpc.serve.container_worker import ContainerWorker, Prepared
 from vastrpc.serve.fetch import fetch_bundle, public_part
@@ -255,6 +255,9 @@ class Agent:
         if self.container is not None and prepared is not None:
             secrets = {k: env[k] for k in self._secret_names if k in env}
             launch = self.container.launch(prepared, spec.image, bundle_dir, env, secrets, ports)
+        # The secrets reach the serving process in its config, never in the environment it
+        # starts with (its /proc/<pid>/environ).
+        secrets = {k: env.pop(k) for k in self._secret_names if k in env}
         if self._stop.is_set():
             return None
         await on_state("loading")
@@ -271,6 +274,7 @@ class Agent:
             "advertise_host": self.bind_host,
             "grace": _STOP_GRACE,
             "metrics": self._serve_metrics,
+            "secrets": secrets,
         }
         serving = await ServingProcess.start(config, env, bundle_dir, tls=self.tls, python=python, container=launch)
         self._serving.add(serving)
@@ -364,8 +368,9 @@ class Agent:
             container provider, what its container runs.
         """
         image = spec.image
-        # The worker's token and TLS files are the agent's: the serving process gets its own in its config.
-        env = {k: v for k, v in os.environ.items() if k != "VASTRPC_WORKER_TOKEN" and k not in ENV_TLS}
+        # The allow-list of the agent's own environment and vastrpc's path, nothing else: not the
+        # token, the TLS files (the serving process gets its own in its config) or VASTRPC_HOME.
+        env = inherited_environ(os.environ, SERVING_EXTRA)
         # glibc gives every allocation over 32 MiB fresh pages and returns freed ones at once, so
         # each large argument or result pays page faults again (PERFORMANCE-NOTES: 66 ms → 12 ms
         # for 100 MB with these). A deployment's own env vars override them.

@@ -40,6 +40,10 @@ __all__ = [
 # the OCI runtime to run containers with.
 ENV_CONTAINER_ENGINE = "VASTRPC_CONTAINER_ENGINE"
 ENV_CONTAINER_RUNTIME = "VASTRPC_CONTAINER_RUNTIME"
+# The engine command's own settings (podman's configuration, a rootless engine's runtime
+# folder, a remote Docker daemon): what of its environment an agent gives the command.
+ENGINE_ENV = ("XDG_RUNTIME_DIR", "DOCKER_HOST", "DOCKER_CONFIG", "CONTAINER_HOST")
+ENGINE_CLIENT_ENV = ("PATH", "CONTAINERS_CONF", "HOME", *ENGINE_ENV)
 ENGINES = ("podman", "docker")
 # Where the host's vastrpc and its dependencies appear inside a container.
 _PACKAGE_MOUNT = "/opt/vastrpc/pkg"

@@ -19,7 +19,13 @@ from vastrpc._hostimage import HostPort, port_environment, protocol_name
 from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import control_pb2
 from vastrpc.image import absolute_copy_bundle_path
-from vastrpc.serve.container import ContainerEngine, ContainerLaunch, check_storage, runtime_mounts
+from vastrpc.serve.container import (
+    ENGINE_CLIENT_ENV,
+    ContainerEngine,
+    ContainerLaunch,
+    check_storage,
+    runtime_mounts,
+)
 from vastrpc.serve.image_build import BuildJob, build_steps, derived_image
 from vastrpc.serve.image_python import probe, runtime_site
 from vastrpc.serve.install import Log, PythonTarget
@@ -27,7 +33,6 @@ from vastrpc.serve.install import Log, PythonTarget
 __all__ = ["ContainerWorker", "Prepared"]
 
 # What the engine command itself needs of the agent's environment.
-_CLIENT_ENV = ("PATH", "CONTAINERS_CONF", "HOME", "XDG_RUNTIME_DIR")
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class ContainerWorker:
         # Pulls and builds get the agent's environment (a proxy, the engine's settings); a serving
         # container's engine command only what the engine needs, since its variables reach the container.
         self.env = dict(os.environ)
-        self._launch_env = {k: v for k, v in os.environ.items() if k in _CLIENT_ENV}
+        self._launch_env = {k: v for k, v in os.environ.items() if k in ENGINE_CLIENT_ENV}
 
     async def ensure_image(
         self,

@@ -25,6 +25,7 @@ import grpc
 from vastrpc._grpc import start_server, tokens_equal
 from vastrpc._mode import ServeRuntime, enter_serve_mode
 from vastrpc._tls import TlsFiles
+from vastrpc._workerenv import make_undumpable
 from vastrpc.api.v1 import worker_pb2_grpc
 from vastrpc.definition import DeploymentDefinition, FunctionDefinition
 from vastrpc.serve.invoke import ServedFunction, WorkerIdentity, WorkerServicer
@@ -295,10 +296,16 @@ def _exit_with_agent() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``python -m vastrpc.serve.process EVENT_FD`` with the JSON config on stdin."""
+    # Another deployment's code may run as this user: it must not read this one's secrets
+    # through /proc (environ, mem).
+    make_undumpable()
     _exit_with_agent()
     args = sys.argv[1:] if argv is None else argv
     events = os.fdopen(int(args[0]), "w", buffering=1)
     config = json.loads(sys.stdin.read())
+    # The deployment's secrets come with the config, not in the environment this process was
+    # started with (which /proc/<pid>/environ keeps showing): they join os.environ only now.
+    os.environ.update(config.pop("secrets", None) or {})
 
     def emit(event: str, **fields: Any) -> None:
         events.write(json.dumps({"event": event, **fields}) + "\n")

@@ -14,11 +14,11 @@ from ..helpers import eventually, pid_gone
 
 pytestmark = pytest.mark.timeout(20)
 
-# Stands in for `python -m vastrpc worker`; gets `--control ADDR --worker-id ID` appended.
+# Stands in for `python -m vastrpc worker`; gets `--control ADDR --worker-id ID --token-stdin` appended.
 SCRIPT = r"""
 import os, signal, subprocess, sys, time
-mode = os.environ.get("MODE")
-print("argv", sys.argv[1:], "token", os.environ["VASTRPC_WORKER_TOKEN"], "home", os.environ["VASTRPC_HOME"],
+mode = sys.argv[1]
+print("argv", sys.argv[2:], "token", sys.stdin.readline().strip(), "home", os.environ["VASTRPC_HOME"],
       "unbuffered", os.environ.get("PYTHONUNBUFFERED"))
 if mode == "exit":
     sys.exit(5)
@@ -33,8 +33,7 @@ time.sleep(60)
 def _provider(tmp_path, mode: str, exits: list) -> LocalProcessProvider:
     return LocalProcessProvider(
         tmp_path,
-        argv_prefix=[sys.executable, "-c", SCRIPT],
-        environ={**os.environ, "MODE": mode},
+        argv_prefix=[sys.executable, "-c", SCRIPT, mode],
         on_exit=lambda worker_id, pid, code: exits.append((worker_id, code)),
     )
 
@@ -47,7 +46,7 @@ async def test_worker_gets_token_and_log_and_exit_is_reported(tmp_path) -> None:
     await eventually(lambda: exits == [("w-1", 5)], what="on_exit called")
     text = provider.log_path("w-1").read_text()
     assert provider.log_path("w-1") == tmp_path / "logs" / "workers" / "w-1.log"
-    assert "['--control', '127.0.0.1:5', '--worker-id', 'w-1'] token tok-123" in text
+    assert "['--control', '127.0.0.1:5', '--worker-id', 'w-1', '--token-stdin'] token tok-123" in text
     assert f"home {tmp_path} unbuffered 1" in text
     assert "tok-123" not in text.splitlines()[0]  # the provider's own header line never shows the token
     assert not provider.is_running("w-1")
@@ -80,18 +79,20 @@ async def test_stubborn_worker_is_killed_after_grace(tmp_path) -> None:
     assert exits == [("w-1", -9)]
 
 
-async def test_workers_never_inherit_the_control_services_credentials(tmp_path) -> None:
+async def test_workers_inherit_only_the_allow_list_and_get_their_token_on_stdin(tmp_path) -> None:
     exits: list = []
-    secrets = {"VASTRPC_API_KEY": "vk_x", "AWS_SECRET_ACCESS_KEY": "a", "AWS_PROFILE": "p", "PGPASSWORD": "pw"}
+    secrets = {"VASTRPC_API_KEY": "vk_x", "AWS_SECRET_ACCESS_KEY": "a", "HF_TOKEN": "h", "PGPASSWORD": "pw"}
+    script = "import os, sys; print(sorted(os.environ), 'stdin', sys.stdin.read().strip())"
     provider = LocalProcessProvider(
         tmp_path,
-        argv_prefix=[sys.executable, "-c", "import os; print(sorted(os.environ))"],
-        environ={**os.environ, **secrets, "KEEP_ME": "1"},
+        argv_prefix=[sys.executable, "-c", script],
+        environ={**os.environ, **secrets, "CALLER_VARIABLE": "1", "LANG": "C.UTF-8", "HTTPS_PROXY": "http://p:3128"},
         on_exit=lambda worker_id, pid, code: exits.append(code),
     )
-    await provider.start_worker("w-1", "tok", "127.0.0.1:5")
+    await provider.start_worker("w-1", "tok-9", "127.0.0.1:5")
     await eventually(lambda: exits == [0], what="the worker exited")
-    names = provider.log_path("w-1").read_text()
-    assert "'KEEP_ME'" in names and "'VASTRPC_WORKER_TOKEN'" in names
-    for name in secrets:
+    names = provider.log_path("w-1").read_text().splitlines()[-1]
+    assert "'PATH'" in names and "'LANG'" in names and "'HTTPS_PROXY'" in names and "'VASTRPC_HOME'" in names
+    assert names.endswith("stdin tok-9")
+    for name in (*secrets, "CALLER_VARIABLE", "VASTRPC_WORKER_TOKEN"):
         assert f"'{name}'" not in names

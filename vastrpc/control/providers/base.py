@@ -85,3 +85,10 @@ class Provider(Protocol):
 
     def log_path(self, worker_id: str) -> Path:
         """Where the worker's output goes."""
+
+    def isolation_warnings(self) -> list[str]:
+        """What a deployment's code could reach here beyond its own worker, in words; said at the service's start.
+
+        Empty when workers are isolated from the service and from each other (their own
+        user, or containers).
+        """

@@ -23,7 +23,13 @@ from vastrpc.api.v1 import control_pb2
 from vastrpc.config import ControlConfig
 from vastrpc.control.providers.inventory import Inventory
 from vastrpc.control.providers.local import LocalProcessProvider
-from vastrpc.serve.container import ENV_CONTAINER_ENGINE, ENV_CONTAINER_RUNTIME, WORKER_LABEL
+from vastrpc.serve.container import (
+    ENGINE_CLIENT_ENV,
+    ENGINE_ENV,
+    ENV_CONTAINER_ENGINE,
+    ENV_CONTAINER_RUNTIME,
+    WORKER_LABEL,
+)
 
 __all__ = ["ContainerProvider", "DockerProvider", "PodmanProvider", "write_containers_conf"]
 
@@ -96,16 +102,22 @@ class ContainerProvider(LocalProcessProvider):
                 f"--provider {self.engine} runs serving processes in containers, but there is no {self.engine} "
                 f"command on this host's PATH: {hint}, or use --provider local"
             )
-        env[ENV_CONTAINER_ENGINE] = command
+        # What the agents need for the engine, besides the allow-list every worker inherits.
+        agent_env = {k: env[k] for k in ENGINE_ENV if k in env}
+        agent_env[ENV_CONTAINER_ENGINE] = command
         if self.engine == "podman":
-            env["CONTAINERS_CONF"] = str(write_containers_conf(Path(home)))
+            agent_env["CONTAINERS_CONF"] = str(write_containers_conf(Path(home)))
             if runtime is None:
                 runtime = "runc" if shutil.which("runc", path=env.get("PATH")) else ""
             if runtime:
-                env[ENV_CONTAINER_RUNTIME] = runtime
-        self._engine_env: dict[str, str] = {k: env[k] for k in ("PATH", "CONTAINERS_CONF", "HOME") if k in env}
+                agent_env[ENV_CONTAINER_RUNTIME] = runtime
+        self._engine_env: dict[str, str] = {k: v for k, v in {**env, **agent_env}.items() if k in ENGINE_CLIENT_ENV}
         self._command = command
-        super().__init__(home, argv_prefix=argv_prefix, environ=env, worker_tls=worker_tls, inventory=inventory)
+        # The agents run as this service's user, the engine's: the deployment's code runs in a
+        # container that sees only its bundle, its packages and the TLS files it serves with.
+        super().__init__(
+            home, argv_prefix=argv_prefix, environ=env, agent_env=agent_env, worker_tls=worker_tls, inventory=inventory
+        )
 
     async def image_warnings(self, image: control_pb2.ImageSpec) -> list[str]:
         """Nothing: a container honours absolute copies (mounted), the image's Python and its ports (host network)."""

@@ -13,16 +13,19 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from vastrpc._hostimage import image_warnings
 from vastrpc._process import package_pythonpath, pid_alive
 from vastrpc._tls import TlsFiles
+from vastrpc._workerenv import inherited_environ
 from vastrpc.api.v1 import control_pb2
-from vastrpc.config import ENV_TLS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT, ControlConfig
-from vastrpc.control.providers.base import ENV_HOME, ENV_WORKER_TOKEN, ExitCallback
+from vastrpc.config import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT, ControlConfig
+from vastrpc.control.providers.base import ENV_HOME, ExitCallback
 from vastrpc.control.providers.gpus import GpuPlacementError, GpuSlots, visible_devices
 from vastrpc.control.providers.inventory import Inventory, probe_machine
 from vastrpc.control.providers.requirements import evaluate
+from vastrpc.control.providers.workeruser import WorkerUser, choose_worker_user
 from vastrpc.query import Query
 
 __all__ = ["LocalProcessProvider"]
@@ -30,23 +33,17 @@ __all__ = ["LocalProcessProvider"]
 log = logging.getLogger(__name__)
 
 
-def _control_credential(name: str) -> bool:
-    """A variable with the control service's own credentials, which its workers never inherit.
-
-    Its API key; its AWS credentials (S3 bundle store: workers download through presigned
-    URLs); its PostgreSQL password. A function that needs any of these gets it through secrets.
-    """
-    return name.startswith("AWS_") or name in ("VASTRPC_API_KEY", "PGPASSWORD", "PGPASSFILE")
-
-
 class LocalProcessProvider:
     """Runs each worker as ``python -m vastrpc worker ...`` in its own session on this host.
 
     Args:
         home: The vastrpc home; logs go to ``home/logs/workers/<worker_id>.log``.
-        argv_prefix: The command before ``--control ADDR --worker-id ID``; tests swap in a
-            fake worker. Defaults to ``[sys.executable, "-m", "vastrpc", "worker"]``.
-        environ: The environment workers inherit (default: this process's).
+        argv_prefix: The command before ``--control ADDR --worker-id ID --token-stdin``; tests
+            swap in a fake worker. Defaults to ``[sys.executable, "-m", "vastrpc", "worker"]``.
+        environ: The environment workers take the allow-listed variables of
+            (``vastrpc._workerenv.INHERITED``; default: this process's). Nothing else of it
+            reaches a worker: not the caller's or the service's credentials, not ``VASTRPC_HOME``.
+        agent_env: Variables every agent gets besides (a container provider's engine).
         on_exit: See Provider.
         worker_tls: The control service's TLS files, handed to each worker through
             ``VASTRPC_TLS_*``: the worker trusts ``ca_file`` for the control service, serves
@@ -55,6 +52,13 @@ class LocalProcessProvider:
         inventory: What this machine offers, against which requirements are evaluated; None
             probes it once, at the first worker with requirements (CPUs, RAM, free disk under
             ``home``, GPUs through NVML or nvidia-smi).
+        worker_user: Run workers as this user (``workeruser.WorkerUser``), their files in its
+            folder; None runs them as this process's user, their files under ``home``.
+        isolation_warnings: What ``control serve`` says at its start about how far workers
+            are isolated from it and from each other (``isolation_warnings()``).
+
+    The worker's token goes to the agent on its stdin, never in its environment (which
+    ``/proc/<pid>/environ`` shows to the user's other processes).
 
     GPUs: a worker of a deployment with requirements gets GPUs of its own (``GpuSlots``:
     its ``num_gpus``, GPUs meeting its per-GPU queries, never one another worker holds) in
@@ -75,7 +79,20 @@ class LocalProcessProvider:
             InventoryError: ``config.inventory_file`` cannot be read.
         """
         inventory = Inventory.load(config.inventory_file) if config.inventory_file is not None else None
-        return cls(Path(config.home), argv_prefix=worker_command, worker_tls=config.tls, inventory=inventory)
+        environ = dict(os.environ)
+        user, warnings = choose_worker_user(config.worker_user, python=sys.executable, environ=_with_package(environ))
+        tls = config.tls
+        if user is not None and tls is not None:
+            tls = user.copy_tls(tls, Path(config.home))
+        return cls(
+            Path(config.home),
+            argv_prefix=worker_command,
+            environ=environ,
+            worker_tls=tls,
+            inventory=inventory,
+            worker_user=user,
+            isolation_warnings=warnings,
+        )
 
     def __init__(
         self,
@@ -86,12 +103,20 @@ class LocalProcessProvider:
         on_exit: ExitCallback | None = None,
         worker_tls: TlsFiles | None = None,
         inventory: Inventory | None = None,
+        agent_env: Mapping[str, str] | None = None,
+        worker_user: WorkerUser | None = None,
+        isolation_warnings: Sequence[str] = (),
     ) -> None:
         self.home = Path(home)
         self._inventory = inventory
         self.worker_tls = worker_tls
         self.argv_prefix = list(argv_prefix) if argv_prefix else [sys.executable, "-m", "vastrpc", "worker"]
         self._environ = dict(os.environ if environ is None else environ)
+        self._agent_env = dict(agent_env or {})
+        self.worker_user = worker_user
+        self._isolation_warnings = list(isolation_warnings)
+        # The agents' VASTRPC_HOME (bundles, pip environments): the worker user's own folder, never this home.
+        self.worker_home = worker_user.root if worker_user is not None else self.home
         self.on_exit = on_exit
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._watchers: set[asyncio.Task[None]] = set()
@@ -103,6 +128,10 @@ class LocalProcessProvider:
     def log_path(self, worker_id: str) -> Path:
         """Where the worker's stdout and stderr go."""
         return self.log_dir / f"{worker_id}.log"
+
+    def isolation_warnings(self) -> list[str]:
+        """How workers here are not isolated from this service and each other; empty when they run as their own user."""
+        return list(self._isolation_warnings)
 
     def is_running(self, worker_id: str) -> bool:
         """Whether that worker's process is running."""
@@ -187,11 +216,14 @@ class LocalProcessProvider:
         )
 
     def _worker_environ(self) -> dict[str, str]:
-        """The environment a worker starts with, its token and TLS files aside."""
-        env = {name: value for name, value in self._environ.items() if not _control_credential(name)}
-        if (pythonpath := package_pythonpath(env)) is not None:
-            env["PYTHONPATH"] = pythonpath
-        return env
+        """The environment a worker starts with, TLS files aside: the allow-list, the agent's own, vastrpc's path."""
+        env = inherited_environ(self._environ)
+        env.update(self._agent_env)
+        if self.worker_user is not None:
+            env.update(self.worker_user.environ())
+        env[ENV_HOME] = str(self.worker_home)
+        env["PYTHONUNBUFFERED"] = "1"
+        return _with_package(env)
 
     async def start_worker(
         self, worker_id: str, token: str, control_address: str, *, requirements: Sequence[Query] | None = None
@@ -242,14 +274,9 @@ class LocalProcessProvider:
         for note in not_applicable:
             log.info("worker %s: %s", worker_id, note)
         notes = unmet + not_applicable
-        argv = [*self.argv_prefix, "--control", control_address, "--worker-id", worker_id]
-        env = {name: value for name, value in self._environ.items() if not _control_credential(name)}
-        env[ENV_WORKER_TOKEN] = token
-        env[ENV_HOME] = str(self.home)
-        env["PYTHONUNBUFFERED"] = "1"
-        env.update(self._tls_env(env))
-        if (pythonpath := package_pythonpath(env)) is not None:
-            env["PYTHONPATH"] = pythonpath
+        argv = [*self.argv_prefix, "--control", control_address, "--worker-id", worker_id, "--token-stdin"]
+        env = self._worker_environ()
+        env.update(self._tls_env())
         if gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = visible_devices(gpus)
             env["NVIDIA_VISIBLE_DEVICES"] = visible_devices(gpus) or "none"
@@ -262,14 +289,17 @@ class LocalProcessProvider:
             out.flush()
             # A session of its own: stopping the worker signals its whole process group, and a
             # Ctrl-C meant for the control service's terminal does not reach it directly.
+            command, options = self._as_worker_user(argv)
             proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                *command,
+                stdin=asyncio.subprocess.PIPE,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                **options,
             )
+        await _send_token(proc, token)
         self._procs[worker_id] = proc
         task = asyncio.create_task(self._watch(worker_id, proc), name=f"watch-{worker_id}")
         self._watchers.add(task)
@@ -277,10 +307,16 @@ class LocalProcessProvider:
         log.info("started worker %s (pid %d)", worker_id, proc.pid)
         return proc.pid
 
-    def _tls_env(self, env: dict[str, str]) -> dict[str, str]:
-        # What this process inherited never reaches a worker: only the service's own TLS does.
-        for name in ENV_TLS:
-            env.pop(name, None)
+    def _as_worker_user(self, argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+        """``argv`` and the keyword arguments that start it as the worker user (unchanged: as this process's user)."""
+        user = self.worker_user
+        if user is None:
+            return argv, {}
+        # In its own home: this service's working directory may be closed to it.
+        return user.command(argv), {"cwd": user.home}
+
+    def _tls_env(self) -> dict[str, str]:
+        # Only the service's own TLS reaches a worker (ENV_TLS are never inherited).
         tls = self.worker_tls
         if tls is None:
             return {}
@@ -354,6 +390,23 @@ class LocalProcessProvider:
         await asyncio.gather(*(self.stop_worker(wid, grace) for wid in list(self._procs)))
         if self._watchers:
             await asyncio.wait(list(self._watchers), timeout=grace)
+
+
+def _with_package(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with a PYTHONPATH that finds this vastrpc when it is not installed (a checkout)."""
+    if (pythonpath := package_pythonpath(env)) is not None:
+        env["PYTHONPATH"] = pythonpath
+    return env
+
+
+async def _send_token(proc: asyncio.subprocess.Process, token: str) -> None:
+    """Write the worker's token to the agent's stdin (``--token-stdin``) and close it."""
+    assert proc.stdin is not None
+    proc.stdin.write(token.encode() + b"\n")
+    # An agent that exited at once (a bad interpreter) closed the pipe: its exit is reported as usual.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        await proc.stdin.drain()
+    proc.stdin.close()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

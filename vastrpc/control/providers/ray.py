@@ -32,9 +32,10 @@ from vastrpc._errors import DefinitionError, DeploymentError
 from vastrpc._hostimage import image_warnings
 from vastrpc._process import package_pythonpath
 from vastrpc._tls import TlsFiles, certificate_problems
+from vastrpc._workerenv import inherited_environ
 from vastrpc.api.v1 import control_pb2
-from vastrpc.config import ENV_TLS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT, ControlConfig
-from vastrpc.control.providers.base import ENV_HOME, ENV_WORKER_TOKEN, ExitCallback
+from vastrpc.config import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT, ControlConfig
+from vastrpc.control.providers.base import ENV_HOME, ExitCallback
 from vastrpc.control.providers.placement import NodeInfo, Placement
 from vastrpc.query import Query
 from vastrpc.serve.agent import ENV_WORKER_HOST
@@ -74,7 +75,9 @@ class WorkerHost:
         node_ip = ray.util.get_node_ip_address()
         node_id = ray.get_runtime_context().get_node_id()
         gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-        env = {k: v for k, v in os.environ.items() if k not in ENV_TLS}
+        # The node's allow-listed variables only: Ray's processes carry the cluster's settings
+        # and whatever the user who started it exported.
+        env = inherited_environ(os.environ)
         env.update(launch["env"])
         env[ENV_HOME] = str(home)
         env[ENV_WORKER_HOST] = node_ip
@@ -85,7 +88,7 @@ class WorkerHost:
         if (pythonpath := package_pythonpath(env)) is not None:
             env["PYTHONPATH"] = pythonpath
         argv = [*(launch["argv_prefix"] or [sys.executable, "-m", "vastrpc", "worker"])]
-        argv += ["--control", launch["control_address"], "--worker-id", worker_id]
+        argv += ["--control", launch["control_address"], "--worker-id", worker_id, "--token-stdin"]
         with self._log_path.open("ab") as out:
             log_start = out.tell()  # where this launch's lines begin (a restart appends)
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -94,13 +97,19 @@ class WorkerHost:
             out.flush()
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
                 preexec_fn=_parent_death_signal(),
             )
+        # The token on the agent's stdin, never in its environment (/proc/<pid>/environ).
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(launch["token"].encode() + b"\n")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            await self._proc.stdin.drain()
+        self._proc.stdin.close()
         self._exited = asyncio.ensure_future(self._reap(self._proc))
         marker = launch.get("marker") or ""
         return {
@@ -268,6 +277,15 @@ class RayProvider:
         self._marker = self.log_dir / f".ray-files-{uuid.uuid4().hex[:12]}"
         self._checked_hosts: set[str] = set()
 
+    def isolation_warnings(self) -> list[str]:
+        """Ray runs every worker as the user who started each node's Ray, with this home's path for its files."""
+        return [
+            "the Ray provider runs workers as processes of the user who started Ray on each node, with their files "
+            f"under {self.home} there: a deployment's code can read that user's files (on this machine, this "
+            "service's home when Ray runs as its user) and reach the other deployments' workers on the node; "
+            "run Ray as another user than this service, or use --provider podman"
+        ]
+
     def log_path(self, worker_id: str) -> Path:
         """Where the worker's output is read here."""
         return self.log_dir / f"{worker_id}.log"
@@ -393,7 +411,8 @@ class RayProvider:
             "home": str(self.home),
             "argv_prefix": self.argv_prefix,
             "control_address": self._worker_control_address(control_address),
-            "env": {ENV_WORKER_TOKEN: token, "PYTHONUNBUFFERED": "1"},
+            "env": {"PYTHONUNBUFFERED": "1"},
+            "token": token,
             "tls": self._tls_contents(),
             "marker": str(self._marker),
         }
