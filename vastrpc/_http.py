@@ -64,6 +64,11 @@ class HttpServer:
         self._tasks = tasks
         self.address = address
 
+    @property
+    def open_connections(self) -> int:
+        """Connections being answered now (a followed stream counts until it ends)."""
+        return len(self._tasks)
+
     async def close(self) -> None:
         """Stop listening and end open connections (streams included)."""
         self._server.close()
