@@ -163,7 +163,7 @@
     const more = endpoint.revision_count > endpoint.revisions.length ? `<p class="muted">${endpoint.revision_count - endpoint.revisions.length} older revisions not shown</p>` : "";
     return `<div class="endpoint-head">
         <h3>${esc(name)}</h3><span class="badge ${esc(endpoint.state)}">${esc(endpoint.state)}</span>
-        <span class="muted">${endpoint.workers.length} workers (want ${esc(endpoint.desired_workers)})${label}${ttl}</span>
+        <span class="muted">${endpoint.workers.length} worker${endpoint.workers.length === 1 ? "" : "s"} (want ${esc(endpoint.desired_workers)})${label}${ttl}</span>
       </div>${failure}
       <div class="columns">
         <div><table><thead><tr><th>worker</th><th>state</th><th>score</th><th>in flight</th><th>host</th><th>GPUs</th><th>pid</th><th>revision</th><th>heartbeat</th><th></th></tr></thead>
