@@ -91,9 +91,7 @@ async def _tier3(folder: Path, config: ClientConfig, provider: str) -> dict[str,
     callers = [asyncio.create_task(caller()) for _ in range(4)]
     await asyncio.sleep(1.0)
     image, stage = (IMAGE_TWO, "a") if provider == "podman" else (IMAGE_ONE, "b")
-    Path(mod.__file__).write_text(
-        SOURCE.format(name=mod.app.name, image=image, stage=stage, workers=2, marker=MARKER)
-    )
+    Path(mod.__file__).write_text(SOURCE.format(name=mod.app.name, image=image, stage=stage, workers=2, marker=MARKER))
     mod.app.image(image, storage=1).env(STAGE=stage)
     started = time.perf_counter()
     result = await mod.app.ensure_ready()

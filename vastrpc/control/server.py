@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vastrpc._grpc import start_server
-from vastrpc._http import HttpServer
+from vastrpc._http import HttpServer, dial_host
 from vastrpc._metrics import MetricsServer, start_metrics_server
 from vastrpc._tls import TlsFiles, certificate_problems
 from vastrpc.api.v1 import control_pb2, control_pb2_grpc
@@ -107,20 +107,11 @@ def _remove_if_ours(path: Path) -> None:
         pass
 
 
-def _client_host(host: str) -> str:
-    """The host local clients and workers dial for a server listening on ``host``."""
-    if host in ("", "0.0.0.0", "::", "[::]"):
-        return "127.0.0.1"
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]"
-    return host
-
-
 async def _serve_metrics(metrics: ControlMetrics, host: str, port: int) -> MetricsServer:
     """Serve ``/metrics`` and the workers' metrics endpoints (``/targets``, Prometheus HTTP SD) on ``host:port``."""
     try:
         server = await start_metrics_server(
-            metrics.registry, host, port, advertise_host=_client_host(host), routes={"/targets": metrics.targets}
+            metrics.registry, host, port, advertise_host=dial_host(host), routes={"/targets": metrics.targets}
         )
     except OSError as exc:
         raise OSError(
@@ -219,7 +210,7 @@ async def serve(
             raise
         log.info("the previous port %d is taken; listening on another", previous)
         server, port, health = await listen(bind(config.port))
-    address = f"{_client_host(config.host)}:{port}"
+    address = f"{dial_host(config.host)}:{port}"
     # Workers report here, and to the peers (in order) should this service go away.
     lifecycle.control_address = ",".join([address, *config.peers])
     info_path = home / "control.json"

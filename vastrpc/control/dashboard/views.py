@@ -14,7 +14,7 @@ __all__ = ["MAX_REVISIONS", "deployments_json"]
 # An endpoint's revision history shows at most this many, newest first: it grows with every deploy.
 MAX_REVISIONS = 20
 # What each tier means (docs/tiers.md numbers them one lower than the enum).
-TIER_NAMES = {
+TIER_NAMES: dict[int, str] = {
     common_pb2.UPDATE_TIER_NONE: "nothing changed",
     common_pb2.UPDATE_TIER_SETTINGS: "settings",
     common_pb2.UPDATE_TIER_CODE: "code",
