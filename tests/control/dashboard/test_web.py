@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import logging
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -13,9 +15,11 @@ from typing import Any
 
 import pytest
 
-from vastrpc._http import HttpServer
+from vastrpc._http import HttpServer, start_http_server
+from vastrpc._tls import ensure_local_tls
 from vastrpc.api.v1 import common_pb2
 from vastrpc.control.dashboard import CallRates, Dashboard, start_dashboard
+from vastrpc.control.dashboard.web import server_context
 from vastrpc.control.stores.base import Store, WorkerRow
 from vastrpc.control.stores.sqlite import SqliteStore
 
@@ -212,3 +216,34 @@ def test_a_bad_dashboard_port_is_refused_clearly(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "--dashboard-port: 'web' is not a port" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_off_loopback_it_serves_https_with_the_services_certificate(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tls = ensure_local_tls(tmp_path / "tls")
+    assert all(server_context(host, tls) is None for host in ("127.0.0.1", "::1", "[::1]", "localhost"))
+    with caplog.at_level(logging.WARNING):
+        assert server_context("0.0.0.0", None) is None
+    assert "plain HTTP: the API key crosses the network unencrypted" in caplog.text
+    context = server_context("10.0.0.5", tls)
+    assert isinstance(context, ssl.SSLContext)
+    # The same context, on loopback here: a client that trusts the service's CA gets the page over TLS.
+    pages = Dashboard(store, KEY, CallRates(lambda: {}, interval=1.0), lambda worker_id: tmp_path / "w.log")
+    server = await start_http_server(pages.handle, "127.0.0.1", 0, ssl_context=context)
+
+    def fetch() -> int:
+        trust = ssl.create_default_context(cafile=str(tls.ca_file))
+        connection = http.client.HTTPSConnection(server.address, timeout=10, context=trust)
+        try:
+            connection.request("GET", "/api/stats", headers={"Authorization": f"Bearer {KEY}"})
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    try:
+        assert await asyncio.to_thread(fetch) == 200
+        with pytest.raises(ConnectionError):
+            await asyncio.to_thread(get, server.address, "/")  # plain HTTP to the TLS port: no answer
+    finally:
+        await server.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import ssl
@@ -19,7 +20,7 @@ from vastrpc.control.dashboard.views import deployments_json
 from vastrpc.control.logtail import LogFollower
 from vastrpc.control.stores.base import Store
 
-__all__ = ["DEFAULT_TAIL_LINES", "MAX_TAIL_LINES", "Dashboard", "start_dashboard"]
+__all__ = ["DEFAULT_TAIL_LINES", "MAX_TAIL_LINES", "Dashboard", "server_context", "start_dashboard"]
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 DEFAULT_TAIL_LINES = 200
 MAX_TAIL_LINES = 10_000
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".txt": "text/plain"}
-_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 # Every answer: nothing loads from elsewhere, no framing (clickjacking), no sniffing, no referrer.
 # Inline styles: uPlot positions its cursor and legend with style attributes.
 _SECURITY_HEADERS = (
@@ -166,6 +166,36 @@ def _error(status: int, message: str, headers: tuple[tuple[str, str], ...] = ())
     return Response(status, "application/json", body, (("Cache-Control", "no-store"), *headers))
 
 
+def server_context(host: str, tls: TlsFiles | None) -> ssl.SSLContext | None:
+    """How the dashboard serves on ``host``: None (plain HTTP) on loopback, else TLS with the service's certificate.
+
+    Off loopback without a certificate it is plain HTTP too, with a warning: the page sends
+    the API key with every request.
+    """
+    if _loopback(host):
+        return None
+    if tls is not None and tls.cert_file is not None and tls.key_file is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+        return context
+    log.warning(
+        "the dashboard listens on %s in plain HTTP: the API key crosses the network unencrypted; "
+        "give the service a certificate (--tls auto or --tls-cert/--tls-key), or keep --host on loopback",
+        host,
+    )
+    return None
+
+
+def _loopback(host: str) -> bool:
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a name, or a wildcard's "": other machines may reach it
+
+
 async def start_dashboard(dashboard: Dashboard, host: str, port: int, tls: TlsFiles | None) -> tuple[HttpServer, str]:
     """Serve ``dashboard`` on ``host:port`` (0 picks a free port); HTTPS with ``tls`` off loopback.
 
@@ -179,17 +209,7 @@ async def start_dashboard(dashboard: Dashboard, host: str, port: int, tls: TlsFi
     Raises:
         OSError: The port is taken or the host is not this machine's.
     """
-    context = None
-    if host not in _LOOPBACK:
-        if tls is not None and tls.cert_file is not None and tls.key_file is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-        else:
-            log.warning(
-                "the dashboard listens on %s in plain HTTP: the API key crosses the network unencrypted; "
-                "give the service a certificate (--tls auto or --tls-cert/--tls-key), or keep --host on loopback",
-                host,
-            )
+    context = server_context(host, tls)
     try:
         server = await start_http_server(dashboard.handle, host, port, ssl_context=context)
     except OSError as exc:
