@@ -14,7 +14,7 @@ __all__ = ["HttpServer", "Request", "Response", "dial_host", "start_http_server"
 
 log = logging.getLogger(__name__)
 
-# A client that sends nothing within this long is dropped: it would hold a connection open.
+# A client that has not sent its whole request within this long is dropped: it would hold a connection open.
 _READ_TIMEOUT = 10.0
 _MAX_HEADERS = 100
 _MAX_LINE = 8 << 10
@@ -144,10 +144,10 @@ def dial_host(host: str) -> str:
 
 async def _read_request(reader: asyncio.StreamReader) -> Request | None:
     """The next request, or None when it is not one this server reads."""
-    request_line = (await asyncio.wait_for(reader.readline(), _READ_TIMEOUT)).decode("latin-1")
+    request_line = (await reader.readline()).decode("latin-1")
     headers: dict[str, str] = {}
     for _ in range(_MAX_HEADERS):
-        line = (await asyncio.wait_for(reader.readline(), _READ_TIMEOUT)).decode("latin-1")
+        line = (await reader.readline()).decode("latin-1")
         if line in ("\r\n", "\n", ""):
             break
         name, _, value = line.partition(":")
@@ -160,13 +160,14 @@ async def _read_request(reader: asyncio.StreamReader) -> Request | None:
     if not length.isdigit():
         return None
     if 0 < int(length) <= _MAX_BODY:
-        await asyncio.wait_for(reader.readexactly(int(length)), _READ_TIMEOUT)
+        await reader.readexactly(int(length))
     target = urlsplit(parts[1])
     return Request(parts[0], target.path, dict(parse_qsl(target.query)), headers)
 
 
 async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler) -> None:
-    request = await _read_request(reader)
+    # One deadline for the whole request: a client trickling header lines cannot hold a connection.
+    request = await asyncio.wait_for(_read_request(reader), _READ_TIMEOUT)
     if request is None:
         await _write(writer, "GET", Response(400, body=b"not an HTTP/1.1 request\n"))
         return
