@@ -112,7 +112,9 @@ async def start_http_server(
         tasks.add(task)
         try:
             if len(tasks) > max_connections:
-                await _write(writer, "HEAD", Response(503, body=b"too many connections; try again\n"))
+                # Read first: closing with the request unread would reset the connection, not answer it.
+                await asyncio.wait_for(_read_request(reader), _READ_TIMEOUT)
+                await _write(writer, "GET", Response(503, body=b"too many connections; try again\n"))
             else:
                 await _answer(reader, writer, handler)
         except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
