@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -106,3 +107,21 @@ def test_stale_control_json_is_not_trusted(home) -> None:
     (home / "control.json").write_text(json.dumps({"address": "127.0.0.1:1", "pid": os.getpid(), "started_at": 0}))
     assert control_status(home) is None  # our own pid is alive, but nothing answers there
     assert stop_control(home) is False  # and it is not a control service: never signalled
+
+
+def test_the_embedded_service_serves_its_dashboard_on_loopback_unless_turned_off(home, monkeypatch) -> None:
+    monkeypatch.delenv("VASTRPC_DASHBOARD_PORT", raising=False)
+    local = ensure_control(home)
+    url = read_control_info(home)["dashboard_url"]
+    assert url.startswith("http://127.0.0.1:") and control_status(home)["dashboard_url"] == url
+    for key, status in ((None, 401), (local.api_key, 200)):
+        connection = http.client.HTTPConnection(url.removeprefix("http://").rstrip("/"), timeout=10)
+        connection.request("GET", "/api/deployments", headers={"Authorization": f"Bearer {key}"} if key else {})
+        assert connection.getresponse().status == status
+        connection.close()
+    assert stop_control(home)
+
+    monkeypatch.setenv("VASTRPC_DASHBOARD_PORT", "off")
+    ensure_control(home)
+    assert "dashboard_url" not in read_control_info(home)
+    assert stop_control(home)

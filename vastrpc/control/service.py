@@ -32,9 +32,10 @@ from vastrpc.control.lifecycle.autoscaler import Autoscaler, wake
 from vastrpc.control.lifecycle.endpoints import Lifecycle
 from vastrpc.control.lifecycle.reaper import Reaper
 from vastrpc.control.lifecycle.rules import ENDPOINT_STATE_VALUES, WORKER_STATE_VALUES
+from vastrpc.control.lifecycle.tiers import registered_tier
 from vastrpc.control.logtail import LogFollower
 from vastrpc.control.metrics import ControlMetrics
-from vastrpc.control.stores.base import EndpointRow, RevisionRow, WorkerRow
+from vastrpc.control.stores.base import EndpointRow, WorkerRow
 
 __all__ = ["WORKER_METHODS", "ControlService"]
 
@@ -428,7 +429,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                     entry.autoscaling.CopyFrom(spec.autoscaling)
                     entry.ttl = spec.ttl
                     entry.version_label = spec.version_label
-                    entry.live_revision_tier = _live_revision_tier(  # type: ignore[assignment]
+                    entry.live_revision_tier = registered_tier(  # type: ignore[assignment]
                         self.store.list_revisions(endpoint.id), revision
                     )
         return response
@@ -499,25 +500,6 @@ def _endpoint_failure(endpoint: EndpointRow) -> common_pb2.Failure | None:
     return common_pb2.Failure(
         step=endpoint.failure_step, message=endpoint.failure_message, log_tail=endpoint.failure_log_tail
     )
-
-
-def _live_revision_tier(revisions: list[RevisionRow], live: RevisionRow) -> int:
-    """The tier ``live`` was registered with; for revisions stored before tiers were, what the digests tell."""
-    if live.tier:
-        return live.tier
-    ids = [r.id for r in revisions]
-    index = ids.index(live.id) if live.id in ids else -1
-    if index <= 0:
-        return common_pb2.UPDATE_TIER_NEW_ENDPOINT if index == 0 else common_pb2.UPDATE_TIER_UNSPECIFIED
-    before = revisions[index - 1]
-    if before.environment_digest != live.environment_digest:
-        return common_pb2.UPDATE_TIER_ENVIRONMENT
-    if before.code_digest != live.code_digest or before.bundle_digest != live.bundle_digest:
-        return common_pb2.UPDATE_TIER_CODE
-    if before.autoscaling_digest != live.autoscaling_digest:
-        return common_pb2.UPDATE_TIER_SETTINGS
-    # Nothing changed yet a revision was added: the same spec registered after a teardown.
-    return common_pb2.UPDATE_TIER_NEW_ENDPOINT
 
 
 def _worker_pb(worker: WorkerRow) -> common_pb2.Worker:

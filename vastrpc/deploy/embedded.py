@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vastrpc._errors import ControlUnavailableError
 from vastrpc._process import package_pythonpath, pid_alive
 from vastrpc._tls import TlsFiles
+from vastrpc.config import ENV_DASHBOARD_PORT
 
 __all__ = ["LocalControl", "control_status", "control_tls", "ensure_control", "read_control_info", "stop_control"]
 
@@ -161,10 +162,14 @@ def ensure_control(home: Path, *, timeout: float = 15) -> LocalControl:
         env = dict(os.environ)
         if (pythonpath := package_pythonpath(env)) is not None:
             env["PYTHONPATH"] = pythonpath
+        # The live web page is on by default here (loopback only, the API key required);
+        # VASTRPC_DASHBOARD_PORT picks its port, or turns it off.
+        dashboard = env.get(ENV_DASHBOARD_PORT) or "0"
+        argv = [sys.executable, "-m", "vastrpc", "control", "serve", "--home", str(home), "--tls", "auto"]
         with open(log_path, "ab") as log:
             # A session of its own: the service outlives this process and its terminal's Ctrl-C.
             proc = subprocess.Popen(
-                [sys.executable, "-m", "vastrpc", "control", "serve", "--home", str(home), "--tls", "auto"],
+                [*argv, "--dashboard-port", dashboard],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
