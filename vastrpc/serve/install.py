@@ -8,6 +8,7 @@ scripts). Workers run an asyncio program, so call these through
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import gzip
 import hashlib
@@ -24,7 +25,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from vastrpc._errors import BundleError, DeploymentError
@@ -42,6 +43,19 @@ Log = Callable[[str], None]
 
 _LOG_TAIL_LINES = 40
 _GZIP_MAGIC = b"\x1f\x8b"
+# The most file bytes a bundle may hold (safe_extract's max_total_bytes).
+MAX_BUNDLE_FILE_BYTES = 8 << 30
+# Reads of the tar stream, inflated or not, are at most this large.
+_READ_SIZE = 1 << 20
+# A PAX or GNU long-name header is read into memory whole: no bigger than this.
+_MAX_EXTENDED_HEADER = 1 << 20
+# What may follow the archive's last member: its end blocks and a writer's padding.
+_MAX_TRAILER = 1 << 20
+# What validation hands to writing: by a member's position in the archive, its clean path.
+_Plan = dict[int, str]
+_EXTENDED_TYPES = frozenset(
+    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+)
 
 
 # --------------------------------------------------------------------------- bundles
@@ -69,18 +83,22 @@ def safe_extract(
     data: bytes,
     dest: Path,
     *,
-    max_total_bytes: int = 8 << 30,
+    max_total_bytes: int = MAX_BUNDLE_FILE_BYTES,
     max_members: int = 100_000,
     max_path_len: int = 4096,
 ) -> list[str]:
     """Extract a bundle (plain tar, or gzip-compressed tar) into a fresh directory.
 
     Every member is validated before anything is written: absolute paths, ``..``
-    components, links of any kind (symbolic and hard), devices, FIFOs and other
-    special members are rejected, as are duplicate paths; the member count, total
+    components, links of any kind (symbolic and hard), devices, FIFOs, sparse files and
+    other special members are rejected, as are duplicate paths; the member count, total
     size and path length limits are checked over the whole archive first. Files
     get ``mode & 0o755`` plus owner read/write (setuid, setgid, sticky and
     group/world write bits dropped); folders get 0o755, and ``dest`` itself 0o700.
+
+    The archive is read twice as a stream (validate, then write), never inflated whole:
+    memory stays bounded by a constant (1 MiB read buffers, a 1 MiB cap on each extended
+    header) whatever a compressed bundle claims to expand to.
 
     Args:
         data: The archive bytes.
@@ -99,18 +117,21 @@ def safe_extract(
     dest = Path(dest)
     if dest.exists() or dest.is_symlink():
         raise BundleError(f"extraction folder {dest} already exists: extract each bundle into a fresh folder")
+    # Files plus, per member, a header, a PAX header with path and link name, and padding.
+    bound = max_total_bytes + max_members * (4 * 512 + 2 * max_path_len) + 2 * 10240
     try:
-        raw = _gunzip_bounded(data, max_total_bytes, max_members, max_path_len) if data[:2] == _GZIP_MAGIC else data
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+        with _open_stream(data, bound) as (tar, source):
             plan = _validate_members(tar, max_total_bytes, max_members, max_path_len)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.mkdir(dest, 0o700)
-            try:
-                os.chmod(dest, 0o700)  # mkdir's mode is masked by the umask
+            _check_trailer(tar, source)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(dest, 0o700)
+        try:
+            os.chmod(dest, 0o700)  # mkdir's mode is masked by the umask
+            with _open_stream(data, bound) as (tar, _):
                 return _write_members(tar, plan, dest)
-            except BaseException:
-                shutil.rmtree(dest, ignore_errors=True)
-                raise
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
     except BundleError:
         raise
     except OSError as exc:
@@ -119,19 +140,73 @@ def safe_extract(
         raise BundleError(f"bundle could not be read: {exc}; the archive is corrupt: deploy it again") from exc
 
 
-def _gunzip_bounded(data: bytes, max_total_bytes: int, max_members: int, max_path_len: int) -> bytes:
-    """Decompress a gzip bundle, refusing to expand past what the limits allow (no compression bombs)."""
-    # Files plus, per member, a header, a PAX header with path and link name, and padding.
-    bound = max_total_bytes + max_members * (4 * 512 + 2 * max_path_len) + 2 * 10240
-    out = bytearray()
-    with gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb") as gz:
-        while chunk := gz.read(1 << 20):
-            out += chunk
-            if len(out) > bound:
-                raise BundleError(
-                    f"compressed bundle expands past {bound} bytes, more than its size and member limits allow"
-                )
-    return bytes(out)
+class _CappedStream:
+    """The bundle's tar stream (inflated as it is read when gzip), refusing to go past ``bound`` bytes."""
+
+    def __init__(self, data: bytes, bound: int) -> None:
+        raw = io.BytesIO(data)
+        # GzipFile inflates with a max_length per read: a read of n bytes holds about n bytes.
+        self._source: io.BufferedIOBase = gzip.GzipFile(fileobj=raw, mode="rb") if data[:2] == _GZIP_MAGIC else raw
+        self.bound = bound
+        self.position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (never more than the read buffer, whatever is asked)."""
+        chunk = self._source.read(min(size, _READ_SIZE) if size >= 0 else _READ_SIZE)
+        self.position += len(chunk)
+        if self.position > self.bound:
+            raise BundleError(
+                f"compressed bundle expands past {self.bound} bytes, more than its limits allow "
+                f"(at most {MAX_BUNDLE_FILE_BYTES >> 30} GiB of files, each member's headers and padding): "
+                "it is corrupt or a compression bomb; deploy it again"
+            )
+        return chunk
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar header that refuses to read an oversized extended header or a sparse map into memory."""
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED_TYPES and self.size > _MAX_EXTENDED_HEADER:
+            raise BundleError(
+                f"bundle has an extended tar header of {self.size} bytes, over the limit of {_MAX_EXTENDED_HEADER}: "
+                "it is corrupt or built to exhaust memory"
+            )
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            self._refuse_sparse()
+        return super()._proc_member(archive)  # type: ignore[misc]
+
+    def _refuse_sparse(self, *_args: object) -> None:
+        raise BundleError(f"bundle member {self.name!r} is a sparse file; bundles hold regular files and folders only")
+
+    # tarfile reads the sparse maps of PAX sparse members through these: refused before any is read.
+    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
+
+
+@contextlib.contextmanager
+def _open_stream(data: bytes, bound: int) -> Iterator[tuple[tarfile.TarFile, _CappedStream]]:
+    """The archive as a forward-only tar stream over a capped reader, and that reader."""
+    source = _CappedStream(data, bound)
+    with tarfile.open(fileobj=source, mode="r|", tarinfo=_BoundedTarInfo, bufsize=_READ_SIZE) as tar:  # type: ignore[call-overload]
+        yield tar, source
+
+
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The stream's members in order, one at a time (none kept: memory stays flat however many)."""
+    while (member := tar.next()) is not None:
+        tar.members.clear()  # type: ignore[attr-defined]  # kept by tarfile, undeclared in its stubs
+        yield member
+
+
+def _check_trailer(tar: tarfile.TarFile, source: _CappedStream) -> None:
+    """Read what follows the archive's last member: end blocks and padding only, and not much of it."""
+    end = tar.offset
+    while source.read(_READ_SIZE):
+        if source.position - end > _MAX_TRAILER:
+            raise BundleError(
+                f"compressed bundle expands past the end of its tar archive by more than {_MAX_TRAILER} bytes: "
+                "it is corrupt or a compression bomb; deploy it again"
+            )
 
 
 def _clean_member_path(name: str, max_path_len: int) -> str:
@@ -148,21 +223,14 @@ def _clean_member_path(name: str, max_path_len: int) -> str:
     return "/".join(parts)
 
 
-def _validate_members(
-    tar: tarfile.TarFile, max_total_bytes: int, max_members: int, max_path_len: int
-) -> list[tuple[tarfile.TarInfo, str]]:
-    """Check every member up front; returns (member, clean path) for the ones to write."""
-    plan: list[tuple[tarfile.TarInfo, str]] = []
+def _validate_members(tar: tarfile.TarFile, max_total_bytes: int, max_members: int, max_path_len: int) -> _Plan:
+    """Check every member up front; returns, by position in the archive, the clean path of each one to write."""
+    plan: _Plan = {}
     seen: set[str] = set()
     files: set[str] = set()
-    count = 0
     total = 0
-    while True:
-        member = tar.next()  # one header at a time, so a huge member count is caught early
-        if member is None:
-            break
-        count += 1
-        if count > max_members:
+    for index, member in enumerate(_members(tar)):  # one header at a time: a huge count is caught early
+        if index >= max_members:
             raise BundleError(f"bundle has more than {max_members} members: it is over the member limit")
         path = _clean_member_path(member.name, max_path_len)
         if member.issym() or member.islnk():
@@ -172,9 +240,9 @@ def _validate_members(
         if member.isdir():
             if path:
                 seen.add(path)
-                plan.append((member, path))
+                plan[index] = path
             continue
-        if not member.isreg():
+        if not member.isreg() or member.issparse():
             raise BundleError(
                 f"bundle member {member.name!r} is a special file (type {member.type!r}); "
                 "bundles hold regular files and folders only"
@@ -188,7 +256,7 @@ def _validate_members(
             raise BundleError(f"bundle holds more than {max_total_bytes} bytes of files: it is over the size limit")
         files.add(path)
         seen.add(path)
-        plan.append((member, path))
+        plan[index] = path
     # A path both a file and a folder (or a folder of a file) cannot be laid out safely.
     for path in seen:
         parts = path.split("/")
@@ -198,7 +266,8 @@ def _validate_members(
     return plan
 
 
-def _write_members(tar: tarfile.TarFile, plan: list[tuple[tarfile.TarInfo, str]], dest: Path) -> list[str]:
+def _write_members(tar: tarfile.TarFile, plan: _Plan, dest: Path) -> list[str]:
+    """Write the planned members, reading the same archive again from its start."""
     made: set[str] = set()
 
     def make_dirs(rel: str) -> None:
@@ -214,7 +283,10 @@ def _write_members(tar: tarfile.TarFile, plan: list[tuple[tarfile.TarInfo, str]]
             made.add(sub)
 
     written: list[str] = []
-    for member, path in plan:
+    for index, member in enumerate(_members(tar)):
+        path = plan.get(index)
+        if path is None:
+            continue
         if member.isdir():
             make_dirs(path)
             continue
@@ -227,7 +299,7 @@ def _write_members(tar: tarfile.TarFile, plan: list[tuple[tarfile.TarInfo, str]]
         # O_EXCL | O_NOFOLLOW: never write through anything already there.
         fd = os.open(dest / path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(source, out, 1 << 20)
+            shutil.copyfileobj(source, out, _READ_SIZE)
             if out.tell() != member.size:
                 raise BundleError(f"bundle member {path!r} is truncated: the archive is corrupt")
             os.fchmod(out.fileno(), (member.mode & 0o755) | 0o600)
