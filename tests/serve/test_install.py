@@ -11,6 +11,8 @@ import stat
 import tarfile
 import threading
 import time
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -123,6 +125,80 @@ def test_gzip_bomb_bounded(tmp_path: Path) -> None:
     bomb = gzip.compress(b"\0" * (20 << 20))
     with pytest.raises(BundleError, match="expands past"):
         safe_extract(bomb, tmp_path / "out", max_total_bytes=1 << 20, max_members=10)
+    assert not (tmp_path / "out").exists()
+
+
+# A gzip member of 64 MiB of zeros, 65 KB compressed: concatenated, N of them inflate to N × 64 MiB.
+_ZEROS = 64 << 20
+
+
+@pytest.fixture(scope="module")
+def zeros_member() -> bytes:
+    return gzip.compress(b"\0" * _ZEROS, compresslevel=9, mtime=0)
+
+
+def gzip_bomb(zeros_member: bytes, head: bytes, inflated: int) -> bytes:
+    """``head`` then zeros, gzip-compressed, inflating to ``inflated`` bytes (about 1/1000 of it compressed)."""
+    return gzip.compress(head, mtime=0) + zeros_member * (inflated // _ZEROS)
+
+
+def traced_peak(fn: Callable[[], object]) -> int:
+    """The most memory Python (zlib included) held while ``fn`` ran, beyond what it held before."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_gzip_bombs_refused_at_their_limit_in_bounded_memory(tmp_path: Path, zeros_member: bytes) -> None:
+    declared = tarfile.TarInfo("zeros.bin")
+    declared.size = 9 << 30
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type, pax.size = tarfile.XHDTYPE, 4 << 30
+    small = tarfile.TarInfo("small.bin")
+    small.size = 1 << 20
+    bombs = {
+        # A header declaring a 9 GiB member (9 MB compressed): refused at the header, nothing inflated.
+        "bytes of files: it is over the size limit": declared.tobuf(format=tarfile.PAX_FORMAT),
+        # A PAX header of 4 GiB, which tarfile would read into memory whole.
+        "extended tar header of 4294967296 bytes, over the limit of 1048576": pax.tobuf(format=tarfile.USTAR_FORMAT),
+        # A small member, then gigabytes of zeros past the archive's end.
+        "past the end of its tar archive by more than 1048576 bytes": small.tobuf() + b"\0" * small.size,
+    }
+    for match, head in bombs.items():
+        bomb = gzip_bomb(zeros_member, head, 9 << 30)
+        assert len(bomb) < 10 << 20
+        dest = tmp_path / f"out-{len(head)}"
+
+        def extract(bomb: bytes = bomb, dest: Path = dest, match: str = match) -> None:
+            with pytest.raises(BundleError, match=match):
+                safe_extract(bomb, dest)
+
+        assert traced_peak(extract) < 16 << 20, match
+        assert not dest.exists()
+
+
+def test_a_large_member_streams_through_in_bounded_memory(tmp_path: Path, zeros_member: bytes) -> None:
+    # 256 MiB of zeros inside the limits: inflated twice as a stream (validate, write), never held whole.
+    member = tarfile.TarInfo("zeros.bin")
+    member.size = 4 * _ZEROS
+    bomb = gzip.compress(member.tobuf(), mtime=0) + zeros_member * 4 + gzip.compress(b"\0" * 1024, mtime=0)
+    dest = tmp_path / "out"
+    peak = traced_peak(lambda: safe_extract(bomb, dest, max_total_bytes=member.size))
+    assert (dest / "zeros.bin").stat().st_size == member.size
+    assert peak < 16 << 20
+
+
+def test_sparse_members_refused(tmp_path: Path) -> None:
+    sparse = tarfile.TarInfo("holes.bin")
+    sparse.type = tarfile.GNUTYPE_SPARSE
+    data = sparse.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 1024
+    with pytest.raises(BundleError, match="sparse"):
+        safe_extract(data, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
