@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -28,6 +29,8 @@ from vastrpc.control.stores.base import (
 __all__ = ["SoleLeaderLock", "SqliteStore"]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class SoleLeaderLock:
@@ -139,6 +142,8 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # Freed content (a stripped secret, a deleted row) is overwritten with zeros, not left in free space.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._migrate()
 
     # -- plumbing -----------------------------------------------------------------
@@ -199,6 +204,18 @@ class SqliteStore:
         """Close the connection."""
         with self._lock:
             self._db.close()
+
+    def scrub(self) -> None:
+        """Fold the write-ahead log into the database and truncate it: its older page images go.
+
+        With ``secure_delete`` on, the pages written back no longer hold what was freed, so
+        neither ``state.db`` nor ``state.db-wal`` keeps it (``-shm`` holds only the log's index).
+        """
+        with self._lock:
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            # Another connection reads the file (a person's sqlite3 shell): the log stays until it is done.
+            log.warning("state store: the write-ahead log could not be truncated now (a reader holds it)")
 
     def _one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         with self._lock:
