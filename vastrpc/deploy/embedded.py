@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vastrpc._errors import ControlUnavailableError
-from vastrpc._process import package_pythonpath, pid_alive
+from vastrpc._process import module_argv, package_pythonpath, pid_alive
 from vastrpc._tls import TlsFiles
 
 __all__ = ["LocalControl", "control_status", "control_tls", "ensure_control", "read_control_info", "stop_control"]
@@ -164,7 +163,7 @@ def ensure_control(home: Path, *, timeout: float = 15) -> LocalControl:
         with open(log_path, "ab") as log:
             # A session of its own: the service outlives this process and its terminal's Ctrl-C.
             proc = subprocess.Popen(
-                [sys.executable, "-m", "vastrpc", "control", "serve", "--home", str(home), "--tls", "auto"],
+                [*module_argv("vastrpc"), "control", "serve", "--home", str(home), "--tls", "auto"],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -8,14 +8,13 @@ import inspect
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from vastrpc._hostimage import image_warnings
-from vastrpc._process import package_pythonpath, pid_alive
+from vastrpc._process import module_argv, package_pythonpath, pid_alive
 from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import control_pb2
 from vastrpc.config import ENV_TLS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT, ControlConfig
@@ -45,7 +44,7 @@ class LocalProcessProvider:
     Args:
         home: The vastrpc home; logs go to ``home/logs/workers/<worker_id>.log``.
         argv_prefix: The command before ``--control ADDR --worker-id ID``; tests swap in a
-            fake worker. Defaults to ``[sys.executable, "-m", "vastrpc", "worker"]``.
+            fake worker. Defaults to ``[sys.executable, "-P", "-m", "vastrpc", "worker"]``.
         environ: The environment workers inherit (default: this process's).
         on_exit: See Provider.
         worker_tls: The control service's TLS files, handed to each worker through
@@ -90,7 +89,7 @@ class LocalProcessProvider:
         self.home = Path(home)
         self._inventory = inventory
         self.worker_tls = worker_tls
-        self.argv_prefix = list(argv_prefix) if argv_prefix else [sys.executable, "-m", "vastrpc", "worker"]
+        self.argv_prefix = list(argv_prefix) if argv_prefix else [*module_argv("vastrpc"), "worker"]
         self._environ = dict(os.environ if environ is None else environ)
         self.on_exit = on_exit
         self._procs: dict[str, asyncio.subprocess.Process] = {}
