@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 
 import pytest
 
@@ -118,3 +120,38 @@ async def test_teardown_leaves_no_copy_of_a_secret_in_the_state_files(control_se
         # The revision is still there, stripped: a redeploy sends its secrets again.
         listing = await client.list("scrubbed")
         assert listing.deployments[0].endpoints[0].state == common_pb2.ENDPOINT_STATE_STOPPED
+
+
+def _open_home(tmp_path) -> list[str]:
+    """A home made before, open to everyone, holding a state.db an older vastrpc left world-readable."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    os.chmod(home, 0o755)
+    (home / "state.db").touch(mode=0o644)
+    os.chmod(home / "state.db", 0o644)
+    return []
+
+
+@pytest.mark.parametrize("control_service", [{"setup": _open_home}], indirect=True)
+async def test_an_open_home_is_warned_about_and_the_state_and_logs_are_private(project, control_service) -> None:
+    home = control_service.home
+    text = control_service.log_text()
+    assert f"the vastrpc home {home} is open to other users (mode 755)" in text and f"chmod 700 {home}" in text
+    mod = project("""
+from vastrpc import Deployment
+
+app = Deployment(name="{name}")
+
+@app.remote(benchmark_dataset=[{{}}])
+async def hello() -> str:
+    print("a line in the worker's log")
+    return "hi"
+""")
+    assert await mod.hello() == "hi"
+    assert stat.S_IMODE(home.stat().st_mode) == 0o755  # the user's own folder: warned about, not changed
+    private = {p: stat.S_IMODE(p.stat().st_mode) for p in home.rglob("*") if p.name.startswith("state.db")}
+    private |= {p: stat.S_IMODE(p.stat().st_mode) for p in (home / "logs").rglob("*.log")}
+    private |= {p: stat.S_IMODE(p.stat().st_mode) for p in (home / "bundles").iterdir()}
+    assert len(private) >= 4 and set(private.values()) == {0o600}, private
+    for folder in (home / "logs", home / "logs" / "workers", home / "bundles"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -106,3 +107,15 @@ def test_stale_control_json_is_not_trusted(home) -> None:
     (home / "control.json").write_text(json.dumps({"address": "127.0.0.1:1", "pid": os.getpid(), "started_at": 0}))
     assert control_status(home) is None  # our own pid is alive, but nothing answers there
     assert stop_control(home) is False  # and it is not a control service: never signalled
+
+
+def test_an_open_home_is_warned_about_and_what_vastrpc_makes_there_is_private(home) -> None:
+    home.mkdir(mode=0o755)
+    os.chmod(home, 0o755)  # made by someone else before, world-readable
+    with pytest.warns(UserWarning, match=rf"{home} is open to other users \(mode 755\).*chmod 700 {home}"):
+        ensure_control(home)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o755  # the user's folder: warned about, not changed
+    for made in ("control.log", "state.db", "api_key"):
+        assert stat.S_IMODE((home / made).stat().st_mode) == 0o600, made
+    assert stat.S_IMODE((home / "bundles").stat().st_mode) == 0o700
+    assert stop_control(home) is True

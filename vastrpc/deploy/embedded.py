@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vastrpc._errors import ControlUnavailableError
+from vastrpc._files import exposed_home, open_private_log
 from vastrpc._process import module_argv, package_pythonpath, pid_alive
 from vastrpc._tls import TlsFiles
 
@@ -152,6 +154,8 @@ def ensure_control(home: Path, *, timeout: float = 15) -> LocalControl:
     """
     home = Path(home).expanduser()
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if (exposed := exposed_home(home)) is not None:
+        warnings.warn(exposed, stacklevel=2)
     with _locked(home, timeout):
         info = _running_info(home)
         if info is not None:
@@ -160,7 +164,7 @@ def ensure_control(home: Path, *, timeout: float = 15) -> LocalControl:
         env = dict(os.environ)
         if (pythonpath := package_pythonpath(env)) is not None:
             env["PYTHONPATH"] = pythonpath
-        with open(log_path, "ab") as log:
+        with open_private_log(log_path) as log:
             # A session of its own: the service outlives this process and its terminal's Ctrl-C.
             proc = subprocess.Popen(
                 [*module_argv("vastrpc"), "control", "serve", "--home", str(home), "--tls", "auto"],

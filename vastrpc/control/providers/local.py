@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from vastrpc._files import open_private_log, private_folder
 from vastrpc._hostimage import image_warnings
 from vastrpc._process import module_argv, package_pythonpath, pid_alive
 from vastrpc._tls import TlsFiles
@@ -205,7 +206,8 @@ class LocalProcessProvider:
             GpuPlacementError: This machine's GPUs could meet ``requirements`` but too few
                 are free; the message names the query and the workers holding them.
         """
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_folder(self.log_dir.parent)
+        private_folder(self.log_dir)  # what workers print may hold anything: this user's alone
         gpus = await self._take_gpus(worker_id, requirements or ())
         try:
             return await self._spawn(worker_id, token, control_address, requirements or (), gpus)
@@ -253,7 +255,7 @@ class LocalProcessProvider:
             env["CUDA_VISIBLE_DEVICES"] = visible_devices(gpus)
             env["NVIDIA_VISIBLE_DEVICES"] = visible_devices(gpus) or "none"
             notes.insert(0, f"GPUs: CUDA_VISIBLE_DEVICES={visible_devices(gpus)!r}")
-        with self.log_path(worker_id).open("ab") as out:
+        with open_private_log(self.log_path(worker_id)) as out:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             out.write(f"[vastrpc {stamp}] starting worker {worker_id}: {' '.join(argv)}\n".encode())
             for note in notes:

@@ -12,6 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vastrpc._files import private_file
 from vastrpc.config import ControlConfig
 from vastrpc.control.stores.base import (
     ENDPOINT_COLUMNS,
@@ -133,6 +134,12 @@ class SqliteStore:
 
     def __init__(self, path: Path | str) -> None:
         """Open (creating and migrating when needed) the database at ``path``."""
+        if str(path) != ":memory:":
+            # SQLite gives its -wal and -shm files the database's mode: all three private to this user.
+            private_file(Path(path))
+            for log_file in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+                if log_file.exists():
+                    private_file(log_file)
         # isolation_level=None: the module never opens transactions behind our back;
         # transaction() issues BEGIN IMMEDIATE / COMMIT itself.
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
