@@ -95,7 +95,7 @@ def test_a_dead_service_is_replaced(home) -> None:
 
 
 def test_a_service_that_cannot_start_reports_its_log(home) -> None:
-    home.mkdir()
+    home.mkdir(mode=0o700)  # private, as vastrpc makes it: no warning about an open home here
     (home / "api_key").mkdir()  # the service cannot read its key and exits
     with pytest.raises(ControlUnavailableError) as info:
         ensure_control(home, timeout=10)
