@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from vastrpc._files import exposed_home
 from vastrpc._grpc import start_server
 from vastrpc._http import HttpServer, dial_host
 from vastrpc._metrics import MetricsServer, start_metrics_server
@@ -154,6 +155,8 @@ async def serve(
     """
     home = Path(config.home)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if (exposed := exposed_home(home)) is not None:
+        log.warning("%s", exposed)
     api_key = resolve_api_key(config)
     store = open_store(config)
     blobs = open_blobs(config)
