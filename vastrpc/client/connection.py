@@ -96,6 +96,10 @@ class _Pending:
         if self.future is not None:
             if not self.future.done():
                 self.future.set_exception(error)
+                # Marked retrieved: a call that failed before awaiting its answer (its stream
+                # never opened, its timeout passed) never will, and asyncio would print
+                # "Future exception was never retrieved" for each. One awaiting it still gets it.
+                self.future.exception()
         else:
             assert self.queue is not None
             self.queue.put_nowait(error)
@@ -155,15 +159,19 @@ class InvokeStream:
         call_id, pending = self._open(False, on_log)
         assert pending.future is not None
         sent = False
+        # The timeout bounds the whole call: waiting for the stream to open and sending too
+        # (a worker that stopped answering never opens it).
+        bound = asyncio.timeout(timeout)
         try:
-            await self._send(call_id, function, payload, encoding, timeout, on_log is not None)
-            sent = True
-            if timeout is None:
+            async with bound:
+                await self._send(call_id, function, payload, encoding, timeout, on_log is not None)
+                sent = True
                 return await asyncio.shield(pending.future)
-            try:
-                return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
-            except TimeoutError:
-                raise CallTimeoutError(f"{function} did not finish within {timeout:g}s") from None
+        except TimeoutError:
+            if not bound.expired():
+                raise  # the function's own TimeoutError, raised on the worker
+            where = "" if sent else f" (worker {self.worker_id} did not take it in time)"
+            raise CallTimeoutError(f"{function} did not finish within {timeout:g}s{where}") from None
         finally:
             self._finish(call_id, pending, sent and not pending.future.done())
 
@@ -181,7 +189,16 @@ class InvokeStream:
         sent = ended = False
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            await self._send(call_id, function, payload, encoding, timeout, on_log is not None)
+            bound = asyncio.timeout(timeout)
+            try:
+                async with bound:
+                    await self._send(call_id, function, payload, encoding, timeout, on_log is not None)
+            except TimeoutError:
+                if not bound.expired():
+                    raise
+                raise CallTimeoutError(
+                    f"{function} did not finish within {timeout:g}s (worker {self.worker_id} did not take it in time)"
+                ) from None
             sent = True
             while True:
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -245,7 +262,11 @@ class InvokeStream:
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
             # The worker never got the whole call, so it never ran: safe to send elsewhere.
             self.closed = True
-            raise CallNotDelivered(f"cannot send the call to worker {self.worker_id}: {exc}") from None
+            what = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc) or type(exc).__name__
+            raise CallNotDelivered(
+                f"the stream to worker {self.worker_id} ended before the call was sent ({what}): the worker "
+                "stopped or its connection broke"
+            ) from None
 
     async def _cancel(self, call_id: int) -> None:
         try:
@@ -288,6 +309,14 @@ class InvokeStream:
             if not established and exc.code() == grpc.StatusCode.UNAVAILABLE:
                 # The stream never reached the worker's handler: nothing sent on it ran.
                 error = CallNotDelivered(f"cannot reach worker {self.worker_id}: {exc.details()}")
+            elif exc.code() == grpc.StatusCode.UNAVAILABLE:
+                # "Stream removed", "Connection reset by peer": the worker's process went away.
+                error = WorkerUnavailableError(
+                    f"the connection to worker {self.worker_id} broke during the call ({exc.details()}): the worker "
+                    "stopped or was killed, so the call may or may not have run. Declare the function "
+                    "@app.remote(retries=N) if running it twice is safe, to have such calls retried on another "
+                    "worker; otherwise decide whether to call again"
+                )
             else:
                 error = error_from_rpc(exc, unavailable=WorkerUnavailableError, target=f"worker {self.worker_id}")
         except asyncio.CancelledError:
