@@ -170,8 +170,10 @@ class InvokeStream:
         except TimeoutError:
             if not bound.expired():
                 raise  # the function's own TimeoutError, raised on the worker
-            where = "" if sent else f" (worker {self.worker_id} did not take it in time)"
-            raise CallTimeoutError(f"{function} did not finish within {timeout:g}s{where}") from None
+            where = "" if sent else ", which did not take it in time"
+            raise CallTimeoutError(
+                f"{function} did not finish within its timeout on worker {self.worker_id}{where}"
+            ) from None
         finally:
             self._finish(call_id, pending, sent and not pending.future.done())
 
@@ -197,7 +199,7 @@ class InvokeStream:
                 if not bound.expired():
                     raise
                 raise CallTimeoutError(
-                    f"{function} did not finish within {timeout:g}s (worker {self.worker_id} did not take it in time)"
+                    f"{function} did not finish within its timeout on worker {self.worker_id}, which did not take it in time"
                 ) from None
             sent = True
             while True:
@@ -205,7 +207,9 @@ class InvokeStream:
                 try:
                     item = await asyncio.wait_for(pending.queue.get(), remaining)
                 except TimeoutError:
-                    raise CallTimeoutError(f"{function} did not finish within {timeout:g}s") from None
+                    raise CallTimeoutError(
+                        f"{function} did not finish within its timeout on worker {self.worker_id}"
+                    ) from None
                 if item is _END:
                     ended = True
                     return
@@ -309,8 +313,9 @@ class InvokeStream:
             if not established and exc.code() == grpc.StatusCode.UNAVAILABLE:
                 # The stream never reached the worker's handler: nothing sent on it ran.
                 error = CallNotDelivered(f"cannot reach worker {self.worker_id}: {exc.details()}")
-            elif exc.code() == grpc.StatusCode.UNAVAILABLE:
-                # "Stream removed", "Connection reset by peer": the worker's process went away.
+            elif exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                # "Stream removed", "Connection reset by peer", or cancelled by a stopping server:
+                # the worker's process went away.
                 error = WorkerUnavailableError(
                     f"the connection to worker {self.worker_id} broke during the call ({exc.details()}): the worker "
                     "stopped or was killed, so the call may or may not have run. Declare the function "

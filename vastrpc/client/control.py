@@ -137,7 +137,9 @@ class ControlClient:
                 health = health_pb2_grpc.HealthStub(self.channel)
                 try:
                     await health.Check(
-                        health_pb2.HealthCheckRequest(), timeout=max(min(remaining, per_try), 0.01), wait_for_ready=False
+                        health_pb2.HealthCheckRequest(),
+                        timeout=max(min(remaining, per_try), 0.01),
+                        wait_for_ready=False,
                     )
                     return
                 except grpc.aio.AioRpcError as exc:
