@@ -218,6 +218,30 @@ def test_unreachable_address_exits_3(tmp_path) -> None:
     assert as_json.returncode == 3 and error["code"] == 3 and error["type"] == "ControlUnavailableError"
 
 
+def test_several_addresses_use_the_first_that_answers_and_none_answering_says_what_to_do(
+    control_service, tmp_path
+) -> None:
+    key = ("--api-key", control_service.api_key)
+    dead = "127.0.0.1:1"
+    ok = vastrpc("ls", "--control", f"{dead},{control_service.address}", *key, home=tmp_path)
+    assert ok.returncode == 0 and "no deployments" in ok.stdout, ok.stderr
+    by_env = vastrpc(
+        "ls",
+        home=tmp_path,
+        env={
+            "VASTRPC_CONTROL_ADDRESS": f"{dead}, {control_service.address}",
+            "VASTRPC_API_KEY": control_service.api_key,
+        },
+    )
+    assert by_env.returncode == 0, by_env.stderr
+    one = vastrpc("ls", "--control", dead, *key, home=tmp_path)
+    assert one.returncode == 3 and f"--control {dead},OTHER_HOST:PORT" in one.stderr, one.stderr
+    both = vastrpc("ls", "--control", f"{dead},127.0.0.1:2", *key, home=tmp_path)
+    assert both.returncode == 3 and "cannot reach any of the control services 127.0.0.1:1, 127.0.0.1:2" in both.stderr
+    bad = vastrpc("ls", "--control", "nowhere", *key, home=tmp_path)
+    assert bad.returncode != 0 and "'nowhere' is not host:port" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_control_stop(control_service) -> None:
     stop = vastrpc("control", "stop", home=control_service.home)
     assert stop.returncode == 0 and "stopped" in stop.stdout

@@ -1,4 +1,4 @@
-"""A call's timeout bounds it on every path: no ready worker, a worker that never answers, a dead one; no asyncio warnings."""
+"""A call's timeout bounds it on every path (no ready worker, a silent worker, a dead one); no asyncio warnings."""
 
 from __future__ import annotations
 

@@ -199,7 +199,8 @@ class InvokeStream:
                 if not bound.expired():
                     raise
                 raise CallTimeoutError(
-                    f"{function} did not finish within its timeout on worker {self.worker_id}, which did not take it in time"
+                    f"{function} did not finish within its timeout on worker {self.worker_id}, "
+                    "which did not take it in time"
                 ) from None
             sent = True
             while True:
