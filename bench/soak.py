@@ -184,16 +184,31 @@ async def soak(
                 return
             killed_at = time.monotonic()
             leader.kill()
-            took_over = clients_calling = 0.0
-            while time.monotonic() - killed_at < 60 and not (took_over and clients_calling):
+            took_over = clients_calling = watches_moved = 0.0
+            while time.monotonic() - killed_at < 60 and not (took_over and clients_calling and watches_moved):
+                now = time.monotonic()
                 if not took_over and any(s.leads for s in services if s is not leader):
-                    took_over = time.monotonic() - killed_at
+                    took_over = now - killed_at
                 if not clients_calling and every_group_served(killed_at, None):
-                    clients_calling = time.monotonic() - killed_at
+                    clients_calling = now - killed_at
+                if not watches_moved and all(watching(mod, leader.address) for mod in mods):
+                    watches_moved = now - killed_at
                 await asyncio.sleep(0.05)
             await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - killed_at)))
             leader.start()  # back on its port, following
-            kills.append({"control": 1.0, "took_over_s": took_over, "clients_calling_s": clients_calling})
+            kills.append(
+                {
+                    "control": 1.0,
+                    "took_over_s": took_over,
+                    "clients_calling_s": clients_calling,
+                    "watches_moved_s": watches_moved,
+                }
+            )
+
+        def watching(mod: Any, dead: str) -> bool:
+            """The client's endpoint watch runs on a live control service (not ``dead``) again."""
+            session = mod.app._handle.live_session()
+            return session.control.address != dead and session.router._watch_error is None
 
         async def killer() -> None:
             rng = random.Random(7)
@@ -224,7 +239,8 @@ async def soak(
                 except (ProcessLookupError, FileNotFoundError):
                     continue
                 detected = recovered = clients_on_new = 0.0
-                while time.monotonic() - killed_at < 120:
+                # Until the callers stop: a recovery after that cannot be seen by them (0: not measured).
+                while time.monotonic() - killed_at < 120 and time.monotonic() < deadline:
                     now_workers = await workers_now()
                     states = {w.worker_id: w.state for w in now_workers}
                     if not detected and states.get(victim.worker_id) != common_pb2.WORKER_STATE_READY:
@@ -277,8 +293,10 @@ async def soak(
 
 
 def _median(kills: list[dict[str, float]], key: str) -> str:
-    values = sorted(k[key] for k in kills)
-    return f"{values[len(values) // 2]:.2f} s (max {values[-1]:.2f})"
+    values = sorted(k[key] for k in kills if k[key] > 0)  # 0: not measured (the soak ended first)
+    if not values:
+        return "not measured"
+    return f"{values[len(values) // 2]:.2f} s (max {values[-1]:.2f}, {len(values)} measured)"
 
 
 def main() -> None:
@@ -309,18 +327,17 @@ def main() -> None:
     print(f"non-idempotent calls run twice: {r['duplicated_plain_calls']}")
     print(f"idempotent calls run more than once (retried after a kill): {r['idempotent_calls_run_more_than_once']}")
     if kills:
-        det = sorted(k["detected_s"] for k in kills)
-        rec = sorted(k["recovered_s"] for k in kills)
         print(
-            f"\n{len(kills)} kills; detection median {det[len(det) // 2]:.2f} s (max {det[-1]:.2f}); "
-            f"replacement serving median {rec[len(rec) // 2]:.2f} s (max {rec[-1]:.2f}); "
+            f"\n{len(kills)} worker kills; detection median {_median(kills, 'detected_s')}; "
+            f"replacement serving median {_median(kills, 'recovered_s')}; "
             f"every client calling the new worker median {_median(kills, 'clients_on_new_s')}"
         )
     if control_kills:
         print(
             f"{len(control_kills)} kills of the leading control service; the other led after median "
             f"{_median(control_kills, 'took_over_s')}; every client called again after median "
-            f"{_median(control_kills, 'clients_calling_s')}"
+            f"{_median(control_kills, 'clients_calling_s')}; every client's endpoint watch ran on a live service "
+            f"again after median {_median(control_kills, 'watches_moved_s')}"
         )
     if opts.json:
         opts.json.write_text(json.dumps(r, indent=2))
