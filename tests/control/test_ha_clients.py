@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_typescript_client import (
+    _run_calls,
+    node,  # noqa: F401 - the fixture that builds the TypeScript client
+)
 
 from vastrpc import VastrpcError
 from vastrpc.config import ClientConfig
@@ -148,3 +153,33 @@ async def test_clients_of_both_services_keep_calling_when_the_leader_is_killed(
     err = capfd.readouterr().err
     for warning in ("never retrieved", "Task was destroyed", "was never awaited"):
         assert warning not in err, err[-3000:]
+
+
+async def test_the_typescript_client_follows_the_watch_to_the_survivor_and_calls_the_replacement(
+    node: str,  # noqa: F811 - the fixture imported above
+    pg_url: str,
+    tmp_path: Path,
+    control_processes,
+    load_app,
+) -> None:
+    home = tmp_path / "home"
+    a = control_processes(home, "a", "--store", pg_url, *FAST)
+    await until(lambda: a.leads, 10, "a leading")
+    b = control_processes(home, "b", "--store", pg_url, *FAST)
+    module = load_app(SOURCE, "tsfailover", a)
+    await module.app.ensure_ready()
+    await module.app.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VASTRPC_")}
+    env.update(VASTRPC_CONTROL_ADDRESS=f"{a.address},{b.address}", VASTRPC_API_KEY=a.api_key)
+    # 0.2 s apart for about 30 s: past the 10 s heartbeat timeout after which b replaces a's worker.
+    calls = [{"function": "plain", "args": [], "timeout": TIMEOUT} for _ in range(150)]
+    runner = asyncio.create_task(_run_calls(node, env, "tsfailover", calls, "--concurrency", "1", "--pace", "0.2"))
+    await asyncio.sleep(3)
+    a.kill()
+    results, _ = await runner
+    served = [r["worker_id"] for r in results if r["ok"]]
+    failed = [r["error"] for r in results if not r["ok"]]
+    print(f"{len(served)} served by {sorted(set(served))}; {len(failed)} failed: {failed}")
+    assert len(set(served)) == 2 and served[0] != served[-1], served  # a's worker, then b's replacement
+    assert len(failed) <= 3, failed  # at most the calls in flight when a's worker was stopped
+    assert all(r["seconds"] < TIMEOUT + SLACK for r in results if r["ok"])
