@@ -93,7 +93,10 @@ def test_status_and_ls_without_a_service(tmp_path) -> None:
     for args in (("ls",), ("logs", "w-1"), ("teardown", "hello")):
         result = vastrpc(*args, home=home)
         assert result.returncode == 3, args
-        assert result.stderr.strip() == f"error: no control service is running under {home}"
+        assert result.stderr.strip() == (
+            f"error: no control service is running under {home}: start one (`vastrpc control serve --home {home}`), "
+            "or name a running one with --control HOST:PORT (or VASTRPC_CONTROL_ADDRESS)"
+        )
     assert not (home / "control.json").exists()  # looking never starts one
     stop = vastrpc("control", "stop", home=home)
     assert stop.returncode == 0 and "no control service is running" in stop.stdout
