@@ -19,6 +19,7 @@ from vastrpc import VastrpcError
 from vastrpc.config import ClientConfig
 
 from .test_ha import FAST, _free_port, until
+from .test_ha import SOURCE as ONE_WORKER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -26,23 +27,15 @@ TIMEOUT = 5.0
 # A call's timeout bounds it; the slack covers scheduling on a busy 2-CPU machine.
 SLACK = 1.0
 
-SOURCE = """
-import asyncio, os
-from vastrpc import Deployment
-
-app = Deployment(name="{name}")
-app.configure_autoscaling(min_workers=1, max_workers=1)
-
-@app.remote(benchmark_dataset=[{{}}])
-async def plain() -> int:
-    await asyncio.sleep(0.01)
-    return os.getpid()
-
+# test_ha's deployment (one worker; whoami, a plain function) and an idempotent function.
+SOURCE = (
+    ONE_WORKER
+    + """
 @app.remote(retries=3)
 async def idempotent() -> int:
-    await asyncio.sleep(0.01)
     return os.getpid()
 """
+)
 
 
 @dataclasses.dataclass
@@ -56,7 +49,7 @@ class Outcome:
 
 
 async def _call_steadily(name: str, module: Any, stop: asyncio.Event, outcomes: list[Outcome]) -> None:
-    """About 10 calls a second, plain and idempotent in turn, each with a 5 s timeout, until ``stop``."""
+    """About 10 calls a second, plain (whoami) and idempotent in turn, each with a 5 s timeout, until ``stop``."""
     tasks: list[asyncio.Task[None]] = []
     turn = 0
 
@@ -72,7 +65,7 @@ async def _call_steadily(name: str, module: Any, stop: asyncio.Event, outcomes: 
             )
 
     while not stop.is_set():
-        tasks.append(asyncio.create_task(one(("plain", "idempotent")[turn % 2])))
+        tasks.append(asyncio.create_task(one(("whoami", "idempotent")[turn % 2])))
         turn += 1
         await asyncio.sleep(0.1)
     await asyncio.gather(*tasks)
@@ -98,7 +91,7 @@ async def test_clients_of_both_services_keep_calling_when_the_leader_is_killed(
         module.app._config = ClientConfig(control_address=order, api_key=a.api_key, home=home, ready_timeout=90)
         await module.app.ensure_ready()
         clients[name] = module
-    (first_worker,) = {(await m.plain.call_with_info()).worker_id for m in clients.values()}
+    (first_worker,) = {(await m.whoami.call_with_info()).worker_id for m in clients.values()}
 
     loop_errors: list[dict[str, Any]] = []
     asyncio.get_running_loop().set_exception_handler(lambda _loop, context: loop_errors.append(context))
@@ -174,7 +167,7 @@ async def test_the_typescript_client_follows_the_watch_to_the_survivor_and_calls
     env = {k: v for k, v in os.environ.items() if not k.startswith("VASTRPC_")}
     env.update(VASTRPC_CONTROL_ADDRESS=f"{a.address},{b.address}", VASTRPC_API_KEY=a.api_key)
     # 0.2 s apart for about 30 s: past the 10 s heartbeat timeout after which b replaces a's worker.
-    calls = [{"function": "plain", "args": [], "timeout": TIMEOUT} for _ in range(150)]
+    calls = [{"function": "whoami", "args": [], "timeout": TIMEOUT} for _ in range(150)]
     runner = asyncio.create_task(_run_calls(node, env, "tsfailover", calls, "--concurrency", "1", "--pace", "0.2"))
     await asyncio.sleep(3)
     a.kill()
