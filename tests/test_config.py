@@ -25,7 +25,8 @@ def test_a_malformed_address_is_named_with_an_example(bad: str) -> None:
 def test_client_config_takes_several_addresses_from_the_environment_and_checks_them_at_once() -> None:
     config = ClientConfig.from_env({"VASTRPC_CONTROL_ADDRESS": "a:1, b:2", "VASTRPC_HOME": "/tmp/h"})
     assert config.control_addresses == ("a:1", "b:2")
-    assert ClientConfig(control_address=("a:1", "b:2")).control_addresses == ("a:1", "b:2")
+    listed = ClientConfig(control_address=["a:1", "b:2"])
+    assert listed.control_address == listed.control_addresses == ("a:1", "b:2") and hash(listed)
     assert ClientConfig().control_addresses == ()
     with pytest.raises(DefinitionError, match="VASTRPC_CONTROL_ADDRESS: 'a' is not host:port"):
         ClientConfig.from_env({"VASTRPC_CONTROL_ADDRESS": "a"})

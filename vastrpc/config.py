@@ -119,7 +119,10 @@ class ClientConfig:
     tls: TlsFiles | None = None
 
     def __post_init__(self) -> None:
-        control_addresses(self.control_address)  # a malformed address fails here, saying which
+        addresses = control_addresses(self.control_address)  # a malformed address fails here, saying which
+        if self.control_address is not None and not isinstance(self.control_address, str):
+            # Kept as a tuple: the configuration stays immutable (and hashable) whatever was passed.
+            object.__setattr__(self, "control_address", addresses)
 
     @property
     def control_addresses(self) -> tuple[str, ...]:
