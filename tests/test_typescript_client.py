@@ -303,6 +303,13 @@ async def test_unknown_deployment_and_no_ready_worker_are_clear_errors(node, pro
     code, _, err = await _node(node, "example.js", ["no-such-deployment", "f"], env)
     assert code == 1 and "NotFoundError" in err and "no deployment named no-such-deployment" in err
 
+    # Several control addresses: a dead first one is passed over; none answering says what to do.
+    dead_first = {**env, "VASTRPC_CONTROL_ADDRESS": f"127.0.0.1:1,{control_service.address}"}
+    code, _, err = await _node(node, "example.js", ["no-such-deployment", "f"], dead_first)
+    assert code == 1 and "no deployment named no-such-deployment" in err, err
+    code, _, err = await _node(node, "example.js", ["anything", "f"], {**env, "VASTRPC_CONTROL_ADDRESS": "127.0.0.1:1"})
+    assert code == 1 and "ControlUnavailableError" in err and "127.0.0.1:1,OTHER_HOST:PORT" in err, err
+
     wrong_key = {**env, "VASTRPC_API_KEY": "not-the-key"}
     code, _, err = await _node(node, "example.js", ["anything", "f"], wrong_key)
     assert code == 1 and "AuthenticationError" in err
@@ -328,6 +335,13 @@ async def test_unknown_deployment_and_no_ready_worker_are_clear_errors(node, pro
         assert "after 1.5s" in result["error"]["message"]
         assert routed == {}
         assert 1.5 <= waited < 20
+        # A call's timeout bounds its wait for a ready worker too.
+        started = time.monotonic()
+        results, _ = await _run_calls(node, env, mod.app.name, [{"function": "square", "args": [3], "timeout": 1}])
+        (result,) = results
+        assert not result["ok"] and result["error"]["name"] == "NoReadyWorkerError", result
+        assert time.monotonic() - started < 20
+        assert "after 1s" in result["error"]["message"]
     finally:
         with pytest.raises(DeploymentError, match="timed out"):
             await deploying

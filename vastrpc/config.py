@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vastrpc._errors import DefinitionError
 from vastrpc._tls import TlsFiles
 
-__all__ = ["ClientConfig", "ControlConfig", "default_home", "tls_from_env"]
+__all__ = ["ClientConfig", "ControlConfig", "control_addresses", "default_home", "tls_from_env"]
 
 ENV_HOME = "VASTRPC_HOME"
 ENV_CONTROL_ADDRESS = "VASTRPC_CONTROL_ADDRESS"
@@ -60,13 +60,48 @@ def tls_from_env(environ: Mapping[str, str] | None = None) -> TlsFiles | None:
     )
 
 
+def control_addresses(value: str | Sequence[str] | None, *, source: str = "control_address") -> tuple[str, ...]:
+    """Control service addresses from ``"a:1,b:2"``, ``["a:1", "b:2"]`` or ``"a:1"``, in order, each once.
+
+    Several control services on one PostgreSQL store serve the same deployments: a client
+    uses the first that answers and turns to the next when it stops answering.
+
+    Args:
+        value: One ``host:port``, a comma-separated list of them, or a sequence; None or
+            empty is none (the embedded control service).
+        source: Where the value came from, for the message (``VASTRPC_CONTROL_ADDRESS``, ``--control``).
+
+    Raises:
+        DefinitionError: An entry is not ``host:port`` with a port from 1 to 65535.
+    """
+    if value is None:
+        return ()
+    parts = value.split(",") if isinstance(value, str) else [p for item in value for p in str(item).split(",")]
+    found: list[str] = []
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise DefinitionError(
+                f"{source}: {part!r} is not host:port of a control service; write e.g. 127.0.0.1:50051, "
+                "or several separated by commas (10.0.0.10:50051,10.0.0.11:50051)"
+            )
+        if part not in found:
+            found.append(part)
+    return tuple(found)
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     """How the SDK reaches the control service.
 
     Attributes:
-        control_address: ``host:port`` of a running control service; ``None`` starts or
-            reuses the embedded one under ``home``.
+        control_address: ``host:port`` of a running control service, or several (a
+            comma-separated string or a sequence) of services sharing one PostgreSQL store:
+            the client uses the first that answers and turns to the next when it stops
+            answering, meanwhile calling the workers it knows. ``None`` starts or reuses the
+            embedded one under ``home``.
         api_key: The control service's API key; ``None`` reads ``home/api_key`` (embedded default).
         home: The vastrpc home folder (embedded control service, caches, keys).
         connect_timeout: Seconds to wait for the control service to answer.
@@ -81,7 +116,7 @@ class ClientConfig:
             terminal, otherwise a line per step), ``"live"``, ``"plain"``, or ``"off"``.
     """
 
-    control_address: str | None = None
+    control_address: str | Sequence[str] | None = None
     api_key: str | None = None
     home: Path = field(default_factory=lambda: Path.home() / ".vastrpc")
     connect_timeout: float = 5.0
@@ -96,12 +131,25 @@ class ClientConfig:
                 f"progress={self.progress!r} (or {ENV_PROGRESS}): use one of {', '.join(_PROGRESS_MODES)}"
             )
 
+    def __post_init__(self) -> None:
+        addresses = control_addresses(self.control_address)  # a malformed address fails here, saying which
+        if self.control_address is not None and not isinstance(self.control_address, str):
+            # Kept as a tuple: the configuration stays immutable (and hashable) whatever was passed.
+            object.__setattr__(self, "control_address", addresses)
+
+    @property
+    def control_addresses(self) -> tuple[str, ...]:
+        """The configured control service addresses, in order of preference; empty for the embedded one."""
+        return control_addresses(self.control_address)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientConfig:
-        """Build from ``VASTRPC_CONTROL_ADDRESS``, ``VASTRPC_API_KEY``, ``VASTRPC_HOME`` and ``VASTRPC_TLS_*``."""
+        """Build from ``VASTRPC_CONTROL_ADDRESS`` (one ``host:port`` or several, comma-separated),
+        ``VASTRPC_API_KEY``, ``VASTRPC_HOME`` and ``VASTRPC_TLS_*``."""
         env = os.environ if environ is None else environ
+        addresses = control_addresses(env.get(ENV_CONTROL_ADDRESS), source=ENV_CONTROL_ADDRESS)
         return cls(
-            control_address=env.get(ENV_CONTROL_ADDRESS) or None,
+            control_address=",".join(addresses) or None,
             api_key=env.get(ENV_API_KEY) or None,
             home=default_home(env),
             tls=tls_from_env(env),

@@ -7,7 +7,7 @@ import dataclasses
 import inspect
 import re
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -69,8 +69,9 @@ class Deployment:
         version_label: A free-form label shown in listings.
         ttl: Seconds after the last client was heard from before the deployment is torn down.
         api_key: The control service's API key (default: ``VASTRPC_API_KEY``, else the embedded one).
-        control_address: ``host:port`` of a control service (default: ``VASTRPC_CONTROL_ADDRESS``,
-            else start or reuse the embedded one).
+        control_address: ``host:port`` of a control service, or several (``"a:1,b:2"`` or a
+            list) sharing one PostgreSQL store, tried in order and failed over between
+            (default: ``VASTRPC_CONTROL_ADDRESS``, else start or reuse the embedded one).
         config: Full client configuration; overrides the two arguments above.
     """
 
@@ -82,7 +83,7 @@ class Deployment:
         api_key: str | None = None,
         ttl: float | None = None,
         *,
-        control_address: str | None = None,
+        control_address: str | Sequence[str] | None = None,
         config: ClientConfig | None = None,
     ) -> None:
         self.module_file, self.module_name = _caller_module(2)

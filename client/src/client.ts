@@ -2,7 +2,7 @@
  * The client's entry point: connects to the control service and opens endpoints to call.
  */
 
-import { ControlConnection, channelCredentials } from './control';
+import { ControlConnection, channelCredentials, controlAddresses } from './control';
 import type { TlsOptions } from './control';
 import { Endpoint } from './endpoint';
 import { NotFoundError, VastrpcError } from './errors';
@@ -10,8 +10,12 @@ import { DEFAULT_PROTOS_DIR, loadMethods } from './protos';
 
 /** How to reach the control service. */
 export interface ClientOptions extends TlsOptions {
-  /** `host:port` of the control service (`vastrpc control serve`). */
-  controlAddress: string;
+  /**
+   * `host:port` of the control service (`vastrpc control serve`), or several (comma-separated, or an array)
+   * sharing one PostgreSQL store: the first is used, and the client turns to the next when it stops
+   * answering, meanwhile calling the workers it knows.
+   */
+  controlAddress: string | readonly string[];
   /** Its API key (HOME/api_key of the control service). */
   apiKey: string;
   /** The folder holding vastrpc/api/v1/*.proto; the repository's protos/ by default. */
@@ -41,7 +45,8 @@ export class VastrpcClient {
    * @throws VastrpcError when an option is missing, the .proto files cannot be found, or a TLS file cannot be read.
    */
   constructor(options: ClientOptions) {
-    if (!options.controlAddress) {
+    const addresses = controlAddresses(options.controlAddress ?? '');
+    if (addresses.length === 0) {
       throw new VastrpcError('controlAddress is required: the host:port of the control service');
     }
     if (!options.apiKey) {
@@ -49,8 +54,8 @@ export class VastrpcClient {
     }
     this.readyTimeout = options.readyTimeout ?? 60;
     const methods = loadMethods(options.protosDir ?? DEFAULT_PROTOS_DIR);
-    const credentials = channelCredentials(options.controlAddress, options);
-    this.control = new ControlConnection(options.controlAddress, options.apiKey, credentials, methods);
+    const credentials = channelCredentials(addresses.join(','), options);
+    this.control = new ControlConnection(addresses, options.apiKey, credentials, methods);
   }
 
   /**

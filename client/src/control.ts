@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 
-import { ControlUnavailableError, errorFromStatus } from './errors';
+import { ControlUnavailableError, VastrpcError, errorFromStatus } from './errors';
 import type { Method, Methods } from './protos';
 import type { ListDeploymentsResponse, WatchEndpointResponse } from './messages';
 
@@ -64,27 +64,104 @@ export function channelCredentials(address: string, tls: TlsOptions): grpc.Chann
   return grpc.credentials.createSsl(read(caFile), read(keyFile), read(certFile));
 }
 
-/** The control service as this client uses it: list, watch, wake. */
+/**
+ * Control service addresses from `"a:1,b:2"`, `["a:1", "b:2"]` or `"a:1"`, in order, each once.
+ *
+ * @throws VastrpcError when an entry is not host:port.
+ */
+export function controlAddresses(value: string | readonly string[]): string[] {
+  const parts = (typeof value === 'string' ? [value] : [...value]).flatMap((v) => v.split(','));
+  const found: string[] = [];
+  for (const part of parts.map((p) => p.trim()).filter((p) => p.length > 0)) {
+    const colon = part.lastIndexOf(':');
+    const port = Number(part.slice(colon + 1));
+    if (colon <= 0 || !/^\d+$/.test(part.slice(colon + 1)) || port < 1 || port > 65535) {
+      throw new VastrpcError(
+        `controlAddress: '${part}' is not host:port of a control service; write e.g. 127.0.0.1:50051, ` +
+          'or several separated by commas (10.0.0.10:50051,10.0.0.11:50051)',
+      );
+    }
+    if (!found.includes(part)) {
+      found.push(part);
+    }
+  }
+  return found;
+}
+
+/**
+ * The control service as this client uses it: list, watch, wake.
+ *
+ * With several addresses (control services sharing one PostgreSQL store) one is used at a time: a call
+ * it leaves unanswered (UNAVAILABLE) goes to the next, and the client stays there; the endpoint watch
+ * follows the same switch.
+ */
 export class ControlConnection {
-  readonly client: grpc.Client;
+  private readonly clients = new Map<string, grpc.Client>();
   private readonly metadata: grpc.Metadata;
+  private index = 0;
 
   constructor(
-    readonly address: string,
+    readonly addresses: readonly string[],
     apiKey: string,
     readonly credentials: grpc.ChannelCredentials,
     readonly methods: Methods,
   ) {
-    this.client = new grpc.Client(address, credentials, CHANNEL_OPTIONS);
     this.metadata = new grpc.Metadata();
     this.metadata.set('authorization', `Bearer ${apiKey}`);
+  }
+
+  /** The control service in use. */
+  get address(): string {
+    return this.addresses[this.index]!;
+  }
+
+  /** The channel to the control service in use; one per address, kept once made. */
+  get client(): grpc.Client {
+    let client = this.clients.get(this.address);
+    if (client === undefined) {
+      client = new grpc.Client(this.address, this.credentials, CHANNEL_OPTIONS);
+      this.clients.set(this.address, client);
+    }
+    return client;
+  }
+
+  /** Turn to the next control service after `failed`, unless already done; false when there is none. */
+  switch(failed: string): boolean {
+    if (this.addresses.length < 2) {
+      return false;
+    }
+    if (this.address === failed) {
+      this.index = (this.index + 1) % this.addresses.length;
+    }
+    return true;
   }
 
   private get target(): string {
     return `the control service at ${this.address}`;
   }
 
-  private unary<Req, Res>(m: Method<Req, Res>, request: Req): Promise<Res> {
+  private async unary<Req, Res>(m: Method<Req, Res>, request: Req): Promise<Res> {
+    const deadline = Date.now() + RPC_TIMEOUT_MS;
+    const failures: string[] = [];
+    for (;;) {
+      const address = this.address;
+      try {
+        return await this.unaryOnce(m, request, deadline);
+      } catch (err) {
+        const status = err as grpc.StatusObject;
+        if (status.code !== grpc.status.UNAVAILABLE) {
+          throw errorFromStatus(status, `the control service at ${address}`);
+        }
+        failures.push(`${address}: ${status.details}`);
+        // Every control service reads the one store: the next one answers the same request.
+        if (failures.length >= this.addresses.length || Date.now() >= deadline || !this.switch(address)) {
+          throw this.unreachable(failures);
+        }
+      }
+    }
+  }
+
+  private unaryOnce<Req, Res>(m: Method<Req, Res>, request: Req, deadline: number): Promise<Res> {
     return new Promise((resolve, reject) => {
       this.client.makeUnaryRequest<Req, Res>(
         m.path,
@@ -92,16 +169,25 @@ export class ControlConnection {
         m.responseDeserialize,
         request,
         this.metadata,
-        { deadline: Date.now() + RPC_TIMEOUT_MS },
-        (err, response) => {
-          if (err) {
-            reject(errorFromStatus(err, this.target));
-          } else {
-            resolve(response as Res);
-          }
-        },
+        { deadline },
+        (err, response) => (err ? reject(err) : resolve(response as Res)),
       );
     });
+  }
+
+  /** The error for control services that did not answer, saying what to do. */
+  private unreachable(failures: string[]): ControlUnavailableError {
+    const reasons = failures.join('; ');
+    if (this.addresses.length === 1) {
+      return new ControlUnavailableError(
+        `cannot reach the control service at ${this.address} (${reasons}). Check that it runs; if other control ` +
+          `services share its store, name them too so that the client fails over: ${this.address},OTHER_HOST:PORT`,
+      );
+    }
+    return new ControlUnavailableError(
+      `cannot reach any of the control services ${this.addresses.join(', ')} (${reasons}). ` +
+        'Check that at least one of them runs',
+    );
   }
 
   /** The deployments named `name` with their endpoints and workers. */
@@ -115,7 +201,7 @@ export class ControlConnection {
     return response.workers_started;
   }
 
-  /** The endpoint's state now and after every change, until cancelled. */
+  /** The endpoint's state now and after every change, until cancelled, from the control service in use. */
   watch(endpointId: string): grpc.ClientReadableStream<WatchEndpointResponse> {
     const m = this.methods.watchEndpoint;
     return this.client.makeServerStreamRequest(
@@ -133,6 +219,9 @@ export class ControlConnection {
   }
 
   close(): void {
-    this.client.close();
+    for (const client of this.clients.values()) {
+      client.close();
+    }
+    this.clients.clear();
   }
 }

@@ -152,6 +152,7 @@ export class Endpoint {
     if (this.closed) {
       return;
     }
+    const address = this.control.address;
     const call = this.control.watch(this.endpointId);
     this.watchCall = call;
     call.on('data', (update: WatchEndpointResponse) => {
@@ -170,11 +171,18 @@ export class Endpoint {
           ? new ControlServiceError('the control service ended the endpoint watch')
           : this.control.error(status);
       this.notify();
-      this.retryTimer = setTimeout(() => {
-        this.retryTimer = null;
-        this.watch();
-      }, this.retryDelayMs);
-      this.retryDelayMs = Math.min(this.retryDelayMs * 2, 5000);
+      // Another control service shares the state: resume the watch there at once.
+      const switched = status.code === grpc.status.UNAVAILABLE && this.control.switch(address);
+      this.retryTimer = setTimeout(
+        () => {
+          this.retryTimer = null;
+          this.watch();
+        },
+        switched ? 50 : this.retryDelayMs,
+      );
+      if (!switched) {
+        this.retryDelayMs = Math.min(this.retryDelayMs * 2, 5000);
+      }
     });
   }
 
@@ -277,13 +285,19 @@ export class Endpoint {
     deadline: number,
     attempt: number,
   ): Promise<void> {
-    if (!(err instanceof CallNotDelivered) || Date.now() >= deadline) {
+    if (!(err instanceof CallNotDelivered)) {
       throw err;
+    }
+    if (Date.now() >= deadline) {
+      throw new CallNotDelivered(
+        `the call never ran: ${err.message} (no worker took it in time, after ${attempt} attempt(s)); ` +
+          'it is safe to call again. See `vastrpc ls` for the endpoint\'s workers',
+      );
     }
     if (err.overloaded) {
       overloaded.add(conn.workerId);
     }
-    await sleep(Math.min(10 * attempt, 200));
+    await sleep(Math.min(10 * attempt, 200, Math.max(0, deadline - Date.now())));
   }
 
   private async pick(deadline: number, overloaded: Set<string>, waitSeconds: number): Promise<WorkerConnection> {
@@ -350,14 +364,13 @@ export class Endpoint {
   ): Promise<CallInfo<T>> {
     const payload = encodeArguments(args, kwargs);
     const started = Date.now();
-    const waitSeconds = options.readyTimeout ?? this.readyTimeout;
-    const deadline = started + waitSeconds * 1000;
+    const [deadline, waitSeconds, left] = this.deadlines(started, options);
     const overloaded = new Set<string>();
     for (let attempt = 1; ; attempt++) {
       const conn = await this.pick(deadline, overloaded, waitSeconds);
       let received;
       try {
-        received = await conn.invoke(fn, payload, options.timeout, options.onLog);
+        received = await conn.invoke(fn, payload, left(), options.onLog);
       } catch (err) {
         await this.retryElsewhereOrThrow(err, conn, overloaded, deadline, attempt);
         continue;
@@ -399,12 +412,11 @@ export class Endpoint {
     options: CallOptions = {},
   ): AsyncGenerator<T, void, undefined> {
     const payload = encodeArguments(args, kwargs);
-    const waitSeconds = options.readyTimeout ?? this.readyTimeout;
-    const deadline = Date.now() + waitSeconds * 1000;
+    const [deadline, waitSeconds, left] = this.deadlines(Date.now(), options);
     const overloaded = new Set<string>();
     for (let attempt = 1; ; attempt++) {
       const conn = await this.pick(deadline, overloaded, waitSeconds);
-      const values = conn.stream(fn, payload, options.timeout, options.onLog);
+      const values = conn.stream(fn, payload, left(), options.onLog);
       let first: IteratorResult<Buffer, void>;
       try {
         first = await values.next();
@@ -423,6 +435,19 @@ export class Endpoint {
       }
       return;
     }
+  }
+
+  /**
+   * When a call stops waiting for a worker (the ready wait or its own timeout, whichever ends first), the
+   * seconds that bound is, and what is left of the call's timeout when it is sent.
+   */
+  private deadlines(started: number, options: CallOptions): [number, number, () => number | undefined] {
+    const ready = options.readyTimeout ?? this.readyTimeout;
+    const timeout = options.timeout;
+    const waitSeconds = timeout !== undefined && timeout < ready ? timeout : ready;
+    const left = (): number | undefined =>
+      timeout === undefined ? undefined : Math.max(0.001, (started + timeout * 1000 - Date.now()) / 1000);
+    return [started + waitSeconds * 1000, waitSeconds, left];
   }
 
   /** Stop watching and close every worker connection; calls in flight fail. */

@@ -16,7 +16,8 @@ export function optionsFromEnv(env: NodeJS.ProcessEnv): ClientOptions {
   const apiKey = env.VASTRPC_API_KEY ?? '';
   if (!controlAddress || !apiKey) {
     throw new VastrpcError(
-      'set VASTRPC_CONTROL_ADDRESS (host:port of the control service) and VASTRPC_API_KEY (its HOME/api_key)',
+      'set VASTRPC_CONTROL_ADDRESS (host:port of the control service, or several comma-separated) and ' +
+        'VASTRPC_API_KEY (its HOME/api_key)',
     );
   }
   const options: ClientOptions = { controlAddress, apiKey };

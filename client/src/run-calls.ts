@@ -1,7 +1,9 @@
 /**
  * Runs a batch of calls read as JSON from stdin and prints one JSON line per call, in input order.
  *
- *   node dist/run-calls.js DEPLOYMENT [--tag TAG] [--concurrency N] [--ready-timeout SECONDS] < calls.json
+ *   node dist/run-calls.js DEPLOYMENT [--tag TAG] [--concurrency N] [--ready-timeout SECONDS] [--pace SECONDS] < calls.json
+ *
+ * `--pace` makes each caller wait that long between its calls (a steady trickle of calls over time).
  *
  * stdin: `[{"function": "add", "args": [1, 2], "kwargs": {}, "timeout": 5, "logs": false}, ...]`.
  * stdout: per call `{"index": 0, "ok": true, "value": 3, "worker_id": "...", "revision_id": "...", "seconds": 0.01}`
@@ -60,11 +62,13 @@ async function main(argv: string[]): Promise<number> {
   let tag = 'default';
   let concurrency = 1;
   let readyTimeout: number | undefined;
+  let paceMs = 0;
   for (let i = 1; i < argv.length; i += 2) {
     const value = argv[i + 1];
     if (argv[i] === '--tag' && value) tag = value;
     else if (argv[i] === '--concurrency' && Number(value) >= 1) concurrency = Number(value);
     else if (argv[i] === '--ready-timeout' && Number(value) > 0) readyTimeout = Number(value);
+    else if (argv[i] === '--pace' && Number(value) >= 0) paceMs = Number(value) * 1000;
     else usage();
   }
   if (!deployment || deployment.startsWith('--')) {
@@ -87,6 +91,7 @@ async function main(argv: string[]): Promise<number> {
       while (next < specs.length) {
         const index = next++;
         results[index] = await runOne(endpoint, specs[index]!, index);
+        if (paceMs > 0) await new Promise((resolve) => setTimeout(resolve, paceMs));
       }
     });
     await Promise.all(callers);
@@ -106,7 +111,8 @@ async function main(argv: string[]): Promise<number> {
 
 function usage(): never {
   process.stderr.write(
-    'usage: node dist/run-calls.js DEPLOYMENT [--tag TAG] [--concurrency N] [--ready-timeout SECONDS] < calls.json\n',
+    'usage: node dist/run-calls.js DEPLOYMENT [--tag TAG] [--concurrency N] [--ready-timeout SECONDS] ' +
+      '[--pace SECONDS] < calls.json\n',
   );
   process.exit(2);
 }

@@ -249,6 +249,30 @@ class InvokeStream {
     }
   }
 
+  /** `promise`, or CallTimeoutError once `deadline` (ms since the epoch) has passed. */
+  private async bounded<T>(promise: Promise<T>, deadline: number | null, fn: string, timeoutSeconds?: number): Promise<T> {
+    if (deadline === null) {
+      return promise;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new CallTimeoutError(
+              `${fn} did not finish within ${timeoutSeconds}s: ${this.label} did not take it in time (it never ran there)`,
+            ),
+          ),
+        Math.max(0, deadline - Date.now()),
+      );
+    });
+    try {
+      return await Promise.race([promise, timedOut]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /** The call's next item, or CallTimeoutError once `deadline` (ms since the epoch) has passed. */
   private async next(pending: Pending, deadline: number | null, fn: string, timeoutSeconds?: number): Promise<Item> {
     const item = pending.next();
@@ -273,11 +297,12 @@ class InvokeStream {
   async invoke(fn: string, payload: Buffer, timeoutSeconds: number | undefined, onLog?: LogHandler): Promise<Buffer> {
     const [callId, pending] = this.open(onLog);
     let sent = false;
+    const deadline = timeoutSeconds ? Date.now() + timeoutSeconds * 1000 : null;
     try {
-      await this.opened;
+      // The timeout bounds the wait for the stream to open too (a worker that stopped answering never opens it).
+      await this.bounded(this.opened, deadline, fn, timeoutSeconds);
       await this.send(callId, fn, payload, timeoutSeconds, onLog !== undefined);
       sent = true;
-      const deadline = timeoutSeconds ? Date.now() + timeoutSeconds * 1000 : null;
       const item = await this.next(pending, deadline, fn, timeoutSeconds);
       if ('error' in item) {
         throw item.error;
@@ -307,11 +332,11 @@ class InvokeStream {
   ): AsyncGenerator<Buffer, void, undefined> {
     const [callId, pending] = this.open(onLog);
     let sent = false;
+    const deadline = timeoutSeconds ? Date.now() + timeoutSeconds * 1000 : null;
     try {
-      await this.opened;
+      await this.bounded(this.opened, deadline, fn, timeoutSeconds);
       await this.send(callId, fn, payload, timeoutSeconds, onLog !== undefined);
       sent = true;
-      const deadline = timeoutSeconds ? Date.now() + timeoutSeconds * 1000 : null;
       for (;;) {
         const item = await this.next(pending, deadline, fn, timeoutSeconds);
         if ('error' in item) {

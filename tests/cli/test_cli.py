@@ -93,7 +93,10 @@ def test_status_and_ls_without_a_service(tmp_path) -> None:
     for args in (("ls",), ("logs", "w-1"), ("teardown", "hello")):
         result = vastrpc(*args, home=home)
         assert result.returncode == 3, args
-        assert result.stderr.strip() == f"error: no control service is running under {home}"
+        assert result.stderr.strip() == (
+            f"error: no control service is running under {home}: start one (`vastrpc control serve --home {home}`), "
+            "or name a running one with --control HOST:PORT (or VASTRPC_CONTROL_ADDRESS)"
+        )
     assert not (home / "control.json").exists()  # looking never starts one
     stop = vastrpc("control", "stop", home=home)
     assert stop.returncode == 0 and "no control service is running" in stop.stdout
@@ -218,6 +221,30 @@ def test_unreachable_address_exits_3(tmp_path) -> None:
     as_json = vastrpc("ls", "--json", "--control", "127.0.0.1:1", "--api-key", "k", home=tmp_path)
     error = json.loads(as_json.stdout)["error"]
     assert as_json.returncode == 3 and error["code"] == 3 and error["type"] == "ControlUnavailableError"
+
+
+def test_several_addresses_use_the_first_that_answers_and_none_answering_says_what_to_do(
+    control_service, tmp_path
+) -> None:
+    key = ("--api-key", control_service.api_key)
+    dead = "127.0.0.1:1"
+    ok = vastrpc("ls", "--control", f"{dead},{control_service.address}", *key, home=tmp_path)
+    assert ok.returncode == 0 and "no deployments" in ok.stdout, ok.stderr
+    by_env = vastrpc(
+        "ls",
+        home=tmp_path,
+        env={
+            "VASTRPC_CONTROL_ADDRESS": f"{dead}, {control_service.address}",
+            "VASTRPC_API_KEY": control_service.api_key,
+        },
+    )
+    assert by_env.returncode == 0, by_env.stderr
+    one = vastrpc("ls", "--control", dead, *key, home=tmp_path)
+    assert one.returncode == 3 and f"--control {dead},OTHER_HOST:PORT" in one.stderr, one.stderr
+    both = vastrpc("ls", "--control", f"{dead},127.0.0.1:2", *key, home=tmp_path)
+    assert both.returncode == 3 and "cannot reach any of the control services 127.0.0.1:1, 127.0.0.1:2" in both.stderr
+    bad = vastrpc("ls", "--control", "nowhere", *key, home=tmp_path)
+    assert bad.returncode != 0 and "'nowhere' is not host:port" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_control_stop(control_service) -> None:

@@ -18,7 +18,11 @@ __all__ = ["add_client_flags", "client_overrides", "client_tls", "connect", "con
 def add_client_flags(p: argparse.ArgumentParser, home: Path) -> None:
     """The flags that name the control service and how to reach it, and ``--json``."""
     p.add_argument(
-        "--control", default=os.environ.get("VASTRPC_CONTROL_ADDRESS"), help="host:port of the control service"
+        "--control",
+        default=os.environ.get("VASTRPC_CONTROL_ADDRESS"),
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="the control service, or several sharing one store (the first that answers is used; default "
+        "$VASTRPC_CONTROL_ADDRESS)",
     )
     p.add_argument("--api-key", default=os.environ.get("VASTRPC_API_KEY"), help="the control service's API key")
     p.add_argument("--home", type=Path, default=home, help=f"home folder of the embedded service (default {home})")
@@ -72,20 +76,24 @@ def client_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def connect(args: argparse.Namespace) -> tuple[str, str, Any]:
-    """(address, api_key, tls) from the flags, the environment (flag defaults) or the embedded service's home."""
+def connect(args: argparse.Namespace) -> tuple[tuple[str, ...], str, Any]:
+    """(addresses, api_key, tls) from the flags, the environment (flag defaults) or the embedded service's home."""
     from vastrpc._tls import TlsFiles
+    from vastrpc.config import control_addresses
     from vastrpc.deploy.embedded import control_status, control_tls
 
     home = args.home.expanduser()
-    address = args.control
+    addresses = control_addresses(args.control, source="--control (VASTRPC_CONTROL_ADDRESS)")
     tls = client_tls(args)
-    if not address:
+    if not addresses:
         # Only look: listing or tearing down must never start a service.
         status = control_status(home)
         if status is None:
-            raise ControlUnavailableError(f"no control service is running under {home}")
-        address = status["address"]
+            raise ControlUnavailableError(
+                f"no control service is running under {home}: start one (`vastrpc control serve --home {home}`), "
+                "or name a running one with --control HOST:PORT (or VASTRPC_CONTROL_ADDRESS)"
+            )
+        addresses = (status["address"],)
         local = control_tls(status, home)
         if local is not None and args.tls_cert:
             # The CA the running service names, with the certificate given here.
@@ -98,29 +106,57 @@ def connect(args: argparse.Namespace) -> tuple[str, str, Any]:
         except OSError:
             api_key = ""
     if not api_key:
-        raise AuthenticationError(f"no API key for {address}: pass --api-key or set VASTRPC_API_KEY")
-    return address, api_key, tls
+        raise AuthenticationError(f"no API key for {','.join(addresses)}: pass --api-key or set VASTRPC_API_KEY")
+    return addresses, api_key, tls
+
+
+# Seconds each control service gets to answer a health check before the next one is asked.
+_HEALTH_TIMEOUT = 3.0
 
 
 @contextmanager
 def control_stub(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
-    """``(stub, metadata)`` for the control service the flags name; failed RPCs inside become vastrpc errors."""
+    """``(stub, metadata)`` for the first control service the flags name that answers; failed RPCs inside
+    become vastrpc errors."""
     import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from vastrpc._grpc import CHANNEL_OPTIONS, bearer, error_from_rpc, tls_failure
     from vastrpc.api.v1 import control_pb2_grpc
 
-    address, api_key, tls = connect(args)
+    addresses, api_key, tls = connect(args)
     try:
-        channel = (
-            grpc.secure_channel(address, tls.channel_credentials(), options=list(CHANNEL_OPTIONS))
-            if tls is not None
-            else grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS))
-        )
+        credentials = tls.channel_credentials() if tls is not None else None
     except OSError as exc:
         raise ControlUnavailableError(f"cannot read a TLS file: {exc}") from None
-    with channel:
-        try:
-            yield control_pb2_grpc.ControlServiceStub(channel), bearer(api_key)
-        except grpc.RpcError as exc:
-            raise (tls_failure(exc, address, tls) or error_from_rpc(exc, target=address)) from None
+    failures: dict[str, str] = {}
+    for address in addresses:
+        channel = (
+            grpc.secure_channel(address, credentials, options=list(CHANNEL_OPTIONS))
+            if credentials is not None
+            else grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+        )
+        with channel:
+            try:
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=_HEALTH_TIMEOUT)
+            except grpc.RpcError as exc:
+                if (problem := tls_failure(exc, address, tls)) is not None:
+                    raise problem from None
+                failures[address] = f"{exc.code().name}: {exc.details()}"
+                continue
+            try:
+                yield control_pb2_grpc.ControlServiceStub(channel), bearer(api_key)
+            except grpc.RpcError as exc:
+                raise (tls_failure(exc, address, tls) or error_from_rpc(exc, target=address)) from None
+            return
+    reasons = "; ".join(f"{address}: {reason}" for address, reason in failures.items())
+    if len(addresses) == 1:
+        raise ControlUnavailableError(
+            f"cannot reach the control service at {addresses[0]} ({reasons}). Check that it runs (`vastrpc control "
+            "status` on its machine); if other control services share its store, name them too and the first that "
+            f"answers is used: --control {addresses[0]},OTHER_HOST:PORT (or VASTRPC_CONTROL_ADDRESS)"
+        )
+    raise ControlUnavailableError(
+        f"cannot reach any of the control services {', '.join(addresses)} ({reasons}). Check that at least one of "
+        "them runs (`vastrpc control status` on its machine) and --control (VASTRPC_CONTROL_ADDRESS)"
+    )

@@ -92,8 +92,8 @@ async def _join(args: argparse.Namespace, tls: Any) -> tuple[str, str]:
     if not args.api_key:
         raise Failure("--join needs the control service's API key: pass --api-key or set VASTRPC_API_KEY")
     name, _, tag = args.join.partition(":")
-    first = args.control.split(",")[0]  # the others (--control A,B) are for failing over
-    config = ClientConfig(control_address=first, api_key=args.api_key, home=args.home, tls=tls)
+    # --control A,B: joined through the first that answers (they share the store), reported to in that order.
+    config = ClientConfig(control_address=args.control, api_key=args.api_key, home=args.home, tls=tls)
     client = await ControlClient.connect(config)
     try:
         joined = await client.join(name, tag)

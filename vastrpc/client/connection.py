@@ -63,11 +63,14 @@ def _call_error(err: worker_pb2.CallError) -> BaseException:
 
 _END = object()
 
+# How a worker's established stream ends when its process or connection goes away.
+_BROKEN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+
 
 class _Pending:
     """A call waiting for its answer: one value (a future) or a stream of them (a queue)."""
 
-    __slots__ = ("buffer_sizes", "future", "on_log", "parts", "queue")
+    __slots__ = ("begun", "buffer_sizes", "future", "on_log", "parts", "queue")
 
     def __init__(self, streaming: bool, on_log: LogSink | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -76,6 +79,8 @@ class _Pending:
         self.queue: asyncio.Queue[object] | None = asyncio.Queue() if streaming else None
         self.parts: list[bytes] = []
         self.buffer_sizes: list[int] = []
+        # Its first message was handed to the stream: from then on the worker may run it.
+        self.begun = False
 
     def on_result(self, result: worker_pb2.CallResult) -> None:
         if result.buffer_sizes:
@@ -96,6 +101,10 @@ class _Pending:
         if self.future is not None:
             if not self.future.done():
                 self.future.set_exception(error)
+                # Marked retrieved: a call that failed before awaiting its answer (its stream
+                # never opened, its timeout passed) never will, and asyncio would print
+                # "Future exception was never retrieved" for each. One awaiting it still gets it.
+                self.future.exception()
         else:
             assert self.queue is not None
             self.queue.put_nowait(error)
@@ -119,6 +128,8 @@ class InvokeStream:
         # The worker asked for no more calls on this stream (it is stopping or switching).
         self.draining = False
         self._half_closed = False
+        # The call being written now, if any (one at a time, under the write lock).
+        self._writing: asyncio.Task[None] | None = None
         # Set once the worker's handler has answered (initial metadata). No call is written
         # before it, so a stream that fails earlier provably delivered nothing.
         self._opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -154,18 +165,23 @@ class InvokeStream:
         """Run one call on this stream and return its encoded result; ``on_log`` gets its output."""
         call_id, pending = self._open(False, on_log)
         assert pending.future is not None
-        sent = False
+        # The timeout bounds the whole call: waiting for the stream to open and sending too
+        # (a worker that stopped answering never opens it).
+        bound = asyncio.timeout(timeout)
         try:
-            await self._send(call_id, function, payload, encoding, timeout, on_log is not None)
-            sent = True
-            if timeout is None:
+            async with bound:
+                await self._send(call_id, function, payload, encoding, timeout, on_log is not None)
                 return await asyncio.shield(pending.future)
-            try:
-                return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
-            except TimeoutError:
-                raise CallTimeoutError(f"{function} did not finish within {timeout:g}s") from None
+        except TimeoutError:
+            if not bound.expired():
+                raise  # the function's own TimeoutError, raised on the worker
+            where = "" if pending.begun else ", which did not take it in time (it never ran there)"
+            raise CallTimeoutError(
+                f"{function} did not finish within its timeout on worker {self.worker_id}{where}"
+            ) from None
         finally:
-            self._finish(call_id, pending, sent and not pending.future.done())
+            # Begun but unanswered: cancel it on the worker (written after the call itself).
+            self._finish(call_id, pending, pending.begun and not pending.future.done())
 
     async def stream(
         self,
@@ -178,17 +194,28 @@ class InvokeStream:
         """Run a generator call on this stream, yielding each value as the worker produces it."""
         call_id, pending = self._open(True, on_log)
         assert pending.queue is not None
-        sent = ended = False
+        ended = False
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            await self._send(call_id, function, payload, encoding, timeout, on_log is not None)
-            sent = True
+            bound = asyncio.timeout(timeout)
+            try:
+                async with bound:
+                    await self._send(call_id, function, payload, encoding, timeout, on_log is not None)
+            except TimeoutError:
+                if not bound.expired():
+                    raise
+                where = "" if pending.begun else ", which did not take it in time (it never ran there)"
+                raise CallTimeoutError(
+                    f"{function} did not finish within its timeout on worker {self.worker_id}{where}"
+                ) from None
             while True:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 try:
                     item = await asyncio.wait_for(pending.queue.get(), remaining)
                 except TimeoutError:
-                    raise CallTimeoutError(f"{function} did not finish within {timeout:g}s") from None
+                    raise CallTimeoutError(
+                        f"{function} did not finish within its timeout on worker {self.worker_id}"
+                    ) from None
                 if item is _END:
                     ended = True
                     return
@@ -197,7 +224,7 @@ class InvokeStream:
                     raise item
                 yield item  # type: ignore[misc]
         finally:
-            self._finish(call_id, pending, sent and not ended)
+            self._finish(call_id, pending, pending.begun and not ended)
 
     def _close_sending(self) -> None:
         # Half-close: the worker ends the stream once it has answered everything.
@@ -234,18 +261,52 @@ class InvokeStream:
             "buffer_sizes": payload.buffer_sizes,
             "stream_logs": stream_logs,
         }
+        # Waiting for the stream to open and for our turn to write may be given up (the call's
+        # timeout, a cancel): nothing is written yet.
         await asyncio.shield(self._opened)
+        await self._write_lock.acquire()
+        if self.closed:
+            self._write_lock.release()
+            raise CallNotDelivered(f"the stream to worker {self.worker_id} ended before the call was sent")
+
+        async def write() -> None:
+            await self._call.write(worker_pb2.InvokeRequest(start=start))
+            for chunk, more in parts:
+                await self._call.write(worker_pb2.InvokeRequest(data={"call_id": call_id, "data": chunk, "more": more}))
+
+        # Once begun, the call is written whole even if the caller gives up meanwhile: half a call
+        # would stay in the worker's memory for the stream's life. The worker ends it by its timeout.
+        if (pending := self._pending.get(call_id)) is not None:
+            pending.begun = True
+        writing = self._writing = asyncio.get_running_loop().create_task(write())
+        writing.add_done_callback(self._written)
         try:
-            async with self._write_lock:
-                await self._call.write(worker_pb2.InvokeRequest(start=start))
-                for chunk, more in parts:
-                    await self._call.write(
-                        worker_pb2.InvokeRequest(data={"call_id": call_id, "data": chunk, "more": more})
-                    )
+            await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not writing.cancelled() or (task is not None and task.cancelling()):
+                raise  # the caller gave up
+            # The stream died under the write (the read loop stopped it): the worker drops a
+            # call of a dead stream, so it never ran.
+            raise CallNotDelivered(
+                f"the stream to worker {self.worker_id} ended while the call was being sent: the worker stopped "
+                "or its connection broke"
+            ) from None
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
             # The worker never got the whole call, so it never ran: safe to send elsewhere.
             self.closed = True
-            raise CallNotDelivered(f"cannot send the call to worker {self.worker_id}: {exc}") from None
+            what = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc) or type(exc).__name__
+            raise CallNotDelivered(
+                f"the stream to worker {self.worker_id} ended before the call was sent ({what}): the worker "
+                "stopped or its connection broke"
+            ) from None
+
+    def _written(self, writing: asyncio.Task[None]) -> None:
+        if self._writing is writing:
+            self._writing = None
+        self._write_lock.release()
+        if not writing.cancelled():
+            writing.exception()  # retrieved: a caller that gave up never awaits it; one that waits still sees it
 
     async def _cancel(self, call_id: int) -> None:
         try:
@@ -288,6 +349,15 @@ class InvokeStream:
             if not established and exc.code() == grpc.StatusCode.UNAVAILABLE:
                 # The stream never reached the worker's handler: nothing sent on it ran.
                 error = CallNotDelivered(f"cannot reach worker {self.worker_id}: {exc.details()}")
+            elif exc.code() in _BROKEN:
+                # "Stream removed", "Connection reset by peer", cancelled by a stopping server,
+                # "Internal error from Core": the worker's process or its connection went away.
+                error = WorkerUnavailableError(
+                    f"the connection to worker {self.worker_id} broke during the call ({exc.details()}): the worker "
+                    "stopped or was killed, so the call may or may not have run. Declare the function "
+                    "@app.remote(retries=N) if running it twice is safe, to have such calls retried on another "
+                    "worker; otherwise decide whether to call again"
+                )
             else:
                 error = error_from_rpc(exc, unavailable=WorkerUnavailableError, target=f"worker {self.worker_id}")
         except asyncio.CancelledError:
@@ -295,6 +365,10 @@ class InvokeStream:
             raise
         finally:
             self.closed = True
+            if self._writing is not None:
+                # A write to a dead stream may never return: stop it, so that the calls behind it
+                # are told at once instead of at their timeout.
+                self._writing.cancel()
             if not self._opened.done():
                 # Nothing was written yet: a lost connection is "not delivered" (retried
                 # elsewhere); anything else (a refused token, say) is said as it is.

@@ -3,43 +3,54 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from vastrpc._errors import ControlUnavailableError
+from vastrpc._errors import ControlUnavailableError, DefinitionError
 from vastrpc._grpc import bearer, channel, error_from_rpc, tls_failure
 from vastrpc._payload import chunks
 from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import control_pb2, control_pb2_grpc
-from vastrpc.config import ClientConfig
+from vastrpc.config import ClientConfig, control_addresses
 
-T = TypeVar("T")
+log = logging.getLogger("vastrpc.client")
 
 # Unary control calls are small and local: anything slower than this is a fault.
 _RPC_TIMEOUT = 60.0
 # How often connect asks again while the control service is not listening yet.
 _HEALTH_POLL = 0.1
+# With several control services, connect gives each at least this long per try before the next.
+_HEALTH_TRY = 1.0
 
 
 class ControlClient:
-    """One channel to the control service, presenting the API key on every call.
+    """A channel to the control service, presenting the API key on every call.
+
+    With several addresses (control services sharing one PostgreSQL store), one is used at a
+    time: a call it leaves unanswered (UNAVAILABLE) goes to the next, and the client stays
+    there. The endpoint watch follows the same switch (``Router``).
 
     Args:
-        address: ``host:port`` of the control service.
+        address: ``host:port`` of the control service, or several (a comma-separated string
+            or a sequence), in order of preference.
         api_key: Its API key.
         tls: TLS files (the CA to trust; a client certificate for mutual TLS); plaintext when None.
             Workers are reached with the same credentials.
 
     Raises:
         ControlUnavailableError: A TLS file cannot be read.
+        DefinitionError: An address is not ``host:port``, or none is given.
     """
 
-    def __init__(self, address: str, api_key: str, tls: TlsFiles | None = None) -> None:
-        self.address = address
+    def __init__(self, address: str | Sequence[str], api_key: str, tls: TlsFiles | None = None) -> None:
+        self.addresses = control_addresses(address)
+        if not self.addresses:
+            raise DefinitionError("ControlClient needs the host:port of a control service")
         self.api_key = api_key
         self.tls = tls
         self._metadata = bearer(api_key)
@@ -48,33 +59,59 @@ class ControlClient:
             self.credentials = tls.channel_credentials() if tls is not None else None
         except OSError as exc:
             raise ControlUnavailableError(
-                f"cannot read a TLS file for the control service at {address}: {exc}. Check VASTRPC_TLS_CA, "
-                "VASTRPC_TLS_CERT and VASTRPC_TLS_KEY"
+                f"cannot read a TLS file for the control service at {self.addresses[0]}: {exc}. Check "
+                "VASTRPC_TLS_CA, VASTRPC_TLS_CERT and VASTRPC_TLS_KEY"
             ) from None
-        self.channel = channel(address, self.credentials)
+        # One channel per address, made when first used and kept: a call still running on the
+        # one left behind is not cut off, and a switch back reuses it.
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._use(0)
+
+    def _use(self, index: int) -> None:
+        self._index = index
+        self.address = self.addresses[index]
+        if self.address not in self._channels:
+            self._channels[self.address] = channel(self.address, self.credentials)
+        self.channel = self._channels[self.address]
         self.stub = control_pb2_grpc.ControlServiceStub(self.channel)
+
+    def switch(self, failed: str) -> bool:
+        """Turn to the next control service after ``failed``, unless another caller already did.
+
+        Returns:
+            Whether there is another one to turn to.
+        """
+        if len(self.addresses) < 2:
+            return False
+        if self.address == failed:
+            self._use((self._index + 1) % len(self.addresses))
+            log.warning("control service %s stopped answering: using %s from now on", failed, self.address)
+        return True
 
     @classmethod
     async def connect(cls, config: ClientConfig) -> ControlClient:
-        """Reach the configured control service, or start/reuse the embedded one, and check it answers.
+        """Reach a configured control service (the first of several that answers), or start/reuse the
+        embedded one, and check it answers.
 
         Raises:
-            ControlUnavailableError: It does not answer within ``config.connect_timeout``, or
-                (at once) a TLS handshake with it failed.
+            ControlUnavailableError: None answers within ``config.connect_timeout``, or (at once)
+                a TLS handshake failed.
             AuthenticationError: It refused this client's certificate (mutual TLS).
         """
-        address, api_key, tls = config.control_address, config.api_key, config.tls
-        if address is None:
+        addresses: str | tuple[str, ...] = config.control_addresses
+        api_key, tls = config.api_key, config.tls
+        if not addresses:
             from vastrpc.deploy.embedded import ensure_control
 
             local = await asyncio.to_thread(ensure_control, config.home)
             # The embedded service says what to trust; VASTRPC_TLS_* are for a service of your own.
-            address, api_key, tls = local.address, api_key or local.api_key, local.tls
+            addresses, api_key, tls = local.address, api_key or local.api_key, local.tls
         if not api_key:
             raise ControlUnavailableError(
-                f"no API key for the control service at {address}: set VASTRPC_API_KEY or pass Deployment(api_key=...)"
+                f"no API key for the control service at {_names(control_addresses(addresses))}: set "
+                "VASTRPC_API_KEY or pass Deployment(api_key=...)"
             )
-        client = cls(address, api_key, tls)
+        client = cls(addresses, api_key, tls)
         try:
             await client._check_health(config.connect_timeout)
         except BaseException:
@@ -85,36 +122,82 @@ class ControlClient:
     async def _check_health(self, timeout: float) -> None:
         # Not wait_for_ready: a failed attempt comes back at once with its reason, so a TLS
         # mismatch (which retrying never heals) fails now; anything else (not listening yet)
-        # is retried until the timeout.
-        health = health_pb2_grpc.HealthStub(self.channel)
+        # is retried, on each address in turn, until the timeout.
         deadline = time.monotonic() + timeout
+        per_try = timeout if len(self.addresses) == 1 else max(timeout / len(self.addresses), _HEALTH_TRY)
+        failures: dict[str, str] = {}
         while True:
-            remaining = deadline - time.monotonic()
-            try:
-                await health.Check(health_pb2.HealthCheckRequest(), timeout=max(remaining, 0.01), wait_for_ready=False)
-                return
-            except grpc.aio.AioRpcError as exc:
-                if (tls_error := tls_failure(exc, self.address, self.tls)) is not None:
-                    raise tls_error from None
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + _HEALTH_POLL >= deadline:
-                    raise ControlUnavailableError(
-                        f"cannot reach the control service at {self.address} within {timeout:g}s "
-                        f"({exc.code().name}: {exc.details()}). Check VASTRPC_CONTROL_ADDRESS, or unset it to "
-                        "use the embedded control service"
-                    ) from None
+            for step in range(len(self.addresses)):
+                index = (self._index + step) % len(self.addresses)
+                address = self.addresses[index]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._use(index)
+                health = health_pb2_grpc.HealthStub(self.channel)
+                try:
+                    await health.Check(
+                        health_pb2.HealthCheckRequest(),
+                        timeout=max(min(remaining, per_try), 0.01),
+                        wait_for_ready=False,
+                    )
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    if (tls_error := tls_failure(exc, address, self.tls)) is not None:
+                        raise tls_error from None
+                    failures[address] = f"{exc.code().name}: {exc.details()}"
+                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        raise self.unreachable(failures, f" within {timeout:g}s") from None
+            if time.monotonic() + _HEALTH_POLL >= deadline:
+                raise self.unreachable(failures, f" within {timeout:g}s")
             await asyncio.sleep(_HEALTH_POLL)
 
-    async def close(self) -> None:
-        await self.channel.close()
+    def unreachable(self, failures: dict[str, str], within: str = "") -> ControlUnavailableError:
+        """The error for control services that did not answer, each with its reason, saying what to do."""
+        reasons = "; ".join(f"{address}: {reason}" for address, reason in failures.items())
+        if len(self.addresses) == 1:
+            (address,) = self.addresses
+            return ControlUnavailableError(
+                f"cannot reach the control service at {address}{within} ({reasons}). Check that it runs "
+                "(`vastrpc control status`) and VASTRPC_CONTROL_ADDRESS, or unset it to use the embedded control "
+                "service; if other control services share its store, name them too so that the client fails "
+                f"over: VASTRPC_CONTROL_ADDRESS={address},OTHER_HOST:PORT"
+            )
+        return ControlUnavailableError(
+            f"cannot reach any of the control services {_names(self.addresses)}{within} ({reasons}). Check that "
+            "at least one of them runs (`vastrpc control status`), and VASTRPC_CONTROL_ADDRESS"
+        )
 
-    async def _unary(self, rpc: Callable[..., Any], request: Any, timeout: float = _RPC_TIMEOUT) -> Any:
-        try:
-            return await rpc(request, metadata=self._metadata, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc, target=self.address) from None
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
+
+    async def _unary(self, method: str, request: Any, timeout: float = _RPC_TIMEOUT) -> Any:
+        """Call ``method`` on the control service in use; one that does not answer hands the call to the next.
+
+        ``request`` is a message, or a function making a fresh request iterator (a stream is
+        sent again from its start on the next service).
+        """
+        deadline = time.monotonic() + timeout
+        failures: dict[str, str] = {}
+        while True:
+            address = self.address
+            rpc = getattr(self.stub, method)
+            try:
+                message = request() if callable(request) else request
+                return await rpc(message, metadata=self._metadata, timeout=max(deadline - time.monotonic(), 0.01))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise error_from_rpc(exc, target=address) from None
+                failures[address] = exc.details() or "UNAVAILABLE"
+                # Every control service reads and writes the one store, so the next one can
+                # answer the same request (each is idempotent: registering or provisioning the
+                # same revision twice changes nothing more).
+                if len(failures) >= len(self.addresses) or time.monotonic() >= deadline or not self.switch(address):
+                    raise self.unreachable(failures) from None
 
     async def register(self, spec: control_pb2.DeploymentSpec) -> control_pb2.RegisterDeploymentResponse:
-        return await self._unary(self.stub.RegisterDeployment, control_pb2.RegisterDeploymentRequest(spec=spec))
+        return await self._unary("RegisterDeployment", control_pb2.RegisterDeploymentRequest(spec=spec))
 
     async def upload(
         self, digest: str, data: bytes, on_progress: Callable[[int], None] | None = None
@@ -138,36 +221,41 @@ class ControlClient:
                 if on_progress is not None:
                     on_progress(sent)
 
-        return await self._unary(self.stub.UploadBundle, requests(), timeout=600)
+        return await self._unary("UploadBundle", requests, timeout=600)
 
     async def provision(self, endpoint_id: str, revision_id: str) -> control_pb2.ProvisionResponse:
         return await self._unary(
-            self.stub.Provision, control_pb2.ProvisionRequest(endpoint_id=endpoint_id, revision_id=revision_id)
+            "Provision", control_pb2.ProvisionRequest(endpoint_id=endpoint_id, revision_id=revision_id)
         )
 
     async def wake(self, endpoint_id: str) -> int:
         """Ask for workers on an endpoint with none ready; returns how many were started."""
-        resp = await self._unary(self.stub.WakeEndpoint, control_pb2.WakeEndpointRequest(endpoint_id=endpoint_id))
+        resp = await self._unary("WakeEndpoint", control_pb2.WakeEndpointRequest(endpoint_id=endpoint_id))
         return int(resp.workers_started)
 
     async def list_deployments(self, name: str = "") -> control_pb2.ListDeploymentsResponse:
-        return await self._unary(self.stub.ListDeployments, control_pb2.ListDeploymentsRequest(name=name))
+        return await self._unary("ListDeployments", control_pb2.ListDeploymentsRequest(name=name))
 
     async def worker_logs(self, worker_id: str, tail_bytes: int = 0) -> str:
         resp = await self._unary(
-            self.stub.GetWorkerLogs, control_pb2.GetWorkerLogsRequest(worker_id=worker_id, tail_bytes=tail_bytes)
+            "GetWorkerLogs", control_pb2.GetWorkerLogsRequest(worker_id=worker_id, tail_bytes=tail_bytes)
         )
         return resp.text
 
     async def join(self, name: str, tag: str = "") -> control_pb2.JoinEndpointResponse:
         """Admit a worker started by hand to the endpoint ``name:tag``; returns its id and token."""
-        return await self._unary(self.stub.JoinEndpoint, control_pb2.JoinEndpointRequest(name=name, tag=tag))
+        return await self._unary("JoinEndpoint", control_pb2.JoinEndpointRequest(name=name, tag=tag))
 
     async def teardown(self, name: str, tag: str = "") -> control_pb2.TeardownResponse:
-        return await self._unary(self.stub.Teardown, control_pb2.TeardownRequest(name=name, tag=tag))
+        return await self._unary("Teardown", control_pb2.TeardownRequest(name=name, tag=tag))
 
     async def watch(self, endpoint_id: str) -> AsyncIterator[control_pb2.WatchEndpointResponse]:
-        """The endpoint's state, now and after every change, until the caller stops iterating."""
+        """The endpoint's state, now and after every change, until the caller stops iterating.
+
+        When the control service stops answering, the watch fails and the client turns to the
+        next one, if any: watching again resumes there (they share the state).
+        """
+        address = self.address
         call = self.stub.WatchEndpoint(
             control_pb2.WatchEndpointRequest(endpoint_id=endpoint_id), metadata=self._metadata
         )
@@ -175,6 +263,15 @@ class ControlClient:
             async for update in call:
                 yield update
         except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc, target=self.address) from None
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                then = f"; turning to {self.address}" if self.switch(address) else ""
+                raise ControlUnavailableError(
+                    f"the endpoint watch on the control service at {address} broke ({exc.details()}){then}"
+                ) from None
+            raise error_from_rpc(exc, target=address) from None
         finally:
             call.cancel()
+
+
+def _names(addresses: Sequence[str]) -> str:
+    return ", ".join(addresses)

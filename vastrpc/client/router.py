@@ -7,13 +7,14 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
 
 from vastrpc._errors import (
+    CallTimeoutError,
     ControlServiceError,
     DefinitionError,
     DeploymentError,
@@ -34,6 +35,8 @@ log = logging.getLogger("vastrpc.client")
 _NO_WORKER_WAIT = 60.0
 # At most this many calls wait in one client for a worker with room (Vast's global queue); more fail at once.
 MAX_WAITING = 100_000
+# How long after its timeout a call that no path ended yet is ended anyway.
+_BACKSTOP_GRACE = 0.1
 # Seconds between two looks for room of the call at the head of the queue, when no call of ours ends.
 _ROOM_POLL = 0.25
 
@@ -91,26 +94,32 @@ class Router:
         self._waiting: deque[asyncio.Event] = deque()
         self._changed = asyncio.Condition()
         self._watch_error: BaseException | None = None
+        # Connections being closed in the background: referenced, so none is collected half-way.
+        self._closing: set[asyncio.Task[None]] = set()
         self._task = asyncio.get_running_loop().create_task(self._watch()) if control is not None else None
 
     async def _watch(self) -> None:
         assert self.control is not None
-        delay = 0.2
+        failures = 0
         while True:
             try:
                 async for update in self.control.watch(self.endpoint_id):
-                    delay = 0.2
+                    failures = 0
                     await self._apply(update)
                 raise ControlServiceError("the control service ended the endpoint watch")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep serving from known workers while the control service is away
+                failures += 1
                 async with self._changed:
                     self._watch_error = exc
                     self._changed.notify_all()
-                log.debug("endpoint watch failed (%s); retrying in %.1fs", exc, delay)
+                # The watch already turned to the next control service, if there is one: try it
+                # at once; back off only once every one of them failed in a row.
+                rounds, step = divmod(failures, len(self.control.addresses))
+                delay = 0.05 if rounds == 0 or step else min(0.2 * 2 ** (rounds - 1), 5.0)
+                log.debug("endpoint watch failed (%s); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def _apply(self, update: control_pb2.WatchEndpointResponse) -> None:
         # Every ready worker takes calls, whichever revision it serves: during an update the
@@ -121,15 +130,15 @@ class Router:
             if worker_id in failed:
                 # Declared lost (dead, hung, frozen): its calls in flight will never be answered,
                 # so they fail now (and an idempotent one is retried elsewhere).
-                asyncio.get_running_loop().create_task(self.workers.pop(worker_id).close())
+                self._background(self.workers.pop(worker_id).close())
             elif worker_id not in ready:
                 # Draining or stopped: calls in flight finish on their own; close it once they are done.
-                asyncio.get_running_loop().create_task(_close_when_idle(self.workers.pop(worker_id)))
+                self._background(_close_when_idle(self.workers.pop(worker_id)))
         for worker_id, w in ready.items():
             conn = self.workers.get(worker_id)
             if conn is None or conn.address != w.address or conn.token != update.endpoint_token:
                 if conn is not None:
-                    asyncio.get_running_loop().create_task(_close_when_idle(conn))
+                    self._background(_close_when_idle(conn))
                 credentials = self.control.credentials if self.control is not None else None
                 conn = self.workers[worker_id] = WorkerConnection(
                     worker_id, w.address, update.endpoint_token, w.score, w.capacity or 1, credentials
@@ -142,6 +151,11 @@ class Router:
             self._watch_error = None
             self._changed.notify_all()
         self._wake_waiting()  # a new worker, or the endpoint's max_queue_time changed
+
+    def _background(self, closing: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(closing)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def wait_ready(self, revision_id: str, timeout: float) -> control_pb2.WatchEndpointResponse:
         """Wait until the endpoint serves ``revision_id`` with enough ready workers.
@@ -249,12 +263,10 @@ class Router:
                 if found is not None:
                     return found
                 continue  # every worker went away while the call waited
-            remaining = deadline - time.monotonic()
+            limit = deadline if call_deadline is None else min(deadline, call_deadline)
+            remaining = limit - time.monotonic()
             if remaining <= 0:
-                raise WorkerUnavailableError(
-                    f"no ready worker on endpoint {self.endpoint_id} after {_NO_WORKER_WAIT:g}s; "
-                    "see `vastrpc ls` and `vastrpc logs WORKER_ID`"
-                )
+                raise self._no_worker(limit == call_deadline, timeout)
             self._wake()
             async with self._changed:
                 try:
@@ -262,6 +274,14 @@ class Router:
                     await asyncio.wait_for(self._changed.wait_for(self._candidates), min(remaining, 0.5))
                 except TimeoutError:
                     pass
+
+    def _no_worker(self, timed_out: bool, timeout: float | None) -> WorkerUnavailableError:
+        within = f"within the call's timeout ({timeout:g}s)" if timed_out else f"after {_NO_WORKER_WAIT:g}s"
+        why = f"; the endpoint watch failed: {self._watch_error}" if self._watch_error is not None else ""
+        return WorkerUnavailableError(
+            f"no ready worker on endpoint {self.endpoint_id} {within} ({self._describe_workers()}{why}); "
+            "see `vastrpc ls` and `vastrpc logs WORKER_ID`"
+        )
 
     async def _wait_for_room(
         self, call_deadline: float | None, timeout: float | None, front: bool
@@ -288,14 +308,15 @@ class Router:
         try:
             while True:
                 head = self._waiting[0] is waiter
-                if head:
+                # Checked first: room found just as the timeout passes leaves no time to send the call.
+                remaining = math.inf if call_deadline is None else call_deadline - time.monotonic()
+                if head and remaining > 0:
                     candidates = self._candidates()
                     if not candidates:
                         return None
                     conn = self._roomy(candidates)
                     if conn is not None:
                         return conn
-                remaining = math.inf if call_deadline is None else call_deadline - time.monotonic()
                 if remaining <= 0:
                     raise OverloadedError(
                         f"every worker of endpoint {self.endpoint_id} ({len(self._candidates())}) stayed full for "
@@ -351,25 +372,38 @@ class Router:
         line the function prints or logs during the call.
         """
         payload = encode_args(args, kwargs, CLOUDPICKLE)
-        if not retries:
-            return await self._call_once(function, payload, timeout, logs)
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(retries + 1),
-            wait=wait_random_exponential(multiplier=0.05, max=2.0),
-            retry=retry_if_exception(_worker_lost),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                return await self._call_once(function, payload, timeout, logs)
-        raise AssertionError("unreachable: tenacity reraises the last error")
+        started = time.monotonic()
+        call_deadline = None if timeout is None else started + timeout
+        # Every path (waiting for a worker, opening a stream, sending, retrying, backing off)
+        # checks the deadline itself and says why it gave up; this bound is the backstop, a
+        # moment later so that those say it first.
+        bound = asyncio.timeout(None if timeout is None else timeout + _BACKSTOP_GRACE)
+        try:
+            async with bound:
+                if not retries:
+                    return await self._call_once(function, payload, started, call_deadline, logs)
+                stop = stop_after_attempt(retries + 1)
+                retrying = AsyncRetrying(
+                    # No retry begins once the call's time is up.
+                    stop=stop if timeout is None else stop | stop_after_delay(timeout),
+                    wait=wait_random_exponential(multiplier=0.05, max=2.0),
+                    retry=retry_if_exception(_worker_lost),
+                    reraise=True,
+                )
+                async for attempt in retrying:
+                    with attempt:
+                        return await self._call_once(function, payload, started, call_deadline, logs)
+                raise AssertionError("unreachable: tenacity reraises the last error")
+        except TimeoutError:
+            if not bound.expired():
+                raise  # a CallTimeoutError saying where, or the function's own TimeoutError
+            raise CallTimeoutError(f"{function} did not finish within {timeout:g}s") from None
 
     async def _call_once(
-        self, function: str, payload: Payload, timeout: float | None, logs: OutputHandler | None
+        self, function: str, payload: Payload, started: float, call_deadline: float | None, logs: OutputHandler | None
     ) -> CallInfo:
-        started = time.monotonic()
-        deadline = started + _NO_WORKER_WAIT
-        call_deadline = None if timeout is None else started + timeout
+        timeout = None if call_deadline is None else call_deadline - started
+        deadline = time.monotonic() + _NO_WORKER_WAIT
         attempt = 0
         refused = False
         while True:
@@ -382,7 +416,7 @@ class Router:
                 )
             except CallNotDelivered as exc:
                 refused = exc.overloaded
-                await _retry_elsewhere_or_raise(exc, deadline, attempt)
+                await _retry_elsewhere_or_raise(exc, deadline, call_deadline, attempt)
                 continue
             finally:
                 if lines is not None:
@@ -423,7 +457,7 @@ class Router:
                 return
             except CallNotDelivered as exc:
                 refused = exc.overloaded
-                await _retry_elsewhere_or_raise(exc, deadline, attempt)
+                await _retry_elsewhere_or_raise(exc, deadline, call_deadline, attempt)
                 continue
             try:
                 yield decode_result(first[0], CLOUDPICKLE, first[1])
@@ -436,7 +470,7 @@ class Router:
             return
 
     async def close(self) -> None:
-        tasks = [t for t in (self._task, self._waking) if t is not None]
+        tasks = [t for t in (self._task, self._waking, *self._closing) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -444,14 +478,21 @@ class Router:
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
 
 
-async def _retry_elsewhere_or_raise(exc: CallNotDelivered, deadline: float, attempt: int) -> None:
+async def _retry_elsewhere_or_raise(
+    exc: CallNotDelivered, deadline: float, call_deadline: float | None, attempt: int
+) -> None:
     """A call that never ran: a worker at its limits is now full (the call waits for room in the
     queue, within its timeout); otherwise back off, or raise once out of time."""
     if exc.overloaded:
         return
-    if time.monotonic() >= deadline:
-        raise exc
-    await asyncio.sleep(min(0.01 * attempt, 0.2))
+    now = time.monotonic()
+    if now >= deadline or (call_deadline is not None and now >= call_deadline):
+        took = "its timeout passed" if call_deadline is not None and now >= call_deadline else "no worker took it"
+        raise CallNotDelivered(
+            f"the call never ran: {exc} ({took}, after {attempt} attempt(s)); it is safe to call again. See "
+            "`vastrpc ls` for the endpoint's workers"
+        ) from None
+    await asyncio.sleep(min(0.01 * attempt, 0.2, max(0.0, (call_deadline or math.inf) - now)))
 
 
 def _left(call_deadline: float | None) -> float | None:
@@ -466,6 +507,8 @@ def _worker_lost(exc: BaseException) -> bool:
 
 async def _close_when_idle(conn: WorkerConnection, limit: float = 600.0) -> None:
     deadline = time.monotonic() + limit
-    while conn.in_flight and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    await conn.close()
+    try:
+        while conn.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()  # also when the router closes first
