@@ -130,8 +130,6 @@ class ClientConfig:
             raise DefinitionError(
                 f"progress={self.progress!r} (or {ENV_PROGRESS}): use one of {', '.join(_PROGRESS_MODES)}"
             )
-
-    def __post_init__(self) -> None:
         addresses = control_addresses(self.control_address)  # a malformed address fails here, saying which
         if self.control_address is not None and not isinstance(self.control_address, str):
             # Kept as a tuple: the configuration stays immutable (and hashable) whatever was passed.
