@@ -97,3 +97,25 @@ async def test_a_call_failed_by_its_dying_stream_before_awaiting_its_answer_warn
     gc.collect()
     await asyncio.sleep(0)
     assert not seen, [c.get("message") for c in seen]
+
+
+async def test_an_endpoint_waiting_for_capacity_fails_calls_at_once_with_the_reason_unless_a_worker_comes_up() -> None:
+    from vastrpc.api.v1 import common_pb2, control_pb2
+
+    router = Router(None, "e-lost", workers=[])
+    router.state = control_pb2.WatchEndpointResponse(
+        endpoint_id="e-lost",
+        state=common_pb2.ENDPOINT_STATE_WAITING,
+        failure=common_pb2.Failure(step="placement", message="no node meets gpu_name == 'H200'"),
+    )
+    try:
+        started = time.monotonic()
+        with pytest.raises(WorkerUnavailableError, match=r"waits for capacity \(placement: no node meets gpu_name"):
+            await router.call("f", (), {}, timeout=30)
+        assert time.monotonic() - started < 0.5  # not at the timeout
+        # A replacement on its way is waited for (within the call's timeout), not failed at once.
+        router.state.workers.add(worker_id="w-new", state=common_pb2.WORKER_STATE_INSTALLING)
+        with pytest.raises(WorkerUnavailableError, match="no ready worker on endpoint e-lost within the call's"):
+            await router.call("f", (), {}, timeout=0.5)
+    finally:
+        await router.close()

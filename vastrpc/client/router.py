@@ -35,6 +35,17 @@ log = logging.getLogger("vastrpc.client")
 _NO_WORKER_WAIT = 60.0
 # At most this many calls wait in one client for a worker with room (Vast's global queue); more fail at once.
 MAX_WAITING = 100_000
+# Worker states on the way to ready: a call waits for such a worker rather than failing at once.
+_COMING_UP = frozenset(
+    {
+        common_pb2.WORKER_STATE_STARTING,
+        common_pb2.WORKER_STATE_DOWNLOADING,
+        common_pb2.WORKER_STATE_PULLING,
+        common_pb2.WORKER_STATE_INSTALLING,
+        common_pb2.WORKER_STATE_LOADING,
+        common_pb2.WORKER_STATE_BENCHMARKING,
+    }
+)
 # How long after its timeout a call that no path ended yet is ended anyway.
 _BACKSTOP_GRACE = 0.1
 # Seconds between two looks for room of the call at the head of the queue, when no call of ours ends.
@@ -263,6 +274,13 @@ class Router:
                 if found is not None:
                     return found
                 continue  # every worker went away while the call waited
+            if self._waits_for_capacity():
+                # It lost its workers and none could be placed: say so now, not at the timeout.
+                why = self.state.failure  # type: ignore[union-attr]
+                raise WorkerUnavailableError(
+                    f"endpoint {self.endpoint_id} has no worker and waits for capacity ({why.step}: {why.message}); "
+                    "it serves again by itself when a worker can be placed — `vastrpc ls` shows what it waits for"
+                )
             limit = deadline if call_deadline is None else min(deadline, call_deadline)
             remaining = limit - time.monotonic()
             if remaining <= 0:
@@ -274,6 +292,15 @@ class Router:
                     await asyncio.wait_for(self._changed.wait_for(self._candidates), min(remaining, 0.5))
                 except TimeoutError:
                     pass
+
+    def _waits_for_capacity(self) -> bool:
+        """The endpoint lost every worker and none is on its way (a replacement starting is waited for)."""
+        s = self.state
+        return (
+            s is not None
+            and s.state == common_pb2.ENDPOINT_STATE_WAITING
+            and not any(w.state in _COMING_UP for w in s.workers)
+        )
 
     def _no_worker(self, timed_out: bool, timeout: float | None) -> WorkerUnavailableError:
         within = f"within the call's timeout ({timeout:g}s)" if timed_out else f"after {_NO_WORKER_WAIT:g}s"
