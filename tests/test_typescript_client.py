@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from vastrpc import DeploymentError
+from vastrpc._tls import ensure_local_ca
 
 pytestmark = pytest.mark.e2e
 
@@ -349,12 +350,20 @@ async def test_unknown_deployment_and_no_ready_worker_are_clear_errors(node, pro
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("control_service", [MUTUAL_AUTO], indirect=True)
-async def test_mutual_tls_to_control_service_and_worker(node, project, control_service) -> None:
+async def test_mutual_tls_to_control_service_and_worker(node, project, control_service, tmp_path) -> None:
     assert control_service.tls is not None and control_service.tls.cert_file is not None
     mod = project(SQUARE)
     await mod.app.ensure_ready()
     code, out, err = await _node(node, "example.js", [mod.app.name, "square", "[12]"], _env(control_service))
     assert (code, out) == (0, "144\n"), err
+    # TLS to an IP address without Node's DEP0123 warning on every run (no IP as the server name)...
+    assert "DeprecationWarning" not in err and "DEP0123" not in err, err
+    # ...and the certificate is still verified: a CA that did not sign it is refused.
+    other_ca, _ = ensure_local_ca(tmp_path / "other-ca")
+    code, out, err = await _node(
+        node, "example.js", [mod.app.name, "square", "[12]"], {**_env(control_service), "VASTRPC_TLS_CA": str(other_ca)}
+    )
+    assert code == 1 and out == "" and "ControlUnavailableError" in err, err
     # Plaintext to a TLS service: refused with a clear error, not a hang.
     code, out, err = await _node(node, "example.js", [mod.app.name, "square", "[12]"], _env(control_service, tls=False))
     assert code == 1 and out == "" and "ControlUnavailableError" in err, err

@@ -13,7 +13,7 @@ import {
   WorkerUnavailableError,
   errorFromStatus,
 } from './errors';
-import { CHANNEL_OPTIONS } from './control';
+import { channelOptions } from './control';
 import type { CallErrorMessage, CallResult, InvokeRequest, InvokeResponse } from './messages';
 import type { Method } from './protos';
 
@@ -459,7 +459,7 @@ export class WorkerConnection {
     credentials: grpc.ChannelCredentials,
     private readonly method: Method<InvokeRequest, InvokeResponse>,
   ) {
-    this.client = new grpc.Client(address, credentials, CHANNEL_OPTIONS);
+    this.client = new grpc.Client(address, credentials, channelOptions(address));
   }
 
   private get label(): string {
