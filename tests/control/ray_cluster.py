@@ -57,6 +57,12 @@ class RayNode:
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
 
+    def kill(self) -> None:
+        """SIGKILL the node's processes at once (its process group: ``ray start``, the raylet, its workers)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
 
 @dataclass
 class RayCluster:
@@ -100,6 +106,20 @@ class RayCluster:
     def logs(self) -> str:
         """The ``ray start`` output of every node (for failure messages)."""
         return "\n".join(f"--- {n.name}\n{n.log_path.read_text(errors='replace')}" for n in self.nodes)
+
+    def start_gpu_node(self, name: str = "gpu", timeout: float = 120.0) -> RayNode:
+        """Start (again) a node like the GPU node, named ``name`` (a new one each time); returns once it is alive."""
+        ray = ray_binary()
+        assert ray is not None
+        gpu_labels = ",".join(f"{k}={v}" for k, v in GPU_NODE_LABELS.items())
+        second = ["--address", self.address, "--num-cpus", "2", "--num-gpus", str(GPU_NODE_GPUS)]
+        second += ["--resources", json.dumps({f"accelerator_type:{GPU_NODE_ACCELERATOR}": GPU_NODE_GPUS})]
+        second += ["--labels", gpu_labels]
+        alive = sum(1 for n in self.nodes if n.process.poll() is None)
+        node = _start_node(name, ray, self.root, second)
+        self.nodes.append(node)
+        _wait_nodes(self, alive + 1, timeout)
+        return node
 
     def stop(self) -> None:
         """Stop every node, the second one first, and remove the temp dirs."""
@@ -158,12 +178,7 @@ def start_cluster(timeout: float = 120.0) -> RayCluster:
     try:
         cluster.nodes.append(_start_node("head", ray, root, head))
         _wait_nodes(cluster, 1, timeout)
-        gpu_labels = ",".join(f"{k}={v}" for k, v in GPU_NODE_LABELS.items())
-        second = ["--address", cluster.address, "--num-cpus", "2", "--num-gpus", str(GPU_NODE_GPUS)]
-        second += ["--resources", json.dumps({f"accelerator_type:{GPU_NODE_ACCELERATOR}": GPU_NODE_GPUS})]
-        second += ["--labels", gpu_labels]
-        cluster.nodes.append(_start_node("gpu", ray, root, second))
-        _wait_nodes(cluster, 2, timeout)
+        cluster.start_gpu_node("gpu", timeout)
     except BaseException:
         logs = cluster.logs()
         cluster.stop()

@@ -397,7 +397,7 @@ async def test_workers_spread_over_both_nodes_serve_calls_and_killed_ones_are_re
     victim = after_kill[0]
     serving = _children(victim["pid"])
     assert serving
-    (name,) = [a for a in _actors(ray_cluster) if a.startswith(f"vastrpc-{victim['worker_id']}-")]
+    (name,) = [a for a in _actors(ray_cluster) if a == f"vastrpc-{victim['worker_id']}"]
     ray_cluster.run(f"ray.kill(ray.get_actor({name!r})); result = 1")
     gone = {victim["worker_id"]}
     replaced = await _until(lambda: _replaced(project, mod.app, gone), 120, "a replacement of the killed actor")
