@@ -45,6 +45,7 @@ class RayNode:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    killed: bool = False
 
     def stop(self) -> None:
         """SIGTERM the ``ray start --block`` process (it stops the node's processes), SIGKILL its group if stuck."""
@@ -58,10 +59,17 @@ class RayNode:
                 self.process.wait()
 
     def kill(self) -> None:
-        """SIGKILL the node's processes at once (its process group: ``ray start``, the raylet, its workers)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        """SIGKILL every process of the node at once, as if its machine went away.
+
+        The whole tree under ``ray start``: the raylet, Ray's workers (actors) and what they
+        started in sessions of their own (worker agents, serving processes).
+        """
+        doomed = _descendants(self.process.pid)
+        for pid in [self.process.pid, *doomed]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         self.process.wait()
+        self.killed = True
 
 
 @dataclass
@@ -186,11 +194,29 @@ def start_cluster(timeout: float = 120.0) -> RayCluster:
     return cluster
 
 
+def _descendants(root: int) -> list[int]:
+    """The pids of every process below ``root`` (children, theirs, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def _wait_nodes(cluster: RayCluster, count: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for node in cluster.nodes:
-            if node.process.poll() is not None:
+            if not node.killed and node.process.poll() is not None:
                 raise RuntimeError(f"ray start ({node.name}) exited with {node.process.returncode}")
         try:
             alive = cluster.run("result = sum(1 for n in ray.nodes() if n['Alive'])", timeout=60)
