@@ -315,6 +315,8 @@ def test_orphans_of_a_dead_service_are_lost_at_once_and_silent_starters_after_a_
     dead = f"{socket.gethostname()}:999999999:1"
     worker = WorkerRow(id="w-1", endpoint_id="e", revision_id="r", state="ready", token_hash="h", created_at=now)
     assert "gone" in (orphan_loss(WorkerRow(**{**worker.__dict__, "owner": dead}), now, 10, me=me) or "")
+    # A worker on another machine (Ray): its pid is no process of this host; its heartbeats judge it.
+    assert orphan_loss(WorkerRow(**{**worker.__dict__, "owner": dead}), now, 10, me=me, local=False) is None
     assert orphan_loss(WorkerRow(**{**worker.__dict__, "owner": me}), now, 10, me=me) is None
     remote = WorkerRow(**{**worker.__dict__, "owner": "elsewhere:1:1", "state": "starting"})
     assert orphan_loss(remote, now + 30, 10, me=me) is None
