@@ -217,6 +217,53 @@ async def test_the_log_of_a_worker_on_another_machine_is_copied_from_where_its_l
     assert worker.log_offset == remote_log.stat().st_size
 
 
+async def test_an_adopted_worker_is_watched_its_log_copied_on_and_its_exit_reported(tmp_path: Path) -> None:
+    remote_log = b"launch of another service\nstarting\nready\n"
+    exited: concurrent.futures.Future[int] = concurrent.futures.Future()
+    info = {"pid": 4321, "node_ip": "10.0.0.2", "node_id": "n" * 56, "log_start": 26, "log_size": len(remote_log)}
+    actor = types.SimpleNamespace(
+        info=_Remote(lambda marker: {**info, "shared_files": False, "running": True}),
+        read_log=_Remote(lambda offset, limit: remote_log[offset : offset + limit]),
+        wait=types.SimpleNamespace(remote=lambda: types.SimpleNamespace(future=lambda: exited)),
+    )
+    exits: list[tuple[str, int, int]] = []
+    provider = RayProvider("127.0.0.1:1", tmp_path, on_exit=lambda *args: exits.append(args))
+
+    async def find(worker_id: str) -> Any:
+        return actor if worker_id == "w-1" else None
+
+    provider._find_actor = find  # type: ignore[method-assign]
+    provider.log_path("w-1").parent.mkdir(parents=True)
+    provider.log_path("w-1").write_bytes(b"copied by the service that placed it\n")
+    provider.adopt_worker("w-1", 99, ())
+    provider.adopt_worker("w-1", 99, ())  # once
+    assert provider.is_running("w-1")
+    await _until(lambda: _watched(provider, "w-1"), 5, "the adoption")
+    worker = provider._workers["w-1"]
+    assert (worker.pid, worker.node_ip, worker.mirror) == (4321, "10.0.0.2", True)
+    # Its log here is copied on from where the node's log is now, not again from its start.
+    assert worker.log_offset == len(remote_log)
+    exited.set_result(0)
+    await _until(lambda: _exited(exits), 5, "the exit callback")
+    assert exits == [("w-1", 4321, 0)] and not provider.is_running("w-1")
+    # A worker with no actor (gone meanwhile) is left to its heartbeats.
+    provider.adopt_worker("w-2", 7, ())
+    await _until(lambda: _not_running(provider, "w-2"), 5, "giving up on the adoption")
+
+
+async def _watched(provider: RayProvider, worker_id: str) -> bool:
+    worker = provider._workers.get(worker_id)
+    return worker is not None and worker.watcher is not None
+
+
+async def _exited(exits: list[Any]) -> bool:
+    return bool(exits)
+
+
+async def _not_running(provider: RayProvider, worker_id: str) -> bool:
+    return not provider.is_running(worker_id)
+
+
 # -- on a real cluster (e2e) --------------------------------------------------------------
 
 _CLUSTER: dict[str, str] = {}
