@@ -17,14 +17,13 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from vastrpc._process import package_pythonpath
+from vastrpc._process import module_argv, package_pythonpath
 from vastrpc._workerenv import inherited_environ
 from vastrpc.config import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT
 from vastrpc.control.providers.base import ENV_HOME
@@ -96,7 +95,7 @@ class WorkerHost:
         env.update(self._write_tls(home, worker_id, launch.get("tls")))
         if (pythonpath := package_pythonpath(env)) is not None:
             env["PYTHONPATH"] = pythonpath
-        argv = [*(launch["argv_prefix"] or [sys.executable, "-m", "vastrpc", "worker"])]
+        argv = [*(launch["argv_prefix"] or [*module_argv("vastrpc"), "worker"])]
         argv += ["--control", launch["control_address"], "--worker-id", worker_id, "--token-stdin"]
         with self._log_path.open("ab") as out:
             log_start = out.tell()  # where this launch's lines begin (a restart appends)
