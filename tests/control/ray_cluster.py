@@ -12,8 +12,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 # A token in ~/.ray would switch Ray to token authentication; these nodes and their drivers
 # run without, whatever the machine holds (every process of the test sets the same mode).
@@ -134,6 +137,18 @@ class RayCluster:
         for node in reversed(self.nodes):
             node.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_cluster() -> Iterator[RayCluster]:
+    """A cluster started for a test module (``start_cluster``) and stopped after it; skips without Ray."""
+    if ray_binary() is None:
+        pytest.skip("the ray command is not installed: pip install 'vastrpc[ray]'")
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def _start_node(name: str, ray: str, root: Path, args: list[str]) -> RayNode:

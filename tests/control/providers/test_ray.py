@@ -49,7 +49,7 @@ from vastrpc.query import (
     num_gpus,
 )
 
-from ..ray_cluster import GPU_NODE_ACCELERATOR, RAY_ENV, RayCluster, ray_binary, start_cluster
+from ..ray_cluster import GPU_NODE_ACCELERATOR, RAY_ENV, RayCluster, running_cluster
 
 # -- search filters (unit) ----------------------------------------------------------------
 
@@ -280,17 +280,12 @@ on_ray = pytest.mark.parametrize("control_service", [{"setup": _ray_flags, "env"
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[RayCluster]:
     """A head (2 CPUs, no GPU) and a GPU node (2 CPUs, 2 fake FAKEGPU GPUs) for the module."""
-    if ray_binary() is None:
-        pytest.skip("the ray command is not installed: pip install 'vastrpc[ray]'")
-    cluster = start_cluster()
-    try:
+    with running_cluster() as cluster:
         _CLUSTER["address"] = cluster.address
         addresses = cluster.run("result = sorted({n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']})")
         assert isinstance(addresses, list)
         _CLUSTER["node_ips"] = ",".join(addresses)
         yield cluster
-    finally:
-        cluster.stop()
 
 
 SOURCE = """

@@ -23,7 +23,7 @@ from vastrpc.api.v1 import common_pb2, control_pb2
 
 from ..conftest import ServiceProcess, configure
 from ..helpers import Client
-from ..ray_cluster import RAY_ENV, RayCluster, free_port, ray_binary, start_cluster
+from ..ray_cluster import RAY_ENV, RayCluster, free_port, running_cluster
 
 pytestmark = [pytest.mark.e2e]
 
@@ -47,13 +47,8 @@ async def whoami() -> list:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RayCluster]:
     """A head (2 CPUs, no GPU) and a GPU node (2 CPUs, 2 fake GPUs), for this module alone."""
-    if ray_binary() is None:
-        pytest.skip("the ray command is not installed: pip install 'vastrpc[ray]'")
-    made = start_cluster()
-    try:
+    with running_cluster() as made:
         yield made
-    finally:
-        made.stop()
 
 
 @pytest.fixture
