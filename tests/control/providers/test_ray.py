@@ -217,7 +217,12 @@ async def test_the_log_of_a_worker_on_another_machine_is_copied_from_where_its_l
     assert worker.log_offset == remote_log.stat().st_size
 
 
-async def test_an_adopted_worker_is_watched_its_log_copied_on_and_its_exit_reported(tmp_path: Path) -> None:
+async def test_an_adopted_worker_is_watched_its_log_copied_on_and_its_exit_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ray = pytest.importorskip("ray")
+    killed: list[Any] = []
+    monkeypatch.setattr(ray, "kill", lambda actor, no_restart=True: killed.append(actor))  # no cluster here
     remote_log = b"launch of another service\nstarting\nready\n"
     exited: concurrent.futures.Future[int] = concurrent.futures.Future()
     info = {"pid": 4321, "node_ip": "10.0.0.2", "node_id": "n" * 56, "log_start": 26, "log_size": len(remote_log)}
@@ -246,6 +251,7 @@ async def test_an_adopted_worker_is_watched_its_log_copied_on_and_its_exit_repor
     exited.set_result(0)
     await _until(lambda: _exited(exits), 5, "the exit callback")
     assert exits == [("w-1", 4321, 0)] and not provider.is_running("w-1")
+    assert killed == [actor]  # its actor ended once its agent exited
     # A worker with no actor (gone meanwhile) is left to its heartbeats.
     provider.adopt_worker("w-2", 7, ())
     await _until(lambda: _not_running(provider, "w-2"), 5, "giving up on the adoption")
