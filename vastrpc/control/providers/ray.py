@@ -326,10 +326,13 @@ class RayProvider:
         problem = placement.unmet(nodes)
         if problem is not None:
             raise DeploymentError(problem, step="placement")
-        await self._free_name(worker_id)
         # Detached: the cluster's, so that it outlives this service; its name finds it again.
         options = {"name": actor_name(worker_id), "namespace": NAMESPACE, "lifetime": "detached"}
-        actor = self._actor_class.options(**options, **placement.ray_options(nodes)).remote()
+        try:
+            actor = self._actor_class.options(**options, **placement.ray_options(nodes)).remote()
+        except ValueError:  # the name is taken: an earlier actor of this worker (restarted in its slot) still ends
+            await self._free_name(worker_id)
+            actor = self._actor_class.options(**options, **placement.ray_options(nodes)).remote()
         worker = self._workers[worker_id] = _Worker(actor)
         launch = {
             "worker_id": worker_id,
