@@ -12,8 +12,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 # A token in ~/.ray would switch Ray to token authentication; these nodes and their drivers
 # run without, whatever the machine holds (every process of the test sets the same mode).
@@ -45,6 +48,7 @@ class RayNode:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    killed: bool = False
 
     def stop(self) -> None:
         """SIGTERM the ``ray start --block`` process (it stops the node's processes), SIGKILL its group if stuck."""
@@ -56,6 +60,19 @@ class RayNode:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL every process of the node at once, as if its machine went away.
+
+        The whole tree under ``ray start``: the raylet, Ray's workers (actors) and what they
+        started in sessions of their own (worker agents, serving processes).
+        """
+        doomed = _descendants(self.process.pid)
+        for pid in [self.process.pid, *doomed]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
+        self.killed = True
 
 
 @dataclass
@@ -101,11 +118,37 @@ class RayCluster:
         """The ``ray start`` output of every node (for failure messages)."""
         return "\n".join(f"--- {n.name}\n{n.log_path.read_text(errors='replace')}" for n in self.nodes)
 
+    def start_gpu_node(self, name: str = "gpu", timeout: float = 120.0) -> RayNode:
+        """Start (again) a node like the GPU node, named ``name`` (a new one each time); returns once it is alive."""
+        ray = ray_binary()
+        assert ray is not None
+        gpu_labels = ",".join(f"{k}={v}" for k, v in GPU_NODE_LABELS.items())
+        second = ["--address", self.address, "--num-cpus", "2", "--num-gpus", str(GPU_NODE_GPUS)]
+        second += ["--resources", json.dumps({f"accelerator_type:{GPU_NODE_ACCELERATOR}": GPU_NODE_GPUS})]
+        second += ["--labels", gpu_labels]
+        alive = sum(1 for n in self.nodes if n.process.poll() is None)
+        node = _start_node(name, ray, self.root, second)
+        self.nodes.append(node)
+        _wait_nodes(self, alive + 1, timeout)
+        return node
+
     def stop(self) -> None:
         """Stop every node, the second one first, and remove the temp dirs."""
         for node in reversed(self.nodes):
             node.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_cluster() -> Iterator[RayCluster]:
+    """A cluster started for a test module (``start_cluster``) and stopped after it; skips without Ray."""
+    if ray_binary() is None:
+        pytest.skip("the ray command is not installed: pip install 'vastrpc[ray]'")
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def _start_node(name: str, ray: str, root: Path, args: list[str]) -> RayNode:
@@ -158,12 +201,7 @@ def start_cluster(timeout: float = 120.0) -> RayCluster:
     try:
         cluster.nodes.append(_start_node("head", ray, root, head))
         _wait_nodes(cluster, 1, timeout)
-        gpu_labels = ",".join(f"{k}={v}" for k, v in GPU_NODE_LABELS.items())
-        second = ["--address", cluster.address, "--num-cpus", "2", "--num-gpus", str(GPU_NODE_GPUS)]
-        second += ["--resources", json.dumps({f"accelerator_type:{GPU_NODE_ACCELERATOR}": GPU_NODE_GPUS})]
-        second += ["--labels", gpu_labels]
-        cluster.nodes.append(_start_node("gpu", ray, root, second))
-        _wait_nodes(cluster, 2, timeout)
+        cluster.start_gpu_node("gpu", timeout)
     except BaseException:
         logs = cluster.logs()
         cluster.stop()
@@ -171,11 +209,29 @@ def start_cluster(timeout: float = 120.0) -> RayCluster:
     return cluster
 
 
+def _descendants(root: int) -> list[int]:
+    """The pids of every process below ``root`` (children, theirs, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def _wait_nodes(cluster: RayCluster, count: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for node in cluster.nodes:
-            if node.process.poll() is not None:
+            if not node.killed and node.process.poll() is not None:
                 raise RuntimeError(f"ray start ({node.name}) exited with {node.process.returncode}")
         try:
             alive = cluster.run("result = sum(1 for n in ray.nodes() if n['Alive'])", timeout=60)

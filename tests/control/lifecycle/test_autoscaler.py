@@ -269,6 +269,8 @@ def test_measure_without_scores_counts_in_workers_worth() -> None:
 class FakeProvider:
     """Starts nothing: every worker is a row the test moves through its states."""
 
+    remote_workers = False
+
     def __init__(self, root: Path) -> None:
         self.on_exit = None
         self.root = root
@@ -667,7 +669,7 @@ async def test_an_endpoint_that_lost_its_workers_waits_retries_with_backoff_and_
     await setup.lifecycle.worker_exited("w-0", 0, -9)
     row = setup.endpoint_row(endpoint_id)
     assert row.state == "waiting" and row.failure_step == "serving"
-    assert row.failure_message == "its last worker was lost: worker process was killed by signal SIGKILL"
+    assert row.failure_message == "its last worker w-0 was lost: worker process was killed by signal SIGKILL"
 
     tries: list[float] = []
 

@@ -49,7 +49,7 @@ from vastrpc.query import (
     num_gpus,
 )
 
-from ..ray_cluster import GPU_NODE_ACCELERATOR, RAY_ENV, RayCluster, ray_binary, start_cluster
+from ..ray_cluster import GPU_NODE_ACCELERATOR, RAY_ENV, RayCluster, running_cluster
 
 # -- search filters (unit) ----------------------------------------------------------------
 
@@ -217,6 +217,59 @@ async def test_the_log_of_a_worker_on_another_machine_is_copied_from_where_its_l
     assert worker.log_offset == remote_log.stat().st_size
 
 
+async def test_an_adopted_worker_is_watched_its_log_copied_on_and_its_exit_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ray = pytest.importorskip("ray")
+    killed: list[Any] = []
+    monkeypatch.setattr(ray, "kill", lambda actor, no_restart=True: killed.append(actor))  # no cluster here
+    remote_log = b"launch of another service\nstarting\nready\n"
+    exited: concurrent.futures.Future[int] = concurrent.futures.Future()
+    info = {"pid": 4321, "node_ip": "10.0.0.2", "node_id": "n" * 56, "log_start": 26, "log_size": len(remote_log)}
+    actor = types.SimpleNamespace(
+        info=_Remote(lambda marker: {**info, "shared_files": False, "running": True}),
+        read_log=_Remote(lambda offset, limit: remote_log[offset : offset + limit]),
+        wait=types.SimpleNamespace(remote=lambda: types.SimpleNamespace(future=lambda: exited)),
+    )
+    exits: list[tuple[str, int, int]] = []
+    provider = RayProvider("127.0.0.1:1", tmp_path, on_exit=lambda *args: exits.append(args))
+
+    async def find(worker_id: str) -> Any:
+        return actor if worker_id == "w-1" else None
+
+    provider._find_actor = find  # type: ignore[method-assign]
+    provider.log_path("w-1").parent.mkdir(parents=True)
+    provider.log_path("w-1").write_bytes(b"copied by the service that placed it\n")
+    provider.adopt_worker("w-1", 99, ())
+    provider.adopt_worker("w-1", 99, ())  # once
+    assert provider.is_running("w-1")
+    await _until(lambda: _watched(provider, "w-1"), 5, "the adoption")
+    worker = provider._workers["w-1"]
+    assert (worker.pid, worker.node_ip, worker.mirror) == (4321, "10.0.0.2", True)
+    # Its log here is copied on from where the node's log is now, not again from its start.
+    assert worker.log_offset == len(remote_log)
+    exited.set_result(0)
+    await _until(lambda: _exited(exits), 5, "the exit callback")
+    assert exits == [("w-1", 4321, 0)] and not provider.is_running("w-1")
+    assert killed == [actor]  # its actor ended once its agent exited
+    # A worker with no actor (gone meanwhile) is left to its heartbeats.
+    provider.adopt_worker("w-2", 7, ())
+    await _until(lambda: _not_running(provider, "w-2"), 5, "giving up on the adoption")
+
+
+async def _watched(provider: RayProvider, worker_id: str) -> bool:
+    worker = provider._workers.get(worker_id)
+    return worker is not None and worker.watcher is not None
+
+
+async def _exited(exits: list[Any]) -> bool:
+    return bool(exits)
+
+
+async def _not_running(provider: RayProvider, worker_id: str) -> bool:
+    return not provider.is_running(worker_id)
+
+
 # -- on a real cluster (e2e) --------------------------------------------------------------
 
 _CLUSTER: dict[str, str] = {}
@@ -233,17 +286,12 @@ on_ray = pytest.mark.parametrize("control_service", [{"setup": _ray_flags, "env"
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[RayCluster]:
     """A head (2 CPUs, no GPU) and a GPU node (2 CPUs, 2 fake FAKEGPU GPUs) for the module."""
-    if ray_binary() is None:
-        pytest.skip("the ray command is not installed: pip install 'vastrpc[ray]'")
-    cluster = start_cluster()
-    try:
+    with running_cluster() as cluster:
         _CLUSTER["address"] = cluster.address
         addresses = cluster.run("result = sorted({n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']})")
         assert isinstance(addresses, list)
         _CLUSTER["node_ips"] = ",".join(addresses)
         yield cluster
-    finally:
-        cluster.stop()
 
 
 SOURCE = """
@@ -397,7 +445,7 @@ async def test_workers_spread_over_both_nodes_serve_calls_and_killed_ones_are_re
     victim = after_kill[0]
     serving = _children(victim["pid"])
     assert serving
-    (name,) = [a for a in _actors(ray_cluster) if a.startswith(f"vastrpc-{victim['worker_id']}-")]
+    (name,) = [a for a in _actors(ray_cluster) if a == f"vastrpc-{victim['worker_id']}"]
     ray_cluster.run(f"ray.kill(ray.get_actor({name!r})); result = 1")
     gone = {victim["worker_id"]}
     replaced = await _until(lambda: _replaced(project, mod.app, gone), 120, "a replacement of the killed actor")

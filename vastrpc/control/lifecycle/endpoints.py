@@ -457,6 +457,7 @@ class Lifecycle(Losses, Rollouts, Stopping):
             calls_started=calls_started,
         )
         endpoint = self.store.get_endpoint(worker.endpoint_id)
+        self.adopt_reporting(worker)  # when another service placed it
         return worker.state in ("stopped", "failed") or endpoint is None or endpoint.state == "stopped"
 
     def _check_ready(self, endpoint_id: str) -> None:

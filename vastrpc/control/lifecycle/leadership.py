@@ -159,14 +159,15 @@ def on_this_host(owner: str) -> bool:
     return not owner or owner.partition(":")[0] == socket.gethostname()
 
 
-def orphan_loss(worker: WorkerRow, now: float, heartbeat_timeout: float, *, me: str) -> str | None:
+def orphan_loss(worker: WorkerRow, now: float, heartbeat_timeout: float, *, me: str, local: bool = True) -> str | None:
     """Why a worker of a shared store is lost although its heartbeats alone would not say so yet; None if not.
 
     Its owner on this host is gone and its process with it (or never started: the owner died
-    between recording and starting it); or it never registered in ``6 × heartbeat_timeout``
+    between recording and starting it), for a worker that is a process of this host
+    (``local``: its pid is one here); or it never registered in ``6 × heartbeat_timeout``
     (at least a minute), wherever it runs.
     """
-    if worker.owner != me and owner_is_gone(worker.owner, me=me) and not pid_alive(worker.pid):
+    if local and worker.owner != me and owner_is_gone(worker.owner, me=me) and not pid_alive(worker.pid):
         return f"the control service that started it ({worker.owner or 'unknown'}) and the worker are gone"
     waited = now - worker.created_at
     if worker.last_heartbeat <= 0 and waited > max(60.0, 6 * heartbeat_timeout):

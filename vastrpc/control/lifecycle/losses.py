@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from vastrpc.control.lifecycle.leadership import JOINED, orphan_loss
 from vastrpc.control.lifecycle.rules import exit_message, read_log_tail
+from vastrpc.control.providers.base import Provider
 from vastrpc.control.stores.base import ACTIVE_WORKER_STATES, Store, WorkerRow
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ class Losses:
 
     if TYPE_CHECKING:
         store: Store
+        provider: Provider
         owner: str
         heartbeat_interval: float
         _shutting_down: bool
@@ -39,7 +41,9 @@ class Losses:
         for worker in self.store.list_workers(states=ACTIVE_WORKER_STATES):
             silent = now - worker.last_heartbeat
             message = f"no heartbeat for {silent:.0f}s (limit {self.heartbeat_timeout:g}s): hung, frozen or unreachable"
-            if self.store.shared and (orphaned := orphan_loss(worker, now, self.heartbeat_timeout, me=self.owner)):
+            local = not self.provider.remote_workers  # a worker's pid is a process of this host
+            timeout = self.heartbeat_timeout
+            if self.store.shared and (orphaned := orphan_loss(worker, now, timeout, me=self.owner, local=local)):
                 message = orphaned  # another service's worker left behind when that service died
             elif worker.last_heartbeat <= 0 or silent <= self.heartbeat_timeout:
                 continue
@@ -88,7 +92,7 @@ class Losses:
         if not ready and replace:
             self.store.update_endpoint(endpoint.id, state="deploying")
         elif not ready:
-            self._wait_for_capacity(endpoint.id, "serving", f"its last worker was lost: {message}")
+            self._wait_for_capacity(endpoint.id, "serving", f"its last worker {worker.id} was lost: {message}")
 
     def _wait_for_capacity(self, endpoint_id: str, step: str, reason: str) -> None:
         """The endpoint lost its workers and waits to place new ones; ``reason`` says for what."""

@@ -26,6 +26,7 @@ class Stopping:
         provider: Provider
         stop_grace: float
         owner: str
+        control_address: str
         _locks: defaultdict[str, asyncio.Lock]
         _events: dict[str, asyncio.Event]
         _foreign: dict[str, int]
@@ -80,6 +81,9 @@ class Stopping:
 
         On a shared store, only the workers of this host's control service processes that
         are gone: other services' are theirs, and other hosts' the leader judges by heartbeats.
+        Workers on other machines (``Provider.remote_workers``) that registered are left to
+        their heartbeats: they report here and are adopted (``adopt_reporting``), or their
+        silence fails them.
         """
         gone = []
         for worker in self.store.list_workers(exclude_states=("stopped",)):
@@ -88,7 +92,9 @@ class Stopping:
             if self.store.shared and owner_is_gone(worker.owner, me=self.owner) is not True:
                 continue
             unregistered = worker.state == "starting" and worker.last_heartbeat <= 0
-            if pid_alive(worker.pid) and not unregistered:
+            if self.provider.remote_workers and not unregistered:
+                continue  # its pid is a process of its node, not of this host
+            if pid_alive(worker.pid) and not unregistered and not self.provider.remote_workers:
                 self._foreign[worker.id] = worker.pid
                 # Its GPUs stay its own: the provider gives them to no worker it starts.
                 self.provider.adopt_worker(worker.id, worker.pid, worker.gpu_indices())
@@ -115,12 +121,40 @@ class Stopping:
         if gone:
             log.info("recovered: %d worker(s) of an earlier run are gone", len(gone))
 
+    def adopt_reporting(self, worker: WorkerRow) -> None:
+        """Take over a worker on another machine that reports here rather than to the service that placed it.
+
+        Its agent turned to this service (a ``--peer``) because its own was unreachable: that
+        one died or stopped, and its workers outlived it (``Provider.remote_workers``). From
+        now on this service owns it: watches its exit and log, stops it with its endpoint.
+        """
+        if (
+            not self.provider.remote_workers
+            or worker.owner in (self.owner, JOINED)
+            or worker.state in ("stopped", "failed")
+            or self.provider.is_running(worker.id)
+        ):
+            return
+        self.store.update_worker(worker.id, owner=self.owner)
+        self.provider.adopt_worker(worker.id, worker.pid, worker.gpu_indices())
+        log.info("adopted worker %s of %s: it reports to this service now", worker.id, worker.owner or "an earlier run")
+
     async def shutdown(self) -> None:
-        """Stop every worker this service runs (the service is stopping)."""
+        """Stop every worker this service runs (the service is stopping).
+
+        Except, with peers, the workers on other machines (``Provider.remote_workers``): they
+        outlive this service, their agents turn to a peer, and the peer adopts them.
+        """
         self._shutting_down = True
         # Watchers see the flag and end their streams instead of holding up the server's stop.
         for endpoint_id in list(self._events):
             self.changed(endpoint_id)
+        if self.provider.remote_workers and "," in self.control_address:
+            mine = [w for w in self.store.list_workers() if self.provider.is_running(w.id)]
+            peers = self.control_address.split(",")[1:]
+            log.info("leaving %d worker(s) to the peer(s) %s: they report there from now on", len(mine), peers)
+            await self._cancel_background()
+            return
         running = [w for w in self.store.list_workers() if self.provider.is_running(w.id) or w.id in self._foreign]
         with self.store.transaction():
             for worker in running:
@@ -133,6 +167,9 @@ class Stopping:
             self.provider.stop_all(self.stop_grace),
             *(self.provider.stop_worker(wid, self.stop_grace, pid=pid) for wid, pid in foreign.items()),
         )
+        await self._cancel_background()
+
+    async def _cancel_background(self) -> None:
         for task in list(self._background):
             task.cancel()
         if self._background:

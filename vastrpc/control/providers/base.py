@@ -33,10 +33,16 @@ class Provider(Protocol):
     """Places workers somewhere (local processes now, a cluster engine later).
 
     ``on_exit`` is called with ``(worker_id, pid, returncode)`` whenever a worker process
-    the provider started ends, whether it crashed, exited or was stopped.
+    the provider started (or adopted) ends, whether it crashed, exited or was stopped.
+
+    ``remote_workers`` is True for a provider whose workers run on other machines (Ray): a
+    worker's pid is not a process of this host, and the worker outlives the control service
+    that placed it. The service its agent turns to (a ``--peer``) adopts it
+    (``adopt_worker``); the providers whose workers are processes of this host leave it False.
     """
 
     on_exit: ExitCallback | None
+    remote_workers: bool
 
     async def start_worker(
         self, worker_id: str, token: str, control_address: str, *, requirements: Sequence[Query] | None = None
@@ -78,9 +84,12 @@ class Provider(Protocol):
         """The indices of its host's GPUs the worker holds (``CUDA_VISIBLE_DEVICES``); empty: none or unknown."""
 
     def adopt_worker(self, worker_id: str, pid: int, gpus: Iterable[int]) -> None:
-        """A worker started by an earlier control service runs on with ``gpus``: give them to no other worker.
+        """A worker started by another (or an earlier) control service runs on with ``gpus``: take it over.
 
-        Called at the service's start for each worker it adopts, with the GPUs its row records.
+        Local providers give its GPUs to no other worker; called at the service's start for
+        each worker it adopts, with the GPUs its row records. Remote ones (``remote_workers``)
+        watch it from then on as if they had placed it; called when such a worker reports to
+        this service rather than its own.
         """
 
     def log_path(self, worker_id: str) -> Path:

@@ -72,6 +72,9 @@ class LocalProcessProvider:
     ones back when they are still free.
     """
 
+    # Workers are processes of this host (see Provider).
+    remote_workers = False
+
     @classmethod
     def from_config(cls, config: ControlConfig, *, worker_command: Sequence[str] | None = None) -> LocalProcessProvider:
         """Workers under the service's home; ``worker_command`` replaces ``argv_prefix`` (tests' fake workers).

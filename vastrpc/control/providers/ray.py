@@ -1,207 +1,57 @@
 """RayProvider: each worker is a Ray actor on a cluster node that runs the worker agent there as a subprocess.
 
 The control service joins the cluster as a driver (lazily, off its event loop). Each
-worker is an actor owned by it, holding the CPUs, GPUs and memory the revision's
-requirements ask for (placement.py beside this module), spread across the nodes. The actor
-launches ``python -m vastrpc worker`` on its node with ``CUDA_VISIBLE_DEVICES`` set to the
-GPUs Ray gave it and ``VASTRPC_WORKER_HOST`` set to the node's address, which the worker
-serves calls on and registers with the control service; clients then call it directly.
-An actor dies with the control service (Ray's ownership), and its agent with the actor.
+worker is a detached actor named after it (``ray_host.py``), holding the CPUs, GPUs and
+memory the revision's requirements ask for (placement.py beside this module), spread across
+the nodes. The actor launches ``python -m vastrpc worker`` on its node with
+``CUDA_VISIBLE_DEVICES`` set to the GPUs Ray gave it and ``VASTRPC_WORKER_HOST`` set to the
+node's address, which the worker serves calls on and registers with the control service;
+clients then call it directly. The actor is the cluster's, not this driver's: it outlives
+the control service that placed it, and the service its agent turns to (a ``--peer``)
+adopts it by name (``adopt_worker``). Every path that ends a worker (stop, teardown, TTL,
+scale-down, failure) ends its actor; one nobody watches ends itself (``ray_host.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import importlib.util
 import inspect
 import logging
-import os
-import shutil
 import signal
+import socket
 import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vastrpc._errors import DefinitionError, DeploymentError
 from vastrpc._hostimage import image_warnings
-from vastrpc._process import module_argv, package_pythonpath
 from vastrpc._tls import TlsFiles, certificate_problems
-from vastrpc._workerenv import inherited_environ
 from vastrpc.api.v1 import control_pb2
-from vastrpc.config import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT, ControlConfig
-from vastrpc.control.providers.base import ENV_HOME, ExitCallback
+from vastrpc.config import ControlConfig
+from vastrpc.control.providers.base import ExitCallback
 from vastrpc.control.providers.placement import NodeInfo, Placement
+from vastrpc.control.providers.ray_host import ENV_RAY_NODE_ID, NAMESPACE, WorkerHost, actor_name
 from vastrpc.query import Query
-from vastrpc.serve.agent import ENV_WORKER_HOST
 
 __all__ = ["ENV_RAY_NODE_ID", "RayProvider", "WorkerHost"]
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "vastrpc"
-# The Ray node a worker runs on, in its environment.
-ENV_RAY_NODE_ID = "VASTRPC_RAY_NODE_ID"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 _WILDCARD = ("", "0.0.0.0", "::", "[::]")
 # How often the log of a worker on a node without this machine's files is copied here.
 _MIRROR_INTERVAL = 1.0
-_PR_SET_PDEATHSIG = 1
-
-
-class WorkerHost:
-    """The Ray actor that holds a worker's resources on its node and runs its agent there."""
-
-    def __init__(self) -> None:
-        self._proc: asyncio.subprocess.Process | None = None
-        self._exited: asyncio.Future[int] | None = None
-        self._log_path: Path | None = None
-        self._tls_dir: Path | None = None
-
-    async def start(self, launch: dict[str, Any]) -> dict[str, Any]:
-        """Launch the agent as ``launch`` says; returns its pid and where it runs."""
-        import ray
-
-        worker_id = launch["worker_id"]
-        home = Path(launch["home"])
-        log_dir = home / "logs" / "workers"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self._log_path = log_dir / f"{worker_id}.log"
-        node_ip = ray.util.get_node_ip_address()
-        node_id = ray.get_runtime_context().get_node_id()
-        gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-        # The node's allow-listed variables only: Ray's processes carry the cluster's settings
-        # and whatever the user who started it exported.
-        env = inherited_environ(os.environ)
-        env.update(launch["env"])
-        env[ENV_HOME] = str(home)
-        env[ENV_WORKER_HOST] = node_ip
-        env[ENV_RAY_NODE_ID] = node_id  # for the deployment's own code: which node it runs on
-        # Exactly the GPUs Ray gave this actor: none when it asked for none.
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
-        env.update(self._write_tls(home, worker_id, launch.get("tls")))
-        if (pythonpath := package_pythonpath(env)) is not None:
-            env["PYTHONPATH"] = pythonpath
-        argv = [*(launch["argv_prefix"] or [*module_argv("vastrpc"), "worker"])]
-        argv += ["--control", launch["control_address"], "--worker-id", worker_id, "--token-stdin"]
-        with self._log_path.open("ab") as out:
-            log_start = out.tell()  # where this launch's lines begin (a restart appends)
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            where = f"Ray node {node_ip} ({node_id[:12]}), GPUs [{','.join(gpu_ids)}]"
-            out.write(f"[vastrpc {stamp}] starting worker {worker_id} on {where}: {' '.join(argv)}\n".encode())
-            out.flush()
-            self._proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_parent_death_signal(),
-            )
-        # The token on the agent's stdin, never in its environment (/proc/<pid>/environ).
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(launch["token"].encode() + b"\n")
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            await self._proc.stdin.drain()
-        self._proc.stdin.close()
-        self._exited = asyncio.ensure_future(self._reap(self._proc))
-        marker = launch.get("marker") or ""
-        return {
-            "pid": self._proc.pid,
-            "node_id": node_id,
-            "node_ip": node_ip,
-            "gpu_ids": gpu_ids,
-            "log_start": log_start,
-            # The control service reads this log itself when the node shares its files.
-            "shared_files": bool(marker) and Path(marker).exists(),
-        }
-
-    def _write_tls(self, home: Path, worker_id: str, tls: Mapping[str, Any] | None) -> dict[str, str]:
-        """The control service's TLS files, written on this node for the agent; their ``VASTRPC_TLS_*``."""
-        if not tls:
-            return {}
-        folder = home / "ray-worker-tls" / worker_id
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._tls_dir = folder
-        env = {}
-        for key, name in (("ca", ENV_TLS_CA), ("cert", ENV_TLS_CERT), ("key", ENV_TLS_KEY)):
-            if tls.get(key) is not None:
-                path = folder / f"{key}.pem"
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(tls[key])
-                env[name] = str(path)
-        if tls.get("require_client_cert"):
-            env[ENV_TLS_REQUIRE_CLIENT_CERT] = "1"
-        return env
-
-    async def _reap(self, proc: asyncio.subprocess.Process) -> int:
-        returncode = await proc.wait()
-        # Whatever the agent left in its process group (a serving process) goes with it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        if self._tls_dir is not None:
-            shutil.rmtree(self._tls_dir, ignore_errors=True)
-        return returncode
-
-    async def wait(self) -> int:
-        """The agent's exit code, once it has exited."""
-        assert self._exited is not None
-        return await asyncio.shield(self._exited)
-
-    async def stop(self, grace: float) -> int:
-        """SIGTERM the agent's process group, SIGKILL it after ``grace`` seconds; returns its exit code."""
-        if self._proc is None or self._exited is None:
-            return 0
-        if not self._exited.done():
-            _signal_group(self._proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(asyncio.shield(self._exited), timeout=grace)
-            except TimeoutError:
-                _signal_group(self._proc.pid, signal.SIGKILL)
-        return await asyncio.shield(self._exited)
-
-    async def read_log(self, offset: int, limit: int) -> bytes:
-        """Up to ``limit`` bytes of the worker's log from ``offset``."""
-        if self._log_path is None:
-            return b""
-        try:
-            with self._log_path.open("rb") as f:
-                f.seek(offset)
-                return f.read(limit)
-        except OSError:
-            return b""
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """What the agent runs before exec so that it gets SIGTERM (drains, exits) when the actor's process dies.
-
-    Linux only (None elsewhere). prctl is looked up here, before the fork: the child of a
-    threaded process must not load libraries.
-    """
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def set_signal() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    return set_signal
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+# Seconds a new actor waits for an earlier one of the same worker (restarted in its slot) to give up its name.
+_NAME_RELEASE_TIMEOUT = 15.0
 
 
 @dataclass
 class _Worker:
+    # None while an adopted worker's actor is being looked up.
     actor: Any
     pid: int = 0
     node_ip: str = ""
@@ -227,10 +77,15 @@ class RayProvider:
         worker_tls: The control service's TLS files; their contents travel to each worker.
         on_exit: See Provider.
         placement_timeout: Seconds a worker may wait for a node with free resources.
+        linger: Seconds a worker's actor stays after its agent exited when nobody ends it
+            (``ray_host.WorkerHost``).
 
     Raises:
         DefinitionError: Ray is not installed (``pip install 'vastrpc[ray]'``).
     """
+
+    # Workers run on the cluster's nodes and outlive this service (see Provider).
+    remote_workers = True
 
     @classmethod
     def from_config(cls, config: ControlConfig, *, worker_command: Sequence[str] | None = None) -> RayProvider:
@@ -257,6 +112,7 @@ class RayProvider:
         worker_tls: TlsFiles | None = None,
         on_exit: ExitCallback | None = None,
         placement_timeout: float = 30.0,
+        linger: float = 30.0,
     ) -> None:
         if importlib.util.find_spec("ray") is None:
             raise DefinitionError("--provider ray needs Ray on this machine: pip install 'vastrpc[ray]'")
@@ -267,14 +123,19 @@ class RayProvider:
         self.worker_tls = worker_tls
         self.on_exit = on_exit
         self.placement_timeout = placement_timeout
+        self.linger = linger
         self.log_dir = self.home / "logs" / "workers"
         self._workers: dict[str, _Worker] = {}
         self._connected = False
         self._connect_lock = asyncio.Lock()
         self._actor_class: Any = None
         self._node_ip = ""
-        self._marker = self.log_dir / f".ray-files-{uuid.uuid4().hex[:12]}"
+        # A node that sees this file shares this machine's files (its workers' logs need no copying).
+        # One per host, never removed: the services of this host on this home, and their peers that
+        # adopt their workers, all ask with it.
+        self._marker = self.log_dir / f".ray-files-{socket.gethostname()}"
         self._checked_hosts: set[str] = set()
+        self._adopting: set[asyncio.Task[None]] = set()
 
     def isolation_warnings(self) -> list[str]:
         """Ray runs every worker as the user who started each node's Ray, with this home's path for its files."""
@@ -299,7 +160,70 @@ class RayProvider:
         return ()
 
     def adopt_worker(self, worker_id: str, pid: int, gpus: Iterable[int]) -> None:
-        """Nothing: Ray keeps an actor's GPUs for as long as it lives."""
+        """Watch a worker another control service placed, from now on, as one of this service's own.
+
+        Its actor is looked up by name in the background: from then on its exit is reported
+        (``on_exit``), its log copied here when its node does not share this machine's files,
+        and ``stop_worker`` ends it. Ray keeps its GPUs for as long as it lives. Nothing when
+        this service already watches it.
+        """
+        if worker_id in self._workers:
+            return
+        worker = self._workers[worker_id] = _Worker(None, pid=pid)
+        self._spawn(self._attach(worker_id, worker))
+
+    async def _attach(self, worker_id: str, worker: _Worker) -> None:
+        try:
+            actor = await self._find_actor(worker_id)
+        except DeploymentError as exc:
+            actor = None
+            log.warning("cannot adopt worker %s: %s", worker_id, exc)
+        if not worker.running:
+            return  # stopped while it was looked up: stop_worker ended it by name
+        if actor is None:
+            # Gone meanwhile (or the cluster is unreachable): its heartbeats' silence decides.
+            log.warning("cannot adopt worker %s: its Ray actor %s is gone", worker_id, actor_name(worker_id))
+            self._workers.pop(worker_id, None)
+            return
+        try:
+            info = await asyncio.wait_for(_result(actor.info.remote(str(self._marker))), 30)
+        except Exception as exc:  # noqa: BLE001 - it died meanwhile: its heartbeats' silence decides
+            log.warning("cannot adopt worker %s: its Ray actor does not answer (%s)", worker_id, type(exc).__name__)
+            self._workers.pop(worker_id, None)
+            return
+        worker.actor, worker.pid, worker.node_ip = actor, int(info["pid"]) or worker.pid, str(info["node_ip"])
+        worker.mirror = not info["shared_files"]
+        # A log copied here before (by the service that placed it, sharing this home) goes on from the
+        # node's log as it is now; none here yet: from the start of the agent's launch.
+        worker.log_offset = int(info["log_size"] if self.log_path(worker_id).exists() else info["log_start"])
+        worker.watcher = asyncio.create_task(self._watch(worker_id, worker), name=f"watch-{worker_id}")
+        log.info(
+            "adopted worker %s: its Ray actor %s on node %s (%s), agent pid %d",
+            worker_id,
+            actor_name(worker_id),
+            worker.node_ip,
+            str(info["node_id"])[:12],
+            worker.pid,
+        )
+
+    async def _find_actor(self, worker_id: str) -> Any:
+        """The worker's actor (by its name), None when there is none; DeploymentError: the cluster is unreachable."""
+        import ray
+
+        await self._connect()
+
+        def lookup() -> Any:
+            try:
+                return ray.get_actor(actor_name(worker_id), namespace=NAMESPACE)
+            except ValueError:
+                return None
+
+        return await asyncio.to_thread(lookup)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
 
     # -- the cluster ----------------------------------------------------------------------
 
@@ -402,8 +326,13 @@ class RayProvider:
         problem = placement.unmet(nodes)
         if problem is not None:
             raise DeploymentError(problem, step="placement")
-        name = f"vastrpc-{worker_id}-{uuid.uuid4().hex[:6]}"
-        actor = self._actor_class.options(name=name, **placement.ray_options(nodes)).remote()
+        # Detached: the cluster's, so that it outlives this service; its name finds it again.
+        options = {"name": actor_name(worker_id), "namespace": NAMESPACE, "lifetime": "detached"}
+        try:
+            actor = self._actor_class.options(**options, **placement.ray_options(nodes)).remote()
+        except ValueError:  # the name is taken: an earlier actor of this worker (restarted in its slot) still ends
+            await self._free_name(worker_id)
+            actor = self._actor_class.options(**options, **placement.ray_options(nodes)).remote()
         worker = self._workers[worker_id] = _Worker(actor)
         launch = {
             "worker_id": worker_id,
@@ -414,6 +343,7 @@ class RayProvider:
             "token": token,
             "tls": self._tls_contents(),
             "marker": str(self._marker),
+            "linger": self.linger,
         }
         try:
             info = await asyncio.wait_for(_result(actor.start.remote(launch)), self.placement_timeout)
@@ -521,11 +451,18 @@ class RayProvider:
     async def stop_worker(self, worker_id: str, grace: float, *, pid: int = 0) -> bool:
         """Ask the actor to stop the agent (SIGTERM, SIGKILL after ``grace``), then end the actor.
 
-        ``pid`` is ignored: a worker this provider did not start belongs to an earlier control
-        service, and its actor ended with it. Returns False when nothing was running.
+        A worker this service neither started nor adopted (another service's, or one of an
+        earlier run of this one) is found by its actor's name and stopped the same way.
+        ``pid`` is ignored: it is a process of the worker's node. Returns False when nothing
+        was running.
         """
         worker = self._workers.get(worker_id)
-        if worker is None or not worker.running:
+        if worker is not None and worker.actor is None:
+            self._forget(worker_id, worker)  # being adopted: _attach sees it was stopped
+            worker = None
+        if worker is None:
+            return await self._stop_by_name(worker_id, grace)
+        if not worker.running:
             return False
         if worker.watcher is None:
             self._forget(worker_id, worker)  # still being placed: start_worker sees it was stopped
@@ -537,14 +474,49 @@ class RayProvider:
         self._forget(worker_id, worker)
         return True
 
+    async def _stop_by_name(self, worker_id: str, grace: float) -> bool:
+        import ray
+
+        try:
+            actor = await self._find_actor(worker_id)
+        except DeploymentError as exc:
+            log.warning("cannot stop worker %s: %s", worker_id, exc)
+            return False
+        if actor is None:
+            return False
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(_result(actor.stop.remote(grace)), grace + 10)
+        with contextlib.suppress(Exception):
+            ray.kill(actor, no_restart=True)
+        log.info("stopped worker %s through its Ray actor %s", worker_id, actor_name(worker_id))
+        return True
+
+    async def _free_name(self, worker_id: str) -> None:
+        """End an earlier actor of this worker (restarted in its slot) and wait until its name is free.
+
+        Raises:
+            DeploymentError: (step ``placement``) the name is still taken after ``_NAME_RELEASE_TIMEOUT``.
+        """
+        import ray
+
+        deadline = time.monotonic() + _NAME_RELEASE_TIMEOUT
+        while (actor := await self._find_actor(worker_id)) is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+            if time.monotonic() > deadline:
+                raise DeploymentError(
+                    f"the Ray actor {actor_name(worker_id)} of an earlier start of worker {worker_id} "
+                    f"did not end within {_NAME_RELEASE_TIMEOUT:g}s",
+                    step="placement",
+                )
+            await asyncio.sleep(0.2)
+
     async def stop_all(self, grace: float) -> None:
-        """Stop every worker at once, then wait for their exit callbacks."""
+        """Stop every worker this service placed or adopted at once, then wait for their exit callbacks."""
         watchers = [w.watcher for w in self._workers.values() if w.watcher is not None]
         await asyncio.gather(*(self.stop_worker(wid, grace) for wid in list(self._workers)))
         if watchers:
             await asyncio.wait(watchers, timeout=grace)
-        with contextlib.suppress(OSError):
-            self._marker.unlink()
 
 
 async def _result(ref: Any) -> Any:
