@@ -449,7 +449,7 @@ class Router:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        conns, self.workers = list(self.workers.values()), {}
+        conns, self.workers = list(self.workers.values()), WorkerPool()
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
 
 

@@ -76,6 +76,8 @@ class Lifecycle(Losses, Rollouts, Stopping):
         provider.on_exit = self.worker_exited
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._events: dict[str, asyncio.Event] = {}
+        # Changes of each endpoint so far: what tells a watch its shared snapshot is stale.
+        self._versions: dict[str, int] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._shutting_down = False
         # Workers of an earlier run of the service still alive at startup: not our children,
@@ -98,8 +100,13 @@ class Lifecycle(Losses, Rollouts, Stopping):
             event = self._events[endpoint_id] = asyncio.Event()
         return event
 
+    def change_version(self, endpoint_id: str) -> int:
+        """How many changes of the endpoint this service has seen: it grows at each ``changed``."""
+        return self._versions.get(endpoint_id, 0)
+
     def changed(self, endpoint_id: str) -> None:
         """Wake the endpoint's watchers."""
+        self._versions[endpoint_id] = self._versions.get(endpoint_id, 0) + 1
         event = self._events.pop(endpoint_id, None)
         if event is not None:
             event.set()
