@@ -66,16 +66,17 @@ def control_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     ``@pytest.mark.parametrize("control_service", [{"worker_command": [...]}], indirect=True)``:
     ``worker_command`` (argv prefix that starts a worker instead of ``python -m vastrpc worker``),
     ``args`` (more ``control serve`` flags, e.g. ``["--bundle-grace", "0"]``), ``setup`` (called
-    with ``tmp_path`` before the start; returns more flags, e.g. for files it wrote there) and
-    ``env`` (extra environment variables), ``worker_user`` (True: run workers as the
-    default separate user, as a service run as root does unless told otherwise; by default
-    they run as this user, ``--no-worker-user``, so that tests may hand them files under
-    ``tmp_path``).
+    with ``tmp_path`` before the start; returns more flags, e.g. for files it wrote there),
+    ``env`` (extra environment variables), ``cwd`` (the folder under ``tmp_path`` it starts
+    in, made by ``setup``) and ``worker_user`` (True: run workers as the default separate
+    user, as a service run as root does unless told otherwise; by default they run as this
+    user, ``--no-worker-user``, so that tests may hand them files under ``tmp_path``). It
+    starts as vastrpc starts its own processes: ``python -P -m vastrpc``.
     """
     options = getattr(request, "param", None) or {}
     home = tmp_path / "home"
     log_path = tmp_path / "control.log"
-    argv = [sys.executable, "-m", "vastrpc", "control", "serve", "--home", str(home), "--port", "0"]
+    argv = [sys.executable, "-P", "-m", "vastrpc", "control", "serve", "--home", str(home), "--port", "0"]
     if options.get("worker_command"):
         argv += ["--worker-command", shlex.join(options["worker_command"])]
     argv += list(options.get("args", ()))
@@ -87,7 +88,10 @@ def control_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.update(options.get("env", {}))
     with log_path.open("ab") as log:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+        cwd = tmp_path / options["cwd"] if options.get("cwd") else None
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd
+        )
     try:
         deadline = time.monotonic() + 20
         info: dict[str, object] = {}

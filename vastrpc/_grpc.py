@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from vastrpc._errors import (
     AuthenticationError,
@@ -170,11 +173,66 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         method = handler_call_details.method
         handler = await continuation(handler_call_details)
-        if handler is None or method.startswith(_OPEN_PREFIXES):
+        if handler is None:
             return handler
+        if method.startswith(_OPEN_PREFIXES):
+            return _parsing_handler(handler)
         if self._authorize(method, token_from_metadata(handler_call_details.invocation_metadata)):
-            return handler
+            return _parsing_handler(handler)
         return _rejecting_handler(handler)
+
+
+def _parsing_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The same handler, parsing its requests itself: a frame that is no such message answers INTERNAL.
+
+    gRPC would answer UNKNOWN ("Unexpected DecodeError"), which tells a client nothing about
+    whose fault it was; the contract (RELIABILITY.md) promises INTERNAL and says why.
+    """
+    parse = handler.request_deserializer
+    if parse is None:
+        return handler
+    message_type = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+    name = message_type.full_name if message_type is not None else "request"
+
+    async def one(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return parse(raw)
+        except DecodeError as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, f"a frame of this call is not a valid {name}: {exc}")
+
+    async def many(raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for raw in raws:
+            yield await one(raw, context)
+
+    if handler.request_streaming:
+        inner = handler.stream_stream if handler.response_streaming else handler.stream_unary
+
+        async def requests(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+            return many(raw, context)
+
+    else:
+        inner = handler.unary_stream if handler.response_streaming else handler.unary_unary
+        requests = one
+
+    if handler.response_streaming and inspect.isasyncgenfunction(inner):
+
+        async def streamed(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for response in inner(await requests(raw, context), context):
+                yield response
+
+        behavior: Callable[..., Any] = streamed
+    else:
+
+        async def behavior(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await inner(await requests(raw, context), context)
+
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return make(behavior, response_serializer=handler.response_serializer)
 
 
 def _rejecting_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -190,6 +248,48 @@ def _rejecting_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(reject)
     return grpc.unary_unary_rpc_method_handler(reject)
+
+
+# Reflection v1 (what newer grpcurl and Postman ask for first) has v1alpha's messages under another package.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+_V1ALPHA = ".grpc.reflection.v1alpha."
+
+
+def _serve_reflection(names: list[str], server: grpc.aio.Server) -> None:
+    """Serve server reflection as v1 and v1alpha: one servicer, the same messages on the wire."""
+    _add_reflection_v1_descriptor()
+    servicer = reflection.aio.ReflectionServicer([*names, reflection.SERVICE_NAME, REFLECTION_V1])
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    info = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": info}),)
+    )
+
+
+def _add_reflection_v1_descriptor() -> None:
+    """Put grpc/reflection/v1/reflection.proto in the default pool (v1alpha's, renamed) so reflection describes it."""
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName("grpc/reflection/v1/reflection.proto")
+        return  # added already (another server of this process), or shipped by a newer grpcio-reflection
+    except KeyError:
+        pass
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name, proto.package = "grpc/reflection/v1/reflection.proto", "grpc.reflection.v1"
+    proto.options.Clear()
+    for message in proto.message_type:
+        for field in message.field:
+            if field.HasField("type_name"):
+                field.type_name = field.type_name.replace(_V1ALPHA, ".grpc.reflection.v1.")
+    for method in proto.service[0].method:
+        method.input_type = method.input_type.replace(_V1ALPHA, ".grpc.reflection.v1.")
+        method.output_type = method.output_type.replace(_V1ALPHA, ".grpc.reflection.v1.")
+    pool.Add(proto)
 
 
 async def start_server(
@@ -219,7 +319,7 @@ async def start_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if enable_reflection:
-        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        _serve_reflection([*names, health.SERVICE_NAME], server)
     if tls is None:
         port = server.add_insecure_port(address)
     else:

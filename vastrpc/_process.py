@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import os
+import sys
 import sysconfig
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["package_pythonpath", "pid_alive"]
+__all__ = ["module_argv", "package_pythonpath", "pid_alive"]
+
+
+def module_argv(module: str, python: str = sys.executable) -> list[str]:
+    """``python -P -m module``: how vastrpc starts its own processes (control service, agents, serving).
+
+    Plain ``-m`` puts the working directory first on the import path, so a ``vastrpc/``
+    folder there (a checkout, a project's own package) would be imported instead of this
+    vastrpc. ``-P`` (Python 3.11+, which vastrpc requires) leaves it off; ``PYTHONPATH`` still
+    counts, and a serving process puts its bundle on the path itself.
+    """
+    return [python, "-P", "-m", module]
 
 
 def pid_alive(pid: int) -> bool:

@@ -16,6 +16,8 @@ ENV_HOME = "VASTRPC_HOME"
 ENV_CONTROL_ADDRESS = "VASTRPC_CONTROL_ADDRESS"
 ENV_API_KEY = "VASTRPC_API_KEY"
 ENV_PROGRESS = "VASTRPC_PROGRESS"
+# The dashboard's port for `vastrpc control serve` ("off": none); the embedded service defaults to 0 (any).
+ENV_DASHBOARD_PORT = "VASTRPC_DASHBOARD_PORT"
 _PROGRESS_MODES = ("auto", "live", "plain", "off")
 # TLS files of a client (the CA to trust; a certificate and key for mutual TLS). The local
 # provider sets them for the workers it starts, with VASTRPC_TLS_REQUIRE_CLIENT_CERT.
@@ -142,6 +144,9 @@ class ControlConfig:
         ray_address: The Ray cluster's address (``host:port`` of its GCS), for ``provider="ray"``.
         metrics_port: Serve Prometheus metrics over HTTP on this port (0 picks a free one);
             None serves none.
+        dashboard_port: Serve the live web page (deployments, workers, call charts, logs;
+            the API key required) on this port, on the ``host`` interface (0 picks a free
+            one); None serves none. Plain HTTP on loopback, HTTPS with ``tls`` elsewhere.
         peers: ``host:port`` of the other control services on the same (PostgreSQL) store:
             workers this one starts turn to them, in order, when it stops answering, and keep
             serving without a restart.
@@ -174,6 +179,7 @@ class ControlConfig:
     provider: str = "local"
     ray_address: str | None = None
     metrics_port: int | None = None
+    dashboard_port: int | None = None
     peers: tuple[str, ...] = ()
     inventory_file: Path | None = None
     container_runtime: str | None = None

@@ -17,4 +17,4 @@ if [ -n "$missing" ]; then
     echo "vastrpc worker: set$missing (see worker/README.md)" >&2
     exit 2
 fi
-exec "${PYTHON:-python3}" -m vastrpc worker --control "$VASTRPC_CONTROL_ADDRESS" --join "$VASTRPC_JOIN" "$@"
+exec "${PYTHON:-python3}" -P -m vastrpc worker --control "$VASTRPC_CONTROL_ADDRESS" --join "$VASTRPC_JOIN" "$@"

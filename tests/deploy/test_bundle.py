@@ -330,7 +330,7 @@ def test_copies_to_absolute_paths_are_stored_under_the_reserved_folder(tmp_path:
 
 
 def test_absolute_copies_extract_inside_the_workers_folder_only(tmp_path: Path) -> None:
-    from vastrpc.serve.install import safe_extract
+    from vastrpc.serve.extract import safe_extract
 
     write(tmp_path / "p" / "deploy.py", "")
     write(tmp_path / "p" / "cfg.json", "{}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -94,7 +96,7 @@ def test_a_dead_service_is_replaced(home) -> None:
 
 
 def test_a_service_that_cannot_start_reports_its_log(home) -> None:
-    home.mkdir()
+    home.mkdir(mode=0o700)  # private, as vastrpc makes it: no warning about an open home here
     (home / "api_key").mkdir()  # the service cannot read its key and exits
     with pytest.raises(ControlUnavailableError) as info:
         ensure_control(home, timeout=10)
@@ -106,3 +108,33 @@ def test_stale_control_json_is_not_trusted(home) -> None:
     (home / "control.json").write_text(json.dumps({"address": "127.0.0.1:1", "pid": os.getpid(), "started_at": 0}))
     assert control_status(home) is None  # our own pid is alive, but nothing answers there
     assert stop_control(home) is False  # and it is not a control service: never signalled
+
+
+def test_the_embedded_service_serves_its_dashboard_on_loopback_unless_turned_off(home, monkeypatch) -> None:
+    monkeypatch.delenv("VASTRPC_DASHBOARD_PORT", raising=False)
+    local = ensure_control(home)
+    url = read_control_info(home)["dashboard_url"]
+    assert url.startswith("http://127.0.0.1:") and control_status(home)["dashboard_url"] == url
+    for key, status in ((None, 401), (local.api_key, 200)):
+        connection = http.client.HTTPConnection(url.removeprefix("http://").rstrip("/"), timeout=10)
+        connection.request("GET", "/api/deployments", headers={"Authorization": f"Bearer {key}"} if key else {})
+        assert connection.getresponse().status == status
+        connection.close()
+    assert stop_control(home)
+
+    monkeypatch.setenv("VASTRPC_DASHBOARD_PORT", "off")
+    ensure_control(home)
+    assert "dashboard_url" not in read_control_info(home)
+    assert stop_control(home)
+
+
+def test_an_open_home_is_warned_about_and_what_vastrpc_makes_there_is_private(home) -> None:
+    home.mkdir(mode=0o755)
+    os.chmod(home, 0o755)  # made by someone else before, world-readable
+    with pytest.warns(UserWarning, match=rf"{home} is open to other users \(mode 755\).*chmod 700 {home}"):
+        ensure_control(home)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o755  # the user's folder: warned about, not changed
+    for made in ("control.log", "state.db", "api_key"):
+        assert stat.S_IMODE((home / made).stat().st_mode) == 0o600, made
+    assert stat.S_IMODE((home / "bundles").stat().st_mode) == 0o700
+    assert stop_control(home) is True

@@ -33,10 +33,12 @@ async def square(x: int) -> int:
 
 async def test_deploy_steps_logged_then_tier0_touches_nothing(project, caplog) -> None:
     mod = project(SQUARE)
-    caplog.set_level(logging.INFO, logger="vastrpc.deploy")
+    # The steps are logged (at DEBUG while the deploy shows its progress on stderr).
+    caplog.set_level(logging.DEBUG, logger="vastrpc.deploy")
     first = await mod.app.ensure_ready()
+    names = ("package", "hash", "register", "upload", "provision", "ready")
     steps = [r.getMessage().split(":")[0] for r in caplog.records if r.name == "vastrpc.deploy"]
-    assert steps == ["package", "hash", "register", "upload", "provision", "ready"]
+    assert [step for step in steps if step in names] == list(names)
     assert first.tier == 4 and first.uploaded and first.workers_started == 1
     assert await mod.square(5) == 25
     workers_before = await project.workers(mod.app)

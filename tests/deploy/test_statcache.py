@@ -263,7 +263,7 @@ async def test_ensure_ready_packages_from_the_cache_and_uploads_lazily(
 ) -> None:
     mod = project(SQUARE)
     settle(Path(mod.__file__).parent)
-    caplog.set_level(logging.INFO, logger="vastrpc.deploy")
+    caplog.set_level(logging.DEBUG, logger="vastrpc.deploy")
     first = await mod.app.ensure_ready()
     assert first.uploaded and "from stat cache" not in caplog.text
 

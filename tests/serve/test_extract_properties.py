@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vastrpc import BundleError
-from vastrpc.serve.install import safe_extract
+from vastrpc.serve.extract import safe_extract
 
 name_part = st.sampled_from(["a", "b", "..", ".", "", "etc", "x y", "ü", "/", "//", "../..", "~"])
 names = st.lists(name_part, min_size=1, max_size=5).map("/".join)

@@ -332,4 +332,6 @@ def print_status(status: dict[str, Any], home: Path) -> None:
         print(f"  role      {'leader' if status['leader'] else 'follower (another service leads)'}")
     if status.get("metrics_address"):
         print(f"  metrics   http://{status['metrics_address']}/metrics")
+    if status.get("dashboard_url"):
+        print(f"  dashboard {status['dashboard_url']} (sign in with the API key in {home / 'api_key'})")
     print(f"  home      {home}")

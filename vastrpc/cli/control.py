@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vastrpc.cli.exit_codes import EXIT_OK, EXIT_UNREACHABLE, Failure
+from vastrpc.config import ENV_DASHBOARD_PORT
 
 __all__ = ["add_commands"]
 
@@ -141,6 +142,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
         help=f"serve Prometheus metrics over HTTP on this port (0: any; default ${ENV_METRICS_PORT}, which also "
         "turns them on for the embedded service)",
     )
+    serve.add_argument(
+        "--dashboard-port",
+        type=_port_or_off,
+        default=os.environ.get(ENV_DASHBOARD_PORT) or None,
+        metavar="PORT",
+        help=f"serve the live web page on this port, on --host, the API key required (0: any; off: none; "
+        f"default ${ENV_DASHBOARD_PORT}, else none; the embedded service defaults to 0)",
+    )
     # For tests: the command that starts a worker agent, instead of `python -m vastrpc worker`.
     serve.add_argument("--worker-command", default=os.environ.get(ENV_WORKER_COMMAND), help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
@@ -161,6 +170,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
     )
     cert.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to write cert.pem, key.pem, ca.pem")
     cert.set_defaults(func=_issue_cert)
+
+
+def _port_or_off(text: str) -> int | None:
+    """A ``--dashboard-port`` value: a port number, or ``off`` for none."""
+    if text.strip().lower() in ("off", "none", ""):
+        return None
+    if not text.strip().isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give 0 to 65535 (0: any free port), or off")
+    return int(text)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -194,6 +212,7 @@ def _serve(args: argparse.Namespace) -> int:
         provider=args.provider,
         ray_address=args.ray_address,
         metrics_port=args.metrics_port,
+        dashboard_port=args.dashboard_port,
         peers=tuple(args.peer),
         inventory_file=Path(args.inventory).expanduser().resolve() if args.inventory else None,
         container_runtime=args.container_runtime or None,
@@ -267,7 +286,18 @@ def _status(args: argparse.Namespace) -> int:
             print(f"not running (home {home})")
         return EXIT_UNREACHABLE
     if args.json:
-        keys = ("address", "pid", "tls", "tls_ca", "tls_client_cert", "leader", "metrics_address", "started_at", "home")
+        keys = (
+            "address",
+            "pid",
+            "tls",
+            "tls_ca",
+            "tls_client_cert",
+            "leader",
+            "metrics_address",
+            "dashboard_url",
+            "started_at",
+            "home",
+        )
         print_json({"running": True, **{k: status.get(k) for k in keys}})
         return EXIT_OK
     print_status(status, home)

@@ -143,6 +143,21 @@ class CallTotals:
             below = max(grown, below)
         series.total += max(new.duration_sum - (old.duration_sum if old is not None else 0.0), 0.0)
 
+    def by_endpoint(self) -> dict[Labels, tuple[dict[str, int], list[int]]]:
+        """Per (deployment, tag), functions added up: calls so far by outcome, and per duration bucket.
+
+        The bucket counts are not cumulative; the last is the calls above ``DURATION_BUCKETS[-1]``.
+        """
+        out: dict[Labels, tuple[dict[str, int], list[int]]] = {}
+        for (deployment, tag, _, outcome), count in self._calls.items():
+            outcomes, _ = out.setdefault((deployment, tag), ({}, [0] * (len(DURATION_BUCKETS) + 1)))
+            outcomes[outcome] = outcomes.get(outcome, 0) + count
+        for (deployment, tag, _), series in self._durations.items():
+            _, counts = out.setdefault((deployment, tag), ({}, [0] * (len(DURATION_BUCKETS) + 1)))
+            for i, count in enumerate(series.counts):
+                counts[i] += count
+        return out
+
     def collect(self) -> Iterator[Metric]:
         """The ``vastrpc_calls_total`` and ``vastrpc_call_duration_seconds`` families."""
         calls = CounterMetricFamily(

@@ -15,12 +15,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from vastrpc._files import exposed_home
 from vastrpc._grpc import start_server
+from vastrpc._http import HttpServer, dial_host
 from vastrpc._metrics import MetricsServer, start_metrics_server
 from vastrpc._tls import TlsFiles, certificate_problems
 from vastrpc.api.v1 import control_pb2, control_pb2_grpc
 from vastrpc.config import ControlConfig
 from vastrpc.control.backends import open_blobs, open_provider, open_store
+from vastrpc.control.dashboard import CallRates, Dashboard, start_dashboard
 from vastrpc.control.lifecycle.autoscaler import Autoscaler
 from vastrpc.control.lifecycle.endpoints import Lifecycle
 from vastrpc.control.lifecycle.leadership import Leadership
@@ -105,20 +108,11 @@ def _remove_if_ours(path: Path) -> None:
         pass
 
 
-def _client_host(host: str) -> str:
-    """The host local clients and workers dial for a server listening on ``host``."""
-    if host in ("", "0.0.0.0", "::", "[::]"):
-        return "127.0.0.1"
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]"
-    return host
-
-
 async def _serve_metrics(metrics: ControlMetrics, host: str, port: int) -> MetricsServer:
     """Serve ``/metrics`` and the workers' metrics endpoints (``/targets``, Prometheus HTTP SD) on ``host:port``."""
     try:
         server = await start_metrics_server(
-            metrics.registry, host, port, advertise_host=_client_host(host), routes={"/targets": metrics.targets}
+            metrics.registry, host, port, advertise_host=dial_host(host), routes={"/targets": metrics.targets}
         )
     except OSError as exc:
         raise OSError(
@@ -161,6 +155,8 @@ async def serve(
     """
     home = Path(config.home)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if (exposed := exposed_home(home)) is not None:
+        log.warning("%s", exposed)
     api_key = resolve_api_key(config)
     store = open_store(config)
     blobs = open_blobs(config)
@@ -187,8 +183,10 @@ async def serve(
     autoscaler = Autoscaler(
         store, lifecycle, interval=config.autoscale_interval, scale_down_delay=config.scale_down_delay
     )
-    # A registry of this service's own: never prometheus_client's process-wide default.
-    metrics = ControlMetrics(store) if config.metrics_port is not None else None
+    # A registry of this service's own: never prometheus_client's process-wide default. The
+    # dashboard's charts need it too: with it, workers report their calls in their heartbeats.
+    wanted = config.metrics_port is not None or config.dashboard_port is not None
+    metrics = ControlMetrics(store) if wanted else None
     service = ControlService(lifecycle, api_key, reaper, autoscaler, metrics)
     interceptors = [metrics.interceptor()] if metrics is not None else []
 
@@ -217,7 +215,7 @@ async def serve(
             raise
         log.info("the previous port %d is taken; listening on another", previous)
         server, port, health = await listen(bind(config.port))
-    address = f"{_client_host(config.host)}:{port}"
+    address = f"{dial_host(config.host)}:{port}"
     # Workers report here, and to the peers (in order) should this service go away.
     lifecycle.control_address = ",".join([address, *config.peers])
     info_path = home / "control.json"
@@ -240,12 +238,25 @@ async def serve(
     )
     changes_task = asyncio.create_task(store.follow_changes(lifecycle.changed), name="vastrpc-store-changes")
     metrics_server: MetricsServer | None = None
+    dashboard_server: HttpServer | None = None
+    sampler: asyncio.Task[None] | None = None
     try:
         # Written only now that the port is bound: whoever reads it can connect at once.
         info: dict[str, object] = {"address": address, "pid": os.getpid(), "started_at": time.time(), **tls_info}
         if metrics is not None and config.metrics_port is not None:
             metrics_server = await _serve_metrics(metrics, config.host, config.metrics_port)
             info["metrics_address"] = metrics_server.address
+        if metrics is not None and config.dashboard_port is not None:
+            # Samples a little slower than heartbeats arrive: each holds about as many of them.
+            rates = CallRates(metrics.calls.by_endpoint, interval=max(1.0, 2 * config.heartbeat_interval))
+            sampler = asyncio.create_task(rates.run(), name="vastrpc-dashboard-rates")
+            dashboard = Dashboard(
+                store, api_key, rates, lifecycle.provider.log_path, stopping=lambda: lifecycle.shutting_down
+            )
+            dashboard_server, info["dashboard_url"] = await start_dashboard(
+                dashboard, config.host, config.dashboard_port, config.tls
+            )
+            log.info("dashboard at %s (the API key required)", info["dashboard_url"])
         info["leader"] = leadership.is_leader
         _write_json_atomically(info_path, info)
         bound = f"{config.host or '0.0.0.0'}:{address.rsplit(':', 1)[1]}"
@@ -269,6 +280,11 @@ async def serve(
             await server.stop(SERVER_STOP_GRACE)
             if metrics_server is not None:
                 await metrics_server.close()
+            if sampler is not None:
+                sampler.cancel()
+                await asyncio.gather(sampler, return_exceptions=True)
+            if dashboard_server is not None:
+                await dashboard_server.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             _remove_if_ours(info_path)

@@ -32,17 +32,18 @@ from vastrpc.control.lifecycle.autoscaler import Autoscaler, wake
 from vastrpc.control.lifecycle.endpoints import Lifecycle
 from vastrpc.control.lifecycle.reaper import Reaper
 from vastrpc.control.lifecycle.rules import ENDPOINT_STATE_VALUES, WORKER_STATE_VALUES
+from vastrpc.control.lifecycle.tiers import registered_tier
 from vastrpc.control.logtail import LogFollower
 from vastrpc.control.metrics import ControlMetrics
 from vastrpc.control.snapshots import Snapshot, Snapshots
-from vastrpc.control.stores.base import EndpointRow, RevisionRow, WorkerRow
+from vastrpc.control.stores.base import EndpointRow, WorkerRow
 
 __all__ = ["WORKER_METHODS", "ControlService"]
 
 log = logging.getLogger(__name__)
 
 _PREFIX = "/vastrpc.api.v1.ControlService/"
-# The methods a worker token admits (for its own worker only, checked in the handlers).
+# The methods a worker token admits: for its own worker, and within its endpoint (checked in the handlers).
 WORKER_METHODS = frozenset(
     _PREFIX + m for m in ("RegisterWorker", "UpdateWorker", "Heartbeat", "WatchWorker", "DownloadBundle")
 )
@@ -140,13 +141,21 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         """
         return hmac.new(self._api_key.encode(), f"endpoint:{endpoint.token}".encode(), hashlib.sha256).hexdigest()
 
-    def _check_worker(self, context: grpc.aio.ServicerContext, worker_id: str) -> None:
+    def _caller_worker(self, context: grpc.aio.ServicerContext) -> WorkerRow | None:
+        """The worker whose token the call presents; None for the API key (which may act on any)."""
         token = token_from_metadata(context.invocation_metadata())
         if tokens_equal(token, self._api_key):
-            return
+            return None
         worker = self.lifecycle.authorize_worker_token(token)
-        if worker is None or worker.id != worker_id:
+        if worker is None:  # the AuthInterceptor let it in, and the worker is gone since
+            raise AuthenticationError("this worker token belongs to no worker any more")
+        return worker
+
+    def _check_worker(self, context: grpc.aio.ServicerContext, worker_id: str) -> WorkerRow | None:
+        worker = self._caller_worker(context)
+        if worker is not None and worker.id != worker_id:
             raise AuthenticationError(f"this worker token does not belong to worker {worker_id!r}")
+        return worker
 
     # -- deployments ------------------------------------------------------------------
 
@@ -207,6 +216,9 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.DownloadBundleRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[control_pb2.DownloadBundleResponse]:
         try:
+            # A worker token reaches only the bundles of the revisions its worker serves or moves to.
+            if (worker := self._caller_worker(context)) is not None:
+                self.lifecycle.check_worker_bundle(worker, request.digest)
             # A store that hands out URLs (S3): the worker fetches the bundle from it directly.
             url = await asyncio.to_thread(self.blobs.download_url, request.digest)
             if url is not None:
@@ -363,7 +375,9 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     async def UpdateWorker(
         self, request: control_pb2.UpdateWorkerRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.UpdateWorkerResponse:
-        self._check_worker(context, request.worker_id)
+        worker = self._check_worker(context, request.worker_id)
+        if worker is not None and request.revision_id:
+            self.lifecycle.check_worker_revision(worker, request.revision_id)
         self.lifecycle.update_worker(
             request.worker_id,
             request.state,
@@ -447,7 +461,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                     entry.autoscaling.CopyFrom(spec.autoscaling)
                     entry.ttl = spec.ttl
                     entry.version_label = spec.version_label
-                    entry.live_revision_tier = _live_revision_tier(  # type: ignore[assignment]
+                    entry.live_revision_tier = registered_tier(  # type: ignore[assignment]
                         self.store.list_revisions(endpoint.id), revision
                     )
         return response
@@ -524,25 +538,6 @@ def _endpoint_failure(endpoint: EndpointRow) -> common_pb2.Failure | None:
     return common_pb2.Failure(
         step=endpoint.failure_step, message=endpoint.failure_message, log_tail=endpoint.failure_log_tail
     )
-
-
-def _live_revision_tier(revisions: list[RevisionRow], live: RevisionRow) -> int:
-    """The tier ``live`` was registered with; for revisions stored before tiers were, what the digests tell."""
-    if live.tier:
-        return live.tier
-    ids = [r.id for r in revisions]
-    index = ids.index(live.id) if live.id in ids else -1
-    if index <= 0:
-        return common_pb2.UPDATE_TIER_NEW_ENDPOINT if index == 0 else common_pb2.UPDATE_TIER_UNSPECIFIED
-    before = revisions[index - 1]
-    if before.environment_digest != live.environment_digest:
-        return common_pb2.UPDATE_TIER_ENVIRONMENT
-    if before.code_digest != live.code_digest or before.bundle_digest != live.bundle_digest:
-        return common_pb2.UPDATE_TIER_CODE
-    if before.autoscaling_digest != live.autoscaling_digest:
-        return common_pb2.UPDATE_TIER_SETTINGS
-    # Nothing changed yet a revision was added: the same spec registered after a teardown.
-    return common_pb2.UPDATE_TIER_NEW_ENDPOINT
 
 
 def _worker_pb(worker: WorkerRow) -> common_pb2.Worker:

@@ -8,8 +8,8 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +19,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vastrpc._errors import ControlUnavailableError
-from vastrpc._process import package_pythonpath, pid_alive
+from vastrpc._files import exposed_home, open_private_log
+from vastrpc._process import module_argv, package_pythonpath, pid_alive
 from vastrpc._tls import TlsFiles
+from vastrpc.config import ENV_DASHBOARD_PORT
 
 __all__ = ["LocalControl", "control_status", "control_tls", "ensure_control", "read_control_info", "stop_control"]
 
@@ -153,6 +155,8 @@ def ensure_control(home: Path, *, timeout: float = 15) -> LocalControl:
     """
     home = Path(home).expanduser()
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if (exposed := exposed_home(home)) is not None:
+        warnings.warn(exposed, stacklevel=2)
     with _locked(home, timeout):
         info = _running_info(home)
         if info is not None:
@@ -161,10 +165,14 @@ def ensure_control(home: Path, *, timeout: float = 15) -> LocalControl:
         env = dict(os.environ)
         if (pythonpath := package_pythonpath(env)) is not None:
             env["PYTHONPATH"] = pythonpath
-        with open(log_path, "ab") as log:
+        # The live web page is on by default here (loopback only, the API key required);
+        # VASTRPC_DASHBOARD_PORT picks its port, or turns it off.
+        dashboard = env.get(ENV_DASHBOARD_PORT) or "0"
+        argv = [*module_argv("vastrpc"), "control", "serve", "--home", str(home), "--tls", "auto"]
+        with open_private_log(log_path) as log:
             # A session of its own: the service outlives this process and its terminal's Ctrl-C.
             proc = subprocess.Popen(
-                [sys.executable, "-m", "vastrpc", "control", "serve", "--home", str(home), "--tls", "auto"],
+                [*argv, "--dashboard-port", dashboard],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

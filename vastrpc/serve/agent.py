@@ -39,8 +39,9 @@ from vastrpc._workerenv import SERVING_EXTRA, inherited_environ
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.serve.container import ContainerEngine
 from vastrpc.serve.container_worker import ContainerWorker, Prepared
+from vastrpc.serve.extract import safe_extract, verify_digest
 from vastrpc.serve.fetch import fetch_bundle, public_part
-from vastrpc.serve.install import ensure_apt, ensure_pip_env, run_startup_commands, safe_extract, verify_digest
+from vastrpc.serve.install import ensure_apt, ensure_pip_env, run_startup_commands
 from vastrpc.serve.metrics import CallStatsReader
 from vastrpc.serve.serving import ServingProcess
 

@@ -1,4 +1,4 @@
-"""What a worker does to a bundle before importing it: verify, extract safely, install packages, run startup commands.
+"""What a worker does to an extracted bundle before importing it: install packages, run startup commands.
 
 Everything here is synchronous and may block for minutes (installs, startup
 scripts). Workers run an asyncio program, so call these through
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import fcntl
-import gzip
 import hashlib
 import io
 import json
@@ -19,16 +18,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vastrpc._errors import BundleError, DeploymentError
+from vastrpc._errors import DeploymentError
 
 __all__ = [
     "PythonTarget",
@@ -37,205 +34,11 @@ __all__ = [
     "lock_until",
     "requirements_key",
     "run_startup_commands",
-    "safe_extract",
-    "verify_digest",
 ]
 
 Log = Callable[[str], None]
 
 _LOG_TAIL_LINES = 40
-_GZIP_MAGIC = b"\x1f\x8b"
-
-
-# --------------------------------------------------------------------------- bundles
-
-
-def verify_digest(data: bytes, expected: str) -> None:
-    """Check that ``data`` hashes to ``expected``.
-
-    Args:
-        data: The bundle bytes.
-        expected: The hex SHA-256 the bundle was registered with.
-
-    Raises:
-        BundleError: The digests differ.
-    """
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected.strip().lower():
-        raise BundleError(
-            f"bundle digest mismatch: expected {expected}, got {actual} "
-            f"({len(data)} bytes); the bundle was corrupted or replaced in transit: deploy it again"
-        )
-
-
-def safe_extract(
-    data: bytes,
-    dest: Path,
-    *,
-    max_total_bytes: int = 8 << 30,
-    max_members: int = 100_000,
-    max_path_len: int = 4096,
-) -> list[str]:
-    """Extract a bundle (plain tar, or gzip-compressed tar) into a fresh directory.
-
-    Every member is validated before anything is written: absolute paths, ``..``
-    components, links of any kind (symbolic and hard), devices, FIFOs and other
-    special members are rejected, as are duplicate paths; the member count, total
-    size and path length limits are checked over the whole archive first. Files
-    get ``mode & 0o755`` plus owner read/write (setuid, setgid, sticky and
-    group/world write bits dropped); folders get 0o755, and ``dest`` itself 0o700.
-
-    Args:
-        data: The archive bytes.
-        dest: The directory to create; it must not exist yet (its parents may).
-        max_total_bytes: Largest allowed sum of file sizes.
-        max_members: Largest allowed number of members.
-        max_path_len: Longest allowed member path, in characters.
-
-    Returns:
-        The extracted files' paths relative to ``dest`` (POSIX form), sorted.
-
-    Raises:
-        BundleError: ``dest`` exists, the archive is unreadable, a member is unsafe
-            or a limit is exceeded. Nothing is left at ``dest`` then.
-    """
-    dest = Path(dest)
-    if dest.exists() or dest.is_symlink():
-        raise BundleError(f"extraction folder {dest} already exists: extract each bundle into a fresh folder")
-    try:
-        raw = _gunzip_bounded(data, max_total_bytes, max_members, max_path_len) if data[:2] == _GZIP_MAGIC else data
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
-            plan = _validate_members(tar, max_total_bytes, max_members, max_path_len)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.mkdir(dest, 0o700)
-            try:
-                os.chmod(dest, 0o700)  # mkdir's mode is masked by the umask
-                return _write_members(tar, plan, dest)
-            except BaseException:
-                shutil.rmtree(dest, ignore_errors=True)
-                raise
-    except BundleError:
-        raise
-    except OSError as exc:
-        raise BundleError(f"bundle could not be extracted into {dest}: {exc}") from exc
-    except (tarfile.TarError, EOFError, zlib.error, ValueError) as exc:
-        raise BundleError(f"bundle could not be read: {exc}; the archive is corrupt: deploy it again") from exc
-
-
-def _gunzip_bounded(data: bytes, max_total_bytes: int, max_members: int, max_path_len: int) -> bytes:
-    """Decompress a gzip bundle, refusing to expand past what the limits allow (no compression bombs)."""
-    # Files plus, per member, a header, a PAX header with path and link name, and padding.
-    bound = max_total_bytes + max_members * (4 * 512 + 2 * max_path_len) + 2 * 10240
-    out = bytearray()
-    with gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb") as gz:
-        while chunk := gz.read(1 << 20):
-            out += chunk
-            if len(out) > bound:
-                raise BundleError(
-                    f"compressed bundle expands past {bound} bytes, more than its size and member limits allow"
-                )
-    return bytes(out)
-
-
-def _clean_member_path(name: str, max_path_len: int) -> str:
-    """The member's path as safe relative POSIX text, or BundleError."""
-    if len(name) > max_path_len:
-        raise BundleError(f"bundle member path is {len(name)} characters long, over the limit of {max_path_len}")
-    if "\x00" in name:
-        raise BundleError(f"bundle member {name!r} has a NUL character in its path")
-    if name.startswith("/") or name.startswith("\\") or (len(name) > 1 and name[1] == ":"):
-        raise BundleError(f"bundle member {name!r} has an absolute path; bundles hold relative paths only")
-    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise BundleError(f"bundle member {name!r} has a '..' component; bundles must stay inside their folder")
-    return "/".join(parts)
-
-
-def _validate_members(
-    tar: tarfile.TarFile, max_total_bytes: int, max_members: int, max_path_len: int
-) -> list[tuple[tarfile.TarInfo, str]]:
-    """Check every member up front; returns (member, clean path) for the ones to write."""
-    plan: list[tuple[tarfile.TarInfo, str]] = []
-    seen: set[str] = set()
-    files: set[str] = set()
-    count = 0
-    total = 0
-    while True:
-        member = tar.next()  # one header at a time, so a huge member count is caught early
-        if member is None:
-            break
-        count += 1
-        if count > max_members:
-            raise BundleError(f"bundle has more than {max_members} members: it is over the member limit")
-        path = _clean_member_path(member.name, max_path_len)
-        if member.issym() or member.islnk():
-            raise BundleError(
-                f"bundle member {member.name!r} is a link (to {member.linkname!r}); bundles may hold no links"
-            )
-        if member.isdir():
-            if path:
-                seen.add(path)
-                plan.append((member, path))
-            continue
-        if not member.isreg():
-            raise BundleError(
-                f"bundle member {member.name!r} is a special file (type {member.type!r}); "
-                "bundles hold regular files and folders only"
-            )
-        if not path:
-            raise BundleError(f"bundle member {member.name!r} is a file without a name")
-        if path in files:
-            raise BundleError(f"bundle member {path!r} appears twice in the archive")
-        total += member.size
-        if total > max_total_bytes:
-            raise BundleError(f"bundle holds more than {max_total_bytes} bytes of files: it is over the size limit")
-        files.add(path)
-        seen.add(path)
-        plan.append((member, path))
-    # A path both a file and a folder (or a folder of a file) cannot be laid out safely.
-    for path in seen:
-        parts = path.split("/")
-        for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in files:
-                raise BundleError(f"bundle member {path!r} lies under {'/'.join(parts[:i])!r}, which is a file")
-    return plan
-
-
-def _write_members(tar: tarfile.TarFile, plan: list[tuple[tarfile.TarInfo, str]], dest: Path) -> list[str]:
-    made: set[str] = set()
-
-    def make_dirs(rel: str) -> None:
-        parts = rel.split("/")
-        for i in range(1, len(parts) + 1):
-            sub = "/".join(parts[:i])
-            if sub in made:
-                continue
-            full = dest / sub
-            if not full.is_dir():
-                os.mkdir(full, 0o700)
-            os.chmod(full, 0o755)  # explicit: mkdir's mode is masked by the umask
-            made.add(sub)
-
-    written: list[str] = []
-    for member, path in plan:
-        if member.isdir():
-            make_dirs(path)
-            continue
-        parent, _, _ = path.rpartition("/")
-        if parent:
-            make_dirs(parent)
-        source = tar.extractfile(member)
-        if source is None:  # cannot happen for a regular member; be explicit anyway
-            raise BundleError(f"bundle member {path!r} has no data")
-        # O_EXCL | O_NOFOLLOW: never write through anything already there.
-        fd = os.open(dest / path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(source, out, 1 << 20)
-            if out.tell() != member.size:
-                raise BundleError(f"bundle member {path!r} is truncated: the archive is corrupt")
-            os.fchmod(out.fileno(), (member.mode & 0o755) | 0o600)
-        written.append(path)
-    return sorted(written)
 
 
 # --------------------------------------------------------------------------- processes

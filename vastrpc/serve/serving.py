@@ -15,6 +15,7 @@ import grpc
 
 from vastrpc._errors import DeploymentError
 from vastrpc._grpc import bearer, channel
+from vastrpc._process import module_argv
 from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import worker_pb2, worker_pb2_grpc
 from vastrpc.serve.container import ContainerLaunch
@@ -80,9 +81,7 @@ class ServingProcess:
         read_fd, write_fd = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
-                python,
-                "-m",
-                "vastrpc.serve.process",
+                *module_argv("vastrpc.serve.process", python),
                 str(write_fd),
                 stdin=asyncio.subprocess.PIPE,
                 pass_fds=(write_fd,),

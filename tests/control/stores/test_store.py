@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -185,3 +187,46 @@ def test_latest_revision_is_the_last_registered(store) -> None:
     store.set_revision_spec(revisions[0].id, b"stripped")
     assert store.get_revision(revisions[0].id).spec == b"stripped"
     assert store.latest_revision("e-missing") is None
+
+
+def _store_files(store: Store, request: pytest.FixtureRequest, tmp_path) -> list[Path]:
+    """The files a store keeps revisions in: SQLite's database and log; PostgreSQL's table and its TOAST table."""
+    if isinstance(store, SqliteStore):
+        return [p for p in tmp_path.iterdir() if p.name.startswith("state.db")]
+    import psycopg
+
+    server = request.getfixturevalue("postgres_server")
+    with psycopg.connect(server.admin_url, autocommit=True) as admin:
+        admin.execute("CHECKPOINT")  # what the server holds in its buffers reaches its files
+    row = store._one(
+        "SELECT current_setting('data_directory') AS dir, pg_relation_filepath('revisions') AS heap,"
+        " (SELECT pg_relation_filepath(reltoastrelid) FROM pg_class WHERE relname = 'revisions') AS toast"
+    )
+    files = [Path(row["dir"]) / row["heap"], Path(row["dir"]) / row["toast"]]
+    if not all(os.access(f, os.R_OK) for f in files):
+        pytest.skip("the PostgreSQL server's files are not readable from here")
+    return files
+
+
+def test_scrub_leaves_no_copy_of_a_rewritten_value_in_the_files(store, request, tmp_path) -> None:
+    d = store.get_or_create_deployment("hello")
+    e, _ = store.get_or_create_endpoint(d.id, "default")
+    digests = {"bundle": "b", "code": "c", "environment": "e", "autoscaling": "a"}
+    # One value that fits a page and one that does not (SQLite overflow pages, PostgreSQL TOAST).
+    small, large = b"sealed-" + os.urandom(24), b"sealed-" + os.urandom(12_000)
+    revisions = [store.add_revision(e.id, b"spec:" + value, digests) for value in (small, large)]
+    if isinstance(store, SqliteStore):
+        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # as an automatic checkpoint would, in time
+
+    def holding() -> list[str]:
+        found = []
+        for path in _store_files(store, request, tmp_path):
+            data = path.read_bytes()
+            found += [f"{path.name}: {len(v)} bytes" for v in (small, large) if v[-32:] in data]
+        return found
+
+    assert len(holding()) >= 2  # the scan finds them before
+    for revision in revisions:
+        store.set_revision_spec(revision.id, b"spec:")
+    store.scrub()
+    assert holding() == []

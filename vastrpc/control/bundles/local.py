@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import BinaryIO
 
 from vastrpc._errors import BundleError, NotFoundError
+from vastrpc._files import private_folder
 from vastrpc.config import ControlConfig
 from vastrpc.control.bundles.base import VerifyingWriter, check_digest, is_digest
 
@@ -71,7 +72,7 @@ class LocalBlobStore:
     def __init__(self, root: Path) -> None:
         """Use (and create) ``root``; leftovers of uploads interrupted by a crash are removed."""
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_folder(self.root)  # the bundles are the deployers' code: this user's alone
         for stale in self.root.glob(".*.part"):
             stale.unlink(missing_ok=True)
 

@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
-from vastrpc._errors import DeploymentError
+from vastrpc._errors import AuthenticationError, DeploymentError
 from vastrpc.control.lifecycle.leadership import JOINED
 from vastrpc.control.lifecycle.rules import hash_token
 from vastrpc.control.providers.base import Provider, start_options
@@ -171,3 +171,37 @@ class Rollouts:
             if live is not None and live.environment_digest == current.environment_digest:
                 return live.id, stop, live.spec
         return current.id, stop, current.spec
+
+    def reachable_revisions(self, worker: WorkerRow) -> list[RevisionRow]:
+        """The revisions a worker's token may act on: its own and the newer ones of its endpoint.
+
+        A worker moves forward only (tier 2 loads the live revision beside its own, tier 3
+        restarts it into one), and a newer deploy may supersede the one it was told of
+        before it asked; an older revision or another endpoint's is never its business.
+        A stopped or failed worker reaches none.
+        """
+        if worker.state in ("stopped", "failed"):
+            return []
+        revisions = self.store.list_revisions(worker.endpoint_id)
+        ids = [r.id for r in revisions]
+        return revisions[ids.index(worker.revision_id) :] if worker.revision_id in ids else []
+
+    def check_worker_bundle(self, worker: WorkerRow, digest: str) -> None:
+        """Refuse a worker a bundle that no revision it may reach uses (AuthenticationError)."""
+        if not any(r.bundle_digest == digest for r in self.reachable_revisions(worker)):
+            raise AuthenticationError(
+                f"worker {worker.id} may download only the bundles of its endpoint's revisions it serves or "
+                f"moves to; bundle {digest[:12]!r} is none of them"
+            )
+
+    def check_worker_revision(self, worker: WorkerRow, revision_id: str) -> None:
+        """Refuse a worker's report about another endpoint's revision (AuthenticationError).
+
+        Reports stay scoped to the endpoint, not to ``reachable_revisions``: a draining
+        serving process may still report on the revision the worker just left.
+        """
+        revision = self.store.get_revision(revision_id)
+        if revision is not None and revision.endpoint_id != worker.endpoint_id:
+            raise AuthenticationError(
+                f"worker {worker.id} may report only on revisions of its own endpoint; {revision_id!r} is not one"
+            )

@@ -59,6 +59,8 @@ class Stopping:
                     stopped += sum(1 for w in workers if w.state != "stopped")
                     tasks += self._retire(doomed, wait=True)
                     self._forget_secrets(endpoint.id)
+                # Committed: now no copy of the stripped secrets may linger in the store's files.
+                self.store.scrub()
                 self.changed(endpoint.id)
         if tasks:
             await asyncio.gather(*tasks)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.control.stores.base import RevisionRow
 
-__all__ = ["classify", "keep_bundle", "same_spec", "same_workload"]
+__all__ = ["classify", "keep_bundle", "registered_tier", "same_spec", "same_workload"]
 
 
 def classify(live: RevisionRow | None, digests: control_pb2.RevisionDigests) -> int:
@@ -52,3 +52,27 @@ def same_spec(stored: bytes, spec: control_pb2.DeploymentSpec) -> bool:
     for message in (a, b):
         message.image.ClearField("sealed_secrets")
     return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+def registered_tier(revisions: list[RevisionRow], revision: RevisionRow) -> int:
+    """The UpdateTier ``revision`` was registered with; for one stored before tiers were, what the digests tell.
+
+    Args:
+        revisions: The endpoint's revisions, oldest first (``Store.list_revisions``).
+        revision: One of them.
+    """
+    if revision.tier:
+        return revision.tier
+    ids = [r.id for r in revisions]
+    index = ids.index(revision.id) if revision.id in ids else -1
+    if index <= 0:
+        return common_pb2.UPDATE_TIER_NEW_ENDPOINT if index == 0 else common_pb2.UPDATE_TIER_UNSPECIFIED
+    before = revisions[index - 1]
+    if before.environment_digest != revision.environment_digest:
+        return common_pb2.UPDATE_TIER_ENVIRONMENT
+    if before.code_digest != revision.code_digest or before.bundle_digest != revision.bundle_digest:
+        return common_pb2.UPDATE_TIER_CODE
+    if before.autoscaling_digest != revision.autoscaling_digest:
+        return common_pb2.UPDATE_TIER_SETTINGS
+    # Nothing changed yet a revision was added: the same spec registered after a teardown.
+    return common_pb2.UPDATE_TIER_NEW_ENDPOINT

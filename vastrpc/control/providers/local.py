@@ -15,8 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from vastrpc._files import open_private_log, private_folder
 from vastrpc._hostimage import image_warnings
-from vastrpc._process import package_pythonpath, pid_alive
+from vastrpc._process import module_argv, package_pythonpath, pid_alive
 from vastrpc._tls import TlsFiles
 from vastrpc._workerenv import inherited_environ
 from vastrpc.api.v1 import control_pb2
@@ -39,7 +40,7 @@ class LocalProcessProvider:
     Args:
         home: The vastrpc home; logs go to ``home/logs/workers/<worker_id>.log``.
         argv_prefix: The command before ``--control ADDR --worker-id ID --token-stdin``; tests
-            swap in a fake worker. Defaults to ``[sys.executable, "-m", "vastrpc", "worker"]``.
+            swap in a fake worker. Defaults to ``[sys.executable, "-P", "-m", "vastrpc", "worker"]``.
         environ: The environment workers take the allow-listed variables of
             (``vastrpc._workerenv.INHERITED``; default: this process's). Nothing else of it
             reaches a worker: not the caller's or the service's credentials, not ``VASTRPC_HOME``.
@@ -110,7 +111,7 @@ class LocalProcessProvider:
         self.home = Path(home)
         self._inventory = inventory
         self.worker_tls = worker_tls
-        self.argv_prefix = list(argv_prefix) if argv_prefix else [sys.executable, "-m", "vastrpc", "worker"]
+        self.argv_prefix = list(argv_prefix) if argv_prefix else [*module_argv("vastrpc"), "worker"]
         self._environ = dict(os.environ if environ is None else environ)
         self._agent_env = dict(agent_env or {})
         self.worker_user = worker_user
@@ -238,7 +239,8 @@ class LocalProcessProvider:
             GpuPlacementError: This machine's GPUs could meet ``requirements`` but too few
                 are free; the message names the query and the workers holding them.
         """
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_folder(self.log_dir.parent)
+        private_folder(self.log_dir)  # what workers print may hold anything: this user's alone
         gpus = await self._take_gpus(worker_id, requirements or ())
         try:
             return await self._spawn(worker_id, token, control_address, requirements or (), gpus)
@@ -281,7 +283,7 @@ class LocalProcessProvider:
             env["CUDA_VISIBLE_DEVICES"] = visible_devices(gpus)
             env["NVIDIA_VISIBLE_DEVICES"] = visible_devices(gpus) or "none"
             notes.insert(0, f"GPUs: CUDA_VISIBLE_DEVICES={visible_devices(gpus)!r}")
-        with self.log_path(worker_id).open("ab") as out:
+        with open_private_log(self.log_path(worker_id)) as out:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             out.write(f"[vastrpc {stamp}] starting worker {worker_id}: {' '.join(argv)}\n".encode())
             for note in notes:

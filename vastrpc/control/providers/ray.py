@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,7 +29,7 @@ from typing import Any
 
 from vastrpc._errors import DefinitionError, DeploymentError
 from vastrpc._hostimage import image_warnings
-from vastrpc._process import package_pythonpath
+from vastrpc._process import module_argv, package_pythonpath
 from vastrpc._tls import TlsFiles, certificate_problems
 from vastrpc._workerenv import inherited_environ
 from vastrpc.api.v1 import control_pb2
@@ -87,7 +86,7 @@ class WorkerHost:
         env.update(self._write_tls(home, worker_id, launch.get("tls")))
         if (pythonpath := package_pythonpath(env)) is not None:
             env["PYTHONPATH"] = pythonpath
-        argv = [*(launch["argv_prefix"] or [sys.executable, "-m", "vastrpc", "worker"])]
+        argv = [*(launch["argv_prefix"] or [*module_argv("vastrpc"), "worker"])]
         argv += ["--control", launch["control_address"], "--worker-id", worker_id, "--token-stdin"]
         with self._log_path.open("ab") as out:
             log_start = out.tell()  # where this launch's lines begin (a restart appends)

@@ -252,6 +252,14 @@ class Store(Protocol):
     def set_revision_spec(self, revision_id: str, spec: bytes) -> None:
         """Replace a revision's stored spec (teardown strips its secrets)."""
 
+    def scrub(self) -> None:
+        """Leave no recoverable copy of overwritten or deleted values in the store's files, where it can.
+
+        Teardown calls it once it has stripped the sealed secrets: SQLite overwrites freed
+        content as it goes and here folds its write-ahead log into the database and
+        truncates it; PostgreSQL can only vacuum (docs/security.md says what its server keeps).
+        """
+
     def referenced_bundles(self, *, registered_since: float | None = None) -> set[str]:
         """Bundle digests that must be kept: those of any revision of an endpoint that is not stopped.
 

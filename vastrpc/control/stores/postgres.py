@@ -301,6 +301,15 @@ class PgStore:
         with self._lock:
             self._db.close()
 
+    def scrub(self) -> None:
+        """Vacuum the revisions table: the stripped specs' dead row versions are pruned.
+
+        What the server keeps beyond that (its write-ahead log segments until recycled,
+        archives, replicas, backups, freed disk blocks) is out of a client's reach;
+        docs/security.md lists it.
+        """
+        self._run("VACUUM revisions")  # autocommit: VACUUM cannot run inside a transaction
+
     def leader_lock(self) -> PgLeaderLock:
         """A new handle on the leader's advisory lock, on a connection of its own."""
         return PgLeaderLock(self.url)

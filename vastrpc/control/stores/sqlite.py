@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -11,6 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vastrpc._files import private_file
 from vastrpc.config import ControlConfig
 from vastrpc.control.stores.base import (
     ENDPOINT_COLUMNS,
@@ -28,6 +30,8 @@ from vastrpc.control.stores.base import (
 __all__ = ["SoleLeaderLock", "SqliteStore"]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class SoleLeaderLock:
@@ -132,6 +136,12 @@ class SqliteStore:
 
     def __init__(self, path: Path | str) -> None:
         """Open (creating and migrating when needed) the database at ``path``."""
+        if str(path) != ":memory:":
+            # SQLite gives its -wal and -shm files the database's mode: all three private to this user.
+            private_file(Path(path))
+            for log_file in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+                if log_file.exists():
+                    private_file(log_file)
         # isolation_level=None: the module never opens transactions behind our back;
         # transaction() issues BEGIN IMMEDIATE / COMMIT itself.
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
@@ -141,6 +151,8 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # Freed content (a stripped secret, a deleted row) is overwritten with zeros, not left in free space.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._migrate()
 
     # -- plumbing -----------------------------------------------------------------
@@ -201,6 +213,18 @@ class SqliteStore:
         """Close the connection."""
         with self._lock:
             self._db.close()
+
+    def scrub(self) -> None:
+        """Fold the write-ahead log into the database and truncate it: its older page images go.
+
+        With ``secure_delete`` on, the pages written back no longer hold what was freed, so
+        neither ``state.db`` nor ``state.db-wal`` keeps it (``-shm`` holds only the log's index).
+        """
+        with self._lock:
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            # Another connection reads the file (a person's sqlite3 shell): the log stays until it is done.
+            log.warning("state store: the write-ahead log could not be truncated now (a reader holds it)")
 
     def _one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         with self._lock:
