@@ -306,16 +306,7 @@ async def echo_baseline(rate: int, channels: int, window: float) -> float:
         proc.wait(10)
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", default="1000", help="worker counts, comma-separated (default 1000)")
-    parser.add_argument("--watchers", type=int, default=100)
-    parser.add_argument("--flips", type=int, default=60)
-    parser.add_argument("--window", type=float, default=10.0, help="seconds of each CPU measurement")
-    parser.add_argument("--channels", type=int, default=16, help="channels the simulated workers share")
-    parser.add_argument("--no-balancer", action="store_true", help="skip the balancer's pick curve")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
+async def main(args: argparse.Namespace) -> dict[str, object]:
     print(f"control plane at scale — {machine()} — {load()}", flush=True)
     results: dict[str, object] = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "runs": []}
     for count in (int(x) for x in args.workers.split(",")):
@@ -324,13 +315,23 @@ async def main() -> None:
         base = await echo_baseline(count, args.channels, args.window)
         results["runs"][-1]["cpu_echo_baseline"] = base  # type: ignore[index]
         print(f"  baseline, bare grpc.aio echo at {count} calls/s: {base:.1%} of a core ({load()})", flush=True)
-    if not args.no_balancer:
-        from balancer_pick import curve
-
-        results["balancer"] = curve()
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", default="1000", help="worker counts, comma-separated (default 1000)")
+    parser.add_argument("--watchers", type=int, default=100)
+    parser.add_argument("--flips", type=int, default=60)
+    parser.add_argument("--window", type=float, default=10.0, help="seconds of each CPU measurement")
+    parser.add_argument("--channels", type=int, default=16, help="channels the simulated workers share")
+    parser.add_argument("--no-balancer", action="store_true", help="skip the balancer's pick curve")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    arguments = parser.parse_args()
+    figures = asyncio.run(main(arguments))
+    if not arguments.no_balancer:
+        from balancer_pick import curve
+
+        figures["balancer"] = curve()
+    if arguments.json:
+        arguments.json.write_text(json.dumps(figures, indent=2))

@@ -232,6 +232,7 @@ async def _fleet_main(argv: Sequence[str]) -> int:
     parser.add_argument("--control", required=True)
     parser.add_argument("--heartbeat-interval", type=float, default=1.0)
     parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--starting", type=int, default=16, help="workers coming up at once")
     args = parser.parse_args(argv)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -240,7 +241,7 @@ async def _fleet_main(argv: Sequence[str]) -> int:
     while (line := await reader.readline()).strip():
         workers.append(Credentials(**json.loads(line)))
     fleet = Fleet(args.control, workers, heartbeat_interval=args.heartbeat_interval, channels=args.channels)
-    await fleet.start()
+    await fleet.start(args.starting)
     print(json.dumps({"ready": fleet.stats.ready}), flush=True)
 
     async def report() -> None:
