@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
 
-from vastrpc.client.balancer import LeastExpectedTime, RoundRobin
+from vastrpc.client.balancer import EXACT_UP_TO, LeastExpectedTime, RoundRobin, WorkerPool
 from vastrpc.client.connection import WorkerConnection
 
 
@@ -27,6 +28,82 @@ async def test_policies_pick_as_documented() -> None:
     finally:
         await fast.close()
         await slow.close()
+
+
+def _fleet(n: int, fast_every: int = 0) -> list[WorkerConnection]:
+    """``n`` idle connections (never dialled); every ``fast_every``-th one 3x faster."""
+    fast = [bool(fast_every) and i % fast_every == 0 for i in range(n)]
+    scores = [300 if f else 100 for f in fast]
+    return [WorkerConnection(f"w-{i:05d}", "127.0.0.1:9", "t", score=scores[i], capacity=4) for i in range(n)]
+
+
+async def _close(conns: list[WorkerConnection]) -> None:
+    await asyncio.gather(*(c.close() for c in conns))
+
+
+async def test_a_large_endpoint_is_sampled_log_n_workers_per_pick() -> None:
+    conns = _fleet(10_000)
+    looked: list[WorkerConnection] = []
+
+    def usable(c: WorkerConnection) -> bool:
+        looked.append(c)
+        return True
+
+    try:
+        balancer = LeastExpectedTime()
+        for _ in range(50):
+            looked.clear()
+            assert balancer.pick(conns, usable) in looked
+            assert len(looked) <= math.log2(10_000)
+        # Small endpoints are looked at whole: the pick is the exact least expected time.
+        looked.clear()
+        balancer.pick(conns[:EXACT_UP_TO], usable)
+        assert len(looked) == EXACT_UP_TO
+    finally:
+        await _close(conns)
+
+
+async def test_sampling_keeps_load_even_and_favours_faster_workers() -> None:
+    conns = _fleet(1_000, fast_every=2)
+    try:
+        balancer = LeastExpectedTime()
+        for _ in range(4_000):  # calls that never end: 4 per worker on average
+            balancer.pick(conns).in_flight += 1  # type: ignore[union-attr]
+        loads = [c.in_flight for c in conns]
+        fast = sum(c.in_flight for c in conns if c.score == 300)
+        assert max(loads) <= 12, max(loads)
+        assert fast >= 1.5 * (4_000 - fast), fast  # expected-time picks: the 3x faster half takes more
+    finally:
+        await _close(conns)
+
+
+async def test_only_usable_workers_are_picked_even_when_few_are() -> None:
+    conns = _fleet(1_000)
+    roomy = {conns[7].worker_id, conns[500].worker_id}
+    try:
+        balancer = LeastExpectedTime()
+        for _ in range(20):  # a sample rarely holds one of the two: the pick then looks at every worker
+            picked = balancer.pick(conns, lambda c: c.worker_id in roomy)
+            assert picked is not None and picked.worker_id in roomy
+        assert balancer.pick(conns, lambda c: False) is None
+        assert RoundRobin().pick(conns, lambda c: False) is None
+    finally:
+        await _close(conns)
+
+
+async def test_worker_pool_keeps_its_tuple_current() -> None:
+    a, b = _fleet(2)
+    try:
+        pool = WorkerPool({a.worker_id: a})
+        assert pool.connections() == (a,)
+        pool[b.worker_id] = b
+        assert pool.connections() == (a, b)
+        pool.pop(a.worker_id)
+        assert pool.connections() == (b,)
+        del pool[b.worker_id]
+        assert pool.connections() == ()
+    finally:
+        await _close([a, b])
 
 
 SOURCE = """

@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from vastrpc._errors import (
 )
 from vastrpc._payload import CLOUDPICKLE, Payload, decode_result, encode_args
 from vastrpc.api.v1 import common_pb2, control_pb2
-from vastrpc.client.balancer import BALANCERS
+from vastrpc.client.balancer import BALANCERS, WorkerPool
 from vastrpc.client.connection import CallNotDelivered, WorkerConnection
 from vastrpc.client.control import ControlClient
 from vastrpc.client.output import LineSplitter, RemoteOutput
@@ -97,7 +97,7 @@ class Router:
             raise DefinitionError(f"unknown balancer {balancer!r}; choose one of {', '.join(BALANCERS)}") from None
         self._waking: asyncio.Task[None] | None = None
         self.state: control_pb2.WatchEndpointResponse | None = None
-        self.workers: dict[str, WorkerConnection] = {c.worker_id: c for c in workers or ()}
+        self.workers = WorkerPool({c.worker_id: c for c in workers or ()})
         for conn in self.workers.values():
             conn.on_room = self._wake_waiting
         self._max_queue_time = max_queue_time
@@ -222,8 +222,13 @@ class Router:
             for w in self.state.workers
         )
 
-    def _candidates(self) -> list[WorkerConnection]:
-        return [c for c in self.workers.values() if not c.draining]
+    def _candidates(self) -> Sequence[WorkerConnection]:
+        """Every worker, or none when all are draining; the pick skips draining ones itself.
+
+        No list is built per call: with a thousand workers that alone would cost more than the pick.
+        """
+        pool = self.workers.connections()
+        return pool if any(not c.draining for c in pool) else ()
 
     @property
     def max_queue_time(self) -> float:
@@ -235,17 +240,21 @@ class Router:
         """Calls waiting in this client for a worker with room."""
         return len(self._waiting)
 
-    def _roomy(self, candidates: list[WorkerConnection]) -> WorkerConnection | None:
+    def _roomy(self, candidates: Sequence[WorkerConnection]) -> WorkerConnection | None:
         """The balancer's pick among the workers with room, or None when every one is full.
 
         A worker is full while it refused a call for being at its limits (until a call of
         ours there ends, or ``FULL_HOLD`` seconds), and while its expected queue time (calls
-        of ours beyond its slots / its throughput) is above ``max_queue_time``.
+        of ours beyond its slots / its throughput) is above ``max_queue_time``. The balancer
+        asks only about the workers it looks at (a sample of a large endpoint's).
         """
         now = time.monotonic()
         limit = self.max_queue_time
-        roomy = [c for c in candidates if c.full_until <= now and (limit <= 0 or c.expected_queue_time() <= limit)]
-        return self.balancer.pick(roomy) if roomy else None
+
+        def has_room(c: WorkerConnection) -> bool:
+            return c.full_until <= now and (limit <= 0 or c.expected_queue_time() <= limit) and not c.draining
+
+        return self.balancer.pick(candidates, has_room)
 
     def _wake_waiting(self) -> None:
         """Room may have freed (a call ended, the workers changed): the call at the head of the queue looks."""
@@ -501,7 +510,7 @@ class Router:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        conns, self.workers = list(self.workers.values()), {}
+        conns, self.workers = list(self.workers.values()), WorkerPool()
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
 
 

@@ -35,6 +35,7 @@ from vastrpc.control.lifecycle.rules import ENDPOINT_STATE_VALUES, WORKER_STATE_
 from vastrpc.control.lifecycle.tiers import registered_tier
 from vastrpc.control.logtail import LogFollower
 from vastrpc.control.metrics import ControlMetrics
+from vastrpc.control.snapshots import Snapshot, Snapshots
 from vastrpc.control.stores.base import EndpointRow, WorkerRow
 
 __all__ = ["WORKER_METHODS", "ControlService"]
@@ -119,6 +120,11 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self._api_key = api_key
         # The autoscaling settings of each revision a watch reported, by revision id.
         self._autoscaling: dict[str, control_pb2.AutoscalingSpec] = {}
+        # Read again at least this often while nothing wakes the watches: on a shared store
+        # as often as each watch did before snapshots were shared.
+        self.snapshots = Snapshots(
+            self.store, lifecycle.change_version, self._watch_update, max_age=SHARED_CLIENT_SEEN_INTERVAL
+        )
 
     # -- auth -------------------------------------------------------------------------
 
@@ -244,6 +250,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         # An open watch is a connected client: it keeps the endpoint from its TTL teardown.
         if self.reaper is not None:
             self.reaper.client_connected(endpoint_id)
+        self.snapshots.watch_opened(endpoint_id)
         try:
             # Runs until the client cancels (CancelledError ends the generator).
             while True:
@@ -253,11 +260,11 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                 if now - last_seen >= seen_interval:
                     self.lifecycle.client_seen(endpoint_id)
                     last_seen = now
-                endpoint = self.store.get_endpoint(endpoint_id)
-                if endpoint is None:
+                snapshot = await self.snapshots.current(endpoint_id)
+                if snapshot is None:
                     return
-                update = self._watch_update(endpoint)
-                data = update.SerializeToString(deterministic=True)
+                # Read and encoded once per change for every watch of the endpoint.
+                update, data = self.snapshots.update(snapshot)
                 if data != last_sent:
                     yield update
                     last_sent = data
@@ -268,16 +275,18 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                 if self.lifecycle.shutting_down:
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "the control service is stopping")
         finally:
+            self.snapshots.watch_closed(endpoint_id)
             # However the watch ends (client gone, cancelled, service stopping), the TTL counts from now.
             if self.reaper is not None:
                 self.reaper.client_disconnected(endpoint_id)
 
-    def _watch_update(self, endpoint: EndpointRow) -> control_pb2.WatchEndpointResponse:
+    def _watch_update(self, snapshot: Snapshot) -> control_pb2.WatchEndpointResponse:
+        endpoint = snapshot.endpoint
         return control_pb2.WatchEndpointResponse(
             endpoint_id=endpoint.id,
             state=ENDPOINT_STATE_VALUES[endpoint.state],  # type: ignore[arg-type]
             revision_id=endpoint.live_revision_id or "",
-            workers=self._workers(endpoint.id),
+            workers=[_worker_pb(w) for w in snapshot.workers],
             endpoint_token=self._endpoint_token(endpoint),
             failure=_endpoint_failure(endpoint),
             desired_workers=endpoint.desired_workers,
@@ -295,9 +304,6 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                 self._autoscaling.clear()
             cached = self._autoscaling[revision_id] = spec.autoscaling
         return cached
-
-    def _workers(self, endpoint_id: str) -> list[common_pb2.Worker]:
-        return [_worker_pb(w) for w in self.store.list_workers(endpoint_id=endpoint_id, exclude_states=("stopped",))]
 
     # -- workers ----------------------------------------------------------------------
 
@@ -336,21 +342,34 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             await _abort(context, exc)
         endpoint_id = worker.endpoint_id
         last: tuple[str, bool] | None = None
-        while not self.lifecycle.shutting_down:
-            changed = self.lifecycle.change_event(endpoint_id)
-            revision_id, stop, spec = self.lifecycle.assignment(request.worker_id)
-            if (revision_id, stop) != last:
-                last = (revision_id, stop)
-                endpoint = self.store.get_endpoint(endpoint_id)
-                yield control_pb2.WatchWorkerResponse(
-                    revision_id=revision_id,
-                    spec=self._spec_for_worker(spec, context),
-                    endpoint_token=self._endpoint_token(endpoint) if endpoint else "",
-                    stop=stop,
-                )
-                if stop:
-                    return
-            await changed.wait()
+        inputs: tuple[str, ...] | None = None
+        self.snapshots.watch_opened(endpoint_id)
+        try:
+            while not self.lifecycle.shutting_down:
+                changed = self.lifecycle.change_event(endpoint_id)
+                # The assignment follows from the worker's state and revision and the endpoint's
+                # state and live revision alone: while those stand (another worker changed), it does
+                # too, and the shared snapshot tells so without reading the store for each worker.
+                snapshot = await self.snapshots.current(endpoint_id)
+                row = snapshot.worker(request.worker_id) if snapshot else None
+                now = _assignment_inputs(snapshot, row) if snapshot and row else None
+                if now is None or now != inputs:
+                    inputs = now
+                    revision_id, stop, spec = self.lifecycle.assignment(request.worker_id)
+                    if (revision_id, stop) != last:
+                        last = (revision_id, stop)
+                        endpoint = self.store.get_endpoint(endpoint_id)
+                        yield control_pb2.WatchWorkerResponse(
+                            revision_id=revision_id,
+                            spec=self._spec_for_worker(spec, context),
+                            endpoint_token=self._endpoint_token(endpoint) if endpoint else "",
+                            stop=stop,
+                        )
+                        if stop:
+                            return
+                await changed.wait()
+        finally:
+            self.snapshots.watch_closed(endpoint_id)
 
     @_unary
     async def UpdateWorker(
@@ -505,6 +524,12 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             raise DefinitionError("JoinEndpoint needs the deployment name")
         worker, token = self.lifecycle.join(request.name, request.tag)
         return control_pb2.JoinEndpointResponse(worker_id=worker.id, worker_token=token, endpoint_id=worker.endpoint_id)
+
+
+def _assignment_inputs(snapshot: Snapshot, worker: WorkerRow) -> tuple[str, ...]:
+    """What ``Lifecycle.assignment`` of ``worker`` depends on (revisions never change their environment)."""
+    endpoint = snapshot.endpoint
+    return (worker.state, worker.revision_id, endpoint.state, endpoint.live_revision_id or "")
 
 
 def _endpoint_failure(endpoint: EndpointRow) -> common_pb2.Failure | None:

@@ -76,6 +76,8 @@ class Lifecycle(Losses, Rollouts, Stopping):
         provider.on_exit = self.worker_exited
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._events: dict[str, asyncio.Event] = {}
+        # Changes of each endpoint so far: what tells a watch its shared snapshot is stale.
+        self._versions: dict[str, int] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._shutting_down = False
         # Workers of an earlier run of the service still alive at startup: not our children,
@@ -98,8 +100,13 @@ class Lifecycle(Losses, Rollouts, Stopping):
             event = self._events[endpoint_id] = asyncio.Event()
         return event
 
+    def change_version(self, endpoint_id: str) -> int:
+        """How many changes of the endpoint this service has seen: it grows at each ``changed``."""
+        return self._versions.get(endpoint_id, 0)
+
     def changed(self, endpoint_id: str) -> None:
         """Wake the endpoint's watchers."""
+        self._versions[endpoint_id] = self._versions.get(endpoint_id, 0) + 1
         event = self._events.pop(endpoint_id, None)
         if event is not None:
             event.set()
@@ -449,13 +456,18 @@ class Lifecycle(Losses, Rollouts, Stopping):
 
     def heartbeat(self, worker_id: str, calls_in_flight: int, calls_queued: int = 0, calls_started: int = 0) -> bool:
         """Record a heartbeat and the worker's load (the autoscaler's input); True when the worker should stop."""
-        worker = self.store.update_worker(
-            self.worker(worker_id).id,
-            last_heartbeat=time.time(),
-            calls_in_flight=calls_in_flight,
-            calls_queued=calls_queued,
-            calls_started=calls_started,
-        )
+        try:
+            # One write that also reads the row back: at a thousand heartbeats a second, every
+            # statement more on this path costs the service a few percent of a core.
+            worker = self.store.update_worker(
+                worker_id,
+                last_heartbeat=time.time(),
+                calls_in_flight=calls_in_flight,
+                calls_queued=calls_queued,
+                calls_started=calls_started,
+            )
+        except KeyError:
+            raise NotFoundError(f"no worker {worker_id!r}") from None
         endpoint = self.store.get_endpoint(worker.endpoint_id)
         self.adopt_reporting(worker)  # when another service placed it
         return worker.state in ("stopped", "failed") or endpoint is None or endpoint.state == "stopped"
