@@ -57,8 +57,8 @@ class Losses:
             lost.append(worker.id)
         return lost
 
-    async def worker_exited(self, worker_id: str, pid: int, returncode: int) -> None:
-        """The provider saw a worker's process end."""
+    async def worker_exited(self, worker_id: str, pid: int, returncode: int, reason: str = "") -> None:
+        """The provider saw a worker's process end; ``reason``, when it knows why (a node lost)."""
         worker = self.store.get_worker(worker_id)
         if worker is None or worker.state in ("stopped", "failed"):
             return
@@ -68,7 +68,7 @@ class Losses:
             self.store.update_worker(worker_id, state="stopped")
             self.changed(worker.endpoint_id)
             return
-        message = exit_message(returncode)
+        message = reason or exit_message(returncode)
         if worker.state == "ready":
             self._fail_worker(worker, "serving", message, fail_endpoint=False)
             self._worker_lost(worker, message)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,7 +16,15 @@ ENV_WORKER_TOKEN = "VASTRPC_WORKER_TOKEN"
 ENV_HOME = "VASTRPC_HOME"
 
 # Called with (worker_id, returncode) when a worker's process ends, whoever ended it.
-ExitCallback = Callable[[str, int, int], Awaitable[None] | None]
+
+
+class ExitCallback(Protocol):
+    """Called when a worker process ends: its id, pid and return code (negative: the signal).
+
+    ``reason`` says why in words when the provider knows more than the code (a Ray node lost).
+    """
+
+    def __call__(self, worker_id: str, pid: int, returncode: int, reason: str = "") -> Awaitable[None] | None: ...
 
 
 def start_options(spec: bytes) -> dict[str, Any]:

@@ -406,12 +406,15 @@ class RayProvider:
 
     async def _watch(self, worker_id: str, worker: _Worker) -> None:
         mirror = asyncio.create_task(self._mirror(worker_id, worker)) if worker.mirror else None
+        reason = ""
         try:
             returncode = int(await _result(worker.actor.wait.remote()))
         except Exception as exc:
-            # The actor died with its node, or was killed: its agent went with it.
+            # The actor died with its node, or was killed: its agent went with it. Ray's own
+            # words say which, e.g. "The actor died because its node has died."
             log.warning("worker %s: its Ray actor died (%s)", worker_id, type(exc).__name__)
             returncode = -signal.SIGKILL
+            reason = _actor_death(exc, worker.node_ip)
         if mirror is not None:
             mirror.cancel()
             await asyncio.gather(mirror, return_exceptions=True)
@@ -421,7 +424,11 @@ class RayProvider:
         if self.on_exit is None:
             return
         try:
-            result = self.on_exit(worker_id, worker.pid, returncode)
+            result = (
+                self.on_exit(worker_id, worker.pid, returncode, reason)
+                if reason
+                else self.on_exit(worker_id, worker.pid, returncode)
+            )
             if inspect.isawaitable(result):
                 await result
         except Exception:
@@ -522,3 +529,11 @@ class RayProvider:
 async def _result(ref: Any) -> Any:
     """The value of a Ray ObjectRef, awaited on this event loop without holding a thread."""
     return await asyncio.wrap_future(ref.future())
+
+
+def _actor_death(exc: BaseException, node_ip: str) -> str:
+    """Why a worker's actor died, in Ray's words where it gives them, naming the node."""
+    said = next((line.strip() for line in str(exc).splitlines() if "died" in line.lower()), "")
+    if "node" in said.lower():
+        return f"its Ray node {node_ip} was lost ({said})"
+    return f"its Ray actor on node {node_ip} died" + (f" ({said})" if said else "")
