@@ -1,16 +1,16 @@
 """Sessions benchmark: LLM-style conversations with a per-worker cache, pinned (one session each) vs unpinned.
 
-Run: ``python bench/sessions.py`` (about 20 seconds on 2 vCPUs). Starts its own control
-service on a temporary home and deploys a function with a per-worker cache, a dict in an
+Run: ``python bench/sessions.py`` (about 20 seconds on 2 vCPUs). Starts its own control service
+on a temporary home and deploys a function with a per-worker cache, a dict in an
 ``@app.context`` standing in for a KV cache: it holds, per conversation, how many turns the
 worker has seen. A turn whose conversation is cached up to the turn before is a hit (1 ms of
 work, ``--hit-ms``); otherwise the worker recomputes the whole prefix, a miss (20 ms,
-``--miss-ms``). ``--conversations`` conversations of ``--turns`` turns each run at once (each conversation's turns one after the
-other) on ``--workers`` workers, first unpinned (each turn where the balancer sends it), then
-pinned (one ``app.session()`` per conversation), each with fresh conversation ids, ``--rounds``
-times alternated. Reported: the cache hit rate, and the medians over the rounds of the wall
-time and the mean and median time per turn of both, and their ratios.
-``--json FILE`` keeps the raw figures.
+``--miss-ms``). ``--conversations`` conversations of ``--turns`` turns each run at once (each
+conversation's turns one after the other) on ``--workers`` workers, first unpinned (each turn
+where the balancer sends it), then pinned (one ``app.session()`` per conversation), each with
+fresh conversation ids, ``--rounds`` times alternated. Reported: the cache hit rate, and the
+medians over the rounds of the wall time and the mean and median time per turn of both, and
+their ratios. ``--json FILE`` keeps the raw figures.
 """
 
 from __future__ import annotations
