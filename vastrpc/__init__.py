@@ -16,12 +16,14 @@ from vastrpc._errors import (
     RemoteError,
     RemoteTraceback,
     SerializationError,
+    SessionLostError,
     VastrpcError,
     WorkerUnavailableError,
 )
 from vastrpc._mode import get_context
 from vastrpc.client.output import RemoteOutput
 from vastrpc.client.router import CallInfo
+from vastrpc.client.session import Session
 from vastrpc.config import ClientConfig
 from vastrpc.deploy.flow import DeployResult
 from vastrpc.deployment import Deployment, RemoteFunction
@@ -51,6 +53,8 @@ __all__ = [
     "RemoteOutput",
     "RemoteTraceback",
     "SerializationError",
+    "Session",
+    "SessionLostError",
     "VastrpcError",
     "WorkerUnavailableError",
     "get_context",

@@ -14,7 +14,8 @@
     └── CallError                a call did not produce its result
         ├── FunctionNotFoundError      the worker has no function of that name
         ├── WorkerUnavailableError     no worker could take the call, or one went away mid-call
-        │   └── OverloadedError              every worker is at its limits (queue full or too long)
+        │   ├── OverloadedError              every worker is at its limits (queue full or too long)
+        │   └── SessionLostError             a session's worker went away (or the session ended): not re-routed
         ├── CallTimeoutError           the call ran past its timeout
         ├── SerializationError         arguments or result could not be (de)serialised
         └── RemoteError                the remote function raised an exception that cannot be rebuilt here
@@ -42,6 +43,7 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
+    "SessionLostError",
     "VastrpcError",
     "WorkerUnavailableError",
 ]
@@ -119,6 +121,23 @@ class WorkerUnavailableError(CallError):
 
 class OverloadedError(WorkerUnavailableError):
     """Every worker that could take the call is at its limits: its queue is full or too slow."""
+
+
+class SessionLostError(WorkerUnavailableError):
+    """A session's call cannot run where the session's state is: its worker went away, or the session ended.
+
+    The call is never sent to another worker, since what the session built up there (a
+    conversation's KV cache, say) is gone; open a new session to go on.
+
+    Attributes:
+        session_id: The session.
+        worker_id: The worker it was pinned to ("" if it had none yet).
+    """
+
+    def __init__(self, message: str, *, session_id: str = "", worker_id: str = "") -> None:
+        self.session_id = session_id
+        self.worker_id = worker_id
+        super().__init__(message)
 
 
 class CallTimeoutError(CallError, TimeoutError):

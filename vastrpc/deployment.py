@@ -13,6 +13,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from vastrpc._errors import ContextError, DefinitionError
 from vastrpc._mode import deploys_deferred, get_context, serve_runtime
+from vastrpc.client.session import Session
 from vastrpc.config import ClientConfig
 from vastrpc.definition import (
     DEFAULT_MAX_ARGUMENT_BYTES,
@@ -392,6 +393,22 @@ class Deployment:
             return await self._handle.ensure_ready()
         finally:
             await self._handle.close()
+
+    def session(self, ttl: float = 300.0) -> Session:
+        """A session: a series of calls pinned to one worker (Vast's serverless sessions).
+
+        ``async with app.session(ttl=300) as s: await s.call(fn, *args)``. The first call
+        goes to the worker the balancer picks; every later one of the session to that worker
+        (a conversation whose KV cache lives there). Each call extends the session's life;
+        ``ttl`` seconds without a call, or leaving the ``async with``, end it. While it is
+        open, the autoscaler counts it as reserved capacity on its worker and retires that
+        worker last. When the worker goes away, the session's calls raise
+        :class:`~vastrpc.SessionLostError` rather than moving elsewhere.
+
+        Args:
+            ttl: Seconds of idleness that end the session.
+        """
+        return Session(self._handle.router, ttl)
 
     async def close(self) -> None:
         """Close this client's connections (workers keep running)."""

@@ -233,6 +233,13 @@ class ControlClient:
         resp = await self._unary("WakeEndpoint", control_pb2.WakeEndpointRequest(endpoint_id=endpoint_id))
         return int(resp.workers_started)
 
+    async def hold_session(self, endpoint_id: str, session_id: str, worker_id: str, ttl: float) -> bool:
+        """Open or renew a session on a worker for ``ttl`` seconds (0 releases it); False if the worker is gone."""
+        request = control_pb2.HoldSessionRequest(
+            endpoint_id=endpoint_id, session_id=session_id, worker_id=worker_id, ttl_seconds=ttl
+        )
+        return bool((await self._unary("HoldSession", request)).worker_active)
+
     async def list_deployments(self, name: str = "") -> control_pb2.ListDeploymentsResponse:
         return await self._unary("ListDeployments", control_pb2.ListDeploymentsRequest(name=name))
 

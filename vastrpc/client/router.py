@@ -261,6 +261,11 @@ class Router:
         if self._waiting:
             self._waiting[0].set()
 
+    async def pick(self, timeout: float | None) -> WorkerConnection:
+        """The worker the balancer would send a call to now, waiting for one (with room) within ``timeout``."""
+        call_deadline = None if timeout is None else time.monotonic() + timeout
+        return await self._pick(time.monotonic() + _NO_WORKER_WAIT, call_deadline, timeout)
+
     async def _pick(
         self, deadline: float, call_deadline: float | None, timeout: float | None, *, front: bool = False
     ) -> WorkerConnection:

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from functools import wraps
@@ -419,6 +420,19 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         # A client with calls to make is a client heard from (the TTL counts from the last one).
         self.lifecycle.client_seen(request.endpoint_id)
         return control_pb2.WakeEndpointResponse(workers_started=started)
+
+    @_unary
+    async def HoldSession(
+        self, request: control_pb2.HoldSessionRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.HoldSessionResponse:
+        if not (request.endpoint_id and request.session_id and request.worker_id):
+            raise DefinitionError("HoldSession needs the endpoint_id, session_id and worker_id")
+        worker = self.store.get_worker(request.worker_id)
+        active = worker is not None and worker.endpoint_id == request.endpoint_id and worker.state == "ready"
+        ttl = request.ttl_seconds if active and math.isfinite(request.ttl_seconds) else 0.0
+        self.lifecycle.sessions.hold(request.session_id, request.endpoint_id, request.worker_id, ttl)
+        self.lifecycle.client_seen(request.endpoint_id)
+        return control_pb2.HoldSessionResponse(worker_active=active)
 
     # -- operations -------------------------------------------------------------------
 

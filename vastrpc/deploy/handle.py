@@ -7,7 +7,7 @@ import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from typing import Any
 
-from vastrpc.client.router import CallInfo
+from vastrpc.client.router import CallInfo, Router
 from vastrpc.config import ClientConfig
 from vastrpc.definition import DeploymentDefinition, FunctionOptions
 from vastrpc.deploy.flow import DeployResult, Session, ensure_ready
@@ -66,6 +66,10 @@ class DeploymentHandle:
                 yield value
         except Exception as exc:
             raise _without_our_frames(exc) from exc.__cause__
+
+    async def router(self) -> Router:
+        """The router of the live session, deploying (or reconnecting) first if needed."""
+        return (await self._ready_session()).router
 
     async def close(self) -> None:
         """Close the session's connections (workers keep running)."""

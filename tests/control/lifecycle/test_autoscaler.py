@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -381,6 +382,43 @@ async def test_scale_down_retires_the_newest_after_the_delay(setup) -> None:
     assert await setup.autoscaler.tick(now + 10) == {endpoint_id: 1}
     assert [w.id for w in setup.active(endpoint_id)] == ["w-0"]
     assert setup.endpoint_row(endpoint_id).state == "ready"
+
+
+async def test_scale_down_retires_workers_without_open_sessions_first(setup, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="vastrpc.control.lifecycle.autoscaler")
+    endpoint_id = setup.endpoint(workers=3, capacity=4)
+    # The oldest worker would be kept by default: sessions on the two newer ones keep those instead.
+    setup.lifecycle.sessions.hold("s-1", endpoint_id, "w-1", 60)
+    setup.lifecycle.sessions.hold("s-2", endpoint_id, "w-2", 60)
+    now = time.time()
+    assert await setup.autoscaler.tick(now) == {}
+    assert await setup.autoscaler.tick(now + 10) == {endpoint_id: 2}
+    assert "2 worker(s) hold open sessions" in caplog.text
+    assert sorted(w.id for w in setup.active(endpoint_id)) == ["w-1", "w-2"]
+    # Once the sessions are closed, the idle endpoint goes down to one of them.
+    setup.lifecycle.sessions.release("s-1")
+    setup.lifecycle.sessions.hold("s-2", endpoint_id, "w-2", 0)
+    assert await setup.autoscaler.tick(now + 11) == {}
+    assert await setup.autoscaler.tick(now + 21) == {endpoint_id: 1}
+    assert len(setup.active(endpoint_id)) == 1
+
+
+async def test_an_open_session_keeps_an_idle_endpoint_from_scaling_to_zero(setup) -> None:
+    endpoint_id = setup.endpoint(min_workers=0, inactivity_timeout=5)
+    setup.lifecycle.sessions.hold("s-1", endpoint_id, "w-0", 60)
+    now = time.time()
+    assert await setup.autoscaler.tick(now + 100) == {}
+    assert [w.id for w in setup.active(endpoint_id)] == ["w-0"]
+    # An expired session reserves nothing.
+    setup.lifecycle.sessions.hold("s-1", endpoint_id, "w-0", 60, now=now - 61)
+    assert await setup.autoscaler.tick(now + 200) == {endpoint_id: 0}
+
+
+def test_measure_counts_an_open_session_as_a_call_in_flight_on_its_worker() -> None:
+    a = WorkerRow(id="a", endpoint_id="e", revision_id="r", state="ready", token_hash="", score=4, capacity=2)
+    b = replace(a, id="b", calls_in_flight=2)
+    assert measure([a, b], 2).load == 4
+    assert measure([a, b], 2, sessions={"a": 1, "b": 1}).load == 6  # b's session is one of its calls
 
 
 async def test_stale_heartbeats_carry_no_load(setup) -> None:

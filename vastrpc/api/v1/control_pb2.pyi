@@ -420,6 +420,24 @@ class WakeEndpointResponse(_message.Message):
     workers_started: int
     def __init__(self, workers_started: _Optional[int] = ...) -> None: ...
 
+class HoldSessionRequest(_message.Message):
+    __slots__ = ("endpoint_id", "session_id", "worker_id", "ttl_seconds")
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    endpoint_id: str
+    session_id: str
+    worker_id: str
+    ttl_seconds: float
+    def __init__(self, endpoint_id: _Optional[str] = ..., session_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., ttl_seconds: _Optional[float] = ...) -> None: ...
+
+class HoldSessionResponse(_message.Message):
+    __slots__ = ("worker_active",)
+    WORKER_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    worker_active: bool
+    def __init__(self, worker_active: _Optional[bool] = ...) -> None: ...
+
 class ListDeploymentsRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -90,6 +90,11 @@ class ControlServiceStub:
                 request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.WakeEndpointRequest.SerializeToString,
                 response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.WakeEndpointResponse.FromString,
                 _registered_method=True)
+        self.HoldSession = channel.unary_unary(
+                '/vastrpc.api.v1.ControlService/HoldSession',
+                request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.HoldSessionRequest.SerializeToString,
+                response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.HoldSessionResponse.FromString,
+                _registered_method=True)
         self.ListDeployments = channel.unary_unary(
                 '/vastrpc.api.v1.ControlService/ListDeployments',
                 request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.ListDeploymentsRequest.SerializeToString,
@@ -200,6 +205,14 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HoldSession(self, request, context):
+        """Opens, renews or (ttl_seconds 0) releases a client's session on a worker: while open,
+        the autoscaler counts it as reserved capacity there and retires that worker last.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListDeployments(self, request, context):
         """Lists deployments with their endpoints and workers.
         """
@@ -290,6 +303,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.WakeEndpoint,
                     request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.WakeEndpointRequest.FromString,
                     response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.WakeEndpointResponse.SerializeToString,
+            ),
+            'HoldSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldSession,
+                    request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.HoldSessionRequest.FromString,
+                    response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.HoldSessionResponse.SerializeToString,
             ),
             'ListDeployments': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeployments,
@@ -593,6 +611,33 @@ class ControlService:
             '/vastrpc.api.v1.ControlService/WakeEndpoint',
             vastrpc_dot_api_dot_v1_dot_control__pb2.WakeEndpointRequest.SerializeToString,
             vastrpc_dot_api_dot_v1_dot_control__pb2.WakeEndpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vastrpc.api.v1.ControlService/HoldSession',
+            vastrpc_dot_api_dot_v1_dot_control__pb2.HoldSessionRequest.SerializeToString,
+            vastrpc_dot_api_dot_v1_dot_control__pb2.HoldSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

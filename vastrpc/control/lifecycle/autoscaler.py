@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Protocol
 
@@ -13,6 +14,7 @@ from vastrpc.api.v1 import control_pb2
 from vastrpc.control.lifecycle.leadership import JOINED
 from vastrpc.control.lifecycle.rules import SCALABLE_STATES, wake_workers
 from vastrpc.control.lifecycle.scaling import Decision, Observed, Policy, ScaleState, decide, workers_for
+from vastrpc.control.lifecycle.sessions import SessionTable
 from vastrpc.control.stores.base import ACTIVE_WORKER_STATES, EndpointRow, Store, WorkerRow
 
 __all__ = [
@@ -45,6 +47,10 @@ class ScaleTarget(Protocol):
 
     def check_heartbeats(self, now: float) -> list[str]:
         """Declare lost the workers whose heartbeats stopped; returns their ids."""
+
+    @property
+    def sessions(self) -> SessionTable:
+        """The sessions clients hold open on workers."""
 
 
 def _spec_capacity(spec: control_pb2.DeploymentSpec) -> int:
@@ -227,8 +233,11 @@ class Autoscaler:
         starting = sum(1 for w in workers if w.state != "ready")
         policy, spec_capacity = self._policy(live)
         fresh = [w for w in workers if now - w.last_heartbeat <= self.heartbeat_timeout]
-        observed = measure(fresh, spec_capacity, self._perf.get(endpoint.id, 0.0))
-        observed = replace(observed, used=used, starting=starting)
+        # Sessions expire by the clock, as their clients renew them (``now`` may be simulated).
+        held = self.lifecycle.sessions.per_worker(endpoint.id)
+        observed = measure(fresh, spec_capacity, self._perf.get(endpoint.id, 0.0), held)
+        reserved = sum(1 for w in workers if held.get(w.id))
+        observed = replace(observed, used=used, starting=starting, reserved=reserved)
         if observed.workers:
             self._perf[endpoint.id] = observed.perf
         if updating or (endpoint.state in ("deploying", "waiting") and starting):
@@ -273,7 +282,9 @@ def _name(store: Store, endpoint: EndpointRow) -> str:
     return f"{deployment.name}:{endpoint.tag}" if deployment else endpoint.id
 
 
-def measure(workers: list[WorkerRow], spec_capacity: int, known_perf: float = 0.0) -> Observed:
+def measure(
+    workers: list[WorkerRow], spec_capacity: int, known_perf: float = 0.0, sessions: Mapping[str, int] | None = None
+) -> Observed:
     """An endpoint's load, perf and queue time from its workers' last heartbeats (Vast's units).
 
     A worker's perf is its benchmark score (calls per second with every slot busy) and its
@@ -282,12 +293,15 @@ def measure(workers: list[WorkerRow], spec_capacity: int, known_perf: float = 0.
     calls as a share of the slots, weighted by how fast the worker turns them over);
     ``perf`` is the mean over the ready workers; ``queue_time = sum(calls_queued) /
     sum(perf)``. A worker without a score counts as ``known_perf`` (the endpoint's last
-    measured perf), or 1 when there is none: the load is then in workers' worth.
+    measured perf), or 1 when there is none: the load is then in workers' worth. An open
+    session reserves a slot on its worker: a worker counts at least as many calls in flight
+    as it holds sessions.
 
     Args:
         workers: The endpoint's workers whose heartbeats are fresh.
         spec_capacity: Slots of a worker of the live revision, from its spec.
         known_perf: Perf to assume for a worker that reported no score.
+        sessions: Open sessions per worker id.
     """
     ready = [w for w in workers if w.state == "ready"]
     scores = [w.score for w in ready if w.score > 0]
@@ -296,7 +310,10 @@ def measure(workers: list[WorkerRow], spec_capacity: int, known_perf: float = 0.
     def perf(w: WorkerRow) -> float:
         return w.score if w.score > 0 else default
 
-    load = sum(w.calls_in_flight / (w.capacity or spec_capacity or 1) * perf(w) for w in workers)
+    held = sessions or {}
+    load = sum(
+        max(w.calls_in_flight, held.get(w.id, 0)) / (w.capacity or spec_capacity or 1) * perf(w) for w in workers
+    )
     total = sum(perf(w) for w in ready)
     queued = sum(w.calls_queued for w in workers)
     queue_time = queued / total if total > 0 else 0.0

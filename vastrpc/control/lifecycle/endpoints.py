@@ -27,6 +27,7 @@ from vastrpc.control.lifecycle.rules import (
     read_log_tail,
     validate_spec,
 )
+from vastrpc.control.lifecycle.sessions import SessionTable
 from vastrpc.control.lifecycle.stopping import Stopping
 from vastrpc.control.lifecycle.tiers import classify, keep_bundle, same_spec, same_workload
 from vastrpc.control.providers.base import Provider, start_options
@@ -85,6 +86,8 @@ class Lifecycle(Losses, Rollouts, Stopping):
         self._foreign: dict[str, int] = {}
         # Recorded on the workers this process starts: on a shared store, whose they are.
         self.owner = process_owner()
+        # Sessions clients hold open on workers (OpenSession): reserved, retired last.
+        self.sessions = SessionTable()
 
     @property
     def shutting_down(self) -> bool:
@@ -238,8 +241,10 @@ class Lifecycle(Losses, Rollouts, Stopping):
         self.store.update_endpoint(endpoint_id, desired_workers=desired, state=state)
         self.changed(endpoint_id)
         if len(active) > desired:
-            # Keep the ready ones; of the rest, the newest go first.
-            extra = sorted(active, key=lambda w: (w.state == "ready", -w.created_at))[: len(active) - desired]
+            # Keep those holding open sessions, then the ready ones; of the rest, the newest go first.
+            held = self.sessions.per_worker(endpoint_id)
+            extra = sorted(active, key=lambda w: (w.id in held, w.state == "ready", -w.created_at))
+            extra = extra[: len(active) - desired]
             self._retire(extra, wait=False)
             return 0
         return await self._start_workers(endpoint_id, revision, desired - len(active))

@@ -73,6 +73,8 @@ class Observed:
         workers: Ready workers the load was measured on.
         used: A call started since the last look, though none may be in flight now.
         starting: Workers still coming up: activity too (a caller may be waiting for one).
+        reserved: Workers holding an open session: never fewer workers than these, and
+            activity too (a conversation may go on).
     """
 
     load: float = 0.0
@@ -81,6 +83,7 @@ class Observed:
     workers: int = 0
     used: bool = False
     starting: int = 0
+    reserved: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,8 @@ def decide(
     positive, the endpoint keeps at least one worker until that many seconds passed without
     any call, and then goes at once to what ``workers_for`` a zero load gives (``min_load``,
     ``min_cold_load``, ``cold_workers`` and ``min_workers`` still hold); 0, no gate; negative,
-    never below one worker. Bounds changed by an update apply at once.
+    never below one worker. Workers holding an open session (``observed.reserved``) are a
+    floor, within ``max_workers``, and count as activity. Bounds changed by an update apply at once.
 
     Args:
         policy: The endpoint's settings.
@@ -174,7 +178,7 @@ def decide(
     Returns:
         The desired count, the state for the next look, and the reason.
     """
-    busy = observed.load > 0 or observed.used or observed.starting > 0
+    busy = observed.load > 0 or observed.used or observed.starting > 0 or observed.reserved > 0
     if busy:
         state = replace(state, last_busy=now)
     idle = now - state.last_busy
@@ -189,6 +193,9 @@ def decide(
     if queued > wanted:
         wanted = queued
         basis += f"; queue {observed.queue_time:.3g} s over target_queue_time {policy.target_queue_time:g} s"
+    if observed.reserved > wanted:
+        wanted = min(observed.reserved, policy.max_workers)
+        basis += f"; {observed.reserved} worker(s) hold open sessions"
     if timeout != 0:
         # Gated: in use within the timeout (or never allowed to zero), one worker at least.
         wanted = max(wanted, 1)
