@@ -40,9 +40,6 @@ def wants_terminal(mode: str, stream: IO[str]) -> bool:
     return bool(isatty and isatty())
 
 
-# -- deploy progress ------------------------------------------------------------------------------
-
-
 class PlainProgress(DeployProgress):
     """Deploy progress as one log line per step on ``stream``: for CI logs, pipes and files.
 
