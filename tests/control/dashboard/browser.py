@@ -65,18 +65,25 @@ class Browser:
         to_browser_r, to_browser_w = (_high_fd(fd) for fd in os.pipe())
         from_browser_r, from_browser_w = (_high_fd(fd) for fd in os.pipe())
 
-        def place_pipes() -> None:
-            os.dup2(to_browser_r, 3)
-            os.dup2(from_browser_w, 4)
-
+        # Chromium reads DevTools commands on fd 3 and answers on fd 4. Bash moves the pipes
+        # there and execs it: no Python runs between fork and exec (preexec_fn in a process with
+        # gRPC's threads can clobber gRPC's own descriptors in the child and crash it).
+        moves = f"3<&{to_browser_r} 4>&{from_browser_w} {to_browser_r}<&- {from_browser_w}>&-"
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [executable, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                [
+                    "bash",
+                    "-c",
+                    f'exec "$0" "$@" {moves}',
+                    executable,
+                    *FLAGS,
+                    f"--user-data-dir={profile}",
+                    "about:blank",
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                pass_fds=(3, 4),
-                preexec_fn=place_pipes,
+                pass_fds=(to_browser_r, from_browser_w),
             )
         os.close(to_browser_r)
         os.close(from_browser_w)
