@@ -99,8 +99,9 @@ class Losses:
         endpoint = self.store.get_endpoint(endpoint_id)
         if endpoint is None or endpoint.state in ("stopped", "failed"):
             return
-        if endpoint.state != "waiting" or endpoint.failure_message != reason:
-            log.warning("endpoint %s waits for capacity (%s): %s", endpoint_id, step, reason)
+        if (endpoint.state, endpoint.failure_step, endpoint.failure_message) == ("waiting", step, reason):
+            return  # another placement try that found no room: nothing new to write or tell the watches
+        log.warning("endpoint %s waits for capacity (%s): %s", endpoint_id, step, reason)
         self.store.update_endpoint(
             endpoint_id, state="waiting", failure_step=step, failure_message=reason, failure_log_tail=""
         )
