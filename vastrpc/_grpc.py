@@ -134,6 +134,13 @@ def channel(address: str, credentials: grpc.ChannelCredentials | None = None) ->
     return grpc.aio.secure_channel(address, credentials, options=list(CHANNEL_OPTIONS))
 
 
+def sync_channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    """A blocking channel with the shared options (the command line's): TLS with ``credentials``, else plaintext."""
+    if credentials is None:
+        return grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+    return grpc.secure_channel(address, credentials, options=list(CHANNEL_OPTIONS))
+
+
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
     """Call metadata that presents ``token``."""
     return ((AUTH_HEADER, f"Bearer {token}"),)

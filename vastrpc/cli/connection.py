@@ -121,7 +121,7 @@ def control_stub(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from vastrpc._grpc import CHANNEL_OPTIONS, bearer, error_from_rpc, tls_failure
+    from vastrpc._grpc import bearer, error_from_rpc, sync_channel, tls_failure
     from vastrpc.api.v1 import control_pb2_grpc
 
     addresses, api_key, tls = connect(args)
@@ -131,12 +131,7 @@ def control_stub(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
         raise ControlUnavailableError(f"cannot read a TLS file: {exc}") from None
     failures: dict[str, str] = {}
     for address in addresses:
-        channel = (
-            grpc.secure_channel(address, credentials, options=list(CHANNEL_OPTIONS))
-            if credentials is not None
-            else grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS))
-        )
-        with channel:
+        with sync_channel(address, credentials) as channel:
             try:
                 health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=_HEALTH_TIMEOUT)
             except grpc.RpcError as exc:

@@ -82,9 +82,8 @@ def grpcurl_invoke(
 
 
 def _endpoint(args: argparse.Namespace) -> int:
-    import grpc
 
-    from vastrpc._grpc import bearer
+    from vastrpc._grpc import bearer, sync_channel
     from vastrpc.api.v1 import common_pb2, control_pb2, worker_pb2, worker_pb2_grpc
     from vastrpc.cli.console import print_json
 
@@ -111,8 +110,7 @@ def _endpoint(args: argparse.Namespace) -> int:
     functions: list[str] = []
     if ready:
         credentials = tls.channel_credentials() if tls is not None else None
-        target = ready[0].address
-        with grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target) as channel:
+        with sync_channel(ready[0].address, credentials) as channel:
             info = worker_pb2_grpc.WorkerServiceStub(channel).GetWorkerInfo(
                 worker_pb2.GetWorkerInfoRequest(), metadata=bearer(state.endpoint_token), timeout=_RPC_TIMEOUT
             )

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vastrpc._errors import ControlUnavailableError
 from vastrpc._files import exposed_home, open_private_log
+from vastrpc._grpc import sync_channel
 from vastrpc._process import module_argv, package_pythonpath, pid_alive
 from vastrpc._tls import TlsFiles
 from vastrpc.config import ENV_DASHBOARD_PORT
@@ -77,7 +78,7 @@ def control_tls(info: dict[str, Any], home: Path) -> TlsFiles | None:
 def _healthy(info: dict[str, Any], home: Path, timeout: float = _HEALTH_TIMEOUT) -> bool:
     address, tls = info["address"], control_tls(info, home)
     try:
-        channel = grpc.secure_channel(address, tls.channel_credentials()) if tls else grpc.insecure_channel(address)
+        channel = sync_channel(address, tls.channel_credentials() if tls else None)
     except OSError:  # its CA file is gone: not a service this home can use
         return False
     try:
