@@ -144,7 +144,13 @@ async def test_clients_of_both_services_keep_calling_when_the_leader_is_killed(
     else:
         # Calls that may have run are retried for idempotent functions; none is lost.
         assert [o for o in failed if o.kind == "idempotent"] == [], failed
-    assert loop_errors == [], [c.get("message") for c in loop_errors]
+    # gRPC may hand late events of earlier tests to their closed loops through this one: not ours.
+    ours = [
+        c
+        for c in loop_errors
+        if not ("PollerCompletionQueue" in str(c.get("message")) and "loop is closed" in str(c.get("exception")))
+    ]
+    assert ours == [], [c.get("message") for c in ours]
     err = capfd.readouterr().err
     for warning in ("never retrieved", "Task was destroyed", "was never awaited"):
         assert warning not in err, err[-3000:]
