@@ -118,3 +118,18 @@ def test_module_opens_with_a_docstring_and_stays_small(name: str) -> None:
     assert docstring, f"{path.relative_to(ROOT)} has no module docstring"
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_LINES, f"{path.relative_to(ROOT)} has {lines} lines; split it by concern (limit {MAX_LINES})"
+
+
+def test_no_asyncio_wait_for_in_the_package() -> None:
+    # Python 3.11's wait_for can swallow a cancellation that lands as its awaitable finishes:
+    # a watch task that missed its cancel kept a deploy waiting forever. asyncio.timeout cannot.
+    offenders = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in MODULES.values()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute)
+        and node.attr == "wait_for"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "asyncio"
+    ]
+    assert offenders == [], f"use `async with asyncio.timeout(...)` instead of asyncio.wait_for: {offenders}"

@@ -76,7 +76,8 @@ class HttpServer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), 2)
+            async with asyncio.timeout(2):
+                await self._server.wait_closed()
 
 
 async def start_http_server(
@@ -113,7 +114,8 @@ async def start_http_server(
         try:
             if len(tasks) > max_connections:
                 # Read first: closing with the request unread would reset the connection, not answer it.
-                await asyncio.wait_for(_read_request(reader), _READ_TIMEOUT)
+                async with asyncio.timeout(_READ_TIMEOUT):
+                    await _read_request(reader)
                 await _write(writer, "GET", Response(503, body=b"too many connections; try again\n"))
             else:
                 await _answer(reader, writer, handler)
@@ -169,7 +171,8 @@ async def _read_request(reader: asyncio.StreamReader) -> Request | None:
 
 async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler) -> None:
     # One deadline for the whole request: a client trickling header lines cannot hold a connection.
-    request = await asyncio.wait_for(_read_request(reader), _READ_TIMEOUT)
+    async with asyncio.timeout(_READ_TIMEOUT):
+        request = await _read_request(reader)
     if request is None:
         await _write(writer, "GET", Response(400, body=b"not an HTTP/1.1 request\n"))
         return

@@ -166,6 +166,8 @@ class ControlConfig:
         api_key: The key clients must present; ``None`` reads or creates ``home/api_key``.
         enable_reflection: Serve gRPC server reflection.
         heartbeat_interval: Seconds between worker heartbeats.
+        watch_keepalive: Seconds a quiet endpoint watch goes without a message before the
+            service sends a keepalive (at most 10: clients watch again after 30 s of silence).
         worker_stop_grace: Seconds a stopping worker gets before it is killed.
         reaper_interval: Seconds between two passes of the TTL reaper (teardown of idle
             endpoints, removal of bundles no endpoint uses).
@@ -213,6 +215,7 @@ class ControlConfig:
     api_key: str | None = None
     enable_reflection: bool = True
     heartbeat_interval: float = 2.0
+    watch_keepalive: float = 10.0
     worker_stop_grace: float = 10.0
     reaper_interval: float = 1.0
     bundle_grace: float = 60.0

@@ -8,6 +8,7 @@ import type { ControlConnection } from './control';
 import {
   CallError,
   ControlServiceError,
+  ControlUnavailableError,
   DeploymentError,
   NoReadyWorkerError,
   OverloadedError,
@@ -16,6 +17,12 @@ import {
 import type { WatchEndpointResponse } from './messages';
 import { CallNotDelivered, WorkerConnection } from './worker';
 import type { LogHandler } from './worker';
+
+/**
+ * Seconds an endpoint watch may carry nothing: the control service sends a keepalive after at
+ * most 10 s of quiet, so a longer silence is a stream stuck somewhere; watch again.
+ */
+const WATCH_SILENCE_S = 30;
 
 /** A call's result and where it ran. */
 export interface CallInfo<T> {
@@ -155,24 +162,44 @@ export class Endpoint {
     const address = this.control.address;
     const call = this.control.watch(this.endpointId);
     this.watchCall = call;
+    let silent = false;
+    let silence: NodeJS.Timeout | undefined;
+    const heard = (): void => {
+      clearTimeout(silence);
+      silence = setTimeout(() => {
+        silent = true;
+        call.cancel();
+      }, WATCH_SILENCE_S * 1000);
+    };
+    heard();
     call.on('data', (update: WatchEndpointResponse) => {
+      heard();
       this.retryDelayMs = 200;
-      this.apply(update);
+      if (!update.keepalive) {
+        this.apply(update);
+      }
     });
     call.on('error', () => undefined); // reported through 'status'
     call.on('status', (status: grpc.StatusObject) => {
+      clearTimeout(silence);
       if (this.watchCall !== call || this.closed) {
         return;
       }
       this.watchCall = null;
       // Keep serving from the known workers while the control service is away.
-      this.watchError =
-        status.code === grpc.status.OK
-          ? new ControlServiceError('the control service ended the endpoint watch')
-          : this.control.error(status);
+      if (silent) {
+        this.watchError = new ControlUnavailableError(
+          `the endpoint watch on the control service at ${address} carried nothing for ${WATCH_SILENCE_S}s`,
+        );
+      } else {
+        this.watchError =
+          status.code === grpc.status.OK
+            ? new ControlServiceError('the control service ended the endpoint watch')
+            : this.control.error(status);
+      }
       this.notify();
       // Another control service shares the state: resume the watch there at once.
-      const switched = status.code === grpc.status.UNAVAILABLE && this.control.switch(address);
+      const switched = (silent || status.code === grpc.status.UNAVAILABLE) && this.control.switch(address);
       this.retryTimer = setTimeout(
         () => {
           this.retryTimer = null;

@@ -109,6 +109,8 @@ export interface WatchEndpointResponse {
   endpoint_token: string;
   failure: Failure | null;
   desired_workers: number;
+  /** Set on a message that only says the watch is alive; every other field is empty. */
+  keepalive: boolean;
 }
 
 /** control.proto `WakeEndpointRequest`. */

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 
+from tests.control.helpers import make_spec
 from vastrpc import ClientConfig, ControlUnavailableError
+from vastrpc.api.v1 import control_pb2
 from vastrpc.client.control import ControlClient
 
 pytestmark = pytest.mark.timeout(60)
@@ -36,3 +39,65 @@ async def test_no_address_answering_lists_each_with_its_reason_within_the_timeou
     one = ClientConfig(control_address="127.0.0.1:1", api_key="k", home=tmp_path, connect_timeout=1)
     with pytest.raises(ControlUnavailableError, match="VASTRPC_CONTROL_ADDRESS=127.0.0.1:1,OTHER_HOST:PORT"):
         await ControlClient.connect(one)
+
+
+class _FreezingProxy:
+    """A TCP proxy to the control service that can stop passing bytes, leaving connections open."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.frozen = asyncio.Event()
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._connected, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host, port = self.target.rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        self.writers += [writer, up_writer]
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if self.frozen.is_set():
+                await asyncio.Event().wait()  # stuck: the bytes go nowhere, the socket stays open
+            writer.write(data)
+            await writer.drain()
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.writers:
+            writer.transport.abort()
+
+
+@pytest.mark.parametrize("control_service", [{"args": ["--watch-keepalive", "0.2"]}], indirect=True)
+async def test_a_quiet_watch_lives_on_keepalives_and_a_stuck_one_fails_after_its_silence(control_service) -> None:
+    proxy = _FreezingProxy(control_service.address)
+    client = ControlClient(await proxy.start(), control_service.api_key)
+    updates: list[control_pb2.WatchEndpointResponse] = []
+
+    async def watch() -> None:
+        async for update in client.watch(reg.endpoint_id, silence=1.0):
+            updates.append(update)
+
+    try:
+        reg = await client.register(make_spec("quiet"))
+        watching = asyncio.create_task(watch())
+        # Three silences long with nothing changing: the keepalives hold it open, and the
+        # watcher sees only the one real update.
+        await asyncio.sleep(3.0)
+        assert not watching.done()
+        assert len(updates) == 1 and not updates[0].keepalive and updates[0].endpoint_id == reg.endpoint_id
+        # The stream stops flowing (connection open, nothing through): the watch fails after its silence.
+        proxy.frozen.set()
+        started = time.monotonic()
+        with pytest.raises(ControlUnavailableError, match="carried nothing for 1s"):
+            await asyncio.wait_for(watching, 10)
+        assert 0.8 < time.monotonic() - started < 3.0
+    finally:
+        await client.close()
+        await proxy.close()

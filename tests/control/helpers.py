@@ -153,6 +153,8 @@ class Client:
         try:
             async with asyncio.timeout(timeout):
                 async for update in call:
+                    if update.keepalive:
+                        continue
                     last = update
                     if predicate(update):
                         return update

@@ -68,6 +68,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
         metavar="SECONDS",
         help="how often workers report that they are alive and their calls in flight (default 2)",
     )
+    serve.add_argument(
+        "--watch-keepalive",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a quiet endpoint watch goes without a message before a keepalive, at most 10 (default 10)",
+    )
     tls = serve.add_argument_group(
         "TLS", "plaintext unless --tls auto or --tls-cert/--tls-key; local workers use the same certificate"
     )
@@ -192,6 +199,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise Failure("--reaper-interval must be positive and --bundle-grace not negative")
     if args.autoscale_interval <= 0 or args.heartbeat_interval <= 0 or args.scale_down_delay < 0:
         raise Failure("--autoscale-interval and --heartbeat-interval must be positive, --scale-down-delay not negative")
+    if not 0 < args.watch_keepalive <= 10:
+        raise Failure("--watch-keepalive must be above 0 and at most 10 (clients watch again after 30 s of silence)")
     if args.peer and not (args.store or "").startswith(("postgresql:", "postgres:")):
         raise Failure("--peer names control services that share this one's state: give --store postgresql://...")
     home = args.home.expanduser().resolve()
@@ -205,6 +214,7 @@ def _serve(args: argparse.Namespace) -> int:
         autoscale_interval=args.autoscale_interval,
         scale_down_delay=args.scale_down_delay,
         heartbeat_interval=args.heartbeat_interval,
+        watch_keepalive=args.watch_keepalive,
         tls=_server_tls(args, home),
         store_url=args.store,
         blob_url=args.blobs,

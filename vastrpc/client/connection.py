@@ -211,7 +211,8 @@ class InvokeStream:
             while True:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 try:
-                    item = await asyncio.wait_for(pending.queue.get(), remaining)
+                    async with asyncio.timeout(remaining):
+                        item = await pending.queue.get()
                 except TimeoutError:
                     raise CallTimeoutError(
                         f"{function} did not finish within its timeout on worker {self.worker_id}"

@@ -26,6 +26,9 @@ _RPC_TIMEOUT = 60.0
 _HEALTH_POLL = 0.1
 # With several control services, connect gives each at least this long per try before the next.
 _HEALTH_TRY = 1.0
+# An endpoint watch that carries nothing for this long (the service sends a keepalive after
+# at most 10 s of quiet) is stuck somewhere between the service and us: watch again.
+WATCH_SILENCE = 30.0
 
 
 class ControlClient:
@@ -256,19 +259,34 @@ class ControlClient:
     async def teardown(self, name: str, tag: str = "") -> control_pb2.TeardownResponse:
         return await self._unary("Teardown", control_pb2.TeardownRequest(name=name, tag=tag))
 
-    async def watch(self, endpoint_id: str) -> AsyncIterator[control_pb2.WatchEndpointResponse]:
+    async def watch(
+        self, endpoint_id: str, silence: float = WATCH_SILENCE
+    ) -> AsyncIterator[control_pb2.WatchEndpointResponse]:
         """The endpoint's state, now and after every change, until the caller stops iterating.
 
-        When the control service stops answering, the watch fails and the client turns to the
-        next one, if any: watching again resumes there (they share the state).
+        When the control service stops answering, or the watch carries nothing (not even a
+        keepalive) for ``silence`` seconds, the watch fails and the client turns to the next
+        service, if any: watching again resumes there (they share the state).
         """
         address = self.address
         call = self.stub.WatchEndpoint(
             control_pb2.WatchEndpointRequest(endpoint_id=endpoint_id), metadata=self._metadata
         )
         try:
-            async for update in call:
-                yield update
+            while True:
+                try:
+                    async with asyncio.timeout(silence):
+                        update = await call.read()
+                except TimeoutError:
+                    then = f"; turning to {self.address}" if self.switch(address) else ""
+                    log.warning("the endpoint watch on %s was silent for %gs; watching again%s", address, silence, then)
+                    raise ControlUnavailableError(
+                        f"the endpoint watch on the control service at {address} carried nothing for {silence:g}s{then}"
+                    ) from None
+                if update is grpc.aio.EOF:
+                    return
+                if not update.keepalive:
+                    yield update
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 then = f"; turning to {self.address}" if self.switch(address) else ""

@@ -193,7 +193,8 @@ class Router:
 
         try:
             async with self._changed:
-                await asyncio.wait_for(self._changed.wait_for(settled), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait_for(settled)
         except TimeoutError:
             raise DeploymentError(
                 f"workers were not ready within {timeout:g}s; {self._describe_workers()}", step="provision"
@@ -303,7 +304,8 @@ class Router:
             async with self._changed:
                 try:
                     # Woken by the watch; the short bound re-checks workers that stopped draining.
-                    await asyncio.wait_for(self._changed.wait_for(self._candidates), min(remaining, 0.5))
+                    async with asyncio.timeout(min(remaining, 0.5)):
+                        await self._changed.wait_for(self._candidates)
                 except TimeoutError:
                     pass
 
@@ -369,7 +371,8 @@ class Router:
                 waiter.clear()
                 bound = min(remaining, _ROOM_POLL) if head else remaining
                 try:
-                    await asyncio.wait_for(waiter.wait(), None if math.isinf(bound) else bound)
+                    async with asyncio.timeout(None if math.isinf(bound) else bound):
+                        await waiter.wait()
                 except TimeoutError:
                     pass
         finally:

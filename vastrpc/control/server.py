@@ -187,7 +187,7 @@ async def serve(
     # dashboard's charts need it too: with it, workers report their calls in their heartbeats.
     wanted = config.metrics_port is not None or config.dashboard_port is not None
     metrics = ControlMetrics(store) if wanted else None
-    service = ControlService(lifecycle, api_key, reaper, autoscaler, metrics)
+    service = ControlService(lifecycle, api_key, reaper, autoscaler, metrics, config.watch_keepalive)
     interceptors = [metrics.interceptor()] if metrics is not None else []
 
     def register(server: object) -> list[str]:

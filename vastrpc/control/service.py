@@ -53,6 +53,8 @@ CLIENT_SEEN_INTERVAL = 10.0
 # On a store shared by several services: the leader's reaper sees only its own watchers, so
 # the others record theirs this often, and each watch reads the state again as often.
 SHARED_CLIENT_SEEN_INTERVAL = 1.0
+# A quiet endpoint watch carries this every ``watch_keepalive`` s: the client knows it still flows.
+_KEEPALIVE = control_pb2.WatchEndpointResponse(keepalive=True)
 # GetWorkerLogs never returns more than this, whatever was asked: it must fit one message.
 MAX_LOG_BYTES = 4 << 20
 
@@ -109,6 +111,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         reaper: Reaper | None = None,
         autoscaler: Autoscaler | None = None,
         metrics: ControlMetrics | None = None,
+        watch_keepalive: float = 10.0,
     ) -> None:
         if not api_key:
             raise ValueError("the control service needs a non-empty API key")
@@ -116,6 +119,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self.reaper = reaper
         self.autoscaler = autoscaler
         self.metrics = metrics
+        self.watch_keepalive = watch_keepalive
         self.store = lifecycle.store
         self.blobs = lifecycle.blobs
         self._api_key = api_key
@@ -246,7 +250,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         if self.store.get_endpoint(endpoint_id) is None:
             await _abort(context, NotFoundError(f"no endpoint {endpoint_id!r}"))
         last_sent = b""
-        last_seen = 0.0
+        last_seen = sent_at = 0.0
         seen_interval = SHARED_CLIENT_SEEN_INTERVAL if self.store.shared else CLIENT_SEEN_INTERVAL
         # An open watch is a connected client: it keeps the endpoint from its TTL teardown.
         if self.reaper is not None:
@@ -268,9 +272,13 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                 update, data = self.snapshots.update(snapshot)
                 if data != last_sent:
                     yield update
-                    last_sent = data
+                    last_sent, sent_at = data, time.monotonic()
+                elif time.monotonic() - sent_at >= self.watch_keepalive:
+                    yield _KEEPALIVE
+                    sent_at = time.monotonic()
                 try:
-                    await asyncio.wait_for(changed.wait(), timeout=seen_interval)
+                    async with asyncio.timeout(min(seen_interval, self.watch_keepalive)):
+                        await changed.wait()
                 except TimeoutError:
                     pass
                 if self.lifecycle.shutting_down:

@@ -193,7 +193,8 @@ async def _build(
             env=dict(env),
         )
         try:
-            outcome = await asyncio.wait_for(_follow(proc, request, tail, log), max(deadline - time.monotonic(), 0))
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                outcome = await _follow(proc, request, tail, log)
         except TimeoutError:
             proc.kill()
             await proc.wait()

@@ -84,7 +84,8 @@ class ServedFunction:
                 raise Overloaded(f"its queue is full ({self.max_queue} calls waiting)")
             self.queued += 1
             try:
-                await asyncio.wait_for(self.semaphore.acquire(), self.max_queue_time)
+                async with asyncio.timeout(self.max_queue_time):
+                    await self.semaphore.acquire()
             except TimeoutError:
                 raise Overloaded(f"no slot freed within max_queue_time ({self.max_queue_time:g}s)") from None
             finally:

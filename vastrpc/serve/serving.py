@@ -159,7 +159,8 @@ class ServingProcess:
         if not self.exited.done():
             self.proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(asyncio.shield(self.exited), grace)
+                async with asyncio.timeout(grace):
+                    await asyncio.shield(self.exited)
             except TimeoutError:
                 self.proc.kill()
                 if self.container is not None:

@@ -268,7 +268,7 @@ class WatchEndpointRequest(_message.Message):
     def __init__(self, endpoint_id: _Optional[str] = ...) -> None: ...
 
 class WatchEndpointResponse(_message.Message):
-    __slots__ = ("endpoint_id", "state", "revision_id", "workers", "endpoint_token", "failure", "desired_workers", "autoscaling")
+    __slots__ = ("endpoint_id", "state", "revision_id", "workers", "endpoint_token", "failure", "desired_workers", "autoscaling", "keepalive")
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REVISION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +277,7 @@ class WatchEndpointResponse(_message.Message):
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     DESIRED_WORKERS_FIELD_NUMBER: _ClassVar[int]
     AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
+    KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
     state: _common_pb2.EndpointState
     revision_id: str
@@ -285,7 +286,8 @@ class WatchEndpointResponse(_message.Message):
     failure: _common_pb2.Failure
     desired_workers: int
     autoscaling: AutoscalingSpec
-    def __init__(self, endpoint_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.EndpointState, str]] = ..., revision_id: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[_common_pb2.Worker, _Mapping]]] = ..., endpoint_token: _Optional[str] = ..., failure: _Optional[_Union[_common_pb2.Failure, _Mapping]] = ..., desired_workers: _Optional[int] = ..., autoscaling: _Optional[_Union[AutoscalingSpec, _Mapping]] = ...) -> None: ...
+    keepalive: bool
+    def __init__(self, endpoint_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.EndpointState, str]] = ..., revision_id: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[_common_pb2.Worker, _Mapping]]] = ..., endpoint_token: _Optional[str] = ..., failure: _Optional[_Union[_common_pb2.Failure, _Mapping]] = ..., desired_workers: _Optional[int] = ..., autoscaling: _Optional[_Union[AutoscalingSpec, _Mapping]] = ..., keepalive: _Optional[bool] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
     __slots__ = ("worker_id", "pid", "hostname")

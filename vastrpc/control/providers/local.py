@@ -366,7 +366,8 @@ class LocalProcessProvider:
             return False
         _signal_group(proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=grace)
+            async with asyncio.timeout(grace):
+                await asyncio.shield(proc.wait())
         except TimeoutError:
             log.warning("worker %s did not stop within %gs; killing it", worker_id, grace)
             _signal_group(proc.pid, signal.SIGKILL)

@@ -186,7 +186,8 @@ class RayProvider:
             self._workers.pop(worker_id, None)
             return
         try:
-            info = await asyncio.wait_for(_result(actor.info.remote(str(self._marker))), 30)
+            async with asyncio.timeout(30):
+                info = await _result(actor.info.remote(str(self._marker)))
         except Exception as exc:  # noqa: BLE001 - it died meanwhile: its heartbeats' silence decides
             log.warning("cannot adopt worker %s: its Ray actor does not answer (%s)", worker_id, type(exc).__name__)
             self._workers.pop(worker_id, None)
@@ -346,7 +347,8 @@ class RayProvider:
             "linger": self.linger,
         }
         try:
-            info = await asyncio.wait_for(_result(actor.start.remote(launch)), self.placement_timeout)
+            async with asyncio.timeout(self.placement_timeout):
+                info = await _result(actor.start.remote(launch))
         except TimeoutError:
             self._forget(worker_id, worker)
             raise DeploymentError(
@@ -445,7 +447,8 @@ class RayProvider:
         path = self.log_path(worker_id)
         while True:
             try:
-                data = await asyncio.wait_for(_result(worker.actor.read_log.remote(worker.log_offset, 1 << 20)), 10)
+                async with asyncio.timeout(10):
+                    data = await _result(worker.actor.read_log.remote(worker.log_offset, 1 << 20))
             except Exception:
                 return  # the actor is gone: what was copied is what there is
             if not data:
@@ -475,9 +478,11 @@ class RayProvider:
             self._forget(worker_id, worker)  # still being placed: start_worker sees it was stopped
             return True
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(_result(worker.actor.stop.remote(grace)), grace + 10)
+            async with asyncio.timeout(grace + 10):
+                await _result(worker.actor.stop.remote(grace))
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(worker.watcher), 15)
+            async with asyncio.timeout(15):
+                await asyncio.shield(worker.watcher)
         self._forget(worker_id, worker)
         return True
 
@@ -492,7 +497,8 @@ class RayProvider:
         if actor is None:
             return False
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(_result(actor.stop.remote(grace)), grace + 10)
+            async with asyncio.timeout(grace + 10):
+                await _result(actor.stop.remote(grace))
         with contextlib.suppress(Exception):
             ray.kill(actor, no_restart=True)
         log.info("stopped worker %s through its Ray actor %s", worker_id, actor_name(worker_id))

@@ -186,7 +186,8 @@ class WorkerHost:
         if not self._exited.done():
             _signal_group(self._proc.pid, signal.SIGTERM)
             try:
-                await asyncio.wait_for(asyncio.shield(self._exited), timeout=grace)
+                async with asyncio.timeout(grace):
+                    await asyncio.shield(self._exited)
             except TimeoutError:
                 _signal_group(self._proc.pid, signal.SIGKILL)
         return await asyncio.shield(self._exited)

@@ -571,7 +571,8 @@ class PgLeaderLock:
             return False
         psycopg = _psycopg()
         try:
-            await asyncio.wait_for(self._conn.execute("SELECT 1"), timeout=5.0)
+            async with asyncio.timeout(5.0):
+                await self._conn.execute("SELECT 1")
         except (psycopg.Error, TimeoutError):
             await self._drop()
             return False
