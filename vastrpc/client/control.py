@@ -29,6 +29,9 @@ _HEALTH_TRY = 1.0
 # An endpoint watch that carries nothing for this long (the service sends a keepalive after
 # at most 10 s of quiet) is stuck somewhere between the service and us: watch again.
 WATCH_SILENCE = 30.0
+# A request every control service refused is tried again for this long, this often.
+_RECONNECT_GRACE = 3.0
+_RECONNECT_POLL = 0.25
 
 
 class ControlClient:
@@ -181,8 +184,10 @@ class ControlClient:
         ``request`` is a message, or a function making a fresh request iterator (a stream is
         sent again from its start on the next service).
         """
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         failures: dict[str, str] = {}
+        tried: set[str] = set()
         while True:
             address = self.address
             rpc = getattr(self.stub, method)
@@ -193,11 +198,22 @@ class ControlClient:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     raise error_from_rpc(exc, target=address) from None
                 failures[address] = exc.details() or "UNAVAILABLE"
+                tried.add(address)
+                now = time.monotonic()
+                if now >= deadline:
+                    raise self.unreachable(failures) from None
                 # Every control service reads and writes the one store, so the next one can
                 # answer the same request (each is idempotent: registering or provisioning the
                 # same revision twice changes nothing more).
-                if len(failures) >= len(self.addresses) or time.monotonic() >= deadline or not self.switch(address):
+                if len(tried) < len(self.addresses) and self.switch(address):
+                    continue
+                # Every one refused: one that is restarting (or a channel between two reconnect
+                # attempts) gets a short grace before the caller is told none answers.
+                if now - started >= _RECONNECT_GRACE:
                     raise self.unreachable(failures) from None
+                self.switch(address)
+                tried.clear()
+                await asyncio.sleep(_RECONNECT_POLL)
 
     async def register(self, spec: control_pb2.DeploymentSpec) -> control_pb2.RegisterDeploymentResponse:
         return await self._unary("RegisterDeployment", control_pb2.RegisterDeploymentRequest(spec=spec))

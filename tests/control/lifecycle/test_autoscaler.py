@@ -693,10 +693,13 @@ async def test_a_queue_above_target_queue_time_scales_up_beyond_what_the_load_wa
     assert "over target_queue_time 0.05 s" in control_service.log_text()
     assert f"autoscale: {queued.app.name}:default 1 → 3 workers" in control_service.log_text()
 
-    # The same load with the queue rule off: the load alone, 2 workers.
+    # The same load with the queue rule off: the load alone scales it (2 workers, or 3 when a
+    # rate window happens to hold an extra round of completions), never the queue.
     plain = project(QUEUE_SOURCE.replace("TARGET", "0"))
     await plain.app.ensure_ready()
-    assert await most_workers_under_load(project, plain, callers=3, seconds=8) == 2
+    assert await most_workers_under_load(project, plain, callers=3, seconds=8) >= 2
+    decisions = [line for line in control_service.log_text().splitlines() if f"autoscale: {plain.app.name}:" in line]
+    assert decisions and not [line for line in decisions if "target_queue_time" in line], decisions
 
 
 async def test_an_endpoint_that_lost_its_workers_waits_retries_with_backoff_and_serves_when_capacity_returns(
