@@ -110,6 +110,30 @@ def assemble(parts: Sequence[bytes | memoryview], buffer_sizes: Sequence[int]) -
     return bytearray().join(parts)  # one copy, no zero-fill first
 
 
+class Gathered:
+    """A value's chunks as they arrive: copied at once into one writable buffer when it carries out-of-band buffers.
+
+    Copying each chunk as it comes overlaps the copy with the rest of the transfer (the sender
+    is still writing), where gathering at the end would add it to the call's time; a growing
+    bytearray is moved, not copied, by realloc once it is large.
+    """
+
+    __slots__ = ("buffer", "parts")
+
+    def __init__(self, first: bytes | memoryview, buffer_sizes: Sequence[int]) -> None:
+        self.buffer: bytearray | None = bytearray(first) if buffer_sizes else None
+        self.parts: list[bytes | memoryview] = [] if buffer_sizes else [first]
+
+    def add(self, chunk: bytes | memoryview) -> None:
+        if self.buffer is not None:
+            self.buffer += chunk
+        else:
+            self.parts.append(chunk)
+
+    def value(self) -> bytes | bytearray:
+        return self.buffer if self.buffer is not None else assemble(self.parts, ())
+
+
 def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], encoding: common_pb2.Encoding = CLOUDPICKLE) -> Payload:
     """Encode a call's arguments."""
     if encoding == JSON:

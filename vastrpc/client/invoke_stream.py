@@ -19,7 +19,7 @@ from vastrpc._errors import (
     WorkerUnavailableError,
 )
 from vastrpc._grpc import BATCH_METADATA, CHUNK_SIZE, bearer, error_from_rpc
-from vastrpc._payload import Payload, assemble, rebuild_exception
+from vastrpc._payload import Gathered, Payload, assemble, rebuild_exception
 from vastrpc._wire import FRAME_MIN, Framed, data_frame, start_frame
 from vastrpc.api.v1 import common_pb2, worker_pb2
 
@@ -70,14 +70,15 @@ _BROKEN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCo
 class _Pending:
     """A call waiting for its answer: one value (a future) or a stream of them (a queue)."""
 
-    __slots__ = ("begun", "buffer_sizes", "future", "on_log", "parts", "queue", "sent")
+    __slots__ = ("begun", "buffer_sizes", "future", "gathered", "on_log", "queue", "sent")
 
     def __init__(self, streaming: bool, on_log: LogSink | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.on_log = on_log
         self.future: asyncio.Future[Received] | None = None if streaming else loop.create_future()
         self.queue: asyncio.Queue[object] | None = asyncio.Queue() if streaming else None
-        self.parts: list[bytes | memoryview] = []
+        # The chunks of the value being received, and the sizes of its out-of-band buffers.
+        self.gathered: Gathered | None = None
         self.buffer_sizes: list[int] = []
         # Its first message was handed to the stream: from then on the worker may run it.
         self.begun = False
@@ -86,13 +87,20 @@ class _Pending:
 
     def on_result(self, result: worker_pb2.CallResult, data: memoryview | None = None) -> None:
         """Take a chunk of the result; ``data``: its data, when it came framed by hand (see vastrpc._wire)."""
-        if result.buffer_sizes:
+        chunk = result.data if data is None else data
+        if self.gathered is None:  # a value's first chunk
             self.buffer_sizes = list(result.buffer_sizes)
-        self.parts.append(result.data if data is None else data)
-        if result.more:
-            return
-        value: Received = (assemble(self.parts, self.buffer_sizes), self.buffer_sizes)
-        self.parts, self.buffer_sizes = [], []
+            if not result.more:  # the whole value in one message
+                value: Received = (assemble([chunk], self.buffer_sizes), self.buffer_sizes)
+            else:
+                self.gathered = Gathered(chunk, self.buffer_sizes)
+                return
+        else:
+            self.gathered.add(chunk)
+            if result.more:
+                return
+            value = (self.gathered.value(), self.buffer_sizes)
+            self.gathered = None
         if self.future is not None:
             if not self.future.done():
                 self.future.set_result(value)

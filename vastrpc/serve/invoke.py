@@ -15,7 +15,7 @@ import grpc
 
 from vastrpc._errors import SerializationError
 from vastrpc._grpc import BATCH_METADATA, CHUNK_SIZE
-from vastrpc._payload import assemble, decode_args, describe_exception, encode_result
+from vastrpc._payload import Gathered, assemble, decode_args, describe_exception, encode_result
 from vastrpc._wire import FRAME_MIN, Framed, parse_request, result_frame, serialize
 from vastrpc.api.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from vastrpc.definition import DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_TIME
@@ -127,7 +127,7 @@ class _Stream:
         )
         self.flusher: asyncio.Task[None] | None = None
         self.tasks: dict[int, asyncio.Task[None]] = {}
-        self.partial: dict[int, tuple[worker_pb2.CallStart, list[bytes | memoryview]]] = {}
+        self.partial: dict[int, tuple[worker_pb2.CallStart, Gathered]] = {}
         self.sizes: dict[int, int] = {}
         # Calls refused for their size whose remaining chunks are still arriving: dropped unread.
         self.refused: set[int] = set()
@@ -293,7 +293,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             start = request.start
             chunk = start.data if data is None else data
             if start.more:
-                stream.partial[start.call_id] = (start, [chunk])
+                stream.partial[start.call_id] = (start, Gathered(chunk, start.buffer_sizes))
                 stream.sizes[start.call_id] = len(chunk)
             else:
                 self._start(stream, start, assemble([chunk], start.buffer_sizes))
@@ -330,10 +330,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 "(@app.remote(max_argument_bytes=...))",
             )
             return
-        entry[1].append(chunk)
+        entry[1].add(chunk)
         if not data.more:
             del stream.partial[call_id], stream.sizes[call_id]
-            self._start(stream, entry[0], assemble(entry[1], entry[0].buffer_sizes))
+            self._start(stream, entry[0], entry[1].value())
 
     def _start(self, stream: _Stream, start: worker_pb2.CallStart, data: bytes | bytearray) -> None:
         call_id = start.call_id
