@@ -163,6 +163,17 @@ def echo_call(channel: grpc.aio.Channel) -> Call:
     return bare
 
 
+def raw_echo_call(channel: grpc.aio.Channel) -> Call:
+    """The second bare baseline: one unary call of raw bytes (generic handler, no protobuf) to bench/echo_server.py."""
+    rpc = channel.unary_unary("/bench.Echo/Raw")
+    data = b"\x80\x05K\x01."  # pickle of 1, the no-op's argument
+
+    async def bare_raw() -> None:
+        await rpc(data)
+
+    return bare_raw
+
+
 def machine() -> str:
     """CPU count, Python and library versions: no host name, no paths."""
     parts = [platform.machine(), f"{os.cpu_count()} CPUs", f"Python {platform.python_version()}"]

@@ -2,10 +2,11 @@
 
 Run: ``python bench/all.py`` (about 90 seconds on 2 CPUs). Sections (``--only a,b`` picks some):
 
-- ``core``: warm no-op call p50/p99 (sequential) and throughput (64 in flight) of vastrpc, of a
-  bare grpc.aio unary echo and of a Ray Serve DeploymentHandle (``bench/ray_serve_noop.py`` in its
+- ``core``: warm no-op call p50/p99 (sequential) and throughput (64 in flight) of vastrpc, of two
+  bare grpc.aio unary echoes (protobuf messages; raw bytes through a generic handler; ratios are
+  against the faster) and of a Ray Serve DeploymentHandle (``bench/ray_serve_noop.py`` in its
   own process; left out with ``--no-ray`` or when ``ray[serve]`` is not installed:
-  ``pip install -r bench/requirements.txt``), in rounds whose order rotates, so that all three
+  ``pip install -r bench/requirements.txt``), in rounds whose order rotates, so that all of them
   see the same machine; throughput ratios are the median of the per-round ratios.
 - ``bulk``: 1 MB and 100 MB numpy argument round trips (``await echo(arr)``) against a raw grpc.aio
   bidi stream moving the same bytes both ways in 1 MiB chunks, alternating call by call.

@@ -22,39 +22,41 @@ def report(r: dict[str, Any]) -> str:
         out += [
             "## Warm no-op call",
             "",
-            "| measure | bare grpc.aio unary echo | Ray Serve handle | vastrpc | vastrpc / bare | vastrpc / Ray "
-            "| target |",
-            "|---|---|---|---|---|---|---|",
+            "| measure | bare unary, protobuf | bare unary, raw bytes | Ray Serve handle | vastrpc "
+            "| vastrpc / faster bare | vastrpc / Ray | target |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for label, key, unit, fmt in (
             ("p50, sequential", "p50_ms", "ms", ".3f"),
             ("p99, sequential", "p99_ms", "ms", ".3f"),
             ("throughput, 64 in flight", "throughput", "calls/s", ",.0f"),
         ):
-            bare, ours = r[f"bare_{key}"], r[f"vastrpc_{key}"]
+            bare, raw, ours = r[f"bare_{key}"], r[f"bare_raw_{key}"], r[f"vastrpc_{key}"]
             ray_v = r.get(f"ray_{key}")
             ray_cell = f"{ray_v:{fmt}} {unit}" if ray_v else "—"
             ray_ratio = f"{ours / ray_v:.2f}×" if ray_v else "—"
-            bare_ratio = f"{ours / bare:.2f}×"
+            best = min(bare, raw) if key != "throughput" else max(bare, raw)
+            bare_ratio = f"{ours / best:.2f}×"
             if key == "throughput":  # the median of the per-round ratios
-                bare_ratio = f"{r['throughput_ratio_bare']:.2f}×"
+                bare_ratio = f"{r['throughput_ratio_bare_best']:.2f}×"
                 ray_ratio = f"{r['throughput_ratio_ray']:.2f}×" if ray_v else "—"
-            if key == "p50_ms":
-                target = f"≤ 1.0× bare ({verdict(ours <= bare)}), ≤ 0.25× Ray"
+            if key == "p50_ms":  # issue 18: faster than a bare unary call, since a message on an open stream is
+                target = f"≤ 0.7× bare ({verdict(ours <= 0.7 * best)}), ≤ 0.25× Ray"
                 target += f" ({verdict(ours <= 0.25 * ray_v)})" if ray_v else " (not measured)"
             elif key == "throughput":
-                target = f"≥ 1.0× bare ({verdict(r['throughput_ratio_bare'] >= 1)}), ≥ 5× Ray"
+                target = f"≥ 1.5× bare ({verdict(r['throughput_ratio_bare_best'] >= 1.5)}), ≥ 5× Ray"
                 target += f" ({verdict(r['throughput_ratio_ray'] >= 5)})" if ray_v else " (not measured)"
             else:
                 target = "—"
             out.append(
-                f"| {label} | {bare:{fmt}} {unit} | {ray_cell} | {ours:{fmt}} {unit} | {bare_ratio} "
-                f"| {ray_ratio} | {target} |"
+                f"| {label} | {bare:{fmt}} {unit} | {raw:{fmt}} {unit} | {ray_cell} | {ours:{fmt}} {unit} "
+                f"| {bare_ratio} | {ray_ratio} | {target} |"
             )
         out += [
             "",
             f"Latency: {len(r.get('throughput_ratio_bare_rounds', []))} rounds pooled; throughput: the median of "
-            "each system's rounds, ratios the median of the per-round ratios.",
+            'each system\'s rounds, ratios the median of the per-round ratios. "Faster bare": the lower p50 and, '
+            "round by round, the higher throughput of the two bare unary baselines.",
         ]
         if "ray_skipped" in r:
             out += ["", f"Ray Serve: skipped ({r['ray_skipped']})."]
@@ -72,7 +74,12 @@ def report(r: dict[str, Any]) -> str:
         for label in ("1mb", "100mb"):
             raw_s, ours_s = r[f"bulk_{label}_raw_s"], r[f"bulk_{label}_vastrpc_s"]
             raw_v, ours_v = r[f"bulk_{label}_raw_mbps"], r[f"bulk_{label}_vastrpc_mbps"]
-            target = f"≥ 400 MB/s ({verdict(ours_v >= 400)})" if label == "100mb" else "—"
+            ratio = r[f"bulk_{label}_ratio"]
+            # Issue 18: at the wire's speed, 0.8× the raw stream at 1 MB, 0.95× at 100 MB.
+            goal = 0.95 if label == "100mb" else 0.8
+            target = f"≥ {goal}× raw ({verdict(ratio >= goal)})"
+            if label == "100mb":
+                target += f", ≥ 400 MB/s ({verdict(ours_v >= 400)})"
             out.append(
                 f"| {label[:-2]} MB | {raw_v:,.0f} MB/s ({raw_s * 1e3:.1f} ms) | {ours_v:,.0f} MB/s "
                 f"({ours_s * 1e3:.1f} ms) | {r[f'bulk_{label}_ratio']:.2f}× | {target} |"

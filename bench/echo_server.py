@@ -1,6 +1,8 @@
 """The baselines: a bare grpc.aio server, run as its own process, with two methods.
 
 - ``/bench.Echo/Echo``: unary echo of a protobuf message (``CallData``), the per-call baseline.
+- ``/bench.Echo/Raw``: unary echo of raw bytes through a generic handler (no protobuf on either
+  side), the second per-call baseline: what a unary call costs with nothing but gRPC.
 - ``/bench.Echo/Stream``: a long-lived bidirectional stream of raw bytes (no protobuf) for bulk
   transfer: the client sends one payload as chunks followed by an empty message; the server keeps
   the chunks and, at the empty message, sends them back followed by an empty message. Store and
@@ -20,11 +22,15 @@ import grpc
 from vastrpc.api.v1 import worker_pb2
 
 METHOD = "/bench.Echo/Echo"
+RAW_METHOD = "/bench.Echo/Raw"
 STREAM_METHOD = "/bench.Echo/Stream"
 
 
 async def main() -> None:
     async def echo(request: worker_pb2.CallData, context: grpc.aio.ServicerContext) -> worker_pb2.CallData:
+        return request
+
+    async def echo_raw(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return request
 
     async def stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
@@ -46,6 +52,7 @@ async def main() -> None:
                 request_deserializer=worker_pb2.CallData.FromString,
                 response_serializer=worker_pb2.CallData.SerializeToString,
             ),
+            "Raw": grpc.unary_unary_rpc_method_handler(echo_raw),  # raw bytes both ways
             "Stream": grpc.stream_stream_rpc_method_handler(stream),  # raw bytes both ways
         },
     )

@@ -13,6 +13,7 @@ from vastrpc import SerializationError
 from vastrpc._payload import (
     CLOUDPICKLE,
     JSON,
+    Gathered,
     Payload,
     assemble,
     chunks,
@@ -65,6 +66,21 @@ def test_arrays_travel_out_of_band_and_arrive_writable(n: int, size: int) -> Non
     assert np.array_equal(back, array) and np.array_equal(kwargs["k"], array[: n // 2])
     if payload.buffer_sizes:
         assert back.flags.writeable
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(min_value=0, max_value=300_000), st.integers(min_value=1, max_value=1 << 20))
+def test_chunks_gathered_as_they_come_decode_the_same_and_arrays_stay_writable(n: int, size: int) -> None:
+    array = np.arange(n, dtype=np.uint8)
+    payload = encode_result({"a": array, "s": "x"}, CLOUDPICKLE)
+    pieces = [b"".join(views) for views, _, _ in payload.pieces(size)]
+    gathered = Gathered(memoryview(pieces[0]), payload.buffer_sizes)
+    for piece in pieces[1:]:
+        gathered.add(memoryview(piece))
+    back = decode_result(gathered.value(), CLOUDPICKLE, payload.buffer_sizes)
+    assert np.array_equal(back["a"], array) and back["s"] == "x"
+    if payload.buffer_sizes:
+        assert back["a"].flags.writeable
 
 
 @settings(max_examples=300, deadline=None)

@@ -32,6 +32,9 @@ AUTH_HEADER = "authorization"
 # for throughput and stays well under gRPC's default 4 MiB receive limit.
 CHUNK_SIZE = 1 << 20
 _MAX_MESSAGE = 8 << 20
+# Invoke call and initial metadata: this side reads InvokeBatch / InvokeResponseBatch messages,
+# so the other may pack several messages in one (one gRPC write for many calls).
+BATCH_METADATA = ("vastrpc-batch", "1")
 
 # Keepalive pings find a dead or frozen peer (within 15 s) without waiting for TCP to notice.
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (

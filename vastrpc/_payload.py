@@ -42,9 +42,9 @@ class Payload:
     def size(self) -> int:
         return sum(len(s) for s in self.segments)
 
-    def chunks(self, size: int = CHUNK_SIZE) -> Iterator[tuple[bytes, bool]]:
-        """``(chunk, more)`` pairs of at most ``size`` bytes; an empty payload is one empty chunk."""
-        pending: list[bytes] = []
+    def pieces(self, size: int = CHUNK_SIZE) -> Iterator[tuple[list[memoryview], int, bool]]:
+        """``(views, nbytes, more)`` per chunk of at most ``size`` bytes: views of the segments, nothing copied."""
+        pending: list[memoryview] = []
         filled = 0
         total, sent = self.size, 0
         for segment in self.segments:
@@ -52,15 +52,20 @@ class Payload:
             start = 0
             while start < len(view):
                 take = min(size - filled, len(view) - start)
-                pending.append(bytes(view[start : start + take]))
+                pending.append(view[start : start + take])
                 filled += take
                 start += take
                 if filled == size:
                     sent += filled
-                    yield b"".join(pending) if len(pending) > 1 else pending[0], sent < total
+                    yield pending, filled, sent < total
                     pending, filled = [], 0
         if pending or total == 0:
-            yield b"".join(pending), False
+            yield pending, filled, False
+
+    def chunks(self, size: int = CHUNK_SIZE) -> Iterator[tuple[bytes, bool]]:
+        """``(chunk, more)`` pairs of at most ``size`` bytes; an empty payload is one empty chunk."""
+        for views, _, more in self.pieces(size):
+            yield b"".join(views), more
 
 
 def _dumps(value: Any, what: str) -> Payload:
@@ -95,13 +100,38 @@ def _loads(data: bytes | bytearray | memoryview, buffer_sizes: Sequence[int]) ->
     return pickle.loads(view[: len(view) - sum(buffer_sizes)], buffers=buffers)
 
 
-def assemble(parts: list[bytes], buffer_sizes: Sequence[int]) -> bytes | bytearray:
+def assemble(parts: Sequence[bytes | memoryview], buffer_sizes: Sequence[int]) -> bytes | bytearray:
     """The received chunks as one buffer; writable when it carries out-of-band buffers (arrays stay writable)."""
     if len(parts) == 1 and not buffer_sizes:
-        return parts[0]
+        part = parts[0]
+        return part if type(part) is bytes else bytes(part)
     if not buffer_sizes:
         return b"".join(parts)
     return bytearray().join(parts)  # one copy, no zero-fill first
+
+
+class Gathered:
+    """A value's chunks as they arrive: copied at once into one writable buffer when it carries out-of-band buffers.
+
+    Copying each chunk as it comes overlaps the copy with the rest of the transfer (the sender
+    is still writing), where gathering at the end would add it to the call's time; a growing
+    bytearray is moved, not copied, by realloc once it is large.
+    """
+
+    __slots__ = ("buffer", "parts")
+
+    def __init__(self, first: bytes | memoryview, buffer_sizes: Sequence[int]) -> None:
+        self.buffer: bytearray | None = bytearray(first) if buffer_sizes else None
+        self.parts: list[bytes | memoryview] = [] if buffer_sizes else [first]
+
+    def add(self, chunk: bytes | memoryview) -> None:
+        if self.buffer is not None:
+            self.buffer += chunk
+        else:
+            self.parts.append(chunk)
+
+    def value(self) -> bytes | bytearray:
+        return self.buffer if self.buffer is not None else assemble(self.parts, ())
 
 
 def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], encoding: common_pb2.Encoding = CLOUDPICKLE) -> Payload:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from vastrpc import DeploymentError, FunctionNotFoundError, RemoteError, RemoteFunction, RemoteTraceback
-from vastrpc._grpc import bearer
+from vastrpc._grpc import BATCH_METADATA, bearer
 from vastrpc.api.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 pytestmark = pytest.mark.e2e
@@ -183,6 +183,40 @@ async def test_json_encoded_calls_for_callers_without_python(calls, project) -> 
             else:
                 assert response.error.kind == worker_pb2.ERROR_KIND_APPLICATION
                 assert response.error.type == "KeyError" and "nope" in response.error.message
+        call.cancel()
+
+
+async def test_batched_calls_are_answered_each_and_batches_go_only_to_clients_that_ask(calls, project) -> None:
+    (worker,) = await project.workers(calls.app)
+    token = await project.endpoint_token(calls.app)
+
+    def start(call_id: int) -> dict[str, object]:
+        args = json.dumps({"args": [call_id]}).encode()
+        return {"call_id": call_id, "function": "echo", "encoding": common_pb2.ENCODING_JSON, "data": args}
+
+    async with grpc.aio.insecure_channel(worker["address"]) as channel:
+        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+        # A client that reads batches: sends ten calls in one message, gets every answer.
+        call = stub.Invoke(metadata=(*bearer(token), BATCH_METADATA))
+        assert BATCH_METADATA in tuple(await call.initial_metadata())
+        await call.write(worker_pb2.InvokeRequest(batch={"requests": [{"start": start(i)} for i in range(1, 11)]}))
+        answers: dict[int, object] = {}
+        while len(answers) < 10:
+            response = await call.read()
+            for one in response.batch.responses if response.WhichOneof("message") == "batch" else [response]:
+                answers[one.result.call_id] = json.loads(one.result.data)
+        assert answers == {i: i for i in range(1, 11)}
+        call.cancel()
+        # One that does not say so gets one message per answer, however many calls come at once.
+        call = stub.Invoke(metadata=bearer(token))
+        for i in range(1, 31):
+            await call.write(worker_pb2.InvokeRequest(start=start(i)))
+        seen = set()
+        for _ in range(30):
+            response = await call.read()
+            assert response.WhichOneof("message") == "result"
+            seen.add(response.result.call_id)
+        assert seen == set(range(1, 31))
         call.cancel()
 
 

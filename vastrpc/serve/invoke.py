@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -13,7 +14,9 @@ from typing import Any
 import grpc
 
 from vastrpc._errors import SerializationError
-from vastrpc._payload import assemble, decode_args, describe_exception, encode_result
+from vastrpc._grpc import BATCH_METADATA, CHUNK_SIZE
+from vastrpc._payload import Gathered, assemble, decode_args, describe_exception, encode_result
+from vastrpc._wire import FRAME_MIN, Framed, parse_request, result_frame, serialize
 from vastrpc.api.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from vastrpc.definition import DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_TIME
 from vastrpc.serve.output import CallOutput, capturing_call
@@ -21,6 +24,9 @@ from vastrpc.serve.output import CallOutput, capturing_call
 log = logging.getLogger("vastrpc.serve")
 
 _DRAIN = worker_pb2.InvokeResponse(drain=worker_pb2.StreamDrain())
+# At most this many answers, and this many bytes of their data, go in one InvokeResponseBatch.
+_BATCH_MAX = 64
+_BATCH_BYTES = CHUNK_SIZE
 
 
 def _done(call_id: int, encoding: common_pb2.Encoding) -> worker_pb2.InvokeResponse:
@@ -108,20 +114,89 @@ class WorkerIdentity:
 
 
 class _Stream:
-    """The calls of one Invoke stream."""
+    """The calls of one Invoke stream, and its writes: one at a time, those that wait packed into batches."""
 
-    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext, batches: bool) -> None:
         self.context = context
-        self.lock = asyncio.Lock()
+        # The caller reads InvokeResponseBatch messages (said in its call metadata).
+        self.batches = batches
+        # A write is under way; the answers that come meanwhile wait in the outbox, in order.
+        self.busy = False
+        self.outbox: collections.deque[tuple[worker_pb2.InvokeResponse | bytes, int, asyncio.Future[None]]] = (
+            collections.deque()
+        )
+        self.flusher: asyncio.Task[None] | None = None
         self.tasks: dict[int, asyncio.Task[None]] = {}
-        self.partial: dict[int, tuple[worker_pb2.CallStart, list[bytes]]] = {}
+        self.partial: dict[int, tuple[worker_pb2.CallStart, Gathered]] = {}
         self.sizes: dict[int, int] = {}
         # Calls refused for their size whose remaining chunks are still arriving: dropped unread.
         self.refused: set[int] = set()
 
-    async def send(self, response: worker_pb2.InvokeResponse) -> None:
-        async with self.lock:
-            await self.context.write(response)
+    async def send(self, response: worker_pb2.InvokeResponse | bytes, size: int = 0) -> None:
+        """Write ``response`` (carrying ``size`` bytes of data) once the writes before it are done."""
+        if not self.busy:
+            # Nothing under way: write at once, no task or future (a sequential call's path).
+            self.busy = True
+            try:
+                await self.context.write(response)
+            finally:
+                self._next()
+            return
+        done = asyncio.get_running_loop().create_future()
+        self.outbox.append((response, size, done))
+        await done
+
+    def _next(self) -> None:
+        if self.outbox:
+            self.flusher = asyncio.get_running_loop().create_task(self._flush())
+        else:
+            self.busy = False
+
+    async def _flush(self) -> None:
+        """Write what waited in the outbox: small answers that queued up together go as one batch."""
+        outbox = self.outbox
+        try:
+            while outbox:
+                response, total, done = outbox.popleft()
+                if done.done():
+                    continue  # its call was cancelled while it waited: never written
+                batch = [(response, done)]
+                # Frames built by hand (large data) go alone.
+                while self.batches and type(response) is not bytes and outbox and len(batch) < _BATCH_MAX:
+                    nxt = outbox[0]
+                    if type(nxt[0]) is bytes or total + nxt[1] > _BATCH_BYTES:
+                        break
+                    outbox.popleft()
+                    if not nxt[2].done():
+                        batch.append((nxt[0], nxt[2]))
+                        total += nxt[1]
+                try:
+                    if len(batch) == 1:
+                        await self.context.write(response)
+                    else:
+                        responses = [r for r, _ in batch]
+                        await self.context.write(worker_pb2.InvokeResponse(batch={"responses": responses}))
+                except BaseException as exc:  # the stream broke: each call's answer fails the same way
+                    for _, waiter in batch:
+                        if waiter.done():
+                            continue
+                        if isinstance(exc, asyncio.CancelledError):
+                            waiter.cancel()
+                        else:
+                            waiter.set_exception(exc)
+                            waiter.exception()  # retrieved: a call cancelled meanwhile never awaits it
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        finally:
+            for _, _, waiter in outbox:  # cancelled with the stream: nobody is left to answer
+                waiter.cancel()
+            outbox.clear()
+            self.busy = False
+            self.flusher = None
 
     async def send_error(
         self, call_id: int, kind: worker_pb2.ErrorKind, exc: BaseException | None = None, message: str = ""
@@ -146,12 +221,29 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._metadata = (
             ("vastrpc-revision", identity.revision_id),
             ("vastrpc-worker-id", identity.worker_id),
+            BATCH_METADATA,  # this worker reads InvokeBatch messages
         )
 
     @property
     def capacity(self) -> int:
         """Calls this worker runs at once across its functions."""
         return sum(f.limit for f in self.functions.values())
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Serve this WorkerService on ``server``; Invoke frames large data by hand (vastrpc._wire)."""
+        handlers = {
+            "Invoke": grpc.stream_stream_rpc_method_handler(
+                self.Invoke, request_deserializer=parse_request, response_serializer=serialize
+            ),
+            "GetWorkerInfo": grpc.unary_unary_rpc_method_handler(
+                self.GetWorkerInfo,
+                request_deserializer=worker_pb2.GetWorkerInfoRequest.FromString,
+                response_serializer=worker_pb2.GetWorkerInfoResponse.SerializeToString,
+            ),
+        }
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("vastrpc.api.v1.WorkerService", handlers),)
+        )
 
     async def drain(self) -> None:
         """Take no more calls: tell every open stream, so callers send new calls elsewhere.
@@ -163,38 +255,58 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     async def Invoke(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         await context.send_initial_metadata(self._metadata)
-        stream = _Stream(context)
+        stream = _Stream(context, BATCH_METADATA in (context.invocation_metadata() or ()))
         self._streams.add(stream)
         try:
             if self.draining:
                 await stream.send(_DRAIN)
             async for request in request_iterator:
+                if type(request) is Framed:  # a large chunk of arguments, its data a view of the frame
+                    message = request.message
+                    await self._on_request(stream, message, message.WhichOneof("message"), request.data)
+                    continue
                 kind = request.WhichOneof("message")
-                if kind == "start":
-                    start = request.start
-                    if start.more:
-                        stream.partial[start.call_id] = (start, [start.data])
-                        stream.sizes[start.call_id] = len(start.data)
-                    else:
-                        self._start(stream, start, assemble([start.data], start.buffer_sizes))
-                elif kind == "data":
-                    await self._on_data(stream, request.data)
-                elif kind == "cancel":
-                    task = stream.tasks.get(request.cancel.call_id)
-                    if task is not None:
-                        task.cancel()
+                if kind == "batch":
+                    for one in request.batch.requests:
+                        await self._on_request(stream, one, one.WhichOneof("message"))
+                else:
+                    await self._on_request(stream, request, kind)
         finally:
             # The caller closed its side: calls in flight still finish and answer, unless
             # the stream itself is gone, in which case nobody is left to answer.
             if context.done():
                 for task in stream.tasks.values():
                     task.cancel()
+                if stream.flusher is not None:
+                    stream.flusher.cancel()
             if stream.tasks:
                 await asyncio.gather(*stream.tasks.values(), return_exceptions=True)
+            if stream.flusher is not None:  # the last answers are written before the stream ends
+                await asyncio.gather(stream.flusher, return_exceptions=True)
             self._streams.discard(stream)
 
-    async def _on_data(self, stream: _Stream, data: worker_pb2.CallData) -> None:
+    async def _on_request(
+        self, stream: _Stream, request: worker_pb2.InvokeRequest, kind: str | None, data: memoryview | None = None
+    ) -> None:
+        """Take one request; ``data``: its data, when it came framed by hand."""
+        if kind == "start":
+            start = request.start
+            chunk = start.data if data is None else data
+            if start.more:
+                stream.partial[start.call_id] = (start, Gathered(chunk, start.buffer_sizes))
+                stream.sizes[start.call_id] = len(chunk)
+            else:
+                self._start(stream, start, assemble([chunk], start.buffer_sizes))
+        elif kind == "data":
+            await self._on_data(stream, request.data, data)
+        elif kind == "cancel":
+            task = stream.tasks.get(request.cancel.call_id)
+            if task is not None:
+                task.cancel()
+
+    async def _on_data(self, stream: _Stream, data: worker_pb2.CallData, framed: memoryview | None) -> None:
         call_id = data.call_id
+        chunk = data.data if framed is None else framed
         if call_id in stream.refused:
             if not data.more:
                 stream.refused.discard(call_id)
@@ -203,7 +315,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         if entry is None:
             await stream.send_error(call_id, worker_pb2.ERROR_KIND_PROTOCOL, message="data for an unknown call id")
             return
-        size = stream.sizes[call_id] = stream.sizes[call_id] + len(data.data)
+        size = stream.sizes[call_id] = stream.sizes[call_id] + len(chunk)
         served = self.functions.get(entry[0].function)
         limit = served.max_argument_bytes if served is not None else DEFAULT_MAX_ARGUMENT_BYTES
         if size > limit:
@@ -218,10 +330,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 "(@app.remote(max_argument_bytes=...))",
             )
             return
-        entry[1].append(data.data)
+        entry[1].add(chunk)
         if not data.more:
             del stream.partial[call_id], stream.sizes[call_id]
-            self._start(stream, entry[0], assemble(entry[1], entry[0].buffer_sizes))
+            self._start(stream, entry[0], entry[1].value())
 
     def _start(self, stream: _Stream, start: worker_pb2.CallStart, data: bytes | bytearray) -> None:
         call_id = start.call_id
@@ -311,18 +423,21 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     async def _send_value(stream: _Stream, start: worker_pb2.CallStart, value: Any, *, last: bool) -> None:
         payload = encode_result(value, start.encoding)
         buffer_sizes = payload.buffer_sizes  # on the value's first chunk only
-        for chunk, more in payload.chunks():
-            # Built from a dict: passing a CallResult object would copy the chunk once more.
-            result = {
+        for views, size, more in payload.pieces():
+            result: dict[str, Any] = {
                 "call_id": start.call_id,
-                "data": chunk,
                 "more": more,
                 "done": last and not more,
                 "encoding": start.encoding,
                 "buffer_sizes": buffer_sizes,
             }
             buffer_sizes = []
-            await stream.send(worker_pb2.InvokeResponse(result=result))
+            if size >= FRAME_MIN:  # large: framed by hand, the data copied once (vastrpc._wire)
+                await stream.send(result_frame(result, views, size), size)
+            else:
+                # Built from a dict: passing a CallResult object would copy the chunk once more.
+                result["data"] = b"".join(views)
+                await stream.send(worker_pb2.InvokeResponse(result=result), size)
 
     @property
     def calls_queued(self) -> int:

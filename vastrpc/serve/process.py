@@ -26,7 +26,6 @@ from vastrpc._grpc import start_server, tokens_equal
 from vastrpc._mode import ServeRuntime, enter_serve_mode
 from vastrpc._tls import TlsFiles
 from vastrpc._workerenv import make_undumpable
-from vastrpc.api.v1 import worker_pb2_grpc
 from vastrpc.definition import DeploymentDefinition, FunctionDefinition
 from vastrpc.serve.invoke import ServedFunction, WorkerIdentity, WorkerServicer
 from vastrpc.serve.metrics import serve_worker_metrics
@@ -209,7 +208,7 @@ async def start_worker_service(
     servicer = WorkerServicer(identity, functions, score)
 
     def register(server: grpc.aio.Server) -> list[str]:
-        worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
+        servicer.add_to_server(server)
         return ["vastrpc.api.v1.WorkerService"]
 
     server, port, health = await start_server(

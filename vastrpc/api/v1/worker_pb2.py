@@ -25,39 +25,43 @@ _sym_db = _symbol_database.Default()
 from vastrpc.api.v1 import common_pb2 as vastrpc_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bvastrpc/api/v1/worker.proto\x12\x0evastrpc.api.v1\x1a\x1bvastrpc/api/v1/common.proto\"\xb2\x01\n\tCallStart\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12*\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x18.vastrpc.api.v1.Encoding\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0c\n\x04more\x18\x05 \x01(\x08\x12\x0f\n\x07timeout\x18\x06 \x01(\x01\x12\x14\n\x0c\x62uffer_sizes\x18\x07 \x03(\x04\x12\x13\n\x0bstream_logs\x18\x08 \x01(\x08\"7\n\x08\x43\x61llData\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\x1d\n\nCallCancel\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\"\x9e\x01\n\rInvokeRequest\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x19.vastrpc.api.v1.CallStartH\x00\x12(\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x18.vastrpc.api.v1.CallDataH\x00\x12,\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1a.vastrpc.api.v1.CallCancelH\x00\x42\t\n\x07message\"\x89\x01\n\nCallResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04more\x18\x03 \x01(\x08\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12*\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x18.vastrpc.api.v1.Encoding\x12\x14\n\x0c\x62uffer_sizes\x18\x06 \x03(\x04\"\x88\x01\n\tCallError\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.vastrpc.api.v1.ErrorKind\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x11\n\ttraceback\x18\x05 \x01(\t\x12\x0f\n\x07pickled\x18\x06 \x01(\x0c\"\r\n\x0bStreamDrain\"S\n\x07\x43\x61llLog\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12)\n\x06stream\x18\x02 \x01(\x0e\x32\x19.vastrpc.api.v1.LogStream\x12\x0c\n\x04text\x18\x03 \x01(\t\"\xcb\x01\n\x0eInvokeResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1a.vastrpc.api.v1.CallResultH\x00\x12*\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x19.vastrpc.api.v1.CallErrorH\x00\x12,\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x1b.vastrpc.api.v1.StreamDrainH\x00\x12&\n\x03log\x18\x04 \x01(\x0b\x32\x17.vastrpc.api.v1.CallLogH\x00\x42\t\n\x07message\"\x16\n\x14GetWorkerInfoRequest\"\xdb\x01\n\x15GetWorkerInfoResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65ndpoint_id\x18\x02 \x01(\t\x12\x13\n\x0brevision_id\x18\x03 \x01(\t\x12\x11\n\tfunctions\x18\x04 \x03(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\r\x12\x0b\n\x03pid\x18\x07 \x01(\x05\x12\x17\n\x0f\x63\x61lls_in_flight\x18\x08 \x01(\r\x12\x14\n\x0c\x63\x61lls_queued\x18\t \x01(\r\x12\x15\n\rcalls_started\x18\n \x01(\x04*\x86\x02\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45RROR_KIND_APPLICATION\x10\x01\x12!\n\x1d\x45RROR_KIND_FUNCTION_NOT_FOUND\x10\x02\x12\x1c\n\x18\x45RROR_KIND_BAD_ARGUMENTS\x10\x03\x12\x19\n\x15\x45RROR_KIND_BAD_RESULT\x10\x04\x12\x18\n\x14\x45RROR_KIND_CANCELLED\x10\x05\x12\x19\n\x15\x45RROR_KIND_OVERLOADED\x10\x06\x12\x17\n\x13\x45RROR_KIND_PROTOCOL\x10\x07\x12\x17\n\x13\x45RROR_KIND_DRAINING\x10\x08*U\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x32\xba\x01\n\rWorkerService\x12K\n\x06Invoke\x12\x1d.vastrpc.api.v1.InvokeRequest\x1a\x1e.vastrpc.api.v1.InvokeResponse(\x01\x30\x01\x12\\\n\rGetWorkerInfo\x12$.vastrpc.api.v1.GetWorkerInfoRequest\x1a%.vastrpc.api.v1.GetWorkerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bvastrpc/api/v1/worker.proto\x12\x0evastrpc.api.v1\x1a\x1bvastrpc/api/v1/common.proto\"\xb2\x01\n\tCallStart\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12*\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x18.vastrpc.api.v1.Encoding\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0c\n\x04more\x18\x05 \x01(\x08\x12\x0f\n\x07timeout\x18\x06 \x01(\x01\x12\x14\n\x0c\x62uffer_sizes\x18\x07 \x03(\x04\x12\x13\n\x0bstream_logs\x18\x08 \x01(\x08\"7\n\x08\x43\x61llData\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\x1d\n\nCallCancel\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\">\n\x0bInvokeBatch\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.vastrpc.api.v1.InvokeRequest\"\xcc\x01\n\rInvokeRequest\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x19.vastrpc.api.v1.CallStartH\x00\x12(\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x18.vastrpc.api.v1.CallDataH\x00\x12,\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1a.vastrpc.api.v1.CallCancelH\x00\x12,\n\x05\x62\x61tch\x18\x04 \x01(\x0b\x32\x1b.vastrpc.api.v1.InvokeBatchH\x00\x42\t\n\x07message\"\x89\x01\n\nCallResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04more\x18\x03 \x01(\x08\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12*\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x18.vastrpc.api.v1.Encoding\x12\x14\n\x0c\x62uffer_sizes\x18\x06 \x03(\x04\"\x88\x01\n\tCallError\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.vastrpc.api.v1.ErrorKind\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x11\n\ttraceback\x18\x05 \x01(\t\x12\x0f\n\x07pickled\x18\x06 \x01(\x0c\"\r\n\x0bStreamDrain\"S\n\x07\x43\x61llLog\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12)\n\x06stream\x18\x02 \x01(\x0e\x32\x19.vastrpc.api.v1.LogStream\x12\x0c\n\x04text\x18\x03 \x01(\t\"H\n\x13InvokeResponseBatch\x12\x31\n\tresponses\x18\x01 \x03(\x0b\x32\x1e.vastrpc.api.v1.InvokeResponse\"\x81\x02\n\x0eInvokeResponse\x12,\n\x06result\x18\x01 \x01(\x0b\x32\x1a.vastrpc.api.v1.CallResultH\x00\x12*\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x19.vastrpc.api.v1.CallErrorH\x00\x12,\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x1b.vastrpc.api.v1.StreamDrainH\x00\x12&\n\x03log\x18\x04 \x01(\x0b\x32\x17.vastrpc.api.v1.CallLogH\x00\x12\x34\n\x05\x62\x61tch\x18\x05 \x01(\x0b\x32#.vastrpc.api.v1.InvokeResponseBatchH\x00\x42\t\n\x07message\"\x16\n\x14GetWorkerInfoRequest\"\xdb\x01\n\x15GetWorkerInfoResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65ndpoint_id\x18\x02 \x01(\t\x12\x13\n\x0brevision_id\x18\x03 \x01(\t\x12\x11\n\tfunctions\x18\x04 \x03(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\r\x12\x0b\n\x03pid\x18\x07 \x01(\x05\x12\x17\n\x0f\x63\x61lls_in_flight\x18\x08 \x01(\r\x12\x14\n\x0c\x63\x61lls_queued\x18\t \x01(\r\x12\x15\n\rcalls_started\x18\n \x01(\x04*\x86\x02\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45RROR_KIND_APPLICATION\x10\x01\x12!\n\x1d\x45RROR_KIND_FUNCTION_NOT_FOUND\x10\x02\x12\x1c\n\x18\x45RROR_KIND_BAD_ARGUMENTS\x10\x03\x12\x19\n\x15\x45RROR_KIND_BAD_RESULT\x10\x04\x12\x18\n\x14\x45RROR_KIND_CANCELLED\x10\x05\x12\x19\n\x15\x45RROR_KIND_OVERLOADED\x10\x06\x12\x17\n\x13\x45RROR_KIND_PROTOCOL\x10\x07\x12\x17\n\x13\x45RROR_KIND_DRAINING\x10\x08*U\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x32\xba\x01\n\rWorkerService\x12K\n\x06Invoke\x12\x1d.vastrpc.api.v1.InvokeRequest\x1a\x1e.vastrpc.api.v1.InvokeResponse(\x01\x30\x01\x12\\\n\rGetWorkerInfo\x12$.vastrpc.api.v1.GetWorkerInfoRequest\x1a%.vastrpc.api.v1.GetWorkerInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vastrpc.api.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORKIND']._serialized_start=1338
-  _globals['_ERRORKIND']._serialized_end=1600
-  _globals['_LOGSTREAM']._serialized_start=1602
-  _globals['_LOGSTREAM']._serialized_end=1687
+  _globals['_ERRORKIND']._serialized_start=1576
+  _globals['_ERRORKIND']._serialized_end=1838
+  _globals['_LOGSTREAM']._serialized_start=1840
+  _globals['_LOGSTREAM']._serialized_end=1925
   _globals['_CALLSTART']._serialized_start=77
   _globals['_CALLSTART']._serialized_end=255
   _globals['_CALLDATA']._serialized_start=257
   _globals['_CALLDATA']._serialized_end=312
   _globals['_CALLCANCEL']._serialized_start=314
   _globals['_CALLCANCEL']._serialized_end=343
-  _globals['_INVOKEREQUEST']._serialized_start=346
-  _globals['_INVOKEREQUEST']._serialized_end=504
-  _globals['_CALLRESULT']._serialized_start=507
-  _globals['_CALLRESULT']._serialized_end=644
-  _globals['_CALLERROR']._serialized_start=647
-  _globals['_CALLERROR']._serialized_end=783
-  _globals['_STREAMDRAIN']._serialized_start=785
-  _globals['_STREAMDRAIN']._serialized_end=798
-  _globals['_CALLLOG']._serialized_start=800
-  _globals['_CALLLOG']._serialized_end=883
-  _globals['_INVOKERESPONSE']._serialized_start=886
-  _globals['_INVOKERESPONSE']._serialized_end=1089
-  _globals['_GETWORKERINFOREQUEST']._serialized_start=1091
-  _globals['_GETWORKERINFOREQUEST']._serialized_end=1113
-  _globals['_GETWORKERINFORESPONSE']._serialized_start=1116
-  _globals['_GETWORKERINFORESPONSE']._serialized_end=1335
-  _globals['_WORKERSERVICE']._serialized_start=1690
-  _globals['_WORKERSERVICE']._serialized_end=1876
+  _globals['_INVOKEBATCH']._serialized_start=345
+  _globals['_INVOKEBATCH']._serialized_end=407
+  _globals['_INVOKEREQUEST']._serialized_start=410
+  _globals['_INVOKEREQUEST']._serialized_end=614
+  _globals['_CALLRESULT']._serialized_start=617
+  _globals['_CALLRESULT']._serialized_end=754
+  _globals['_CALLERROR']._serialized_start=757
+  _globals['_CALLERROR']._serialized_end=893
+  _globals['_STREAMDRAIN']._serialized_start=895
+  _globals['_STREAMDRAIN']._serialized_end=908
+  _globals['_CALLLOG']._serialized_start=910
+  _globals['_CALLLOG']._serialized_end=993
+  _globals['_INVOKERESPONSEBATCH']._serialized_start=995
+  _globals['_INVOKERESPONSEBATCH']._serialized_end=1067
+  _globals['_INVOKERESPONSE']._serialized_start=1070
+  _globals['_INVOKERESPONSE']._serialized_end=1327
+  _globals['_GETWORKERINFOREQUEST']._serialized_start=1329
+  _globals['_GETWORKERINFOREQUEST']._serialized_end=1351
+  _globals['_GETWORKERINFORESPONSE']._serialized_start=1354
+  _globals['_GETWORKERINFORESPONSE']._serialized_end=1573
+  _globals['_WORKERSERVICE']._serialized_start=1928
+  _globals['_WORKERSERVICE']._serialized_end=2114
 # @@protoc_insertion_point(module_scope)

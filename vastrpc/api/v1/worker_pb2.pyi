@@ -74,15 +74,23 @@ class CallCancel(_message.Message):
     call_id: int
     def __init__(self, call_id: _Optional[int] = ...) -> None: ...
 
+class InvokeBatch(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[InvokeRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[InvokeRequest, _Mapping]]] = ...) -> None: ...
+
 class InvokeRequest(_message.Message):
-    __slots__ = ("start", "data", "cancel")
+    __slots__ = ("start", "data", "cancel", "batch")
     START_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     start: CallStart
     data: CallData
     cancel: CallCancel
-    def __init__(self, start: _Optional[_Union[CallStart, _Mapping]] = ..., data: _Optional[_Union[CallData, _Mapping]] = ..., cancel: _Optional[_Union[CallCancel, _Mapping]] = ...) -> None: ...
+    batch: InvokeBatch
+    def __init__(self, start: _Optional[_Union[CallStart, _Mapping]] = ..., data: _Optional[_Union[CallData, _Mapping]] = ..., cancel: _Optional[_Union[CallCancel, _Mapping]] = ..., batch: _Optional[_Union[InvokeBatch, _Mapping]] = ...) -> None: ...
 
 class CallResult(_message.Message):
     __slots__ = ("call_id", "data", "more", "done", "encoding", "buffer_sizes")
@@ -130,17 +138,25 @@ class CallLog(_message.Message):
     text: str
     def __init__(self, call_id: _Optional[int] = ..., stream: _Optional[_Union[LogStream, str]] = ..., text: _Optional[str] = ...) -> None: ...
 
+class InvokeResponseBatch(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedCompositeFieldContainer[InvokeResponse]
+    def __init__(self, responses: _Optional[_Iterable[_Union[InvokeResponse, _Mapping]]] = ...) -> None: ...
+
 class InvokeResponse(_message.Message):
-    __slots__ = ("result", "error", "drain", "log")
+    __slots__ = ("result", "error", "drain", "log", "batch")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     result: CallResult
     error: CallError
     drain: StreamDrain
     log: CallLog
-    def __init__(self, result: _Optional[_Union[CallResult, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., drain: _Optional[_Union[StreamDrain, _Mapping]] = ..., log: _Optional[_Union[CallLog, _Mapping]] = ...) -> None: ...
+    batch: InvokeResponseBatch
+    def __init__(self, result: _Optional[_Union[CallResult, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., drain: _Optional[_Union[StreamDrain, _Mapping]] = ..., log: _Optional[_Union[CallLog, _Mapping]] = ..., batch: _Optional[_Union[InvokeResponseBatch, _Mapping]] = ...) -> None: ...
 
 class GetWorkerInfoRequest(_message.Message):
     __slots__ = ()
