@@ -35,7 +35,7 @@ from vastrpc._hostimage import (
 )
 from vastrpc._secrets import unseal
 from vastrpc._tls import TlsFiles
-from vastrpc._workerenv import SERVING_EXTRA, inherited_environ
+from vastrpc._workerenv import fits_spare, serving_environ
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.serve.container import ContainerEngine
 from vastrpc.serve.container_worker import ContainerWorker, Prepared
@@ -79,8 +79,12 @@ class Agent:
         bind_host: str = "127.0.0.1",
         tls: TlsFiles | None = None,
         container: ContainerEngine | None = None,
+        spare_serving: ServingProcess | None = None,
     ):
         self.worker_id = worker_id
+        # Started by a spare agent before it had a worker (``vastrpc.serve.spare``): the first
+        # revision serves in it when its environment is the base one (``fits_spare``).
+        self._spare_serving = spare_serving
         # Set by a container provider: each serving process runs in a container of the image.
         self.container = ContainerWorker(container, home, worker_id, bind_host, tls, _print) if container else None
         self.home = home
@@ -158,6 +162,8 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await asyncio.gather(*(p.stop(_STOP_GRACE) for p in list(self._serving)), return_exceptions=True)
+            if self._spare_serving is not None:
+                await self._spare_serving.stop(0)
             shutil.rmtree(self._workdir, ignore_errors=True)
             for old_channel in (self._channel, *self._old_channels):
                 await old_channel.close()
@@ -277,7 +283,7 @@ class Agent:
             "metrics": self._serve_metrics,
             "secrets": secrets,
         }
-        serving = await ServingProcess.start(config, env, bundle_dir, tls=self.tls, python=python, container=launch)
+        serving = await self._start_serving(config, env, bundle_dir, python, launch)
         self._serving.add(serving)
         try:
             await serving.wait_ready(on_state)
@@ -299,6 +305,25 @@ class Agent:
         )
         self._metrics_address = serving.metrics_address
         return serving
+
+    async def _start_serving(
+        self, config: dict[str, Any], env: dict[str, str], bundle_dir: Path, python: str, launch: Any
+    ) -> ServingProcess:
+        """The revision's serving process: the spare's pre-started one when it fits, else a new one."""
+        spare, self._spare_serving = self._spare_serving, None
+        if spare is not None:
+            if (
+                launch is None
+                and python == sys.executable
+                and not spare.exited.done()
+                and fits_spare(env, spare.env, bundle_dir)
+            ):
+                log.info("loading: in the pre-started serving process (pid %d)", spare.proc.pid)
+                await spare.configure({**config, "env": env}, self.tls)
+                return spare
+            log.info("loading: a new serving process (the environment is not the base one of the pre-started one)")
+            await spare.stop(0)
+        return await ServingProcess.start(config, env, bundle_dir, tls=self.tls, python=python, container=launch)
 
     async def _host_runtime(
         self, image: control_pb2.ImageSpec, bundle_dir: Path, env: dict[str, str]
@@ -371,12 +396,7 @@ class Agent:
         image = spec.image
         # The allow-list of the agent's own environment and vastrpc's path, nothing else: not the
         # token, the TLS files (the serving process gets its own in its config) or VASTRPC_HOME.
-        env = inherited_environ(os.environ, SERVING_EXTRA)
-        # glibc gives every allocation over 32 MiB fresh pages and returns freed ones at once, so
-        # each large argument or result pays page faults again (PERFORMANCE-NOTES: 66 ms → 12 ms
-        # for 100 MB with these). A deployment's own env vars override them.
-        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 << 20))
-        env.setdefault("MALLOC_TRIM_THRESHOLD_", str(128 << 20))
+        env = serving_environ()
         env.update(image.env)
         try:
             secrets = unseal(self._token, image.sealed_secrets)
@@ -488,15 +508,16 @@ class Agent:
             switched_at = None
 
 
-def main(
+async def main(
     control_address: str,
     worker_id: str,
     token: str,
     home: Path | None = None,
     tls: TlsFiles | None = None,
     bind_host: str | None = None,
+    spare_serving: ServingProcess | None = None,
 ) -> int:
-    """Run a worker agent until it is stopped; returns the process exit code.
+    """Run a worker agent until it is stopped (``asyncio.run(main(...))``); returns the process exit code.
 
     Args:
         control_address: ``host:port`` of the control service; a comma-separated list names
@@ -510,27 +531,32 @@ def main(
         bind_host: The address the serving process listens on and registers for clients;
             defaults to ``VASTRPC_WORKER_HOST`` (a cluster provider sets the node's address),
             else loopback.
+        spare_serving: A serving process started before the worker was known, waiting for
+            its config; a spare agent's (``vastrpc.serve.spare``).
 
     ``VASTRPC_CONTAINER_ENGINE`` (set by a container provider) runs each serving process in a
     container of the deployment's image (``vastrpc.serve.container``).
     """
+    # A no-op when logging is set up already (the spare agent does so before it waits).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s", stream=sys.stderr)
     from vastrpc.config import default_home
 
     host = bind_host or os.environ.get(ENV_WORKER_HOST) or "127.0.0.1"
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 address, as host:port needs it
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s", stream=sys.stderr)
     container = ContainerEngine.from_env(os.environ)
     if not token:
         log.error("no worker token: set VASTRPC_WORKER_TOKEN (the control service does this for workers it starts)")
         return 2
-
-    async def run() -> int:
-        # The agent's channel and events belong to the loop that runs it.
-        agent = Agent(
-            control_address, worker_id, token, home or default_home(), bind_host=host, tls=tls, container=container
-        )
-        return await agent.run()
-
-    return asyncio.run(run())
+    # The agent's channel and events belong to the loop that runs it.
+    agent = Agent(
+        control_address,
+        worker_id,
+        token,
+        home or default_home(),
+        bind_host=host,
+        tls=tls,
+        container=container,
+        spare_serving=spare_serving,
+    )
+    return await agent.run()

@@ -303,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     events = os.fdopen(int(args[0]), "w", buffering=1)
     config = json.loads(sys.stdin.read())
+    # A pre-started process (``vastrpc.serve.spare``) began with its agent's base environment
+    # and waited for its deployment: the deployment's environment replaces it now, before any
+    # of the deployment's code runs (the agent checked that none of it is read at startup).
+    if (environment := config.pop("env", None)) is not None:
+        os.environ.clear()
+        os.environ.update(environment)
     # The deployment's secrets come with the config, not in the environment this process was
     # started with (which /proc/<pid>/environ keeps showing): they join os.environ only now.
     os.environ.update(config.pop("secrets", None) or {})

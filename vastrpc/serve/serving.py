@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -48,6 +49,7 @@ class ServingProcess:
         self.calls_started = 0  # as of the last load()
         self.exited = asyncio.get_running_loop().create_task(proc.wait())
         self._channel: grpc.aio.Channel | None = None
+        self.env: dict[str, str] = {}  # the environment it started with (``spawn``); empty in a container
 
     @classmethod
     async def start(
@@ -63,21 +65,22 @@ class ServingProcess:
 
         ``python`` is the interpreter it runs on (the agent's own, or the image's ``venv``).
         With ``container``, the process runs in that container instead (``env``, ``cwd`` and
-        ``python`` are then the launch's), its events on the container's stdout.
-
-        With ``tls``, the process serves calls over TLS with its certificate (requiring client
-        certificates signed by its CA when it says so), and the agent's channel to it uses TLS.
+        ``python`` are then the launch's), its events on the container's stdout. ``tls``: as
+        for ``configure``.
         """
-        if tls is not None:
-            config = {
-                **config,
-                "tls_cert": str(tls.cert_file),
-                "tls_key": str(tls.key_file),
-                "tls_ca": str(tls.ca_file) if tls.ca_file else None,
-                "tls_require_client_cert": tls.require_client_cert,
-            }
         if container is not None:
-            return await cls._start_in(container, config, tls)
+            return await cls._start_in(container, _with_tls(config, tls), tls)
+        serving = await cls.spawn(env, cwd, python)
+        await serving.configure(config, tls)
+        return serving
+
+    @classmethod
+    async def spawn(cls, env: dict[str, str], cwd: Path, python: str = sys.executable) -> ServingProcess:
+        """Start the process with ``env``; it imports vastrpc and waits for its config (``configure``).
+
+        The worker agent's spare (``vastrpc.serve.spare``) starts one before it knows its
+        deployment; ``start`` starts one and configures it at once.
+        """
         read_fd, write_fd = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -90,15 +93,28 @@ class ServingProcess:
             )
         finally:
             os.close(write_fd)
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(config).encode())
-        await proc.stdin.drain()
-        proc.stdin.close()
         events = asyncio.StreamReader()
         transport, _ = await asyncio.get_running_loop().connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(events), os.fdopen(read_fd, "rb")
         )
-        return cls(proc, events, transport, config["endpoint_token"], tls)
+        serving = cls(proc, events, transport, "")
+        serving.env = env
+        return serving
+
+    async def configure(self, config: dict[str, Any], tls: TlsFiles | None = None) -> None:
+        """Send the process its revision's ``config`` (on its stdin, which closes): it loads and serves it.
+
+        With ``tls``, the process serves calls over TLS with its certificate (requiring client
+        certificates signed by its CA when it says so), and the agent's channel to it uses TLS.
+        """
+        config = _with_tls(config, tls)
+        self._token, self._tls = config["endpoint_token"], tls
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(config).encode())
+        # A process that died meanwhile closed the pipe: wait_ready reports its exit.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            await self.proc.stdin.drain()
+        self.proc.stdin.close()
 
     @classmethod
     async def _start_in(
@@ -171,3 +187,16 @@ class ServingProcess:
         if self._channel is not None:
             await self._channel.close()
         return code
+
+
+def _with_tls(config: dict[str, Any], tls: TlsFiles | None) -> dict[str, Any]:
+    """``config`` with the TLS files the serving process serves calls with, when there are some."""
+    if tls is None:
+        return config
+    return {
+        **config,
+        "tls_cert": str(tls.cert_file),
+        "tls_key": str(tls.key_file),
+        "tls_ca": str(tls.ca_file) if tls.ca_file else None,
+        "tls_require_client_cert": tls.require_client_cert,
+    }
