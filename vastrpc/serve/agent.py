@@ -35,15 +35,15 @@ from vastrpc._hostimage import (
 )
 from vastrpc._secrets import unseal
 from vastrpc._tls import TlsFiles
-from vastrpc._workerenv import fits_spare, serving_environ
+from vastrpc._workerenv import serving_environ
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.serve.container import ContainerEngine
 from vastrpc.serve.container_worker import ContainerWorker, Prepared
 from vastrpc.serve.extract import safe_extract, verify_digest
 from vastrpc.serve.fetch import fetch_bundle, public_part
-from vastrpc.serve.install import ensure_apt, ensure_pip_env, run_startup_commands
+from vastrpc.serve.install import ensure_apt, ensure_pip_env, pip_site, run_startup_commands
 from vastrpc.serve.metrics import CallStatsReader
-from vastrpc.serve.serving import ServingProcess
+from vastrpc.serve.serving import ServingProcess, prepare
 
 log = logging.getLogger("vastrpc.worker")
 
@@ -85,6 +85,8 @@ class Agent:
         # Started by a spare agent before it had a worker (``vastrpc.serve.spare``): the first
         # revision serves in it when its environment is the base one (``fits_spare``).
         self._spare_serving = spare_serving
+        # The serving process started while the revision being installed installs (``serving.prepare``).
+        self._prepared: ServingProcess | None = None
         # Set by a container provider: each serving process runs in a container of the image.
         self.container = ContainerWorker(container, home, worker_id, bind_host, tls, _print) if container else None
         self.home = home
@@ -162,8 +164,9 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await asyncio.gather(*(p.stop(_STOP_GRACE) for p in list(self._serving)), return_exceptions=True)
-            if self._spare_serving is not None:
-                await self._spare_serving.stop(0)
+            for waiting in (self._spare_serving, self._prepared):
+                if waiting is not None:
+                    await waiting.stop(0)
             shutil.rmtree(self._workdir, ignore_errors=True)
             for old_channel in (self._channel, *self._old_channels):
                 await old_channel.close()
@@ -266,6 +269,7 @@ class Agent:
         # starts with (its /proc/<pid>/environ).
         secrets = {k: env.pop(k) for k in self._secret_names if k in env}
         if self._stop.is_set():
+            await self._drop_prepared()
             return None
         await on_state("loading")
         config = {
@@ -309,21 +313,17 @@ class Agent:
     async def _start_serving(
         self, config: dict[str, Any], env: dict[str, str], bundle_dir: Path, python: str, launch: Any
     ) -> ServingProcess:
-        """The revision's serving process: the spare's pre-started one when it fits, else a new one."""
-        spare, self._spare_serving = self._spare_serving, None
-        if spare is not None:
-            if (
-                launch is None
-                and python == sys.executable
-                and not spare.exited.done()
-                and fits_spare(env, spare.env, bundle_dir)
-            ):
-                log.info("loading: in the pre-started serving process (pid %d)", spare.proc.pid)
-                await spare.configure({**config, "env": env}, self.tls)
-                return spare
-            log.info("loading: a new serving process (the environment is not the base one of the pre-started one)")
-            await spare.stop(0)
+        """The revision's serving process: the one started during the install (``_install``), else a new one."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            await prepared.configure(config, self.tls)
+            return prepared
         return await ServingProcess.start(config, env, bundle_dir, tls=self.tls, python=python, container=launch)
+
+    async def _drop_prepared(self) -> None:
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            await prepared.stop(0)
 
     async def _host_runtime(
         self, image: control_pb2.ImageSpec, bundle_dir: Path, env: dict[str, str]
@@ -394,6 +394,11 @@ class Agent:
             container provider, what its container runs.
         """
         image = spec.image
+        # Only a revision's first serving process may be the spare agent's (it never waits for another).
+        spare, self._spare_serving = self._spare_serving, None
+        if spare is not None and (self.container is not None or image.apt_packages or image.startup_commands):
+            await spare.stop(0)
+            spare = None
         # The allow-list of the agent's own environment and vastrpc's path, nothing else: not the
         # token, the TLS files (the serving process gets its own in its config) or VASTRPC_HOME.
         env = serving_environ()
@@ -404,26 +409,23 @@ class Agent:
             env.update(secrets)
         except VastrpcError as exc:
             raise DeploymentError(str(exc), step="secrets") from None
-        target = None
         if self.container is not None:
-            python, target, ports = await self.container.python_of(image, image_id)
-        else:
-            await asyncio.to_thread(ensure_apt, list(image.apt_packages), log=_print)
-        site = await asyncio.to_thread(
-            ensure_pip_env, list(image.pip_packages), self.home / "envs", target=target, log=_print
-        )
-        paths = [str(site)] if site is not None else []
-        paths.append(str(bundle_dir))
-        if env.get("PYTHONPATH"):
-            paths.append(env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-        if self.container is not None:
-            secrets = {k: env[k] for k in self._secret_names if k in env}
-            prepared = await self.container.prepare(
-                image, image_id, python, target, bundle_dir=bundle_dir, site=site, secrets=secrets
-            )
-            return env, python, ports, prepared
+            return await self._install_for_container(image, image_id, env, bundle_dir)
+        site = pip_site(list(image.pip_packages), self.home / "envs")
+        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (site, bundle_dir, env.get("PYTHONPATH")) if p)
         python, ports = await self._host_runtime(image, bundle_dir, env)
+        if not image.apt_packages and not image.startup_commands:
+            # Its interpreter starts while the packages install: neither changes what the other
+            # reads (the packages' folder joins the import path once it exists). Apt packages
+            # and startup commands may change the interpreter's own site: it starts after them.
+            public = {k: v for k, v in env.items() if k not in self._secret_names}
+            self._prepared = await prepare(public, bundle_dir, python, spare)
+        try:
+            await asyncio.to_thread(ensure_apt, list(image.apt_packages), log=_print)
+            await asyncio.to_thread(ensure_pip_env, list(image.pip_packages), self.home / "envs", log=_print)
+        except BaseException:
+            await self._drop_prepared()
+            raise
         if image.startup_commands:
             await asyncio.to_thread(
                 run_startup_commands,
@@ -440,6 +442,22 @@ class Agent:
             len(image.startup_commands),
         )
         return env, python, ports, None
+
+    async def _install_for_container(
+        self, image: control_pb2.ImageSpec, image_id: str, env: dict[str, str], bundle_dir: Path
+    ) -> tuple[dict[str, str], str, list[HostPort], Prepared | None]:
+        """``_install`` on a container provider: pip packages for the image's Python, the rest in its container."""
+        assert self.container is not None
+        python, target, ports = await self.container.python_of(image, image_id)
+        site = await asyncio.to_thread(
+            ensure_pip_env, list(image.pip_packages), self.home / "envs", target=target, log=_print
+        )
+        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (site, bundle_dir, env.get("PYTHONPATH")) if p)
+        secrets = {k: env[k] for k in self._secret_names if k in env}
+        prepared = await self.container.prepare(
+            image, image_id, python, target, bundle_dir=bundle_dir, site=site, secrets=secrets
+        )
+        return env, python, ports, prepared
 
     async def _watch_assignments(self) -> None:
         """Queue what the control service says this worker should serve; reconnect when the stream breaks."""

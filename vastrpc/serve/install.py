@@ -32,6 +32,7 @@ __all__ = [
     "ensure_apt",
     "ensure_pip_env",
     "lock_until",
+    "pip_site",
     "requirements_key",
     "run_startup_commands",
 ]
@@ -175,6 +176,12 @@ def _installer(target: Path, specs: list[str], python: PythonTarget | None) -> t
     return [*argv, *specs], "uv"
 
 
+def pip_site(packages: Sequence[str], cache_dir: Path, target: PythonTarget | None = None) -> Path | None:
+    """Where ``ensure_pip_env`` puts (or finds) these packages, known before they are installed; None: no packages."""
+    specs = _clean_specs(packages)
+    return Path(cache_dir) / requirements_key(specs, target) / "site" if specs else None
+
+
 def ensure_pip_env(
     packages: Sequence[str],
     cache_dir: Path,
@@ -206,12 +213,11 @@ def ensure_pip_env(
     Raises:
         DeploymentError: (step ``"install"``) the install failed or timed out.
     """
-    specs = _clean_specs(packages)
-    if not specs:
+    site = pip_site(packages, cache_dir, target)
+    if site is None:
         return None
-    key = requirements_key(specs, target)
-    env_dir = Path(cache_dir) / key
-    site = env_dir / "site"
+    specs = _clean_specs(packages)
+    env_dir = site.parent
     if site.is_dir():
         log(f"pip packages already installed (cached at {site}): {' '.join(specs)}")
         return site

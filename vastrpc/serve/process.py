@@ -233,6 +233,9 @@ async def serve(config: dict[str, Any], emit: Emit) -> int:
     sys.path.insert(0, bundle_dir)
     os.chdir(bundle_dir)
     entered: list[Any] = []
+    # This process may have started before the folder of the revision's pip packages existed
+    # (the agent starts it during the install): the import system forgets that it found none.
+    importlib.invalidate_caches()
     try:
         app = load_deployment(config["module"], config["name"], config["tag"], runtime)
         entered = await enter_contexts(app, runtime)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -18,10 +19,13 @@ from vastrpc._errors import DeploymentError
 from vastrpc._grpc import bearer, channel
 from vastrpc._process import module_argv
 from vastrpc._tls import TlsFiles
+from vastrpc._workerenv import fits_spare
 from vastrpc.api.v1 import worker_pb2, worker_pb2_grpc
 from vastrpc.serve.container import ContainerLaunch
 
 OnState = Callable[[str], Awaitable[None]]
+
+log = logging.getLogger("vastrpc.worker")
 
 
 class ServingProcess:
@@ -50,6 +54,8 @@ class ServingProcess:
         self.exited = asyncio.get_running_loop().create_task(proc.wait())
         self._channel: grpc.aio.Channel | None = None
         self.env: dict[str, str] = {}  # the environment it started with (``spawn``); empty in a container
+        # The revision's environment, which its config carries: set on a spare's (see ``prepare``).
+        self.config_env: dict[str, str] | None = None
 
     @classmethod
     async def start(
@@ -108,6 +114,8 @@ class ServingProcess:
         certificates signed by its CA when it says so), and the agent's channel to it uses TLS.
         """
         config = _with_tls(config, tls)
+        if self.config_env is not None:
+            config = {**config, "env": self.config_env}
         self._token, self._tls = config["endpoint_token"], tls
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(config).encode())
@@ -187,6 +195,24 @@ class ServingProcess:
         if self._channel is not None:
             await self._channel.close()
         return code
+
+
+async def prepare(env: dict[str, str], bundle_dir: Path, python: str, spare: ServingProcess | None) -> ServingProcess:
+    """A serving process for a revision whose environment is ``env`` (secrets aside), waiting for its config.
+
+    The spare agent's pre-started ``spare`` when it can take ``env`` (``fits_spare``: the
+    config carries ``env``, applied before the deployment's code runs); otherwise ``spare``
+    (if any) is stopped and a new process started with ``env``. Either way it starts before
+    the revision's packages are installed: the agent configures it once they are.
+    """
+    if spare is not None:
+        if python == sys.executable and not spare.exited.done() and fits_spare(env, spare.env, bundle_dir):
+            log.info("loading: in the pre-started serving process (pid %d)", spare.proc.pid)
+            spare.config_env = dict(env)
+            return spare
+        log.info("loading: a new serving process (the environment is not the base one of the pre-started one)")
+        await spare.stop(0)
+    return await ServingProcess.spawn(env, bundle_dir, python)
 
 
 def _with_tls(config: dict[str, Any], tls: TlsFiles | None) -> dict[str, Any]:
