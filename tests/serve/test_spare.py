@@ -92,6 +92,9 @@ async def test_a_later_deployment_is_served_by_the_spare_that_carries_nothing_of
     worker, log = await _worker_log(project, later.app)
     assert "the spare agent (pid" in log and "in the pre-started serving process" in log
     assert seen["pid"] != mine["pid"]
+    # The worker's agent is the spare process, started with nothing of any worker in its argv.
+    argv = Path(f"/proc/{worker['pid']}/cmdline").read_bytes().split(b"\0")
+    assert b"vastrpc.serve.spare" in argv and not any(b"token" in a or b"w-" in a for a in argv)
     environ, started = seen["environ"], seen["started"]
     assert environ["LATER_SETTING"] == "later-visible"  # its own environment, applied before its code ran
     for text in (repr(environ), started):
