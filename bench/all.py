@@ -15,7 +15,8 @@ Run: ``python bench/all.py`` (about 90 seconds on 2 CPUs). Sections (``--only a,
 - ``zero``: cold start from zero workers (an endpoint scaled to zero by the autoscaler, woken by
   the call) with the time of each worker state seen on the endpoint watch.
 - ``cold``: cold start of a new deployment (first ``await`` → result: package, register, upload,
-  start a worker, benchmark, call).
+  start a worker, benchmark, call), without pip packages and with numpy from uv's cache, with
+  when each deploy step ended and each worker state showed.
 
 Prints Markdown tables; ``--json FILE`` also writes the raw figures. Everything runs on loopback
 with its own control service on a temporary home and stops what it started.
@@ -89,6 +90,10 @@ def main() -> None:
     parser.add_argument("--hetero-calls", type=int, default=3000)
     parser.add_argument("--hetero-in-flight", type=int, default=32)
     parser.add_argument("--cold-runs", type=int, default=3)
+    parser.add_argument(
+        "--cold-idle", type=float, default=3.0, help="seconds with no deployment before each cold run (cold)"
+    )
+    parser.add_argument("--no-numpy", action="store_true", help="leave out the cold start with numpy (cold)")
     parser.add_argument("--zero-wait", type=float, default=30, help="seconds to wait for the scale to zero")
     parser.add_argument("--quick", action="store_true", help="fewer calls everywhere (a smoke run)")
     parser.add_argument(

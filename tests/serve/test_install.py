@@ -70,6 +70,25 @@ def test_pip_env_installs_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
+def test_pip_env_installs_from_uvs_cache_alone_when_it_holds_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv, tool = _installer(tmp_path, ["six"], None)
+    if tool != "uv":
+        pytest.skip("uv is not installed")
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
+    first: list[str] = []
+    site = ensure_pip_env(["six==1.16.0"], tmp_path / "a", log=first.append, timeout=240)
+    assert site is not None and (site / "six.py").is_file()
+    assert any("asking the package index" in line for line in first)  # a new cache lacks it
+    second: list[str] = []
+    site = ensure_pip_env(["six==1.16.0"], tmp_path / "b", log=second.append, timeout=240)
+    assert site is not None and (site / "six.py").is_file()
+    assert not any("asking the package index" in line for line in second)
+    assert sorted(p.name for p in site.parent.iterdir()) == [".lock", "site"]
+
+
+@pytest.mark.timeout(300)
 def test_pip_env_concurrent_installs_once(tmp_path: Path) -> None:
     logs: list[list[str]] = [[], []]
     results: list[Path | None] = [None, None]

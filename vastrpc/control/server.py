@@ -266,6 +266,7 @@ async def serve(
         log.info("control service listening on %s (%s, home %s)", where, _describe_tls(config), home)
         if ready is not None:
             ready(address)
+        provider.prestart()  # a spare agent, so that even the first deployment finds one
         await stop.wait()
         log.info("stopping: workers first (grace %gs), then the server", config.worker_stop_grace)
     finally:

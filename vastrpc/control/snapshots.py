@@ -41,7 +41,10 @@ class Snapshots:
     count of its changes) or once it is ``max_age`` seconds old, which bounds how long a
     write that woke nobody (another service's, on a shared store) stays unseen. While
     changes come faster than one per ``min_interval`` (a thousand workers starting at once),
-    the watches wait out the rest of it and share one read for all of them (``current``).
+    the watches of an endpoint of ``throttle_from`` workers or more wait out the rest of it and
+    share one read for all of them (``current``). A smaller endpoint is read at each change (a
+    few rows, well under a millisecond), so that no update waits: a new worker going through
+    its states in a tenth of a second shows ready when it is, not at the next interval.
 
     Args:
         store: Where the rows are read.
@@ -49,6 +52,7 @@ class Snapshots:
         encode: The watch update of a snapshot (``WatchEndpointResponse``), built at most once per snapshot.
         max_age: Seconds a snapshot is reused for while the endpoint does not change.
         min_interval: Seconds between two reads of an endpoint that keeps changing.
+        throttle_from: How many workers an endpoint has before ``min_interval`` applies to it.
     """
 
     def __init__(
@@ -58,20 +62,23 @@ class Snapshots:
         encode: Callable[[Snapshot], control_pb2.WatchEndpointResponse],
         max_age: float = 1.0,
         min_interval: float = 0.1,
+        throttle_from: int = 8,
     ) -> None:
         self._store = store
         self._version = version
         self._encode = encode
         self.max_age = max_age
         self.min_interval = min_interval
+        self.throttle_from = throttle_from
         self._latest: dict[str, Snapshot] = {}
         # Open watches by endpoint: an endpoint's snapshot is kept while it has any.
         self._watches: dict[str, int] = {}
 
     async def current(self, endpoint_id: str) -> Snapshot | None:
-        """The endpoint as it is now, read at most once per ``min_interval``; None when it does not exist."""
+        """The endpoint as it is now (a large one read at most once per ``min_interval``); None when it is gone."""
         latest = self._latest.get(endpoint_id)
-        if latest is not None and latest.version != self._version(endpoint_id):
+        throttled = latest is not None and len(latest.workers) >= self.throttle_from
+        if throttled and latest is not None and latest.version != self._version(endpoint_id):
             wait = latest.taken + self.min_interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)

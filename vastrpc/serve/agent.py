@@ -35,15 +35,15 @@ from vastrpc._hostimage import (
 )
 from vastrpc._secrets import unseal
 from vastrpc._tls import TlsFiles
-from vastrpc._workerenv import SERVING_EXTRA, inherited_environ
+from vastrpc._workerenv import serving_environ
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.serve.container import ContainerEngine
 from vastrpc.serve.container_worker import ContainerWorker, Prepared
 from vastrpc.serve.extract import safe_extract, verify_digest
 from vastrpc.serve.fetch import fetch_bundle, public_part
-from vastrpc.serve.install import ensure_apt, ensure_pip_env, run_startup_commands
+from vastrpc.serve.install import ensure_apt, ensure_pip_env, pip_site, run_startup_commands
 from vastrpc.serve.metrics import CallStatsReader
-from vastrpc.serve.serving import ServingProcess
+from vastrpc.serve.serving import ServingProcess, prepare
 
 log = logging.getLogger("vastrpc.worker")
 
@@ -79,8 +79,14 @@ class Agent:
         bind_host: str = "127.0.0.1",
         tls: TlsFiles | None = None,
         container: ContainerEngine | None = None,
+        spare_serving: ServingProcess | None = None,
     ):
         self.worker_id = worker_id
+        # Started by a spare agent before it had a worker (``vastrpc.serve.spare``): the first
+        # revision serves in it when its environment is the base one (``fits_spare``).
+        self._spare_serving = spare_serving
+        # The serving process started while the revision being installed installs (``serving.prepare``).
+        self._prepared: ServingProcess | None = None
         # Set by a container provider: each serving process runs in a container of the image.
         self.container = ContainerWorker(container, home, worker_id, bind_host, tls, _print) if container else None
         self.home = home
@@ -158,6 +164,9 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await asyncio.gather(*(p.stop(_STOP_GRACE) for p in list(self._serving)), return_exceptions=True)
+            for waiting in (self._spare_serving, self._prepared):
+                if waiting is not None:
+                    await waiting.stop(0)
             shutil.rmtree(self._workdir, ignore_errors=True)
             for old_channel in (self._channel, *self._old_channels):
                 await old_channel.close()
@@ -260,6 +269,7 @@ class Agent:
         # starts with (its /proc/<pid>/environ).
         secrets = {k: env.pop(k) for k in self._secret_names if k in env}
         if self._stop.is_set():
+            await self._drop_prepared()
             return None
         await on_state("loading")
         config = {
@@ -277,7 +287,7 @@ class Agent:
             "metrics": self._serve_metrics,
             "secrets": secrets,
         }
-        serving = await ServingProcess.start(config, env, bundle_dir, tls=self.tls, python=python, container=launch)
+        serving = await self._start_serving(config, env, bundle_dir, python, launch)
         self._serving.add(serving)
         try:
             await serving.wait_ready(on_state)
@@ -299,6 +309,21 @@ class Agent:
         )
         self._metrics_address = serving.metrics_address
         return serving
+
+    async def _start_serving(
+        self, config: dict[str, Any], env: dict[str, str], bundle_dir: Path, python: str, launch: Any
+    ) -> ServingProcess:
+        """The revision's serving process: the one started during the install (``_install``), else a new one."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            await prepared.configure(config, self.tls)
+            return prepared
+        return await ServingProcess.start(config, env, bundle_dir, tls=self.tls, python=python, container=launch)
+
+    async def _drop_prepared(self) -> None:
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            await prepared.stop(0)
 
     async def _host_runtime(
         self, image: control_pb2.ImageSpec, bundle_dir: Path, env: dict[str, str]
@@ -369,14 +394,14 @@ class Agent:
             container provider, what its container runs.
         """
         image = spec.image
+        # Only a revision's first serving process may be the spare agent's (it never waits for another).
+        spare, self._spare_serving = self._spare_serving, None
+        if spare is not None and (self.container is not None or image.apt_packages or image.startup_commands):
+            await spare.stop(0)
+            spare = None
         # The allow-list of the agent's own environment and vastrpc's path, nothing else: not the
         # token, the TLS files (the serving process gets its own in its config) or VASTRPC_HOME.
-        env = inherited_environ(os.environ, SERVING_EXTRA)
-        # glibc gives every allocation over 32 MiB fresh pages and returns freed ones at once, so
-        # each large argument or result pays page faults again (PERFORMANCE-NOTES: 66 ms → 12 ms
-        # for 100 MB with these). A deployment's own env vars override them.
-        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 << 20))
-        env.setdefault("MALLOC_TRIM_THRESHOLD_", str(128 << 20))
+        env = serving_environ()
         env.update(image.env)
         try:
             secrets = unseal(self._token, image.sealed_secrets)
@@ -384,26 +409,23 @@ class Agent:
             env.update(secrets)
         except VastrpcError as exc:
             raise DeploymentError(str(exc), step="secrets") from None
-        target = None
         if self.container is not None:
-            python, target, ports = await self.container.python_of(image, image_id)
-        else:
-            await asyncio.to_thread(ensure_apt, list(image.apt_packages), log=_print)
-        site = await asyncio.to_thread(
-            ensure_pip_env, list(image.pip_packages), self.home / "envs", target=target, log=_print
-        )
-        paths = [str(site)] if site is not None else []
-        paths.append(str(bundle_dir))
-        if env.get("PYTHONPATH"):
-            paths.append(env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-        if self.container is not None:
-            secrets = {k: env[k] for k in self._secret_names if k in env}
-            prepared = await self.container.prepare(
-                image, image_id, python, target, bundle_dir=bundle_dir, site=site, secrets=secrets
-            )
-            return env, python, ports, prepared
+            return await self._install_for_container(image, image_id, env, bundle_dir)
+        site = pip_site(list(image.pip_packages), self.home / "envs")
+        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (site, bundle_dir, env.get("PYTHONPATH")) if p)
         python, ports = await self._host_runtime(image, bundle_dir, env)
+        if not image.apt_packages and not image.startup_commands:
+            # Its interpreter starts while the packages install: neither changes what the other
+            # reads (the packages' folder joins the import path once it exists). Apt packages
+            # and startup commands may change the interpreter's own site: it starts after them.
+            public = {k: v for k, v in env.items() if k not in self._secret_names}
+            self._prepared = await prepare(public, bundle_dir, python, spare)
+        try:
+            await asyncio.to_thread(ensure_apt, list(image.apt_packages), log=_print)
+            await asyncio.to_thread(ensure_pip_env, list(image.pip_packages), self.home / "envs", log=_print)
+        except BaseException:
+            await self._drop_prepared()
+            raise
         if image.startup_commands:
             await asyncio.to_thread(
                 run_startup_commands,
@@ -420,6 +442,22 @@ class Agent:
             len(image.startup_commands),
         )
         return env, python, ports, None
+
+    async def _install_for_container(
+        self, image: control_pb2.ImageSpec, image_id: str, env: dict[str, str], bundle_dir: Path
+    ) -> tuple[dict[str, str], str, list[HostPort], Prepared | None]:
+        """``_install`` on a container provider: pip packages for the image's Python, the rest in its container."""
+        assert self.container is not None
+        python, target, ports = await self.container.python_of(image, image_id)
+        site = await asyncio.to_thread(
+            ensure_pip_env, list(image.pip_packages), self.home / "envs", target=target, log=_print
+        )
+        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (site, bundle_dir, env.get("PYTHONPATH")) if p)
+        secrets = {k: env[k] for k in self._secret_names if k in env}
+        prepared = await self.container.prepare(
+            image, image_id, python, target, bundle_dir=bundle_dir, site=site, secrets=secrets
+        )
+        return env, python, ports, prepared
 
     async def _watch_assignments(self) -> None:
         """Queue what the control service says this worker should serve; reconnect when the stream breaks."""
@@ -488,15 +526,16 @@ class Agent:
             switched_at = None
 
 
-def main(
+async def main(
     control_address: str,
     worker_id: str,
     token: str,
     home: Path | None = None,
     tls: TlsFiles | None = None,
     bind_host: str | None = None,
+    spare_serving: ServingProcess | None = None,
 ) -> int:
-    """Run a worker agent until it is stopped; returns the process exit code.
+    """Run a worker agent until it is stopped (``asyncio.run(main(...))``); returns the process exit code.
 
     Args:
         control_address: ``host:port`` of the control service; a comma-separated list names
@@ -510,27 +549,32 @@ def main(
         bind_host: The address the serving process listens on and registers for clients;
             defaults to ``VASTRPC_WORKER_HOST`` (a cluster provider sets the node's address),
             else loopback.
+        spare_serving: A serving process started before the worker was known, waiting for
+            its config; a spare agent's (``vastrpc.serve.spare``).
 
     ``VASTRPC_CONTAINER_ENGINE`` (set by a container provider) runs each serving process in a
     container of the deployment's image (``vastrpc.serve.container``).
     """
+    # A no-op when logging is set up already (the spare agent does so before it waits).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s", stream=sys.stderr)
     from vastrpc.config import default_home
 
     host = bind_host or os.environ.get(ENV_WORKER_HOST) or "127.0.0.1"
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 address, as host:port needs it
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s", stream=sys.stderr)
     container = ContainerEngine.from_env(os.environ)
     if not token:
         log.error("no worker token: set VASTRPC_WORKER_TOKEN (the control service does this for workers it starts)")
         return 2
-
-    async def run() -> int:
-        # The agent's channel and events belong to the loop that runs it.
-        agent = Agent(
-            control_address, worker_id, token, home or default_home(), bind_host=host, tls=tls, container=container
-        )
-        return await agent.run()
-
-    return asyncio.run(run())
+    # The agent's channel and events belong to the loop that runs it.
+    agent = Agent(
+        control_address,
+        worker_id,
+        token,
+        home or default_home(),
+        bind_host=host,
+        tls=tls,
+        container=container,
+        spare_serving=spare_serving,
+    )
+    return await agent.run()

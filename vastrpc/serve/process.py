@@ -232,6 +232,9 @@ async def serve(config: dict[str, Any], emit: Emit) -> int:
     sys.path.insert(0, bundle_dir)
     os.chdir(bundle_dir)
     entered: list[Any] = []
+    # This process may have started before the folder of the revision's pip packages existed
+    # (the agent starts it during the install): the import system forgets that it found none.
+    importlib.invalidate_caches()
     try:
         app = load_deployment(config["module"], config["name"], config["tag"], runtime)
         entered = await enter_contexts(app, runtime)
@@ -302,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     events = os.fdopen(int(args[0]), "w", buffering=1)
     config = json.loads(sys.stdin.read())
+    # A pre-started process (``vastrpc.serve.spare``) began with its agent's base environment
+    # and waited for its deployment: the deployment's environment replaces it now, before any
+    # of the deployment's code runs (the agent checked that none of it is read at startup).
+    if (environment := config.pop("env", None)) is not None:
+        os.environ.clear()
+        os.environ.update(environment)
     # The deployment's secrets come with the config, not in the environment this process was
     # started with (which /proc/<pid>/environ keeps showing): they join os.environ only now.
     os.environ.update(config.pop("secrets", None) or {})

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -17,10 +19,13 @@ from vastrpc._errors import DeploymentError
 from vastrpc._grpc import bearer, channel
 from vastrpc._process import module_argv
 from vastrpc._tls import TlsFiles
+from vastrpc._workerenv import fits_spare
 from vastrpc.api.v1 import worker_pb2, worker_pb2_grpc
 from vastrpc.serve.container import ContainerLaunch
 
 OnState = Callable[[str], Awaitable[None]]
+
+log = logging.getLogger("vastrpc.worker")
 
 
 class ServingProcess:
@@ -48,6 +53,9 @@ class ServingProcess:
         self.calls_started = 0  # as of the last load()
         self.exited = asyncio.get_running_loop().create_task(proc.wait())
         self._channel: grpc.aio.Channel | None = None
+        self.env: dict[str, str] = {}  # the environment it started with (``spawn``); empty in a container
+        # The revision's environment, which its config carries: set on a spare's (see ``prepare``).
+        self.config_env: dict[str, str] | None = None
 
     @classmethod
     async def start(
@@ -63,21 +71,22 @@ class ServingProcess:
 
         ``python`` is the interpreter it runs on (the agent's own, or the image's ``venv``).
         With ``container``, the process runs in that container instead (``env``, ``cwd`` and
-        ``python`` are then the launch's), its events on the container's stdout.
-
-        With ``tls``, the process serves calls over TLS with its certificate (requiring client
-        certificates signed by its CA when it says so), and the agent's channel to it uses TLS.
+        ``python`` are then the launch's), its events on the container's stdout. ``tls``: as
+        for ``configure``.
         """
-        if tls is not None:
-            config = {
-                **config,
-                "tls_cert": str(tls.cert_file),
-                "tls_key": str(tls.key_file),
-                "tls_ca": str(tls.ca_file) if tls.ca_file else None,
-                "tls_require_client_cert": tls.require_client_cert,
-            }
         if container is not None:
-            return await cls._start_in(container, config, tls)
+            return await cls._start_in(container, _with_tls(config, tls), tls)
+        serving = await cls.spawn(env, cwd, python)
+        await serving.configure(config, tls)
+        return serving
+
+    @classmethod
+    async def spawn(cls, env: dict[str, str], cwd: Path, python: str = sys.executable) -> ServingProcess:
+        """Start the process with ``env``; it imports vastrpc and waits for its config (``configure``).
+
+        The worker agent's spare (``vastrpc.serve.spare``) starts one before it knows its
+        deployment; ``start`` starts one and configures it at once.
+        """
         read_fd, write_fd = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -90,15 +99,30 @@ class ServingProcess:
             )
         finally:
             os.close(write_fd)
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(config).encode())
-        await proc.stdin.drain()
-        proc.stdin.close()
         events = asyncio.StreamReader()
         transport, _ = await asyncio.get_running_loop().connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(events), os.fdopen(read_fd, "rb")
         )
-        return cls(proc, events, transport, config["endpoint_token"], tls)
+        serving = cls(proc, events, transport, "")
+        serving.env = env
+        return serving
+
+    async def configure(self, config: dict[str, Any], tls: TlsFiles | None = None) -> None:
+        """Send the process its revision's ``config`` (on its stdin, which closes): it loads and serves it.
+
+        With ``tls``, the process serves calls over TLS with its certificate (requiring client
+        certificates signed by its CA when it says so), and the agent's channel to it uses TLS.
+        """
+        config = _with_tls(config, tls)
+        if self.config_env is not None:
+            config = {**config, "env": self.config_env}
+        self._token, self._tls = config["endpoint_token"], tls
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(config).encode())
+        # A process that died meanwhile closed the pipe: wait_ready reports its exit.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            await self.proc.stdin.drain()
+        self.proc.stdin.close()
 
     @classmethod
     async def _start_in(
@@ -171,3 +195,34 @@ class ServingProcess:
         if self._channel is not None:
             await self._channel.close()
         return code
+
+
+async def prepare(env: dict[str, str], bundle_dir: Path, python: str, spare: ServingProcess | None) -> ServingProcess:
+    """A serving process for a revision whose environment is ``env`` (secrets aside), waiting for its config.
+
+    The spare agent's pre-started ``spare`` when it can take ``env`` (``fits_spare``: the
+    config carries ``env``, applied before the deployment's code runs); otherwise ``spare``
+    (if any) is stopped and a new process started with ``env``. Either way it starts before
+    the revision's packages are installed: the agent configures it once they are.
+    """
+    if spare is not None:
+        if python == sys.executable and not spare.exited.done() and fits_spare(env, spare.env, bundle_dir):
+            log.info("loading: in the pre-started serving process (pid %d)", spare.proc.pid)
+            spare.config_env = dict(env)
+            return spare
+        log.info("loading: a new serving process (the environment is not the base one of the pre-started one)")
+        await spare.stop(0)
+    return await ServingProcess.spawn(env, bundle_dir, python)
+
+
+def _with_tls(config: dict[str, Any], tls: TlsFiles | None) -> dict[str, Any]:
+    """``config`` with the TLS files the serving process serves calls with, when there are some."""
+    if tls is None:
+        return config
+    return {
+        **config,
+        "tls_cert": str(tls.cert_file),
+        "tls_key": str(tls.key_file),
+        "tls_ca": str(tls.ca_file) if tls.ca_file else None,
+        "tls_require_client_cert": tls.require_client_cert,
+    }

@@ -96,3 +96,18 @@ async def test_workers_inherit_only_the_allow_list_and_get_their_token_on_stdin(
     assert names.endswith("stdin tok-9")
     for name in (*secrets, "CALLER_VARIABLE", "VASTRPC_WORKER_TOKEN"):
         assert f"'{name}'" not in names
+
+
+async def test_a_spare_agent_waits_without_a_worker_and_goes_with_the_provider(tmp_path) -> None:
+    assert not _provider(tmp_path, "sleep", [])._spares_on  # a command of its own: no spare
+    provider = LocalProcessProvider(tmp_path, spare=True)
+    provider.prestart()
+    logs = tmp_path / "logs" / "workers"
+    await eventually(lambda: provider._spare is not None, what="the spare agent started")
+    spare = provider._spare
+    assert spare is not None and spare.proc.returncode is None and not provider.is_running(spare.log.stem)
+    await provider.stop_all(1.0)
+    assert spare.proc.returncode is not None and not spare.log.exists()
+    provider.prestart()  # a stopped provider starts none again
+    await asyncio.sleep(0.1)
+    assert provider._spare is None and not list(logs.glob("spare-*.log"))

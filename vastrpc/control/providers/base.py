@@ -82,6 +82,12 @@ class Provider(Protocol):
     async def stop_worker(self, worker_id: str, grace: float, *, pid: int = 0) -> bool:
         """Stop a worker (TERM, then KILL after ``grace`` seconds); False when it was not running."""
 
+    def prestart(self) -> None:
+        """Get ready for workers once the service serves (in its event loop); may do nothing.
+
+        The local provider starts its spare agent (``vastrpc.serve.spare``) here.
+        """
+
     async def stop_all(self, grace: float) -> None:
         """Stop every worker this provider runs."""
 

@@ -116,7 +116,13 @@ class ContainerProvider(LocalProcessProvider):
         # The agents run as this service's user, the engine's: the deployment's code runs in a
         # container that sees only its bundle, its packages and the TLS files it serves with.
         super().__init__(
-            home, argv_prefix=argv_prefix, environ=env, agent_env=agent_env, worker_tls=worker_tls, inventory=inventory
+            home,
+            argv_prefix=argv_prefix,
+            environ=env,
+            agent_env=agent_env,
+            worker_tls=worker_tls,
+            inventory=inventory,
+            spare=False,  # its agents start containers: a pre-started host interpreter would not serve
         )
 
     async def image_warnings(self, image: control_pb2.ImageSpec) -> list[str]:

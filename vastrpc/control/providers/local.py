@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,11 @@ class LocalProcessProvider:
             folder; None runs them as this process's user, their files under ``home``.
         isolation_warnings: What ``control serve`` says at its start about how far workers
             are isolated from it and from each other (``isolation_warnings()``).
+        spare: Keep a spare agent ready (``vastrpc.serve.spare``): started as a worker is, it
+            has imported vastrpc and started its serving process before a worker is wanted,
+            and becomes the next worker's agent. None: on with the default ``argv_prefix``.
+        spare_delay: Seconds after a spare is taken before the next one starts (it would
+            compete for the CPUs with the worker it just became).
 
     The worker's token goes to the agent on its stdin, never in its environment (which
     ``/proc/<pid>/environ`` shows to the user's other processes).
@@ -110,6 +117,8 @@ class LocalProcessProvider:
         agent_env: Mapping[str, str] | None = None,
         worker_user: WorkerUser | None = None,
         isolation_warnings: Sequence[str] = (),
+        spare: bool | None = None,
+        spare_delay: float = 1.0,
     ) -> None:
         self.home = Path(home)
         self._inventory = inventory
@@ -128,6 +137,12 @@ class LocalProcessProvider:
         self._slots: GpuSlots | None = None
         # Workers of an earlier control service (not our children) holding GPUs: worker -> (pid, GPUs).
         self._adopted: dict[str, tuple[int, tuple[int, ...]]] = {}
+        # A spare agent (vastrpc.serve.spare) when on: by default with the default command only.
+        self._spares_on = argv_prefix is None if spare is None else spare
+        self._spare_delay = spare_delay
+        self._spare: _Spare | None = None
+        self._spare_task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def log_path(self, worker_id: str) -> Path:
         """Where the worker's stdout and stderr go."""
@@ -286,31 +301,90 @@ class LocalProcessProvider:
             env["CUDA_VISIBLE_DEVICES"] = visible_devices(gpus)
             env["NVIDIA_VISIBLE_DEVICES"] = visible_devices(gpus) or "none"
             notes.insert(0, f"GPUs: CUDA_VISIBLE_DEVICES={visible_devices(gpus)!r}")
-        with open_private_log(self.log_path(worker_id)) as out:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            out.write(f"[vastrpc {stamp}] starting worker {worker_id}: {' '.join(argv)}\n".encode())
-            for note in notes:
-                out.write(f"[vastrpc {stamp}] {note}\n".encode())
-            out.flush()
-            # A session of its own: stopping the worker signals its whole process group, and a
-            # Ctrl-C meant for the control service's terminal does not reach it directly.
-            command, options = self._as_worker_user(argv)
-            proc = await asyncio.create_subprocess_exec(
-                *command,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                **options,
-            )
-        await _send_token(proc, token)
+        spare = self._take_spare(worker_id)
+        if spare is not None:
+            proc = await self._assign(spare, worker_id, token, control_address, env, notes)
+        else:
+            with open_private_log(self.log_path(worker_id)) as out:
+                _write_notes(out, [f"starting worker {worker_id}: {' '.join(argv)}", *notes])
+                proc = await self._start_agent(argv, env, out)
+            await _send_line(proc, token)  # the token, for --token-stdin
+        self._spare_later(self._spare_delay)
         self._procs[worker_id] = proc
         task = asyncio.create_task(self._watch(worker_id, proc), name=f"watch-{worker_id}")
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
         log.info("started worker %s (pid %d)", worker_id, proc.pid)
         return proc.pid
+
+    async def _start_agent(self, argv: list[str], env: dict[str, str], out: Any) -> asyncio.subprocess.Process:
+        """``argv`` as the worker user, stdin a pipe, its output to ``out``, in a session of its own.
+
+        A session of its own: stopping the worker signals its whole process group, and a
+        Ctrl-C meant for the control service's terminal does not reach it directly.
+        """
+        command, options = self._as_worker_user(argv)
+        return await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            **options,
+        )
+
+    def prestart(self) -> None:
+        """Start the spare agent now (at the service's start), so that even the first worker finds one."""
+        self._spare_later(0.0)
+
+    def _spare_later(self, delay: float) -> None:
+        """Start a spare agent after ``delay`` seconds unless there is one, or one is on its way."""
+        if not self._spares_on or self._closed or (self._spare_task is not None and not self._spare_task.done()):
+            return
+
+        async def start() -> None:
+            await asyncio.sleep(delay)
+            if self._spare is None and not self._closed:
+                self._spare = await self._start_spare()
+
+        self._spare_task = asyncio.get_running_loop().create_task(start(), name="vastrpc-spare-agent")
+        self._spare_task.add_done_callback(_log_failure)
+
+    async def _start_spare(self) -> _Spare:
+        private_folder(self.log_dir.parent)
+        private_folder(self.log_dir)
+        path = self.log_dir / f"spare-{uuid.uuid4().hex[:12]}.log"
+        argv = module_argv("vastrpc.serve.spare")
+        env = self._worker_environ()
+        env.update(self._tls_env())
+        with open_private_log(path) as out:
+            _write_notes(out, [f"spare agent: {' '.join(argv)}"])
+            proc = await self._start_agent(argv, env, out)
+        log.debug("started a spare agent (pid %d)", proc.pid)
+        return _Spare(proc, path)
+
+    def _take_spare(self, worker_id: str) -> _Spare | None:
+        """The spare agent, now the worker's; None when there is none alive, or the worker has a log to keep."""
+        spare = self._spare
+        if spare is None or self.log_path(worker_id).exists():  # restarted in its slot: its log goes on
+            return None
+        self._spare = None
+        if spare.proc.returncode is not None:
+            log.warning("the spare agent exited with code %d (its output: %s)", spare.proc.returncode, spare.log)
+            return None
+        return spare
+
+    async def _assign(
+        self, spare: _Spare, worker_id: str, token: str, control_address: str, env: dict[str, str], notes: list[str]
+    ) -> asyncio.subprocess.Process:
+        """Make the spare agent worker ``worker_id``: its log becomes the worker's, the assignment goes on its stdin."""
+        spare.log.rename(self.log_path(worker_id))
+        with open_private_log(self.log_path(worker_id)) as out:
+            _write_notes(out, [f"starting worker {worker_id}: the spare agent (pid {spare.proc.pid}) takes it", *notes])
+        assignment = {"control": control_address, "worker_id": worker_id, "token": token, "env": env}
+        await _send_line(spare.proc, json.dumps(assignment))
+        return spare.proc
 
     def _as_worker_user(self, argv: list[str]) -> tuple[list[str], dict[str, Any]]:
         """``argv`` and the keyword arguments that start it as the worker user (unchanged: as this process's user)."""
@@ -392,7 +466,16 @@ class LocalProcessProvider:
         return True
 
     async def stop_all(self, grace: float) -> None:
-        """Stop every running worker at once, then wait for the exit callbacks to finish."""
+        """Stop the spare agent and every running worker at once, then wait for the exit callbacks to finish."""
+        self._closed = True
+        if self._spare_task is not None:
+            self._spare_task.cancel()
+            await asyncio.gather(self._spare_task, return_exceptions=True)
+        if (spare := self._spare) is not None:
+            self._spare = None
+            _signal_group(spare.proc.pid, signal.SIGKILL)
+            await spare.proc.wait()
+            spare.log.unlink(missing_ok=True)
         await asyncio.gather(*(self.stop_worker(wid, grace) for wid in list(self._procs)))
         if self._watchers:
             await asyncio.wait(list(self._watchers), timeout=grace)
@@ -405,10 +488,30 @@ def _with_package(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-async def _send_token(proc: asyncio.subprocess.Process, token: str) -> None:
-    """Write the worker's token to the agent's stdin (``--token-stdin``) and close it."""
+@dataclass(frozen=True)
+class _Spare:
+    """A spare agent waiting for its worker, and the log it writes to until then."""
+
+    proc: asyncio.subprocess.Process
+    log: Path
+
+
+def _write_notes(out: Any, notes: Sequence[str]) -> None:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    for note in notes:
+        out.write(f"[vastrpc {stamp}] {note}\n".encode())
+    out.flush()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("could not start a spare agent: %s", exc)
+
+
+async def _send_line(proc: asyncio.subprocess.Process, line: str) -> None:
+    """Write ``line`` to the agent's stdin and close it."""
     assert proc.stdin is not None
-    proc.stdin.write(token.encode() + b"\n")
+    proc.stdin.write(line.encode() + b"\n")
     # An agent that exited at once (a bad interpreter) closed the pipe: its exit is reported as usual.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         await proc.stdin.drain()

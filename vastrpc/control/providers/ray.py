@@ -524,6 +524,9 @@ class RayProvider:
                 )
             await asyncio.sleep(0.2)
 
+    def prestart(self) -> None:
+        """Nothing: Ray starts each worker's actor when it is wanted."""
+
     async def stop_all(self, grace: float) -> None:
         """Stop every worker this service placed or adopted at once, then wait for their exit callbacks."""
         watchers = [w.watcher for w in self._workers.values() if w.watcher is not None]
