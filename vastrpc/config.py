@@ -207,6 +207,9 @@ class ControlConfig:
             service runs as root (created on first use); None runs them as the service's own
             user, which ``control serve`` warns about (a deployment's code could then read the
             service's home). See docs/security.md.
+        spare_agent: The local provider keeps one worker agent pre-started (about 100 MB), so
+            that a new worker without pip packages starts in a tenth of a second; False starts
+            every worker from scratch.
     """
 
     home: Path
@@ -233,3 +236,4 @@ class ControlConfig:
     inventory_file: Path | None = None
     container_runtime: str | None = None
     worker_user: str | None = "vastrpc-worker"
+    spare_agent: bool = True

@@ -141,6 +141,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
         action="store_true",
         help="run workers as this service's user (it warns: their code can read this service's home)",
     )
+    users.add_argument(
+        "--no-spare-agent",
+        action="store_true",
+        help="local provider: keep no worker agent pre-started (saves about 100 MB; cold starts take longer)",
+    )
     serve.add_argument(
         "--metrics-port",
         type=int,
@@ -227,6 +232,7 @@ def _serve(args: argparse.Namespace) -> int:
         inventory_file=Path(args.inventory).expanduser().resolve() if args.inventory else None,
         container_runtime=args.container_runtime or None,
         worker_user=None if args.no_worker_user else args.worker_user,
+        spare_agent=not args.no_spare_agent,
     )
     command = shlex.split(args.worker_command) if args.worker_command else None
     try:

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from vastrpc.config import ControlConfig
 from vastrpc.control.providers.local import LocalProcessProvider
 
 from ..helpers import eventually, pid_gone
@@ -111,3 +112,14 @@ async def test_a_spare_agent_waits_without_a_worker_and_goes_with_the_provider(t
     provider.prestart()  # a stopped provider starts none again
     await asyncio.sleep(0.1)
     assert provider._spare is None and not list(logs.glob("spare-*.log"))
+
+
+async def test_no_spare_agent_when_the_configuration_turns_it_off(tmp_path) -> None:
+    config = ControlConfig(home=tmp_path, worker_user=None, spare_agent=False)
+    provider = LocalProcessProvider.from_config(config)
+    assert not provider._spares_on
+    provider.prestart()
+    await asyncio.sleep(0.3)
+    assert provider._spare is None and not list((tmp_path / "logs" / "workers").glob("spare-*.log"))
+    await provider.stop_all(1.0)
+    assert LocalProcessProvider.from_config(ControlConfig(home=tmp_path, worker_user=None))._spares_on

@@ -103,6 +103,7 @@ class LocalProcessProvider:
             inventory=inventory,
             worker_user=user,
             isolation_warnings=warnings,
+            spare=None if config.spare_agent else False,
         )
 
     def __init__(
