@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import shutil
+import tempfile
 import textwrap
 import time
-import uuid
+from pathlib import Path
 
 from all_harness import Bench
 
@@ -46,8 +48,9 @@ HETERO_FAST, HETERO_SLOW, HETERO_CONCURRENCY = 0.01, 0.03, 4
 
 
 async def hetero(b: Bench) -> None:
-    claims = b.folder / f"claims-{uuid.uuid4().hex[:6]}"
-    claims.mkdir()
+    # Outside the bench's private folder, open to all: the workers may run as another user.
+    claims = Path(tempfile.mkdtemp(prefix="vastrpc-bench-claims-"))
+    claims.chmod(0o1777)
     mod = b.module(
         "hetero", HETERO, claims=str(claims), fast=HETERO_FAST, slow=HETERO_SLOW, concurrency=HETERO_CONCURRENCY
     )
@@ -112,6 +115,7 @@ async def hetero(b: Bench) -> None:
     b.results["hetero_measured_capacity"] = measured
     await mod.app.close()
     await b.teardown(mod.app)
+    shutil.rmtree(claims, ignore_errors=True)
 
 
 class _Pinned:
@@ -120,5 +124,5 @@ class _Pinned:
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
 
-    def pick(self, candidates):  # type: ignore[no-untyped-def]
-        return next(c for c in candidates if c.worker_id == self.worker_id)
+    def pick(self, candidates, usable=lambda c: True):  # type: ignore[no-untyped-def]
+        return next((c for c in candidates if c.worker_id == self.worker_id and usable(c)), None)
