@@ -140,7 +140,9 @@ async def test_clients_of_both_services_keep_calling_when_the_leader_is_killed(
     if peers:
         # a's worker turned to b and kept serving: nothing failed, every call on the same worker.
         assert failed == [], failed
-        assert {o.worker_id for o in outcomes} == {first_worker}
+        worker_log = (home / "logs" / "workers" / f"{first_worker}.log").read_text(errors="replace")
+        why = [line for line in b.log_text().splitlines() if "lost" in line or first_worker in line]
+        assert {o.worker_id for o in outcomes} == {first_worker}, (why, worker_log[-3000:])
     else:
         # Calls that may have run are retried for idempotent functions; none is lost.
         assert [o for o in failed if o.kind == "idempotent"] == [], failed

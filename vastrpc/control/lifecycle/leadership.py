@@ -127,8 +127,9 @@ class Leadership:
             return False
         self._down_logged = False
         if acquired:
-            log.info("became leader: this service runs the autoscaler, the TTL reaper and heartbeat checks")
+            # Marked first: whoever reads the log line finds control.json saying so already.
             self._set(True)
+            log.info("became leader: this service runs the autoscaler, the TTL reaper and heartbeat checks")
         elif not self._following_logged:
             log.info("following: another control service leads; taking over if it goes away")
             self._following_logged = True
