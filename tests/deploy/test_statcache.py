@@ -105,12 +105,12 @@ def test_unchanged_project_reads_no_file(proj: Path, cache_dir: Path, opened: Ca
     assert "helpers.py" in second.files and "data/sub/deep.txt" in second.files
 
 
-def test_cached_digest_equals_full_rebuild_and_data_is_built_lazily(proj: Path, cache_dir: Path) -> None:
+def test_cached_digest_equals_full_rebuild_and_no_file_is_read(proj: Path, cache_dir: Path) -> None:
     cached(proj, cache_dir)
     hit = cached(proj, cache_dir)
     rebuilt = full(proj)
     assert hit.from_cache and hit.digest == rebuilt.digest and hit.files == rebuilt.files
-    assert hit.data == rebuilt.data  # built on demand from the recorded members, and verified
+    assert hit.data == rebuilt.data  # the manifest recorded by the last build
 
 
 def test_content_change_is_seen(proj: Path, cache_dir: Path) -> None:
@@ -224,12 +224,13 @@ def test_build_right_after_a_write_is_not_cached(proj: Path, cache_dir: Path) ->
     assert not second.from_cache and second.digest != first.digest and second.digest == full(proj).digest
 
 
-def test_files_changed_after_hashing_fail_the_lazy_tar(proj: Path, cache_dir: Path) -> None:
+def test_files_changed_after_hashing_fail_the_upload_read(proj: Path, cache_dir: Path) -> None:
     cached(proj, cache_dir)
     hit = cached(proj, cache_dir)
-    write(proj / "helpers.py", "X = 9\n")
+    write(proj / "helpers.py", "X = 9999\n")  # another size: the read for the upload sees it
+    entry = next(f for f in hit.manifest.files if f.path == "helpers.py")
     with pytest.raises(BundleError, match="changed after it was hashed"):
-        _ = hit.data
+        b"".join(hit.read_chunks(entry))
     assert not cached(proj, cache_dir).from_cache  # and the next build sees the change
 
 

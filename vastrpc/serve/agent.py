@@ -33,14 +33,15 @@ from vastrpc._hostimage import (
     port_environment,
     python_for,
 )
+from vastrpc._manifest import FileEntry, parse_manifest
 from vastrpc._secrets import unseal
 from vastrpc._tls import TlsFiles
 from vastrpc._workerenv import SERVING_EXTRA, inherited_environ
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.serve.container import ContainerEngine
 from vastrpc.serve.container_worker import ContainerWorker, Prepared
-from vastrpc.serve.extract import safe_extract, verify_digest
 from vastrpc.serve.fetch import fetch_bundle, public_part
+from vastrpc.serve.filecache import FileCache, verify_digest
 from vastrpc.serve.install import ensure_apt, ensure_pip_env, run_startup_commands
 from vastrpc.serve.metrics import CallStatsReader
 from vastrpc.serve.serving import ServingProcess
@@ -97,6 +98,8 @@ class Agent:
         self._old_channels: list[grpc.aio.Channel] = []
         self._stop = asyncio.Event()
         self._workdir = home / "work" / worker_id
+        # Every worker of this host shares it: a file is downloaded and written once per host.
+        self._files: FileCache | None = None
         self._serving: set[ServingProcess] = set()
         # Calls started by serving processes already stopped: the heartbeat's count never goes back.
         self._retired_calls = 0
@@ -332,6 +335,7 @@ class Agent:
         return python, ports
 
     async def _download(self, revision_id: str, digest: str, size: int = 0) -> Path:
+        """The revision's folder: its manifest fetched and checked, the files this host lacks fetched, linked."""
         parts = []
         url = ""
         try:
@@ -349,11 +353,64 @@ class Agent:
         else:
             data = b"".join(parts)
             verify_digest(data, digest)
+        # Every rule and limit is checked before a file is fetched or written.
+        manifest = parse_manifest(data)
+        if self._files is None:
+            self._files = await asyncio.to_thread(FileCache, self.home / "cache" / "files")
+        cache = self._files
+        missing = await asyncio.to_thread(cache.missing, manifest)
+        if missing:
+            await self._fetch_files(digest, missing, cache)
         dest = self._workdir / f"{revision_id}-{uuid.uuid4().hex[:8]}"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        files = await asyncio.to_thread(safe_extract, data, dest)
-        log.info("download: bundle %.12s verified, %d files extracted", digest, len(files))
+        files = await asyncio.to_thread(cache.materialise, manifest, dest)
+        fetched = sum(f.size for f in missing)
+        log.info(
+            "download: bundle %.12s verified, %d files (%d fetched, %d bytes), the rest from this host's cache",
+            digest,
+            len(files),
+            len(missing),
+            fetched,
+        )
         return dest
+
+    async def _fetch_files(self, bundle: str, missing: list[FileEntry], cache: FileCache) -> None:
+        """Fetch the files the cache lacks, each verified against its SHA-256 as it enters the cache."""
+        wanted = {f.sha256: f for f in missing}
+        writer = None
+        done: set[str] = set()
+        request = control_pb2.DownloadFilesRequest(bundle=bundle, digests=list(wanted))
+        try:
+            async for resp in self._stub.DownloadFiles(request, metadata=self._metadata, timeout=3600):
+                entry = wanted.get(resp.digest)
+                if entry is None:
+                    raise BundleError(f"the control service sent file {resp.digest[:12]}, which was not asked for")
+                if resp.url:
+                    data = await asyncio.to_thread(fetch_bundle, resp.url, entry.sha256, entry.size)
+                    await asyncio.to_thread(cache.add, entry.sha256, (data,), entry.size)
+                    done.add(entry.sha256)
+                    continue
+                if writer is None or resp.digest not in done:
+                    if writer is not None:
+                        writer.commit()
+                    writer = cache.writer(entry.sha256, entry.size)
+                    done.add(entry.sha256)
+                writer.write(resp.chunk)
+            if writer is not None:
+                writer.commit()
+                writer = None
+        except grpc.aio.AioRpcError as exc:
+            raise BundleError(
+                f"cannot download the files of bundle {bundle[:12]}: {exc.code().name} {exc.details()}"
+            ) from None
+        finally:
+            if writer is not None:
+                writer.__exit__(None, None, None)
+        if lacking := set(wanted) - done:
+            raise BundleError(
+                f"the control service sent {len(done)} of the {len(wanted)} files asked for "
+                f"(e.g. sha256 {min(lacking)[:12]} is missing): deploy again"
+            )
 
     async def _install(
         self, spec: control_pb2.DeploymentSpec, bundle_dir: Path, image_id: str = ""

@@ -9,8 +9,10 @@ from types import TracebackType
 from typing import Protocol
 
 from vastrpc._errors import BundleError
+from vastrpc._grpc import CHUNK_SIZE
+from vastrpc._manifest import ManifestLimits, parse_manifest
 
-__all__ = ["BlobStore", "BlobWriter", "VerifyingWriter", "check_digest", "is_digest"]
+__all__ = ["BlobStore", "BlobWriter", "VerifyingWriter", "check_digest", "is_digest", "manifest_files"]
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -79,6 +81,22 @@ class BlobStore(Protocol):
 
         Readers that already opened it finish reading it (the embedded store unlinks).
         """
+
+
+def manifest_files(blobs: BlobStore, digest: str) -> frozenset[str]:
+    """The file digests the stored manifest ``digest`` names (blocking: a store read).
+
+    Raises:
+        NotFoundError: No bundle with that digest is stored.
+        BundleError: What is stored is not a valid manifest.
+    """
+    limits = ManifestLimits()
+    data = bytearray()
+    for chunk in blobs.read_chunks(digest, CHUNK_SIZE):
+        data += chunk
+        if len(data) > limits.max_manifest_bytes:
+            break  # parse_manifest names the limit
+    return frozenset(f.sha256 for f in parse_manifest(bytes(data), limits).files)
 
 
 class VerifyingWriter:

@@ -1,0 +1,212 @@
+"""The control service's bundle transfers: manifests and content-addressed files, in and out of the bundle store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+
+from vastrpc._errors import (
+    AuthenticationError,
+    BundleError,
+    DefinitionError,
+    DeploymentError,
+    NotFoundError,
+    VastrpcError,
+)
+from vastrpc._grpc import CHUNK_SIZE
+from vastrpc._manifest import MAX_BUNDLE_FILE_BYTES, ManifestLimits, parse_manifest
+from vastrpc.api.v1 import control_pb2
+from vastrpc.control.bundles.base import BlobStore, BlobWriter, check_digest, manifest_files
+from vastrpc.control.rpcstatus import abort, unary
+from vastrpc.control.stores.base import WorkerRow
+
+__all__ = ["BundleTransfer"]
+
+log = logging.getLogger("vastrpc.control.service")
+
+# Manifests whose file sets are kept in memory (content-addressed: they never change).
+_MANIFESTS_KEPT = 256
+
+
+def _valid_digest(digest: str) -> str:
+    try:
+        return check_digest(digest)
+    except BundleError as exc:
+        raise DefinitionError(str(exc)) from None
+
+
+class BundleTransfer:
+    """The bundle RPCs of ``ControlService``: uploads checked file by file, downloads scoped to a worker.
+
+    A bundle is a manifest (``vastrpc._manifest``) stored under its SHA-256, beside the
+    files it names, each stored under its own: ``MissingFiles`` says which files the store
+    lacks, ``UploadFiles`` stores them (each verified), ``UploadBundle`` stores the manifest
+    once it is valid and every file it names is stored. A worker token reaches only the
+    manifests of its revisions (``DownloadBundle``) and the files they name (``DownloadFiles``).
+    """
+
+    blobs: BlobStore
+    lifecycle: Any
+
+    def _caller_worker(self, context: grpc.aio.ServicerContext) -> WorkerRow | None:
+        raise NotImplementedError
+
+    async def _manifest_files(self, digest: str) -> frozenset[str]:
+        cache: dict[str, frozenset[str]] = self.__dict__.setdefault("_manifests", {})
+        names = cache.get(digest)
+        if names is None:
+            names = await asyncio.to_thread(manifest_files, self.blobs, digest)
+            if len(cache) >= _MANIFESTS_KEPT:
+                cache.clear()
+            cache[digest] = names
+        return names
+
+    @unary
+    async def MissingFiles(
+        self, request: control_pb2.MissingFilesRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.MissingFilesResponse:
+        digests = sorted({_valid_digest(d) for d in request.digests})
+        # Bundle store calls may go over the network (S3): in a thread, off the event loop.
+        missing = await asyncio.to_thread(lambda: [d for d in digests if not self.blobs.has(d)])
+        return control_pb2.MissingFilesResponse(missing=missing)
+
+    @unary
+    async def UploadFiles(
+        self, request_iterator: AsyncIterator[control_pb2.UploadBundleRequest], context: grpc.aio.ServicerContext
+    ) -> control_pb2.UploadFilesResponse:
+        writer: BlobWriter | None = None
+        header: control_pb2.UploadBundleRequest.Header | None = None
+        files = stored = size = 0
+        try:
+            async for message in request_iterator:
+                if message.HasField("header"):
+                    if writer is not None:
+                        stored += await asyncio.to_thread(writer.commit)
+                        writer = None
+                    header = message.header
+                    _valid_digest(header.digest)
+                    if header.size > MAX_BUNDLE_FILE_BYTES:
+                        raise BundleError(
+                            f"file {header.digest[:12]} is {header.size} bytes, over the limit of "
+                            f"{MAX_BUNDLE_FILE_BYTES} bytes of a bundle"
+                        )
+                    files += 1
+                    size += header.size
+                    if not await asyncio.to_thread(self.blobs.has, header.digest):
+                        writer = self.blobs.open_writer(header.digest, header.size)
+                    continue
+                if header is None:
+                    raise DefinitionError("UploadFiles got no header: send {digest, size}, then the file's chunks")
+                if writer is not None:
+                    await asyncio.to_thread(writer.write, message.chunk)
+                # else: already stored (deduplicated): drain the file without keeping it.
+            if writer is not None:
+                stored += await asyncio.to_thread(writer.commit)
+                writer = None
+        finally:
+            # An error, or a client that cancelled mid-stream, leaves no partial file behind.
+            if writer is not None:
+                await asyncio.to_thread(writer.abort)
+        if stored:
+            log.info("stored %d bundle files of %d received (%d bytes)", stored, files, size)
+        return control_pb2.UploadFilesResponse(files=files, stored=stored, size=size)
+
+    @unary
+    async def UploadBundle(
+        self, request_iterator: AsyncIterator[control_pb2.UploadBundleRequest], context: grpc.aio.ServicerContext
+    ) -> control_pb2.UploadBundleResponse:
+        header: control_pb2.UploadBundleRequest.Header | None = None
+        limits = ManifestLimits()
+        data = bytearray()
+        async for message in request_iterator:
+            if header is None:
+                if not message.HasField("header"):
+                    raise DefinitionError("the first UploadBundle message must be the header {digest, size}")
+                header = message.header
+                _valid_digest(header.digest)
+                if header.size > limits.max_manifest_bytes:
+                    raise BundleError(
+                        f"bundle manifest is {header.size} bytes, over the limit of {limits.max_manifest_bytes} bytes: "
+                        "it names too many files or too long paths; bundle fewer files"
+                    )
+                continue
+            if message.HasField("header"):
+                raise DefinitionError("UploadBundle got a second header; send one header, then chunks")
+            data += message.chunk
+            if len(data) > header.size:
+                raise BundleError(f"bundle {header.digest[:12]} is larger than its announced {header.size} bytes")
+        if header is None:
+            raise DefinitionError("UploadBundle got no header: send {digest, size} first, then chunks")
+        stored = await asyncio.to_thread(self._store_manifest, header.digest, header.size, bytes(data))
+        if stored:
+            log.info("stored bundle %s (%d bytes of manifest)", header.digest[:12], header.size)
+        return control_pb2.UploadBundleResponse(digest=header.digest, size=header.size, stored=stored)
+
+    def _store_manifest(self, digest: str, size: int, data: bytes) -> bool:
+        """Check the manifest and that its files are stored, then store it (in a thread: store calls)."""
+        if self.blobs.has(digest):
+            return False
+        with self.blobs.open_writer(digest, size) as writer:
+            writer.write(data)
+            if len(data) == size:  # else commit names what is wrong
+                manifest = parse_manifest(data)
+                missing = [f for f in manifest.by_digest().values() if not self.blobs.has(f.sha256)]
+                if missing:
+                    raise DeploymentError(
+                        f"bundle {digest[:12]} names {len(missing)} files the service does not store "
+                        f"(e.g. {missing[0].path!r}, sha256 {missing[0].sha256[:12]}): upload them first (UploadFiles)"
+                    )
+            return writer.commit()
+
+    async def DownloadBundle(
+        self, request: control_pb2.DownloadBundleRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[control_pb2.DownloadBundleResponse]:
+        try:
+            # A worker token reaches only the bundles of the revisions its worker serves or moves to.
+            if (worker := self._caller_worker(context)) is not None:
+                self.lifecycle.check_worker_bundle(worker, request.digest)
+            # A store that hands out URLs (S3): the worker fetches the bundle from it directly.
+            url = await asyncio.to_thread(self.blobs.download_url, request.digest)
+            if url is not None:
+                yield control_pb2.DownloadBundleResponse(url=url)
+                return
+            chunks = self.blobs.read_chunks(request.digest, CHUNK_SIZE)
+        except VastrpcError as exc:
+            await abort(context, exc)
+        for chunk in chunks:
+            yield control_pb2.DownloadBundleResponse(chunk=chunk)
+
+    async def DownloadFiles(
+        self, request: control_pb2.DownloadFilesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[control_pb2.DownloadFilesResponse]:
+        try:
+            worker = self._caller_worker(context)
+            # A worker token reaches only the files that its revisions' bundles name.
+            if worker is not None:
+                self.lifecycle.check_worker_bundle(worker, request.bundle)
+            names = await self._manifest_files(_valid_digest(request.bundle))
+            for digest in request.digests:
+                if digest not in names:
+                    error = AuthenticationError if worker is not None else NotFoundError
+                    raise error(f"bundle {request.bundle[:12]} names no file {digest[:80]!r}: ask only for its files")
+        except VastrpcError as exc:
+            await abort(context, exc)
+        for digest in dict.fromkeys(request.digests):
+            try:
+                url = await asyncio.to_thread(self.blobs.download_url, digest)
+                if url is not None:
+                    yield control_pb2.DownloadFilesResponse(digest=digest, url=url)
+                    continue
+                chunks: Iterator[bytes] = self.blobs.read_chunks(digest, CHUNK_SIZE)
+            except VastrpcError as exc:
+                await abort(context, exc)
+            first = True
+            for chunk in chunks:
+                yield control_pb2.DownloadFilesResponse(digest=digest, chunk=chunk)
+                first = False
+            if first:  # an empty file: one message says it
+                yield control_pb2.DownloadFilesResponse(digest=digest)
