@@ -60,8 +60,15 @@ class BlobStore(Protocol):
     def size(self, digest: str) -> int:
         """The stored bundle's size; NotFoundError when missing."""
 
-    def open_writer(self, digest: str, size: int) -> BlobWriter:
-        """Start storing a bundle that claims ``digest`` and ``size``."""
+    def open_writer(self, digest: str, size: int, *, sync: bool = True) -> BlobWriter:
+        """Start storing a bundle that claims ``digest`` and ``size``.
+
+        With ``sync`` False, ``commit`` may return before the bytes are durable: call ``sync()``
+        once after a batch of such writers (many small files), before telling anyone they are stored.
+        """
+
+    def sync(self) -> None:
+        """Make every committed write durable (a no-op for a store whose commits already are)."""
 
     def read_chunks(self, digest: str, chunk_size: int) -> Iterator[bytes]:
         """The stored bundle in chunks; NotFoundError when missing."""
