@@ -304,3 +304,17 @@ def test_unchanged_1000_files_is_much_cheaper_than_hashing(tmp_path: Path, cache
     # A stat per file instead of a read, a hash and a tar header: several times cheaper
     # (about 10x here); the margin leaves room for a noisy machine.
     assert min(checks) < build_s / 2, f"cache hit {min(checks) * 1e3:.1f} ms vs build {build_s * 1e3:.1f} ms"
+
+
+def test_editing_one_file_rereads_that_file_only(proj: Path, cache_dir: Path, opened: Callable[[], list[str]]) -> None:
+    first = cached(proj, cache_dir)
+    write(proj / "data" / "f03.bin", b"edited")
+    settle(proj)
+    before = len(opened())
+    second = cached(proj, cache_dir)
+    read = {Path(p).name for p in opened()[before:] if Path(p).suffix in (".bin", ".txt")}
+    # The edited file is read and hashed again; the other 20 data files' hashes come from the cache.
+    assert read == {"f03.bin"}, read
+    rebuilt = full(proj)
+    assert not second.from_cache and second.digest == rebuilt.digest != first.digest
+    assert second.content_digest == rebuilt.content_digest

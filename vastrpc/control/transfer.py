@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import queue
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -30,55 +32,68 @@ log = logging.getLogger("vastrpc.control.service")
 
 # Manifests whose file sets are kept in memory (content-addressed: they never change).
 _MANIFESTS_KEPT = 256
-# UploadFiles hands a file's chunks to the store in batches of about this many bytes.
-_WRITE_BATCH = 8 << 20
+# UploadFiles stops reading the stream while this many bytes wait to be written.
+_WRITE_BACKLOG = 64 << 20
 
 
 class _FileSink:
-    """The files of one UploadFiles stream into the bundle store; every method runs in a thread.
+    """The files of one UploadFiles stream, written to the bundle store by a thread of their own.
 
-    Each file is checked against its digest and size as it is committed; the commits skip the
-    per-file fsync, and one ``sync`` of the store makes the whole batch durable before the call
-    answers.
+    The event loop hands messages over without waiting (``put``); the thread checks each
+    file against its digest and size as it commits it. Commits skip the per-file fsync, and
+    one ``sync`` of the store makes the whole batch durable before the call answers.
     """
 
     def __init__(self, blobs: BlobStore) -> None:
         self.blobs = blobs
         self.writer: BlobWriter | None = None
-        self.started = False
+        self.queue: queue.SimpleQueue[tuple[str, Any, int]] = queue.SimpleQueue()
         self.files = self.stored = self.size = 0
+        self.enqueued = 0  # bytes handed over (by the event loop)
+        self.consumed = 0  # bytes written (by the thread)
 
-    def next(self, rest: list[bytes], digest: str, size: int) -> None:
-        """End the file in progress with ``rest``, and start the one with that digest and size."""
-        self._end(rest)
-        self.started = True
-        self.files += 1
-        self.size += size
-        if not self.blobs.has(digest):
-            self.writer = self.blobs.open_writer(digest, size, sync=False)
-        # else: already stored (deduplicated): its chunks are drained without being kept.
+    @property
+    def backlog(self) -> int:
+        """Bytes handed over and not written yet."""
+        return self.enqueued - self.consumed
 
-    def write(self, chunks: list[bytes]) -> None:
+    def put(self, kind: str, value: Any = None, size: int = 0) -> None:
+        """Hand the thread a ``head`` (digest, size), a ``chunk``, ``end`` or ``abort``."""
+        if kind == "chunk":
+            self.enqueued += len(value)
+        self.queue.put((kind, value, size))
+
+    def run(self) -> None:
+        """Write until ``end`` (then sync) or ``abort``; an error aborts the file in progress."""
+        try:
+            while True:
+                kind, value, size = self.queue.get()
+                if kind == "chunk":
+                    if self.writer is not None:
+                        self.writer.write(value)
+                    self.consumed += len(value)
+                elif kind == "head":
+                    self._end()
+                    self.files += 1
+                    self.size += size
+                    # The client sent only what MissingFiles named: a file stored meanwhile is drained.
+                    self.writer = None if self.blobs.has(value) else self.blobs.open_writer(value, size, sync=False)
+                elif kind == "end":
+                    self._end()
+                    if self.stored:
+                        self.blobs.sync()
+                    return
+                else:
+                    return
+        finally:
+            if self.writer is not None:
+                self.writer.abort()
+                self.writer = None
+
+    def _end(self) -> None:
         if self.writer is not None:
-            for chunk in chunks:
-                self.writer.write(chunk)
-
-    def _end(self, rest: list[bytes]) -> None:
-        if self.writer is not None:
-            self.write(rest)
             writer, self.writer = self.writer, None
             self.stored += writer.commit()
-
-    def finish(self, rest: list[bytes]) -> None:
-        """End the last file, and make every file stored durable."""
-        self._end(rest)
-        if self.stored:
-            self.blobs.sync()
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.abort()
-            self.writer = None
 
 
 def _valid_digest(digest: str) -> str:
@@ -128,10 +143,12 @@ class BundleTransfer:
         self, request_iterator: AsyncIterator[control_pb2.UploadBundleRequest], context: grpc.aio.ServicerContext
     ) -> control_pb2.UploadFilesResponse:
         sink = _FileSink(self.blobs)
-        pending: list[bytes] = []
-        buffered = 0
+        writing = asyncio.ensure_future(asyncio.to_thread(sink.run))
+        started = False
         try:
             async for message in request_iterator:
+                if writing.done():
+                    break  # the writer failed: its error is raised below
                 if message.HasField("header"):
                     header = message.header
                     _valid_digest(header.digest)
@@ -140,21 +157,22 @@ class BundleTransfer:
                             f"file {header.digest[:12]} is {header.size} bytes, over the limit of "
                             f"{MAX_BUNDLE_FILE_BYTES} bytes of a bundle"
                         )
-                    # One thread hop per small file (the previous one's end, this one's start).
-                    await asyncio.to_thread(sink.next, pending, header.digest, header.size)
-                    pending, buffered = [], 0
+                    sink.put("head", header.digest, header.size)
+                    started = True
                     continue
-                if not sink.started:
+                if not started:
                     raise DefinitionError("UploadFiles got no header: send {digest, size}, then the file's chunks")
-                pending.append(message.chunk)
-                buffered += len(message.chunk)
-                if buffered >= _WRITE_BATCH:
-                    await asyncio.to_thread(sink.write, pending)
-                    pending, buffered = [], 0
-            await asyncio.to_thread(sink.finish, pending)
+                sink.put("chunk", message.chunk)
+                while sink.backlog > _WRITE_BACKLOG and not writing.done():
+                    await asyncio.sleep(0.002)  # the disk is slower than the network: let it catch up
+            sink.put("end")
+            await writing
         finally:
-            # An error, or a client that cancelled mid-stream, leaves no partial file behind.
-            await asyncio.to_thread(sink.abort)
+            if not writing.done():
+                # An error, or a client that cancelled mid-stream, leaves no partial file behind.
+                sink.put("abort")
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(writing)
         if sink.stored:
             log.info("stored %d bundle files of %d received (%d bytes)", sink.stored, sink.files, sink.size)
         return control_pb2.UploadFilesResponse(files=sink.files, stored=sink.stored, size=sink.size)

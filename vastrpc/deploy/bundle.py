@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
@@ -16,7 +16,11 @@ from vastrpc._manifest import FileEntry, Manifest, encode_manifest, parse_manife
 from vastrpc.deploy.settings import blank_settings
 from vastrpc.image import ABSOLUTE_COPY_FOLDER, absolute_copy_bundle_path
 
-__all__ = ["Bundle", "Observer", "build_bundle"]
+__all__ = ["Bundle", "Observer", "Reuse", "build_bundle"]
+
+# Given a file and its lstat, the SHA-256 a previous build found for it when nothing about it
+# changed since (the stat cache's answer), or None to read and hash it.
+Reuse = Callable[[Path, os.stat_result], str | None]
 
 # Directory and file names never walked into or stored: caches, VCS data,
 # virtual environments. Anything starting with "." is skipped as well, which
@@ -151,6 +155,7 @@ def build_bundle(
     copies: Sequence[tuple[str, str]] = (),
     project_root: Path | None = None,
     observer: Observer | None = None,
+    reuse: Reuse | None = None,
 ) -> Bundle:
     """Build the deterministic bundle of a deployment.
 
@@ -189,6 +194,9 @@ def build_bundle(
             a package (has ``__init__.py``), the folder above its top-level package.
         observer: Told about every path the result depends on, before it is read
             (see :class:`Observer`; the stat cache uses it).
+        reuse: Asked for each file but the deployment module: a SHA-256 it returns is used
+            without reading the file (the stat cache's hashes of files whose stat data did
+            not change), so that editing one file re-reads that file only.
 
     Returns:
         The built :class:`Bundle`.
@@ -228,7 +236,7 @@ def build_bundle(
             _add_member(members, arcname, path)
     _check_no_file_dir_clash(members)
 
-    entries, hashes = _hash_files(members, obs, settings_in=module_file.relative_to(root).as_posix())
+    entries, hashes = _hash_files(members, obs, settings_in=module_file.relative_to(root).as_posix(), reuse=reuse)
     try:
         manifest = encode_manifest(entries)
     except BundleError as exc:
@@ -470,12 +478,18 @@ def content_digest(hashes: Mapping[str, str]) -> str:
 
 
 def _hash_files(
-    members: Mapping[str, str | Path], obs: Observer = _IGNORE, *, settings_in: str = ""
+    members: Mapping[str, str | Path], obs: Observer = _IGNORE, *, settings_in: str = "", reuse: Reuse | None = None
 ) -> tuple[list[FileEntry], dict[str, str]]:
     """Each member's manifest entry, and its content SHA-256 (``settings_in``'s with its settings blanked)."""
 
     def one(arcname: str) -> tuple[FileEntry, str]:
         path = members[arcname]
+        if reuse is not None and arcname != settings_in:
+            st = os.lstat(path)
+            known = reuse(Path(path), st) if stat.S_ISREG(st.st_mode) else None
+            if known is not None:
+                obs.read(Path(path), st)
+                return FileEntry(arcname, 0o755 if st.st_mode & stat.S_IXUSR else 0o644, st.st_size, known), known
         with open(path, "rb") as fh:
             # Size and mode from the open file, so a file replaced between discovery and
             # reading cannot desynchronise the entry and the content hashed.

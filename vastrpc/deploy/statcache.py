@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from vastrpc._errors import BundleError
-from vastrpc.deploy.bundle import Bundle, Observer, build_bundle, cached_bundle_from
+from vastrpc._manifest import parse_manifest
+from vastrpc.deploy.bundle import Bundle, Observer, Reuse, build_bundle, cached_bundle_from
 
 __all__ = ["cache_path", "cached_bundle"]
 
@@ -82,7 +83,9 @@ def cached_bundle(
     if hit is not None:
         return hit
     recorder = _Recorder(time.time_ns())
-    bundle = build_bundle(module_file, copies=copies, project_root=project_root, observer=recorder)
+    bundle = build_bundle(
+        module_file, copies=copies, project_root=project_root, observer=recorder, reuse=_known_hashes(path, inputs)
+    )
     racy = recorder.racy()
     if racy:
         log.debug("stat cache: not saved, %s changed too recently to trust its stat data", racy)
@@ -221,6 +224,26 @@ def _load(path: Path, inputs: Any, module_file: Path, project_root: Path | None)
         log.debug("stat cache: ignoring malformed %s: %s", path, exc)
         return None
     return bundle
+
+
+def _known_hashes(path: Path, inputs: Any) -> Reuse | None:
+    """The hashes the last build of these inputs recorded, for files whose stat data is unchanged since."""
+    try:
+        record = json.loads(path.read_bytes())
+        if record["version"] != CACHE_VERSION or record["inputs"] != inputs:
+            return None
+        stats: dict[str, Any] = record["stats"]
+        members: dict[str, str] = record["members"]
+        by_path = {members[f.path]: f.sha256 for f in parse_manifest(record["manifest"].encode()).files}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, BundleError):
+        return None
+    known = {p: (stats[p], sha) for p, sha in by_path.items() if isinstance(stats.get(p), list)}
+
+    def reuse(file: Path, st: os.stat_result) -> str | None:
+        found = known.get(str(file))
+        return found[1] if found is not None and found[0] == _stat_sig(st) else None
+
+    return reuse
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
