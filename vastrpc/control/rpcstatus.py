@@ -8,23 +8,17 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from vastrpc._errors import (
-    AuthenticationError,
-    BundleError,
-    DefinitionError,
-    DeploymentError,
-    NotFoundError,
-    VastrpcError,
-)
+from vastrpc import _errors as errors
+from vastrpc._errors import VastrpcError
 
 __all__ = ["abort", "unary"]
 
 _CODES: tuple[tuple[type[VastrpcError], grpc.StatusCode], ...] = (
-    (AuthenticationError, grpc.StatusCode.PERMISSION_DENIED),
-    (NotFoundError, grpc.StatusCode.NOT_FOUND),
-    (DefinitionError, grpc.StatusCode.INVALID_ARGUMENT),
-    (DeploymentError, grpc.StatusCode.FAILED_PRECONDITION),
-    (BundleError, grpc.StatusCode.DATA_LOSS),
+    (errors.AuthenticationError, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (errors.DefinitionError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.DeploymentError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.BundleError, grpc.StatusCode.DATA_LOSS),
 )
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
