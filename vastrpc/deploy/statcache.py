@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from vastrpc._errors import BundleError
-from vastrpc._manifest import parse_manifest
 from vastrpc.deploy.bundle import Bundle, Observer, Reuse, build_bundle, cached_bundle_from
 
 __all__ = ["cache_path", "cached_bundle"]
@@ -234,16 +233,21 @@ def _known_hashes(path: Path, inputs: Any) -> Reuse | None:
             return None
         stats: dict[str, Any] = record["stats"]
         members: dict[str, str] = record["members"]
-        by_path = {members[f.path]: f.sha256 for f in parse_manifest(record["manifest"].encode()).files}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, BundleError):
+        # A hint only: what the build makes of it is checked again as any manifest is.
+        by_path = {members[row[0]]: row[3] for row in json.loads(record["manifest"])["files"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
         return None
-    known = {p: (stats[p], sha) for p, sha in by_path.items() if isinstance(stats.get(p), list)}
+    known = {p: (stats[p], sha) for p, sha in by_path.items() if isinstance(stats.get(p), list) and _is_sha(sha)}
 
     def reuse(file: Path, st: os.stat_result) -> str | None:
         found = known.get(str(file))
         return found[1] if found is not None and found[0] == _stat_sig(st) else None
 
     return reuse
+
+
+def _is_sha(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and not value.strip("0123456789abcdef")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
