@@ -13,7 +13,7 @@ import pytest
 from vastrpc._errors import BundleError
 from vastrpc._manifest import FileEntry, Manifest, encode_manifest
 from vastrpc.serve import filecache
-from vastrpc.serve.filecache import FileCache, verify_digest
+from vastrpc.serve.filecache import CacheFiller, FileCache, verify_digest
 
 
 def entry(path: str, content: bytes, mode: int = 0o644) -> FileEntry:
@@ -125,3 +125,32 @@ def test_verify_digest() -> None:
     verify_digest(data, good.upper())
     with pytest.raises(BundleError, match=f"bundle digest mismatch: expected {'0' * 64}, got {good}"):
         verify_digest(data, "0" * 64)
+
+
+def test_the_filler_writes_a_stream_of_files_each_verified(tmp_path: Path) -> None:
+    cache = FileCache(tmp_path / "cache")
+    one, empty, bad = entry("a", b"first" * 1000), entry("b", b""), entry("c", b"claimed")
+    filler = CacheFiller(cache)
+    filler.start(one.sha256, one.size)
+    filler.chunk(b"first" * 500)
+    filler.chunk(b"first" * 500)
+    filler.start(empty.sha256, empty.size)
+    filler.end()
+    filler.run()
+    assert filler.backlog == 0
+    assert cache.missing(encode_manifest([one, empty])) == []
+    # A file that is not what it claims stops the stream: nothing of it stays.
+    filler = CacheFiller(cache)
+    filler.start(bad.sha256, bad.size)
+    filler.chunk(b"swapped")
+    filler.end()
+    with pytest.raises(BundleError, match="does not match its manifest"):
+        filler.run()
+    # An abort (end without commit) leaves the file in progress out.
+    filler = CacheFiller(cache)
+    filler.start(bad.sha256, bad.size)
+    filler.chunk(b"claimed")
+    filler.end(commit=False)
+    filler.run()
+    assert cache.missing(encode_manifest([bad])) == [bad]
+    assert sorted(p.name for p in cache.root.iterdir()) == sorted([one.sha256, empty.sha256])

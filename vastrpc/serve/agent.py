@@ -10,6 +10,7 @@ process directly; the agent is never a hop on a call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -41,7 +42,7 @@ from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.serve.container import ContainerEngine
 from vastrpc.serve.container_worker import ContainerWorker, Prepared
 from vastrpc.serve.fetch import fetch_bundle, public_part
-from vastrpc.serve.filecache import FileCache, verify_digest
+from vastrpc.serve.filecache import CacheFiller, FileCache, verify_digest
 from vastrpc.serve.install import ensure_apt, ensure_pip_env, run_startup_commands
 from vastrpc.serve.metrics import CallStatsReader
 from vastrpc.serve.serving import ServingProcess
@@ -54,6 +55,8 @@ _CONTROL_LOST_AFTER = 60.0
 # The address the worker serves calls on, set by a provider that places it on another machine.
 ENV_WORKER_HOST = "VASTRPC_WORKER_HOST"
 _STOP_GRACE = 10.0
+# A download stops reading while this many bytes wait to be written to the file cache.
+_WRITE_BACKLOG = 64 << 20
 
 _STATES = {
     "downloading": common_pb2.WORKER_STATE_DOWNLOADING,
@@ -364,48 +367,47 @@ class Agent:
         dest = self._workdir / f"{revision_id}-{uuid.uuid4().hex[:8]}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         files = await asyncio.to_thread(cache.materialise, manifest, dest)
-        fetched = sum(f.size for f in missing)
-        log.info(
-            "download: bundle %.12s verified, %d files (%d fetched, %d bytes), the rest from this host's cache",
-            digest,
-            len(files),
-            len(missing),
-            fetched,
-        )
+        fetched = f"{len(missing)} fetched, {sum(f.size for f in missing)} bytes"
+        log.info("download: bundle %.12s verified, %d files (%s), the rest cached", digest, len(files), fetched)
         return dest
 
     async def _fetch_files(self, bundle: str, missing: list[FileEntry], cache: FileCache) -> None:
         """Fetch the files the cache lacks, each verified against its SHA-256 as it enters the cache."""
         wanted = {f.sha256: f for f in missing}
-        writer = None
         done: set[str] = set()
+        filler = CacheFiller(cache)
+        filling = asyncio.ensure_future(asyncio.to_thread(filler.run))
         request = control_pb2.DownloadFilesRequest(bundle=bundle, digests=list(wanted))
+        current = ""
         try:
             async for resp in self._stub.DownloadFiles(request, metadata=self._metadata, timeout=3600):
                 entry = wanted.get(resp.digest)
                 if entry is None:
                     raise BundleError(f"the control service sent file {resp.digest[:12]}, which was not asked for")
+                if filling.done():
+                    break  # writing failed: its error is raised below
                 if resp.url:
                     data = await asyncio.to_thread(fetch_bundle, resp.url, entry.sha256, entry.size)
                     await asyncio.to_thread(cache.add, entry.sha256, (data,), entry.size)
-                    done.add(entry.sha256)
-                    continue
-                if writer is None or resp.digest not in done:
-                    if writer is not None:
-                        writer.commit()
-                    writer = cache.writer(entry.sha256, entry.size)
-                    done.add(entry.sha256)
-                writer.write(resp.chunk)
-            if writer is not None:
-                writer.commit()
-                writer = None
+                elif resp.digest != current:
+                    filler.start(entry.sha256, entry.size)
+                    current = resp.digest
+                done.add(entry.sha256)
+                if resp.chunk:
+                    filler.chunk(resp.chunk)
+                    while filler.backlog > _WRITE_BACKLOG and not filling.done():
+                        await asyncio.sleep(0.002)  # the disk is slower than the network: let it catch up
+            filler.end()
+            await filling
         except grpc.aio.AioRpcError as exc:
             raise BundleError(
                 f"cannot download the files of bundle {bundle[:12]}: {exc.code().name} {exc.details()}"
             ) from None
         finally:
-            if writer is not None:
-                writer.__exit__(None, None, None)
+            if not filling.done():
+                filler.end(commit=False)
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(filling)
         if lacking := set(wanted) - done:
             raise BundleError(
                 f"the control service sent {len(done)} of the {len(wanted)} files asked for "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import queue
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -20,7 +21,7 @@ from vastrpc._errors import BundleError
 from vastrpc._files import private_folder
 from vastrpc._manifest import FileEntry, Manifest
 
-__all__ = ["FileCache", "verify_digest"]
+__all__ = ["CacheFiller", "FileCache", "verify_digest"]
 
 _COPY_SIZE = 1 << 20
 # What a cached file's link may not be made for: another filesystem, too many links, a refusal.
@@ -92,6 +93,58 @@ class CacheWriter:
         if not self._done:
             self._file.close()
             self._tmp.unlink(missing_ok=True)
+
+
+class CacheFiller:
+    """Files entering the cache from a stream of chunks, written and verified by a thread of its own.
+
+    The event loop hands over each file's start and chunks without waiting (``start``,
+    ``chunk``), then ``end`` or ``abort``; ``run`` (in a thread) writes them, each file
+    verified before it enters the cache, and raises the first error.
+    """
+
+    def __init__(self, cache: FileCache) -> None:
+        self.cache = cache
+        self.queue: queue.SimpleQueue[tuple[str, int, bytes | None]] = queue.SimpleQueue()
+        self.enqueued = 0
+        self.consumed = 0
+
+    @property
+    def backlog(self) -> int:
+        """Bytes handed over and not written yet."""
+        return self.enqueued - self.consumed
+
+    def start(self, sha256: str, size: int) -> None:
+        self.queue.put((sha256, size, None))
+
+    def chunk(self, data: bytes) -> None:
+        self.enqueued += len(data)
+        self.queue.put(("", 0, data))
+
+    def end(self, *, commit: bool = True) -> None:
+        self.queue.put(("", 1 if commit else 0, None))
+
+    def run(self) -> None:
+        """Write until ``end`` (the last file committed) or an abort; a file left unfinished leaves nothing."""
+        writer: CacheWriter | None = None
+        try:
+            while True:
+                sha256, size, data = self.queue.get()
+                if data is not None:
+                    if writer is not None:
+                        writer.write(data)
+                    self.consumed += len(data)
+                    continue
+                if writer is not None and (sha256 or size):
+                    writer.commit()
+                    writer.__exit__(None, None, None)
+                    writer = None
+                if not sha256:
+                    return
+                writer = self.cache.writer(sha256, size)
+        finally:
+            if writer is not None:
+                writer.__exit__(None, None, None)
 
 
 class FileCache:
