@@ -10,6 +10,7 @@ import pytest
 
 from vastrpc._manifest import FileEntry, encode_manifest
 from vastrpc.api.v1 import control_pb2
+from vastrpc.client.control import ControlClient
 
 from .helpers import Client
 
@@ -85,3 +86,28 @@ async def test_files_are_verified_and_bad_manifests_refused(control_service, cli
         code, details = await _code(client.upload(data, sha(data)))
         assert code == grpc.StatusCode.DATA_LOSS and words in details, details
     assert not [p for p in (control_service.home / "bundles").iterdir()]
+
+
+async def test_a_file_collected_between_question_and_manifest_is_sent_again(control_service, monkeypatch) -> None:
+    """The reaper may delete an old unused file after MissingFiles said it was stored: the client asks again."""
+    contents = [b"kept", b"collected meanwhile"]
+    manifest = encode_manifest([FileEntry(f"f{i}", 0o644, len(c), sha(c)) for i, c in enumerate(contents)])
+    by_sha = {sha(c): c for c in contents}
+    client = ControlClient(control_service.address, control_service.api_key)
+    try:
+        first = ControlClient._upload_missing
+        calls = []
+
+        async def then_collected(self, *args):
+            sent = await first(self, *args)
+            if not calls:  # as the reaper would, right after the files were stored
+                (control_service.home / "bundles" / sha(contents[1])).unlink()
+            calls.append(sent)
+            return sent
+
+        monkeypatch.setattr(ControlClient, "_upload_missing", then_collected)
+        up = await client.upload_bundle(manifest, lambda entry: iter([by_sha[entry.sha256]]))
+    finally:
+        await client.close()
+    assert calls == [(2, 23), (1, 19)] and (up.files, up.file_bytes, up.stored) == (3, 42, True)
+    assert (control_service.home / "bundles" / manifest.digest).is_file()
