@@ -154,3 +154,14 @@ def test_the_filler_writes_a_stream_of_files_each_verified(tmp_path: Path) -> No
     filler.run()
     assert cache.missing(encode_manifest([bad])) == [bad]
     assert sorted(p.name for p in cache.root.iterdir()) == sorted([one.sha256, empty.sha256])
+
+
+def test_files_no_revision_links_are_evicted_once_idle(tmp_path: Path) -> None:
+    cache = FileCache(tmp_path / "cache")
+    manifest = cached(cache, ("used.txt", b"in a revision"), ("old.txt", b"no longer used"))
+    used = manifest.files[1]
+    cache.materialise(encode_manifest([used]), tmp_path / "rev")
+    assert FileCache(cache.root).missing(manifest) == []  # within the idle time: both kept
+    assert cache.evict(idle=0) == 1  # the file no folder links goes, the linked one stays
+    assert cache.missing(manifest) == [manifest.files[0]]
+    assert (tmp_path / "rev" / "used.txt").read_bytes() == b"in a revision"

@@ -13,6 +13,7 @@ import os
 import queue
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +25,8 @@ from vastrpc._manifest import FileEntry, Manifest
 __all__ = ["CacheFiller", "FileCache", "verify_digest"]
 
 _COPY_SIZE = 1 << 20
+# A cached file no revision folder links is removed once its links have not changed for this long.
+IDLE_EVICTION = 24 * 3600.0
 # What a cached file's link may not be made for: another filesystem, too many links, a refusal.
 _LINK_ERRORS = frozenset({errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOTSUP})
 
@@ -151,13 +154,33 @@ class FileCache:
     """Files by SHA-256 in ``root`` (private to this user): ``<sha256>`` read-only, ``<sha256>.x`` executable.
 
     Args:
-        root: The cache folder, created 0700; leftovers of interrupted writes are removed.
+        root: The cache folder, created 0700; leftovers of interrupted writes are removed, and
+            so are files that no revision folder links (one link, the cache's own) and whose
+            links last changed ``idle`` seconds ago or more (a link made or removed sets the ctime).
+        idle: See ``root``; None keeps every file.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, idle: float | None = IDLE_EVICTION) -> None:
         self.root = private_folder(Path(root))
         for stale in self.root.glob(".*.part"):
             stale.unlink(missing_ok=True)
+        if idle is not None:
+            self.evict(idle)
+
+    def evict(self, idle: float) -> int:
+        """Remove the files no revision folder links, their links unchanged for ``idle`` seconds; how many."""
+        cutoff = time.time() - idle
+        removed = 0
+        with os.scandir(self.root) as entries:
+            for found in entries:
+                try:
+                    st = found.stat(follow_symlinks=False)
+                    if not found.name.startswith(".") and st.st_nlink == 1 and st.st_ctime <= cutoff:
+                        os.unlink(found.path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue  # removed meanwhile (another worker of this host)
+        return removed
 
     def path(self, sha256: str, mode: int) -> Path:
         """Where the file with that content and mode is cached."""
