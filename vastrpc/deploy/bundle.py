@@ -467,7 +467,7 @@ def _add_member(members: dict[str, Path], arcname: str, path: Path) -> None:
 
 
 def _check_no_file_dir_clash(members: dict[str, Path]) -> None:
-    # A path stored both as a file and as a folder of other files could not be extracted.
+    # A path stored both as a file and as a folder of other files could not be laid out.
     for arcname in members:
         parts = arcname.split("/")
         for i in range(1, len(parts)):

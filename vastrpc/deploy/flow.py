@@ -189,7 +189,7 @@ async def ensure_ready(
         if progress is not None:
             progress.step_started("package")
         # The stat cache answers "did anything change?" without reading a file; the
-        # tar itself is only built (or kept) for an upload.
+        # files are read again only for an upload, and only those the service lacks.
         bundle = await asyncio.to_thread(
             cached_bundle,
             app.module_file,
