@@ -10,7 +10,6 @@ process directly; the agent is never a hop on a call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -34,15 +33,14 @@ from vastrpc._hostimage import (
     port_environment,
     python_for,
 )
-from vastrpc._manifest import FileEntry, parse_manifest
 from vastrpc._secrets import unseal
 from vastrpc._tls import TlsFiles
 from vastrpc._workerenv import SERVING_EXTRA, inherited_environ
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.serve.container import ContainerEngine
 from vastrpc.serve.container_worker import ContainerWorker, Prepared
-from vastrpc.serve.fetch import fetch_bundle, public_part
-from vastrpc.serve.filecache import CacheFiller, FileCache, verify_digest
+from vastrpc.serve.download import download_bundle
+from vastrpc.serve.filecache import FileCache
 from vastrpc.serve.install import ensure_apt, ensure_pip_env, run_startup_commands
 from vastrpc.serve.metrics import CallStatsReader
 from vastrpc.serve.serving import ServingProcess
@@ -55,8 +53,6 @@ _CONTROL_LOST_AFTER = 60.0
 # The address the worker serves calls on, set by a provider that places it on another machine.
 ENV_WORKER_HOST = "VASTRPC_WORKER_HOST"
 _STOP_GRACE = 10.0
-# A download stops reading while this many bytes wait to be written to the file cache.
-_WRITE_BACKLOG = 64 << 20
 
 _STATES = {
     "downloading": common_pb2.WORKER_STATE_DOWNLOADING,
@@ -338,81 +334,11 @@ class Agent:
         return python, ports
 
     async def _download(self, revision_id: str, digest: str, size: int = 0) -> Path:
-        """The revision's folder: its manifest fetched and checked, the files this host lacks fetched, linked."""
-        parts = []
-        url = ""
-        try:
-            async for resp in self._stub.DownloadBundle(
-                control_pb2.DownloadBundleRequest(digest=digest), metadata=self._metadata, timeout=600
-            ):
-                url = url or resp.url
-                parts.append(resp.chunk)
-        except grpc.aio.AioRpcError as exc:
-            raise BundleError(f"cannot download bundle {digest[:12]}: {exc.code().name} {exc.details()}") from None
-        if url:
-            # The bundle store's presigned URL: no credentials here, and the digest is checked.
-            log.info("download: bundle %.12s by URL from %s", digest, public_part(url))
-            data = await asyncio.to_thread(fetch_bundle, url, digest, size)
-        else:
-            data = b"".join(parts)
-            verify_digest(data, digest)
-        # Every rule and limit is checked before a file is fetched or written.
-        manifest = parse_manifest(data)
+        """The revision's folder, laid out from this host's file cache (``vastrpc.serve.download``)."""
         if self._files is None:
             self._files = await asyncio.to_thread(FileCache, self.home / "cache" / "files")
-        cache = self._files
-        missing = await asyncio.to_thread(cache.missing, manifest)
-        if missing:
-            await self._fetch_files(digest, missing, cache)
         dest = self._workdir / f"{revision_id}-{uuid.uuid4().hex[:8]}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        files = await asyncio.to_thread(cache.materialise, manifest, dest)
-        fetched = f"{len(missing)} fetched, {sum(f.size for f in missing)} bytes"
-        log.info("download: bundle %.12s verified, %d files (%s), the rest cached", digest, len(files), fetched)
-        return dest
-
-    async def _fetch_files(self, bundle: str, missing: list[FileEntry], cache: FileCache) -> None:
-        """Fetch the files the cache lacks, each verified against its SHA-256 as it enters the cache."""
-        wanted = {f.sha256: f for f in missing}
-        done: set[str] = set()
-        filler = CacheFiller(cache)
-        filling = asyncio.ensure_future(asyncio.to_thread(filler.run))
-        request = control_pb2.DownloadFilesRequest(bundle=bundle, digests=list(wanted))
-        current = ""
-        try:
-            async for resp in self._stub.DownloadFiles(request, metadata=self._metadata, timeout=3600):
-                entry = wanted.get(resp.digest)
-                if entry is None:
-                    raise BundleError(f"the control service sent file {resp.digest[:12]}, which was not asked for")
-                if filling.done():
-                    break  # writing failed: its error is raised below
-                if resp.url:
-                    data = await asyncio.to_thread(fetch_bundle, resp.url, entry.sha256, entry.size)
-                    await asyncio.to_thread(cache.add, entry.sha256, (data,), entry.size)
-                elif resp.digest != current:
-                    filler.start(entry.sha256, entry.size)
-                    current = resp.digest
-                done.add(entry.sha256)
-                if resp.chunk:
-                    filler.chunk(resp.chunk)
-                    while filler.backlog > _WRITE_BACKLOG and not filling.done():
-                        await asyncio.sleep(0.002)  # the disk is slower than the network: let it catch up
-            filler.end()
-            await filling
-        except grpc.aio.AioRpcError as exc:
-            raise BundleError(
-                f"cannot download the files of bundle {bundle[:12]}: {exc.code().name} {exc.details()}"
-            ) from None
-        finally:
-            if not filling.done():
-                filler.end(commit=False)
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(filling)
-        if lacking := set(wanted) - done:
-            raise BundleError(
-                f"the control service sent {len(done)} of the {len(wanted)} files asked for "
-                f"(e.g. sha256 {min(lacking)[:12]} is missing): deploy again"
-            )
+        return await download_bundle(self._stub, self._metadata, digest, size, self._files, dest)
 
     async def _install(
         self, spec: control_pb2.DeploymentSpec, bundle_dir: Path, image_id: str = ""
