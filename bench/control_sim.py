@@ -30,6 +30,7 @@ from pathlib import Path
 import grpc
 
 from vastrpc._grpc import CHANNEL_OPTIONS, bearer
+from vastrpc._manifest import encode_manifest
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 HERE = Path(__file__).resolve()
@@ -75,7 +76,7 @@ def spec(name: str, bundle_digest: str) -> control_pb2.DeploymentSpec:
 
 async def deploy(stub: control_pb2_grpc.ControlServiceStub, api_key: str, name: str) -> str:
     """Register, upload and provision the simulated deployment; returns its endpoint id."""
-    data = b"# a bundle nobody unpacks\n"
+    data = encode_manifest([]).data  # a bundle of no files: nobody unpacks it
     digest = hashlib.sha256(data).hexdigest()
     metadata = bearer(api_key)
     reg = await stub.RegisterDeployment(

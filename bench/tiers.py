@@ -3,11 +3,15 @@
 Run: ``python bench/tiers.py`` (about a minute). Starts its own control service on a
 temporary home, then for each project measures ``ensure_ready`` when nothing changed
 (tier 0), when only autoscaling settings changed (tier 1) and when the code changed
-(tier 2: until ``ensure_ready`` returns, when every worker serves the new revision,
-checked with a call). In the same run it times packaging the big project from scratch
-(``build_bundle`` without the stat cache) and a plain read + SHA-256 of its files, the
-baselines tier 0 is reported against. Prints Markdown tables; ``--json FILE`` also
-writes the raw figures.
+(tier 2: one small file, the deployment module, edited; until ``ensure_ready`` returns,
+when every worker serves the new revision, checked with a call). In the same run it
+times packaging the big project from scratch (``build_bundle`` without the stat cache)
+and a plain read + SHA-256 of its files, the baselines tier 0 is reported against; and,
+for the same project with data new to the service (fresh random files each run), a first
+deploy's package + upload (``build_bundle``, then ``MissingFiles``/``UploadFiles``/
+``UploadBundle``) and a worker's download + verify + materialise of it into a file cache
+new to it (the worker agent's own ``_download``). Prints Markdown tables; ``--json FILE``
+also writes the raw figures.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,6 +42,7 @@ from vastrpc.client.control import ControlClient
 from vastrpc.config import ClientConfig
 from vastrpc.deploy.bundle import build_bundle
 from vastrpc.deploy.statcache import cached_bundle
+from vastrpc.serve.agent import Agent
 
 SOURCE = textwrap.dedent(
     """
@@ -178,7 +184,49 @@ def scratch_baselines(project: Project, runs: int) -> dict[str, float]:
         "build_bundle_ms": median_ms(builds),
         "read_sha256_ms": median_ms(hashes),
         "bytes": float(total),
-        "bundle_bytes": float(bundle.size),
+        "bundle_bytes": float(bundle.total_size),
+    }
+
+
+async def first_deploy(config: ClientConfig, root: Path, files: int, file_bytes: int, runs: int) -> dict[str, Any]:
+    """A first deploy's package + upload of data new to the service, and a new worker's download of it."""
+    packs, uploads, downloads = [], [], []
+    total = 0
+    for _ in range(runs):
+        project = Project(root, config, files=files, file_bytes=file_bytes)  # fresh random data
+        copies = project.app.image_spec.copies
+        t = time.perf_counter()
+        bundle = build_bundle(project.path, copies=copies)
+        packs.append(time.perf_counter() - t)
+        total = bundle.total_size
+        client = await ControlClient.connect(config)
+        try:
+            t = time.perf_counter()
+            up = await client.upload_bundle(bundle.manifest, bundle.read_chunks)
+            uploads.append(time.perf_counter() - t)
+        finally:
+            await client.close()
+        assert up.files == len(bundle.manifest.by_digest()) and up.stored, up
+        worker_home = root / f"worker-{uuid.uuid4().hex[:8]}"
+        agent = Agent(config.control_address, "w-bench", config.api_key, worker_home)
+        try:
+            t = time.perf_counter()
+            folder = await agent._download("r-bench", bundle.digest, bundle.size)
+            downloads.append(time.perf_counter() - t)
+        finally:
+            await agent._channel.close()
+        assert sorted(p.name for p in (folder / "data").iterdir()) == [p.name for p in project.data_files()]
+        shutil.rmtree(worker_home)
+        shutil.rmtree(project.folder)
+    package, upload, download = (statistics.median(x) for x in (packs, uploads, downloads))
+    return {
+        "first_bytes": total,
+        "first_package_s": package,
+        "first_upload_s": upload,
+        "first_package_upload_mb_s": total / 1e6 / (package + upload),
+        "first_package_upload_all_s": [p + u for p, u in zip(packs, uploads, strict=True)],
+        "worker_download_s": download,
+        "worker_download_all_s": downloads,
     }
 
 
@@ -209,6 +257,7 @@ async def bench(home: Path, files: int, file_bytes: int, runs: int, code_runs: i
         results["big"] = await measure(big, config, runs, code_runs)
         results["big"].update(scratch_baselines(big, 3))
         await big.app.close()
+        results["big"].update(await first_deploy(config, projects, files, file_bytes, 3))
         return results
     finally:
         control.terminate()
@@ -246,13 +295,34 @@ def main() -> None:
     print("| from scratch | time | tier 0 ensure_ready / it |")
     print("|---|---|---|")
     for label, key in (
-        ("build_bundle, no cache (discover, read, tar, SHA-256)", "build_bundle_ms"),
+        ("build_bundle, no cache (discover, read, SHA-256, manifest)", "build_bundle_ms"),
         ("plain read + SHA-256 of the files", "read_sha256_ms"),
     ):
         print(f"| {label} | {b[key]:.0f} ms | {b['tier0_ms'] / b[key]:.3f}× |")
+    print(f"\nData new to the service and the worker, {b['first_bytes'] / 1e6:.0f} MB (medians of 3):\n")
+    print("| step | time | throughput |")
+    print("|---|---|---|")
+    first = b["first_package_s"] + b["first_upload_s"]
+    print(
+        f"| first deploy: package + upload (MissingFiles, UploadFiles, UploadBundle) | {first:.2f} s "
+        f"(package {b['first_package_s']:.2f} + upload {b['first_upload_s']:.2f}) | "
+        f"{b['first_package_upload_mb_s']:.0f} MB/s |"
+    )
+    down = b["worker_download_s"]
+    print(
+        f"| a worker's download + verify + materialise, cache new to it | {down:.3f} s | "
+        f"{b['first_bytes'] / 1e6 / down:.0f} MB/s |"
+    )
+    print(
+        f"| bare baseline: plain read + SHA-256 of the files | {b['read_sha256_ms'] / 1e3:.3f} s | "
+        f"{b['bytes'] / 1e6 / (b['read_sha256_ms'] / 1e3):.0f} MB/s |"
+    )
     t2s = ", ".join(f"{x:.2f}" for x in s["tier2_all_s"])
     t2b = ", ".join(f"{x:.2f}" for x in b["tier2_all_s"])
     print(f"\ntier 2 runs: small {t2s} s; big {t2b} s")
+    firsts = ", ".join(f"{x:.2f}" for x in b["first_package_upload_all_s"])
+    downs = ", ".join(f"{x:.3f}" for x in b["worker_download_all_s"])
+    print(f"first deploy package + upload runs: {firsts} s; worker download runs: {downs} s")
     if opts.json:
         opts.json.write_text(json.dumps(r, indent=2))
 

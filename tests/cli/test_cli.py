@@ -20,6 +20,7 @@ import grpc
 import pytest
 
 from vastrpc._grpc import bearer
+from vastrpc._manifest import FileEntry, encode_manifest
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 pytestmark = pytest.mark.timeout(60)
@@ -53,8 +54,9 @@ def vastrpc(
 
 def deploy_fake(address: str, api_key: str, name: str = "hello") -> str:
     """Deploy one fake worker the way ensure_ready would; returns the worker id once it is ready."""
-    data = b"print('hi')"
-    digest = hashlib.sha256(data).hexdigest()
+    content = b"print('hi')"
+    manifest = encode_manifest([FileEntry("deploy.py", 0o644, len(content), hashlib.sha256(content).hexdigest())])
+    data, digest = manifest.data, manifest.digest
     spec = control_pb2.DeploymentSpec(
         name=name,
         tag="default",
@@ -67,9 +69,13 @@ def deploy_fake(address: str, api_key: str, name: str = "hello") -> str:
     with grpc.insecure_channel(address) as channel:
         stub = control_pb2_grpc.ControlServiceStub(channel)
         reg = stub.RegisterDeployment(control_pb2.RegisterDeploymentRequest(spec=spec), metadata=metadata, timeout=10)
-        header = control_pb2.UploadBundleRequest.Header(digest=digest, size=len(data))
-        parts = [control_pb2.UploadBundleRequest(header=header), control_pb2.UploadBundleRequest(chunk=data)]
-        stub.UploadBundle(iter(parts), metadata=metadata, timeout=10)
+        for method, digest_of, payload in (
+            (stub.UploadFiles, manifest.files[0].sha256, content),
+            (stub.UploadBundle, digest, data),
+        ):
+            header = control_pb2.UploadBundleRequest.Header(digest=digest_of, size=len(payload))
+            parts = [control_pb2.UploadBundleRequest(header=header), control_pb2.UploadBundleRequest(chunk=payload)]
+            method(iter(parts), metadata=metadata, timeout=10)
         stub.Provision(
             control_pb2.ProvisionRequest(endpoint_id=reg.endpoint_id, revision_id=reg.revision_id),
             metadata=metadata,
@@ -298,7 +304,7 @@ def test_deploy_shows_steps_summary_and_progress_then_ls_lists_real_workers(cont
         assert step in steps, first.stderr
     assert steps.index("package") < steps.index("upload") < steps.index("provision") < steps.index("ready")
     assert "workers: 1/1 ready" in first.stderr and "\x1b[" not in first.stderr
-    assert re.search(r"^upload: \d+ bytes streamed", first.stderr, re.MULTILINE), first.stderr
+    assert re.search(r"^upload: \d+ changed files \(\d+ bytes\) streamed", first.stderr, re.MULTILINE), first.stderr
     # The summary on stdout: tier in words, endpoint, revision, workers.
     assert "cliapp:default ready — tier 4 (new endpoint — fresh workers)" in first.stdout
     endpoint_id = re.search(r"endpoint (e-[0-9a-f]{12})", first.stdout).group(1)  # type: ignore[union-attr]

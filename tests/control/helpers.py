@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from vastrpc._grpc import CHANNEL_OPTIONS, bearer
+from vastrpc._manifest import FileEntry, encode_manifest, parse_manifest
 from vastrpc._secrets import seal
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 
@@ -27,10 +28,17 @@ READY = common_pb2.ENDPOINT_STATE_READY
 FAILED = common_pb2.ENDPOINT_STATE_FAILED
 
 
+# The content of every file a test bundle names, by SHA-256: Client.upload sends them first.
+FILES: dict[str, bytes] = {}
+
+
 def bundle(text: str = "print('hello')") -> tuple[bytes, str]:
-    """Bundle bytes and their digest."""
-    data = text.encode() * 10
-    return data, hashlib.sha256(data).hexdigest()
+    """A bundle's manifest (one file, ``deploy.py``, ``text`` ten times) and its digest."""
+    content = text.encode() * 10
+    sha = hashlib.sha256(content).hexdigest()
+    FILES[sha] = content
+    manifest = encode_manifest([FileEntry("deploy.py", 0o644, len(content), sha)])
+    return manifest.data, manifest.digest
 
 
 def make_spec(
@@ -106,7 +114,26 @@ class Client:
             control_pb2.RegisterDeploymentRequest(spec=spec), metadata=self.metadata, timeout=10
         )
 
+    async def upload_files(self, *contents: bytes) -> control_pb2.UploadFilesResponse:
+        async def requests() -> AsyncIterator[control_pb2.UploadBundleRequest]:
+            for content in contents:
+                header = control_pb2.UploadBundleRequest.Header(
+                    digest=hashlib.sha256(content).hexdigest(), size=len(content)
+                )
+                yield control_pb2.UploadBundleRequest(header=header)
+                yield control_pb2.UploadBundleRequest(chunk=content)
+
+        return await self.stub.UploadFiles(requests(), metadata=self.metadata, timeout=10)
+
     async def upload(self, data: bytes, digest: str, *, size: int | None = None) -> control_pb2.UploadBundleResponse:
+        """Upload a manifest made by ``bundle`` (its files first), or any bytes as one."""
+        try:
+            named = [FILES[f.sha256] for f in parse_manifest(data).files if f.sha256 in FILES]
+        except Exception:
+            named = []
+        if named:
+            await self.upload_files(*named)
+
         async def requests() -> AsyncIterator[control_pb2.UploadBundleRequest]:
             header = control_pb2.UploadBundleRequest.Header(digest=digest, size=len(data) if size is None else size)
             yield control_pb2.UploadBundleRequest(header=header)
@@ -120,6 +147,16 @@ class Client:
             control_pb2.DownloadBundleRequest(digest=digest), metadata=self.metadata, timeout=10
         )
         return b"".join([r.chunk async for r in call])
+
+    async def download_files(self, bundle_digest: str, digests: list[str]) -> dict[str, bytes]:
+        """The files of a stored bundle, by SHA-256 (DownloadFiles, streamed by the service)."""
+        call = self.stub.DownloadFiles(
+            control_pb2.DownloadFilesRequest(bundle=bundle_digest, digests=digests), metadata=self.metadata, timeout=10
+        )
+        files: dict[str, bytes] = {}
+        async for response in call:
+            files[response.digest] = files.get(response.digest, b"") + response.chunk
+        return files
 
     async def provision(self, endpoint_id: str, revision_id: str) -> int:
         response = await self.stub.Provision(

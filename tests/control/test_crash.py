@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from vastrpc._manifest import FileEntry, encode_manifest
 from vastrpc.api.v1 import control_pb2
 from vastrpc.control.bundles.local import LocalBlobStore
 from vastrpc.control.stores.base import ACTIVE_WORKER_STATES, Store
@@ -80,8 +81,10 @@ async def test_killed_while_uploading_and_provisioning_then_deployed_again(
     control = control_processes(home, "control", *args)
 
     # Killed in the middle of an upload: the partial bundle is not kept; the registration is.
-    data = os.urandom(3 << 20)
-    digest = hashlib.sha256(data).hexdigest()
+    content = os.urandom(3 << 20)
+    file_digest = hashlib.sha256(content).hexdigest()
+    manifest = encode_manifest([FileEntry("weights.bin", 0o644, len(content), file_digest)])
+    data, digest = manifest.data, manifest.digest
     spec = make_spec("uploading", digest=digest, api_key=control.api_key)
     async with Client(control.address, control.api_key) as client:
         reg = await client.register(spec)
@@ -89,24 +92,25 @@ async def test_killed_while_uploading_and_provisioning_then_deployed_again(
 
         async def chunks() -> AsyncIterator[control_pb2.UploadBundleRequest]:
             yield control_pb2.UploadBundleRequest(
-                header=control_pb2.UploadBundleRequest.Header(digest=digest, size=len(data))
+                header=control_pb2.UploadBundleRequest.Header(digest=file_digest, size=len(content))
             )
-            for i in range(0, len(data) // 2, 1 << 16):
-                yield control_pb2.UploadBundleRequest(chunk=data[i : i + (1 << 16)])
+            for i in range(0, len(content) // 2, 1 << 16):
+                yield control_pb2.UploadBundleRequest(chunk=content[i : i + (1 << 16)])
             halfway.set()
             await asyncio.sleep(60)  # the service dies meanwhile
 
-        upload = asyncio.ensure_future(client.stub.UploadBundle(chunks(), metadata=client.metadata, timeout=30))
+        upload = asyncio.ensure_future(client.stub.UploadFiles(chunks(), metadata=client.metadata, timeout=30))
         await asyncio.wait_for(halfway.wait(), 10)
         await asyncio.sleep(0.2)
         control.kill()
         with pytest.raises(grpc.aio.AioRpcError):
             await upload
     control = wait_listening(control_processes(home, "control", *args, wait=False))
-    assert not LocalBlobStore(home / "bundles").has(digest)
+    assert not LocalBlobStore(home / "bundles").has(file_digest)
     async with Client(control.address, control.api_key) as client:
         again = await client.register(spec)
         assert (again.endpoint_id, again.revision_id, again.upload_required) == (reg.endpoint_id, reg.revision_id, True)
+        await client.upload_files(content)
         assert (await client.upload(data, digest)).stored
     store = _inspect(home, args)
     _check_rows(store, "uploading")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
 import signal
 import time
@@ -14,10 +15,22 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vastrpc import AuthenticationError
+from vastrpc._manifest import parse_manifest
 from vastrpc._secrets import unseal
 from vastrpc.api.v1 import common_pb2, control_pb2
 
-from .helpers import FAILED, READY, Client, bundle, eventually, make_spec, pid_gone, read_dumps, with_fake_worker
+from .helpers import (
+    FAILED,
+    FILES,
+    READY,
+    Client,
+    bundle,
+    eventually,
+    make_spec,
+    pid_gone,
+    read_dumps,
+    with_fake_worker,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -135,7 +148,9 @@ async def test_upload_verifies_deduplicates_and_downloads(control_service, clien
     assert code == grpc.StatusCode.DATA_LOSS and "incomplete" in details
     code, details = await _code(client.upload(other, other_digest, size=3))
     assert code == grpc.StatusCode.DATA_LOSS
-    assert sorted(p.name for p in (control_service.home / "bundles").iterdir()) == [digest]
+    # The first bundle and its file; the second's file (uploaded before each refused manifest), no manifest.
+    files = {hashlib.sha256(FILES[f.sha256]).hexdigest() for m in (data, other) for f in parse_manifest(m).files}
+    assert sorted(p.name for p in (control_service.home / "bundles").iterdir()) == sorted({digest, *files})
 
     async def headerless():
         yield control_pb2.UploadBundleRequest(chunk=b"data")
@@ -154,7 +169,7 @@ async def test_cancelled_upload_leaves_nothing(control_service, client) -> None:
         await asyncio.sleep(30)
 
     bundles = control_service.home / "bundles"
-    call = client.stub.UploadBundle(stalling(), metadata=client.metadata)
+    call = client.stub.UploadFiles(stalling(), metadata=client.metadata)
     await asyncio.wait_for(sent.wait(), 5)
     await eventually(lambda: any(bundles.iterdir()), what="a partial upload file exists")
     call.cancel()

@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from vastrpc._manifest import parse_manifest
 from vastrpc.api.v1 import common_pb2, control_pb2
 
-from .helpers import Client, bundle, make_spec, read_dumps, with_fake_worker
+from .helpers import FILES, Client, bundle, make_spec, read_dumps, with_fake_worker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,6 +49,13 @@ async def test_a_worker_token_downloads_and_reports_only_within_its_endpoint(cli
         details = await _refused(other.download(digest_a))
         assert digest_a[:12] in details and "may download only" in details
         assert await other.download(digest_b) == data_b
+        # Files too: only those its endpoint's bundles name.
+        (sha_a,), (sha_b,) = ([f.sha256 for f in parse_manifest(d).files] for d in (data_a, data_b))
+        assert await other.download_files(digest_b, [sha_b]) == {sha_b: FILES[sha_b]}
+        details = await _refused(other.download_files(digest_a, [sha_a]))
+        assert "may download only" in details
+        details = await _refused(other.download_files(digest_b, [sha_a]))
+        assert "names no file" in details
         # Nor may it report on a revision of another deployment (which would fail or switch that one).
         for state in (common_pb2.WORKER_STATE_READY, common_pb2.WORKER_STATE_FAILED):
             await _refused(

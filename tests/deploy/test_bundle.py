@@ -1,17 +1,16 @@
-"""Tests for vastrpc.deploy.bundle: deterministic tarballs of a deployment and its local code."""
+"""Tests for vastrpc.deploy.bundle: deterministic manifests of a deployment and its local code."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
 from vastrpc._errors import DefinitionError
+from vastrpc._manifest import FileEntry, parse_manifest
 from vastrpc.deploy.bundle import Bundle, Observer, build_bundle
 
 
@@ -23,16 +22,15 @@ def write(path: Path, text: str = "", mode: int | None = None) -> Path:
     return path
 
 
-def members(bundle: Bundle) -> dict[str, tarfile.TarInfo]:
-    with tarfile.open(fileobj=io.BytesIO(bundle.data), mode="r:") as tar:
-        return {m.name: m for m in tar.getmembers()}
+def members(bundle: Bundle) -> dict[str, FileEntry]:
+    return {f.path: f for f in parse_manifest(bundle.data).files}
 
 
 def read_member(bundle: Bundle, name: str) -> bytes:
-    with tarfile.open(fileobj=io.BytesIO(bundle.data), mode="r:") as tar:
-        f = tar.extractfile(name)
-        assert f is not None
-        return f.read()
+    entry = members(bundle)[name]
+    content = b"".join(bundle.read_chunks(entry))
+    assert hashlib.sha256(content).hexdigest() == entry.sha256
+    return content
 
 
 def make_project(root: Path, order: list[str] | None = None) -> None:
@@ -99,18 +97,15 @@ def test_one_byte_changes_digest(tmp_path: Path) -> None:
     assert before.files == after.files
 
 
-def test_tar_headers_are_normalised(tmp_path: Path) -> None:
+def test_manifest_entries_are_normalised(tmp_path: Path) -> None:
     write(tmp_path / "deploy.py", "import tool\n")
     write(tmp_path / "tool.py", "", mode=0o4775)  # setuid, group-writable, executable
     bundle = build_bundle(tmp_path / "deploy.py")
     info = members(bundle)
     assert sorted(info) == ["deploy.py", "tool.py"]
-    for m in info.values():
-        assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (0, 0, 0, "", "")
-        assert m.isreg()
-    assert info["tool.py"].mode == 0o755
-    assert info["deploy.py"].mode == 0o644
-    assert bundle.data[:2] != b"\x1f\x8b"  # not compressed
+    assert info["tool.py"] == FileEntry("tool.py", 0o755, 0, hashlib.sha256(b"").hexdigest())
+    assert info["deploy.py"] == FileEntry("deploy.py", 0o644, 12, hashlib.sha256(b"import tool\n").hexdigest())
+    assert bundle.digest == hashlib.sha256(bundle.data).hexdigest() and bundle.size == len(bundle.data)
 
 
 def test_transitive_local_imports_only(tmp_path: Path) -> None:
@@ -274,7 +269,7 @@ def test_large_bundle_is_fast(tmp_path: Path) -> None:
     start = time.perf_counter()
     bundle = build_bundle(tmp_path / "deploy.py", copies=[("weights", "weights")])
     elapsed = time.perf_counter() - start
-    assert len(bundle.data) > 100 << 20
+    assert bundle.total_size > 100 << 20
     assert len(bundle.files) == 505
     assert elapsed < 3.0, f"bundling 100 MB took {elapsed:.2f} s"
 
@@ -330,11 +325,14 @@ def test_copies_to_absolute_paths_are_stored_under_the_reserved_folder(tmp_path:
 
 
 def test_absolute_copies_extract_inside_the_workers_folder_only(tmp_path: Path) -> None:
-    from vastrpc.serve.extract import safe_extract
+    from vastrpc.serve.filecache import FileCache
 
     write(tmp_path / "p" / "deploy.py", "")
     write(tmp_path / "p" / "cfg.json", "{}")
     bundle = build_bundle(tmp_path / "p" / "deploy.py", copies=[("cfg.json", "/etc/passwd")])
-    files = safe_extract(bundle.data, tmp_path / "out")
+    cache = FileCache(tmp_path / "cache")
+    for entry in bundle.manifest.files:
+        cache.add(entry.sha256, bundle.read_chunks(entry), entry.size)
+    files = cache.materialise(parse_manifest(bundle.data), tmp_path / "out")
     assert files == [".vastrpc-absolute/etc/passwd", "deploy.py"]
     assert (tmp_path / "out" / ".vastrpc-absolute" / "etc" / "passwd").read_text() == "{}"

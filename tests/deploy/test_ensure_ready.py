@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import stat
 import time
+from pathlib import Path
 
 import pytest
 
@@ -216,3 +220,45 @@ async def test_unmet_requirements_on_the_local_provider_still_deploy_and_are_nam
     # Same requirements again: nothing to do, and the same warnings.
     again = await mod.app.ensure_ready()
     assert again.tier == 0 and again.warnings == result.warnings
+
+
+WITH_DATA = """
+import os
+from pathlib import Path
+from vastrpc import Deployment
+
+app = Deployment(name="{name}")
+app.image("python:3.11-slim").copy("data", "data")
+VERSION = "@VERSION@"
+
+@app.remote(benchmark_dataset=[{{"x": 1}}])
+async def where(x: int) -> list:
+    weights = os.stat(Path(__file__).parent / "data" / "weights.bin")
+    return [VERSION, weights.st_ino, weights.st_size, oct(weights.st_mode & 0o777)]
+"""
+
+
+async def test_a_code_change_uploads_and_writes_only_the_changed_file(project, control_service, caplog) -> None:
+    mod = project(WITH_DATA.replace("@VERSION@", "one"))
+    weights = Path(mod.__file__).parent / "data" / "weights.bin"
+    weights.parent.mkdir()
+    weights.write_bytes(os.urandom(4 << 20))
+    caplog.set_level(logging.DEBUG, logger="vastrpc.deploy")
+    first = await mod.app.ensure_ready()
+    version, inode, size, mode = await mod.where(1)
+    assert (version, size, mode) == ("one", 4 << 20, "0o444")
+    assert any("upload: 2 changed files" in r.getMessage() for r in caplog.records)
+
+    caplog.clear()
+    project.rewrite(mod, WITH_DATA.replace("@VERSION@", "two"))
+    second = await mod.app.ensure_ready()
+    assert second.tier == 2 and second.revision_id != first.revision_id
+    # Only the edited module went up; the 4 MiB file was neither sent nor written again on the host.
+    assert any("upload: 1 changed files" in r.getMessage() for r in caplog.records), caplog.text
+    deadline = time.monotonic() + 30
+    while (answer := await mod.where(1))[0] != "two":
+        assert time.monotonic() < deadline, answer
+    assert answer[1:] == [inode, 4 << 20, "0o444"]  # the same inode: a link to the host's file cache
+    cache = control_service.home / "cache" / "files"
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    assert (cache / hashlib.sha256(weights.read_bytes()).hexdigest()).stat().st_ino == inode

@@ -9,6 +9,7 @@ import pytest
 
 from vastrpc import Deployment
 from vastrpc._errors import DefinitionError
+from vastrpc._manifest import FileEntry, encode_manifest
 from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.control.lifecycle.rules import validate_spec
 from vastrpc.control.providers.requirements import spec_queries
@@ -17,7 +18,12 @@ from vastrpc.deploy.bundle import Bundle
 from vastrpc.deploy.spec import _digest, build_spec, revision_digests
 from vastrpc.query import H100_SXM, RTX_4090, RTX_5090, gpu_name, gpu_ram, num_gpus
 
-BUNDLE = Bundle(digest="0" * 64, content_digest="1" * 64, files=("deploy.py",), module="deploy", size=1, members={})
+BUNDLE = Bundle(
+    content_digest="1" * 64,
+    module="deploy",
+    manifest=encode_manifest([FileEntry("deploy.py", 0o644, 1, "2" * 64)]),
+    members={},
+)
 
 
 def _app() -> Deployment:

@@ -105,12 +105,12 @@ def test_unchanged_project_reads_no_file(proj: Path, cache_dir: Path, opened: Ca
     assert "helpers.py" in second.files and "data/sub/deep.txt" in second.files
 
 
-def test_cached_digest_equals_full_rebuild_and_data_is_built_lazily(proj: Path, cache_dir: Path) -> None:
+def test_cached_digest_equals_full_rebuild_and_no_file_is_read(proj: Path, cache_dir: Path) -> None:
     cached(proj, cache_dir)
     hit = cached(proj, cache_dir)
     rebuilt = full(proj)
     assert hit.from_cache and hit.digest == rebuilt.digest and hit.files == rebuilt.files
-    assert hit.data == rebuilt.data  # built on demand from the recorded members, and verified
+    assert hit.data == rebuilt.data  # the manifest recorded by the last build
 
 
 def test_content_change_is_seen(proj: Path, cache_dir: Path) -> None:
@@ -224,12 +224,13 @@ def test_build_right_after_a_write_is_not_cached(proj: Path, cache_dir: Path) ->
     assert not second.from_cache and second.digest != first.digest and second.digest == full(proj).digest
 
 
-def test_files_changed_after_hashing_fail_the_lazy_tar(proj: Path, cache_dir: Path) -> None:
+def test_files_changed_after_hashing_fail_the_upload_read(proj: Path, cache_dir: Path) -> None:
     cached(proj, cache_dir)
     hit = cached(proj, cache_dir)
-    write(proj / "helpers.py", "X = 9\n")
+    write(proj / "helpers.py", "X = 9999\n")  # another size: the read for the upload sees it
+    entry = next(f for f in hit.manifest.files if f.path == "helpers.py")
     with pytest.raises(BundleError, match="changed after it was hashed"):
-        _ = hit.data
+        b"".join(hit.read_chunks(entry))
     assert not cached(proj, cache_dir).from_cache  # and the next build sees the change
 
 
@@ -303,3 +304,17 @@ def test_unchanged_1000_files_is_much_cheaper_than_hashing(tmp_path: Path, cache
     # A stat per file instead of a read, a hash and a tar header: several times cheaper
     # (about 10x here); the margin leaves room for a noisy machine.
     assert min(checks) < build_s / 2, f"cache hit {min(checks) * 1e3:.1f} ms vs build {build_s * 1e3:.1f} ms"
+
+
+def test_editing_one_file_rereads_that_file_only(proj: Path, cache_dir: Path, opened: Callable[[], list[str]]) -> None:
+    first = cached(proj, cache_dir)
+    write(proj / "data" / "f03.bin", b"edited")
+    settle(proj)
+    before = len(opened())
+    second = cached(proj, cache_dir)
+    read = {Path(p).name for p in opened()[before:] if Path(p).suffix in (".bin", ".txt")}
+    # The edited file is read and hashed again; the other 20 data files' hashes come from the cache.
+    assert read == {"f03.bin"}, read
+    rebuilt = full(proj)
+    assert not second.from_cache and second.digest == rebuilt.digest != first.digest
+    assert second.content_digest == rebuilt.content_digest

@@ -1,18 +1,17 @@
-"""A gzip bomb uploaded as a bundle: a real worker refuses it with the limit named, in bounded memory."""
+"""A bomb manifest (huge sizes, many files): the service refuses it; a worker refuses it in bounded memory."""
 
 from __future__ import annotations
 
 import asyncio
-import gzip
 import hashlib
 import json
 import sys
-import tarfile
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from vastrpc._errors import BundleError
 from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.client.control import ControlClient
 
@@ -31,7 +30,7 @@ sys.exit(code)
 """
 
 # The worker agent's peak resident memory must stay under this while it refuses the bomb
-# (it idles at about 60 MiB; inflating the bomb whole would take 9 GiB).
+# (it idles at about 60 MiB; fetching what the manifest declares would take 9 GiB).
 PEAK_BOUND_KIB = 200 << 10
 
 
@@ -43,17 +42,17 @@ def _setup(tmp_path: Path) -> list[str]:
 
 
 def _bomb() -> bytes:
-    """9 MB of gzip whose tar header declares one 9 GiB member of zeros (and inflates to it)."""
-    member = tarfile.TarInfo("weights.bin")
-    member.size = 9 << 30
-    zeros = gzip.compress(b"\0" * (64 << 20), compresslevel=9, mtime=0)
-    return gzip.compress(member.tobuf(format=tarfile.PAX_FORMAT), mtime=0) + zeros * (member.size // (64 << 20))
+    """A manifest of 1,000 files of 9 MiB each, declared as 9 TiB in all by its last one: 100 KB."""
+    files = [[f"part{i:04}.bin", 420, 9 << 20, hashlib.sha256(str(i).encode()).hexdigest()] for i in range(999)]
+    files.append(["weights.bin", 420, 9 << 40, "0" * 64])
+    document = {"files": files, "format": "vastrpc-manifest/1"}
+    return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
 
 
 @pytest.mark.parametrize("control_service", [{"setup": _setup}], indirect=True)
-async def test_a_gzip_bomb_is_refused_by_the_worker_with_its_limit_in_bounded_memory(control_service, tmp_path) -> None:
+async def test_a_bomb_manifest_is_refused_with_its_limit_in_bounded_memory(control_service, tmp_path) -> None:
     bomb = _bomb()
-    assert len(bomb) < 10 << 20
+    assert len(bomb) < 1 << 20
     digest = hashlib.sha256(bomb).hexdigest()
     spec = control_pb2.DeploymentSpec(
         name="bomb",
@@ -66,7 +65,11 @@ async def test_a_gzip_bomb_is_refused_by_the_worker_with_its_limit_in_bounded_me
     client = ControlClient(control_service.address, control_service.api_key)
     try:
         reg = await client.register(spec)
-        await client.upload(digest, bomb)
+        # The service checks a manifest before it stores it: uploaded, the bomb is refused with its limit.
+        with pytest.raises(BundleError, match="more than 8589934592 bytes of files: it is over the size limit"):
+            await client.upload(digest, bomb)
+        # A bundle store written by other hands (or an older service) hands it to the worker anyway.
+        (control_service.home / "bundles" / digest).write_bytes(bomb)
         await client.provision(reg.endpoint_id, reg.revision_id)
         async for update in client.watch(reg.endpoint_id):
             if update.state == common_pb2.ENDPOINT_STATE_FAILED:
@@ -79,6 +82,7 @@ async def test_a_gzip_bomb_is_refused_by_the_worker_with_its_limit_in_bounded_me
     assert failure.step == "download", failure
     assert "more than 8589934592 bytes of files" in failure.message and "size limit" in failure.message
     assert "MemoryError" not in failure.log_tail and "exited with code" not in failure.message
+    assert not any((control_service.home / "cache" / "files").glob("*"))  # nothing was fetched
     rss = tmp_path / "rss.json"
     for _ in range(400):  # the agent exits after reporting (or is stopped within the grace)
         if rss.exists():
@@ -86,4 +90,4 @@ async def test_a_gzip_bomb_is_refused_by_the_worker_with_its_limit_in_bounded_me
         await asyncio.sleep(0.05)
     measured = json.loads(rss.read_text())
     assert measured["peak_kib"] < PEAK_BOUND_KIB, measured
-    print(f"worker agent peak RSS while refusing a 9 GiB bomb: {measured['peak_kib'] >> 10} MiB")
+    print(f"worker agent peak RSS while refusing a 9 TiB manifest: {measured['peak_kib'] >> 10} MiB")

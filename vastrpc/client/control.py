@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from vastrpc._errors import ControlUnavailableError, DefinitionError
+from vastrpc._errors import BundleError, ControlUnavailableError, DefinitionError, DeploymentError
 from vastrpc._grpc import bearer, channel, error_from_rpc, tls_failure
+from vastrpc._manifest import FileEntry, Manifest
 from vastrpc._payload import chunks
 from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import control_pb2, control_pb2_grpc
@@ -32,6 +34,21 @@ WATCH_SILENCE = 30.0
 # A request every control service refused is tried again for this long, this often.
 _RECONNECT_GRACE = 3.0
 _RECONNECT_POLL = 0.25
+
+
+@dataclass(frozen=True)
+class BundleUpload:
+    """What ``ControlClient.upload_bundle`` sent.
+
+    Attributes:
+        files: Files the service lacked, streamed (the others it already stored).
+        file_bytes: Their bytes.
+        stored: Whether the manifest was stored (False: the service already had it).
+    """
+
+    files: int
+    file_bytes: int
+    stored: bool
 
 
 class ControlClient:
@@ -241,6 +258,70 @@ class ControlClient:
                     on_progress(sent)
 
         return await self._unary("UploadBundle", requests, timeout=600)
+
+    async def upload_bundle(
+        self,
+        manifest: Manifest,
+        read: Callable[[FileEntry], Iterator[bytes]],
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> BundleUpload:
+        """Upload what the service lacks of a bundle: the files it does not store, then the manifest.
+
+        Args:
+            manifest: The bundle's manifest.
+            read: The content of a file of the manifest, in chunks (``Bundle.read_chunks``).
+            on_progress: Called with the file bytes handed to gRPC so far and their total.
+
+        Raises:
+            BundleError: A file changed since it was hashed (the service found another digest).
+        """
+        files = file_bytes = 0
+        for attempt in (1, 2):
+            sent = await self._upload_missing(manifest, read, on_progress)
+            files, file_bytes = files + sent[0], file_bytes + sent[1]
+            try:
+                up = await self.upload(manifest.digest, manifest.data)
+                break
+            except DeploymentError:
+                # A file the service stored long ago, unused, was collected between the question
+                # and the manifest (the reaper's grace had passed): ask again, once.
+                if attempt == 2:
+                    raise
+        return BundleUpload(files=files, file_bytes=file_bytes, stored=up.stored)
+
+    async def _upload_missing(
+        self,
+        manifest: Manifest,
+        read: Callable[[FileEntry], Iterator[bytes]],
+        on_progress: Callable[[int, int], None] | None,
+    ) -> tuple[int, int]:
+        """Stream the files of ``manifest`` the service lacks; returns how many and their bytes."""
+        unique = manifest.by_digest()
+        asked = await self._unary("MissingFiles", control_pb2.MissingFilesRequest(digests=list(unique)))
+        missing = [unique[d] for d in asked.missing if d in unique]
+        total = sum(f.size for f in missing)
+        if not missing:
+            return 0, 0
+
+        def requests() -> Iterator[control_pb2.UploadBundleRequest]:
+            sent = 0
+            for entry in missing:
+                header = control_pb2.UploadBundleRequest.Header(digest=entry.sha256, size=entry.size)
+                yield control_pb2.UploadBundleRequest(header=header)
+                for chunk in read(entry):
+                    yield control_pb2.UploadBundleRequest(chunk=chunk)
+                    sent += len(chunk)
+                    if on_progress is not None:
+                        on_progress(sent, total)
+
+        try:
+            await self._unary("UploadFiles", requests, timeout=3600)
+        except BundleError as exc:
+            raise BundleError(
+                f"a file of bundle {manifest.digest[:12]} changed after it was hashed ({exc}); "
+                "run ensure_ready again to package the current files"
+            ) from None
+        return len(missing), total
 
     async def provision(self, endpoint_id: str, revision_id: str) -> control_pb2.ProvisionResponse:
         return await self._unary(

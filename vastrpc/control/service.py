@@ -9,26 +9,21 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from functools import wraps
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
 
 import grpc
 
 from vastrpc._errors import (
     AuthenticationError,
-    BundleError,
     DefinitionError,
-    DeploymentError,
     NotFoundError,
     VastrpcError,
 )
-from vastrpc._grpc import CHUNK_SIZE, token_from_metadata, tokens_equal
+from vastrpc._grpc import token_from_metadata, tokens_equal
 from vastrpc._hostimage import PORT_PROTOCOL_VALUES, protocol_name
 from vastrpc._secrets import reseal
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
-from vastrpc.control.bundles.base import check_digest
 from vastrpc.control.lifecycle.autoscaler import Autoscaler, wake
 from vastrpc.control.lifecycle.endpoints import Lifecycle
 from vastrpc.control.lifecycle.reaper import Reaper
@@ -36,8 +31,10 @@ from vastrpc.control.lifecycle.rules import ENDPOINT_STATE_VALUES, WORKER_STATE_
 from vastrpc.control.lifecycle.tiers import registered_tier
 from vastrpc.control.logtail import LogFollower
 from vastrpc.control.metrics import ControlMetrics
+from vastrpc.control.rpcstatus import abort, unary
 from vastrpc.control.snapshots import Snapshot, Snapshots
 from vastrpc.control.stores.base import EndpointRow, WorkerRow
+from vastrpc.control.transfer import BundleTransfer
 
 __all__ = ["WORKER_METHODS", "ControlService"]
 
@@ -46,7 +43,8 @@ log = logging.getLogger(__name__)
 _PREFIX = "/vastrpc.api.v1.ControlService/"
 # The methods a worker token admits: for its own worker, and within its endpoint (checked in the handlers).
 WORKER_METHODS = frozenset(
-    _PREFIX + m for m in ("RegisterWorker", "UpdateWorker", "Heartbeat", "WatchWorker", "DownloadBundle")
+    _PREFIX + m
+    for m in ("RegisterWorker", "UpdateWorker", "Heartbeat", "WatchWorker", "DownloadBundle", "DownloadFiles")
 )
 # How often a watching client is recorded as seen (the TTL counts from the last time).
 CLIENT_SEEN_INTERVAL = 10.0
@@ -58,39 +56,8 @@ _KEEPALIVE = control_pb2.WatchEndpointResponse(keepalive=True)
 # GetWorkerLogs never returns more than this, whatever was asked: it must fit one message.
 MAX_LOG_BYTES = 4 << 20
 
-_CODES: tuple[tuple[type[VastrpcError], grpc.StatusCode], ...] = (
-    (AuthenticationError, grpc.StatusCode.PERMISSION_DENIED),
-    (NotFoundError, grpc.StatusCode.NOT_FOUND),
-    (DefinitionError, grpc.StatusCode.INVALID_ARGUMENT),
-    (DeploymentError, grpc.StatusCode.FAILED_PRECONDITION),
-    (BundleError, grpc.StatusCode.DATA_LOSS),
-)
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-async def _abort(context: grpc.aio.ServicerContext, exc: VastrpcError) -> NoReturn:
-    for kind, code in _CODES:
-        if isinstance(exc, kind):
-            await context.abort(code, str(exc))
-    await context.abort(grpc.StatusCode.INTERNAL, str(exc))
-    raise AssertionError("unreachable")  # context.abort always raises
-
-
-def _unary(method: F) -> F:
-    """Turn vastrpc exceptions raised by a unary-response handler into their status codes."""
-
-    @wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await method(self, request, context)
-        except VastrpcError as exc:
-            await _abort(context, exc)
-
-    return wrapper  # type: ignore[return-value]
-
-
-class ControlService(control_pb2_grpc.ControlServiceServicer):
+class ControlService(BundleTransfer, control_pb2_grpc.ControlServiceServicer):
     """Serves vastrpc.api.v1.ControlService.
 
     Args:
@@ -164,7 +131,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
 
     # -- deployments ------------------------------------------------------------------
 
-    @_unary
+    @unary
     async def RegisterDeployment(
         self, request: control_pb2.RegisterDeploymentRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.RegisterDeploymentResponse:
@@ -179,63 +146,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             upload_required=reg.upload_required,
         )
 
-    @_unary
-    async def UploadBundle(
-        self, request_iterator: AsyncIterator[control_pb2.UploadBundleRequest], context: grpc.aio.ServicerContext
-    ) -> control_pb2.UploadBundleResponse:
-        header: control_pb2.UploadBundleRequest.Header | None = None
-        writer = None
-        stored = False
-        try:
-            async for message in request_iterator:
-                if header is None:
-                    if not message.HasField("header"):
-                        raise DefinitionError("the first UploadBundle message must be the header {digest, size}")
-                    header = message.header
-                    try:
-                        check_digest(header.digest)
-                    except BundleError as exc:
-                        raise DefinitionError(str(exc)) from None
-                    # Bundle store calls may go over the network (S3): in a thread, off the event loop.
-                    if not await asyncio.to_thread(self.blobs.has, header.digest):
-                        writer = self.blobs.open_writer(header.digest, header.size)
-                    continue
-                if message.HasField("header"):
-                    raise DefinitionError("UploadBundle got a second header; send one header, then chunks")
-                if writer is not None:
-                    await asyncio.to_thread(writer.write, message.chunk)
-                # else: already stored (deduplicated): drain the stream without keeping it.
-            if header is None:
-                raise DefinitionError("UploadBundle got no header: send {digest, size} first, then chunks")
-            if writer is not None:
-                stored = await asyncio.to_thread(writer.commit)
-        finally:
-            # An error, or a client that cancelled mid-stream, leaves nothing behind.
-            if writer is not None:
-                await asyncio.to_thread(writer.abort)
-        if stored:
-            log.info("stored bundle %s (%d bytes)", header.digest[:12], header.size)
-        return control_pb2.UploadBundleResponse(digest=header.digest, size=header.size, stored=stored)
-
-    async def DownloadBundle(
-        self, request: control_pb2.DownloadBundleRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[control_pb2.DownloadBundleResponse]:
-        try:
-            # A worker token reaches only the bundles of the revisions its worker serves or moves to.
-            if (worker := self._caller_worker(context)) is not None:
-                self.lifecycle.check_worker_bundle(worker, request.digest)
-            # A store that hands out URLs (S3): the worker fetches the bundle from it directly.
-            url = await asyncio.to_thread(self.blobs.download_url, request.digest)
-            if url is not None:
-                yield control_pb2.DownloadBundleResponse(url=url)
-                return
-            chunks = self.blobs.read_chunks(request.digest, CHUNK_SIZE)
-        except VastrpcError as exc:
-            await _abort(context, exc)
-        for chunk in chunks:
-            yield control_pb2.DownloadBundleResponse(chunk=chunk)
-
-    @_unary
+    @unary
     async def Provision(
         self, request: control_pb2.ProvisionRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.ProvisionResponse:
@@ -248,7 +159,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     ) -> AsyncIterator[control_pb2.WatchEndpointResponse]:
         endpoint_id = request.endpoint_id
         if self.store.get_endpoint(endpoint_id) is None:
-            await _abort(context, NotFoundError(f"no endpoint {endpoint_id!r}"))
+            await abort(context, NotFoundError(f"no endpoint {endpoint_id!r}"))
         last_sent = b""
         last_seen = sent_at = 0.0
         seen_interval = SHARED_CLIENT_SEEN_INTERVAL if self.store.shared else CLIENT_SEEN_INTERVAL
@@ -316,7 +227,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
 
     # -- workers ----------------------------------------------------------------------
 
-    @_unary
+    @unary
     async def RegisterWorker(
         self, request: control_pb2.RegisterWorkerRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.RegisterWorkerResponse:
@@ -348,7 +259,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             self._check_worker(context, request.worker_id)
             worker = self.lifecycle.worker(request.worker_id)
         except VastrpcError as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
         endpoint_id = worker.endpoint_id
         last: tuple[str, bool] | None = None
         inputs: tuple[str, ...] | None = None
@@ -380,7 +291,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         finally:
             self.snapshots.watch_closed(endpoint_id)
 
-    @_unary
+    @unary
     async def UpdateWorker(
         self, request: control_pb2.UpdateWorkerRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.UpdateWorkerResponse:
@@ -401,7 +312,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             self.metrics.worker_metrics_address(request.worker_id, request.metrics_address)
         return control_pb2.UpdateWorkerResponse()
 
-    @_unary
+    @unary
     async def Heartbeat(
         self, request: control_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.HeartbeatResponse:
@@ -415,7 +326,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
 
     # -- clients ----------------------------------------------------------------------
 
-    @_unary
+    @unary
     async def WakeEndpoint(
         self, request: control_pb2.WakeEndpointRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.WakeEndpointResponse:
@@ -429,7 +340,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self.lifecycle.client_seen(request.endpoint_id)
         return control_pb2.WakeEndpointResponse(workers_started=started)
 
-    @_unary
+    @unary
     async def HoldSession(
         self, request: control_pb2.HoldSessionRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.HoldSessionResponse:
@@ -444,7 +355,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
 
     # -- operations -------------------------------------------------------------------
 
-    @_unary
+    @unary
     async def ListDeployments(
         self, request: control_pb2.ListDeploymentsRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.ListDeploymentsResponse:
@@ -488,7 +399,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                     )
         return response
 
-    @_unary
+    @unary
     async def GetWorkerLogs(
         self, request: control_pb2.GetWorkerLogsRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.GetWorkerLogsResponse:
@@ -518,7 +429,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                 tag=request.tag,
             )
         except VastrpcError as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
         tail = request.tail_lines if request.HasField("tail_lines") else None
 
         def stopping() -> bool:
@@ -529,7 +440,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         if stopping():
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the control service is stopping")
 
-    @_unary
+    @unary
     async def Teardown(
         self, request: control_pb2.TeardownRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.TeardownResponse:
@@ -538,7 +449,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         removed, stopped = await self.lifecycle.teardown(request.name, request.tag)
         return control_pb2.TeardownResponse(endpoints_removed=removed, workers_stopped=stopped)
 
-    @_unary
+    @unary
     async def JoinEndpoint(
         self, request: control_pb2.JoinEndpointRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.JoinEndpointResponse:

@@ -1,95 +1,132 @@
-"""Package a deployment module, its local imports and copied files into a deterministic tarball."""
+"""Package a deployment module, its local imports and copied files as a manifest of content-addressed files."""
 
 from __future__ import annotations
 
 import ast
 import hashlib
-import io
 import json
 import os
 import stat
-import tarfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 from vastrpc._errors import BundleError, DefinitionError
+from vastrpc._manifest import FileEntry, Manifest, encode_manifest, parse_manifest
 from vastrpc.deploy.settings import blank_settings
 from vastrpc.image import ABSOLUTE_COPY_FOLDER, absolute_copy_bundle_path
 
-__all__ = ["Bundle", "Observer", "build_bundle"]
+__all__ = ["Bundle", "Observer", "Reuse", "build_bundle"]
+
+# Given a file and its lstat, the SHA-256 a previous build found for it when nothing about it
+# changed since (the stat cache's answer), or None to read and hash it.
+Reuse = Callable[[Path, os.stat_result], str | None]
 
 # Directory and file names never walked into or stored: caches, VCS data,
 # virtual environments. Anything starting with "." is skipped as well, which
 # also keeps files such as ``.env`` (often holding secrets) out of bundles.
 _SKIP_NAMES = frozenset({"__pycache__", "venv", "node_modules", "site-packages"})
 _SKIP_SUFFIXES = (".pyc", ".pyo")
-
-# PAX is fixed so the bytes never depend on tarfile's default format; it also
-# stores long and non-ASCII paths without truncation.
-_TAR_FORMAT = tarfile.PAX_FORMAT
+# Files are read and hashed in this many threads (hashlib releases the GIL on large inputs).
+_HASH_THREADS = min(8, os.cpu_count() or 1)
+# Uploads read files in chunks of this size.
+_READ_SIZE = 1 << 20
 
 
 class Bundle:
-    """A deployment's bundle: what it holds, its digest, and its tar bytes on demand.
+    """A deployment's bundle: its manifest (each file by path, mode, size and SHA-256) and where the files are.
 
     A bundle found unchanged by the stat cache (``vastrpc.deploy.statcache``) knows its
-    digest without having read a file; its tar is built from ``members`` only when
-    ``data`` is first read (an upload), and checked against ``digest`` then.
+    manifest without having read a file; a file is read only when it is uploaded
+    (``read_chunks``), and the control service checks its SHA-256 then.
 
     Attributes:
-        digest: Hex SHA-256 of the tar archive.
+        digest: Hex SHA-256 of the manifest's bytes: the bundle digest.
         content_digest: Hex SHA-256 of the files' paths and contents, the deployment
             module's in-place settings blanked (``vastrpc.deploy.settings``): what the code
             digest is made of, so that editing only those settings is not a code change.
-        files: Archive paths of the stored files, sorted.
+        files: Bundle paths of the stored files, sorted.
         module: Dotted name of the deployment module to import on the worker
             with the bundle root on ``sys.path`` (e.g. ``"deploy"`` or ``"pkg.deploy"``).
-        size: Length of the tar archive in bytes.
-        members: Archive path -> local file it is read from (a ``Path``, or its string).
+        size: Length of the manifest in bytes (what is stored under ``digest``).
+        manifest: The parsed manifest.
+        members: Bundle path -> local file it is read from (a ``Path``, or its string).
         from_cache: Whether digest and metadata came from the stat cache (no file was read).
     """
 
     def __init__(
         self,
         *,
-        digest: str,
         content_digest: str,
-        files: tuple[str, ...],
         module: str,
-        size: int,
+        manifest: Manifest,
         members: Mapping[str, str | Path],
-        data: bytes | None = None,
         from_cache: bool = False,
     ) -> None:
-        self.digest = digest
+        self.manifest = manifest
+        self.digest = manifest.digest
         self.content_digest = content_digest
-        self.files = files
+        self.files = tuple(f.path for f in manifest.files)
         self.module = module
-        self.size = size
+        self.size = len(manifest.data)
         self.members = members
         self.from_cache = from_cache
-        self._data = data
 
     @property
     def data(self) -> bytes:
-        """The uncompressed tar archive, built from ``members`` on first use.
+        """The manifest's bytes (what is uploaded last, under ``digest``)."""
+        return self.manifest.data
+
+    @property
+    def total_size(self) -> int:
+        """The sum of the files' sizes."""
+        return self.manifest.total_size
+
+    def read_chunks(self, entry: FileEntry) -> Iterator[bytes]:
+        """The content of the file ``entry`` names, in chunks, read from its local path.
 
         Raises:
-            BundleError: A file changed after the digest was taken, so the archive
-                would not match it; the next ``ensure_ready`` sees the change and rebuilds.
+            BundleError: The file is gone or its size changed since it was hashed; the next
+                ``ensure_ready`` sees the change and packages the current files.
         """
-        if self._data is None:
-            data, _ = _write_tar(self.members)
-            if len(data) != self.size or hashlib.sha256(data).hexdigest() != self.digest:
-                raise BundleError(
-                    f"the bundle's files changed after it was hashed (sha256 {self.digest:.12}); "
-                    "run ensure_ready again to package the current files"
-                )
-            self._data = data
-        return self._data
+        path = self.members[entry.path]
+        try:
+            fh = open(path, "rb")  # noqa: SIM115  # closed by the generator below
+        except OSError as exc:
+            raise _changed(self.digest, f"{entry.path}: {exc}") from None
+        with fh:
+            if os.fstat(fh.fileno()).st_size != entry.size:
+                raise _changed(self.digest, f"{entry.path} is no longer {entry.size} bytes")
+            left = entry.size
+            while left > 0:
+                chunk = fh.read(min(_READ_SIZE, left))
+                if not chunk:
+                    raise _changed(self.digest, f"{entry.path} is shorter than {entry.size} bytes")
+                left -= len(chunk)
+                yield chunk
 
     def __repr__(self) -> str:
-        return f"<Bundle {self.module} sha256={self.digest:.12} files={len(self.files)} size={self.size}>"
+        return f"<Bundle {self.module} sha256={self.digest:.12} files={len(self.files)} size={self.total_size}>"
+
+
+def _changed(digest: str, what: str) -> BundleError:
+    return BundleError(
+        f"the bundle's files changed after it was hashed (sha256 {digest:.12}; {what}); "
+        "run ensure_ready again to package the current files"
+    )
+
+
+def cached_bundle_from(
+    *, content_digest: str, module: str, manifest: bytes, members: Mapping[str, str | Path]
+) -> Bundle:
+    """A bundle of a manifest recorded earlier (the stat cache's), checked again as any manifest is."""
+    return Bundle(
+        content_digest=content_digest,
+        module=module,
+        manifest=parse_manifest(manifest),
+        members=members,
+        from_cache=True,
+    )
 
 
 class Observer:
@@ -118,6 +155,7 @@ def build_bundle(
     copies: Sequence[tuple[str, str]] = (),
     project_root: Path | None = None,
     observer: Observer | None = None,
+    reuse: Reuse | None = None,
 ) -> Bundle:
     """Build the deterministic bundle of a deployment.
 
@@ -139,12 +177,12 @@ def build_bundle(
     ``.venv``, ``.env``...), ``venv``, ``node_modules``, and symlinks (none are
     followed: symlinks met while walking a directory are skipped; a symlink named
     directly, as the module, an imported module or a copy source, is an error).
-    Empty directories are not stored (the archive holds regular files only).
+    Empty directories are not stored (the manifest lists regular files only).
 
-    The archive is plain tar (no compression), members sorted by path, with
-    mtime 0, owner 0/0 and empty owner names, mode 0o755 for files executable by
-    their owner and 0o644 otherwise: the same files give the same bytes and the
-    same digest, whatever their mtimes, owners, the umask or discovery order.
+    The manifest (``vastrpc._manifest``) lists each file's path, mode (0o755 for files
+    executable by their owner, 0o644 otherwise), size and SHA-256, sorted by path, in one
+    canonical encoding: the same files give the same bytes and the same digest, whatever
+    their mtimes, owners, the umask or discovery order.
 
     Args:
         module_file: The deployment's Python file.
@@ -156,6 +194,9 @@ def build_bundle(
             a package (has ``__init__.py``), the folder above its top-level package.
         observer: Told about every path the result depends on, before it is read
             (see :class:`Observer`; the stat cache uses it).
+        reuse: Asked for each file but the deployment module: a SHA-256 it returns is used
+            without reading the file (the stat cache's hashes of files whose stat data did
+            not change), so that editing one file re-reads that file only.
 
     Returns:
         The built :class:`Bundle`.
@@ -195,16 +236,12 @@ def build_bundle(
             _add_member(members, arcname, path)
     _check_no_file_dir_clash(members)
 
-    data, hashes = _write_tar(members, obs, settings_in=module_file.relative_to(root).as_posix())
-    return Bundle(
-        digest=hashlib.sha256(data).hexdigest(),
-        content_digest=content_digest(hashes),
-        files=tuple(sorted(members)),
-        module=module,
-        size=len(data),
-        members=members,
-        data=data,
-    )
+    entries, hashes = _hash_files(members, obs, settings_in=module_file.relative_to(root).as_posix(), reuse=reuse)
+    try:
+        manifest = encode_manifest(entries)
+    except BundleError as exc:
+        raise DefinitionError(f"the bundle cannot be stored: {exc}") from None
+    return Bundle(content_digest=content_digest(hashes), module=module, manifest=manifest, members=members)
 
 
 def _probe(obs: Observer, path: Path) -> Path:
@@ -406,8 +443,15 @@ def _expand_copy(root: Path, local: str, dest: str, obs: Observer) -> list[tuple
         return [(target or src.name, src)]
     if src.is_dir():
         out = []
+        prefix = str(src) + os.sep
         for path in _walk_files(src, obs):
-            rel = path.relative_to(src).as_posix()
+            # String slicing: pathlib's relative_to costs more than the walk on a 1,000-file folder.
+            text = str(path)
+            rel = (
+                text[len(prefix) :].replace(os.sep, "/")
+                if text.startswith(prefix)
+                else path.relative_to(src).as_posix()
+            )
             out.append((f"{target}/{rel}" if target else rel, path))
         return out
     raise DefinitionError(f"copy source {local} does not exist (looked for {src}): fix the path passed to Image.copy")
@@ -423,7 +467,7 @@ def _add_member(members: dict[str, Path], arcname: str, path: Path) -> None:
 
 
 def _check_no_file_dir_clash(members: dict[str, Path]) -> None:
-    # A path stored both as a file and as a folder of other files could not be extracted.
+    # A path stored both as a file and as a folder of other files could not be laid out.
     for arcname in members:
         parts = arcname.split("/")
         for i in range(1, len(parts)):
@@ -440,31 +484,45 @@ def content_digest(hashes: Mapping[str, str]) -> str:
     return hashlib.sha256(json.dumps(sorted(hashes.items()), separators=(",", ":")).encode()).hexdigest()
 
 
-def _write_tar(
-    members: Mapping[str, str | Path], obs: Observer = _IGNORE, *, settings_in: str = ""
-) -> tuple[bytes, dict[str, str]]:
-    """The tar of ``members``, and each member's content SHA-256 (``settings_in``'s with its settings blanked)."""
-    hashes: dict[str, str] = {}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=_TAR_FORMAT) as tar:
-        for arcname in sorted(members):
-            path = members[arcname]
-            with open(path, "rb") as fh:
-                # Size and mode from the open file, so a file replaced between
-                # discovery and reading cannot desynchronise header and data.
-                st = os.fstat(fh.fileno())
-                if not stat.S_ISREG(st.st_mode):
-                    raise DefinitionError(f"{path} is not a regular file; bundles store regular files only")
-                obs.read(Path(path), st)
-                info = tarfile.TarInfo(arcname)
-                info.size = st.st_size
-                info.mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644
-                info.mtime = 0
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                info.type = tarfile.REGTYPE
-                content = fh.read(st.st_size)
-                tar.addfile(info, io.BytesIO(content))
-                hashed = blank_settings(content) if arcname == settings_in else content
-                hashes[arcname] = hashlib.sha256(hashed).hexdigest()
-    return buf.getvalue(), hashes
+def _hash_files(
+    members: Mapping[str, str | Path], obs: Observer = _IGNORE, *, settings_in: str = "", reuse: Reuse | None = None
+) -> tuple[list[FileEntry], dict[str, str]]:
+    """Each member's manifest entry, and its content SHA-256 (``settings_in``'s with its settings blanked)."""
+
+    def known(arcname: str) -> tuple[FileEntry, str] | None:
+        if reuse is None or arcname == settings_in:
+            return None
+        path = Path(members[arcname])
+        st = os.lstat(path)
+        sha = reuse(path, st) if stat.S_ISREG(st.st_mode) else None
+        if sha is None:
+            return None
+        obs.read(path, st)
+        return FileEntry(arcname, 0o755 if st.st_mode & stat.S_IXUSR else 0o644, st.st_size, sha), sha
+
+    def one(arcname: str) -> tuple[FileEntry, str]:
+        path = members[arcname]
+        with open(path, "rb") as fh:
+            # Size and mode from the open file, so a file replaced between discovery and
+            # reading cannot desynchronise the entry and the content hashed.
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise DefinitionError(f"{path} is not a regular file; bundles store regular files only")
+            obs.read(Path(path), st)
+            content = fh.read(st.st_size)
+        if len(content) != st.st_size:
+            raise DefinitionError(f"{path} changed while it was read: package it again")
+        sha = hashlib.sha256(content).hexdigest()
+        hashed = hashlib.sha256(blank_settings(content)).hexdigest() if arcname == settings_in else sha
+        mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644
+        return FileEntry(arcname, mode, st.st_size, sha), hashed
+
+    results = [(name, known(name)) for name in sorted(members)]
+    unknown = [name for name, found in results if found is None]
+    if len(unknown) > 8 and _HASH_THREADS > 1:
+        with ThreadPoolExecutor(_HASH_THREADS, thread_name_prefix="vastrpc-hash") as pool:
+            read = dict(zip(unknown, pool.map(one, unknown), strict=True))
+    else:
+        read = {name: one(name) for name in unknown}
+    done = [found or read[name] for name, found in results]
+    return [entry for entry, _ in done], {entry.path: hashed for entry, hashed in done}

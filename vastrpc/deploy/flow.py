@@ -138,10 +138,10 @@ def _done(progress: DeployProgress | None, step: str, summary: str) -> None:
         progress.step_done(step, summary)
 
 
-def _upload_reporter(progress: DeployProgress | None, total: int) -> Callable[[int], None] | None:
+def _upload_reporter(progress: DeployProgress | None) -> Callable[[int, int], None] | None:
     if progress is None:
         return None
-    return lambda sent: progress.upload_progress(sent, total)
+    return progress.upload_progress
 
 
 def _tell_workers(progress: DeployProgress, update: control_pb2.WatchEndpointResponse, revision_id: str) -> None:
@@ -189,7 +189,7 @@ async def ensure_ready(
         if progress is not None:
             progress.step_started("package")
         # The stat cache answers "did anything change?" without reading a file; the
-        # tar itself is only built (or kept) for an upload.
+        # files are read again only for an upload, and only those the service lacks.
         bundle = await asyncio.to_thread(
             cached_bundle,
             app.module_file,
@@ -197,7 +197,7 @@ async def ensure_ready(
             cache_dir=config.home / "cache" / "bundles",
         )
         cached = " (unchanged, from stat cache)" if bundle.from_cache else ""
-        summary = f"{app.name} — {len(bundle.files)} files, {bundle.size} bytes, module {bundle.module}{cached}"
+        summary = f"{app.name} — {len(bundle.files)} files, {bundle.total_size} bytes, module {bundle.module}{cached}"
         _done(progress, "package", summary)
         spec = build_spec(app, bundle, control.api_key)
         digests = spec.digests
@@ -211,11 +211,12 @@ async def ensure_ready(
         _done(progress, "register", summary)
         if reg.upload_required:
             if progress is not None:
-                progress.step_started("upload", bundle.size)
-            # Reading the files again (a cache hit) blocks: keep it off the event loop.
-            data = await asyncio.to_thread(lambda: bundle.data)
-            up = await control.upload(bundle.digest, data, _upload_reporter(progress, len(data)))
-            summary = f"{up.size} bytes streamed; the control service verified sha256 {up.digest:.12}"
+                progress.step_started("upload", bundle.total_size)
+            up = await control.upload_bundle(bundle.manifest, bundle.read_chunks, _upload_reporter(progress))
+            summary = (
+                f"{up.files} changed files ({up.file_bytes} bytes) streamed of {len(bundle.files)}; "
+                f"the control service verified each one and the manifest {bundle.digest:.12}"
+            )
         else:
             summary = f"skipped — the control service already holds {bundle.digest:.12}"
         _done(progress, "upload", summary)

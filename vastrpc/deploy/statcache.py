@@ -13,15 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vastrpc.deploy.bundle import Bundle, Observer, build_bundle
+from vastrpc._errors import BundleError
+from vastrpc.deploy.bundle import Bundle, Observer, Reuse, build_bundle, cached_bundle_from
 
 __all__ = ["cache_path", "cached_bundle"]
 
 log = logging.getLogger("vastrpc.deploy")
 
-# Bump when what build_bundle discovers or how it writes the tar changes, so that
+# Bump when what build_bundle discovers or how it writes the manifest changes, so that
 # caches written by an older vastrpc are rebuilt rather than trusted.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 # A file modified this close to (or after) the moment a build started may be
 # modified again later within the same timestamp tick, leaving its stat data
@@ -55,8 +56,7 @@ def cached_bundle(
 
     On a hit no file is opened: every path recorded by the last build is stat'ed and
     compared (files read, folders listed, paths whose existence or type was tested),
-    and the digest, file list and size recorded then are returned; the tar is built
-    only if ``Bundle.data`` is read. Otherwise the bundle is built with
+    and the manifest recorded then is returned (files are read only to upload them). Otherwise the bundle is built with
     :func:`build_bundle` and the cache rewritten (atomically: temp file and rename).
     A missing, corrupt or foreign cache file just means a rebuild; a cache that
     cannot be written is skipped.
@@ -82,7 +82,9 @@ def cached_bundle(
     if hit is not None:
         return hit
     recorder = _Recorder(time.time_ns())
-    bundle = build_bundle(module_file, copies=copies, project_root=project_root, observer=recorder)
+    bundle = build_bundle(
+        module_file, copies=copies, project_root=project_root, observer=recorder, reuse=_known_hashes(path, inputs)
+    )
     racy = recorder.racy()
     if racy:
         log.debug("stat cache: not saved, %s changed too recently to trust its stat data", racy)
@@ -91,10 +93,9 @@ def cached_bundle(
         "version": CACHE_VERSION,
         "inputs": inputs,
         "resolved": _resolved(module_file, project_root),
-        "digest": bundle.digest,
+        "manifest": bundle.data.decode(),
         "content_digest": bundle.content_digest,
         "module": bundle.module,
-        "size": bundle.size,
         "members": {arcname: str(p) for arcname, p in bundle.members.items()},
         "probes": recorder.probes,
         "stats": recorder.stats,
@@ -210,25 +211,43 @@ def _load(path: Path, inputs: Any, module_file: Path, project_root: Path | None)
         members: dict[str, str | Path] = record["members"]
         if not all(isinstance(a, str) and isinstance(p, str) for a, p in members.items()):
             raise TypeError("members must map strings to strings")
-        digest, content, module, size = record["digest"], record["content_digest"], record["module"], record["size"]
-        if not (
-            all(isinstance(d, str) and len(d) == 64 for d in (digest, content))
-            and isinstance(module, str)
-            and isinstance(size, int)
-        ):
-            raise TypeError("digest, content_digest, module or size has the wrong type")
-    except (KeyError, TypeError, AttributeError) as exc:
+        manifest, content, module = record["manifest"], record["content_digest"], record["module"]
+        if not (isinstance(manifest, str) and isinstance(content, str) and len(content) == 64):
+            raise TypeError("manifest or content_digest has the wrong type")
+        if not isinstance(module, str):
+            raise TypeError("module has the wrong type")
+        bundle = cached_bundle_from(content_digest=content, module=module, manifest=manifest.encode(), members=members)
+        if set(bundle.files) != set(members):
+            raise TypeError("the manifest and the members name different files")
+    except (KeyError, TypeError, AttributeError, BundleError) as exc:
         log.debug("stat cache: ignoring malformed %s: %s", path, exc)
         return None
-    return Bundle(
-        digest=digest,
-        content_digest=content,
-        files=tuple(sorted(members)),
-        module=module,
-        size=size,
-        members=members,
-        from_cache=True,
-    )
+    return bundle
+
+
+def _known_hashes(path: Path, inputs: Any) -> Reuse | None:
+    """The hashes the last build of these inputs recorded, for files whose stat data is unchanged since."""
+    try:
+        record = json.loads(path.read_bytes())
+        if record["version"] != CACHE_VERSION or record["inputs"] != inputs:
+            return None
+        stats: dict[str, Any] = record["stats"]
+        members: dict[str, str] = record["members"]
+        # A hint only: what the build makes of it is checked again as any manifest is.
+        by_path = {members[row[0]]: row[3] for row in json.loads(record["manifest"])["files"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return None
+    known = {p: (stats[p], sha) for p, sha in by_path.items() if isinstance(stats.get(p), list) and _is_sha(sha)}
+
+    def reuse(file: Path, st: os.stat_result) -> str | None:
+        found = known.get(str(file))
+        return found[1] if found is not None and found[0] == _stat_sig(st) else None
+
+    return reuse
+
+
+def _is_sha(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and not value.strip("0123456789abcdef")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -39,8 +39,8 @@ from vastrpc._workerenv import serving_environ
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.serve.container import ContainerEngine
 from vastrpc.serve.container_worker import ContainerWorker, Prepared
-from vastrpc.serve.extract import safe_extract, verify_digest
-from vastrpc.serve.fetch import fetch_bundle, public_part
+from vastrpc.serve.download import download_bundle
+from vastrpc.serve.filecache import FileCache
 from vastrpc.serve.install import ensure_apt, ensure_pip_env, pip_site, run_startup_commands
 from vastrpc.serve.metrics import CallStatsReader
 from vastrpc.serve.serving import ServingProcess, prepare
@@ -103,6 +103,8 @@ class Agent:
         self._old_channels: list[grpc.aio.Channel] = []
         self._stop = asyncio.Event()
         self._workdir = home / "work" / worker_id
+        # Every worker of this host shares it: a file is downloaded and written once per host.
+        self._files: FileCache | None = None
         self._serving: set[ServingProcess] = set()
         # Calls started by serving processes already stopped: the heartbeat's count never goes back.
         self._retired_calls = 0
@@ -357,28 +359,11 @@ class Agent:
         return python, ports
 
     async def _download(self, revision_id: str, digest: str, size: int = 0) -> Path:
-        parts = []
-        url = ""
-        try:
-            async for resp in self._stub.DownloadBundle(
-                control_pb2.DownloadBundleRequest(digest=digest), metadata=self._metadata, timeout=600
-            ):
-                url = url or resp.url
-                parts.append(resp.chunk)
-        except grpc.aio.AioRpcError as exc:
-            raise BundleError(f"cannot download bundle {digest[:12]}: {exc.code().name} {exc.details()}") from None
-        if url:
-            # The bundle store's presigned URL: no credentials here, and the digest is checked.
-            log.info("download: bundle %.12s by URL from %s", digest, public_part(url))
-            data = await asyncio.to_thread(fetch_bundle, url, digest, size)
-        else:
-            data = b"".join(parts)
-            verify_digest(data, digest)
+        """The revision's folder, laid out from this host's file cache (``vastrpc.serve.download``)."""
+        if self._files is None:
+            self._files = await asyncio.to_thread(FileCache, self.home / "cache" / "files")
         dest = self._workdir / f"{revision_id}-{uuid.uuid4().hex[:8]}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        files = await asyncio.to_thread(safe_extract, data, dest)
-        log.info("download: bundle %.12s verified, %d files extracted", digest, len(files))
-        return dest
+        return await download_bundle(self._stub, self._metadata, digest, size, self._files, dest)
 
     async def _install(
         self, spec: control_pb2.DeploymentSpec, bundle_dir: Path, image_id: str = ""

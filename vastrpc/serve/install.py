@@ -405,7 +405,7 @@ def run_startup_commands(
 
     Args:
         commands: Shell command lines.
-        cwd: Folder they run in (the extracted bundle).
+        cwd: Folder they run in (the revision's bundle folder).
         env: Their exact environment (the caller adds env vars and secrets);
             its values are never written to errors or logs by this function.
         log: Receives their output, line by line.

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from vastrpc._manifest import FileEntry, encode_manifest
 from vastrpc.api.v1 import control_pb2
 from vastrpc.control.bundles.local import LocalBlobStore
 from vastrpc.control.lifecycle.endpoints import Lifecycle
@@ -35,8 +36,8 @@ class Setup:
         self.lifecycle = Lifecycle(self.store, self.blobs, LocalProcessProvider(tmp_path), stop_grace=1)
         self.reaper = Reaper(self.store, self.blobs, self.lifecycle, interval=0.05, bundle_grace=bundle_grace)
 
-    def bundle(self, text: str, *, stored_at: float | None = None) -> str:
-        data = text.encode()
+    def bundle(self, text: str | bytes, *, stored_at: float | None = None) -> str:
+        data = text.encode() if isinstance(text, str) else text
         digest = hashlib.sha256(data).hexdigest()
         with self.blobs.open_writer(digest, len(data)) as writer:
             writer.write(data)
@@ -168,6 +169,28 @@ async def test_bundle_grace_protects_recent_uploads_and_registrations(tmp_path) 
     assert sorted(made.reaper.collect_bundles(LATER)) == sorted([fresh, redeploy])
     assert list(made.blobs.stored()) == [live]
     assert (made.blobs.root / f".{'c' * 16}.x.part").exists()
+    made.store.close()
+
+
+async def test_files_are_kept_while_a_kept_bundle_names_them(tmp_path) -> None:
+    made = Setup(tmp_path, bundle_grace=60)
+    now = time.time()
+    old = now - 120
+    shared, only_old, only_live = (made.bundle(text, stored_at=old) for text in ("shared", "old file", "live file"))
+    fresh = made.bundle("uploaded for a manifest on its way", stored_at=now - 5)
+
+    def manifest(*files: tuple[str, str]) -> str:
+        entries = [FileEntry(path, 0o644, len(text), hashlib.sha256(text.encode()).hexdigest()) for path, text in files]
+        return made.bundle(encode_manifest(entries).data, stored_at=old)
+
+    unused = manifest(("a", "shared"), ("b", "old file"))
+    live = manifest(("a", "shared"), ("c", "live file"))
+    made.endpoint("live", ttl=0, seen=now, digest=live)
+
+    assert sorted(made.reaper.collect_bundles(now)) == sorted([unused, only_old])
+    assert sorted(made.blobs.stored()) == sorted([live, shared, only_live, fresh])
+    assert sorted(made.reaper.collect_bundles(LATER)) == [fresh]
+    assert sorted(made.blobs.stored()) == sorted([live, shared, only_live])
     made.store.close()
 
 

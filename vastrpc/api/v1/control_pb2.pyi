@@ -231,11 +231,51 @@ class UploadBundleResponse(_message.Message):
     stored: bool
     def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., stored: _Optional[bool] = ...) -> None: ...
 
+class MissingFilesRequest(_message.Message):
+    __slots__ = ("digests",)
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    digests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, digests: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MissingFilesResponse(_message.Message):
+    __slots__ = ("missing",)
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, missing: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UploadFilesResponse(_message.Message):
+    __slots__ = ("files", "stored", "size")
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    files: int
+    stored: int
+    size: int
+    def __init__(self, files: _Optional[int] = ..., stored: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+
 class DownloadBundleRequest(_message.Message):
     __slots__ = ("digest",)
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     digest: str
     def __init__(self, digest: _Optional[str] = ...) -> None: ...
+
+class DownloadFilesRequest(_message.Message):
+    __slots__ = ("bundle", "digests")
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    bundle: str
+    digests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bundle: _Optional[str] = ..., digests: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DownloadFilesResponse(_message.Message):
+    __slots__ = ("digest", "chunk", "url")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    chunk: bytes
+    url: str
+    def __init__(self, digest: _Optional[str] = ..., chunk: _Optional[bytes] = ..., url: _Optional[str] = ...) -> None: ...
 
 class DownloadBundleResponse(_message.Message):
     __slots__ = ("chunk", "url")

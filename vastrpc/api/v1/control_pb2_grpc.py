@@ -31,7 +31,7 @@ class ControlServiceStub:
     Every method requires `authorization: Bearer <token>` metadata. Clients use
     the API key; a worker agent uses the worker token it was started with, which
     only admits the worker methods (RegisterWorker, UpdateWorker, Heartbeat,
-    DownloadBundle) for that worker.
+    DownloadBundle, DownloadFiles) for that worker.
     """
 
     def __init__(self, channel):
@@ -50,10 +50,25 @@ class ControlServiceStub:
                 request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.UploadBundleRequest.SerializeToString,
                 response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.UploadBundleResponse.FromString,
                 _registered_method=True)
+        self.MissingFiles = channel.unary_unary(
+                '/vastrpc.api.v1.ControlService/MissingFiles',
+                request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.MissingFilesRequest.SerializeToString,
+                response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.MissingFilesResponse.FromString,
+                _registered_method=True)
+        self.UploadFiles = channel.stream_unary(
+                '/vastrpc.api.v1.ControlService/UploadFiles',
+                request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.UploadBundleRequest.SerializeToString,
+                response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.UploadFilesResponse.FromString,
+                _registered_method=True)
         self.DownloadBundle = channel.unary_stream(
                 '/vastrpc.api.v1.ControlService/DownloadBundle',
                 request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.DownloadBundleRequest.SerializeToString,
                 response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.DownloadBundleResponse.FromString,
+                _registered_method=True)
+        self.DownloadFiles = channel.unary_stream(
+                '/vastrpc.api.v1.ControlService/DownloadFiles',
+                request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.DownloadFilesRequest.SerializeToString,
+                response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.DownloadFilesResponse.FromString,
                 _registered_method=True)
         self.Provision = channel.unary_unary(
                 '/vastrpc.api.v1.ControlService/Provision',
@@ -128,7 +143,7 @@ class ControlServiceServicer:
     Every method requires `authorization: Bearer <token>` metadata. Clients use
     the API key; a worker agent uses the worker token it was started with, which
     only admits the worker methods (RegisterWorker, UpdateWorker, Heartbeat,
-    DownloadBundle) for that worker.
+    DownloadBundle, DownloadFiles) for that worker.
     """
 
     def RegisterDeployment(self, request, context):
@@ -139,16 +154,41 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UploadBundle(self, request_iterator, context):
-        """Streams a bundle in chunks: the first message carries the header, the rest data.
-        The service verifies the SHA-256 digest before it stores the bundle.
+        """Streams a bundle's manifest (its files by path, mode, size and SHA-256) in chunks: the
+        first message carries the header, the rest data. The service verifies the SHA-256
+        digest, the manifest's rules and limits, and that every file it names is stored
+        (UploadFiles) before it stores the bundle.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MissingFiles(self, request, context):
+        """Which of these file digests the bundle store lacks: the client uploads only those.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadFiles(self, request_iterator, context):
+        """Streams bundle files: for each, a header {digest, size}, then its chunks. The service
+        verifies each file's SHA-256 and size before it stores it under its digest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DownloadBundle(self, request, context):
-        """Streams a stored bundle to a worker in chunks; a bundle store that hands out
+        """Streams a stored bundle's manifest to a worker in chunks; a bundle store that hands out
         download URLs (S3) answers with one message that carries a URL instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadFiles(self, request, context):
+        """Streams files of a stored bundle that a worker lacks: each file's messages carry its digest,
+        from a store that hands out URLs (S3) one message per file with a URL instead of chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -264,10 +304,25 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.UploadBundleRequest.FromString,
                     response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.UploadBundleResponse.SerializeToString,
             ),
+            'MissingFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.MissingFiles,
+                    request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.MissingFilesRequest.FromString,
+                    response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.MissingFilesResponse.SerializeToString,
+            ),
+            'UploadFiles': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadFiles,
+                    request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.UploadBundleRequest.FromString,
+                    response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.UploadFilesResponse.SerializeToString,
+            ),
             'DownloadBundle': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadBundle,
                     request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.DownloadBundleRequest.FromString,
                     response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.DownloadBundleResponse.SerializeToString,
+            ),
+            'DownloadFiles': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadFiles,
+                    request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.DownloadFilesRequest.FromString,
+                    response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.DownloadFilesResponse.SerializeToString,
             ),
             'Provision': grpc.unary_unary_rpc_method_handler(
                     servicer.Provision,
@@ -348,7 +403,7 @@ class ControlService:
     Every method requires `authorization: Bearer <token>` metadata. Clients use
     the API key; a worker agent uses the worker token it was started with, which
     only admits the worker methods (RegisterWorker, UpdateWorker, Heartbeat,
-    DownloadBundle) for that worker.
+    DownloadBundle, DownloadFiles) for that worker.
     """
 
     @staticmethod
@@ -406,6 +461,60 @@ class ControlService:
             _registered_method=True)
 
     @staticmethod
+    def MissingFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vastrpc.api.v1.ControlService/MissingFiles',
+            vastrpc_dot_api_dot_v1_dot_control__pb2.MissingFilesRequest.SerializeToString,
+            vastrpc_dot_api_dot_v1_dot_control__pb2.MissingFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadFiles(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/vastrpc.api.v1.ControlService/UploadFiles',
+            vastrpc_dot_api_dot_v1_dot_control__pb2.UploadBundleRequest.SerializeToString,
+            vastrpc_dot_api_dot_v1_dot_control__pb2.UploadFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def DownloadBundle(request,
             target,
             options=(),
@@ -422,6 +531,33 @@ class ControlService:
             '/vastrpc.api.v1.ControlService/DownloadBundle',
             vastrpc_dot_api_dot_v1_dot_control__pb2.DownloadBundleRequest.SerializeToString,
             vastrpc_dot_api_dot_v1_dot_control__pb2.DownloadBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vastrpc.api.v1.ControlService/DownloadFiles',
+            vastrpc_dot_api_dot_v1_dot_control__pb2.DownloadFilesRequest.SerializeToString,
+            vastrpc_dot_api_dot_v1_dot_control__pb2.DownloadFilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

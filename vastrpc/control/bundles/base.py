@@ -9,8 +9,10 @@ from types import TracebackType
 from typing import Protocol
 
 from vastrpc._errors import BundleError
+from vastrpc._grpc import CHUNK_SIZE
+from vastrpc._manifest import ManifestLimits, parse_manifest
 
-__all__ = ["BlobStore", "BlobWriter", "VerifyingWriter", "check_digest", "is_digest"]
+__all__ = ["BlobStore", "BlobWriter", "VerifyingWriter", "check_digest", "is_digest", "manifest_files"]
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -58,8 +60,15 @@ class BlobStore(Protocol):
     def size(self, digest: str) -> int:
         """The stored bundle's size; NotFoundError when missing."""
 
-    def open_writer(self, digest: str, size: int) -> BlobWriter:
-        """Start storing a bundle that claims ``digest`` and ``size``."""
+    def open_writer(self, digest: str, size: int, *, sync: bool = True) -> BlobWriter:
+        """Start storing a bundle that claims ``digest`` and ``size``.
+
+        With ``sync`` False, ``commit`` may return before the bytes are durable: call ``sync()``
+        once after a batch of such writers (many small files), before telling anyone they are stored.
+        """
+
+    def sync(self) -> None:
+        """Make every committed write durable (a no-op for a store whose commits already are)."""
 
     def read_chunks(self, digest: str, chunk_size: int) -> Iterator[bytes]:
         """The stored bundle in chunks; NotFoundError when missing."""
@@ -79,6 +88,22 @@ class BlobStore(Protocol):
 
         Readers that already opened it finish reading it (the embedded store unlinks).
         """
+
+
+def manifest_files(blobs: BlobStore, digest: str) -> frozenset[str]:
+    """The file digests the stored manifest ``digest`` names (blocking: a store read).
+
+    Raises:
+        NotFoundError: No bundle with that digest is stored.
+        BundleError: What is stored is not a valid manifest.
+    """
+    limits = ManifestLimits()
+    data = bytearray()
+    for chunk in blobs.read_chunks(digest, CHUNK_SIZE):
+        data += chunk
+        if len(data) > limits.max_manifest_bytes:
+            break  # parse_manifest names the limit
+    return frozenset(f.sha256 for f in parse_manifest(bytes(data), limits).files)
 
 
 class VerifyingWriter:

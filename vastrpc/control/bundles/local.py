@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -17,11 +18,23 @@ from vastrpc.control.bundles.base import VerifyingWriter, check_digest, is_diges
 __all__ = ["LocalBlobStore"]
 
 
+def _load_syncfs() -> Callable[[int], int] | None:
+    """Linux's ``syncfs`` (one filesystem), or None where the C library lacks it (``os.sync`` then)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
+
+
 class _LocalWriter(VerifyingWriter):
     """Writes to a temporary file next to the bundles; renames it into place once verified."""
 
-    def __init__(self, root: Path, digest: str, size: int) -> None:
+    def __init__(self, root: Path, digest: str, size: int, sync: bool = True) -> None:
         super().__init__(digest, size)
+        self._sync = sync
         self._final = root / digest
         fd, name = tempfile.mkstemp(prefix=f".{digest[:16]}.", suffix=".part", dir=root)
         self._tmp = Path(name)
@@ -34,7 +47,8 @@ class _LocalWriter(VerifyingWriter):
     def commit(self) -> bool:
         self._verify()
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._sync:
+            os.fsync(self._file.fileno())
         self._file.close()
         self._done = True
         if self._final.exists():
@@ -94,11 +108,20 @@ class LocalBlobStore:
         except (FileNotFoundError, BundleError):
             raise NotFoundError(f"no bundle with digest {digest[:80]!r} is stored") from None
 
-    def open_writer(self, digest: str, size: int) -> _LocalWriter:
-        """Start storing a bundle that claims ``digest`` and ``size``."""
+    def open_writer(self, digest: str, size: int, *, sync: bool = True) -> _LocalWriter:
+        """Start storing a bundle that claims ``digest`` and ``size`` (``sync`` False: see ``sync``)."""
         if size < 0:
             raise BundleError(f"invalid bundle size {size}")
-        return _LocalWriter(self.root, check_digest(digest), size)
+        return _LocalWriter(self.root, check_digest(digest), size, sync)
+
+    def sync(self) -> None:
+        """Flush the store's filesystem once (``syncfs``): cheaper than an fsync per file of a batch."""
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            if _syncfs is None or _syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
 
     def read_chunks(self, digest: str, chunk_size: int) -> Iterator[bytes]:
         """The stored bundle in chunks; NotFoundError when missing (raised before the first chunk)."""

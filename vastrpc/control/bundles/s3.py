@@ -342,11 +342,17 @@ class S3BlobStore:
             raise NotFoundError(f"no bundle with digest {digest[:80]!r} is stored in {self.location}")
         return int(head["ContentLength"])
 
-    def open_writer(self, digest: str, size: int) -> _S3Writer:
-        """Start storing a bundle that claims ``digest`` and ``size``; nothing is sent before the first full part."""
+    def open_writer(self, digest: str, size: int, *, sync: bool = True) -> _S3Writer:
+        """Start storing a bundle that claims ``digest`` and ``size``; nothing is sent before the first full part.
+
+        ``sync`` changes nothing: a completed object is durable.
+        """
         if size < 0:
             raise BundleError(f"invalid bundle size {size}")
         return _S3Writer(self, check_digest(digest), size)
+
+    def sync(self) -> None:
+        """Nothing to do: S3 acknowledges an object once it is durable."""
 
     def read_chunks(self, digest: str, chunk_size: int) -> Iterator[bytes]:
         """The stored bundle in chunks; NotFoundError when missing (raised before the first chunk)."""

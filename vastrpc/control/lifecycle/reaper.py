@@ -1,4 +1,4 @@
-"""The TTL reaper: tears down endpoints no client used for their ``ttl``, and deletes bundles no endpoint uses."""
+"""The TTL reaper: tears down endpoints no client used for their ``ttl``, deletes bundles and files none uses."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import time
 from collections import Counter
 from typing import Protocol
 
-from vastrpc._errors import NotFoundError
+from vastrpc._errors import BundleError, NotFoundError
 from vastrpc.api.v1 import control_pb2
-from vastrpc.control.bundles.base import BlobStore
+from vastrpc.control.bundles.base import BlobStore, manifest_files
 from vastrpc.control.stores.base import ACTIVE_WORKER_STATES, EndpointRow, Store
 
 __all__ = ["Reaper", "TeardownTarget"]
@@ -45,6 +45,8 @@ class Reaper:
     uploads (or reuses) the bundle and only then provisions, and the bundle must survive
     that gap. A Provision that comes later than the grace after its Register finds the
     bundle gone and fails with "upload the bundle first"; the SDK never waits that long.
+    A bundle's files (stored beside it, each under its SHA-256) are kept while a kept
+    bundle's manifest names them, or for ``bundle_grace`` after they were stored.
 
     Everything runs on the service's event loop: ``sweep`` reads and decides without
     yielding, so no Register or watch can slip in between the check and the teardown.
@@ -78,6 +80,8 @@ class Reaper:
         self.bundle_grace = bundle_grace
         self.heartbeat_timeout = heartbeat_timeout
         self._watchers: Counter[str] = Counter()
+        # The file digests each manifest names, by bundle digest (content-addressed: never stale).
+        self._manifests: dict[str, frozenset[str]] = {}
         # Revision specs never change: parse each one's ttl once.
         self._ttls: dict[str, float] = {}
         # When run() started: no endpoint is idle for longer than the reaper has watched it,
@@ -191,18 +195,37 @@ class Reaper:
         return True
 
     def collect_bundles(self, now: float | None = None) -> list[str]:
-        """Delete the bundles that no live endpoint references and that are past their grace.
+        """Delete the bundles that no live endpoint references, and the files no kept bundle names, past their grace.
 
         Returns:
-            The digests deleted.
+            The digests deleted (bundles and files).
         """
         now = time.time() if now is None else now
-        keep = self.store.referenced_bundles(registered_since=now - self.bundle_grace)
+        keep = set(self.store.referenced_bundles(registered_since=now - self.bundle_grace))
+        stored = self.blobs.stored()
+        named: set[str] = set()
+        for digest in keep:
+            if digest in stored:
+                named |= self._files_of(digest)
         deleted = []
-        for digest, stored_at in self.blobs.stored().items():
-            if digest in keep or now - stored_at < self.bundle_grace:
+        for digest, stored_at in stored.items():
+            if digest in keep or digest in named or now - stored_at < self.bundle_grace:
                 continue
             if self.blobs.delete(digest):
-                log.info("ttl: deleted bundle %s: no endpoint uses it", digest[:12])
+                log.info("ttl: deleted bundle blob %s: no endpoint uses it", digest[:12])
                 deleted.append(digest)
+        self._manifests = {d: files for d, files in self._manifests.items() if d in keep}
         return deleted
+
+    def _files_of(self, digest: str) -> frozenset[str]:
+        files = self._manifests.get(digest)
+        if files is None:
+            try:
+                files = manifest_files(self.blobs, digest)
+            except NotFoundError:
+                return frozenset()
+            except BundleError as exc:  # not a manifest: it names no files
+                log.warning("ttl: bundle %s is not a manifest (%s); it keeps no files", digest[:12], exc)
+                files = frozenset()
+            self._manifests[digest] = files
+        return files

@@ -1,0 +1,167 @@
+"""Tests for vastrpc.serve.filecache: files verified into the host's cache, revision folders made of links to it."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from vastrpc._errors import BundleError
+from vastrpc._manifest import FileEntry, Manifest, encode_manifest
+from vastrpc.serve import filecache
+from vastrpc.serve.filecache import CacheFiller, FileCache, verify_digest
+
+
+def entry(path: str, content: bytes, mode: int = 0o644) -> FileEntry:
+    return FileEntry(path, mode, len(content), hashlib.sha256(content).hexdigest())
+
+
+def cached(cache: FileCache, *files: tuple[str, bytes] | tuple[str, bytes, int]) -> Manifest:
+    """The manifest of ``files``, each added to ``cache``."""
+    entries = [entry(*f) for f in files]
+    for f, (_, content, *_rest) in zip(entries, files, strict=True):
+        cache.add(f.sha256, [content], f.size)
+    return encode_manifest(entries)
+
+
+def test_materialise_links_each_file_to_the_cache(tmp_path: Path) -> None:
+    cache = FileCache(tmp_path / "cache")
+    manifest = cached(
+        cache, ("deploy.py", b"print(1)\n"), ("pkg/__init__.py", b""), ("pkg/sub/run.sh", b"#!/bin/sh\n", 0o755)
+    )
+    dest = tmp_path / "rev"
+    assert cache.materialise(manifest, dest) == ["deploy.py", "pkg/__init__.py", "pkg/sub/run.sh"]
+    assert (dest / "deploy.py").read_bytes() == b"print(1)\n"
+    assert os.path.samefile(dest / "deploy.py", cache.path(manifest.files[0].sha256, 0o644))
+    assert stat.S_IMODE((dest / "deploy.py").stat().st_mode) == 0o444
+    assert stat.S_IMODE((dest / "pkg/sub/run.sh").stat().st_mode) == 0o555
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o700
+    assert stat.S_IMODE((dest / "pkg").stat().st_mode) == 0o755
+    assert stat.S_IMODE(cache.root.stat().st_mode) == 0o700  # private to this user
+    # A second revision of the same files writes nothing new: the same inodes.
+    again = tmp_path / "rev2"
+    cache.materialise(manifest, again)
+    assert os.path.samefile(again / "deploy.py", dest / "deploy.py")
+    assert cache.missing(manifest) == []
+
+
+def test_same_content_in_two_files_and_two_modes(tmp_path: Path) -> None:
+    cache = FileCache(tmp_path / "cache")
+    manifest = cached(cache, ("a.txt", b"same"), ("b.sh", b"same", 0o755))
+    assert len(manifest.by_digest()) == 1
+    cache.materialise(manifest, tmp_path / "rev")
+    assert stat.S_IMODE((tmp_path / "rev/a.txt").stat().st_mode) == 0o444
+    assert stat.S_IMODE((tmp_path / "rev/b.sh").stat().st_mode) == 0o555
+
+
+def test_files_are_verified_before_they_enter_the_cache(tmp_path: Path) -> None:
+    cache = FileCache(tmp_path / "cache")
+    good = entry("a", b"content")
+    with pytest.raises(BundleError, match="does not match its manifest"):
+        cache.add(good.sha256, [b"contenT"], 7)
+    with pytest.raises(BundleError, match="larger than"):
+        cache.add(good.sha256, [b"content and more"], good.size)
+    with pytest.raises(BundleError, match="does not match"):
+        cache.add(good.sha256, [b"cont"], good.size)
+    assert not any(cache.root.iterdir())  # nothing kept, not even a partial file
+    assert cache.missing(encode_manifest([good])) == [good]
+
+
+def test_a_missing_or_truncated_cache_file_is_refused_and_nothing_is_left(tmp_path: Path) -> None:
+    cache = FileCache(tmp_path / "cache")
+    manifest = cached(cache, ("a", b"1"))
+    lacking = encode_manifest([manifest.files[0], entry("b", b"2")])
+    with pytest.raises(BundleError, match="not in the cache"):
+        cache.materialise(lacking, tmp_path / "rev")
+    assert not (tmp_path / "rev").exists()
+    path = cache.path(manifest.files[0].sha256, 0o644)
+    os.chmod(path, 0o644)
+    path.write_bytes(b"")
+    with pytest.raises(BundleError, match="manifest says 1"):
+        cache.materialise(manifest, tmp_path / "rev")
+    assert not (tmp_path / "rev").exists()
+
+
+def test_existing_folder_refused(tmp_path: Path) -> None:
+    cache = FileCache(tmp_path / "cache")
+    manifest = cached(cache, ("a", b""))
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "keep").write_text("x")
+    with pytest.raises(BundleError, match="already exists"):
+        cache.materialise(manifest, tmp_path / "exists")
+    assert (tmp_path / "exists" / "keep").read_text() == "x"
+
+
+def test_copies_where_links_cannot_be_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = FileCache(tmp_path / "cache")
+    manifest = cached(cache, ("a.txt", b"data"), ("x.sh", b"#!", 0o755))
+
+    def cross_device(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(filecache.os, "link", cross_device)
+    cache.materialise(manifest, tmp_path / "rev")
+    assert (tmp_path / "rev/a.txt").read_bytes() == b"data"
+    assert not os.path.samefile(tmp_path / "rev/a.txt", cache.path(manifest.files[0].sha256, 0o644))
+    assert stat.S_IMODE((tmp_path / "rev/x.sh").stat().st_mode) == 0o555
+
+
+def test_leftovers_of_interrupted_writes_are_removed(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / ".abc.part").write_bytes(b"half")
+    FileCache(root)
+    assert not any(root.iterdir())
+
+
+def test_verify_digest() -> None:
+    data = b"manifest bytes"
+    good = hashlib.sha256(data).hexdigest()
+    verify_digest(data, good)
+    verify_digest(data, good.upper())
+    with pytest.raises(BundleError, match=f"bundle digest mismatch: expected {'0' * 64}, got {good}"):
+        verify_digest(data, "0" * 64)
+
+
+def test_the_filler_writes_a_stream_of_files_each_verified(tmp_path: Path) -> None:
+    cache = FileCache(tmp_path / "cache")
+    one, empty, bad = entry("a", b"first" * 1000), entry("b", b""), entry("c", b"claimed")
+    filler = CacheFiller(cache)
+    filler.start(one.sha256, one.size)
+    filler.chunk(b"first" * 500)
+    filler.chunk(b"first" * 500)
+    filler.start(empty.sha256, empty.size)
+    filler.end()
+    filler.run()
+    assert filler.backlog == 0
+    assert cache.missing(encode_manifest([one, empty])) == []
+    # A file that is not what it claims stops the stream: nothing of it stays.
+    filler = CacheFiller(cache)
+    filler.start(bad.sha256, bad.size)
+    filler.chunk(b"swapped")
+    filler.end()
+    with pytest.raises(BundleError, match="does not match its manifest"):
+        filler.run()
+    # An abort (end without commit) leaves the file in progress out.
+    filler = CacheFiller(cache)
+    filler.start(bad.sha256, bad.size)
+    filler.chunk(b"claimed")
+    filler.end(commit=False)
+    filler.run()
+    assert cache.missing(encode_manifest([bad])) == [bad]
+    assert sorted(p.name for p in cache.root.iterdir()) == sorted([one.sha256, empty.sha256])
+
+
+def test_files_no_revision_links_are_evicted_once_idle(tmp_path: Path) -> None:
+    cache = FileCache(tmp_path / "cache")
+    manifest = cached(cache, ("used.txt", b"in a revision"), ("old.txt", b"no longer used"))
+    used = manifest.files[1]
+    cache.materialise(encode_manifest([used]), tmp_path / "rev")
+    assert FileCache(cache.root).missing(manifest) == []  # within the idle time: both kept
+    assert cache.evict(idle=0) == 1  # the file no folder links goes, the linked one stays
+    assert cache.missing(manifest) == [manifest.files[0]]
+    assert (tmp_path / "rev" / "used.txt").read_bytes() == b"in a revision"

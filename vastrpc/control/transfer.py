@@ -1,0 +1,279 @@
+"""The control service's bundle transfers: manifests and content-addressed files, in and out of the bundle store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+
+from vastrpc._errors import (
+    AuthenticationError,
+    BundleError,
+    DefinitionError,
+    DeploymentError,
+    NotFoundError,
+    VastrpcError,
+)
+from vastrpc._grpc import CHUNK_SIZE
+from vastrpc._manifest import MAX_BUNDLE_FILE_BYTES, ManifestLimits, parse_manifest
+from vastrpc.api.v1 import control_pb2
+from vastrpc.control.bundles.base import BlobStore, BlobWriter, check_digest, manifest_files
+from vastrpc.control.rpcstatus import abort, unary
+from vastrpc.control.stores.base import WorkerRow
+
+__all__ = ["BundleTransfer"]
+
+log = logging.getLogger("vastrpc.control.service")
+
+# Manifests whose file sets are kept in memory (content-addressed: they never change).
+_MANIFESTS_KEPT = 256
+# UploadFiles stops reading the stream while this many bytes wait to be written.
+_WRITE_BACKLOG = 64 << 20
+
+
+class _FileSink:
+    """The files of one UploadFiles stream, written to the bundle store by a thread of their own.
+
+    The event loop hands messages over without waiting (``put``); the thread checks each
+    file against its digest and size as it commits it. Commits skip the per-file fsync, and
+    one ``sync`` of the store makes the whole batch durable before the call answers.
+    """
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self.blobs = blobs
+        self.writer: BlobWriter | None = None
+        self.queue: queue.SimpleQueue[tuple[str, Any, int]] = queue.SimpleQueue()
+        self.files = self.stored = self.size = 0
+        self.enqueued = 0  # bytes handed over (by the event loop)
+        self.consumed = 0  # bytes written (by the thread)
+
+    @property
+    def backlog(self) -> int:
+        """Bytes handed over and not written yet."""
+        return self.enqueued - self.consumed
+
+    def put(self, kind: str, value: Any = None, size: int = 0) -> None:
+        """Hand the thread a ``head`` (digest, size), a ``chunk``, ``end`` or ``abort``."""
+        if kind == "chunk":
+            self.enqueued += len(value)
+        self.queue.put((kind, value, size))
+
+    def run(self) -> None:
+        """Write until ``end`` (then sync) or ``abort``; an error aborts the file in progress."""
+        try:
+            while True:
+                kind, value, size = self.queue.get()
+                if kind == "chunk":
+                    if self.writer is not None:
+                        self.writer.write(value)
+                    self.consumed += len(value)
+                elif kind == "head":
+                    self._end()
+                    self.files += 1
+                    self.size += size
+                    # The client sent only what MissingFiles named: a file stored meanwhile is drained.
+                    self.writer = None if self.blobs.has(value) else self.blobs.open_writer(value, size, sync=False)
+                elif kind == "end":
+                    self._end()
+                    if self.stored:
+                        self.blobs.sync()
+                    return
+                else:
+                    return
+        finally:
+            if self.writer is not None:
+                self.writer.abort()
+                self.writer = None
+
+    def _end(self) -> None:
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            self.stored += writer.commit()
+
+
+def _valid_digest(digest: str) -> str:
+    try:
+        return check_digest(digest)
+    except BundleError as exc:
+        raise DefinitionError(str(exc)) from None
+
+
+class BundleTransfer:
+    """The bundle RPCs of ``ControlService``: uploads checked file by file, downloads scoped to a worker.
+
+    A bundle is a manifest (``vastrpc._manifest``) stored under its SHA-256, beside the
+    files it names, each stored under its own: ``MissingFiles`` says which files the store
+    lacks, ``UploadFiles`` stores them (each verified), ``UploadBundle`` stores the manifest
+    once it is valid and every file it names is stored. A worker token reaches only the
+    manifests of its revisions (``DownloadBundle``) and the files they name (``DownloadFiles``).
+    """
+
+    blobs: BlobStore
+    lifecycle: Any
+
+    def _caller_worker(self, context: grpc.aio.ServicerContext) -> WorkerRow | None:
+        raise NotImplementedError
+
+    async def _manifest_files(self, digest: str) -> frozenset[str]:
+        cache: dict[str, frozenset[str]] = self.__dict__.setdefault("_manifests", {})
+        names = cache.get(digest)
+        if names is None:
+            names = await asyncio.to_thread(manifest_files, self.blobs, digest)
+            if len(cache) >= _MANIFESTS_KEPT:
+                cache.clear()
+            cache[digest] = names
+        return names
+
+    @unary
+    async def MissingFiles(
+        self, request: control_pb2.MissingFilesRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.MissingFilesResponse:
+        digests = sorted({_valid_digest(d) for d in request.digests})
+        # Bundle store calls may go over the network (S3): in a thread, off the event loop.
+        missing = await asyncio.to_thread(lambda: [d for d in digests if not self.blobs.has(d)])
+        return control_pb2.MissingFilesResponse(missing=missing)
+
+    @unary
+    async def UploadFiles(
+        self, request_iterator: AsyncIterator[control_pb2.UploadBundleRequest], context: grpc.aio.ServicerContext
+    ) -> control_pb2.UploadFilesResponse:
+        sink = _FileSink(self.blobs)
+        writing = asyncio.ensure_future(asyncio.to_thread(sink.run))
+        started = False
+        try:
+            async for message in request_iterator:
+                if writing.done():
+                    break  # the writer failed: its error is raised below
+                if message.HasField("header"):
+                    header = message.header
+                    _valid_digest(header.digest)
+                    if header.size > MAX_BUNDLE_FILE_BYTES:
+                        raise BundleError(
+                            f"file {header.digest[:12]} is {header.size} bytes, over the limit of "
+                            f"{MAX_BUNDLE_FILE_BYTES} bytes of a bundle"
+                        )
+                    sink.put("head", header.digest, header.size)
+                    started = True
+                    continue
+                if not started:
+                    raise DefinitionError("UploadFiles got no header: send {digest, size}, then the file's chunks")
+                sink.put("chunk", message.chunk)
+                while sink.backlog > _WRITE_BACKLOG and not writing.done():
+                    await asyncio.sleep(0.002)  # the disk is slower than the network: let it catch up
+            sink.put("end")
+            await writing
+        finally:
+            if not writing.done():
+                # An error, or a client that cancelled mid-stream, leaves no partial file behind.
+                sink.put("abort")
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(writing)
+        if sink.stored:
+            log.info("stored %d bundle files of %d received (%d bytes)", sink.stored, sink.files, sink.size)
+        return control_pb2.UploadFilesResponse(files=sink.files, stored=sink.stored, size=sink.size)
+
+    @unary
+    async def UploadBundle(
+        self, request_iterator: AsyncIterator[control_pb2.UploadBundleRequest], context: grpc.aio.ServicerContext
+    ) -> control_pb2.UploadBundleResponse:
+        header: control_pb2.UploadBundleRequest.Header | None = None
+        limits = ManifestLimits()
+        data = bytearray()
+        async for message in request_iterator:
+            if header is None:
+                if not message.HasField("header"):
+                    raise DefinitionError("the first UploadBundle message must be the header {digest, size}")
+                header = message.header
+                _valid_digest(header.digest)
+                if header.size > limits.max_manifest_bytes:
+                    raise BundleError(
+                        f"bundle manifest is {header.size} bytes, over the limit of {limits.max_manifest_bytes} bytes: "
+                        "it names too many files or too long paths; bundle fewer files"
+                    )
+                continue
+            if message.HasField("header"):
+                raise DefinitionError("UploadBundle got a second header; send one header, then chunks")
+            data += message.chunk
+            if len(data) > header.size:
+                raise BundleError(f"bundle {header.digest[:12]} is larger than its announced {header.size} bytes")
+        if header is None:
+            raise DefinitionError("UploadBundle got no header: send {digest, size} first, then chunks")
+        stored = await asyncio.to_thread(self._store_manifest, header.digest, header.size, bytes(data))
+        if stored:
+            log.info("stored bundle %s (%d bytes of manifest)", header.digest[:12], header.size)
+        return control_pb2.UploadBundleResponse(digest=header.digest, size=header.size, stored=stored)
+
+    def _store_manifest(self, digest: str, size: int, data: bytes) -> bool:
+        """Check the manifest and that its files are stored, then store it (in a thread: store calls)."""
+        if self.blobs.has(digest):
+            return False
+        with self.blobs.open_writer(digest, size) as writer:
+            writer.write(data)
+            if len(data) == size:  # else commit names what is wrong
+                manifest = parse_manifest(data)
+                missing = [f for f in manifest.by_digest().values() if not self.blobs.has(f.sha256)]
+                if missing:
+                    raise DeploymentError(
+                        f"bundle {digest[:12]} names {len(missing)} files the service does not store "
+                        f"(e.g. {missing[0].path!r}, sha256 {missing[0].sha256[:12]}): upload them first (UploadFiles)"
+                    )
+            return writer.commit()
+
+    async def DownloadBundle(
+        self, request: control_pb2.DownloadBundleRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[control_pb2.DownloadBundleResponse]:
+        try:
+            # A worker token reaches only the bundles of the revisions its worker serves or moves to.
+            if (worker := self._caller_worker(context)) is not None:
+                self.lifecycle.check_worker_bundle(worker, request.digest)
+            # A store that hands out URLs (S3): the worker fetches the bundle from it directly.
+            url = await asyncio.to_thread(self.blobs.download_url, request.digest)
+            if url is not None:
+                yield control_pb2.DownloadBundleResponse(url=url)
+                return
+            chunks = self.blobs.read_chunks(request.digest, CHUNK_SIZE)
+        except VastrpcError as exc:
+            await abort(context, exc)
+        for chunk in chunks:
+            yield control_pb2.DownloadBundleResponse(chunk=chunk)
+
+    async def DownloadFiles(
+        self, request: control_pb2.DownloadFilesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[control_pb2.DownloadFilesResponse]:
+        try:
+            worker = self._caller_worker(context)
+            # A worker token reaches only the files that its revisions' bundles name.
+            if worker is not None:
+                self.lifecycle.check_worker_bundle(worker, request.bundle)
+            names = await self._manifest_files(_valid_digest(request.bundle))
+            for digest in request.digests:
+                if digest not in names:
+                    error = AuthenticationError if worker is not None else NotFoundError
+                    raise error(f"bundle {request.bundle[:12]} names no file {digest[:80]!r}: ask only for its files")
+        except VastrpcError as exc:
+            await abort(context, exc)
+        digests = list(dict.fromkeys(request.digests))
+        try:
+            # One thread hop for all: a store without URLs (local) answers None at once.
+            urls = await asyncio.to_thread(lambda: [self.blobs.download_url(d) for d in digests])
+        except VastrpcError as exc:
+            await abort(context, exc)
+        for digest, url in zip(digests, urls, strict=True):
+            if url is not None:
+                yield control_pb2.DownloadFilesResponse(digest=digest, url=url)
+                continue
+            try:
+                chunks: Iterator[bytes] = self.blobs.read_chunks(digest, CHUNK_SIZE)
+            except VastrpcError as exc:
+                await abort(context, exc)
+            first = True
+            for chunk in chunks:
+                yield control_pb2.DownloadFilesResponse(digest=digest, chunk=chunk)
+                first = False
+            if first:  # an empty file: one message says it
+                yield control_pb2.DownloadFilesResponse(digest=digest)
