@@ -259,6 +259,17 @@ async def test_a_code_change_uploads_and_writes_only_the_changed_file(project, c
     while (answer := await mod.where(1))[0] != "two":
         assert time.monotonic() < deadline, answer
     assert answer[1:] == [inode, 4 << 20, "0o444"]  # the same inode: a link to the host's file cache
-    cache = control_service.home / "cache" / "files"
+    files = control_service.home / "cache" / "files"
+    assert stat.S_IMODE(files.stat().st_mode) == 0o700
+    cache = files / first.endpoint_id  # one cache per endpoint
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
     assert (cache / hashlib.sha256(weights.read_bytes()).hexdigest()).stat().st_ino == inode
+
+    # Another deployment with the very same file gets a copy of its own, never the same inode:
+    # code that can write its files (a container's root) changes only its own deployment's.
+    other = project(WITH_DATA.replace("@VERSION@", "other"))
+    (Path(other.__file__).parent / "data").mkdir()
+    (Path(other.__file__).parent / "data" / "weights.bin").write_bytes(weights.read_bytes())
+    await other.app.ensure_ready()
+    theirs = await other.where(1)
+    assert theirs[0] == "other" and theirs[2] == 4 << 20 and theirs[1] != inode

@@ -13,7 +13,7 @@ import pytest
 from vastrpc._errors import BundleError
 from vastrpc._manifest import FileEntry, Manifest, encode_manifest
 from vastrpc.serve import filecache
-from vastrpc.serve.filecache import CacheFiller, FileCache, verify_digest
+from vastrpc.serve.filecache import CacheFiller, FileCache, endpoint_cache, verify_digest
 
 
 def entry(path: str, content: bytes, mode: int = 0o644) -> FileEntry:
@@ -165,3 +165,22 @@ def test_files_no_revision_links_are_evicted_once_idle(tmp_path: Path) -> None:
     assert cache.evict(idle=0) == 1  # the file no folder links goes, the linked one stays
     assert cache.missing(manifest) == [manifest.files[0]]
     assert (tmp_path / "rev" / "used.txt").read_bytes() == b"in a revision"
+
+
+def test_each_endpoint_has_its_own_cache_and_long_gone_ones_are_swept(tmp_path: Path) -> None:
+    root = tmp_path / "files"
+    mine = endpoint_cache(root, "e-1")
+    theirs = endpoint_cache(root, "e-2")
+    assert mine.root == root / "e-1" and theirs.root == root / "e-2"
+    one = cached(mine, ("a.txt", b"same bytes"))
+    cached(theirs, ("a.txt", b"same bytes"))
+    assert not os.path.samefile(mine.path(one.files[0].sha256, 0o644), theirs.path(one.files[0].sha256, 0o644))
+    # The next agent to start sweeps the others' idle files, and their folders once empty for as long.
+    endpoint_cache(root, "e-1", idle=0)
+    assert list(theirs.root.iterdir()) == []
+    os.utime(theirs.root, (0, 0))
+    endpoint_cache(root, "e-1", idle=60)
+    assert sorted(p.name for p in root.iterdir()) == ["e-1"]
+    for bad in ("", "..", ".hidden", "a/b", "e 1"):
+        with pytest.raises(BundleError, match="cannot name a cache folder"):
+            endpoint_cache(root, bad)

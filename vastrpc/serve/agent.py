@@ -40,7 +40,7 @@ from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.serve.container import ContainerEngine
 from vastrpc.serve.container_worker import ContainerWorker, Prepared
 from vastrpc.serve.download import download_bundle
-from vastrpc.serve.filecache import FileCache
+from vastrpc.serve.filecache import FileCache, endpoint_cache
 from vastrpc.serve.install import ensure_apt, ensure_pip_env, pip_site, run_startup_commands
 from vastrpc.serve.metrics import CallStatsReader
 from vastrpc.serve.serving import ServingProcess, prepare
@@ -257,7 +257,7 @@ class Agent:
         )
         if present is not None:  # a failed download leaves it unawaited: its outcome is not an error
             present.add_done_callback(lambda f: f.cancelled() or f.exception())
-        bundle_dir = await self._download(revision_id, spec.digests.bundle, spec.bundle_size)
+        bundle_dir = await self._download(endpoint_id, revision_id, spec.digests.bundle, spec.bundle_size)
         image_id = ""
         if self.container is not None and present is not None:
             image_id = await self.container.ensure_image(spec.image, present, self._workdir, on_state)
@@ -358,10 +358,10 @@ class Agent:
             _print(note)
         return python, ports
 
-    async def _download(self, revision_id: str, digest: str, size: int = 0) -> Path:
-        """The revision's folder, laid out from this host's file cache (``vastrpc.serve.download``)."""
+    async def _download(self, endpoint_id: str, revision_id: str, digest: str, size: int = 0) -> Path:
+        """The revision's folder, laid out from the endpoint's file cache on this host (``vastrpc.serve.download``)."""
         if self._files is None:
-            self._files = await asyncio.to_thread(FileCache, self.home / "cache" / "files")
+            self._files = await asyncio.to_thread(endpoint_cache, self.home / "cache" / "files", endpoint_id)
         dest = self._workdir / f"{revision_id}-{uuid.uuid4().hex[:8]}"
         return await download_bundle(self._stub, self._metadata, digest, size, self._files, dest)
 

@@ -22,7 +22,7 @@ from vastrpc._errors import BundleError
 from vastrpc._files import private_folder
 from vastrpc._manifest import FileEntry, Manifest
 
-__all__ = ["CacheFiller", "FileCache", "verify_digest"]
+__all__ = ["CacheFiller", "FileCache", "endpoint_cache", "verify_digest"]
 
 _COPY_SIZE = 1 << 20
 # A cached file no revision folder links is removed once its links have not changed for this long.
@@ -148,6 +148,35 @@ class CacheFiller:
         finally:
             if writer is not None:
                 writer.__exit__(None, None, None)
+
+
+def endpoint_cache(root: Path, endpoint_id: str, idle: float = IDLE_EVICTION) -> FileCache:
+    """The file cache of one endpoint's workers on this host: ``root/<endpoint_id>``.
+
+    One cache per endpoint, not per host: a revision's folder holds hard links to the cached
+    files, which code that may write them (a container's root) could change in place, so a
+    file is shared only among the revisions of one deployment, never with another one's.
+    Every endpoint's cache is swept of idle files here too (and emptied folders removed), so
+    the caches of endpoints long gone do not stay.
+
+    Raises:
+        BundleError: ``endpoint_id`` is not a plain name.
+    """
+    if not endpoint_id or endpoint_id.startswith(".") or not all(c.isalnum() or c in "-_." for c in endpoint_id):
+        raise BundleError(f"endpoint id {endpoint_id!r} cannot name a cache folder")
+    root = private_folder(Path(root))
+    mine = private_folder(root / endpoint_id)
+    os.utime(mine)  # in use: no other agent's sweep removes it, empty or not
+    cutoff = time.time() - idle
+    for folder in root.iterdir():
+        if folder.is_dir() and folder.name != endpoint_id and not folder.name.startswith("."):
+            FileCache(folder, idle)
+            try:
+                if folder.stat().st_mtime <= cutoff:
+                    folder.rmdir()  # only when the sweep left it empty
+            except OSError:
+                pass
+    return FileCache(mine, idle)
 
 
 class FileCache:
