@@ -69,13 +69,12 @@ def deploy_fake(address: str, api_key: str, name: str = "hello") -> str:
     with grpc.insecure_channel(address) as channel:
         stub = control_pb2_grpc.ControlServiceStub(channel)
         reg = stub.RegisterDeployment(control_pb2.RegisterDeploymentRequest(spec=spec), metadata=metadata, timeout=10)
-        for method, digest_of, payload in (
-            (stub.UploadFiles, manifest.files[0].sha256, content),
-            (stub.UploadBundle, digest, data),
+        for method, message, digest_of, payload in (
+            (stub.UploadFiles, control_pb2.UploadFilesRequest, manifest.files[0].sha256, content),
+            (stub.UploadBundle, control_pb2.UploadBundleRequest, digest, data),
         ):
-            header = control_pb2.UploadBundleRequest.Header(digest=digest_of, size=len(payload))
-            parts = [control_pb2.UploadBundleRequest(header=header), control_pb2.UploadBundleRequest(chunk=payload)]
-            method(iter(parts), metadata=metadata, timeout=10)
+            header = message.Header(digest=digest_of, size=len(payload))
+            method(iter([message(header=header), message(chunk=payload)]), metadata=metadata, timeout=10)
         stub.Provision(
             control_pb2.ProvisionRequest(endpoint_id=reg.endpoint_id, revision_id=reg.revision_id),
             metadata=metadata,

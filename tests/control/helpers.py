@@ -115,13 +115,13 @@ class Client:
         )
 
     async def upload_files(self, *contents: bytes) -> control_pb2.UploadFilesResponse:
-        async def requests() -> AsyncIterator[control_pb2.UploadBundleRequest]:
+        async def requests() -> AsyncIterator[control_pb2.UploadFilesRequest]:
             for content in contents:
-                header = control_pb2.UploadBundleRequest.Header(
+                header = control_pb2.UploadFilesRequest.Header(
                     digest=hashlib.sha256(content).hexdigest(), size=len(content)
                 )
-                yield control_pb2.UploadBundleRequest(header=header)
-                yield control_pb2.UploadBundleRequest(chunk=content)
+                yield control_pb2.UploadFilesRequest(header=header)
+                yield control_pb2.UploadFilesRequest(chunk=content)
 
         return await self.stub.UploadFiles(requests(), metadata=self.metadata, timeout=10)
 

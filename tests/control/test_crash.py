@@ -90,12 +90,12 @@ async def test_killed_while_uploading_and_provisioning_then_deployed_again(
         reg = await client.register(spec)
         halfway = asyncio.Event()
 
-        async def chunks() -> AsyncIterator[control_pb2.UploadBundleRequest]:
-            yield control_pb2.UploadBundleRequest(
-                header=control_pb2.UploadBundleRequest.Header(digest=file_digest, size=len(content))
+        async def chunks() -> AsyncIterator[control_pb2.UploadFilesRequest]:
+            yield control_pb2.UploadFilesRequest(
+                header=control_pb2.UploadFilesRequest.Header(digest=file_digest, size=len(content))
             )
             for i in range(0, len(content) // 2, 1 << 16):
-                yield control_pb2.UploadBundleRequest(chunk=content[i : i + (1 << 16)])
+                yield control_pb2.UploadFilesRequest(chunk=content[i : i + (1 << 16)])
             halfway.set()
             await asyncio.sleep(60)  # the service dies meanwhile
 

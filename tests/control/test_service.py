@@ -163,8 +163,8 @@ async def test_cancelled_upload_leaves_nothing(control_service, client) -> None:
     sent = asyncio.Event()
 
     async def stalling():
-        yield control_pb2.UploadBundleRequest(header=control_pb2.UploadBundleRequest.Header(digest="b" * 64, size=100))
-        yield control_pb2.UploadBundleRequest(chunk=b"half" * 10)
+        yield control_pb2.UploadFilesRequest(header=control_pb2.UploadFilesRequest.Header(digest="b" * 64, size=100))
+        yield control_pb2.UploadFilesRequest(chunk=b"half" * 10)
         sent.set()
         await asyncio.sleep(30)
 

@@ -68,10 +68,10 @@ async def test_missing_files_upload_and_manifest_checks(control_service, client)
 
 
 async def test_files_are_verified_and_bad_manifests_refused(control_service, client) -> None:
-    async def lying() -> AsyncIterator[control_pb2.UploadBundleRequest]:
-        header = control_pb2.UploadBundleRequest.Header(digest=sha(b"claimed"), size=7)
-        yield control_pb2.UploadBundleRequest(header=header)
-        yield control_pb2.UploadBundleRequest(chunk=b"swapped")
+    async def lying() -> AsyncIterator[control_pb2.UploadFilesRequest]:
+        header = control_pb2.UploadFilesRequest.Header(digest=sha(b"claimed"), size=7)
+        yield control_pb2.UploadFilesRequest(header=header)
+        yield control_pb2.UploadFilesRequest(chunk=b"swapped")
 
     code, details = await _code(client.stub.UploadFiles(lying(), metadata=client.metadata, timeout=10))
     assert code == grpc.StatusCode.DATA_LOSS and "digest mismatch" in details

@@ -303,13 +303,13 @@ class ControlClient:
         if not missing:
             return 0, 0
 
-        def requests() -> Iterator[control_pb2.UploadBundleRequest]:
+        def requests() -> Iterator[control_pb2.UploadFilesRequest]:
             sent = 0
             for entry in missing:
-                header = control_pb2.UploadBundleRequest.Header(digest=entry.sha256, size=entry.size)
-                yield control_pb2.UploadBundleRequest(header=header)
+                header = control_pb2.UploadFilesRequest.Header(digest=entry.sha256, size=entry.size)
+                yield control_pb2.UploadFilesRequest(header=header)
                 for chunk in read(entry):
-                    yield control_pb2.UploadBundleRequest(chunk=chunk)
+                    yield control_pb2.UploadFilesRequest(chunk=chunk)
                     sent += len(chunk)
                     if on_progress is not None:
                         on_progress(sent, total)

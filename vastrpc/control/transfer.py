@@ -140,7 +140,7 @@ class BundleTransfer:
 
     @unary
     async def UploadFiles(
-        self, request_iterator: AsyncIterator[control_pb2.UploadBundleRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[control_pb2.UploadFilesRequest], context: grpc.aio.ServicerContext
     ) -> control_pb2.UploadFilesResponse:
         sink = _FileSink(self.blobs)
         writing = asyncio.ensure_future(asyncio.to_thread(sink.run))

@@ -243,6 +243,21 @@ class MissingFilesResponse(_message.Message):
     missing: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class UploadFilesRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    class Header(_message.Message):
+        __slots__ = ("digest", "size")
+        DIGEST_FIELD_NUMBER: _ClassVar[int]
+        SIZE_FIELD_NUMBER: _ClassVar[int]
+        digest: str
+        size: int
+        def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: UploadFilesRequest.Header
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[UploadFilesRequest.Header, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
 class UploadFilesResponse(_message.Message):
     __slots__ = ("files", "stored", "size")
     FILES_FIELD_NUMBER: _ClassVar[int]

@@ -57,7 +57,7 @@ class ControlServiceStub:
                 _registered_method=True)
         self.UploadFiles = channel.stream_unary(
                 '/vastrpc.api.v1.ControlService/UploadFiles',
-                request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.UploadBundleRequest.SerializeToString,
+                request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.UploadFilesRequest.SerializeToString,
                 response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.UploadFilesResponse.FromString,
                 _registered_method=True)
         self.DownloadBundle = channel.unary_stream(
@@ -311,7 +311,7 @@ def add_ControlServiceServicer_to_server(servicer, server):
             ),
             'UploadFiles': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadFiles,
-                    request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.UploadBundleRequest.FromString,
+                    request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.UploadFilesRequest.FromString,
                     response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.UploadFilesResponse.SerializeToString,
             ),
             'DownloadBundle': grpc.unary_stream_rpc_method_handler(
@@ -502,7 +502,7 @@ class ControlService:
             request_iterator,
             target,
             '/vastrpc.api.v1.ControlService/UploadFiles',
-            vastrpc_dot_api_dot_v1_dot_control__pb2.UploadBundleRequest.SerializeToString,
+            vastrpc_dot_api_dot_v1_dot_control__pb2.UploadFilesRequest.SerializeToString,
             vastrpc_dot_api_dot_v1_dot_control__pb2.UploadFilesResponse.FromString,
             options,
             channel_credentials,
