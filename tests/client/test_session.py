@@ -21,7 +21,10 @@ from vastrpc import Deployment
 app = Deployment(name="{name}")
 app.configure_autoscaling(min_workers=2, max_workers=2)
 
-@app.remote(benchmark_dataset=[{{"seconds": 0}}], max_concurrency=2)
+# A representative benchmark (the calls below take 0.1 s): both workers score alike, so the
+# balancer spreads a burst. With a zero-length one, whichever serving process ran it faster
+# (a pre-started one) scored far higher, and a first burst all went to it.
+@app.remote(benchmark_dataset=[{{"seconds": 0.1}}], max_concurrency=2)
 async def where(seconds: float = 0.0) -> int:
     await asyncio.sleep(seconds)
     return os.getpid()
