@@ -110,12 +110,14 @@ def test_copies_where_links_cannot_be_made(tmp_path: Path, monkeypatch: pytest.M
     assert stat.S_IMODE((tmp_path / "rev/x.sh").stat().st_mode) == 0o555
 
 
-def test_leftovers_of_interrupted_writes_are_removed(tmp_path: Path) -> None:
+def test_leftovers_of_interrupted_writes_are_removed_but_not_writes_under_way(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     root.mkdir()
     (root / ".abc.part").write_bytes(b"half")
+    os.utime(root / ".abc.part", (0, 0))  # abandoned long ago
+    (root / ".def.part").write_bytes(b"being written")  # another worker of the endpoint, now
     FileCache(root)
-    assert not any(root.iterdir())
+    assert [p.name for p in root.iterdir()] == [".def.part"]
 
 
 def test_verify_digest() -> None:

@@ -27,6 +27,8 @@ __all__ = ["CacheFiller", "FileCache", "endpoint_cache", "verify_digest"]
 _COPY_SIZE = 1 << 20
 # A cached file no revision folder links is removed once its links have not changed for this long.
 IDLE_EVICTION = 24 * 3600.0
+# A temporary file no write touched for this long was left by a worker that died writing it.
+ABANDONED_WRITE = 3600.0
 # What a cached file's link may not be made for: another filesystem, too many links, a refusal.
 _LINK_ERRORS = frozenset({errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOTSUP})
 
@@ -191,8 +193,14 @@ class FileCache:
 
     def __init__(self, root: Path, idle: float | None = IDLE_EVICTION) -> None:
         self.root = private_folder(Path(root))
+        # Only writes long abandoned: another worker of the endpoint may be writing the rest now.
+        abandoned = time.time() - ABANDONED_WRITE
         for stale in self.root.glob(".*.part"):
-            stale.unlink(missing_ok=True)
+            try:
+                if stale.stat().st_mtime <= abandoned:
+                    stale.unlink()
+            except FileNotFoundError:
+                continue
         if idle is not None:
             self.evict(idle)
 
