@@ -8,7 +8,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.ports import free_port
 from vastrpc.config import ClientConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -82,12 +82,6 @@ def postgres_bindir() -> Path | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A throwaway PostgreSQL cluster on a free loopback port (trust auth), stopped after the session.
@@ -113,7 +107,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     if prefix:
         os.chown(folder, user.pw_uid, user.pw_gid)
     data, log = folder / "data", folder / "server.log"
-    port = _free_port()
+    port = free_port()
 
     def run(*argv: str) -> None:
         done = subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=120, check=False)

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_ports
+
 # A token in ~/.ray would switch Ray to token authentication; these nodes and their drivers
 # run without, whatever the machine holds (every process of the test sets the same mode).
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -26,13 +27,6 @@ GPU_NODE_GPUS = 2
 GPU_NODE_ACCELERATOR = "FAKEGPU"
 GPU_NODE_LABELS = {"vastrpc.io/gpu-ram-gb": "24", "zone": "gpu"}
 HEAD_LABELS = {"zone": "head"}
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
 
 
 def ray_binary() -> str | None:
@@ -166,8 +160,8 @@ def _start_node(name: str, ray: str, root: Path, args: list[str]) -> RayNode:
         "--object-manager-port",
     ]
     argv = [ray, "start", "--block", "--temp-dir", str(temp), "--disable-usage-stats", *args]
-    for flag in ports:
-        argv += [flag, str(free_port())]
+    for flag, port in zip(ports, free_ports(len(ports)), strict=True):
+        argv += [flag, str(port)]
     argv += ["--object-store-memory", str(100_000_000)]
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -193,11 +187,11 @@ def start_cluster(timeout: float = 120.0) -> RayCluster:
     # The system's temp folder, not pytest's deeper one: Ray's unix sockets live under it, and
     # their paths are limited to about 100 bytes.
     root = Path(tempfile.mkdtemp(prefix="vr-ray-"))
-    port = free_port()
+    port, dashboard_port = free_ports(2)
     cluster = RayCluster(f"127.0.0.1:{port}", root)
     labels = ",".join(f"{k}={v}" for k, v in HEAD_LABELS.items())
     head = ["--head", "--port", str(port), "--num-cpus", "2", "--num-gpus", "0", "--labels", labels]
-    head += ["--include-dashboard=false", "--dashboard-port", str(free_port())]
+    head += ["--include-dashboard=false", "--dashboard-port", str(dashboard_port)]
     try:
         cluster.nodes.append(_start_node("head", ray, root, head))
         _wait_nodes(cluster, 1, timeout)

@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.ports import free_ports
 from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.control.lifecycle.leadership import Leadership, on_this_host, orphan_loss, owner_is_gone, process_owner
 from vastrpc.control.stores.base import WorkerRow
@@ -67,18 +68,12 @@ def _ready_ids(endpoint: control_pb2.DeploymentEndpoint | control_pb2.WatchEndpo
     return sorted(w.worker_id for w in endpoint.workers if w.state == WORKER_READY)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.e2e
 async def test_with_peers_a_lost_services_workers_turn_to_the_survivor_and_keep_serving(
     pg_url: str, tmp_path: Path, control_processes, load_app
 ) -> None:
     home = tmp_path / "home"
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_ports(2)
     a = control_processes(home, "a", "--store", pg_url, "--port", str(port_a), "--peer", f"127.0.0.1:{port_b}", *FAST)
     await until(lambda: a.leads, 10, "a leading")
     b = control_processes(home, "b", "--store", pg_url, "--port", str(port_b), "--peer", f"127.0.0.1:{port_a}", *FAST)

@@ -15,10 +15,11 @@ from test_typescript_client import (
     node,  # noqa: F401 - the fixture that builds the TypeScript client
 )
 
+from tests.ports import free_ports
 from vastrpc import VastrpcError
 from vastrpc.config import ClientConfig
 
-from .test_ha import FAST, _free_port, until
+from .test_ha import FAST, until
 from .test_ha import SOURCE as ONE_WORKER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -76,7 +77,7 @@ async def test_clients_of_both_services_keep_calling_when_the_leader_is_killed(
     peers: bool, pg_url: str, tmp_path: Path, control_processes, load_app, capfd
 ) -> None:
     home = tmp_path / "home"
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_ports(2)
     peer_a = ["--peer", f"127.0.0.1:{port_b}"] if peers else []
     peer_b = ["--peer", f"127.0.0.1:{port_a}"] if peers else []
     a = control_processes(home, "a", "--store", pg_url, "--port", str(port_a), *peer_a, *FAST)

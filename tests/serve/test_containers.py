@@ -7,7 +7,6 @@ debootstrap, two variants differing in ``/etc/vastrpc-stage``); no registry is r
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from container_images import IMAGE_ONE, IMAGE_TWO, MARKER, ensure_images, podman_problem  # noqa: E402
 
+from tests.ports import free_port
 from vastrpc import DeploymentError  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -84,18 +84,12 @@ def _source(template: str, **fields: object) -> str:
     return template
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize("control_service", [PODMAN], indirect=True)
 async def test_a_function_runs_in_the_image_with_only_what_its_deployment_declared(
     images, project, control_service
 ) -> None:
     assert not Path(MARKER).exists(), "this test needs a host without " + MARKER
-    port = _free_port()
+    port = free_port()
     mod = project(_source(INSPECT, image=IMAGE_ONE, marker=MARKER, port=port, home=control_service.home, extra=""))
     (Path(mod.__file__).parent / "cfg.json").write_text('{"model": "tiny"}')
     started = time.monotonic()

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.ports import free_port
 from vastrpc._errors import BundleError, DefinitionError, DeploymentError, NotFoundError
 from vastrpc.config import ControlConfig
 from vastrpc.control.backends import open_blobs
@@ -63,12 +63,6 @@ def client_for(endpoint: str) -> Any:
 _RUNNING: dict[str, S3Server] = {}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto's S3 server on a free loopback port, with the bucket ``BUCKET`` created."""
@@ -76,7 +70,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         pytest.fail("moto's server is not installed: pip install 'moto[server]' (part of the [test] extra)")
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
     for _ in range(3):  # the free port may be taken between the probe and the bind
-        port = _free_port()
+        port = free_port()
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -321,7 +315,7 @@ def test_retries_throttling_and_server_errors_but_not_client_errors(s3_server: S
 
 
 def test_an_unreachable_endpoint_is_retried_then_named(s3_server: S3Server) -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     client = client_for(f"http://127.0.0.1:{port}")
     tries: list[str] = []
     client.meta.events.register("before-send.s3.*", lambda event_name, **_: tries.append(event_name))

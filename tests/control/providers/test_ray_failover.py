@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 
+from tests.ports import free_ports
 from vastrpc import VastrpcError
 from vastrpc.api.v1 import common_pb2, control_pb2
 
 from ..conftest import ServiceProcess, configure
 from ..helpers import Client
-from ..ray_cluster import RAY_ENV, RayCluster, free_port, running_cluster
+from ..ray_cluster import RAY_ENV, RayCluster, running_cluster
 
 pytestmark = [pytest.mark.e2e]
 
@@ -133,7 +134,7 @@ async def test_ray_workers_outlive_a_killed_leader_and_the_survivor_adopts_them(
     cluster: RayCluster, ray_env: None, pg_url: str, tmp_path: Path, control_processes, load_app
 ) -> None:
     home = tmp_path / "home"
-    port_a, port_b = free_port(), free_port()
+    port_a, port_b = free_ports(2)
     ray = ["--provider", "ray", "--ray-address", cluster.address, "--store", pg_url, *FAST]
     a = control_processes(home, "a", *ray, "--port", str(port_a), "--peer", f"127.0.0.1:{port_b}")
     await _until(lambda: a.leads, 15, "a leading")
