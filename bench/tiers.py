@@ -114,7 +114,7 @@ async def all_workers_serve(config: ClientConfig, app: Any, revision_id: str) ->
     return bool(live) and all(w.revision_id == revision_id for w in live)
 
 
-async def measure(project: Project, config: ClientConfig, runs: int, code_runs: int) -> dict[str, Any]:
+async def measure(project: Project, config: ClientConfig, runs: int, code_runs: int, pause: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     app = project.app
     first = await app.ensure_ready()
@@ -151,6 +151,7 @@ async def measure(project: Project, config: ClientConfig, runs: int, code_runs: 
 
     t2: list[float] = []
     for _ in range(code_runs):
+        await asyncio.sleep(pause)  # the time an edit takes (0: one update right after the other)
         project.version += 1
         project.write()
         start = time.perf_counter()
@@ -211,7 +212,7 @@ async def first_deploy(config: ClientConfig, root: Path, files: int, file_bytes:
         agent = Agent(config.control_address, "w-bench", config.api_key, worker_home)
         try:
             t = time.perf_counter()
-            folder = await agent._download("r-bench", bundle.digest, bundle.size)
+            folder = await agent._download("e-bench", "r-bench", bundle.digest, bundle.size)
             downloads.append(time.perf_counter() - t)
         finally:
             await agent._channel.close()
@@ -230,7 +231,7 @@ async def first_deploy(config: ClientConfig, root: Path, files: int, file_bytes:
     }
 
 
-async def bench(home: Path, files: int, file_bytes: int, runs: int, code_runs: int) -> dict[str, Any]:
+async def bench(home: Path, files: int, file_bytes: int, runs: int, code_runs: int, pause: float) -> dict[str, Any]:
     with open(home / "control.log", "ab") as log:
         control = subprocess.Popen(
             [sys.executable, "-m", "vastrpc", "control", "serve", "--home", str(home)],
@@ -250,11 +251,11 @@ async def bench(home: Path, files: int, file_bytes: int, runs: int, code_runs: i
         results: dict[str, Any] = {}
 
         small = Project(projects, config)
-        results["small"] = await measure(small, config, runs, code_runs)
+        results["small"] = await measure(small, config, runs, code_runs, pause)
         await small.app.close()
 
         big = Project(projects, config, files=files, file_bytes=file_bytes)
-        results["big"] = await measure(big, config, runs, code_runs)
+        results["big"] = await measure(big, config, runs, code_runs, pause)
         results["big"].update(scratch_baselines(big, 3))
         await big.app.close()
         results["big"].update(await first_deploy(config, projects, files, file_bytes, 3))
@@ -270,10 +271,13 @@ def main() -> None:
     parser.add_argument("--file-kb", type=int, default=100, help="size of each of those files, in KB (1,000 bytes)")
     parser.add_argument("--runs", type=int, default=9, help="tier 0 and tier 1 runs (median reported)")
     parser.add_argument("--code-runs", type=int, default=3, help="tier 2 runs (median reported)")
+    parser.add_argument(
+        "--pause", type=float, default=0.0, help="seconds before each tier 2 run, as an edit takes (default: none)"
+    )
     parser.add_argument("--json", type=Path)
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vastrpc-tiers-") as tmp:
-        r = asyncio.run(bench(Path(tmp), opts.files, opts.file_kb * 1000, opts.runs, opts.code_runs))
+        r = asyncio.run(bench(Path(tmp), opts.files, opts.file_kb * 1000, opts.runs, opts.code_runs, opts.pause))
     r["machine"] = (
         f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, grpcio {grpc.__version__}"
     )
@@ -319,7 +323,7 @@ def main() -> None:
     )
     t2s = ", ".join(f"{x:.2f}" for x in s["tier2_all_s"])
     t2b = ", ".join(f"{x:.2f}" for x in b["tier2_all_s"])
-    print(f"\ntier 2 runs: small {t2s} s; big {t2b} s")
+    print(f"\ntier 2 runs ({opts.pause:g} s before each): small {t2s} s; big {t2b} s")
     firsts = ", ".join(f"{x:.2f}" for x in b["first_package_upload_all_s"])
     downs = ", ".join(f"{x:.3f}" for x in b["worker_download_all_s"])
     print(f"first deploy package + upload runs: {firsts} s; worker download runs: {downs} s")

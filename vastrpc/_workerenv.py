@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 __all__ = [
+    "ENV_SPARE_SERVING",
     "INHERITED",
     "INHERITED_PREFIXES",
     "SERVING_EXTRA",
@@ -17,6 +18,7 @@ __all__ = [
     "inherited_environ",
     "make_undumpable",
     "serving_environ",
+    "without_bundle",
 ]
 
 # What a worker agent and its serving processes take from the environment they are started
@@ -55,6 +57,10 @@ INHERITED_PREFIXES = ("LC_",)
 # and where it runs (the address it serves on, its Ray node), for the deployment's own code.
 SERVING_EXTRA = ("PYTHONPATH", "PYTHONUNBUFFERED", "VASTRPC_WORKER_HOST", "VASTRPC_RAY_NODE_ID")
 
+# "0" in a worker agent's environment: it starts no serving process ahead for its next
+# revision (``vastrpc.serve.standby``); a control service run with ``--no-spare-agent`` sets it.
+ENV_SPARE_SERVING = "VASTRPC_SPARE_SERVING"
+
 _PR_SET_DUMPABLE = 4
 
 
@@ -87,11 +93,14 @@ _READ_AT_START_PREFIXES = ("PYTHON", "LD_", "MALLOC_", "LC_")
 
 
 def fits_spare(env: Mapping[str, str], started: Mapping[str, str], bundle_dir: Path | str) -> bool:
-    """Whether a serving process started with ``started`` (a ``serving_environ``) can serve with ``env`` by applying it.
+    """Whether a serving process started with ``started`` can serve with ``env`` by applying it.
 
-    True when ``env`` differs from ``started`` only in what is read after the start: no
-    pip packages (their folder would lead PYTHONPATH), no ``LD_*``, ``PYTHON*``, locale or
-    time zone of the deployment's own.
+    ``started`` is what a waiting serving process began with: a spare agent's base
+    ``serving_environ``, or the environment of the revision its agent serves now less that
+    revision's own parts (``without_bundle``). True when ``env`` differs from it only in what
+    is read after the start: the same ``PYTHONPATH`` once the revision's folder is left out
+    (the serving process puts that folder first itself) — so the same pip packages' folder —
+    and no ``LD_*``, ``PYTHON*``, ``MALLOC_*``, locale or time zone of its own.
     """
 
     def at_start(environ: Mapping[str, str]) -> dict[str, str]:
@@ -101,8 +110,21 @@ def fits_spare(env: Mapping[str, str], started: Mapping[str, str], bundle_dir: P
             if (k in _READ_AT_START or k.startswith(_READ_AT_START_PREFIXES)) and k != "PYTHONPATH"
         }
 
-    expected_path = os.pathsep.join(p for p in (str(bundle_dir), started.get("PYTHONPATH", "")) if p)
-    return env.get("PYTHONPATH", "") == expected_path and at_start(env) == at_start(started)
+    path = without_bundle(env, bundle_dir).get("PYTHONPATH", "")
+    return path == started.get("PYTHONPATH", "") and at_start(env) == at_start(started)
+
+
+def without_bundle(env: Mapping[str, str], bundle_dir: Path | str) -> dict[str, str]:
+    """``env`` with the revision's folder ``bundle_dir`` left out of its ``PYTHONPATH`` (dropped when it empties)."""
+    out = dict(env)
+    if "PYTHONPATH" not in env:
+        return out
+    parts = [p for p in env["PYTHONPATH"].split(os.pathsep) if p != str(bundle_dir)]
+    if parts:
+        out["PYTHONPATH"] = os.pathsep.join(parts)
+    else:
+        out.pop("PYTHONPATH", None)
+    return out
 
 
 def make_undumpable() -> bool:

@@ -208,8 +208,11 @@ class ControlConfig:
             user, which ``control serve`` warns about (a deployment's code could then read the
             service's home). See docs/security.md.
         spare_agent: The local provider keeps one worker agent pre-started (about 100 MB), so
-            that a new worker without pip packages starts in a tenth of a second; False starts
-            every worker from scratch.
+            that a new worker without pip packages starts in a tenth of a second; and each
+            worker agent (local and Ray providers) starts its next revision's serving process
+            once one serves (about 50 MB, ``vastrpc.serve.standby``), so that a code update
+            of the same environment serves in it. False starts every worker and every serving
+            process from scratch.
     """
 
     home: Path

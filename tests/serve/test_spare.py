@@ -110,7 +110,7 @@ async def test_a_deployment_with_pip_packages_takes_a_new_serving_process(projec
     mod = project(WITH_PIP)
     assert await mod.version() == "1.16.0"
     _, log = await _worker_log(project, mod.app)
-    assert "a new serving process (the environment is not the base one" in log
+    assert "a new serving process (the pre-started one cannot take this environment)" in log
     assert "in the pre-started serving process" not in log
 
 

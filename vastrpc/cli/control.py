@@ -141,10 +141,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
         action="store_true",
         help="run workers as this service's user (it warns: their code can read this service's home)",
     )
-    users.add_argument(
+    # Not one of the worker-user choices above: it combines with any of them.
+    backends.add_argument(
         "--no-spare-agent",
         action="store_true",
-        help="local provider: keep no worker agent pre-started (saves about 100 MB; cold starts take longer)",
+        help=(
+            "keep no worker agent pre-started (local provider; saves about 100 MB; cold starts take longer) and no "
+            "serving process started ahead of each worker's next revision (about 50 MB each; updates take longer)"
+        ),
     )
     serve.add_argument(
         "--metrics-port",

@@ -2,9 +2,10 @@
 
 The agent is the long-lived part of a worker (its id, its caches); each revision runs in
 a serving process of its own, so code and packages never mix across revisions. A new
-revision of the same environment (tier 2) starts a new serving process beside the old
-one, switches over once it is ready, then drains the old one. Clients call the serving
-process directly; the agent is never a hop on a call.
+revision of the same environment (tier 2) serves in a new serving process beside the old
+one — the one started ahead for it once the old one served (``vastrpc.serve.standby``),
+when it can take the revision's environment — switches over once it is ready, then drains
+the old one. Clients call the serving process directly; the agent is never a hop on a call.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from vastrpc._hostimage import (
 )
 from vastrpc._secrets import unseal
 from vastrpc._tls import TlsFiles
-from vastrpc._workerenv import serving_environ
+from vastrpc._workerenv import ENV_SPARE_SERVING, serving_environ, without_bundle
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.serve.container import ContainerEngine
 from vastrpc.serve.container_worker import ContainerWorker, Prepared
@@ -44,6 +45,7 @@ from vastrpc.serve.filecache import FileCache, endpoint_cache
 from vastrpc.serve.install import ensure_apt, ensure_pip_env, pip_site, run_startup_commands
 from vastrpc.serve.metrics import CallStatsReader
 from vastrpc.serve.serving import ServingProcess, prepare
+from vastrpc.serve.standby import Standby
 
 log = logging.getLogger("vastrpc.worker")
 
@@ -80,6 +82,7 @@ class Agent:
         tls: TlsFiles | None = None,
         container: ContainerEngine | None = None,
         spare_serving: ServingProcess | None = None,
+        standby: bool = True,
     ):
         self.worker_id = worker_id
         # Started by a spare agent before it had a worker (``vastrpc.serve.spare``): the first
@@ -102,6 +105,9 @@ class Agent:
         self._stub = control_pb2_grpc.ControlServiceStub(self._channel)
         self._old_channels: list[grpc.aio.Channel] = []
         self._stop = asyncio.Event()
+        # The next revision's serving process, started once one serves (``vastrpc.serve.standby``).
+        self._standby = Standby(self._stop) if standby and container is None else None
+        self._next: tuple[dict[str, str], str] | None = None  # its environment and interpreter
         self._workdir = home / "work" / worker_id
         # Every worker of this host shares it: a file is downloaded and written once per host.
         self._files: FileCache | None = None
@@ -169,6 +175,8 @@ class Agent:
             for waiting in (self._spare_serving, self._prepared):
                 if waiting is not None:
                     await waiting.stop(0)
+            if self._standby is not None:
+                await self._standby.stop()
             shutil.rmtree(self._workdir, ignore_errors=True)
             for old_channel in (self._channel, *self._old_channels):
                 await old_channel.close()
@@ -310,6 +318,8 @@ class Agent:
             ],
         )
         self._metrics_address = serving.metrics_address
+        if self._standby is not None and self._next is not None:
+            await self._standby.start(self._next[0], self._workdir, self._next[1])
         return serving
 
     async def _start_serving(
@@ -379,8 +389,12 @@ class Agent:
             container provider, what its container runs.
         """
         image = spec.image
-        # Only a revision's first serving process may be the spare agent's (it never waits for another).
+        # A serving process started ahead: the spare agent's for the first revision (it never
+        # waits for another), then the one started once the last revision served.
         spare, self._spare_serving = self._spare_serving, None
+        if spare is None and self._standby is not None:
+            spare = self._standby.take()
+        self._next = None
         if spare is not None and (self.container is not None or image.apt_packages or image.startup_commands):
             await spare.stop(0)
             spare = None
@@ -393,11 +407,15 @@ class Agent:
             self._secret_names = set(secrets)
             env.update(secrets)
         except VastrpcError as exc:
+            if spare is not None:
+                await spare.stop(0)
             raise DeploymentError(str(exc), step="secrets") from None
         if self.container is not None:
             return await self._install_for_container(image, image_id, env, bundle_dir)
         site = pip_site(list(image.pip_packages), self.home / "envs")
         env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (site, bundle_dir, env.get("PYTHONPATH")) if p)
+        # The next revision's serving process starts with this, its secrets, folder, ports and copies' root aside.
+        shared = without_bundle({k: v for k, v in env.items() if k not in self._secret_names}, bundle_dir)
         python, ports = await self._host_runtime(image, bundle_dir, env)
         if not image.apt_packages and not image.startup_commands:
             # Its interpreter starts while the packages install: neither changes what the other
@@ -405,6 +423,7 @@ class Agent:
             # and startup commands may change the interpreter's own site: it starts after them.
             public = {k: v for k, v in env.items() if k not in self._secret_names}
             self._prepared = await prepare(public, bundle_dir, python, spare)
+            self._next = (shared, python)
         try:
             await asyncio.to_thread(ensure_apt, list(image.apt_packages), log=_print)
             await asyncio.to_thread(ensure_pip_env, list(image.pip_packages), self.home / "envs", log=_print)
@@ -538,7 +557,9 @@ async def main(
             its config; a spare agent's (``vastrpc.serve.spare``).
 
     ``VASTRPC_CONTAINER_ENGINE`` (set by a container provider) runs each serving process in a
-    container of the deployment's image (``vastrpc.serve.container``).
+    container of the deployment's image (``vastrpc.serve.container``). ``VASTRPC_SPARE_SERVING=0``
+    (set by a control service run with ``--no-spare-agent``) starts no serving process ahead
+    for the next revision (``vastrpc.serve.standby``).
     """
     # A no-op when logging is set up already (the spare agent does so before it waits).
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s", stream=sys.stderr)
@@ -561,5 +582,6 @@ async def main(
         tls=tls,
         container=container,
         spare_serving=spare_serving,
+        standby=os.environ.get(ENV_SPARE_SERVING) != "0",
     )
     return await agent.run()

@@ -54,6 +54,7 @@ class ServingProcess:
         self.exited = asyncio.get_running_loop().create_task(proc.wait())
         self._channel: grpc.aio.Channel | None = None
         self.env: dict[str, str] = {}  # the environment it started with (``spawn``); empty in a container
+        self.python = ""  # the interpreter it runs on (``spawn``)
         # The revision's environment, which its config carries: set on a spare's (see ``prepare``).
         self.config_env: dict[str, str] | None = None
 
@@ -85,7 +86,8 @@ class ServingProcess:
         """Start the process with ``env``; it imports vastrpc and waits for its config (``configure``).
 
         The worker agent's spare (``vastrpc.serve.spare``) starts one before it knows its
-        deployment; ``start`` starts one and configures it at once.
+        deployment, an agent one for its next revision (``vastrpc.serve.standby``); ``start``
+        starts one and configures it at once.
         """
         read_fd, write_fd = os.pipe()
         try:
@@ -104,7 +106,7 @@ class ServingProcess:
             lambda: asyncio.StreamReaderProtocol(events), os.fdopen(read_fd, "rb")
         )
         serving = cls(proc, events, transport, "")
-        serving.env = env
+        serving.env, serving.python = env, python
         return serving
 
     async def configure(self, config: dict[str, Any], tls: TlsFiles | None = None) -> None:
@@ -197,21 +199,24 @@ class ServingProcess:
         return code
 
 
-async def prepare(env: dict[str, str], bundle_dir: Path, python: str, spare: ServingProcess | None) -> ServingProcess:
+async def prepare(env: dict[str, str], bundle_dir: Path, python: str, waiting: ServingProcess | None) -> ServingProcess:
     """A serving process for a revision whose environment is ``env`` (secrets aside), waiting for its config.
 
-    The spare agent's pre-started ``spare`` when it can take ``env`` (``fits_spare``: the
-    config carries ``env``, applied before the deployment's code runs); otherwise ``spare``
-    (if any) is stopped and a new process started with ``env``. Either way it starts before
-    the revision's packages are installed: the agent configures it once they are.
+    ``waiting`` is a serving process started before this revision was known: the spare
+    agent's (``vastrpc.serve.spare``, the base environment) or the one its agent started
+    for its next revision once the last one served (``vastrpc.serve.standby``, that
+    revision's environment). It serves when it can take ``env`` (same interpreter,
+    ``fits_spare``: the config carries ``env``, applied before the deployment's code runs);
+    otherwise it is stopped and a new process started with ``env``. Either way it starts
+    before the revision's packages are installed: the agent configures it once they are.
     """
-    if spare is not None:
-        if python == sys.executable and not spare.exited.done() and fits_spare(env, spare.env, bundle_dir):
-            log.info("loading: in the pre-started serving process (pid %d)", spare.proc.pid)
-            spare.config_env = dict(env)
-            return spare
-        log.info("loading: a new serving process (the environment is not the base one of the pre-started one)")
-        await spare.stop(0)
+    if waiting is not None:
+        if python == waiting.python and not waiting.exited.done() and fits_spare(env, waiting.env, bundle_dir):
+            log.info("loading: in the pre-started serving process (pid %d)", waiting.proc.pid)
+            waiting.config_env = dict(env)
+            return waiting
+        log.info("loading: a new serving process (the pre-started one cannot take this environment)")
+        await waiting.stop(0)
     return await ServingProcess.spawn(env, bundle_dir, python)
 
 

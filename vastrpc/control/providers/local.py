@@ -21,7 +21,7 @@ from vastrpc._files import open_private_log, private_folder
 from vastrpc._hostimage import image_warnings
 from vastrpc._process import module_argv, package_pythonpath, pid_alive
 from vastrpc._tls import TlsFiles
-from vastrpc._workerenv import inherited_environ
+from vastrpc._workerenv import ENV_SPARE_SERVING, inherited_environ
 from vastrpc.api.v1 import control_pb2
 from vastrpc.config import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_REQUIRE_CLIENT_CERT, ControlConfig
 from vastrpc.control.providers.base import ENV_HOME, ExitCallback
@@ -104,6 +104,8 @@ class LocalProcessProvider:
             worker_user=user,
             isolation_warnings=warnings,
             spare=None if config.spare_agent else False,
+            # Off, the agents start no serving process ahead for their next revision either.
+            agent_env=None if config.spare_agent else {ENV_SPARE_SERVING: "0"},
         )
 
     def __init__(

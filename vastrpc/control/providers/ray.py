@@ -30,6 +30,7 @@ from typing import Any
 from vastrpc._errors import DefinitionError, DeploymentError
 from vastrpc._hostimage import image_warnings
 from vastrpc._tls import TlsFiles, certificate_problems
+from vastrpc._workerenv import ENV_SPARE_SERVING
 from vastrpc.api.v1 import control_pb2
 from vastrpc.config import ControlConfig
 from vastrpc.control.providers.base import ExitCallback
@@ -79,6 +80,8 @@ class RayProvider:
         placement_timeout: Seconds a worker may wait for a node with free resources.
         linger: Seconds a worker's actor stays after its agent exited when nobody ends it
             (``ray_host.WorkerHost``).
+        spare_serving: Each agent starts its next revision's serving process ahead
+            (``vastrpc.serve.standby``); False: ``VASTRPC_SPARE_SERVING=0`` in their environment.
 
     Raises:
         DefinitionError: Ray is not installed (``pip install 'vastrpc[ray]'``).
@@ -100,6 +103,7 @@ class RayProvider:
             control_host=config.host,
             argv_prefix=worker_command,
             worker_tls=config.tls,
+            spare_serving=config.spare_agent,
         )
 
     def __init__(
@@ -113,6 +117,7 @@ class RayProvider:
         on_exit: ExitCallback | None = None,
         placement_timeout: float = 30.0,
         linger: float = 30.0,
+        spare_serving: bool = True,
     ) -> None:
         if importlib.util.find_spec("ray") is None:
             raise DefinitionError("--provider ray needs Ray on this machine: pip install 'vastrpc[ray]'")
@@ -124,6 +129,7 @@ class RayProvider:
         self.on_exit = on_exit
         self.placement_timeout = placement_timeout
         self.linger = linger
+        self._agent_env = {} if spare_serving else {ENV_SPARE_SERVING: "0"}
         self.log_dir = self.home / "logs" / "workers"
         self._workers: dict[str, _Worker] = {}
         self._connected = False
@@ -340,7 +346,7 @@ class RayProvider:
             "home": str(self.home),
             "argv_prefix": self.argv_prefix,
             "control_address": self._worker_control_address(control_address),
-            "env": {"PYTHONUNBUFFERED": "1"},
+            "env": {"PYTHONUNBUFFERED": "1", **self._agent_env},
             "token": token,
             "tls": self._tls_contents(),
             "marker": str(self._marker),
