@@ -102,7 +102,16 @@ async def test_a_code_update_serves_in_the_process_started_ahead_with_only_its_o
         assert name not in environ
     # The next one is waiting already, for the update after this one.
     log = await _log_until(project, worker["worker_id"], _AHEAD, 2)
-    assert int(_AHEAD.findall(log)[-1]) not in (ahead, first["pid"])
+    following = int(_AHEAD.findall(log)[-1])
+    assert following not in (ahead, first["pid"]) and _alive(following)
+
+    # A teardown stops the worker's agent, and the process waiting with it.
+    client = await project._client()
+    try:
+        await client.teardown(mod.app.name)
+    finally:
+        await client.close()
+    await _until(lambda: not _alive(following) and not _alive(ahead))
 
 
 @pytest.mark.e2e
@@ -133,6 +142,14 @@ def test_a_process_started_ahead_fits_the_same_packages_only(tmp_path: Path) -> 
     assert not fits_spare({**serving, "PYTHONPATH": f"{new}:/src"}, started, new)  # packages dropped
     assert not fits_spare({**serving, "PYTHONPATH": f"{site}:{new}:/src", "TZ": "UTC"}, started, new)
     assert "PYTHONPATH" not in without_bundle({"PYTHONPATH": str(old)}, old)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped by its agent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _path(*parts: object) -> str:
