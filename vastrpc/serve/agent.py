@@ -318,7 +318,7 @@ class Agent:
             ],
         )
         self._metrics_address = serving.metrics_address
-        if self._standby is not None and self._next is not None:
+        if self._standby is not None and self._next is not None and not self._stop.is_set():
             await self._standby.start(self._next[0], self._workdir, self._next[1])
         return serving
 

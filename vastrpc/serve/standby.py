@@ -21,7 +21,6 @@ turns it off with the spare agent (``VASTRPC_SPARE_SERVING=0`` in the agents' en
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -79,8 +78,9 @@ class Standby:
         if waiting is not None:
             await waiting.stop(0)
         if self._replacing is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._replacing  # a replacement spawned meanwhile stops itself: the plan is gone
+            # A replacement spawned meanwhile stops itself (the plan is gone); not awaited
+            # directly, so that its own cancellation does not read as ours.
+            await asyncio.wait([self._replacing])
             self._replacing = None
 
     def _disarm(self) -> None:
