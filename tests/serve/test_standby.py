@@ -130,6 +130,53 @@ async def test_no_spare_agent_starts_no_serving_process_ahead(project, control_s
     assert "ahead" not in log and "pre-started" not in log
 
 
+# Its pip packages are a code change (tier 2): ``{pip}`` is empty, or a ``pip_install``.
+WITH_PIP = """
+import os
+from vastrpc import Deployment
+
+app = Deployment(name="{name}")
+app.image("python:3.11-slim"){pip}
+
+VERSION = {version}
+
+@app.remote(benchmark_dataset=[dict()])
+async def six_version() -> dict:
+    try:
+        import six
+    except ImportError:
+        six = None
+    return dict(version=VERSION, pid=os.getpid(), six=six.__version__ if six else None)
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+async def test_an_update_with_new_pip_packages_starts_a_new_process_and_the_next_one_starts_with_them(
+    project, control_service
+) -> None:
+    mod = project(WITH_PIP.replace("{pip}", "").replace("{version}", "1"))
+    first = await mod.six_version()
+    assert first["six"] != "1.16.0"  # none, or the interpreter's own
+    (worker,) = await project.workers(mod.app)
+    await _log_until(project, worker["worker_id"], _AHEAD, 1)
+
+    project.rewrite(mod, WITH_PIP.replace("{pip}", '.pip_install("six==1.16.0")'), version="2")
+    mod.app.image_spec.pip_install("six==1.16.0")  # as importing the file again would
+    assert (await mod.app.ensure_ready()).tier == 2
+    second = await mod.six_version()
+    assert second["six"] == "1.16.0" and second["version"] == 2
+    log = await project.logs(worker["worker_id"])
+    assert "loading: a new serving process (the pre-started one cannot take this environment)" in log
+    # The next one starts with the packages' folder on its path: the same packages fit it.
+    log = await _log_until(project, worker["worker_id"], _AHEAD, 2)
+    ahead = int(_AHEAD.findall(log)[-1])
+    project.rewrite(mod, WITH_PIP.replace("{pip}", '.pip_install("six==1.16.0")'), version="3")
+    assert (await mod.app.ensure_ready()).tier == 2
+    third = await mod.six_version()
+    assert third == dict(version=3, pid=ahead, six="1.16.0")
+
+
 def test_a_process_started_ahead_fits_the_same_packages_only(tmp_path: Path) -> None:
     base = serving_environ({"PATH": "/bin", "PYTHONPATH": "/src", "LANG": "C.UTF-8"})
     old, new = tmp_path / "r-old", tmp_path / "r-new"
