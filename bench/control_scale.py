@@ -4,9 +4,11 @@ What it measures, for each worker count (``--workers 1000,2000``), on a control 
 process of its own (SQLite, ``--heartbeat-interval 1``):
 
 - **CPU**: the control service's utime+stime (``/proc/PID/stat``) over a window, with every
-  worker heartbeating once a second; first without clients, then with ``--watchers`` clients
-  watching the endpoint. Baseline in the same run: a bare grpc.aio unary echo server taking the
-  same rate of calls from the same number of channels.
+  worker heartbeating once a second, each beat a message on its HeartbeatStream (as agents
+  do); then, in the same run, with unary Heartbeat calls (as older agents do); then with
+  ``--watchers`` clients watching the endpoint (streams again). Baselines in the same run: a bare
+  grpc.aio server echoing the same rate of messages from the same number of channels, as unary
+  calls and as messages on one bidirectional stream per simulated worker.
 - **watch latency**: ``--flips`` state changes (a worker reports DRAINING, then READY again,
   over UpdateWorker with its own token), each timed from just before the report until each
   watcher's stream delivers an update showing it; p50/p99 over every (flip, watcher).
@@ -111,6 +113,12 @@ class FleetProcess:
         self.proc.stdin.write("\n")
         self.proc.stdin.flush()
         self.last: dict[str, float] = {}
+
+    def heartbeats(self, how: str) -> None:
+        """Switch how the workers beat: "unary" or "stream"."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(how + "\n")
+        self.proc.stdin.flush()
 
     async def ready(self, timeout: float) -> None:
         line = await asyncio.wait_for(asyncio.to_thread(self._readline), timeout)
@@ -223,7 +231,14 @@ async def run_scale(count: int, args: argparse.Namespace) -> dict[str, object]:
                 result["heartbeat_rate"] = fleet.last.get("heartbeats", 0)
                 result["fleet"] = dict(fleet.last)
                 result["load_cpu"] = load()
-                print(f"  CPU, heartbeats only: {result['cpu_heartbeats']:.1%} of a core ({load()})", flush=True)
+                print(f"  CPU, heartbeats only (streams): {result['cpu_heartbeats']:.1%} ({load()})", flush=True)
+                fleet.heartbeats("unary")
+                await asyncio.sleep(3)
+                result["cpu_heartbeats_unary"] = await cpu_share(control.process.pid, args.window)
+                result["fleet_unary"] = dict(fleet.last)
+                print(f"  CPU, heartbeats only (unary): {result['cpu_heartbeats_unary']:.1%} ({load()})", flush=True)
+                fleet.heartbeats("stream")
+                await asyncio.sleep(3)
                 times, size = await _list_latency(stub, key)
                 result.update(list_p50_ms=_ms(times, 0.5), list_p99_ms=_ms(times, 0.99), list_bytes=size)
                 print(f"  ListDeployments p50 {_ms(times, 0.5):.1f} ms, p99 {_ms(times, 0.99):.1f} ms, {size} B")
@@ -265,8 +280,12 @@ async def run_scale(count: int, args: argparse.Namespace) -> dict[str, object]:
     return result
 
 
-async def echo_baseline(rate: int, channels: int, window: float) -> float:
-    """CPU share of a bare grpc.aio unary echo server taking ``rate`` calls per second."""
+async def echo_baseline(rate: int, channels: int, window: float, stream: bool = False) -> float:
+    """CPU share of a bare grpc.aio echo server taking ``rate`` messages per second.
+
+    ``stream``: each of ``rate`` clients sends one message a second on a bidirectional stream
+    of its own and reads the echo (as heartbeats on HeartbeatStream); else one unary call each.
+    """
     here = Path(__file__).resolve().parent
     proc = subprocess.Popen(
         [sys.executable, str(here / "echo_server.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -282,12 +301,29 @@ async def echo_baseline(rate: int, channels: int, window: float) -> float:
         )
         for c in chans
     ]
+    streams = [
+        c.stream_stream(
+            "/bench.Echo/Beats",
+            request_serializer=worker_pb2.CallData.SerializeToString,
+            response_deserializer=worker_pb2.CallData.FromString,
+        )
+        for c in chans
+    ]
     # The size of a heartbeat with its worker id, and the same bearer metadata.
     msg = worker_pb2.CallData(call_id=1, data=b"w-0123456789ab")
     metadata = bearer("x" * 43)
 
     async def beat(i: int) -> None:
         await asyncio.sleep(i / rate)
+        if stream:
+            call = streams[i % len(streams)](metadata=metadata)
+            try:
+                while True:
+                    await call.write(msg)
+                    await call.read()
+                    await asyncio.sleep(1.0)
+            finally:
+                call.cancel()
         while True:
             await rpcs[i % len(rpcs)](msg, metadata=metadata)
             await asyncio.sleep(1.0)
@@ -315,6 +351,9 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         base = await echo_baseline(count, args.channels, args.window)
         results["runs"][-1]["cpu_echo_baseline"] = base  # type: ignore[index]
         print(f"  baseline, bare grpc.aio echo at {count} calls/s: {base:.1%} of a core ({load()})", flush=True)
+        base = await echo_baseline(count, args.channels, args.window, stream=True)
+        results["runs"][-1]["cpu_echo_stream_baseline"] = base  # type: ignore[index]
+        print(f"  baseline, the same on {count} bidi streams: {base:.1%} of a core ({load()})", flush=True)
     return results
 
 

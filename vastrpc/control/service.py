@@ -24,6 +24,7 @@ from vastrpc._grpc import token_from_metadata, tokens_equal
 from vastrpc._hostimage import PORT_PROTOCOL_VALUES, protocol_name
 from vastrpc._secrets import reseal
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
+from vastrpc.control.heartbeats import Heartbeats
 from vastrpc.control.lifecycle.autoscaler import Autoscaler, wake
 from vastrpc.control.lifecycle.endpoints import Lifecycle
 from vastrpc.control.lifecycle.reaper import Reaper
@@ -44,7 +45,15 @@ _PREFIX = "/vastrpc.api.v1.ControlService/"
 # The methods a worker token admits: for its own worker, and within its endpoint (checked in the handlers).
 WORKER_METHODS = frozenset(
     _PREFIX + m
-    for m in ("RegisterWorker", "UpdateWorker", "Heartbeat", "WatchWorker", "DownloadBundle", "DownloadFiles")
+    for m in (
+        "RegisterWorker",
+        "UpdateWorker",
+        "Heartbeat",
+        "HeartbeatStream",
+        "WatchWorker",
+        "DownloadBundle",
+        "DownloadFiles",
+    )
 )
 # How often a watching client is recorded as seen (the TTL counts from the last time).
 CLIENT_SEEN_INTERVAL = 10.0
@@ -57,7 +66,7 @@ _KEEPALIVE = control_pb2.WatchEndpointResponse(keepalive=True)
 MAX_LOG_BYTES = 4 << 20
 
 
-class ControlService(BundleTransfer, control_pb2_grpc.ControlServiceServicer):
+class ControlService(Heartbeats, BundleTransfer, control_pb2_grpc.ControlServiceServicer):
     """Serves vastrpc.api.v1.ControlService.
 
     Args:
@@ -311,18 +320,6 @@ class ControlService(BundleTransfer, control_pb2_grpc.ControlServiceServicer):
         if self.metrics is not None:
             self.metrics.worker_metrics_address(request.worker_id, request.metrics_address)
         return control_pb2.UpdateWorkerResponse()
-
-    @unary
-    async def Heartbeat(
-        self, request: control_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
-    ) -> control_pb2.HeartbeatResponse:
-        self._check_worker(context, request.worker_id)
-        stop = self.lifecycle.heartbeat(
-            request.worker_id, request.calls_in_flight, request.calls_queued, request.calls_started
-        )
-        if self.metrics is not None:
-            self.metrics.heartbeat(request)
-        return control_pb2.HeartbeatResponse(stop=stop)
 
     # -- clients ----------------------------------------------------------------------
 
