@@ -39,7 +39,8 @@ class Heartbeats:
 
     def _beat(self, request: control_pb2.HeartbeatRequest) -> bool:
         """Record one heartbeat of a worker already authorized; True when it should stop."""
-        stop = self.lifecycle.heartbeat(
+        # Kept in memory, written with the others' within a second (``HeartbeatBatch``).
+        stop = self.lifecycle.beats.record(
             request.worker_id, request.calls_in_flight, request.calls_queued, request.calls_started
         )
         if self.metrics is not None:

@@ -356,6 +356,7 @@ class ControlService(Heartbeats, BundleTransfer, control_pb2_grpc.ControlService
     async def ListDeployments(
         self, request: control_pb2.ListDeploymentsRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.ListDeploymentsResponse:
+        self.lifecycle.beats.flush()  # the workers' activity as their latest heartbeats say
         deployments = self.store.list_deployments()
         if request.name:
             deployments = [d for d in deployments if d.name == request.name]

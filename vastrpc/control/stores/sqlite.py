@@ -413,6 +413,19 @@ class SqliteStore:
         """Set columns of a worker and return the new row."""
         return self._update("workers", WORKER_COLUMNS, worker_id, values, self.get_worker)
 
+    def record_heartbeats(self, beats: dict[str, dict[str, Any]]) -> None:
+        """Write many workers' heartbeats (``HeartbeatBatch``) in one statement batch; unknown workers are skipped."""
+        rows = [
+            (b["last_heartbeat"], b["calls_in_flight"], b["calls_queued"], b["calls_started"], worker_id)
+            for worker_id, b in beats.items()
+        ]
+        with self.transaction(), self._lock:
+            self._db.executemany(
+                "UPDATE workers SET last_heartbeat = MAX(last_heartbeat, ?), calls_in_flight = ?,"
+                " calls_queued = ?, calls_started = ? WHERE id = ?",
+                rows,
+            )
+
 
 def _revision(row: Any) -> RevisionRow | None:
     if not row:
