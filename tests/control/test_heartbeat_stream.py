@@ -56,7 +56,7 @@ async def _worker(client: Client, worker_id: str) -> common_pb2.Worker:
 async def test_beats_on_one_stream_keep_a_worker_alive_past_the_heartbeat_timeout(control_service) -> None:
     async with Client(control_service.address, control_service.api_key) as client:
         data, digest = bundle()
-        reg, _ = await client.deploy(make_spec(digest=digest), data)
+        reg, _ = await client.deploy(make_spec(digest=digest, max_workers=4), data)
         await client.wait_ready(reg.endpoint_id)
         joined = await _joined(client, "hello")
         sender = HeartbeatSender(bearer(joined.worker_token))
@@ -84,7 +84,7 @@ async def test_beats_on_one_stream_keep_a_worker_alive_past_the_heartbeat_timeou
 async def test_a_heartbeat_stream_refuses_beats_of_another_worker(control_service) -> None:
     async with Client(control_service.address, control_service.api_key) as client:
         data, digest = bundle()
-        reg, _ = await client.deploy(make_spec(digest=digest), data)
+        reg, _ = await client.deploy(make_spec(digest=digest, max_workers=4), data)
         await client.wait_ready(reg.endpoint_id)
         a, b = await _joined(client, "hello"), await _joined(client, "hello")
 

@@ -6,9 +6,13 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vastrpc._errors import NotFoundError
 from vastrpc.control.stores.base import Store, WorkerRow
+
+if TYPE_CHECKING:
+    from vastrpc.control.snapshots import Snapshot
 
 __all__ = ["HeartbeatBatch"]
 
@@ -38,7 +42,9 @@ class HeartbeatBatch:
     Whether a worker must stop (it was stopped or failed, its endpoint stopped or gone) is
     read from the store once and kept until its endpoint changes (``version``, the
     lifecycle's count of its changes) or for ``max_age`` seconds, which bounds how late a
-    change no ``changed`` announced (another service's, on a shared store) is told.
+    change no ``changed`` announced (another service's, on a shared store) is told. After a
+    change, the watches' snapshot of the endpoint (``peek``), once current, answers without a
+    read: a flip of one worker does not make the thousand others' next beats read the store.
 
     Args:
         store: Where heartbeats are written and workers read.
@@ -61,6 +67,8 @@ class HeartbeatBatch:
         self._adopt = adopt
         self.flush_interval = flush_interval
         self.max_age = max_age
+        # The shared snapshot of a watched endpoint, when current (``Snapshots.peek``; set by the service).
+        self.peek: Callable[[str], Snapshot | None] = lambda endpoint_id: None
         self._pending: dict[str, dict[str, float | int]] = {}
         self._answers: dict[str, _Answer] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -90,6 +98,13 @@ class HeartbeatBatch:
             and now - answer.taken < self.max_age
         ):
             return answer
+        if answer is not None and (snapshot := self.peek(answer.endpoint_id)) is not None:
+            # The endpoint changed, and the watches' snapshot of it is current: no read.
+            row = snapshot.worker(worker_id)
+            if row is not None:
+                stop = row.state == "failed" or snapshot.endpoint.state == "stopped"
+                answer = self._answers[worker_id] = _Answer(answer.endpoint_id, snapshot.version, now, stop)
+                return answer
         worker = self._store.get_worker(worker_id)
         if worker is None:
             self._answers.pop(worker_id, None)
@@ -117,9 +132,9 @@ class HeartbeatBatch:
         if batch is not None:
             batch(pending)  # one statement batch (SQLite)
             return
-        with self._store.transaction():
-            for worker_id, values in pending.items():
-                try:
-                    self._store.update_worker(worker_id, **values)
-                except KeyError:
-                    pass  # gone meanwhile
+        # Elsewhere one single-row update each, as before: on PostgreSQL those take no lock.
+        for worker_id, values in pending.items():
+            try:
+                self._store.update_worker(worker_id, **values)
+            except KeyError:
+                pass  # gone meanwhile
