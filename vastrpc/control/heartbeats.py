@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Heartbeats"]
 
+# The two answers a beat on a stream can get, built once.
+_STREAM_ANSWERS = {
+    stop: control_pb2.HeartbeatStreamResponse(beat=control_pb2.HeartbeatResponse(stop=stop)) for stop in (False, True)
+}
+
 
 class Heartbeats:
     """The Heartbeat and HeartbeatStream handlers (a mixin of ControlService).
@@ -76,7 +81,7 @@ class Heartbeats:
                 stop = self._beat(beat)
             except VastrpcError as exc:
                 await abort(context, exc)
-            yield control_pb2.HeartbeatStreamResponse(beat=control_pb2.HeartbeatResponse(stop=stop))
+            yield _STREAM_ANSWERS[stop]
             if self.lifecycle.shutting_down:
                 # Its agent reopens the stream on a peer, or on this service once it is back.
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the control service is stopping")
