@@ -11,7 +11,10 @@ process of its own (SQLite, ``--heartbeat-interval 1``):
   calls and as messages on one bidirectional stream per simulated worker.
 - **watch latency**: ``--flips`` state changes (a worker reports DRAINING, then READY again,
   over UpdateWorker with its own token), each timed from just before the report until each
-  watcher's stream delivers an update showing it; p50/p99 over every (flip, watcher).
+  watcher's stream delivers an update showing it; p50/p99 over every (flip, watcher), and the
+  median delivery of each flip (a slow flip vs watchers served one after the other). Since
+  2026-12-03 the updates of a flip are decoded once every watcher got one (before, each poll
+  decoded those already there while the rest arrived, which timed the rest late).
 - **ListDeployments**: latency of 30 sequential calls, and the answer's size.
 - **the client's choice of a worker** (``bench/balancer_pick.py``): µs per pick among 10 to
   10,000 ready workers, against the linear scan it replaced.
@@ -155,16 +158,23 @@ async def _wait_all_ready(stub: control_pb2_grpc.ControlServiceStub, key: str, n
     raise RuntimeError(f"not all {count} workers became ready")
 
 
+# The median delivery of each flip of the last ``_flips``: tells one slow flip (every watcher
+# late at once: the process had no core) from watchers served one after the other.
+flip_medians: list[float] = []
+
+
 async def _flips(
     stub: control_pb2_grpc.ControlServiceStub, watchers: list[Watcher], workers: list[Credentials], flips: int
 ) -> tuple[list[float], int]:
     """Latencies (s) of every (flip, watcher), and how many deliveries were missing after 10 s."""
     latencies: list[float] = []
     missing = 0
+    flip_medians.clear()
     for k in range(flips):
         worker = workers[(k // 2) % len(workers)]
         state = common_pb2.WORKER_STATE_DRAINING if k % 2 == 0 else common_pb2.WORKER_STATE_READY
         marks = [len(w.arrivals) for w in watchers]
+        done = len(latencies)
         started = time.monotonic()
         extra = {"address": "127.0.0.1:9", "score": 100.0, "capacity": 4} if k % 2 else {}
         await stub.UpdateWorker(
@@ -176,12 +186,21 @@ async def _flips(
         deadline = time.monotonic() + 10
         while pending and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+            # Decoded only once every watcher still waited for got something new (or after 5 s):
+            # arrivals are timed on this event loop, and decoding a hundred 120 kB updates while
+            # the rest still arrive would time those late.
+            if any(len(watchers[i].arrivals) <= marks[i] for i in pending) and time.monotonic() < deadline - 5:
+                continue
             for i in list(pending):
                 at = watchers[i].seen(marks[i], worker.worker_id, state)
                 if at is not None:
                     latencies.append(at - started)
                     pending.discard(i)
+                else:
+                    marks[i] = len(watchers[i].arrivals)  # not in those: wait for the next
         missing += len(pending)
+        if len(latencies) > done:
+            flip_medians.append(percentile(latencies[done:], 0.5))
         await asyncio.sleep(0.1)  # the next flip starts from quiet
     return latencies, missing
 
@@ -265,11 +284,20 @@ async def run_scale(count: int, args: argparse.Namespace) -> dict[str, object]:
                     watch_max_ms=_ms(latencies, 1.0),
                     watch_missing=missing,
                     load_watch=load(),
+                    watch_flip_median_p50_ms=_ms(flip_medians, 0.5),
+                    watch_flip_median_max_ms=_ms(flip_medians, 1.0),
+                    watch_flips_median_over_100ms=sum(m > 0.1 for m in flip_medians),
                 )
                 print(
                     f"  watch: p50 {result['watch_p50_ms']:.1f} ms, p99 {result['watch_p99_ms']:.1f} ms, "
                     f"max {result['watch_max_ms']:.1f} ms over {len(latencies)} deliveries, {missing} missing; "
                     f"CPU during flips {result['cpu_flips']:.1%} ({load()})",
+                    flush=True,
+                )
+                print(
+                    f"  per flip, median delivery: p50 {result['watch_flip_median_p50_ms']:.1f} ms, "
+                    f"slowest {result['watch_flip_median_max_ms']:.1f} ms; "
+                    f"{result['watch_flips_median_over_100ms']} of {len(flip_medians)} flips over 100 ms",
                     flush=True,
                 )
                 await asyncio.gather(*(w.close() for w in watchers))
