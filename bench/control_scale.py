@@ -4,12 +4,17 @@ What it measures, for each worker count (``--workers 1000,2000``), on a control 
 process of its own (SQLite, ``--heartbeat-interval 1``):
 
 - **CPU**: the control service's utime+stime (``/proc/PID/stat``) over a window, with every
-  worker heartbeating once a second; first without clients, then with ``--watchers`` clients
-  watching the endpoint. Baseline in the same run: a bare grpc.aio unary echo server taking the
-  same rate of calls from the same number of channels.
+  worker heartbeating once a second, each beat a message on its HeartbeatStream (as agents
+  do); then, in the same run, with unary Heartbeat calls (as older agents do); then with
+  ``--watchers`` clients watching the endpoint (streams again). Baselines in the same run: a bare
+  grpc.aio server echoing the same rate of messages from the same number of channels, as unary
+  calls and as messages on one bidirectional stream per simulated worker.
 - **watch latency**: ``--flips`` state changes (a worker reports DRAINING, then READY again,
   over UpdateWorker with its own token), each timed from just before the report until each
-  watcher's stream delivers an update showing it; p50/p99 over every (flip, watcher).
+  watcher's stream delivers an update showing it; p50/p99 over every (flip, watcher), and the
+  median delivery of each flip (a slow flip vs watchers served one after the other). Since
+  2026-12-03 the updates of a flip are decoded once every watcher got one (before, each poll
+  decoded those already there while the rest arrived, which timed the rest late).
 - **ListDeployments**: latency of 30 sequential calls, and the answer's size.
 - **the client's choice of a worker** (``bench/balancer_pick.py``): µs per pick among 10 to
   10,000 ready workers, against the linear scan it replaced.
@@ -112,6 +117,12 @@ class FleetProcess:
         self.proc.stdin.flush()
         self.last: dict[str, float] = {}
 
+    def heartbeats(self, how: str) -> None:
+        """Switch how the workers beat: "unary" or "stream"."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(how + "\n")
+        self.proc.stdin.flush()
+
     async def ready(self, timeout: float) -> None:
         line = await asyncio.wait_for(asyncio.to_thread(self._readline), timeout)
         if "ready" not in json.loads(line or "{}"):
@@ -147,16 +158,23 @@ async def _wait_all_ready(stub: control_pb2_grpc.ControlServiceStub, key: str, n
     raise RuntimeError(f"not all {count} workers became ready")
 
 
+# The median delivery of each flip of the last ``_flips``: tells one slow flip (every watcher
+# late at once: the process had no core) from watchers served one after the other.
+flip_medians: list[float] = []
+
+
 async def _flips(
     stub: control_pb2_grpc.ControlServiceStub, watchers: list[Watcher], workers: list[Credentials], flips: int
 ) -> tuple[list[float], int]:
     """Latencies (s) of every (flip, watcher), and how many deliveries were missing after 10 s."""
     latencies: list[float] = []
     missing = 0
+    flip_medians.clear()
     for k in range(flips):
         worker = workers[(k // 2) % len(workers)]
         state = common_pb2.WORKER_STATE_DRAINING if k % 2 == 0 else common_pb2.WORKER_STATE_READY
         marks = [len(w.arrivals) for w in watchers]
+        done = len(latencies)
         started = time.monotonic()
         extra = {"address": "127.0.0.1:9", "score": 100.0, "capacity": 4} if k % 2 else {}
         await stub.UpdateWorker(
@@ -168,12 +186,21 @@ async def _flips(
         deadline = time.monotonic() + 10
         while pending and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+            # Decoded only once every watcher still waited for got something new (or after 5 s):
+            # arrivals are timed on this event loop, and decoding a hundred 120 kB updates while
+            # the rest still arrive would time those late.
+            if any(len(watchers[i].arrivals) <= marks[i] for i in pending) and time.monotonic() < deadline - 5:
+                continue
             for i in list(pending):
                 at = watchers[i].seen(marks[i], worker.worker_id, state)
                 if at is not None:
                     latencies.append(at - started)
                     pending.discard(i)
+                else:
+                    marks[i] = len(watchers[i].arrivals)  # not in those: wait for the next
         missing += len(pending)
+        if len(latencies) > done:
+            flip_medians.append(percentile(latencies[done:], 0.5))
         await asyncio.sleep(0.1)  # the next flip starts from quiet
     return latencies, missing
 
@@ -223,7 +250,14 @@ async def run_scale(count: int, args: argparse.Namespace) -> dict[str, object]:
                 result["heartbeat_rate"] = fleet.last.get("heartbeats", 0)
                 result["fleet"] = dict(fleet.last)
                 result["load_cpu"] = load()
-                print(f"  CPU, heartbeats only: {result['cpu_heartbeats']:.1%} of a core ({load()})", flush=True)
+                print(f"  CPU, heartbeats only (streams): {result['cpu_heartbeats']:.1%} ({load()})", flush=True)
+                fleet.heartbeats("unary")
+                await asyncio.sleep(3)
+                result["cpu_heartbeats_unary"] = await cpu_share(control.process.pid, args.window)
+                result["fleet_unary"] = dict(fleet.last)
+                print(f"  CPU, heartbeats only (unary): {result['cpu_heartbeats_unary']:.1%} ({load()})", flush=True)
+                fleet.heartbeats("stream")
+                await asyncio.sleep(3)
                 times, size = await _list_latency(stub, key)
                 result.update(list_p50_ms=_ms(times, 0.5), list_p99_ms=_ms(times, 0.99), list_bytes=size)
                 print(f"  ListDeployments p50 {_ms(times, 0.5):.1f} ms, p99 {_ms(times, 0.99):.1f} ms, {size} B")
@@ -250,11 +284,20 @@ async def run_scale(count: int, args: argparse.Namespace) -> dict[str, object]:
                     watch_max_ms=_ms(latencies, 1.0),
                     watch_missing=missing,
                     load_watch=load(),
+                    watch_flip_median_p50_ms=_ms(flip_medians, 0.5),
+                    watch_flip_median_max_ms=_ms(flip_medians, 1.0),
+                    watch_flips_median_over_100ms=sum(m > 0.1 for m in flip_medians),
                 )
                 print(
                     f"  watch: p50 {result['watch_p50_ms']:.1f} ms, p99 {result['watch_p99_ms']:.1f} ms, "
                     f"max {result['watch_max_ms']:.1f} ms over {len(latencies)} deliveries, {missing} missing; "
                     f"CPU during flips {result['cpu_flips']:.1%} ({load()})",
+                    flush=True,
+                )
+                print(
+                    f"  per flip, median delivery: p50 {result['watch_flip_median_p50_ms']:.1f} ms, "
+                    f"slowest {result['watch_flip_median_max_ms']:.1f} ms; "
+                    f"{result['watch_flips_median_over_100ms']} of {len(flip_medians)} flips over 100 ms",
                     flush=True,
                 )
                 await asyncio.gather(*(w.close() for w in watchers))
@@ -265,8 +308,12 @@ async def run_scale(count: int, args: argparse.Namespace) -> dict[str, object]:
     return result
 
 
-async def echo_baseline(rate: int, channels: int, window: float) -> float:
-    """CPU share of a bare grpc.aio unary echo server taking ``rate`` calls per second."""
+async def echo_baseline(rate: int, channels: int, window: float, stream: bool = False) -> float:
+    """CPU share of a bare grpc.aio echo server taking ``rate`` messages per second.
+
+    ``stream``: each of ``rate`` clients sends one message a second on a bidirectional stream
+    of its own and reads the echo (as heartbeats on HeartbeatStream); else one unary call each.
+    """
     here = Path(__file__).resolve().parent
     proc = subprocess.Popen(
         [sys.executable, str(here / "echo_server.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -282,12 +329,29 @@ async def echo_baseline(rate: int, channels: int, window: float) -> float:
         )
         for c in chans
     ]
+    streams = [
+        c.stream_stream(
+            "/bench.Echo/Beats",
+            request_serializer=worker_pb2.CallData.SerializeToString,
+            response_deserializer=worker_pb2.CallData.FromString,
+        )
+        for c in chans
+    ]
     # The size of a heartbeat with its worker id, and the same bearer metadata.
     msg = worker_pb2.CallData(call_id=1, data=b"w-0123456789ab")
     metadata = bearer("x" * 43)
 
     async def beat(i: int) -> None:
         await asyncio.sleep(i / rate)
+        if stream:
+            call = streams[i % len(streams)](metadata=metadata)
+            try:
+                while True:
+                    await call.write(msg)
+                    await call.read()
+                    await asyncio.sleep(1.0)
+            finally:
+                call.cancel()
         while True:
             await rpcs[i % len(rpcs)](msg, metadata=metadata)
             await asyncio.sleep(1.0)
@@ -315,6 +379,9 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         base = await echo_baseline(count, args.channels, args.window)
         results["runs"][-1]["cpu_echo_baseline"] = base  # type: ignore[index]
         print(f"  baseline, bare grpc.aio echo at {count} calls/s: {base:.1%} of a core ({load()})", flush=True)
+        base = await echo_baseline(count, args.channels, args.window, stream=True)
+        results["runs"][-1]["cpu_echo_stream_baseline"] = base  # type: ignore[index]
+        print(f"  baseline, the same on {count} bidi streams: {base:.1%} of a core ({load()})", flush=True)
     return results
 
 

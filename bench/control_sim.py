@@ -3,8 +3,11 @@
 One process stands in for a cluster: each simulated worker does what ``vastrpc.serve.agent``
 does over gRPC — RegisterWorker with its own worker token, UpdateWorker through downloading,
 installing and loading to ready (with an address nobody calls), a WatchWorker stream open, and
-a Heartbeat every interval — but serves nothing. ``bench/control_scale.py`` measures a control
-service under a thousand of them; ``tests/control/test_scale.py`` runs a few hundred.
+a heartbeat every interval, as a message on its HeartbeatStream (the agent's own
+``HeartbeatSender``; unary Heartbeat calls instead while ``unary_heartbeats`` is set, as older
+agents do: a ``unary`` / ``stream`` line on the fleet's stdin switches) — but serves nothing.
+``bench/control_scale.py`` measures a control service under a thousand of them;
+``tests/control/test_scale.py`` runs a few hundred.
 
 Workers come from ``JoinEndpoint`` (the API key admits workers started by hand), plus the one
 worker the provider starts when the endpoint is provisioned: the control service is started
@@ -32,6 +35,7 @@ import grpc
 from vastrpc._grpc import CHANNEL_OPTIONS, bearer
 from vastrpc._manifest import encode_manifest
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
+from vastrpc.serve.heartbeats import HeartbeatSender, Unanswered
 
 HERE = Path(__file__).resolve()
 WATCH_METHOD = "/vastrpc.api.v1.ControlService/WatchEndpoint"
@@ -135,6 +139,8 @@ class Fleet:
             ``--heartbeat-interval``); their phases are spread at random over it.
         channels: gRPC channels the workers share, round-robin.
         watch_assignments: Keep a WatchWorker stream open per worker, as a real agent does.
+        unary_heartbeats: One unary Heartbeat call per beat (older agents) instead of a
+            message on the worker's HeartbeatStream; may be changed while the fleet runs.
     """
 
     def __init__(
@@ -145,7 +151,9 @@ class Fleet:
         heartbeat_interval: float = 1.0,
         channels: int = 16,
         watch_assignments: bool = True,
+        unary_heartbeats: bool = False,
     ) -> None:
+        self.unary_heartbeats = unary_heartbeats
         self.workers = list(workers)
         self.heartbeat_interval = heartbeat_interval
         self.watch_assignments = watch_assignments
@@ -198,19 +206,27 @@ class Fleet:
     async def _heartbeats(self, index: int, worker: Credentials) -> None:
         stub, metadata = self.stub(index), bearer(worker.token)
         request = control_pb2.HeartbeatRequest(worker_id=worker.worker_id)
+        sender = HeartbeatSender(metadata)
         await asyncio.sleep(random.uniform(0, self.heartbeat_interval))
         next_at = time.monotonic()
-        while True:
-            next_at += self.heartbeat_interval
-            started = time.monotonic()
-            try:
-                await stub.Heartbeat(request, metadata=metadata, timeout=self.heartbeat_interval * 2)
-                self.stats.heartbeats += 1
-                self.stats.latencies.append(time.monotonic() - started)
-            except grpc.aio.AioRpcError:
-                self.stats.heartbeat_errors += 1
-            # A fixed rate, as the agent's loop aims for: a late heartbeat does not push the rest back.
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        try:
+            while True:
+                next_at += self.heartbeat_interval
+                started = time.monotonic()
+                try:
+                    if self.unary_heartbeats:
+                        sender.close()
+                        await stub.Heartbeat(request, metadata=metadata, timeout=self.heartbeat_interval * 2)
+                    else:
+                        await sender.send(stub, request, timeout=self.heartbeat_interval * 2)
+                    self.stats.heartbeats += 1
+                    self.stats.latencies.append(time.monotonic() - started)
+                except (grpc.aio.AioRpcError, Unanswered):
+                    self.stats.heartbeat_errors += 1
+                # A fixed rate, as the agent's loop aims for: a late heartbeat does not push the rest back.
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        finally:
+            sender.close()
 
     async def _watch(self, index: int, worker: Credentials) -> None:
         call = self.stub(index).WatchWorker(
@@ -234,6 +250,7 @@ async def _fleet_main(argv: Sequence[str]) -> int:
     parser.add_argument("--heartbeat-interval", type=float, default=1.0)
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--starting", type=int, default=16, help="workers coming up at once")
+    parser.add_argument("--unary-heartbeats", action="store_true", help="one unary call per heartbeat")
     args = parser.parse_args(argv)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -241,7 +258,13 @@ async def _fleet_main(argv: Sequence[str]) -> int:
     workers = []
     while (line := await reader.readline()).strip():
         workers.append(Credentials(**json.loads(line)))
-    fleet = Fleet(args.control, workers, heartbeat_interval=args.heartbeat_interval, channels=args.channels)
+    fleet = Fleet(
+        args.control,
+        workers,
+        heartbeat_interval=args.heartbeat_interval,
+        channels=args.channels,
+        unary_heartbeats=args.unary_heartbeats,
+    )
     await fleet.start(args.starting)
     print(json.dumps({"ready": fleet.stats.ready}), flush=True)
 
@@ -261,7 +284,10 @@ async def _fleet_main(argv: Sequence[str]) -> int:
             print(json.dumps(line), flush=True)
 
     reporting = asyncio.create_task(report())
-    await reader.read()  # until the parent closes our stdin
+    # Until the parent closes our stdin; a line "unary" or "stream" switches how workers beat.
+    while command := (await reader.readline()).strip():
+        fleet.unary_heartbeats = command == b"unary"
+
     reporting.cancel()
     await fleet.close()
     return 0

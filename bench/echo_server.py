@@ -7,6 +7,9 @@
   transfer: the client sends one payload as chunks followed by an empty message; the server keeps
   the chunks and, at the empty message, sends them back followed by an empty message. Store and
   forward, like a call whose function needs its whole argument before it returns it.
+- ``/bench.Echo/Beats``: a long-lived bidirectional stream echoing each protobuf message
+  (``CallData``) as it comes: the baseline of messages on a stream, as heartbeats on a
+  HeartbeatStream.
 
 Prints its port on stdout; stops when its stdin closes.
 """
@@ -24,6 +27,7 @@ from vastrpc.api.v1 import worker_pb2
 METHOD = "/bench.Echo/Echo"
 RAW_METHOD = "/bench.Echo/Raw"
 STREAM_METHOD = "/bench.Echo/Stream"
+BEATS_METHOD = "/bench.Echo/Beats"
 
 
 async def main() -> None:
@@ -44,6 +48,12 @@ async def main() -> None:
             yield b""
             parts = []
 
+    async def beats(
+        requests: AsyncIterator[worker_pb2.CallData], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[worker_pb2.CallData]:
+        async for request in requests:
+            yield request
+
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo",
         {
@@ -54,6 +64,11 @@ async def main() -> None:
             ),
             "Raw": grpc.unary_unary_rpc_method_handler(echo_raw),  # raw bytes both ways
             "Stream": grpc.stream_stream_rpc_method_handler(stream),  # raw bytes both ways
+            "Beats": grpc.stream_stream_rpc_method_handler(
+                beats,
+                request_deserializer=worker_pb2.CallData.FromString,
+                response_serializer=worker_pb2.CallData.SerializeToString,
+            ),
         },
     )
     server = grpc.aio.server()

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import grpc
+
 from vastrpc._files import exposed_home
 from vastrpc._grpc import start_server
 from vastrpc._http import HttpServer, dial_host
@@ -30,6 +32,7 @@ from vastrpc.control.lifecycle.leadership import Leadership
 from vastrpc.control.lifecycle.reaper import Reaper
 from vastrpc.control.metrics import ControlMetrics
 from vastrpc.control.service import ControlService
+from vastrpc.control.watches import PreEncoded
 
 __all__ = ["resolve_api_key", "serve"]
 
@@ -188,7 +191,9 @@ async def serve(
     wanted = config.metrics_port is not None or config.dashboard_port is not None
     metrics = ControlMetrics(store) if wanted else None
     service = ControlService(lifecycle, api_key, reaper, autoscaler, metrics, config.watch_keepalive)
-    interceptors = [metrics.interceptor()] if metrics is not None else []
+    interceptors: list[grpc.aio.ServerInterceptor] = [PreEncoded()]
+    if metrics is not None:
+        interceptors.append(metrics.interceptor())
 
     def register(server: object) -> list[str]:
         control_pb2_grpc.add_ControlServiceServicer_to_server(service, server)

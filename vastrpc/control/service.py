@@ -24,6 +24,7 @@ from vastrpc._grpc import token_from_metadata, tokens_equal
 from vastrpc._hostimage import PORT_PROTOCOL_VALUES, protocol_name
 from vastrpc._secrets import reseal
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
+from vastrpc.control.heartbeats import Heartbeats
 from vastrpc.control.lifecycle.autoscaler import Autoscaler, wake
 from vastrpc.control.lifecycle.endpoints import Lifecycle
 from vastrpc.control.lifecycle.reaper import Reaper
@@ -35,6 +36,7 @@ from vastrpc.control.rpcstatus import abort, unary
 from vastrpc.control.snapshots import Snapshot, Snapshots
 from vastrpc.control.stores.base import EndpointRow, WorkerRow
 from vastrpc.control.transfer import BundleTransfer
+from vastrpc.control.watches import AssignmentWatches, assignment_inputs
 
 __all__ = ["WORKER_METHODS", "ControlService"]
 
@@ -44,7 +46,15 @@ _PREFIX = "/vastrpc.api.v1.ControlService/"
 # The methods a worker token admits: for its own worker, and within its endpoint (checked in the handlers).
 WORKER_METHODS = frozenset(
     _PREFIX + m
-    for m in ("RegisterWorker", "UpdateWorker", "Heartbeat", "WatchWorker", "DownloadBundle", "DownloadFiles")
+    for m in (
+        "RegisterWorker",
+        "UpdateWorker",
+        "Heartbeat",
+        "HeartbeatStream",
+        "WatchWorker",
+        "DownloadBundle",
+        "DownloadFiles",
+    )
 )
 # How often a watching client is recorded as seen (the TTL counts from the last time).
 CLIENT_SEEN_INTERVAL = 10.0
@@ -57,7 +67,7 @@ _KEEPALIVE = control_pb2.WatchEndpointResponse(keepalive=True)
 MAX_LOG_BYTES = 4 << 20
 
 
-class ControlService(BundleTransfer, control_pb2_grpc.ControlServiceServicer):
+class ControlService(Heartbeats, BundleTransfer, control_pb2_grpc.ControlServiceServicer):
     """Serves vastrpc.api.v1.ControlService.
 
     Args:
@@ -97,6 +107,8 @@ class ControlService(BundleTransfer, control_pb2_grpc.ControlServiceServicer):
         self.snapshots = Snapshots(
             self.store, lifecycle.change_version, self._watch_update, max_age=SHARED_CLIENT_SEEN_INTERVAL
         )
+        lifecycle.beats.peek = self.snapshots.peek  # heartbeats answered from the watches' snapshot
+        self.assignments = AssignmentWatches(self.snapshots, lifecycle.change_event, lambda: lifecycle.shutting_down)
 
     # -- auth -------------------------------------------------------------------------
 
@@ -179,10 +191,11 @@ class ControlService(BundleTransfer, control_pb2_grpc.ControlServiceServicer):
                 snapshot = await self.snapshots.current(endpoint_id)
                 if snapshot is None:
                     return
-                # Read and encoded once per change for every watch of the endpoint.
-                update, data = self.snapshots.update(snapshot)
+                # Read and encoded once per change for every watch of the endpoint, and sent as
+                # those bytes (``PreEncoded``): serialized once, not once per watch.
+                _, data = self.snapshots.update(snapshot)
                 if data != last_sent:
-                    yield update
+                    yield data  # type: ignore[misc]
                     last_sent, sent_at = data, time.monotonic()
                 elif time.monotonic() - sent_at >= self.watch_keepalive:
                     yield _KEEPALIVE
@@ -262,19 +275,20 @@ class ControlService(BundleTransfer, control_pb2_grpc.ControlServiceServicer):
             await abort(context, exc)
         endpoint_id = worker.endpoint_id
         last: tuple[str, bool] | None = None
-        inputs: tuple[str, ...] | None = None
         self.snapshots.watch_opened(endpoint_id)
+        # Woken when this worker's assignment may have changed, not at every change of the endpoint.
+        watch = self.assignments.open(endpoint_id, request.worker_id)
         try:
             while not self.lifecycle.shutting_down:
-                changed = self.lifecycle.change_event(endpoint_id)
+                watch.event.clear()  # before reading: a change while we read wakes us again
                 # The assignment follows from the worker's state and revision and the endpoint's
                 # state and live revision alone: while those stand (another worker changed), it does
                 # too, and the shared snapshot tells so without reading the store for each worker.
                 snapshot = await self.snapshots.current(endpoint_id)
                 row = snapshot.worker(request.worker_id) if snapshot else None
-                now = _assignment_inputs(snapshot, row) if snapshot and row else None
-                if now is None or now != inputs:
-                    inputs = now
+                now = assignment_inputs(snapshot, row) if snapshot and row else None
+                if now is None or now != watch.inputs:
+                    watch.inputs = now
                     revision_id, stop, spec = self.lifecycle.assignment(request.worker_id)
                     if (revision_id, stop) != last:
                         last = (revision_id, stop)
@@ -287,8 +301,9 @@ class ControlService(BundleTransfer, control_pb2_grpc.ControlServiceServicer):
                         )
                         if stop:
                             return
-                await changed.wait()
+                await watch.event.wait()
         finally:
+            self.assignments.close(watch)
             self.snapshots.watch_closed(endpoint_id)
 
     @unary
@@ -311,18 +326,6 @@ class ControlService(BundleTransfer, control_pb2_grpc.ControlServiceServicer):
         if self.metrics is not None:
             self.metrics.worker_metrics_address(request.worker_id, request.metrics_address)
         return control_pb2.UpdateWorkerResponse()
-
-    @unary
-    async def Heartbeat(
-        self, request: control_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
-    ) -> control_pb2.HeartbeatResponse:
-        self._check_worker(context, request.worker_id)
-        stop = self.lifecycle.heartbeat(
-            request.worker_id, request.calls_in_flight, request.calls_queued, request.calls_started
-        )
-        if self.metrics is not None:
-            self.metrics.heartbeat(request)
-        return control_pb2.HeartbeatResponse(stop=stop)
 
     # -- clients ----------------------------------------------------------------------
 
@@ -359,6 +362,7 @@ class ControlService(BundleTransfer, control_pb2_grpc.ControlServiceServicer):
     async def ListDeployments(
         self, request: control_pb2.ListDeploymentsRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.ListDeploymentsResponse:
+        self.lifecycle.beats.flush()  # the workers' activity as their latest heartbeats say
         deployments = self.store.list_deployments()
         if request.name:
             deployments = [d for d in deployments if d.name == request.name]
@@ -457,12 +461,6 @@ class ControlService(BundleTransfer, control_pb2_grpc.ControlServiceServicer):
             raise DefinitionError("JoinEndpoint needs the deployment name")
         worker, token = self.lifecycle.join(request.name, request.tag)
         return control_pb2.JoinEndpointResponse(worker_id=worker.id, worker_token=token, endpoint_id=worker.endpoint_id)
-
-
-def _assignment_inputs(snapshot: Snapshot, worker: WorkerRow) -> tuple[str, ...]:
-    """What ``Lifecycle.assignment`` of ``worker`` depends on (revisions never change their environment)."""
-    endpoint = snapshot.endpoint
-    return (worker.state, worker.revision_id, endpoint.state, endpoint.live_revision_id or "")
 
 
 def _endpoint_failure(endpoint: EndpointRow) -> common_pb2.Failure | None:

@@ -101,6 +101,13 @@ class Snapshots:
             self._latest[endpoint_id] = snapshot
         return snapshot
 
+    def peek(self, endpoint_id: str) -> Snapshot | None:
+        """The kept snapshot of a watched endpoint if current (no change since, under ``max_age``); never reads."""
+        snapshot = self._latest.get(endpoint_id)
+        if snapshot is None or snapshot.version != self._version(endpoint_id):
+            return None
+        return snapshot if time.monotonic() - snapshot.taken < self.max_age else None
+
     def update(self, snapshot: Snapshot) -> tuple[control_pb2.WatchEndpointResponse, bytes]:
         """The snapshot's watch update and its deterministic encoding (what a watch compares with what it sent)."""
         if snapshot._encoded is None:

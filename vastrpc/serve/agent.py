@@ -42,6 +42,7 @@ from vastrpc.serve.container import ContainerEngine
 from vastrpc.serve.container_worker import ContainerWorker, Prepared
 from vastrpc.serve.download import download_bundle
 from vastrpc.serve.filecache import FileCache, endpoint_cache
+from vastrpc.serve.heartbeats import HeartbeatSender, Unanswered
 from vastrpc.serve.install import ensure_apt, ensure_pip_env, pip_site, run_startup_commands
 from vastrpc.serve.metrics import CallStatsReader
 from vastrpc.serve.serving import ServingProcess, prepare
@@ -497,37 +498,39 @@ class Agent:
         failover_after = max(3.0, 3 * interval)
         switched_at: float | None = None
         loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(interval)
-            loads = await asyncio.gather(*(p.load() for p in list(self._serving)))
-            try:
-                resp = await self._stub.Heartbeat(
-                    control_pb2.HeartbeatRequest(
-                        worker_id=self.worker_id,
-                        calls_in_flight=sum(n for n, _, _ in loads),
-                        calls_queued=sum(q for _, q, _ in loads),
-                        calls_started=self._retired_calls + sum(s for _, _, s in loads),
-                        call_stats=await self._read_call_stats(interval),
-                        metrics_address=self._metrics_address,
-                    ),
-                    metadata=self._metadata,
-                    timeout=interval * 2,
+        # Each beat a message on one stream (unary calls to a service without it).
+        sender = HeartbeatSender(self._metadata)
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                loads = await asyncio.gather(*(p.load() for p in list(self._serving)))
+                request = control_pb2.HeartbeatRequest(
+                    worker_id=self.worker_id,
+                    calls_in_flight=sum(n for n, _, _ in loads),
+                    calls_queued=sum(q for _, q, _ in loads),
+                    calls_started=self._retired_calls + sum(s for _, _, s in loads),
+                    call_stats=await self._read_call_stats(interval),
+                    metrics_address=self._metrics_address,
                 )
+                try:
+                    resp = await sender.send(self._stub, request, timeout=interval * 2)
+                except Unanswered as exc:
+                    now = loop.time()
+                    lost_since = lost_since or now
+                    if now - lost_since > _CONTROL_LOST_AFTER:
+                        log.error("control service unreachable for %.0fs (%s); stopping", now - lost_since, exc.reason)
+                        self._stop.set()
+                    elif len(self._addresses) > 1 and now - (switched_at or lost_since) > failover_after:
+                        switched_at = now
+                        self._switch_control()
+                    continue
                 lost_since = None
                 if resp.stop:
                     log.info("the control service asked this worker to stop")
                     self._stop.set()
-            except grpc.aio.AioRpcError as exc:
-                now = loop.time()
-                lost_since = lost_since or now
-                if now - lost_since > _CONTROL_LOST_AFTER:
-                    log.error("control service unreachable for %.0fs (%s); stopping", now - lost_since, exc.code().name)
-                    self._stop.set()
-                elif len(self._addresses) > 1 and now - (switched_at or lost_since) > failover_after:
-                    switched_at = now
-                    self._switch_control()
-                continue
-            switched_at = None
+                switched_at = None
+        finally:
+            sender.close()
 
 
 async def main(

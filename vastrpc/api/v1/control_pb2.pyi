@@ -447,6 +447,18 @@ class HeartbeatResponse(_message.Message):
     stop: bool
     def __init__(self, stop: _Optional[bool] = ...) -> None: ...
 
+class HeartbeatStreamRequest(_message.Message):
+    __slots__ = ("beat",)
+    BEAT_FIELD_NUMBER: _ClassVar[int]
+    beat: HeartbeatRequest
+    def __init__(self, beat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ...) -> None: ...
+
+class HeartbeatStreamResponse(_message.Message):
+    __slots__ = ("beat",)
+    BEAT_FIELD_NUMBER: _ClassVar[int]
+    beat: HeartbeatResponse
+    def __init__(self, beat: _Optional[_Union[HeartbeatResponse, _Mapping]] = ...) -> None: ...
+
 class WatchWorkerRequest(_message.Message):
     __slots__ = ("worker_id",)
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -95,6 +95,11 @@ class ControlServiceStub:
                 request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.HeartbeatStream = channel.stream_stream(
+                '/vastrpc.api.v1.ControlService/HeartbeatStream',
+                request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatStreamRequest.SerializeToString,
+                response_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatStreamResponse.FromString,
+                _registered_method=True)
         self.WatchWorker = channel.unary_stream(
                 '/vastrpc.api.v1.ControlService/WatchWorker',
                 request_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.WatchWorkerRequest.SerializeToString,
@@ -229,6 +234,16 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HeartbeatStream(self, request_iterator, context):
+        """A worker agent's heartbeats on one long-lived stream: each message is one heartbeat, each
+        answered in order by one response. The worker token is checked once, as the stream opens,
+        and the stream belongs to the worker of its first message: a message naming another
+        worker ends it with PERMISSION_DENIED. Agents fall back to Heartbeat on UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchWorker(self, request, context):
         """What a worker agent should serve, now and on every change: a new revision of the same
         environment is loaded in place (tier 2); stop=true tells it to stop.
@@ -348,6 +363,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatRequest.FromString,
                     response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'HeartbeatStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.HeartbeatStream,
+                    request_deserializer=vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatStreamRequest.FromString,
+                    response_serializer=vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatStreamResponse.SerializeToString,
             ),
             'WatchWorker': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchWorker,
@@ -693,6 +713,33 @@ class ControlService:
             '/vastrpc.api.v1.ControlService/Heartbeat',
             vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatRequest.SerializeToString,
             vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HeartbeatStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/vastrpc.api.v1.ControlService/HeartbeatStream',
+            vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatStreamRequest.SerializeToString,
+            vastrpc_dot_api_dot_v1_dot_control__pb2.HeartbeatStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,6 +14,7 @@ from typing import Any
 from vastrpc._errors import DefinitionError, DeploymentError, NotFoundError
 from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.control.bundles.base import BlobStore
+from vastrpc.control.lifecycle.beats import HeartbeatBatch
 from vastrpc.control.lifecycle.leadership import JOINED, on_this_host, process_owner
 from vastrpc.control.lifecycle.losses import Losses
 from vastrpc.control.lifecycle.rollout import Rollouts
@@ -88,6 +89,14 @@ class Lifecycle(Losses, Rollouts, Stopping):
         self.owner = process_owner()
         # Sessions clients hold open on workers (OpenSession): reserved, retired last.
         self.sessions = SessionTable()
+        # The heartbeats the service takes (``heartbeat`` writes each at once, for callers in-process).
+        self.beats = HeartbeatBatch(
+            store,
+            self.change_version,
+            self.adopt_reporting,
+            flush_interval=min(1.0, heartbeat_interval),
+            max_age=1.0 if store.shared else 5.0,
+        )
 
     @property
     def shutting_down(self) -> bool:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
+from vastrpc.control.lifecycle.beats import HeartbeatBatch
 from vastrpc.control.lifecycle.leadership import JOINED, orphan_loss
 from vastrpc.control.lifecycle.rules import exit_message, read_log_tail
 from vastrpc.control.providers.base import Provider
@@ -23,6 +24,7 @@ class Losses:
         provider: Provider
         owner: str
         heartbeat_interval: float
+        beats: HeartbeatBatch
         _shutting_down: bool
 
         def changed(self, endpoint_id: str) -> None: ...
@@ -37,6 +39,7 @@ class Losses:
 
     def check_heartbeats(self, now: float) -> list[str]:
         """Declare lost every worker whose heartbeats stopped: failed, stopped, and replaced by the autoscaler."""
+        self.beats.flush()  # a beat not written yet counts
         lost = []
         for worker in self.store.list_workers(states=ACTIVE_WORKER_STATES):
             silent = now - worker.last_heartbeat

@@ -166,6 +166,8 @@ class WorkerRow:
 
     def gpu_indices(self) -> tuple[int, ...]:
         """``gpus`` as indices; empty when none."""
+        if not self.gpus:
+            return ()
         return tuple(int(i) for i in self.gpus.split(",") if i.strip().isdigit())
 
 
