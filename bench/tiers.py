@@ -211,7 +211,7 @@ async def first_deploy(config: ClientConfig, root: Path, files: int, file_bytes:
         agent = Agent(config.control_address, "w-bench", config.api_key, worker_home)
         try:
             t = time.perf_counter()
-            folder = await agent._download("r-bench", bundle.digest, bundle.size)
+            folder = await agent._download("e-bench", "r-bench", bundle.digest, bundle.size)
             downloads.append(time.perf_counter() - t)
         finally:
             await agent._channel.close()
