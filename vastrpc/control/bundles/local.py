@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -27,29 +27,36 @@ def _load_syncfs() -> Callable[[int], int] | None:
 
 
 _syncfs = _load_syncfs()
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class _LocalWriter(VerifyingWriter):
-    """Writes to a temporary file next to the bundles; renames it into place once verified."""
+    """Writes to a temporary file next to the bundles; renames it into place once verified.
+
+    Plain ``os.write`` calls on the file's descriptor, no buffered file object: a bundle's small
+    files are written in one call each.
+    """
 
     def __init__(self, root: Path, digest: str, size: int, sync: bool = True) -> None:
         super().__init__(digest, size)
         self._sync = sync
         self._final = root / digest
-        fd, name = tempfile.mkstemp(prefix=f".{digest[:16]}.", suffix=".part", dir=root)
-        self._tmp = Path(name)
-        self._file = os.fdopen(fd, "wb")
+        # A name no other writer has (O_EXCL), swept at start like mkstemp's if left by a crash.
+        self._tmp = root / f".{digest[:16]}.{secrets.token_hex(6)}.part"
+        self._fd = os.open(self._tmp, _CREATE, 0o600)
 
     def write(self, chunk: bytes) -> None:
         self._accept(chunk)
-        self._file.write(chunk)
+        with memoryview(chunk) as view:
+            written = os.write(self._fd, view)
+            while written < len(view):
+                written += os.write(self._fd, view[written:])
 
     def commit(self) -> bool:
         self._verify()
-        self._file.flush()
         if self._sync:
-            os.fsync(self._file.fileno())
-        self._file.close()
+            os.fsync(self._fd)
+        os.close(self._fd)
         self._done = True
         if self._final.exists():
             # A concurrent upload of the same content won; identical bytes, keep theirs.
@@ -62,7 +69,7 @@ class _LocalWriter(VerifyingWriter):
         if self._done:
             return
         self._done = True
-        self._file.close()
+        os.close(self._fd)
         self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> _LocalWriter:
