@@ -137,3 +137,18 @@ async def test_a_corrupt_file_in_a_packed_message_is_refused_and_not_stored(cont
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await client.stub.UploadFiles(bad_digest(), metadata=client.metadata, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "invalid bundle digest" in info.value.details()
+
+
+async def test_a_manifest_lying_about_a_size_cannot_make_a_packed_message_large(control_service, client) -> None:
+    big = b"b" * (3 << 20)
+    await client.upload_files(big)
+    manifest = encode_manifest([FileEntry("small.txt", 0o644, 10, sha(big))])
+    assert (await client.upload(manifest.data, manifest.digest)).stored
+    call = client.stub.DownloadFiles(
+        control_pb2.DownloadFilesRequest(bundle=manifest.digest, digests=[sha(big)], packed=True),
+        metadata=client.metadata,
+        timeout=10,
+    )
+    responses = [r async for r in call]
+    # One byte past the size the manifest gives: the worker refuses the file for its size.
+    assert [(f.digest, f.content) for r in responses for f in r.files] == [(sha(big), big[:11])]

@@ -298,11 +298,11 @@ class BundleTransfer:
                 streamed.append(digest)
         # A worker that reads packed messages gets small files whole, several to a message.
         groups: list[list[str] | str] = list(pack_files(streamed, names.__getitem__) if request.packed else streamed)
-        async for message in self._file_messages(groups, context):
+        async for message in self._file_messages(groups, names, context):
             yield message
 
     async def _file_messages(
-        self, groups: list[list[str] | str], context: grpc.aio.ServicerContext
+        self, groups: list[list[str] | str], sizes: dict[str, int], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[control_pb2.DownloadFilesResponse | bytes]:
         """Each group's messages: a list of small files read whole in a thread (the next list is
         read while this one is sent), a single file as its digest and chunks."""
@@ -321,7 +321,7 @@ class BundleTransfer:
                     if first:  # an empty file: one message says it
                         yield control_pb2.DownloadFilesResponse(digest=group)
                     continue
-                reading = ahead or asyncio.ensure_future(asyncio.to_thread(self._read_whole, group))
+                reading = ahead or asyncio.ensure_future(asyncio.to_thread(self._read_whole, group, sizes))
                 ahead = None
                 try:
                     files = await reading
@@ -329,12 +329,24 @@ class BundleTransfer:
                     await abort(context, exc)
                 following = groups[i + 1] if i + 1 < len(groups) else None
                 if isinstance(following, list):
-                    ahead = asyncio.ensure_future(asyncio.to_thread(self._read_whole, following))
+                    ahead = asyncio.ensure_future(asyncio.to_thread(self._read_whole, following, sizes))
                 yield files  # serialised already (vastrpc._packed)
         finally:
             if ahead is not None:
                 ahead.cancel()
 
-    def _read_whole(self, digests: list[str]) -> bytes:
-        """Stored small files read whole (a chunk each), as one serialised ``DownloadFilesResponse`` (in a thread)."""
-        return download_files_message((d, b"".join(self.blobs.read_chunks(d, CHUNK_SIZE))) for d in digests)
+    def _read_whole(self, digests: list[str], sizes: dict[str, int]) -> bytes:
+        """Stored small files read whole, as one serialised ``DownloadFilesResponse`` (in a thread).
+
+        A file is read up to one byte past the size its manifest gives (a manifest that lies
+        about a large file cannot make the message large); the worker refuses a wrong size.
+        """
+
+        def read(digest: str) -> bytes:
+            chunks = self.blobs.read_chunks(digest, sizes[digest] + 1)
+            try:
+                return next(chunks, b"")
+            finally:
+                getattr(chunks, "close", lambda: None)()
+
+        return download_files_message((d, read(d)) for d in digests)
