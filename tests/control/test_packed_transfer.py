@@ -13,6 +13,8 @@ from vastrpc._manifest import PACK_BYTES, PACK_FILE_BYTES, FileEntry, encode_man
 from vastrpc._packed import download_files_message, upload_files_message
 from vastrpc.api.v1 import control_pb2
 from vastrpc.client.control import ControlClient
+from vastrpc.serve.download import download_bundle
+from vastrpc.serve.filecache import FileCache
 
 from .helpers import Client
 
@@ -152,3 +154,34 @@ async def test_a_manifest_lying_about_a_size_cannot_make_a_packed_message_large(
     responses = [r async for r in call]
     # One byte past the size the manifest gives: the worker refuses the file for its size.
     assert [(f.digest, f.content) for r in responses for f in r.files] == [(sha(big), big[:11])]
+
+
+async def test_a_worker_lays_out_a_bundle_from_packed_and_from_one_file_messages(control_service, tmp_path) -> None:
+    contents = _contents(60, seed=3)
+    manifest = encode_manifest([FileEntry(f"d/{i:02d}", 0o644, len(c), sha(c)) for i, c in enumerate(contents)])
+    by_sha = {sha(c): c for c in contents}
+    control = ControlClient(control_service.address, control_service.api_key)
+    try:
+        await control.upload_bundle(manifest, lambda entry: iter([by_sha[entry.sha256]]))
+    finally:
+        await control.close()
+
+    class Unpacked:
+        """A service that does not know packed messages (an older one): the flag is dropped on the way."""
+
+        def __init__(self, stub) -> None:
+            self.DownloadBundle = stub.DownloadBundle
+            self._files = stub.DownloadFiles
+
+        def DownloadFiles(self, request, **kwargs):
+            request.packed = False
+            return self._files(request, **kwargs)
+
+    async with Client(control_service.address, control_service.api_key) as client:
+        for name, stub in (("packed", client.stub), ("unpacked", Unpacked(client.stub))):
+            cache = FileCache(tmp_path / name / "cache")
+            dest = await download_bundle(
+                stub, client.metadata, manifest.digest, len(manifest.data), cache, tmp_path / name / "rev"
+            )
+            for i, content in enumerate(contents):
+                assert (dest / "d" / f"{i:02d}").read_bytes() == content
