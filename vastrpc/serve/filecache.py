@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import queue
 import shutil
@@ -31,6 +32,8 @@ IDLE_EVICTION = 24 * 3600.0
 ABANDONED_WRITE = 3600.0
 # What a cached file's link may not be made for: another filesystem, too many links, a refusal.
 _LINK_ERRORS = frozenset({errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOTSUP})
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_written = itertools.count()
 
 
 def verify_digest(data: bytes, expected: str) -> None:
@@ -210,6 +213,7 @@ class FileCache:
 
     def __init__(self, root: Path, idle: float | None = IDLE_EVICTION) -> None:
         self.root = private_folder(Path(root))
+        self._folder = os.path.join(self.root, "")
         # Only writes long abandoned: another worker of the endpoint may be writing the rest now.
         abandoned = time.time() - ABANDONED_WRITE
         for stale in self.root.glob(".*.part"):
@@ -256,9 +260,15 @@ class FileCache:
                 f"bundle file {sha256} does not match its manifest: received {len(content)} bytes of "
                 f"{size} hashing to {actual}; the bundle store's copy is corrupt: deploy again"
             )
-        # A temporary file (never opened twice: O_EXCL), renamed into place once written whole.
-        tmp = self.root / f".{sha256[:16]}.{os.urandom(6).hex()}.part"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        # A temporary file (O_EXCL: this process's id and count, else a random name), renamed
+        # into place once written whole. Plain strings: pathlib costs more than a small file.
+        folder = self._folder
+        tmp = f"{folder}.{sha256[:16]}.{os.getpid()}-{next(_written)}.part"
+        try:
+            fd = os.open(tmp, _CREATE, 0o600)
+        except FileExistsError:  # left by an earlier process with the same id
+            tmp = f"{folder}.{sha256[:16]}.{os.urandom(8).hex()}.part"
+            fd = os.open(tmp, _CREATE, 0o600)
         try:
             with memoryview(content) as view:
                 written = 0
@@ -267,10 +277,10 @@ class FileCache:
             os.fchmod(fd, 0o444)  # read-only: revisions link to it
         except BaseException:
             os.close(fd)
-            tmp.unlink(missing_ok=True)
+            os.unlink(tmp)
             raise
         os.close(fd)
-        os.replace(tmp, self.path(sha256, 0o644))
+        os.replace(tmp, folder + sha256)
 
     def add(self, sha256: str, chunks: Iterable[bytes], size: int) -> None:
         """Add a file from its chunks, verified against ``sha256`` and ``size`` (BundleError if not)."""
