@@ -229,12 +229,12 @@ def pack_files(files: Iterable[_T], size: Callable[[_T], int]) -> Iterator[list[
     held = 0
     for f in files:
         n = size(f)
+        if batch and (n > PACK_FILE_BYTES or held + n > PACK_BYTES):
+            yield batch
+            batch, held = [], 0
         if n > PACK_FILE_BYTES:
             yield f
             continue
-        if batch and held + n > PACK_BYTES:
-            yield batch
-            batch, held = [], 0
         batch.append(f)
         held += n
     if batch:

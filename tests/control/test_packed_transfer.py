@@ -11,7 +11,7 @@ import pytest
 
 from vastrpc._manifest import PACK_BYTES, PACK_FILE_BYTES, FileEntry, encode_manifest
 from vastrpc._packed import download_files_message, upload_files_message
-from vastrpc.api.v1 import control_pb2
+from vastrpc.api.v1 import control_pb2, control_pb2_grpc
 from vastrpc.client.control import ControlClient
 from vastrpc.serve.download import download_bundle
 from vastrpc.serve.filecache import FileCache
@@ -185,3 +185,48 @@ async def test_a_worker_lays_out_a_bundle_from_packed_and_from_one_file_messages
             )
             for i, content in enumerate(contents):
                 assert (dest / "d" / f"{i:02d}").read_bytes() == content
+
+
+async def test_a_client_sends_one_file_messages_to_a_service_older_than_packed_files() -> None:
+    contents = _contents(12, seed=5)
+    manifest = encode_manifest([FileEntry(f"f{i:02d}", 0o644, len(c), sha(c)) for i, c in enumerate(contents)])
+    by_sha = {sha(c): c for c in contents}
+    received: dict[str, bytes] = {}
+
+    class OlderService(control_pb2_grpc.ControlServiceServicer):
+        """What a service before packed files does: a message that is not a header or a chunk is refused."""
+
+        async def MissingFiles(self, request, context):
+            return control_pb2.MissingFilesResponse(missing=list(request.digests))
+
+        async def UploadFiles(self, request_iterator, context):
+            current = None
+            async for message in request_iterator:
+                if message.HasField("header"):
+                    current = message.header.digest
+                    received[current] = b""
+                elif current is None:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "UploadFiles got no header: send {digest, size}, then the file's chunks",
+                    )
+                else:
+                    received[current] += message.chunk
+            return control_pb2.UploadFilesResponse(files=len(received), stored=len(received))
+
+        async def UploadBundle(self, request_iterator, context):
+            async for _ in request_iterator:
+                pass
+            return control_pb2.UploadBundleResponse(stored=True)
+
+    server = grpc.aio.server()
+    control_pb2_grpc.add_ControlServiceServicer_to_server(OlderService(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = ControlClient(f"127.0.0.1:{port}", "key")
+    try:
+        up = await client.upload_bundle(manifest, lambda entry: iter([by_sha[entry.sha256]]))
+    finally:
+        await client.close()
+        await server.stop(None)
+    assert up.stored and received == by_sha

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vastrpc._errors import BundleError, ControlUnavailableError, DefinitionError, DeploymentError
 from vastrpc._grpc import bearer, channel, error_from_rpc, tls_failure
-from vastrpc._manifest import FileEntry, Manifest, pack_files
+from vastrpc._manifest import PACK_FILE_BYTES, FileEntry, Manifest, pack_files
 from vastrpc._packed import send_raw, upload_files_message
 from vastrpc._payload import chunks
 from vastrpc._tls import TlsFiles
@@ -310,9 +310,13 @@ class ControlClient:
         if not missing:
             return 0, 0
 
-        def requests() -> Iterator[control_pb2.UploadFilesRequest | bytes]:
+        # Small files first: a service older than packed files then refuses the first message
+        # (it would take a packed message after a file's header for an empty chunk).
+        ordered = sorted(missing, key=lambda e: e.size > PACK_FILE_BYTES)
+
+        def requests(packed: bool = True) -> Iterator[control_pb2.UploadFilesRequest | bytes]:
             sent = 0
-            for batch in pack_files(missing, lambda e: e.size):
+            for batch in pack_files(ordered, lambda e: e.size if packed else PACK_FILE_BYTES + 1):
                 if isinstance(batch, list):
                     # Small files whole, several to a message: one gRPC write for many files.
                     files = [(e.sha256, b"".join(read(e))) for e in batch]
@@ -330,7 +334,13 @@ class ControlClient:
                         on_progress(sent, total)
 
         try:
-            await self._unary("UploadFiles", requests, timeout=3600)
+            try:
+                await self._unary("UploadFiles", requests, timeout=3600)
+            except DefinitionError as exc:
+                if "UploadFiles got no header" not in str(exc):
+                    raise
+                # A control service older than packed files: each file as a header and chunks.
+                await self._unary("UploadFiles", lambda: requests(packed=False), timeout=3600)
         except BundleError as exc:
             raise BundleError(
                 f"a file of bundle {manifest.digest[:12]} changed after it was hashed ({exc}); "
