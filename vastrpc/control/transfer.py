@@ -104,7 +104,7 @@ class _FileSink:
             self.stored += writer.commit()
 
     def _whole(self, digest: str, content: bytes) -> None:
-        """Store one whole file, verified against its digest first (nothing is stored if it differs)."""
+        """Store one whole file, checked against its digest and size before it is stored (else nothing stays)."""
         self.files += 1
         self.size += len(content)
         if self.blobs.has(digest):
