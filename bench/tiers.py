@@ -10,8 +10,9 @@ and a plain read + SHA-256 of its files, the baselines tier 0 is reported agains
 for the same project with data new to the service (fresh random files each run), a first
 deploy's package + upload (``build_bundle``, then ``MissingFiles``/``UploadFiles``/
 ``UploadBundle``) and a worker's download + verify + materialise of it into a file cache
-new to it (the worker agent's own ``_download``). Prints Markdown tables; ``--json FILE``
-also writes the raw figures.
+new to it (the worker agent's own ``_download``), beside the time to create as many empty
+files in the same filesystem (each side creates one per new file). Prints Markdown tables;
+``--json FILE`` also writes the raw figures.
 """
 
 from __future__ import annotations
@@ -184,9 +185,26 @@ def scratch_baselines(project: Project, runs: int) -> dict[str, float]:
     return {
         "build_bundle_ms": median_ms(builds),
         "read_sha256_ms": median_ms(hashes),
+        "create_files_ms": median_ms([create_files(project.folder, len(project.data_files())) for _ in range(runs)]),
         "bytes": float(total),
         "bundle_bytes": float(bundle.total_size),
     }
+
+
+def create_files(root: Path, count: int) -> float:
+    """Seconds to create ``count`` empty files (open O_CREAT, close) in a new folder under ``root``.
+
+    The service stores each new file of a first deploy as a file and a worker caches each as
+    one: this is the filesystem's floor for either, whatever is written in them.
+    """
+    folder = root / f"create-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    t = time.perf_counter()
+    for i in range(count):
+        os.close(os.open(folder / f"{i:064x}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    elapsed = time.perf_counter() - t
+    shutil.rmtree(folder)
+    return elapsed
 
 
 async def first_deploy(config: ClientConfig, root: Path, files: int, file_bytes: int, runs: int) -> dict[str, Any]:
@@ -320,6 +338,10 @@ def main() -> None:
     print(
         f"| bare baseline: plain read + SHA-256 of the files | {b['read_sha256_ms'] / 1e3:.3f} s | "
         f"{b['bytes'] / 1e6 / (b['read_sha256_ms'] / 1e3):.0f} MB/s |"
+    )
+    print(
+        f"| bare baseline: create {opts.files:,} empty files in the same filesystem | "
+        f"{b['create_files_ms'] / 1e3:.3f} s | each service and worker creates that many |"
     )
     t2s = ", ".join(f"{x:.2f}" for x in s["tier2_all_s"])
     t2b = ", ".join(f"{x:.2f}" for x in b["tier2_all_s"])

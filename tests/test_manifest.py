@@ -114,3 +114,18 @@ def test_bomb_manifests_are_refused_with_their_limit_in_bounded_memory() -> None
 
         # Parsing holds a few times the manifest (itself bounded): never what it declares.
         assert traced_peak(parse) < max(8 * len(data), 16 << 20) and traced_peak(parse) < 200 << 20, match
+
+
+def test_pack_files_keeps_the_order_and_bounds_each_batch() -> None:
+    from vastrpc._manifest import PACK_BYTES, PACK_FILE_BYTES, pack_files
+
+    sizes = [10, PACK_FILE_BYTES, PACK_FILE_BYTES + 1, 5, *[PACK_FILE_BYTES // 2] * 9, 0, 3 << 20, 7]
+    groups = list(pack_files(range(len(sizes)), sizes.__getitem__))
+    flat = [i for g in groups for i in (g if isinstance(g, list) else [g])]
+    assert flat == list(range(len(sizes)))
+    for g in groups:
+        if isinstance(g, list):
+            assert sum(sizes[i] for i in g) <= PACK_BYTES and all(sizes[i] <= PACK_FILE_BYTES for i in g)
+        else:
+            assert sizes[g] > PACK_FILE_BYTES
+    assert groups[:3] == [[0, 1], 2, [3, 4, 5, 6, 7, 8, 9, 10]]

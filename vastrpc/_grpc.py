@@ -25,6 +25,7 @@ from vastrpc._errors import (
     VastrpcError,
     WorkerUnavailableError,
 )
+from vastrpc._packed import send_raw
 from vastrpc._tls import TlsFiles
 
 AUTH_HEADER = "authorization"
@@ -246,7 +247,8 @@ def _parsing_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         (True, False): grpc.stream_unary_rpc_method_handler,
         (True, True): grpc.stream_stream_rpc_method_handler,
     }[(handler.request_streaming, handler.response_streaming)]
-    return make(behavior, response_serializer=handler.response_serializer)
+    # A handler may yield a message already serialised (vastrpc._packed): it is sent as it is.
+    return make(behavior, response_serializer=send_raw(handler.response_serializer))
 
 
 def _rejecting_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

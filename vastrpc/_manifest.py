@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from vastrpc._errors import BundleError
 
@@ -24,7 +25,10 @@ __all__ = [
     "FileEntry",
     "Manifest",
     "ManifestLimits",
+    "PACK_BYTES",
+    "PACK_FILE_BYTES",
     "encode_manifest",
+    "pack_files",
     "parse_manifest",
 ]
 
@@ -34,6 +38,13 @@ MAX_BUNDLE_FILE_BYTES = 8 << 30
 # The modes a file may have: executable by its owner or not (group and world read).
 _MODES = frozenset({0o644, 0o755})
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+# Bundle files up to this size travel whole, several to a message of up to PACK_BYTES
+# (UploadFiles, DownloadFiles): a gRPC message per file costs more than a small file's bytes.
+# Larger files travel as a header and 1 MiB chunks.
+PACK_FILE_BYTES = 1 << 20
+PACK_BYTES = 4 << 20
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -207,3 +218,24 @@ def check_path(path: str, max_path_len: int) -> None:
         raise BundleError(f"bundle file {path!r} has a '..' component; bundles must stay inside their folder")
     if any(p in ("", ".") for p in parts):
         raise BundleError(f"bundle file {path!r} has an empty or '.' component; write its clean path")
+
+
+def pack_files(files: Iterable[_T], size: Callable[[_T], int]) -> Iterator[list[_T] | _T]:
+    """``files`` in order, small ones (``size`` up to ``PACK_FILE_BYTES``) in lists of up to ``PACK_BYTES``.
+
+    A list travels as one message of whole files; a single file (a large one) as its chunks.
+    """
+    batch: list[_T] = []
+    held = 0
+    for f in files:
+        n = size(f)
+        if batch and (n > PACK_FILE_BYTES or held + n > PACK_BYTES):
+            yield batch
+            batch, held = [], 0
+        if n > PACK_FILE_BYTES:
+            yield f
+            continue
+        batch.append(f)
+        held += n
+    if batch:
+        yield batch

@@ -186,3 +186,22 @@ def test_each_endpoint_has_its_own_cache_and_long_gone_ones_are_swept(tmp_path: 
     for bad in ("", "..", ".hidden", "a/b", "e 1"):
         with pytest.raises(BundleError, match="cannot name a cache folder"):
             endpoint_cache(root, bad)
+
+
+def test_whole_files_are_verified_before_anything_is_written(tmp_path: Path) -> None:
+    cache = FileCache(tmp_path / "cache")
+    one, empty, bad = entry("a", b"whole" * 100), entry("b", b""), entry("c", b"claimed")
+    filler = CacheFiller(cache)
+    filler.whole([(one.sha256, one.size, b"whole" * 100), (empty.sha256, 0, b"")])
+    filler.end()
+    filler.run()
+    assert filler.backlog == 0 and cache.missing(encode_manifest([one, empty])) == []
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o444 for p in cache.root.iterdir())
+    # A whole file that is not what it claims (content or size) stops the stream: nothing of it stays.
+    for content, size in ((b"swapped", bad.size), (b"claimed", bad.size + 1)):
+        filler = CacheFiller(cache)
+        filler.whole([(bad.sha256, size, content)])
+        filler.end()
+        with pytest.raises(BundleError, match="does not match its manifest"):
+            filler.run()
+    assert sorted(p.name for p in cache.root.iterdir()) == sorted([one.sha256, empty.sha256])

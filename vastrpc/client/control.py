@@ -14,7 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vastrpc._errors import BundleError, ControlUnavailableError, DefinitionError, DeploymentError
 from vastrpc._grpc import bearer, channel, error_from_rpc, tls_failure
-from vastrpc._manifest import FileEntry, Manifest
+from vastrpc._manifest import PACK_FILE_BYTES, FileEntry, Manifest, pack_files
+from vastrpc._packed import send_raw, upload_files_message
 from vastrpc._payload import chunks
 from vastrpc._tls import TlsFiles
 from vastrpc.api.v1 import control_pb2, control_pb2_grpc
@@ -97,6 +98,12 @@ class ControlClient:
             self._channels[self.address] = channel(self.address, self.credentials)
         self.channel = self._channels[self.address]
         self.stub = control_pb2_grpc.ControlServiceStub(self.channel)
+        # UploadFiles also sends messages serialised by hand (small files packed: vastrpc._packed).
+        self.stub.UploadFiles = self.channel.stream_unary(
+            "/vastrpc.api.v1.ControlService/UploadFiles",
+            request_serializer=send_raw(control_pb2.UploadFilesRequest.SerializeToString),
+            response_deserializer=control_pb2.UploadFilesResponse.FromString,
+        )
 
     def switch(self, failed: str) -> bool:
         """Turn to the next control service after ``failed``, unless another caller already did.
@@ -303,19 +310,37 @@ class ControlClient:
         if not missing:
             return 0, 0
 
-        def requests() -> Iterator[control_pb2.UploadFilesRequest]:
+        # Small files first: a service older than packed files then refuses the first message
+        # (it would take a packed message after a file's header for an empty chunk).
+        ordered = sorted(missing, key=lambda e: e.size > PACK_FILE_BYTES)
+
+        def requests(packed: bool = True) -> Iterator[control_pb2.UploadFilesRequest | bytes]:
             sent = 0
-            for entry in missing:
-                header = control_pb2.UploadFilesRequest.Header(digest=entry.sha256, size=entry.size)
+            for batch in pack_files(ordered, lambda e: e.size if packed else PACK_FILE_BYTES + 1):
+                if isinstance(batch, list):
+                    # Small files whole, several to a message: one gRPC write for many files.
+                    files = [(e.sha256, b"".join(read(e))) for e in batch]
+                    yield upload_files_message(files)
+                    sent += sum(len(content) for _, content in files)
+                    if on_progress is not None:
+                        on_progress(sent, total)
+                    continue
+                header = control_pb2.UploadFilesRequest.Header(digest=batch.sha256, size=batch.size)
                 yield control_pb2.UploadFilesRequest(header=header)
-                for chunk in read(entry):
+                for chunk in read(batch):
                     yield control_pb2.UploadFilesRequest(chunk=chunk)
                     sent += len(chunk)
                     if on_progress is not None:
                         on_progress(sent, total)
 
         try:
-            await self._unary("UploadFiles", requests, timeout=3600)
+            try:
+                await self._unary("UploadFiles", requests, timeout=3600)
+            except DefinitionError as exc:
+                if "UploadFiles got no header" not in str(exc):
+                    raise
+                # A control service older than packed files: each file as a header and chunks.
+                await self._unary("UploadFiles", lambda: requests(packed=False), timeout=3600)
         except BundleError as exc:
             raise BundleError(
                 f"a file of bundle {manifest.digest[:12]} changed after it was hashed ({exc}); "

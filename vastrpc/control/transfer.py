@@ -20,9 +20,10 @@ from vastrpc._errors import (
     VastrpcError,
 )
 from vastrpc._grpc import CHUNK_SIZE
-from vastrpc._manifest import MAX_BUNDLE_FILE_BYTES, ManifestLimits, parse_manifest
+from vastrpc._manifest import MAX_BUNDLE_FILE_BYTES, ManifestLimits, pack_files, parse_manifest
+from vastrpc._packed import download_files_message
 from vastrpc.api.v1 import control_pb2
-from vastrpc.control.bundles.base import BlobStore, BlobWriter, check_digest, manifest_files
+from vastrpc.control.bundles.base import BlobStore, BlobWriter, check_digest, manifest_file_sizes
 from vastrpc.control.rpcstatus import abort, unary
 from vastrpc.control.stores.base import WorkerRow
 
@@ -58,9 +59,11 @@ class _FileSink:
         return self.enqueued - self.consumed
 
     def put(self, kind: str, value: Any = None, size: int = 0) -> None:
-        """Hand the thread a ``head`` (digest, size), a ``chunk``, ``end`` or ``abort``."""
+        """Hand the thread a ``head`` (digest, size), a ``chunk``, whole ``files`` (size: bytes), ``end``, ``abort``."""
         if kind == "chunk":
             self.enqueued += len(value)
+        elif kind == "files":
+            self.enqueued += size
         self.queue.put((kind, value, size))
 
     def run(self) -> None:
@@ -72,6 +75,11 @@ class _FileSink:
                     if self.writer is not None:
                         self.writer.write(value)
                     self.consumed += len(value)
+                elif kind == "files":
+                    self._end()
+                    for digest, content in value:
+                        self._whole(digest, content)
+                    self.consumed += size
                 elif kind == "head":
                     self._end()
                     self.files += 1
@@ -93,6 +101,16 @@ class _FileSink:
     def _end(self) -> None:
         if self.writer is not None:
             writer, self.writer = self.writer, None
+            self.stored += writer.commit()
+
+    def _whole(self, digest: str, content: bytes) -> None:
+        """Store one whole file, checked against its digest and size before it is stored (else nothing stays)."""
+        self.files += 1
+        self.size += len(content)
+        if self.blobs.has(digest):
+            return
+        with self.blobs.open_writer(digest, len(content), sync=False) as writer:
+            writer.write(content)
             self.stored += writer.commit()
 
 
@@ -119,11 +137,12 @@ class BundleTransfer:
     def _caller_worker(self, context: grpc.aio.ServicerContext) -> WorkerRow | None:
         raise NotImplementedError
 
-    async def _manifest_files(self, digest: str) -> frozenset[str]:
-        cache: dict[str, frozenset[str]] = self.__dict__.setdefault("_manifests", {})
+    async def _manifest_files(self, digest: str) -> dict[str, int]:
+        """The files bundle ``digest`` names: each one's digest and size."""
+        cache: dict[str, dict[str, int]] = self.__dict__.setdefault("_manifests", {})
         names = cache.get(digest)
         if names is None:
-            names = await asyncio.to_thread(manifest_files, self.blobs, digest)
+            names = await asyncio.to_thread(manifest_file_sizes, self.blobs, digest)
             if len(cache) >= _MANIFESTS_KEPT:
                 cache.clear()
             cache[digest] = names
@@ -149,7 +168,13 @@ class BundleTransfer:
             async for message in request_iterator:
                 if writing.done():
                     break  # the writer failed: its error is raised below
-                if message.HasField("header"):
+                part = message.WhichOneof("part")
+                if part == "files":
+                    # Small files whole, several to a message; it ends a file sent in chunks.
+                    files = [(_valid_digest(f.digest), f.content) for f in message.files.files]
+                    sink.put("files", files, sum(len(c) for _, c in files))
+                    started = False
+                elif part == "header":
                     header = message.header
                     _valid_digest(header.digest)
                     if header.size > MAX_BUNDLE_FILE_BYTES:
@@ -159,10 +184,12 @@ class BundleTransfer:
                         )
                     sink.put("head", header.digest, header.size)
                     started = True
-                    continue
-                if not started:
-                    raise DefinitionError("UploadFiles got no header: send {digest, size}, then the file's chunks")
-                sink.put("chunk", message.chunk)
+                elif not started:
+                    raise DefinitionError(
+                        "UploadFiles got a chunk without a header: send whole files, or {digest, size} then chunks"
+                    )
+                else:
+                    sink.put("chunk", message.chunk)
                 while sink.backlog > _WRITE_BACKLOG and not writing.done():
                     await asyncio.sleep(0.002)  # the disk is slower than the network: let it catch up
             sink.put("end")
@@ -244,7 +271,7 @@ class BundleTransfer:
 
     async def DownloadFiles(
         self, request: control_pb2.DownloadFilesRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[control_pb2.DownloadFilesResponse]:
+    ) -> AsyncIterator[control_pb2.DownloadFilesResponse | bytes]:
         try:
             worker = self._caller_worker(context)
             # A worker token reaches only the files that its revisions' bundles name.
@@ -263,17 +290,63 @@ class BundleTransfer:
             urls = await asyncio.to_thread(lambda: [self.blobs.download_url(d) for d in digests])
         except VastrpcError as exc:
             await abort(context, exc)
+        streamed = []
         for digest, url in zip(digests, urls, strict=True):
             if url is not None:
                 yield control_pb2.DownloadFilesResponse(digest=digest, url=url)
-                continue
+            else:
+                streamed.append(digest)
+        # A worker that reads packed messages gets small files whole, several to a message.
+        groups: list[list[str] | str] = list(pack_files(streamed, names.__getitem__) if request.packed else streamed)
+        async for message in self._file_messages(groups, names, context):
+            yield message
+
+    async def _file_messages(
+        self, groups: list[list[str] | str], sizes: dict[str, int], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[control_pb2.DownloadFilesResponse | bytes]:
+        """Each group's messages: a list of small files read whole in a thread (the next list is
+        read while this one is sent), a single file as its digest and chunks."""
+        ahead: asyncio.Future[bytes] | None = None
+        try:
+            for i, group in enumerate(groups):
+                if not isinstance(group, list):
+                    try:
+                        chunks: Iterator[bytes] = self.blobs.read_chunks(group, CHUNK_SIZE)
+                    except VastrpcError as exc:
+                        await abort(context, exc)
+                    first = True
+                    for chunk in chunks:
+                        yield control_pb2.DownloadFilesResponse(digest=group, chunk=chunk)
+                        first = False
+                    if first:  # an empty file: one message says it
+                        yield control_pb2.DownloadFilesResponse(digest=group)
+                    continue
+                reading = ahead or asyncio.ensure_future(asyncio.to_thread(self._read_whole, group, sizes))
+                ahead = None
+                try:
+                    files = await reading
+                except VastrpcError as exc:
+                    await abort(context, exc)
+                following = groups[i + 1] if i + 1 < len(groups) else None
+                if isinstance(following, list):
+                    ahead = asyncio.ensure_future(asyncio.to_thread(self._read_whole, following, sizes))
+                yield files  # serialised already (vastrpc._packed)
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+
+    def _read_whole(self, digests: list[str], sizes: dict[str, int]) -> bytes:
+        """Stored small files read whole, as one serialised ``DownloadFilesResponse`` (in a thread).
+
+        A file is read up to one byte past the size its manifest gives (a manifest that lies
+        about a large file cannot make the message large); the worker refuses a wrong size.
+        """
+
+        def read(digest: str) -> bytes:
+            chunks = self.blobs.read_chunks(digest, sizes[digest] + 1)
             try:
-                chunks: Iterator[bytes] = self.blobs.read_chunks(digest, CHUNK_SIZE)
-            except VastrpcError as exc:
-                await abort(context, exc)
-            first = True
-            for chunk in chunks:
-                yield control_pb2.DownloadFilesResponse(digest=digest, chunk=chunk)
-                first = False
-            if first:  # an empty file: one message says it
-                yield control_pb2.DownloadFilesResponse(digest=digest)
+                return next(chunks, b"")
+            finally:
+                getattr(chunks, "close", lambda: None)()
+
+        return download_files_message((d, read(d)) for d in digests)

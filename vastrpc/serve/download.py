@@ -94,16 +94,28 @@ async def _fetch_files(
     done: set[str] = set()
     filler = CacheFiller(cache)
     filling = asyncio.ensure_future(asyncio.to_thread(filler.run))
-    request = control_pb2.DownloadFilesRequest(bundle=bundle, digests=list(wanted))
+    request = control_pb2.DownloadFilesRequest(bundle=bundle, digests=list(wanted), packed=True)
     current = ""
     by_url: list[tuple[FileEntry, str]] = []
     try:
         async for resp in stub.DownloadFiles(request, metadata=metadata, timeout=3600):
+            if filling.done():
+                break  # writing failed: its error is raised below
+            if resp.files:
+                # Small files whole, several to a message: each verified as it enters the cache.
+                files = []
+                for f in resp.files:
+                    if (entry := wanted.get(f.digest)) is None:
+                        raise BundleError(f"the control service sent file {f.digest[:12]}, which was not asked for")
+                    files.append((entry.sha256, entry.size, f.content))
+                    done.add(entry.sha256)
+                filler.whole(files)
+                current = ""
+                await _drain(filler, filling)
+                continue
             entry = wanted.get(resp.digest)
             if entry is None:
                 raise BundleError(f"the control service sent file {resp.digest[:12]}, which was not asked for")
-            if filling.done():
-                break  # writing failed: its error is raised below
             if resp.url:
                 by_url.append((entry, resp.url))
             elif resp.digest != current:
@@ -112,8 +124,7 @@ async def _fetch_files(
             done.add(entry.sha256)
             if resp.chunk:
                 filler.chunk(resp.chunk)
-                while filler.backlog > _WRITE_BACKLOG and not filling.done():
-                    await asyncio.sleep(0.002)  # the disk is slower than the network: let it catch up
+                await _drain(filler, filling)
         filler.end()
         await filling
         await _fetch_urls(by_url, cache)
@@ -131,6 +142,12 @@ async def _fetch_files(
             f"the control service sent {len(done)} of the {len(wanted)} files asked for "
             f"(e.g. sha256 {min(lacking)[:12]} is missing): deploy again"
         )
+
+
+async def _drain(filler: CacheFiller, filling: asyncio.Future[None]) -> None:
+    """Wait while ``_WRITE_BACKLOG`` bytes wait for the disk (slower than the network), unless writing ended."""
+    while filler.backlog > _WRITE_BACKLOG and not filling.done():
+        await asyncio.sleep(0.002)
 
 
 async def _fetch_urls(files: list[tuple[FileEntry, str]], cache: FileCache) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import queue
 import shutil
@@ -31,6 +32,8 @@ IDLE_EVICTION = 24 * 3600.0
 ABANDONED_WRITE = 3600.0
 # What a cached file's link may not be made for: another filesystem, too many links, a refusal.
 _LINK_ERRORS = frozenset({errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOTSUP})
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_written = itertools.count()
 
 
 def verify_digest(data: bytes, expected: str) -> None:
@@ -110,7 +113,9 @@ class CacheFiller:
 
     def __init__(self, cache: FileCache) -> None:
         self.cache = cache
-        self.queue: queue.SimpleQueue[tuple[str, int, bytes | None]] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[tuple[str, int, bytes | list[tuple[str, int, bytes]] | None]] = (
+            queue.SimpleQueue()
+        )
         self.enqueued = 0
         self.consumed = 0
 
@@ -126,6 +131,12 @@ class CacheFiller:
         self.enqueued += len(data)
         self.queue.put(("", 0, data))
 
+    def whole(self, files: list[tuple[str, int, bytes]]) -> None:
+        """Whole files (sha256, size, content): each is verified as it enters the cache."""
+        size = sum(len(content) for _, _, content in files)
+        self.enqueued += size
+        self.queue.put(("*", size, files))
+
     def end(self, *, commit: bool = True) -> None:
         self.queue.put(("", 1 if commit else 0, None))
 
@@ -135,6 +146,15 @@ class CacheFiller:
         try:
             while True:
                 sha256, size, data = self.queue.get()
+                if isinstance(data, list):
+                    if writer is not None:  # whole files end a file sent in chunks
+                        writer.commit()
+                        writer.__exit__(None, None, None)
+                        writer = None
+                    for digest, length, content in data:
+                        self.cache.put(digest, content, length)
+                    self.consumed += size
+                    continue
                 if data is not None:
                     if writer is not None:
                         writer.write(data)
@@ -193,6 +213,7 @@ class FileCache:
 
     def __init__(self, root: Path, idle: float | None = IDLE_EVICTION) -> None:
         self.root = private_folder(Path(root))
+        self._folder = os.path.join(self.root, "")
         # Only writes long abandoned: another worker of the endpoint may be writing the rest now.
         abandoned = time.time() - ABANDONED_WRITE
         for stale in self.root.glob(".*.part"):
@@ -230,6 +251,36 @@ class FileCache:
     def writer(self, sha256: str, size: int) -> CacheWriter:
         """Start adding the file with that SHA-256 and size (see ``CacheWriter``)."""
         return CacheWriter(self, sha256, size)
+
+    def put(self, sha256: str, content: bytes, size: int) -> None:
+        """Add a whole file, checked against ``sha256`` and ``size`` before anything is written (else BundleError)."""
+        actual = hashlib.sha256(content).hexdigest()
+        if len(content) != size or actual != sha256:
+            raise BundleError(
+                f"bundle file {sha256} does not match its manifest: received {len(content)} bytes of "
+                f"{size} hashing to {actual}; the bundle store's copy is corrupt: deploy again"
+            )
+        # A temporary file (O_EXCL: this process's id and count, else a random name), renamed
+        # into place once written whole. Plain strings: pathlib costs more than a small file.
+        folder = self._folder
+        tmp = f"{folder}.{sha256[:16]}.{os.getpid()}-{next(_written)}.part"
+        try:
+            fd = os.open(tmp, _CREATE, 0o600)
+        except FileExistsError:  # left by an earlier process with the same id
+            tmp = f"{folder}.{sha256[:16]}.{os.urandom(8).hex()}.part"
+            fd = os.open(tmp, _CREATE, 0o600)
+        try:
+            with memoryview(content) as view:
+                written = 0
+                while written < size:
+                    written += os.write(fd, view[written:])
+            os.fchmod(fd, 0o444)  # read-only: revisions link to it
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.replace(tmp, folder + sha256)
 
     def add(self, sha256: str, chunks: Iterable[bytes], size: int) -> None:
         """Add a file from its chunks, verified against ``sha256`` and ``size`` (BundleError if not)."""

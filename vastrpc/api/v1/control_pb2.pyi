@@ -243,8 +243,22 @@ class MissingFilesResponse(_message.Message):
     missing: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class BundleFile(_message.Message):
+    __slots__ = ("digest", "content")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    content: bytes
+    def __init__(self, digest: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
+
+class BundleFiles(_message.Message):
+    __slots__ = ("files",)
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[BundleFile]
+    def __init__(self, files: _Optional[_Iterable[_Union[BundleFile, _Mapping]]] = ...) -> None: ...
+
 class UploadFilesRequest(_message.Message):
-    __slots__ = ("header", "chunk")
+    __slots__ = ("header", "chunk", "files")
     class Header(_message.Message):
         __slots__ = ("digest", "size")
         DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -254,9 +268,11 @@ class UploadFilesRequest(_message.Message):
         def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
     header: UploadFilesRequest.Header
     chunk: bytes
-    def __init__(self, header: _Optional[_Union[UploadFilesRequest.Header, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+    files: BundleFiles
+    def __init__(self, header: _Optional[_Union[UploadFilesRequest.Header, _Mapping]] = ..., chunk: _Optional[bytes] = ..., files: _Optional[_Union[BundleFiles, _Mapping]] = ...) -> None: ...
 
 class UploadFilesResponse(_message.Message):
     __slots__ = ("files", "stored", "size")
@@ -275,22 +291,26 @@ class DownloadBundleRequest(_message.Message):
     def __init__(self, digest: _Optional[str] = ...) -> None: ...
 
 class DownloadFilesRequest(_message.Message):
-    __slots__ = ("bundle", "digests")
+    __slots__ = ("bundle", "digests", "packed")
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     bundle: str
     digests: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, bundle: _Optional[str] = ..., digests: _Optional[_Iterable[str]] = ...) -> None: ...
+    packed: bool
+    def __init__(self, bundle: _Optional[str] = ..., digests: _Optional[_Iterable[str]] = ..., packed: _Optional[bool] = ...) -> None: ...
 
 class DownloadFilesResponse(_message.Message):
-    __slots__ = ("digest", "chunk", "url")
+    __slots__ = ("digest", "chunk", "url", "files")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
     digest: str
     chunk: bytes
     url: str
-    def __init__(self, digest: _Optional[str] = ..., chunk: _Optional[bytes] = ..., url: _Optional[str] = ...) -> None: ...
+    files: _containers.RepeatedCompositeFieldContainer[BundleFile]
+    def __init__(self, digest: _Optional[str] = ..., chunk: _Optional[bytes] = ..., url: _Optional[str] = ..., files: _Optional[_Iterable[_Union[BundleFile, _Mapping]]] = ...) -> None: ...
 
 class DownloadBundleResponse(_message.Message):
     __slots__ = ("chunk", "url")

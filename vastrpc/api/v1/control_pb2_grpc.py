@@ -176,8 +176,9 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UploadFiles(self, request_iterator, context):
-        """Streams bundle files: for each, a header {digest, size}, then its chunks. The service
-        verifies each file's SHA-256 and size before it stores it under its digest.
+        """Streams bundle files: small ones whole, several to a message (files), a large one as a
+        header {digest, size} then its chunks. The service verifies each file's SHA-256 and size
+        before it stores it under its digest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,8 +193,9 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DownloadFiles(self, request, context):
-        """Streams files of a stored bundle that a worker lacks: each file's messages carry its digest,
-        from a store that hands out URLs (S3) one message per file with a URL instead of chunks.
+        """Streams files of a stored bundle that a worker lacks: to a worker that asks for it (packed),
+        small files whole, several to a message (files); otherwise each file's messages carry its
+        digest and chunks. From a store that hands out URLs (S3): one message per file with a URL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -12,7 +12,15 @@ from vastrpc._errors import BundleError
 from vastrpc._grpc import CHUNK_SIZE
 from vastrpc._manifest import ManifestLimits, parse_manifest
 
-__all__ = ["BlobStore", "BlobWriter", "VerifyingWriter", "check_digest", "is_digest", "manifest_files"]
+__all__ = [
+    "BlobStore",
+    "BlobWriter",
+    "VerifyingWriter",
+    "check_digest",
+    "is_digest",
+    "manifest_file_sizes",
+    "manifest_files",
+]
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -97,13 +105,23 @@ def manifest_files(blobs: BlobStore, digest: str) -> frozenset[str]:
         NotFoundError: No bundle with that digest is stored.
         BundleError: What is stored is not a valid manifest.
     """
+    return frozenset(manifest_file_sizes(blobs, digest))
+
+
+def manifest_file_sizes(blobs: BlobStore, digest: str) -> dict[str, int]:
+    """The file digests the stored manifest ``digest`` names, each with its size (blocking: a store read).
+
+    Raises:
+        NotFoundError: No bundle with that digest is stored.
+        BundleError: What is stored is not a valid manifest.
+    """
     limits = ManifestLimits()
     data = bytearray()
     for chunk in blobs.read_chunks(digest, CHUNK_SIZE):
         data += chunk
         if len(data) > limits.max_manifest_bytes:
             break  # parse_manifest names the limit
-    return frozenset(f.sha256 for f in parse_manifest(bytes(data), limits).files)
+    return {f.sha256: f.size for f in parse_manifest(bytes(data), limits).files}
 
 
 class VerifyingWriter:
