@@ -32,7 +32,6 @@ from vastrpc.control.lifecycle.leadership import Leadership
 from vastrpc.control.lifecycle.reaper import Reaper
 from vastrpc.control.metrics import ControlMetrics
 from vastrpc.control.service import ControlService
-from vastrpc.control.watches import PreEncoded
 
 __all__ = ["resolve_api_key", "serve"]
 
@@ -191,7 +190,7 @@ async def serve(
     wanted = config.metrics_port is not None or config.dashboard_port is not None
     metrics = ControlMetrics(store) if wanted else None
     service = ControlService(lifecycle, api_key, reaper, autoscaler, metrics, config.watch_keepalive)
-    interceptors: list[grpc.aio.ServerInterceptor] = [PreEncoded()]
+    interceptors: list[grpc.aio.ServerInterceptor] = []
     if metrics is not None:
         interceptors.append(metrics.interceptor())
 

@@ -192,7 +192,7 @@ class ControlService(Heartbeats, BundleTransfer, control_pb2_grpc.ControlService
                 if snapshot is None:
                     return
                 # Read and encoded once per change for every watch of the endpoint, and sent as
-                # those bytes (``PreEncoded``): serialized once, not once per watch.
+                # those bytes (the service's serializer passes bytes through: ``vastrpc._packed``).
                 _, data = self.snapshots.update(snapshot)
                 if data != last_sent:
                     yield data  # type: ignore[misc]

@@ -1,22 +1,17 @@
-"""Watch streams at scale: a worker's assignment watch woken only for its own changes; endpoint updates encoded once."""
+"""Watch streams at scale: a worker's assignment watch is woken only for its own changes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
-
-import grpc
+from collections.abc import Callable
 
 from vastrpc.control.snapshots import Snapshot, Snapshots
 from vastrpc.control.stores.base import WorkerRow
 
-__all__ = ["AssignmentWatches", "PreEncoded", "assignment_inputs"]
+__all__ = ["AssignmentWatches", "assignment_inputs"]
 
 log = logging.getLogger(__name__)
-
-_WATCH_ENDPOINT = "/vastrpc.api.v1.ControlService/WatchEndpoint"
 
 
 def assignment_inputs(snapshot: Snapshot, worker: WorkerRow) -> tuple[str, ...]:
@@ -104,26 +99,3 @@ class AssignmentWatches:
             inputs = assignment_inputs(snapshot, row) if row is not None else None
             if inputs is None or inputs != watch.inputs:
                 watch.event.set()
-
-
-def _encoded(message: Any) -> bytes:
-    """A response's wire form: bytes pass as they are (encoded once for every stream), messages are serialized."""
-    return message if isinstance(message, bytes) else message.SerializeToString()
-
-
-class PreEncoded(grpc.aio.ServerInterceptor):
-    """Lets WatchEndpoint send an update already encoded: the same bytes to each of its hundred watchers.
-
-    Without it gRPC serializes the update (the whole endpoint: about 120 kB at a thousand
-    workers) once per watcher at every change.
-    """
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method != _WATCH_ENDPOINT:
-            return handler
-        return handler._replace(response_serializer=_encoded)  # type: ignore[attr-defined,no-any-return]
