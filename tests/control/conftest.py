@@ -25,6 +25,8 @@ import pytest
 from tests.ports import free_port
 from vastrpc.config import ClientConfig
 
+from .helpers import Client
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # A server someone already runs (CI may start one): its admin URL, e.g.
@@ -261,3 +263,10 @@ def configure(app: Any, service: ServiceProcess) -> None:
     app._config = ClientConfig(
         control_address=service.address, api_key=service.api_key, home=service.home, ready_timeout=90
     )
+
+
+@pytest.fixture
+async def client(control_service) -> AsyncIterator[Client]:
+    """A test client of the control service, with its API key."""
+    async with Client(control_service.address, control_service.api_key) as c:
+        yield c

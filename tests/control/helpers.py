@@ -92,6 +92,11 @@ def read_dumps(folder: Path) -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in folder.glob("w-*.json")}
 
 
+def sha(content: bytes) -> str:
+    """The SHA-256 of ``content``, hex: a bundle file's digest."""
+    return hashlib.sha256(content).hexdigest()
+
+
 class Client:
     """An async client of the control service presenting ``token``."""
 

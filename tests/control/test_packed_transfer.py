@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import AsyncIterator
 
@@ -16,19 +15,9 @@ from vastrpc.client.control import ControlClient
 from vastrpc.serve.download import download_bundle
 from vastrpc.serve.filecache import FileCache
 
-from .helpers import Client
+from .helpers import Client, sha
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def client(control_service) -> AsyncIterator[Client]:
-    async with Client(control_service.address, control_service.api_key) as c:
-        yield c
-
-
-def sha(content: bytes) -> str:
-    return hashlib.sha256(content).hexdigest()
 
 
 def _contents(count: int, seed: int = 7) -> list[bytes]:

@@ -8,7 +8,6 @@ import hashlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -33,12 +32,6 @@ from .helpers import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def client(control_service) -> AsyncIterator[Client]:
-    async with Client(control_service.address, control_service.api_key) as c:
-        yield c
 
 
 async def _code(coro) -> grpc.StatusCode:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -12,19 +11,9 @@ from vastrpc._manifest import FileEntry, encode_manifest
 from vastrpc.api.v1 import control_pb2
 from vastrpc.client.control import ControlClient
 
-from .helpers import Client
+from .helpers import sha
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def client(control_service) -> AsyncIterator[Client]:
-    async with Client(control_service.address, control_service.api_key) as c:
-        yield c
-
-
-def sha(content: bytes) -> str:
-    return hashlib.sha256(content).hexdigest()
 
 
 async def _code(coro) -> tuple[grpc.StatusCode, str]:

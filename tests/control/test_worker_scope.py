@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
 import pytest
 
@@ -13,12 +11,6 @@ from vastrpc.api.v1 import common_pb2, control_pb2
 from .helpers import FILES, Client, bundle, make_spec, read_dumps, with_fake_worker
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def client(control_service) -> AsyncIterator[Client]:
-    async with Client(control_service.address, control_service.api_key) as c:
-        yield c
 
 
 async def _refused(coro) -> str:
