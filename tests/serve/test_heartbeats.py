@@ -122,3 +122,42 @@ async def test_a_late_answer_or_a_stopped_service_is_an_unanswered_beat_and_the_
         sender.close()
         await channel.close()
         await server.stop(0)
+
+
+class _RacedStub:
+    """A stub whose streams fail their first write as gRPC does when the service ended the call first."""
+
+    def __init__(self, unary_error: grpc.StatusCode | None = None) -> None:
+        self.unary_error = unary_error
+        self.streams = self.unary_beats = 0
+
+    def HeartbeatStream(self, metadata: Any) -> Any:  # noqa: N802 - the stub's method name
+        self.streams += 1
+
+        class _Call:
+            async def write(self, request: Any) -> None:
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(), "Internal error from Core"
+                )
+
+            def cancel(self) -> bool:
+                return True
+
+        return _Call()
+
+    async def Heartbeat(self, request: Any, metadata: Any, timeout: float) -> control_pb2.HeartbeatResponse:  # noqa: N802
+        self.unary_beats += 1
+        if self.unary_error is not None:
+            raise grpc.aio.AioRpcError(self.unary_error, grpc.aio.Metadata(), grpc.aio.Metadata(), "refused")
+        return control_pb2.HeartbeatResponse(stop=True)
+
+
+async def test_a_first_write_failing_as_internal_is_asked_again_as_a_unary_beat() -> None:
+    # The service's answer (here a stop, or a refusal) is what the agent sees, not gRPC's INTERNAL.
+    stub = _RacedStub()
+    sender = HeartbeatSender([("authorization", "Bearer t")])
+    assert (await sender.send(stub, _REQUEST, timeout=5)).stop is True  # type: ignore[arg-type]
+    assert (stub.streams, stub.unary_beats, sender.unary) == (1, 1, False)  # the stream is tried again next beat
+    refused = _RacedStub(grpc.StatusCode.UNAUTHENTICATED)
+    with pytest.raises(Unanswered, match="UNAUTHENTICATED"):
+        await sender.send(refused, _REQUEST, timeout=5)  # type: ignore[arg-type]

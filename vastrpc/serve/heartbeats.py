@@ -49,9 +49,11 @@ class HeartbeatSender:
             self._stub, self.unary = stub, False
         if self.unary:
             return await self._send_unary(stub, request, timeout)
-        if self._call is None:
+        fresh = self._call is None
+        if fresh:
             self._call = stub.HeartbeatStream(metadata=self._metadata)
         call = self._call
+        assert call is not None
         try:
             async with asyncio.timeout(timeout):
                 await call.write(control_pb2.HeartbeatStreamRequest(beat=request))
@@ -61,9 +63,13 @@ class HeartbeatSender:
             raise Unanswered(f"no answer within {timeout:g}s") from None
         except grpc.aio.AioRpcError as exc:
             self.close()
-            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self.unary = True  # an older control service: one call per heartbeat
+            elif not (fresh and exc.code() == grpc.StatusCode.INTERNAL):
                 raise Unanswered(exc.code().name) from None
-            self.unary = True  # an older control service: one call per heartbeat
+            # INTERNAL on a new stream's first write: the service ended the call at its headers
+            # (refused or unknown) while the write was in flight, and gRPC reports the failed
+            # write instead of the service's status. A unary beat gets the real answer.
             return await self._send_unary(stub, request, timeout)
         except asyncio.InvalidStateError:  # written after the call ended: its status says why
             self.close()
