@@ -95,7 +95,7 @@ class Lifecycle(Losses, Rollouts, Stopping):
             self.change_version,
             self.adopt_reporting,
             flush_interval=min(1.0, heartbeat_interval),
-            max_age=1.0 if store.shared else 5.0,
+            max_age=1.0 if store.shared else 30.0,
         )
 
     @property

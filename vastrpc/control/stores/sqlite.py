@@ -26,6 +26,7 @@ from vastrpc.control.stores.base import (
     new_token,
     worker_filter,
 )
+from vastrpc.control.stores.live import LiveWorkers
 
 __all__ = ["SoleLeaderLock", "SqliteStore"]
 
@@ -124,7 +125,9 @@ class SqliteStore:
 
     One connection is shared by the service (all calls come from its event loop);
     a lock keeps it safe if a thread ever calls in. One control service uses the file
-    (``shared`` is False): it is always the leader, and its own locks are enough.
+    (``shared`` is False): it is always the leader, and its own locks are enough. Because
+    every write is its own, the workers not stopped are also kept in memory (``LiveWorkers``)
+    and the reads that can only return those are answered from there.
     """
 
     shared = False
@@ -148,6 +151,7 @@ class SqliteStore:
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._depth = 0
+        self._live = LiveWorkers(lambda: self._read_workers(" WHERE state != 'stopped'", ()))
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -186,6 +190,7 @@ class SqliteStore:
                 yield
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._live.invalidate()  # it holds what was just rolled back
                 raise
             else:
                 self._db.execute("COMMIT")
@@ -381,17 +386,27 @@ class SqliteStore:
         values["created_at"] = time.time()
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
-        self._exec(f"INSERT INTO workers ({columns}) VALUES ({marks})", values.values())
-        return WorkerRow(**values)
+        with self._lock:
+            self._exec(f"INSERT INTO workers ({columns}) VALUES ({marks})", values.values())
+            row = WorkerRow(**values)
+            self._live.put(row)
+        return row
 
     def get_worker(self, worker_id: str) -> WorkerRow | None:
         """The worker with that id, if any."""
+        with self._lock:
+            return self._live.get(worker_id) or self._read_worker(worker_id)
+
+    def _read_worker(self, worker_id: str) -> WorkerRow | None:
         row = self._one("SELECT * FROM workers WHERE id = ?", (worker_id,))
         return _worker(row) if row else None
 
     def get_worker_by_token_hash(self, token_hash: str) -> WorkerRow | None:
         """The worker whose token hashes to ``token_hash``, if any."""
-        row = self._one("SELECT * FROM workers WHERE token_hash = ?", (token_hash,))
+        with self._lock:
+            if (live := self._live.by_token(token_hash)) is not None:
+                return live
+            row = self._one("SELECT * FROM workers WHERE token_hash = ?", (token_hash,))
         return _worker(row) if row else None
 
     def list_workers(
@@ -403,15 +418,25 @@ class SqliteStore:
         exclude_states: Sequence[str] | None = None,
     ) -> list[WorkerRow]:
         """Workers matching every given filter, oldest first."""
+        with self._lock:
+            if LiveWorkers.answers(states, exclude_states):
+                return self._live.select(
+                    endpoint_id=endpoint_id, revision_id=revision_id, states=states, exclude_states=exclude_states
+                )
         clause, params = worker_filter(
             "?", endpoint_id=endpoint_id, revision_id=revision_id, states=states, exclude_states=exclude_states
         )
-        rows = self._all(f"SELECT * FROM workers{clause} ORDER BY created_at, id", params)
-        return [_worker(r) for r in rows]
+        return self._read_workers(clause, params)
+
+    def _read_workers(self, clause: str, params: Iterable[Any]) -> list[WorkerRow]:
+        return [_worker(r) for r in self._all(f"SELECT * FROM workers{clause} ORDER BY created_at, id", params)]
 
     def update_worker(self, worker_id: str, **values: Any) -> WorkerRow:
         """Set columns of a worker and return the new row."""
-        return self._update("workers", WORKER_COLUMNS, worker_id, values, self.get_worker)
+        with self._lock:
+            row = self._update("workers", WORKER_COLUMNS, worker_id, values, self._read_worker)
+            self._live.put(row)
+        return row
 
     def record_heartbeats(self, beats: dict[str, dict[str, Any]]) -> None:
         """Write many workers' heartbeats (``HeartbeatBatch``) in one statement batch; unknown workers are skipped."""
@@ -425,6 +450,7 @@ class SqliteStore:
                 " calls_queued = ?, calls_started = ? WHERE id = ?",
                 rows,
             )
+            self._live.beat(beats)
 
 
 _WORKER_FIELDS = tuple(f.name for f in fields(WorkerRow))
