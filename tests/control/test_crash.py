@@ -55,7 +55,7 @@ def _inspect(home: Path, args: list[str]) -> Store:
         from vastrpc.control.stores.postgres import PgStore
 
         return PgStore(args[1])
-    return SqliteStore(home / "state.db")
+    return SqliteStore(home / "state.db", sole=False)  # beside the running service: reads the file each time
 
 
 def _check_rows(store: Store, name: str, *, workers: int | None = None) -> None:

@@ -30,20 +30,33 @@ class LiveWorkers:
     (``invalidate``: the next read loads the rows again). Stopped workers, which only
     accumulate, stay in the file alone.
 
+    Heartbeats (a thousand a second) are taken here at once and written to the file a few
+    seconds later (``unwritten``), in one batch: the file only needs them to judge silence
+    after a restart, and the heartbeat timeout is at least 10 s. Rows loaded again get the
+    beats not written yet.
+
     Args:
         load: Reads every worker not stopped from the file.
+        enabled: False for a store that is not the file's only user (one reading beside a
+            running service): nothing is kept, every beat is written at once.
     """
 
-    def __init__(self, load: Callable[[], Iterable[WorkerRow]]) -> None:
+    def __init__(self, load: Callable[[], Iterable[WorkerRow]], enabled: bool = True) -> None:
         self._load = load
+        self.enabled = enabled
         self._by_id: dict[str, WorkerRow] | None = None
         self._by_token: dict[str, str] = {}
+        # Beats taken and not yet in the file, by worker: the latest of each.
+        self.unwritten: dict[str, dict[str, Any]] = {}
 
     def _rows(self) -> dict[str, WorkerRow]:
+        if not self.enabled:
+            return {}
         if self._by_id is None:
             rows = list(self._load())
             self._by_id = {w.id: w for w in rows}
             self._by_token = {w.token_hash: w.id for w in rows}
+            self._apply(self.unwritten)
         return self._by_id
 
     def invalidate(self) -> None:
@@ -63,6 +76,8 @@ class LiveWorkers:
 
     def put(self, row: WorkerRow) -> None:
         """The worker's row as just written (dropped when it is stopped)."""
+        if not self.enabled:
+            return
         rows = self._rows()
         old = rows.pop(row.id, None)
         if old is not None:
@@ -71,9 +86,25 @@ class LiveWorkers:
             rows[row.id] = row
             self._by_token[row.token_hash] = row.id
 
-    def beat(self, beats: dict[str, dict[str, Any]]) -> None:
-        """Heartbeats just written (``record_heartbeats``): the newest beat time wins, as in the file."""
+    def beat(self, beats: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Take heartbeats (``record_heartbeats``) to be written later; returns those of workers not kept here.
+
+        The newest beat time wins, as in the file.
+        """
         rows = self._rows()
+        others = {worker_id: beat for worker_id, beat in beats.items() if worker_id not in rows}
+        if others:
+            beats = {worker_id: beat for worker_id, beat in beats.items() if worker_id in rows}
+        self._apply(beats)
+        for worker_id, beat in beats.items():
+            earlier = self.unwritten.get(worker_id)
+            if earlier is not None and earlier["last_heartbeat"] > beat["last_heartbeat"]:
+                beat = {**beat, "last_heartbeat": earlier["last_heartbeat"]}
+            self.unwritten[worker_id] = beat
+        return others
+
+    def _apply(self, beats: dict[str, dict[str, Any]]) -> None:
+        rows = self._by_id or {}
         for worker_id, beat in beats.items():
             row = rows.get(worker_id)
             if row is not None:
@@ -81,10 +112,10 @@ class LiveWorkers:
                 values["last_heartbeat"] = max(row.last_heartbeat, beat["last_heartbeat"])
                 rows[worker_id] = with_values(row, values)
 
-    @staticmethod
-    def answers(states: Sequence[str] | None, exclude_states: Sequence[str] | None) -> bool:
-        """Whether a listing with these filters can only hold workers not stopped (one answered here)."""
-        return (states is not None and "stopped" not in states) or "stopped" in (exclude_states or ())
+    def answers(self, states: Sequence[str] | None, exclude_states: Sequence[str] | None) -> bool:
+        """Whether a listing with these filters is answered here: it can only hold workers not stopped."""
+        only_live = (states is not None and "stopped" not in states) or "stopped" in (exclude_states or ())
+        return self.enabled and only_live
 
     def select(
         self,

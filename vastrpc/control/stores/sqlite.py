@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import sqlite3
 import threading
@@ -10,8 +11,9 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequenc
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
+from vastrpc._errors import ControlServiceError
 from vastrpc._files import private_file
 from vastrpc.config import ControlConfig
 from vastrpc.control.stores.base import (
@@ -33,6 +35,9 @@ __all__ = ["SoleLeaderLock", "SqliteStore"]
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+
+# Seconds heartbeats wait in memory before they are written to the file (``LiveWorkers``).
+BEAT_WRITE_INTERVAL = 3.0
 
 
 class SoleLeaderLock:
@@ -137,8 +142,17 @@ class SqliteStore:
         """The store in ``state.db`` under the service's home."""
         return cls(Path(config.home) / "state.db")
 
-    def __init__(self, path: Path | str) -> None:
-        """Open (creating and migrating when needed) the database at ``path``."""
+    def __init__(self, path: Path | str, *, sole: bool = True) -> None:
+        """Open (creating and migrating when needed) the database at ``path``.
+
+        Args:
+            path: The database file (``:memory:`` for one in memory).
+            sole: Whether this store is the file's only user, as a control service's is: it
+                holds ``PATH.lock`` while open (``ControlServiceError`` when another holds it)
+                and keeps the workers not stopped in memory. False for a reader beside a
+                running service (a test, an operator's script), which reads the file each time.
+        """
+        self._sole_lock = _hold_sole(Path(f"{path}.lock")) if sole and str(path) != ":memory:" else None
         if str(path) != ":memory:":
             # SQLite gives its -wal and -shm files the database's mode: all three private to this user.
             private_file(Path(path))
@@ -151,7 +165,8 @@ class SqliteStore:
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._depth = 0
-        self._live = LiveWorkers(lambda: self._read_workers(" WHERE state != 'stopped'", ()))
+        self._live = LiveWorkers(lambda: self._read_workers(" WHERE state != 'stopped'", ()), enabled=sole)
+        self._beats_written = time.monotonic()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -215,9 +230,13 @@ class SqliteStore:
         return int(row["v"] or 0) if row else 0
 
     def close(self) -> None:
-        """Close the connection."""
+        """Write the heartbeats still in memory and close the connection."""
         with self._lock:
+            self._write_beats(self._live.unwritten)
+            self._live.unwritten.clear()
             self._db.close()
+            if self._sole_lock is not None:
+                self._sole_lock.close()  # and with it the lock
 
     def scrub(self) -> None:
         """Fold the write-ahead log into the database and truncate it: its older page images go.
@@ -419,14 +438,16 @@ class SqliteStore:
     ) -> list[WorkerRow]:
         """Workers matching every given filter, oldest first."""
         with self._lock:
-            if LiveWorkers.answers(states, exclude_states):
+            if self._live.answers(states, exclude_states):
                 return self._live.select(
                     endpoint_id=endpoint_id, revision_id=revision_id, states=states, exclude_states=exclude_states
                 )
         clause, params = worker_filter(
             "?", endpoint_id=endpoint_id, revision_id=revision_id, states=states, exclude_states=exclude_states
         )
-        return self._read_workers(clause, params)
+        with self._lock:
+            # The rows of workers kept in memory are newer (their latest beats): those are returned.
+            return [self._live.get(w.id) or w for w in self._read_workers(clause, params)]
 
     def _read_workers(self, clause: str, params: Iterable[Any]) -> list[WorkerRow]:
         return [_worker(r) for r in self._all(f"SELECT * FROM workers{clause} ORDER BY created_at, id", params)]
@@ -434,23 +455,52 @@ class SqliteStore:
     def update_worker(self, worker_id: str, **values: Any) -> WorkerRow:
         """Set columns of a worker and return the new row."""
         with self._lock:
+            # The worker's latest beat goes with it, so that the row read back is as new as
+            # the one in memory (a rollback loses that beat, a second's worth, from the file).
+            values = {**self._live.unwritten.pop(worker_id, {}), **values}
             row = self._update("workers", WORKER_COLUMNS, worker_id, values, self._read_worker)
             self._live.put(row)
         return row
 
     def record_heartbeats(self, beats: dict[str, dict[str, Any]]) -> None:
-        """Write many workers' heartbeats (``HeartbeatBatch``) in one statement batch; unknown workers are skipped."""
+        """Take many workers' heartbeats (``HeartbeatBatch``): read back at once, in the file within a few seconds."""
+        with self._lock:
+            if others := self._live.beat(beats):
+                self._write_beats(others)  # of workers stopped (or unknown): at once, as they are rare
+            if time.monotonic() - self._beats_written >= BEAT_WRITE_INTERVAL:
+                self._write_beats(self._live.unwritten)
+                self._live.unwritten.clear()
+                self._beats_written = time.monotonic()
+
+    def _write_beats(self, beats: dict[str, dict[str, Any]]) -> None:
+        """Write heartbeats in one statement batch; unknown workers are skipped."""
         rows = [
             (b["last_heartbeat"], b["calls_in_flight"], b["calls_queued"], b["calls_started"], worker_id)
             for worker_id, b in beats.items()
         ]
-        with self.transaction(), self._lock:
-            self._db.executemany(
-                "UPDATE workers SET last_heartbeat = MAX(last_heartbeat, ?), calls_in_flight = ?,"
-                " calls_queued = ?, calls_started = ? WHERE id = ?",
-                rows,
-            )
-            self._live.beat(beats)
+        if rows:
+            with self.transaction():
+                self._db.executemany(
+                    "UPDATE workers SET last_heartbeat = MAX(last_heartbeat, ?), calls_in_flight = ?,"
+                    " calls_queued = ?, calls_started = ? WHERE id = ?",
+                    rows,
+                )
+
+
+def _hold_sole(path: Path) -> IO[bytes]:
+    """Hold an exclusive lock on ``path`` (created private) for as long as the returned file stays open."""
+    private_file(path)
+    lock = open(path, "ab")  # noqa: SIM115 - kept open: the lock lasts as long as the file does
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        database = path.with_suffix("")
+        raise ControlServiceError(
+            f"another control service uses {database}: a SQLite state store serves one service. Stop the "
+            "other one, give this one its own --home, or let several share a PostgreSQL store (--store)"
+        ) from None
+    return lock
 
 
 _WORKER_FIELDS = tuple(f.name for f in fields(WorkerRow))
