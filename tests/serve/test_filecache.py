@@ -13,7 +13,7 @@ import pytest
 from vastrpc._errors import BundleError
 from vastrpc._manifest import FileEntry, Manifest, encode_manifest
 from vastrpc.serve import filecache
-from vastrpc.serve.filecache import CacheFiller, FileCache, endpoint_cache, verify_digest
+from vastrpc.serve.filecache import CacheFiller, FileCache, endpoint_cache, sweep_caches, verify_digest
 
 
 def entry(path: str, content: bytes, mode: int = 0o644) -> FileEntry:
@@ -177,12 +177,14 @@ def test_each_endpoint_has_its_own_cache_and_long_gone_ones_are_swept(tmp_path: 
     one = cached(mine, ("a.txt", b"same bytes"))
     cached(theirs, ("a.txt", b"same bytes"))
     assert not os.path.samefile(mine.path(one.files[0].sha256, 0o644), theirs.path(one.files[0].sha256, 0o644))
-    # The next agent to start sweeps the others' idle files, and their folders once empty for as long.
-    endpoint_cache(root, "e-1", idle=0)
-    assert list(theirs.root.iterdir()) == []
+    # An agent sweeps the others' idle files, and their folders once empty for as long; its own stay.
+    assert sweep_caches(root, "e-1", idle=0)
+    assert list(theirs.root.iterdir()) == [] and list(mine.root.iterdir()) != []
     os.utime(theirs.root, (0, 0))
-    endpoint_cache(root, "e-1", idle=60)
-    assert sorted(p.name for p in root.iterdir()) == ["e-1"]
+    assert not sweep_caches(root, "e-1", idle=60)  # swept less than an hour ago: not again
+    assert (root / "e-2").is_dir()
+    assert sweep_caches(root, "e-1", idle=60, every=0)
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["e-1"]
     for bad in ("", "..", ".hidden", "a/b", "e 1"):
         with pytest.raises(BundleError, match="cannot name a cache folder"):
             endpoint_cache(root, bad)

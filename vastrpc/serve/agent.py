@@ -41,7 +41,7 @@ from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.serve.container import ContainerEngine
 from vastrpc.serve.container_worker import ContainerWorker, Prepared
 from vastrpc.serve.download import download_bundle
-from vastrpc.serve.filecache import FileCache, endpoint_cache
+from vastrpc.serve.filecache import FileCache, endpoint_cache, sweep_caches
 from vastrpc.serve.heartbeats import HeartbeatSender, Unanswered
 from vastrpc.serve.install import ensure_apt, ensure_pip_env, pip_site, run_startup_commands
 from vastrpc.serve.metrics import CallStatsReader
@@ -112,6 +112,7 @@ class Agent:
         self._workdir = home / "work" / worker_id
         # Every worker of this host shares it: a file is downloaded and written once per host.
         self._files: FileCache | None = None
+        self._sweep: asyncio.Future[bool] | None = None
         self._serving: set[ServingProcess] = set()
         # Calls started by serving processes already stopped: the heartbeat's count never goes back.
         self._retired_calls = 0
@@ -372,7 +373,10 @@ class Agent:
     async def _download(self, endpoint_id: str, revision_id: str, digest: str, size: int = 0) -> Path:
         """The revision's folder, laid out from the endpoint's file cache on this host (``vastrpc.serve.download``)."""
         if self._files is None:
-            self._files = await asyncio.to_thread(endpoint_cache, self.home / "cache" / "files", endpoint_id)
+            root = self.home / "cache" / "files"
+            self._files = await asyncio.to_thread(endpoint_cache, root, endpoint_id)
+            # The other endpoints' caches are swept meanwhile, in a thread (at most hourly per host).
+            self._sweep = asyncio.ensure_future(asyncio.to_thread(sweep_caches, root, endpoint_id))
         dest = self._workdir / f"{revision_id}-{uuid.uuid4().hex[:8]}"
         return await download_bundle(self._stub, self._metadata, digest, size, self._files, dest)
 

@@ -7,9 +7,11 @@ Synchronous and possibly long (many files): workers call these through ``asyncio
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import itertools
+import logging
 import os
 import queue
 import shutil
@@ -20,14 +22,18 @@ from pathlib import Path
 from types import TracebackType
 
 from vastrpc._errors import BundleError
-from vastrpc._files import private_folder
+from vastrpc._files import private_file, private_folder
 from vastrpc._manifest import FileEntry, Manifest
 
-__all__ = ["CacheFiller", "FileCache", "endpoint_cache", "verify_digest"]
+log = logging.getLogger(__name__)
+
+__all__ = ["CacheFiller", "FileCache", "endpoint_cache", "sweep_caches", "verify_digest"]
 
 _COPY_SIZE = 1 << 20
 # A cached file no revision folder links is removed once its links have not changed for this long.
 IDLE_EVICTION = 24 * 3600.0
+# Seconds between two sweeps of the other endpoints' caches on a host (``sweep_caches``).
+SWEEP_INTERVAL = 3600.0
 # A temporary file no write touched for this long was left by a worker that died writing it.
 ABANDONED_WRITE = 3600.0
 # What a cached file's link may not be made for: another filesystem, too many links, a refusal.
@@ -178,8 +184,7 @@ def endpoint_cache(root: Path, endpoint_id: str, idle: float = IDLE_EVICTION) ->
     One cache per endpoint, not per host: a revision's folder holds hard links to the cached
     files, which code that may write them (a container's root) could change in place, so a
     file is shared only among the revisions of one deployment, never with another one's.
-    Every endpoint's cache is swept of idle files here too (and emptied folders removed), so
-    the caches of endpoints long gone do not stay.
+    The other endpoints' caches are swept apart (``sweep_caches``), off a worker's start.
 
     Raises:
         BundleError: ``endpoint_id`` is not a plain name.
@@ -189,16 +194,40 @@ def endpoint_cache(root: Path, endpoint_id: str, idle: float = IDLE_EVICTION) ->
     root = private_folder(Path(root))
     mine = private_folder(root / endpoint_id)
     os.utime(mine)  # in use: no other agent's sweep removes it, empty or not
-    cutoff = time.time() - idle
-    for folder in root.iterdir():
-        if folder.is_dir() and folder.name != endpoint_id and not folder.name.startswith("."):
-            FileCache(folder, idle)
-            try:
-                if folder.stat().st_mtime <= cutoff:
-                    folder.rmdir()  # only when the sweep left it empty
-            except OSError:
-                pass
     return FileCache(mine, idle)
+
+
+def sweep_caches(root: Path, keep: str, idle: float = IDLE_EVICTION, every: float = SWEEP_INTERVAL) -> bool:
+    """Sweep the idle files of every endpoint's cache but ``keep``'s, and their folders once empty.
+
+    A host keeps the caches of every endpoint that ran on it within ``idle``: tens of thousands
+    of files on a busy one, whose sweep (a ``stat`` each) took 0.3 s, on the start of every
+    worker while it ran there. It runs at most once per ``every`` seconds on a host (the
+    mtime of ``root/.swept``, set before sweeping, so agents starting together do not all
+    sweep), and the agent runs it in the background. Returns whether it swept.
+    """
+    try:
+        root = private_folder(Path(root))
+        marker = root / ".swept"
+        now = time.time()
+        try:
+            if now - marker.stat().st_mtime < every:
+                return False
+        except FileNotFoundError:
+            pass
+        private_file(marker)
+        os.utime(marker, (now, now))
+        cutoff = now - idle
+        for folder in root.iterdir():
+            if folder.is_dir() and folder.name != keep and not folder.name.startswith("."):
+                FileCache(folder, idle)
+                with contextlib.suppress(OSError):
+                    if folder.stat().st_mtime <= cutoff:
+                        folder.rmdir()  # only when the sweep left it empty
+    except OSError as exc:  # a sweep is housekeeping: it never fails a worker
+        log.warning("file cache: could not sweep %s: %s", root, exc)
+        return False
+    return True
 
 
 class FileCache:
