@@ -38,6 +38,16 @@ def cli_env(home: Path, env: dict[str, str] | None = None) -> dict[str, str]:
     return full_env
 
 
+def _interruptible() -> None:
+    """In the child before it runs: Ctrl-C's default, as at a terminal.
+
+    A suite started in the background (``cmd &`` in a script) has SIGINT ignored, which its
+    children inherit, and Python then installs no KeyboardInterrupt handler: the CLI would
+    never see the test's SIGINT.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def vastrpc(
     *args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 45
 ) -> subprocess.CompletedProcess[str]:
@@ -393,6 +403,7 @@ def test_ctrl_c_during_deploy_says_the_deploy_goes_on(control_service, tmp_path)
         stderr=subprocess.STDOUT,
         text=True,
         env=cli_env(tmp_path / "home", env),
+        preexec_fn=_interruptible,
     )
     lines = _Lines(deploy)
     asyncio.run(lines.wait_for("loading", timeout=60))  # the worker is entering the slow context
@@ -460,6 +471,7 @@ async def test_logs_show_prints_and_logging_and_follow_streams_new_lines(project
         stdin=subprocess.DEVNULL,
         text=True,
         env=cli_env(home, env),
+        preexec_fn=_interruptible,
     )
     try:
         lines = _Lines(follow)
