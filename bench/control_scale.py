@@ -9,12 +9,14 @@ process of its own (SQLite, ``--heartbeat-interval 1``):
   ``--watchers`` clients watching the endpoint (streams again). Baselines in the same run: a bare
   grpc.aio server echoing the same rate of messages from the same number of channels, as unary
   calls and as messages on one bidirectional stream per simulated worker.
-- **watch latency**: ``--flips`` state changes (a worker reports DRAINING, then READY again,
-  over UpdateWorker with its own token), each timed from just before the report until each
-  watcher's stream delivers an update showing it; p50/p99 over every (flip, watcher), and the
-  median delivery of each flip (a slow flip vs watchers served one after the other). Since
-  2026-12-03 the updates of a flip are decoded once every watcher got one (before, each poll
-  decoded those already there while the rest arrived, which timed the rest late).
+- **watch latency**: the watchers ask for deltas (``WatchEndpointRequest.deltas``, as the Python
+  client does; ``--whole-watch``: whole updates, as older clients); ``--flips`` state changes (a
+  worker reports DRAINING, then READY again, over UpdateWorker with its own token), each timed
+  from just before the report until each watcher's stream delivers an update showing it;
+  p50/p99 over every (flip, watcher), and the median delivery of each flip (a slow flip vs
+  watchers served one after the other). Since 2026-12-03 the updates of a flip are decoded
+  once every watcher got one (before, each poll decoded those already there while the rest
+  arrived, which timed the rest late).
 - **ListDeployments**: latency of 30 sequential calls, and the answer's size.
 - **the client's choice of a worker** (``bench/balancer_pick.py``): µs per pick among 10 to
   10,000 ready workers, against the linear scan it replaced.
@@ -71,14 +73,15 @@ def load() -> str:
 class Watcher:
     """One client watching the endpoint: keeps (arrival time, raw update) of every message."""
 
-    def __init__(self, channel: grpc.aio.Channel, endpoint_id: str, api_key: str) -> None:
+    def __init__(self, channel: grpc.aio.Channel, endpoint_id: str, api_key: str, deltas: bool = True) -> None:
         watch = channel.unary_stream(
             WATCH_METHOD,
             request_serializer=control_pb2.WatchEndpointRequest.SerializeToString,
             response_deserializer=None,  # raw bytes: timed on arrival, decoded later
         )
         self.arrivals: list[tuple[float, bytes]] = []
-        self._call = watch(control_pb2.WatchEndpointRequest(endpoint_id=endpoint_id), metadata=bearer(api_key))
+        request = control_pb2.WatchEndpointRequest(endpoint_id=endpoint_id, deltas=deltas)
+        self._call = watch(request, metadata=bearer(api_key))
         self._task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -266,7 +269,8 @@ async def run_scale(count: int, args: argparse.Namespace) -> dict[str, object]:
                     for _ in range(min(args.watchers, 16))
                 ]
                 watchers = [
-                    Watcher(watch_channels[i % len(watch_channels)], endpoint_id, key) for i in range(args.watchers)
+                    Watcher(watch_channels[i % len(watch_channels)], endpoint_id, key, not args.whole_watch)
+                    for i in range(args.watchers)
                 ]
                 deadline = time.monotonic() + 120
                 while any(not w.arrivals for w in watchers) and time.monotonic() < deadline:
@@ -393,6 +397,9 @@ if __name__ == "__main__":
     parser.add_argument("--window", type=float, default=10.0, help="seconds of each CPU measurement")
     parser.add_argument("--channels", type=int, default=16, help="channels the simulated workers share")
     parser.add_argument("--no-balancer", action="store_true", help="skip the balancer's pick curve")
+    parser.add_argument(
+        "--whole-watch", action="store_true", help="watchers ask for whole updates, not deltas (as older clients do)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     arguments = parser.parse_args()
     figures = asyncio.run(main(arguments))

@@ -238,3 +238,29 @@ class Client:
             timeout=10,
         )
         return response.text
+
+
+async def joined_worker(client: Client, name: str) -> control_pb2.JoinEndpointResponse:
+    """A worker admitted by JoinEndpoint, registered and ready (no process: the test speaks for it)."""
+    joined = await client.stub.JoinEndpoint(
+        control_pb2.JoinEndpointRequest(name=name), metadata=client.metadata, timeout=10
+    )
+    metadata = bearer(joined.worker_token)
+    reg = await client.stub.RegisterWorker(
+        control_pb2.RegisterWorkerRequest(worker_id=joined.worker_id, pid=1, hostname="test"),
+        metadata=metadata,
+        timeout=10,
+    )
+    await client.stub.UpdateWorker(
+        control_pb2.UpdateWorkerRequest(
+            worker_id=joined.worker_id,
+            state=common_pb2.WORKER_STATE_READY,
+            revision_id=reg.revision_id,
+            address="127.0.0.1:9",
+            score=1.0,
+            capacity=1,
+        ),
+        metadata=metadata,
+        timeout=10,
+    )
+    return joined

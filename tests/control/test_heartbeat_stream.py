@@ -12,39 +12,13 @@ from vastrpc._grpc import bearer
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.serve.heartbeats import HeartbeatSender, Unanswered
 
-from .helpers import Client, bundle, make_spec, with_fake_worker
+from .helpers import Client, bundle, joined_worker, make_spec, with_fake_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 
 def _beat(worker_id: str) -> control_pb2.HeartbeatStreamRequest:
     return control_pb2.HeartbeatStreamRequest(beat=control_pb2.HeartbeatRequest(worker_id=worker_id))
-
-
-async def _joined(client: Client, name: str) -> control_pb2.JoinEndpointResponse:
-    """A worker admitted by JoinEndpoint, registered and ready (no process: the test speaks for it)."""
-    joined = await client.stub.JoinEndpoint(
-        control_pb2.JoinEndpointRequest(name=name), metadata=client.metadata, timeout=10
-    )
-    metadata = bearer(joined.worker_token)
-    reg = await client.stub.RegisterWorker(
-        control_pb2.RegisterWorkerRequest(worker_id=joined.worker_id, pid=1, hostname="test"),
-        metadata=metadata,
-        timeout=10,
-    )
-    await client.stub.UpdateWorker(
-        control_pb2.UpdateWorkerRequest(
-            worker_id=joined.worker_id,
-            state=common_pb2.WORKER_STATE_READY,
-            revision_id=reg.revision_id,
-            address="127.0.0.1:9",
-            score=1.0,
-            capacity=1,
-        ),
-        metadata=metadata,
-        timeout=10,
-    )
-    return joined
 
 
 async def _worker(client: Client, worker_id: str) -> common_pb2.Worker:
@@ -58,7 +32,7 @@ async def test_beats_on_one_stream_keep_a_worker_alive_past_the_heartbeat_timeou
         data, digest = bundle()
         reg, _ = await client.deploy(make_spec(digest=digest, max_workers=4), data)
         await client.wait_ready(reg.endpoint_id)
-        joined = await _joined(client, "hello")
+        joined = await joined_worker(client, "hello")
         sender = HeartbeatSender(bearer(joined.worker_token))
         request = control_pb2.HeartbeatRequest(worker_id=joined.worker_id, calls_in_flight=2)
         try:
@@ -86,7 +60,7 @@ async def test_a_heartbeat_stream_refuses_beats_of_another_worker(control_servic
         data, digest = bundle()
         reg, _ = await client.deploy(make_spec(digest=digest, max_workers=4), data)
         await client.wait_ready(reg.endpoint_id)
-        a, b = await _joined(client, "hello"), await _joined(client, "hello")
+        a, b = await joined_worker(client, "hello"), await joined_worker(client, "hello")
 
         async def refused(token: str, *worker_ids: str) -> grpc.aio.AioRpcError:
             call = client.stub.HeartbeatStream(metadata=bearer(token))

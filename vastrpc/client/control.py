@@ -18,7 +18,7 @@ from vastrpc._manifest import PACK_FILE_BYTES, FileEntry, Manifest, pack_files
 from vastrpc._packed import send_raw, upload_files_message
 from vastrpc._payload import chunks
 from vastrpc._tls import TlsFiles
-from vastrpc.api.v1 import control_pb2, control_pb2_grpc
+from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.config import ClientConfig, control_addresses
 
 log = logging.getLogger("vastrpc.client")
@@ -391,9 +391,12 @@ class ControlClient:
         service, if any: watching again resumes there (they share the state).
         """
         address = self.address
+        # Deltas after the first update (a service that predates them sends whole ones): each
+        # is merged here, so the caller always gets the whole endpoint.
         call = self.stub.WatchEndpoint(
-            control_pb2.WatchEndpointRequest(endpoint_id=endpoint_id), metadata=self._metadata
+            control_pb2.WatchEndpointRequest(endpoint_id=endpoint_id, deltas=True), metadata=self._metadata
         )
+        workers: dict[str, common_pb2.Worker] = {}
         try:
             while True:
                 try:
@@ -408,7 +411,7 @@ class ControlClient:
                 if update is grpc.aio.EOF:
                     return
                 if not update.keepalive:
-                    yield update
+                    yield merge_update(workers, update)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 then = f"; turning to {self.address}" if self.switch(address) else ""
@@ -418,6 +421,32 @@ class ControlClient:
             raise error_from_rpc(exc, target=address) from None
         finally:
             call.cancel()
+
+
+def merge_update(
+    workers: dict[str, common_pb2.Worker], update: control_pb2.WatchEndpointResponse
+) -> control_pb2.WatchEndpointResponse:
+    """The whole endpoint after ``update``, ``workers`` (by id, oldest first) brought up to date with it.
+
+    A whole update replaces them; a delta (``WatchEndpointResponse.delta``) adds or replaces the
+    workers it holds and drops those it names gone. A worker a delta left in place keeps the
+    heartbeat time of the last whole update (a delta carries none).
+    """
+    if not update.delta:
+        workers.clear()
+        workers.update((w.worker_id, w) for w in update.workers)
+        return update
+    for worker_id in update.removed_worker_ids:
+        workers.pop(worker_id, None)
+    for worker in update.workers:
+        workers[worker.worker_id] = worker
+    whole = control_pb2.WatchEndpointResponse()
+    whole.CopyFrom(update)
+    whole.ClearField("delta")
+    whole.ClearField("removed_worker_ids")
+    del whole.workers[:]
+    whole.workers.extend(workers.values())
+    return whole
 
 
 def _names(addresses: Sequence[str]) -> str:

@@ -173,6 +173,8 @@ class ControlService(Heartbeats, BundleTransfer, control_pb2_grpc.ControlService
         if self.store.get_endpoint(endpoint_id) is None:
             await abort(context, NotFoundError(f"no endpoint {endpoint_id!r}"))
         last_sent = b""
+        # A delta watch: the snapshot the client last got, which the next update starts from.
+        had: Snapshot | None = None
         last_seen = sent_at = 0.0
         seen_interval = SHARED_CLIENT_SEEN_INTERVAL if self.store.shared else CLIENT_SEEN_INTERVAL
         # An open watch is a connected client: it keeps the endpoint from its TTL teardown.
@@ -193,10 +195,13 @@ class ControlService(Heartbeats, BundleTransfer, control_pb2_grpc.ControlService
                     return
                 # Read and encoded once per change for every watch of the endpoint, and sent as
                 # those bytes (the service's serializer passes bytes through: ``vastrpc._packed``).
-                _, data = self.snapshots.update(snapshot)
+                if request.deltas and had is not None:
+                    data = self.snapshots.delta(snapshot, had) or last_sent
+                else:
+                    _, data = self.snapshots.update(snapshot)
                 if data != last_sent:
                     yield data  # type: ignore[misc]
-                    last_sent, sent_at = data, time.monotonic()
+                    last_sent, sent_at, had = data, time.monotonic(), snapshot
                 elif time.monotonic() - sent_at >= self.watch_keepalive:
                     yield _KEEPALIVE
                     sent_at = time.monotonic()

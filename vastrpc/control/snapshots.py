@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,9 @@ from vastrpc.api.v1 import control_pb2
 from vastrpc.control.stores.base import EndpointRow, Store, WorkerRow
 
 __all__ = ["Snapshot", "Snapshots"]
+
+# Tells snapshots apart (a delta is kept per snapshot it starts from).
+_serials = itertools.count(1)
 
 
 @dataclass
@@ -21,8 +25,13 @@ class Snapshot:
     taken: float
     endpoint: EndpointRow
     workers: list[WorkerRow]
+    serial: int = field(default_factory=lambda: next(_serials))
     _by_id: dict[str, WorkerRow] | None = field(default=None, repr=False)
     _encoded: tuple[control_pb2.WatchEndpointResponse, bytes] | None = field(default=None, repr=False)
+    # For delta watches: the update without its workers, each worker's encoding without its
+    # heartbeat time, and the deltas from earlier snapshots (by their serial) already built.
+    _parts: tuple[bytes, dict[str, bytes]] | None = field(default=None, repr=False)
+    _deltas: dict[int, bytes | None] = field(default_factory=dict, repr=False)
 
     def worker(self, worker_id: str) -> WorkerRow | None:
         """The worker's row; None when it is stopped or of another endpoint."""
@@ -114,6 +123,48 @@ class Snapshots:
             message = self._encode(snapshot)
             snapshot._encoded = (message, message.SerializeToString(deterministic=True))
         return snapshot._encoded
+
+    def delta(self, snapshot: Snapshot, base: Snapshot) -> bytes | None:
+        """The encoded update taking a delta watch from ``base`` to ``snapshot``; None when nothing it carries changed.
+
+        Built once per pair, for every watch that last got ``base``: the endpoint's fields
+        whole, the workers new or changed (heartbeat times left out), the ids of those gone.
+        """
+        if base.serial in snapshot._deltas:
+            return snapshot._deltas[base.serial]
+        message, _ = self.update(snapshot)
+        header, workers = self._parts(snapshot)
+        base_header, base_workers = self._parts(base)
+        changed = [w for w in message.workers if workers[w.worker_id] != base_workers.get(w.worker_id)]
+        removed = [worker_id for worker_id in base_workers if worker_id not in workers]
+        data = None
+        if changed or removed or header != base_header:
+            update = control_pb2.WatchEndpointResponse.FromString(header)
+            update.delta = True
+            update.removed_worker_ids.extend(removed)
+            update.workers.extend(changed)
+            for worker in update.workers:
+                worker.ClearField("last_heartbeat")
+            data = update.SerializeToString(deterministic=True)
+        if len(snapshot._deltas) >= 64:  # watches far behind get their own; the cache stays small
+            snapshot._deltas.clear()
+        snapshot._deltas[base.serial] = data
+        return data
+
+    def _parts(self, snapshot: Snapshot) -> tuple[bytes, dict[str, bytes]]:
+        if snapshot._parts is None:
+            message, _ = self.update(snapshot)
+            header = control_pb2.WatchEndpointResponse()
+            header.CopyFrom(message)
+            header.ClearField("workers")
+            workers = {}
+            for worker in message.workers:
+                beat = worker.last_heartbeat
+                worker.ClearField("last_heartbeat")  # put back below: the message is shared
+                workers[worker.worker_id] = worker.SerializeToString(deterministic=True)
+                worker.last_heartbeat = beat
+            snapshot._parts = (header.SerializeToString(deterministic=True), workers)
+        return snapshot._parts
 
     def watch_opened(self, endpoint_id: str) -> None:
         """A watch of the endpoint began: keep its snapshots."""

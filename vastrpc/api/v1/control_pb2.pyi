@@ -337,13 +337,15 @@ class ProvisionResponse(_message.Message):
     def __init__(self, workers_started: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WatchEndpointRequest(_message.Message):
-    __slots__ = ("endpoint_id",)
+    __slots__ = ("endpoint_id", "deltas")
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    DELTAS_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
-    def __init__(self, endpoint_id: _Optional[str] = ...) -> None: ...
+    deltas: bool
+    def __init__(self, endpoint_id: _Optional[str] = ..., deltas: _Optional[bool] = ...) -> None: ...
 
 class WatchEndpointResponse(_message.Message):
-    __slots__ = ("endpoint_id", "state", "revision_id", "workers", "endpoint_token", "failure", "desired_workers", "autoscaling", "keepalive")
+    __slots__ = ("endpoint_id", "state", "revision_id", "workers", "endpoint_token", "failure", "desired_workers", "autoscaling", "keepalive", "delta", "removed_worker_ids")
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REVISION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -353,6 +355,8 @@ class WatchEndpointResponse(_message.Message):
     DESIRED_WORKERS_FIELD_NUMBER: _ClassVar[int]
     AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
     KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_WORKER_IDS_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
     state: _common_pb2.EndpointState
     revision_id: str
@@ -362,7 +366,9 @@ class WatchEndpointResponse(_message.Message):
     desired_workers: int
     autoscaling: AutoscalingSpec
     keepalive: bool
-    def __init__(self, endpoint_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.EndpointState, str]] = ..., revision_id: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[_common_pb2.Worker, _Mapping]]] = ..., endpoint_token: _Optional[str] = ..., failure: _Optional[_Union[_common_pb2.Failure, _Mapping]] = ..., desired_workers: _Optional[int] = ..., autoscaling: _Optional[_Union[AutoscalingSpec, _Mapping]] = ..., keepalive: _Optional[bool] = ...) -> None: ...
+    delta: bool
+    removed_worker_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, endpoint_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.EndpointState, str]] = ..., revision_id: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[_common_pb2.Worker, _Mapping]]] = ..., endpoint_token: _Optional[str] = ..., failure: _Optional[_Union[_common_pb2.Failure, _Mapping]] = ..., desired_workers: _Optional[int] = ..., autoscaling: _Optional[_Union[AutoscalingSpec, _Mapping]] = ..., keepalive: _Optional[bool] = ..., delta: _Optional[bool] = ..., removed_worker_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
     __slots__ = ("worker_id", "pid", "hostname")
