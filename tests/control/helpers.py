@@ -264,3 +264,13 @@ async def joined_worker(client: Client, name: str) -> control_pb2.JoinEndpointRe
         timeout=10,
     )
     return joined
+
+
+async def two_joined(
+    client: Client,
+) -> tuple[control_pb2.RegisterDeploymentResponse, control_pb2.JoinEndpointResponse, control_pb2.JoinEndpointResponse]:
+    """A deployment of "hello" ready (its own worker the fake one) and two more workers joined to it."""
+    data, digest = bundle()
+    reg, _ = await client.deploy(make_spec(digest=digest, max_workers=4), data)
+    await client.wait_ready(reg.endpoint_id)
+    return reg, await joined_worker(client, "hello"), await joined_worker(client, "hello")

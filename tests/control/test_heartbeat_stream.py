@@ -12,7 +12,7 @@ from vastrpc._grpc import bearer
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.serve.heartbeats import HeartbeatSender, Unanswered
 
-from .helpers import Client, bundle, joined_worker, make_spec, with_fake_worker
+from .helpers import Client, bundle, joined_worker, make_spec, two_joined, with_fake_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -57,10 +57,7 @@ async def test_beats_on_one_stream_keep_a_worker_alive_past_the_heartbeat_timeou
 @with_fake_worker
 async def test_a_heartbeat_stream_refuses_beats_of_another_worker(control_service) -> None:
     async with Client(control_service.address, control_service.api_key) as client:
-        data, digest = bundle()
-        reg, _ = await client.deploy(make_spec(digest=digest, max_workers=4), data)
-        await client.wait_ready(reg.endpoint_id)
-        a, b = await joined_worker(client, "hello"), await joined_worker(client, "hello")
+        reg, a, b = await two_joined(client)
 
         async def refused(token: str, *worker_ids: str) -> grpc.aio.AioRpcError:
             call = client.stub.HeartbeatStream(metadata=bearer(token))

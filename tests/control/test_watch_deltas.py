@@ -10,7 +10,7 @@ from vastrpc._grpc import bearer
 from vastrpc.api.v1 import common_pb2, control_pb2
 from vastrpc.client.control import merge_update
 
-from .helpers import Client, bundle, joined_worker, make_spec, with_fake_worker
+from .helpers import Client, two_joined, with_fake_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -58,10 +58,7 @@ async def _report(client: Client, joined: control_pb2.JoinEndpointResponse, stat
 @with_fake_worker
 async def test_a_delta_watch_sends_what_changed_and_merges_to_the_whole_endpoint(control_service) -> None:
     async with Client(control_service.address, control_service.api_key) as client:
-        data, digest = bundle()
-        reg, _ = await client.deploy(make_spec(digest=digest, max_workers=4), data)
-        await client.wait_ready(reg.endpoint_id)
-        a, b = await joined_worker(client, "hello"), await joined_worker(client, "hello")
+        reg, a, b = await two_joined(client)
         whole, delta = _Watch(client, reg.endpoint_id, False), _Watch(client, reg.endpoint_id, True)
         try:
             first = await delta.next()
