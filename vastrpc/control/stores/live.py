@@ -7,10 +7,10 @@ from typing import Any
 
 from vastrpc.control.stores.base import WorkerRow
 
-__all__ = ["LiveWorkers", "with_values"]
+__all__ = ["LiveWorkers"]
 
 
-def with_values(row: WorkerRow, values: dict[str, Any]) -> WorkerRow:
+def _with_values(row: WorkerRow, values: dict[str, Any]) -> WorkerRow:
     """A copy of the frozen row with some fields changed (without ``dataclasses.replace``'s ``__init__``)."""
     made = object.__new__(WorkerRow)
     made.__dict__.update(row.__dict__)
@@ -110,7 +110,7 @@ class LiveWorkers:
             if row is not None:
                 values = {k: beat[k] for k in ("calls_in_flight", "calls_queued", "calls_started")}
                 values["last_heartbeat"] = max(row.last_heartbeat, beat["last_heartbeat"])
-                rows[worker_id] = with_values(row, values)
+                rows[worker_id] = _with_values(row, values)
 
     def answers(self, states: Sequence[str] | None, exclude_states: Sequence[str] | None) -> bool:
         """Whether a listing with these filters is answered here: it can only hold workers not stopped."""
