@@ -177,7 +177,8 @@ async def test_leader_lock_is_held_by_one_and_freed_when_its_connection_dies(pg_
         # The leader's connection dies (as with a killed process): the server frees the lock.
         with psycopg.connect(pg_url, autocommit=True) as db:
             db.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                # With a timeout, it returns once the backend has exited (and so freed its locks).
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_locks WHERE locktype = 'advisory' AND granted"
                 " AND pid <> pg_backend_pid()"
             )
         assert not await first.still_held()

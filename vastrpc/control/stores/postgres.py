@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
@@ -323,10 +323,8 @@ class PgStore:
         try:
             yield
         finally:
-            try:
+            with suppress(StoreError):  # the connection is gone, and its locks with it
                 self._run("SELECT pg_advisory_unlock(%s)", (key,))
-            except StoreError:
-                pass  # the connection is gone, and its locks with it
 
     async def follow_changes(self, changed: Callable[[str], None]) -> None:
         """LISTEN to the tables' change notifications (reconnecting when the connection drops) until cancelled.
@@ -579,17 +577,19 @@ class PgLeaderLock:
         return True
 
     async def release(self) -> None:
-        """Close the lock's connection, which releases the lock."""
+        """Unlock (at once, where a close frees it only once the backend exits), then close."""
+        if self._held and self._conn is not None and not self._conn.closed:
+            with suppress(_psycopg().Error, TimeoutError):  # the close frees it later
+                async with asyncio.timeout(5.0):
+                    await self._conn.execute("SELECT pg_advisory_unlock(%s)", (_LEADER_LOCK,))
         await self._drop()
 
     async def _drop(self) -> None:
         self._held = False
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with suppress(Exception):  # a broken connection may fail to close; it is gone either way
                 await conn.close()
-            except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is gone either way
-                pass
 
 
 def _revision(row: dict[str, Any] | None) -> RevisionRow | None:
