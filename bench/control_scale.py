@@ -5,7 +5,9 @@ process of its own (SQLite, ``--heartbeat-interval 1``):
 
 - **CPU**: the control service's utime+stime (``/proc/PID/stat``) over a window, with every
   worker heartbeating once a second, each beat a message on its HeartbeatStream (as agents
-  do); then, in the same run, with unary Heartbeat calls (as older agents do); then with
+  do, asking for an answer every fourth beat); then, in the same run, with unary Heartbeat
+  calls (as older agents do), and on streams answering every beat (as agents before
+  ``answer_every``); then with
   ``--watchers`` clients watching the endpoint (streams again). Baselines in the same run: a bare
   grpc.aio server echoing the same rate of messages from the same number of channels, as unary
   calls and as messages on one bidirectional stream per simulated worker.
@@ -121,7 +123,7 @@ class FleetProcess:
         self.last: dict[str, float] = {}
 
     def heartbeats(self, how: str) -> None:
-        """Switch how the workers beat: "unary" or "stream"."""
+        """Switch how the workers beat: "unary", "stream" or "stream-every" (each beat answered)."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(how + "\n")
         self.proc.stdin.flush()
@@ -259,6 +261,14 @@ async def run_scale(count: int, args: argparse.Namespace) -> dict[str, object]:
                 result["cpu_heartbeats_unary"] = await cpu_share(control.process.pid, args.window)
                 result["fleet_unary"] = dict(fleet.last)
                 print(f"  CPU, heartbeats only (unary): {result['cpu_heartbeats_unary']:.1%} ({load()})", flush=True)
+                fleet.heartbeats("stream-every")
+                await asyncio.sleep(3)
+                result["cpu_heartbeats_every"] = await cpu_share(control.process.pid, args.window)
+                print(
+                    f"  CPU, heartbeats only (streams, every beat answered): {result['cpu_heartbeats_every']:.1%}"
+                    f" ({load()})",
+                    flush=True,
+                )
                 fleet.heartbeats("stream")
                 await asyncio.sleep(3)
                 times, size = await _list_latency(stub, key)

@@ -35,7 +35,7 @@ import grpc
 from vastrpc._grpc import CHANNEL_OPTIONS, bearer
 from vastrpc._manifest import encode_manifest
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
-from vastrpc.serve.heartbeats import HeartbeatSender, Unanswered
+from vastrpc.serve.heartbeats import ANSWER_EVERY, HeartbeatSender, Unanswered
 
 HERE = Path(__file__).resolve()
 WATCH_METHOD = "/vastrpc.api.v1.ControlService/WatchEndpoint"
@@ -140,7 +140,8 @@ class Fleet:
         channels: gRPC channels the workers share, round-robin.
         watch_assignments: Keep a WatchWorker stream open per worker, as a real agent does.
         unary_heartbeats: One unary Heartbeat call per beat (older agents) instead of a
-            message on the worker's HeartbeatStream; may be changed while the fleet runs.
+            message on the worker's HeartbeatStream; may be changed while the fleet runs, as
+            may ``answer_every`` (the agent's: an answer every fourth beat).
     """
 
     def __init__(
@@ -154,6 +155,7 @@ class Fleet:
         unary_heartbeats: bool = False,
     ) -> None:
         self.unary_heartbeats = unary_heartbeats
+        self.answer_every = ANSWER_EVERY
         self.workers = list(workers)
         self.heartbeat_interval = heartbeat_interval
         self.watch_assignments = watch_assignments
@@ -218,6 +220,7 @@ class Fleet:
                         sender.close()
                         await stub.Heartbeat(request, metadata=metadata, timeout=self.heartbeat_interval * 2)
                     else:
+                        sender.answer_every = self.answer_every
                         await sender.send(stub, request, timeout=self.heartbeat_interval * 2)
                     self.stats.heartbeats += 1
                     self.stats.latencies.append(time.monotonic() - started)
@@ -284,9 +287,11 @@ async def _fleet_main(argv: Sequence[str]) -> int:
             print(json.dumps(line), flush=True)
 
     reporting = asyncio.create_task(report())
-    # Until the parent closes our stdin; a line "unary" or "stream" switches how workers beat.
+    # Until the parent closes our stdin; a line "unary", "stream" or "stream-every" (each beat
+    # answered, as agents before HeartbeatStreamRequest.answer_every) switches how workers beat.
     while command := (await reader.readline()).strip():
         fleet.unary_heartbeats = command == b"unary"
+        fleet.answer_every = 1 if command == b"stream-every" else ANSWER_EVERY
 
     reporting.cancel()
     await fleet.close()

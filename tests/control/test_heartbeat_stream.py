@@ -47,11 +47,31 @@ async def test_beats_on_one_stream_keep_a_worker_alive_past_the_heartbeat_timeou
             assert seen == sorted(seen) and seen[-1] > seen[0]  # each beat recorded
             assert sender._call is not None  # one stream all along
             assert (await _worker(client, joined.worker_id)).state == common_pb2.WORKER_STATE_READY
-            # Torn down: the next beat on the same stream says stop.
+            # Torn down: the next beat on the same stream is answered stop at once (the sender
+            # asks for an answer every fourth beat only), which the beat after it returns.
             await client.teardown("hello")
+            await sender.send(client.stub, request, timeout=5)
+            await asyncio.sleep(0.5)
             assert (await sender.send(client.stub, request, timeout=5)).stop is True
         finally:
             sender.close()
+
+
+@with_fake_worker
+async def test_a_stream_asking_for_every_fourth_answer_gets_the_first_and_every_fourth(control_service) -> None:
+    async with Client(control_service.address, control_service.api_key) as client:
+        reg, a, _ = await two_joined(client)
+        call = client.stub.HeartbeatStream(metadata=bearer(a.worker_token))
+        try:
+            for _ in range(10):
+                await call.write(control_pb2.HeartbeatStreamRequest(beat=_beat(a.worker_id).beat, answer_every=4))
+            await call.done_writing()
+            answers = [answer async for answer in call]
+            assert await call.code() == grpc.StatusCode.OK
+            # Beats 1, 5 and 9 of 10: the others are answered by those.
+            assert [answer.beat.stop for answer in answers] == [False] * 3
+        finally:
+            call.cancel()
 
 
 @with_fake_worker

@@ -1,4 +1,4 @@
-"""The agent's HeartbeatSender: one stream for all beats, unary against an older service, a late answer unanswered."""
+"""The agent's HeartbeatSender: one stream for all beats, answers asked sparsely, unary against an older service."""
 
 from __future__ import annotations
 
@@ -18,13 +18,21 @@ _SERVICE = "vastrpc.api.v1.ControlService"
 
 
 class _Control:
-    """A control service of heartbeats only: ``stream`` False is one from before HeartbeatStream."""
+    """A control service of heartbeats only: ``stream`` False is one from before HeartbeatStream.
 
-    def __init__(self, *, stream: bool = True, delay: float = 0.0) -> None:
-        self.stream, self.delay = stream, delay
+    It answers every beat on a stream, as services before ``answer_every`` did, unless
+    ``honour`` (every ``answer_every``-th beat, the first and a stop, as the real one) or
+    ``frozen`` (the first beat only: a service that stopped answering but holds the stream).
+    """
+
+    def __init__(self, *, stream: bool = True, delay: float = 0.0, honour: bool = False) -> None:
+        self.stream, self.delay, self.honour = stream, delay, honour
+        self.frozen = False
         self.unary_beats = 0
         self.streams = 0
         self.stream_beats = 0
+        self.answers = 0
+        self.stop_at = 3  # the beat (counted over all streams) from which the answer is stop
 
     async def heartbeat(self, request: control_pb2.HeartbeatRequest, context: Any) -> control_pb2.HeartbeatResponse:
         self.unary_beats += 1
@@ -34,10 +42,16 @@ class _Control:
         self, requests: AsyncIterator[control_pb2.HeartbeatStreamRequest], context: Any
     ) -> AsyncIterator[control_pb2.HeartbeatStreamResponse]:
         self.streams += 1
-        async for _ in requests:
+        since = -1
+        async for message in requests:
             self.stream_beats += 1
+            since += 1
             await asyncio.sleep(self.delay)
-            yield control_pb2.HeartbeatStreamResponse(beat=control_pb2.HeartbeatResponse(stop=self.stream_beats >= 3))
+            stop = self.stream_beats >= self.stop_at
+            if since == 0 or not (self.frozen or (self.honour and not stop and since < message.answer_every)):
+                since = 0
+                self.answers += 1
+                yield control_pb2.HeartbeatStreamResponse(beat=control_pb2.HeartbeatResponse(stop=stop))
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = {
@@ -73,9 +87,53 @@ async def test_all_beats_go_on_one_stream() -> None:
     server, stub, channel = await _serving(control)
     sender = HeartbeatSender([("authorization", "Bearer t")])
     try:
-        answers = [(await sender.send(stub, _REQUEST, timeout=5)).stop for _ in range(3)]
-        assert answers == [False, False, True]
-        assert (control.streams, control.stream_beats, control.unary_beats) == (1, 3, 0)
+        answers = []
+        for _ in range(4):
+            answers.append((await sender.send(stub, _REQUEST, timeout=5)).stop)
+            await asyncio.sleep(0.1)  # (an interval) the answer is read beside the beats
+        # The third beat's answer said stop; a send returns the answers read so far.
+        assert answers == [False, False, False, True]
+        assert (control.streams, control.stream_beats, control.unary_beats) == (1, 4, 0)
+    finally:
+        sender.close()
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_the_service_is_asked_to_answer_every_fourth_beat_and_a_stop_comes_at_once() -> None:
+    control = _Control(honour=True)
+    control.stop_at = 11
+    server, stub, channel = await _serving(control)
+    sender = HeartbeatSender([("authorization", "Bearer t")], answer_every=4)
+    try:
+        answers = []
+        for _ in range(12):
+            answers.append((await sender.send(stub, _REQUEST, timeout=5)).stop)
+            await asyncio.sleep(0.05)
+        # Beats 1, 5 and 9 answered, then every stop (11, 12) at once, seen by the next send.
+        assert control.answers == 5 and control.streams == 1
+        assert answers == [False] * 11 + [True]
+    finally:
+        sender.close()
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_a_service_that_stops_answering_is_an_unanswered_beat_within_six() -> None:
+    control = _Control(honour=True)
+    control.stop_at = 1000
+    server, stub, channel = await _serving(control)
+    sender = HeartbeatSender([("authorization", "Bearer t")], answer_every=4)
+    try:
+        await sender.send(stub, _REQUEST, timeout=5)
+        control.frozen = True  # the stream stays open, nothing more is answered
+        for _ in range(5):
+            assert (await sender.send(stub, _REQUEST, timeout=5)).stop is False
+        with pytest.raises(Unanswered, match="no answer to the last 5 beats"):
+            await sender.send(stub, _REQUEST, timeout=5)
+        control.frozen = False
+        await sender.send(stub, _REQUEST, timeout=5)
+        assert control.streams == 2  # the silent one was closed; a new one carried the next beat
     finally:
         sender.close()
         await channel.close()
@@ -117,7 +175,10 @@ async def test_a_late_answer_or_a_stopped_service_is_an_unanswered_beat_and_the_
         assert control.streams == 2  # the late one was closed; a new one carried the next beat
         await server.stop(0)
         with pytest.raises(Unanswered):
-            await sender.send(stub, _REQUEST, timeout=2)
+            # The broken stream is seen by the reader; the beat after it says so.
+            for _ in range(3):
+                await sender.send(stub, _REQUEST, timeout=2)
+                await asyncio.sleep(0.1)
     finally:
         sender.close()
         await channel.close()

@@ -474,10 +474,12 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, stop: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatStreamRequest(_message.Message):
-    __slots__ = ("beat",)
+    __slots__ = ("beat", "answer_every")
     BEAT_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_EVERY_FIELD_NUMBER: _ClassVar[int]
     beat: HeartbeatRequest
-    def __init__(self, beat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ...) -> None: ...
+    answer_every: int
+    def __init__(self, beat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., answer_every: _Optional[int] = ...) -> None: ...
 
 class HeartbeatStreamResponse(_message.Message):
     __slots__ = ("beat",)
