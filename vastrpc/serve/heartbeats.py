@@ -28,8 +28,8 @@ class HeartbeatSender:
     """Sends one worker's heartbeats to the control service behind a stub.
 
     The first beat opens a HeartbeatStream and waits for its answer; later beats are written
-    on it and asking for an answer only every ``answer_every`` beats (a stop comes at once),
-    read by a task beside the beats: a service then writes a fraction of the messages. A
+    on it asking for an answer only every ``answer_every`` beats (a stop comes at once), and a
+    task beside the beats reads the answers: the service writes a fraction of the messages. A
     stream that fails or ends, a write that does not go through within ``timeout``, or
     ``answer_every + 1`` beats written since the last answer count as an unanswered beat
     (``Unanswered``) and close the stream: the next beat opens a new one. A stub other than
@@ -115,6 +115,8 @@ class HeartbeatSender:
             return f"stream ended ({(await call.code()).name})"
         except grpc.aio.AioRpcError as exc:
             return exc.code().name
+        except Exception as exc:  # noqa: BLE001 - a broken stream is an unanswered beat, never the heartbeats' end
+            return f"stream failed ({type(exc).__name__}: {exc})"
 
     async def _send_unary(
         self, stub: control_pb2_grpc.ControlServiceStub, request: control_pb2.HeartbeatRequest, timeout: float
