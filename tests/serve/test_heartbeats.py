@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import grpc
 import pytest
 
 from vastrpc.api.v1 import control_pb2, control_pb2_grpc
-from vastrpc.serve.heartbeats import HeartbeatSender, Unanswered
+from vastrpc.serve.heartbeats import ANSWER_EVERY, HeartbeatSender, Unanswered
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -70,13 +71,23 @@ class _Control:
         return grpc.method_handlers_generic_handler(_SERVICE, methods)
 
 
-async def _serving(control: _Control) -> tuple[grpc.aio.Server, control_pb2_grpc.ControlServiceStub, grpc.aio.Channel]:
+@contextlib.asynccontextmanager
+async def _serving(
+    control: _Control, answer_every: int = ANSWER_EVERY
+) -> AsyncIterator[tuple[grpc.aio.Server, control_pb2_grpc.ControlServiceStub, HeartbeatSender]]:
+    """A server of ``control``, a stub on it and a sender: all three closed at the end."""
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((control.handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    return server, control_pb2_grpc.ControlServiceStub(channel), channel
+    sender = HeartbeatSender([("authorization", "Bearer t")], answer_every=answer_every)
+    try:
+        yield server, control_pb2_grpc.ControlServiceStub(channel), sender
+    finally:
+        sender.close()
+        await channel.close()
+        await server.stop(0)
 
 
 _REQUEST = control_pb2.HeartbeatRequest(worker_id="w-000000000001")
@@ -84,9 +95,7 @@ _REQUEST = control_pb2.HeartbeatRequest(worker_id="w-000000000001")
 
 async def test_all_beats_go_on_one_stream() -> None:
     control = _Control()
-    server, stub, channel = await _serving(control)
-    sender = HeartbeatSender([("authorization", "Bearer t")])
-    try:
+    async with _serving(control) as (_, stub, sender):
         answers = []
         for _ in range(4):
             answers.append((await sender.send(stub, _REQUEST, timeout=5)).stop)
@@ -94,18 +103,12 @@ async def test_all_beats_go_on_one_stream() -> None:
         # The third beat's answer said stop; a send returns the answers read so far.
         assert answers == [False, False, False, True]
         assert (control.streams, control.stream_beats, control.unary_beats) == (1, 4, 0)
-    finally:
-        sender.close()
-        await channel.close()
-        await server.stop(0)
 
 
 async def test_the_service_is_asked_to_answer_every_fourth_beat_and_a_stop_comes_at_once() -> None:
     control = _Control(honour=True)
     control.stop_at = 11
-    server, stub, channel = await _serving(control)
-    sender = HeartbeatSender([("authorization", "Bearer t")], answer_every=4)
-    try:
+    async with _serving(control, answer_every=4) as (_, stub, sender):
         answers = []
         for _ in range(12):
             answers.append((await sender.send(stub, _REQUEST, timeout=5)).stop)
@@ -113,18 +116,12 @@ async def test_the_service_is_asked_to_answer_every_fourth_beat_and_a_stop_comes
         # Beats 1, 5 and 9 answered, then every stop (11, 12) at once, seen by the next send.
         assert control.answers == 5 and control.streams == 1
         assert answers == [False] * 11 + [True]
-    finally:
-        sender.close()
-        await channel.close()
-        await server.stop(0)
 
 
 async def test_a_service_that_stops_answering_is_an_unanswered_beat_within_six() -> None:
     control = _Control(honour=True)
     control.stop_at = 1000
-    server, stub, channel = await _serving(control)
-    sender = HeartbeatSender([("authorization", "Bearer t")], answer_every=4)
-    try:
+    async with _serving(control, answer_every=4) as (_, stub, sender):
         await sender.send(stub, _REQUEST, timeout=5)
         control.frozen = True  # the stream stays open, nothing more is answered
         for _ in range(5):
@@ -134,40 +131,22 @@ async def test_a_service_that_stops_answering_is_an_unanswered_beat_within_six()
         control.frozen = False
         await sender.send(stub, _REQUEST, timeout=5)
         assert control.streams == 2  # the silent one was closed; a new one carried the next beat
-    finally:
-        sender.close()
-        await channel.close()
-        await server.stop(0)
 
 
 async def test_a_service_without_the_stream_gets_unary_heartbeats() -> None:
-    control = _Control(stream=False)
-    server, stub, channel = await _serving(control)
-    sender = HeartbeatSender([("authorization", "Bearer t")])
-    try:
+    control, newer = _Control(stream=False), _Control()
+    async with _serving(control) as (_, stub, sender), _serving(newer) as (_, stub2, _):
         for _ in range(3):
             assert (await sender.send(stub, _REQUEST, timeout=5)).stop is False
         assert sender.unary and control.unary_beats == 3
         # Another service (the agent turned to a peer) is tried with the stream again.
-        newer = _Control()
-        server2, stub2, channel2 = await _serving(newer)
-        try:
-            await sender.send(stub2, _REQUEST, timeout=5)
-            assert not sender.unary and newer.stream_beats == 1
-        finally:
-            sender.close()
-            await channel2.close()
-            await server2.stop(0)
-    finally:
-        await channel.close()
-        await server.stop(0)
+        await sender.send(stub2, _REQUEST, timeout=5)
+        assert not sender.unary and newer.stream_beats == 1
 
 
 async def test_a_late_answer_or_a_stopped_service_is_an_unanswered_beat_and_the_stream_reopens() -> None:
     control = _Control(delay=1.0)
-    server, stub, channel = await _serving(control)
-    sender = HeartbeatSender([("authorization", "Bearer t")])
-    try:
+    async with _serving(control) as (server, stub, sender):
         with pytest.raises(Unanswered, match="no answer within 0.2s"):
             await sender.send(stub, _REQUEST, timeout=0.2)
         control.delay = 0.0
@@ -179,10 +158,6 @@ async def test_a_late_answer_or_a_stopped_service_is_an_unanswered_beat_and_the_
             for _ in range(3):
                 await sender.send(stub, _REQUEST, timeout=2)
                 await asyncio.sleep(0.1)
-    finally:
-        sender.close()
-        await channel.close()
-        await server.stop(0)
 
 
 class _RacedStub:
