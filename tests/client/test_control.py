@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from tests.control.helpers import make_spec
 from vastrpc import ClientConfig, ControlUnavailableError
 from vastrpc.api.v1 import control_pb2
 from vastrpc.client.control import ControlClient
+from vastrpc.deploy.embedded import stop_control
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,3 +103,18 @@ async def test_a_quiet_watch_lives_on_keepalives_and_a_stuck_one_fails_after_its
     finally:
         await client.close()
         await proxy.close()
+
+
+async def test_an_open_home_is_warned_about_at_the_callers_line(tmp_path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    os.chmod(home, 0o755)  # made by someone else before, world-readable
+    with pytest.warns(UserWarning, match=rf"{home} is open to other users \(mode 755\).*chmod 700 {home}") as seen:
+        client = await ControlClient.connect(ClientConfig(home=home))
+    try:
+        # Shown at the user's line, not in a thread of vastrpc's.
+        assert [w.filename for w in seen if w.category is UserWarning] == [__file__]
+        assert list((await client.list_deployments()).deployments) == []
+    finally:
+        await client.close()
+        assert await asyncio.to_thread(stop_control, home)

@@ -7,17 +7,20 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vastrpc._errors import BundleError, ControlUnavailableError, DefinitionError, DeploymentError
+from vastrpc._files import exposed_home
 from vastrpc._grpc import bearer, channel, error_from_rpc, tls_failure
 from vastrpc._manifest import PACK_FILE_BYTES, FileEntry, Manifest, pack_files
 from vastrpc._packed import send_raw, upload_files_message
 from vastrpc._payload import chunks
 from vastrpc._tls import TlsFiles
+from vastrpc._warn import warn_user
 from vastrpc.api.v1 import common_pb2, control_pb2, control_pb2_grpc
 from vastrpc.config import ClientConfig, control_addresses
 
@@ -133,6 +136,8 @@ class ControlClient:
         if not addresses:
             from vastrpc.deploy.embedded import ensure_control
 
+            if (exposed := exposed_home(Path(config.home).expanduser())) is not None:
+                warn_user(exposed)  # here, not in ensure_control's thread, to point at the caller's line
             local = await asyncio.to_thread(ensure_control, config.home)
             # The embedded service says what to trust; VASTRPC_TLS_* are for a service of your own.
             addresses, api_key, tls = local.address, api_key or local.api_key, local.tls

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vastrpc._errors import ControlUnavailableError
-from vastrpc._files import exposed_home, open_private_log
+from vastrpc._files import open_private_log
 from vastrpc._grpc import sync_channel
 from vastrpc._process import module_argv, package_pythonpath, pid_alive
 from vastrpc._tls import TlsFiles
@@ -156,8 +155,6 @@ def ensure_control(home: Path, *, timeout: float = 15) -> LocalControl:
     """
     home = Path(home).expanduser()
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if (exposed := exposed_home(home)) is not None:
-        warnings.warn(exposed, stacklevel=2)
     with _locked(home, timeout):
         info = _running_info(home)
         if info is not None:
