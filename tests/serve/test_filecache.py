@@ -6,6 +6,8 @@ import errno
 import hashlib
 import os
 import stat
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -207,3 +209,43 @@ def test_whole_files_are_verified_before_anything_is_written(tmp_path: Path) -> 
         with pytest.raises(BundleError, match="does not match its manifest"):
             filler.run()
     assert sorted(p.name for p in cache.root.iterdir()) == sorted([one.sha256, empty.sha256])
+
+
+def test_a_file_cached_again_keeps_its_first_copy_so_links_to_it_never_fail(tmp_path: Path) -> None:
+    # Two workers of an endpoint on one host fetch the same new file at once: the second to
+    # finish must not replace the first's copy, which the first may be linking that moment
+    # (a link to a file whose last name a rename took away fails with ENOENT).
+    cache = FileCache(tmp_path / "cache")
+    manifest = cached(cache, ("deploy.py", b"print(1)\n"), ("run.sh", b"#!/bin/sh\n", 0o755))
+    plain, script = manifest.files
+    cache.materialise(manifest, tmp_path / "rev")  # makes the executable twin too
+    first = {p: os.stat(cache.path(f.sha256, f.mode)).st_ino for p, f in (("plain", plain), ("x", script))}
+    cache.put(plain.sha256, b"print(1)\n", plain.size)
+    cache.add(plain.sha256, [b"print(1)\n"], plain.size)
+    cache.add(script.sha256, [b"#!/bin/sh\n"], script.size)
+    assert {p: os.stat(cache.path(f.sha256, f.mode)).st_ino for p, f in (("plain", plain), ("x", script))} == first
+    assert sorted(os.listdir(cache.root)) == sorted([plain.sha256, script.sha256, f"{script.sha256}.x"])  # no .part
+
+
+def test_laying_out_while_another_worker_caches_the_same_files_never_fails(tmp_path: Path) -> None:
+    cache = FileCache(tmp_path / "cache")
+    contents = {f"m{i}.py": f"x = {i}\n".encode() for i in range(50)}
+    manifest = cached(cache, *contents.items())
+    stop = threading.Event()
+
+    def other_worker() -> None:
+        while not stop.is_set():
+            for f in manifest.files:
+                cache.put(f.sha256, contents[f.path], f.size)
+
+    other = threading.Thread(target=other_worker)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads take turns between system calls, as two processes would
+    other.start()
+    try:
+        for i in range(100):
+            cache.materialise(manifest, tmp_path / f"rev{i}")
+    finally:
+        stop.set()
+        other.join(10)
+        sys.setswitchinterval(interval)

@@ -60,6 +60,25 @@ def verify_digest(data: bytes, expected: str) -> None:
         )
 
 
+def _publish(tmp: str | Path, final: str | Path) -> None:
+    """Give the verified temporary file ``tmp`` the cache's name ``final``, unless it is cached already.
+
+    A cached file is never replaced: another worker of the endpoint may be linking it into a
+    revision at that moment, and a link to a file whose last name a rename just took away fails
+    (ENOENT). So the first copy stays (the contents are the same, both verified) and ``tmp`` goes.
+    """
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if exc.errno not in _LINK_ERRORS:
+            raise
+        os.replace(tmp, final)  # no links on this filesystem: revisions get copies, which a rename cannot fail
+        return
+    os.unlink(tmp)
+
+
 class CacheWriter:
     """One file entering the cache: written to a temporary file, verified, then renamed into place.
 
@@ -95,7 +114,7 @@ class CacheWriter:
             )
         os.fchmod(self._file.fileno(), 0o444)
         self._file.close()
-        os.replace(self._tmp, self._cache.path(self._sha256, 0o644))
+        _publish(self._tmp, self._cache.path(self._sha256, 0o644))
         self._done = True
 
     def __enter__(self) -> CacheWriter:
@@ -309,7 +328,7 @@ class FileCache:
             os.unlink(tmp)
             raise
         os.close(fd)
-        os.replace(tmp, folder + sha256)
+        _publish(tmp, folder + sha256)
 
     def add(self, sha256: str, chunks: Iterable[bytes], size: int) -> None:
         """Add a file from its chunks, verified against ``sha256`` and ``size`` (BundleError if not)."""
@@ -388,7 +407,7 @@ class FileCache:
             with os.fdopen(fd, "wb") as out, open(plain, "rb") as src:
                 shutil.copyfileobj(src, out, _COPY_SIZE)
                 os.fchmod(out.fileno(), 0o555)
-            os.replace(name, twin)
+            _publish(name, twin)
         return twin
 
     def _place(self, entry: FileEntry, target: Path) -> None:
