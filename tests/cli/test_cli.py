@@ -38,14 +38,17 @@ def cli_env(home: Path, env: dict[str, str] | None = None) -> dict[str, str]:
     return full_env
 
 
-def _interruptible() -> None:
-    """In the child before it runs: Ctrl-C's default, as at a terminal.
-
-    A suite started in the background (``cmd &`` in a script) has SIGINT ignored, which its
-    children inherit, and Python then installs no KeyboardInterrupt handler: the CLI would
-    never see the test's SIGINT.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# ``python -m vastrpc`` with Ctrl-C's default, as at a terminal. A suite started in the background
+# (``cmd &`` in a script) has SIGINT ignored, which its children inherit, and Python then installs
+# no KeyboardInterrupt handler: the CLI would never see the test's SIGINT. Set in the child by
+# the interpreter itself, not a ``preexec_fn``: that runs Python between fork and exec, which
+# can deadlock when the test process has threads (gRPC's), and then the CLI never starts.
+_INTERRUPTIBLE_CLI = [
+    sys.executable,
+    "-c",
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('vastrpc', run_name='__main__', alter_sys=True)",
+]
 
 
 def vastrpc(
@@ -398,12 +401,11 @@ def test_ctrl_c_during_deploy_says_the_deploy_goes_on(control_service, tmp_path)
     )
     env = _target(control_service)
     deploy = subprocess.Popen(
-        [sys.executable, "-m", "vastrpc", "deploy", str(path)],
+        [*_INTERRUPTIBLE_CLI, "deploy", str(path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=cli_env(tmp_path / "home", env),
-        preexec_fn=_interruptible,
     )
     lines = _Lines(deploy)
     asyncio.run(lines.wait_for("loading", timeout=60))  # the worker is entering the slow context
@@ -422,6 +424,7 @@ class _Lines:
     """The stdout lines of a running process, read by a thread, waited for with a deadline."""
 
     def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         assert process.stdout is not None
@@ -440,7 +443,9 @@ class _Lines:
             self.seen.append(line)
             if text in line:
                 return time.monotonic() - started
-        raise AssertionError(f"no line with {text!r} within {timeout}s; seen: {self.seen}")
+        code = self.process.poll()
+        state = "still running" if code is None else f"exited with {code}"
+        raise AssertionError(f"no line with {text!r} within {timeout}s ({state}); seen: {self.seen}")
 
 
 @pytest.mark.e2e
@@ -465,13 +470,12 @@ async def test_logs_show_prints_and_logging_and_follow_streams_new_lines(project
     assert line["worker_id"] == worker_id and "logged: first-line" in line["line"]
 
     follow = subprocess.Popen(
-        [sys.executable, "-m", "vastrpc", "logs", name, "-f", "--tail", "1"],
+        [*_INTERRUPTIBLE_CLI, "logs", name, "-f", "--tail", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
         env=cli_env(home, env),
-        preexec_fn=_interruptible,
     )
     try:
         lines = _Lines(follow)
