@@ -80,7 +80,7 @@ def _publish(tmp: str | Path, final: str | Path) -> None:
 
 
 class CacheWriter:
-    """One file entering the cache: written to a temporary file, verified, then renamed into place.
+    """One file entering the cache: written to a temporary file, verified, then given its name (``_publish``).
 
     Use as a context manager: leaving it without ``commit()`` discards what was written.
     """
